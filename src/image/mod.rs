@@ -1,0 +1,7 @@
+//! Gold images: download once, verify, unpack safely, publish atomically, share.
+//!
+//! Public entry point: `ImageCache::ensure`. Everything else is the pipeline behind it.
+
+pub mod spec;
+
+pub use spec::{ChecksumType, ImageSpec};

@@ -1,0 +1,11 @@
+//! osx-builder: an HTTP API that creates, inspects and destroys VMware Fusion VMs, each a
+//! linked clone of a cached, verified gold image.
+//!
+//! The binary (`src/main.rs`) wires these modules together; the library exists so that
+//! integration tests and benchmarks can drive the same code the server runs.
+
+pub mod cancel;
+pub mod log;
+pub mod image;
+pub mod vmrun;
+pub mod vmx;

@@ -1,0 +1,1 @@
+//! VMX files: parse and edit preserving every untouched byte.
