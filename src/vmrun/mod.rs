@@ -1,1 +1,482 @@
 //! The one place that runs vmrun.
+//!
+//! Every call gets a deadline, runs in its own process group (killed whole on expiry or
+//! cancellation), is logged when it starts and ends, is counted by outcome, and has its
+//! output turned into values or typed errors by `output`.
+
+mod error;
+mod output;
+mod process;
+
+pub use error::{Call, VmrunError};
+pub use output::ToolsState;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
+use output::Exit;
+use process::RunError;
+
+#[cfg(target_os = "macos")]
+pub const DEFAULT_VMRUN_PATH: &str = "/Applications/VMware Fusion.app/Contents/Library/vmrun";
+#[cfg(not(target_os = "macos"))]
+pub const DEFAULT_VMRUN_PATH: &str = "/usr/bin/vmrun";
+
+/// Packer passes `-T ws` on Linux; on macOS vmrun works out the host itself.
+#[cfg(target_os = "macos")]
+pub const DEFAULT_HOST_TYPE: Option<&str> = None;
+#[cfg(not(target_os = "macos"))]
+pub const DEFAULT_HOST_TYPE: Option<&str> = Some("ws");
+
+/// Deadlines per command: vmrun can hang, and these are what tools in the field use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub clone: Duration,
+    pub start: Duration,
+    pub stop: Duration,
+    pub delete: Duration,
+    pub list: Duration,
+    pub ip_query: Duration,
+    pub snapshot: Duration,
+    /// `listSnapshots`, `checkToolsState`.
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            clone: Duration::from_secs(120),
+            start: Duration::from_secs(300),
+            stop: Duration::from_secs(60),
+            delete: Duration::from_secs(30),
+            list: Duration::from_secs(10),
+            ip_query: Duration::from_secs(15),
+            snapshot: Duration::from_secs(60),
+            other: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmrunSettings {
+    pub path: PathBuf,
+    /// Passed as `-T <host_type>` before the command (`fusion`, `ws`, `player`).
+    pub host_type: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+impl VmrunSettings {
+    /// vmrun at `path` with this platform's host type and the default timeouts.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        VmrunSettings {
+            path: path.into(),
+            host_type: DEFAULT_HOST_TYPE.map(str::to_string),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Default for VmrunSettings {
+    fn default() -> Self {
+        VmrunSettings::new(DEFAULT_VMRUN_PATH)
+    }
+}
+
+/// Runs vmrun. Cheap to clone; clones share the call counters.
+#[derive(Debug, Clone)]
+pub struct Vmrun {
+    settings: Arc<VmrunSettings>,
+    counts: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+}
+
+/// How a successful call ended, for the log line and the counters.
+const OK: &str = "ok";
+
+impl Vmrun {
+    pub fn new(settings: VmrunSettings) -> Self {
+        Vmrun {
+            settings: Arc::new(settings),
+            counts: Arc::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &VmrunSettings {
+        &self.settings
+    }
+
+    /// Checks that the configured vmrun is an executable file, so a missing VMware install
+    /// is reported once at startup rather than on every VM.
+    pub fn check_available(&self) -> Result<(), VmrunError> {
+        let path = &self.settings.path;
+        let not_found = |problem: String| VmrunError::NotFound {
+            path: path.clone(),
+            problem,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found("no such file".to_string()),
+            _ => not_found(format!("cannot inspect it: {e}")),
+        })?;
+        if !meta.is_file() {
+            return Err(not_found("it is not a file".to_string()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(not_found("it is not executable".to_string()));
+        }
+        Ok(())
+    }
+
+    /// VMX paths of the running VMs.
+    pub fn list(&self) -> Result<Vec<PathBuf>, VmrunError> {
+        let timeout = self.settings.timeouts.list;
+        self.call("list", None, &[], timeout, None, |call, stdout| {
+            output::parse_list(stdout)
+                .map(|paths| (paths, OK))
+                .map_err(|problem| bad_output(call, problem, stdout))
+        })
+    }
+
+    /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
+    pub fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+        let mode = if headless { "nogui" } else { "gui" };
+        let timeout = self.settings.timeouts.start;
+        self.call(
+            "start",
+            Some(vmx),
+            &[mode.into()],
+            timeout,
+            Some(cancel),
+            no_answer,
+        )
+    }
+
+    /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
+    /// them). A VM that is already off counts as stopped.
+    pub fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+        let mode = if hard { "hard" } else { "soft" };
+        let timeout = self.settings.timeouts.stop;
+        let result = self.call_raw("stop", Some(vmx), &[mode.into()], timeout, Some(cancel));
+        self.finish(
+            result,
+            |_, _| Ok(((), OK)),
+            |err| match err {
+                VmrunError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// Deletes VMware's files of the VM (not other files in its folder).
+    pub fn delete_vm(&self, vmx: &Path) -> Result<(), VmrunError> {
+        let timeout = self.settings.timeouts.delete;
+        self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)
+    }
+
+    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always
+    /// named: without one vmrun adds a new `Clone` snapshot to the parent on every call.
+    pub fn clone_linked(
+        &self,
+        src: &Path,
+        dst: &Path,
+        snapshot: &str,
+        clone_name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), VmrunError> {
+        let call = Call {
+            command: "clone",
+            vmx: Some(src.to_path_buf()),
+        };
+        if snapshot.trim().is_empty() {
+            return Err(VmrunError::InvalidArgument {
+                call,
+                problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
+                          the parent on every clone"
+                    .to_string(),
+            });
+        }
+        if clone_name.trim().is_empty() {
+            return Err(VmrunError::InvalidArgument {
+                call,
+                problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
+            });
+        }
+        let args: [OsString; 4] = [
+            dst.into(),
+            "linked".into(),
+            format!("-snapshot={snapshot}").into(),
+            format!("-cloneName={clone_name}").into(),
+        ];
+        let timeout = self.settings.timeouts.clone;
+        self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
+    }
+
+    pub fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), VmrunError> {
+        let timeout = self.settings.timeouts.snapshot;
+        self.call(
+            "snapshot",
+            Some(vmx),
+            &[name.into()],
+            timeout,
+            None,
+            no_answer,
+        )
+    }
+
+    pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, VmrunError> {
+        let timeout = self.settings.timeouts.other;
+        self.call(
+            "listSnapshots",
+            Some(vmx),
+            &[],
+            timeout,
+            None,
+            |call, stdout| {
+                output::parse_snapshots(stdout)
+                    .map(|names| (names, OK))
+                    .map_err(|problem| bad_output(call, problem, stdout))
+            },
+        )
+    }
+
+    /// The guest's IP address as VMware Tools report it; `None` while there is none yet
+    /// (`unknown`, or Tools not running, which is normal for a while after boot). Never
+    /// passes `-wait`, which blocks with no limit: callers poll.
+    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<Option<String>, VmrunError> {
+        let timeout = self.settings.timeouts.ip_query;
+        let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
+        self.finish(
+            result,
+            |call, stdout| match output::parse_ip(stdout) {
+                Ok(Some(ip)) => Ok((Some(ip), OK)),
+                Ok(None) => Ok((None, "no-address-yet")),
+                Err(problem) => Err(bad_output(call, problem, stdout)),
+            },
+            |err| {
+                if output::is_tools_not_running(&err) {
+                    Ok((None, "tools-not-running"))
+                } else {
+                    Err(err)
+                }
+            },
+        )
+    }
+
+    pub fn tools_state(&self, vmx: &Path) -> Result<ToolsState, VmrunError> {
+        let timeout = self.settings.timeouts.other;
+        self.call(
+            "checkToolsState",
+            Some(vmx),
+            &[],
+            timeout,
+            None,
+            |call, stdout| {
+                output::parse_tools_state(stdout)
+                    .map(|state| (state, OK))
+                    .map_err(|problem| bad_output(call, problem, stdout))
+            },
+        )
+    }
+
+    /// Calls so far, by command and outcome (`ok`, another success label such as
+    /// `not-powered-on`, or an error code), sorted.
+    pub fn call_counts(&self) -> Vec<(String, String, u64)> {
+        let counts = match self.counts.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        counts
+            .iter()
+            .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
+            .collect()
+    }
+
+    fn call<T>(
+        &self,
+        command: &'static str,
+        vmx: Option<&Path>,
+        args: &[OsString],
+        timeout: Duration,
+        cancel: Option<&Cancel>,
+        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), VmrunError>,
+    ) -> Result<T, VmrunError> {
+        let result = self.call_raw(command, vmx, args, timeout, cancel);
+        self.finish(result, on_success, Err)
+    }
+
+    /// Runs vmrun and judges its exit; the caller turns that into a value with `finish`.
+    fn call_raw(
+        &self,
+        command: &'static str,
+        vmx: Option<&Path>,
+        args: &[OsString],
+        timeout: Duration,
+        cancel: Option<&Cancel>,
+    ) -> RawResult {
+        let call = Call {
+            command,
+            vmx: vmx.map(Path::to_path_buf),
+        };
+        let mut argv: Vec<OsString> = Vec::with_capacity(args.len() + 4);
+        if let Some(host) = &self.settings.host_type {
+            argv.push("-T".into());
+            argv.push(host.into());
+        }
+        argv.push(command.into());
+        if let Some(vmx) = vmx {
+            argv.push(vmx.into());
+        }
+        argv.extend(args.iter().cloned());
+
+        crate::info!("{call}: running (limit {} s)", timeout.as_secs_f64());
+        let started = Instant::now();
+        let outcome = match process::run(&self.settings.path, &argv, timeout, cancel) {
+            Ok(finished) => {
+                let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
+                let stderr = String::from_utf8_lossy(&finished.stderr);
+                if !finished.output_complete {
+                    crate::warn!(
+                        "{call}: exited but a process it started still holds its output open; \
+                         judging the output read so far"
+                    );
+                }
+                let exit = Exit {
+                    code: finished.code,
+                    signal: finished.signal,
+                };
+                output::judge(&call, exit, &stdout, &stderr).map(|()| stdout)
+            }
+            Err(RunError::Spawn(source)) => Err(match source.kind() {
+                std::io::ErrorKind::NotFound => VmrunError::NotFound {
+                    path: self.settings.path.clone(),
+                    problem: "no such file".to_string(),
+                },
+                _ => VmrunError::Spawn {
+                    call: call.clone(),
+                    path: self.settings.path.clone(),
+                    source,
+                },
+            }),
+            Err(RunError::Wait(source)) => Err(VmrunError::Failed {
+                call: call.clone(),
+                message: format!("could not wait for vmrun to finish: {source}"),
+            }),
+            Err(RunError::TimedOut) => Err(VmrunError::Timeout {
+                call: call.clone(),
+                limit: timeout,
+            }),
+            Err(RunError::Cancelled) => Err(VmrunError::Cancelled { call: call.clone() }),
+        };
+        RawResult {
+            call,
+            started,
+            outcome,
+        }
+    }
+
+    /// Turns a finished call into the method's result, then logs and counts that result.
+    fn finish<T>(
+        &self,
+        raw: RawResult,
+        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), VmrunError>,
+        on_error: impl FnOnce(VmrunError) -> Result<(T, &'static str), VmrunError>,
+    ) -> Result<T, VmrunError> {
+        let RawResult {
+            call,
+            started,
+            outcome,
+        } = raw;
+        let result = match outcome {
+            Ok(stdout) => on_success(&call, &stdout),
+            Err(err) => on_error(err),
+        };
+        let millis = started.elapsed().as_millis();
+        let label = match &result {
+            Ok((_, label)) => {
+                crate::info!("{call}: {label} after {millis} ms");
+                *label
+            }
+            Err(err) => {
+                crate::warn!("{call}: {} after {millis} ms: {err}", err.code());
+                err.code()
+            }
+        };
+        self.count(call.command, label);
+        result.map(|(value, _)| value)
+    }
+
+    fn count(&self, command: &str, outcome: &str) {
+        let mut counts = match self.counts.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *counts
+            .entry((command.to_string(), outcome.to_string()))
+            .or_insert(0) += 1;
+    }
+}
+
+struct RawResult {
+    call: Call,
+    started: Instant,
+    /// stdout on success.
+    outcome: Result<String, VmrunError>,
+}
+
+/// For commands that print nothing on success.
+fn no_answer(_: &Call, _: &str) -> Result<((), &'static str), VmrunError> {
+    Ok(((), OK))
+}
+
+fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
+    VmrunError::BadOutput {
+        call: call.clone(),
+        problem,
+        output: output::shorten(stdout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_timeouts_match_the_contract() {
+        let t = Timeouts::default();
+        assert_eq!(t.clone, Duration::from_secs(120));
+        assert_eq!(t.start, Duration::from_secs(300));
+        assert_eq!(t.stop, Duration::from_secs(60));
+        assert_eq!(t.delete, Duration::from_secs(30));
+        assert_eq!(t.list, Duration::from_secs(10));
+        assert_eq!(t.ip_query, Duration::from_secs(15));
+        assert_eq!(t.snapshot, Duration::from_secs(60));
+        assert_eq!(t.other, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_linked_clone_without_a_snapshot_is_refused_before_running_anything() {
+        // The path does not exist: reaching vmrun would give vmrun-not-found instead.
+        let vmrun = Vmrun::new(VmrunSettings::new("/nonexistent/vmrun"));
+        let cancel = Cancel::new();
+        for (snapshot, name) in [("", "x"), ("  ", "x"), ("base", "")] {
+            let err = vmrun
+                .clone_linked(
+                    Path::new("/g/g.vmx"),
+                    Path::new("/v/v.vmx"),
+                    snapshot,
+                    name,
+                    &cancel,
+                )
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                "vmrun-invalid-argument",
+                "{snapshot:?} {name:?}"
+            );
+        }
+        assert!(vmrun.call_counts().is_empty());
+    }
+}

@@ -1,0 +1,183 @@
+//! What can go wrong when running vmrun, one variant per thing a caller handles differently.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One vmrun invocation as messages name it: `vmrun start /path/to/vm.vmx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub command: &'static str,
+    pub vmx: Option<PathBuf>,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.vmx {
+            Some(vmx) => write!(f, "vmrun {} {}", self.command, vmx.display()),
+            None => write!(f, "vmrun {}", self.command),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum VmrunError {
+    /// The configured vmrun is missing or not an executable file.
+    NotFound { path: PathBuf, problem: String },
+    /// vmrun exists but could not be started.
+    Spawn {
+        call: Call,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The call ran past its deadline; vmrun and its process group were killed.
+    Timeout { call: Call, limit: Duration },
+    /// The caller cancelled; vmrun and its process group were killed.
+    Cancelled { call: Call },
+    /// `The file is already in use`: another process (often the VMware GUI, or a stale lock
+    /// after a crash) holds the VM's files.
+    VmLocked { call: Call, message: String },
+    /// `Cannot open VM: ...`: the VMX is missing or VMware cannot read it.
+    VmOpenError { call: Call, message: String },
+    /// `The virtual machine is not powered on`.
+    NotPoweredOn { call: Call, message: String },
+    /// `The virtual machine should not be powered on. It is already running.`
+    AlreadyRunning { call: Call, message: String },
+    /// Any other failure: vmrun's own message, or its exit status when it printed none.
+    Failed { call: Call, message: String },
+    /// vmrun reported success but printed something this driver does not understand.
+    BadOutput {
+        call: Call,
+        problem: String,
+        output: String,
+    },
+    /// The driver refused to run a call that would do harm (e.g. a linked clone without a
+    /// snapshot name, which makes vmrun grow the parent's snapshot chain).
+    InvalidArgument { call: Call, problem: String },
+}
+
+impl VmrunError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            VmrunError::NotFound { .. } => "vmrun-not-found",
+            VmrunError::Spawn { .. } => "vmrun-spawn-failed",
+            VmrunError::Timeout { .. } => "vmrun-timeout",
+            VmrunError::Cancelled { .. } => "vmrun-cancelled",
+            VmrunError::VmLocked { .. } => "vm-locked",
+            VmrunError::VmOpenError { .. } => "vm-open-error",
+            VmrunError::NotPoweredOn { .. } => "vm-not-powered-on",
+            VmrunError::AlreadyRunning { .. } => "vm-already-running",
+            VmrunError::Failed { .. } => "vmrun-failed",
+            VmrunError::BadOutput { .. } => "vmrun-bad-output",
+            VmrunError::InvalidArgument { .. } => "vmrun-invalid-argument",
+        }
+    }
+
+    /// The call that failed (`None` for a missing vmrun found before any call).
+    pub fn call(&self) -> Option<&Call> {
+        match self {
+            VmrunError::NotFound { .. } => None,
+            VmrunError::Spawn { call, .. }
+            | VmrunError::Timeout { call, .. }
+            | VmrunError::Cancelled { call }
+            | VmrunError::VmLocked { call, .. }
+            | VmrunError::VmOpenError { call, .. }
+            | VmrunError::NotPoweredOn { call, .. }
+            | VmrunError::AlreadyRunning { call, .. }
+            | VmrunError::Failed { call, .. }
+            | VmrunError::BadOutput { call, .. }
+            | VmrunError::InvalidArgument { call, .. } => Some(call),
+        }
+    }
+
+    /// vmrun's own error text, for the variants that carry one.
+    pub fn vmrun_message(&self) -> Option<&str> {
+        match self {
+            VmrunError::VmLocked { message, .. }
+            | VmrunError::VmOpenError { message, .. }
+            | VmrunError::NotPoweredOn { message, .. }
+            | VmrunError::AlreadyRunning { message, .. }
+            | VmrunError::Failed { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for VmrunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmrunError::NotFound { path, problem } => write!(
+                f,
+                "vmrun not found at {}: {problem}; install VMware Fusion (or Workstation) or set \
+                 VMWARE_VMRUN_PATH to the full path of its vmrun executable",
+                path.display()
+            ),
+            VmrunError::Spawn { call, path, source } => write!(
+                f,
+                "{call}: could not run {}: {source}; check that VMWARE_VMRUN_PATH names vmrun and \
+                 that this user may execute it",
+                path.display()
+            ),
+            VmrunError::Timeout { call, limit } => write!(
+                f,
+                "{call}: no answer within {}, so vmrun and its child processes were killed; \
+                 VMware may be hung: check the VM in VMware and retry",
+                seconds(*limit)
+            ),
+            VmrunError::Cancelled { call } => write!(
+                f,
+                "{call}: cancelled, so vmrun and its child processes were killed"
+            ),
+            VmrunError::VmLocked { call, message } => write!(
+                f,
+                "{call}: the VM's files are in use by another process (vmrun: {message:?}); close \
+                 the VM in the VMware GUI or stop the process that holds it (after a crash, a \
+                 stale .lck folder beside the VMX), then retry"
+            ),
+            VmrunError::VmOpenError { call, message } => write!(
+                f,
+                "{call}: VMware cannot open the VM (vmrun: {message:?}); check that the VMX file \
+                 exists and is not corrupt"
+            ),
+            VmrunError::NotPoweredOn { call, message } => write!(
+                f,
+                "{call}: the VM is not powered on (vmrun: {message:?}); start it first"
+            ),
+            VmrunError::AlreadyRunning { call, message } => write!(
+                f,
+                "{call}: the VM is powered on and must be off for this (vmrun: {message:?}); stop \
+                 it first"
+            ),
+            VmrunError::Failed { call, message } => write!(f, "{call}: failed: {message}"),
+            VmrunError::BadOutput {
+                call,
+                problem,
+                output,
+            } => write!(
+                f,
+                "{call}: printed output this server does not understand ({problem}): {output:?}; \
+                 this VMware version may behave differently from the ones it was built for"
+            ),
+            VmrunError::InvalidArgument { call, problem } => {
+                write!(f, "{call}: not run: {problem}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for VmrunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VmrunError::Spawn { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}

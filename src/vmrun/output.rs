@@ -1,0 +1,409 @@
+//! Turns what vmrun printed into results: its errors into typed errors, its answers into
+//! values. Pure functions, so every quirk has a unit test.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::error::{Call, VmrunError};
+
+/// How the process ended, as far as judging it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+const MAX_MESSAGE: usize = 500;
+
+/// The verdict on a finished call: vmrun prints its errors as an `Error: ...` line on stdout
+/// (possibly after noise such as libxml warnings) and has been seen to do so with exit code 0,
+/// so that line decides whatever the exit code; stderr only ever holds noise
+/// (`[AppLoader] ...`) and is used only when vmrun failed without saying why.
+pub(crate) fn judge(call: &Call, exit: Exit, stdout: &str, stderr: &str) -> Result<(), VmrunError> {
+    if let Some(message) = error_line(stdout) {
+        return Err(classify(call.clone(), message.to_string()));
+    }
+    if exit.code == Some(0) {
+        return Ok(());
+    }
+    let status = match (exit.code, exit.signal) {
+        (Some(code), _) => format!("vmrun exited with code {code}"),
+        (None, Some(signal)) => format!("vmrun was killed by signal {signal}"),
+        (None, None) => "vmrun ended abnormally".to_string(),
+    };
+    let detail = [stderr.trim(), stdout.trim()]
+        .into_iter()
+        .find(|s| !s.is_empty());
+    let message = match detail {
+        Some(detail) => format!("{status} without an Error line: {}", shorten(detail)),
+        None => format!("{status} and printed nothing"),
+    };
+    Err(VmrunError::Failed {
+        call: call.clone(),
+        message,
+    })
+}
+
+/// The text of the first stdout line that starts with `Error:`.
+pub(crate) fn error_line(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix("Error:"))
+        .map(str::trim)
+}
+
+fn classify(call: Call, message: String) -> VmrunError {
+    // `already in use` first: a locked VM can also be reported as `Cannot open VM: ..., The
+    // file is already in use`, and the lock is what the operator must act on.
+    if message.contains("The file is already in use") {
+        VmrunError::VmLocked { call, message }
+    } else if message.contains("should not be powered on") {
+        VmrunError::AlreadyRunning { call, message }
+    } else if message.contains("is not powered on") {
+        VmrunError::NotPoweredOn { call, message }
+    } else if message.contains("Cannot open VM")
+        || message.contains("virtual machine cannot be found")
+        || message.contains("Cannot read the virtual machine configuration file")
+    {
+        VmrunError::VmOpenError { call, message }
+    } else {
+        VmrunError::Failed { call, message }
+    }
+}
+
+/// vmrun's answer while the guest has not started VMware Tools yet: no address, not a failure.
+pub(crate) fn is_tools_not_running(err: &VmrunError) -> bool {
+    matches!(err, VmrunError::Failed { message, .. }
+        if message.contains("VMware Tools are not running"))
+}
+
+/// The lines of an answer, without the noise vmrun on Linux may print first and without
+/// trailing blank lines.
+fn answer_lines(stdout: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .skip_while(|l| l.trim().is_empty() || l.starts_with("Warning:"))
+        .collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// `Total running VMs: N` then exactly N absolute VMX paths.
+pub(crate) fn parse_list(stdout: &str) -> Result<Vec<PathBuf>, String> {
+    counted_lines(stdout, "Total running VMs:")?
+        .into_iter()
+        .map(|line| {
+            if line.starts_with('/') {
+                Ok(PathBuf::from(line))
+            } else {
+                Err(format!("{line:?} is not an absolute VMX path"))
+            }
+        })
+        .collect()
+}
+
+/// `Total snapshots: N` then exactly N names.
+pub(crate) fn parse_snapshots(stdout: &str) -> Result<Vec<String>, String> {
+    Ok(counted_lines(stdout, "Total snapshots:")?
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+fn counted_lines<'a>(stdout: &'a str, header: &str) -> Result<Vec<&'a str>, String> {
+    let lines = answer_lines(stdout);
+    let Some((first, items)) = lines.split_first() else {
+        return Err(format!("no {header:?} line"));
+    };
+    let count: usize = first
+        .strip_prefix(header)
+        .map(str::trim)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("expected {header:?} and a number, got {first:?}"))?;
+    if items.len() != count || items.iter().any(|l| l.trim().is_empty()) {
+        return Err(format!(
+            "the header announces {count} lines but {} follow",
+            items.iter().filter(|l| !l.trim().is_empty()).count()
+        ));
+    }
+    Ok(items.to_vec())
+}
+
+/// `getGuestIPAddress`: one address, or `unknown` while Tools have none yet.
+pub(crate) fn parse_ip(stdout: &str) -> Result<Option<String>, String> {
+    let lines = answer_lines(stdout);
+    let [line] = lines.as_slice() else {
+        return Err(format!("expected one line, got {}", lines.len()));
+    };
+    let answer = line.trim();
+    if answer == "unknown" {
+        return Ok(None);
+    }
+    answer
+        .parse::<IpAddr>()
+        .map(|ip| Some(ip.to_string()))
+        .map_err(|_| format!("{answer:?} is not an IPv4 or IPv6 address"))
+}
+
+/// What `checkToolsState` reports about VMware Tools in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolsState {
+    Running,
+    Installed,
+    Unknown,
+}
+
+impl ToolsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolsState::Running => "running",
+            ToolsState::Installed => "installed",
+            ToolsState::Unknown => "unknown",
+        }
+    }
+}
+
+pub(crate) fn parse_tools_state(stdout: &str) -> Result<ToolsState, String> {
+    let lines = answer_lines(stdout);
+    match lines
+        .as_slice()
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()[..]
+    {
+        ["running"] => Ok(ToolsState::Running),
+        ["installed"] => Ok(ToolsState::Installed),
+        ["unknown"] => Ok(ToolsState::Unknown),
+        _ => Err("expected one of running, installed, unknown".to_string()),
+    }
+}
+
+pub(crate) fn shorten(text: &str) -> String {
+    if text.chars().count() <= MAX_MESSAGE {
+        text.to_string()
+    } else {
+        let mut cut: String = text.chars().take(MAX_MESSAGE).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Call {
+        Call {
+            command: "start",
+            vmx: Some(PathBuf::from("/vms/a/a.vmx")),
+        }
+    }
+
+    const OK: Exit = Exit {
+        code: Some(0),
+        signal: None,
+    };
+    const FAILED: Exit = Exit {
+        code: Some(255),
+        signal: None,
+    };
+
+    #[test]
+    fn errors_are_typed_by_vmruns_message() {
+        let cases = [
+            ("Error: The file is already in use\n", "vm-locked"),
+            (
+                "Error: Cannot open VM: /vms/a/a.vmx, The file is already in use\n",
+                "vm-locked",
+            ),
+            (
+                "Error: Cannot open VM: /vms/a/a.vmx, The virtual machine cannot be found\n",
+                "vm-open-error",
+            ),
+            (
+                "Error: Cannot open VM: /vms/a/a.vmx, Cannot read the virtual machine configuration file\n",
+                "vm-open-error",
+            ),
+            (
+                "Error: The virtual machine is not powered on: /vms/a/a.vmx\n",
+                "vm-not-powered-on",
+            ),
+            (
+                "Error: The virtual machine should not be powered on. It is already running.\n",
+                "vm-already-running",
+            ),
+            ("Error: Unknown error\n", "vmrun-failed"),
+            ("Error: The operation was canceled\n", "vmrun-failed"),
+        ];
+        for (stdout, code) in cases {
+            let err = judge(&call(), FAILED, stdout, "").unwrap_err();
+            assert_eq!(err.code(), code, "{stdout}");
+            // vmrun's own words and the call reach the message.
+            let expected = stdout.trim().trim_start_matches("Error: ");
+            assert_eq!(err.vmrun_message(), Some(expected));
+            assert!(
+                err.to_string().contains("vmrun start /vms/a/a.vmx"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_error_line_is_found_after_noise_and_stderr_is_ignored() {
+        let stdout = "Warning: program compiled against libxml 212 using older 209\n\
+                      Error: The file is already in use\n";
+        let stderr = "[AppLoader] Use shipped Linux kernel AIO access library.\n";
+        let err = judge(&call(), FAILED, stdout, stderr).unwrap_err();
+        assert_eq!(err.code(), "vm-locked");
+        assert_eq!(err.vmrun_message(), Some("The file is already in use"));
+    }
+
+    #[test]
+    fn an_error_line_with_exit_zero_is_a_failure() {
+        let err = judge(&call(), OK, "Error: Unknown error\n", "").unwrap_err();
+        assert_eq!(err.code(), "vmrun-failed");
+        assert_eq!(err.vmrun_message(), Some("Unknown error"));
+    }
+
+    #[test]
+    fn crlf_output_is_understood() {
+        let err = judge(&call(), FAILED, "Error: The file is already in use\r\n", "").unwrap_err();
+        assert_eq!(err.vmrun_message(), Some("The file is already in use"));
+        assert_eq!(parse_ip("10.0.0.7\r\n"), Ok(Some("10.0.0.7".into())));
+    }
+
+    #[test]
+    fn a_silent_nonzero_exit_is_a_failure_naming_the_code_and_output() {
+        let err = judge(&call(), FAILED, "", "  something broke \n").unwrap_err();
+        assert_eq!(err.code(), "vmrun-failed");
+        let message = err.vmrun_message().unwrap();
+        assert!(message.contains("code 255"), "{message}");
+        assert!(message.contains("something broke"), "{message}");
+
+        let err = judge(
+            &call(),
+            Exit {
+                code: Some(3),
+                signal: None,
+            },
+            "odd\n",
+            "",
+        )
+        .unwrap_err();
+        assert!(err.vmrun_message().unwrap().contains("code 3"));
+        assert!(err.vmrun_message().unwrap().contains("odd"));
+
+        let err = judge(
+            &call(),
+            Exit {
+                code: None,
+                signal: Some(9),
+            },
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(err.vmrun_message().unwrap().contains("signal 9"));
+    }
+
+    #[test]
+    fn exit_zero_without_an_error_line_is_success() {
+        assert!(judge(&call(), OK, "", "").is_ok());
+        assert!(judge(&call(), OK, "", "[AppLoader] noise\n").is_ok());
+        // `Error:` only counts at the start of a line.
+        assert!(judge(&call(), OK, "Total snapshots: 1\nNo Error: here\n", "").is_ok());
+    }
+
+    #[test]
+    fn list_output_is_parsed_strictly() {
+        let good = [
+            ("Total running VMs: 0\n", vec![]),
+            ("Total running VMs: 0", vec![]),
+            (
+                "Total running VMs: 2\n/vms/a/a.vmx\n/Users/ci/Virtual Machines/b b.vmx\n",
+                vec!["/vms/a/a.vmx", "/Users/ci/Virtual Machines/b b.vmx"],
+            ),
+            (
+                "Warning: program compiled against libxml 212\nTotal running VMs: 1\n/vms/a/a.vmx\n\n",
+                vec!["/vms/a/a.vmx"],
+            ),
+            ("Total running VMs: 1\r\n/vms/a/a.vmx\r\n", vec!["/vms/a/a.vmx"]),
+        ];
+        for (stdout, want) in good {
+            let got = parse_list(stdout).unwrap_or_else(|e| panic!("{stdout:?}: {e}"));
+            let want: Vec<PathBuf> = want.into_iter().map(PathBuf::from).collect();
+            assert_eq!(got, want, "{stdout:?}");
+        }
+        let bad = [
+            "",
+            "\n",
+            "Running VMs: 1\n/vms/a/a.vmx\n",
+            "Total running VMs: x\n",
+            "Total running VMs: 2\n/vms/a/a.vmx\n",
+            "Total running VMs: 1\n/vms/a/a.vmx\n/vms/b/b.vmx\n",
+            "Total running VMs: 2\n/vms/a/a.vmx\n\n/vms/b/b.vmx\n",
+            "Total running VMs: 1\nrelative.vmx\n",
+            "Total running VMs: -1\n",
+        ];
+        for stdout in bad {
+            assert!(parse_list(stdout).is_err(), "{stdout:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_lists_are_parsed_strictly() {
+        assert_eq!(parse_snapshots("Total snapshots: 0\n"), Ok(vec![]));
+        assert_eq!(
+            parse_snapshots("Total snapshots: 2\nosx-builder-base\nmy snap\n"),
+            Ok(vec!["osx-builder-base".to_string(), "my snap".to_string()])
+        );
+        assert!(parse_snapshots("Total snapshots: 2\nonly-one\n").is_err());
+        assert!(parse_snapshots("Snapshots: 0\n").is_err());
+    }
+
+    #[test]
+    fn ip_answers() {
+        let cases: [(&str, Result<Option<&str>, ()>); 9] = [
+            ("192.168.123.147\n", Ok(Some("192.168.123.147"))),
+            ("  10.0.0.2  \n", Ok(Some("10.0.0.2"))),
+            ("fe80::1\n", Ok(Some("fe80::1"))),
+            ("unknown\n", Ok(None)),
+            ("Warning: libxml\n10.1.1.1\n", Ok(Some("10.1.1.1"))),
+            ("", Err(())),
+            ("not-an-ip\n", Err(())),
+            ("10.0.0.300\n", Err(())),
+            ("10.0.0.1\n10.0.0.2\n", Err(())),
+        ];
+        for (stdout, want) in cases {
+            let got = parse_ip(stdout).map_err(|_| ());
+            assert_eq!(got, want.map(|o| o.map(str::to_string)), "{stdout:?}");
+        }
+    }
+
+    #[test]
+    fn tools_not_running_is_recognised() {
+        let err = judge(
+            &call(),
+            FAILED,
+            "Error: The VMware Tools are not running in the virtual machine: /vms/a/a.vmx\n",
+            "",
+        )
+        .unwrap_err();
+        assert!(is_tools_not_running(&err));
+        let other = judge(&call(), FAILED, "Error: Unknown error\n", "").unwrap_err();
+        assert!(!is_tools_not_running(&other));
+    }
+
+    #[test]
+    fn tools_states() {
+        assert_eq!(parse_tools_state("running\n"), Ok(ToolsState::Running));
+        assert_eq!(parse_tools_state("installed\n"), Ok(ToolsState::Installed));
+        assert_eq!(parse_tools_state("unknown\n"), Ok(ToolsState::Unknown));
+        assert!(parse_tools_state("").is_err());
+        assert!(parse_tools_state("sleeping\n").is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Runs one child process with a deadline, in its own process group so that a hung vmrun
+//! can be killed together with everything it started.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
+
+const POLL: Duration = Duration::from_millis(10);
+/// After the child exits, how long to wait for its pipes to close. A process it left behind
+/// can hold them open for ever; output written before the exit is already in the pipe.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// vmrun prints a few lines; anything past this is kept from filling memory, and still read
+/// so that the writer never blocks on a full pipe.
+const OUTPUT_CAP: usize = 1 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// False when a pipe was still open after the grace period (output may be cut short).
+    pub output_complete: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum RunError {
+    Spawn(std::io::Error),
+    Wait(std::io::Error),
+    TimedOut,
+    Cancelled,
+}
+
+pub(crate) fn run(
+    program: &Path,
+    args: &[OsString],
+    timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<Finished, RunError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(RunError::Spawn)?;
+    let stdout = Collector::start(child.stdout.take());
+    let stderr = Collector::start(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                kill_group(&mut child);
+                return Err(RunError::Wait(e));
+            }
+        }
+        if cancel.is_some_and(Cancel::is_cancelled) {
+            kill_group(&mut child);
+            return Err(RunError::Cancelled);
+        }
+        if Instant::now() >= deadline {
+            kill_group(&mut child);
+            return Err(RunError::TimedOut);
+        }
+        thread::sleep(POLL);
+    };
+
+    let grace_end = Instant::now() + OUTPUT_GRACE;
+    let (stdout, stdout_complete) = stdout.finish(grace_end);
+    let (stderr, stderr_complete) = stderr.finish(grace_end);
+    Ok(Finished {
+        code: status.code(),
+        signal: status.signal(),
+        stdout,
+        stderr,
+        output_complete: stdout_complete && stderr_complete,
+    })
+}
+
+/// Kills the child's whole process group (the child leads it: `process_group(0)`), then
+/// reaps the child so no zombie is left.
+fn kill_group(child: &mut Child) {
+    match libc::pid_t::try_from(child.id()) {
+        Ok(pgid) if pgid > 0 => {
+            // SAFETY: kill(2) with a negative pid signals that process group and touches no
+            // memory of ours; the group is the one this child leads, and it still exists
+            // because the child has not been reaped yet.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        _ => {
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Reads one pipe to its end on a thread, so a chatty child never blocks on a full pipe.
+struct Collector {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+}
+
+enum Pipe {
+    Out(ChildStdout),
+    Err(ChildStderr),
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Pipe::Out(p) => p.read(buf),
+            Pipe::Err(p) => p.read(buf),
+        }
+    }
+}
+
+impl From<ChildStdout> for Pipe {
+    fn from(p: ChildStdout) -> Self {
+        Pipe::Out(p)
+    }
+}
+
+impl From<ChildStderr> for Pipe {
+    fn from(p: ChildStderr) -> Self {
+        Pipe::Err(p)
+    }
+}
+
+impl Collector {
+    fn start<P: Into<Pipe>>(pipe: Option<P>) -> Collector {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let Some(pipe) = pipe else {
+            done.store(true, Ordering::SeqCst);
+            return Collector { buffer, done };
+        };
+        let mut pipe: Pipe = pipe.into();
+        let (thread_buffer, thread_done) = (Arc::clone(&buffer), Arc::clone(&done));
+        let spawned = thread::Builder::new()
+            .name("vmrun-output".into())
+            .spawn(move || {
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if let Ok(mut buf) = thread_buffer.lock() {
+                                let room = OUTPUT_CAP.saturating_sub(buf.len());
+                                buf.extend_from_slice(&chunk[..n.min(room)]);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                thread_done.store(true, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            // Without a reader the output is lost, but the call itself can still be judged
+            // by its exit status; the dropped pipe makes a writing child get EPIPE, not hang.
+            done.store(true, Ordering::SeqCst);
+        }
+        Collector { buffer, done }
+    }
+
+    /// Waits until the pipe reached its end or `until` passes; returns what was read and
+    /// whether it was all of it.
+    fn finish(self, until: Instant) -> (Vec<u8>, bool) {
+        while !self.done.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let complete = self.done.load(Ordering::SeqCst);
+        let bytes = match self.buffer.lock() {
+            Ok(buf) => buf.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        (bytes, complete)
+    }
+}
