@@ -340,6 +340,20 @@ fn cancelling_kills_the_call_long_before_its_deadline() {
 }
 
 #[test]
+fn a_call_cancelled_beforehand_never_runs_vmrun() {
+    let s = Scratch::new();
+    let vmrun = s.vmrun("vmrun", "touch \"$D/ran\"");
+    let cancel = Cancel::new();
+    cancel.cancel();
+    let err = vmrun.start(&s.vmx(), true, &cancel).unwrap_err();
+    assert_eq!(err.code(), "vmrun-cancelled");
+    assert!(!s.dir.join("ran").exists());
+    // The same script does run when not cancelled, so the check above can fail.
+    vmrun.start(&s.vmx(), true, &Cancel::new()).unwrap();
+    assert!(s.dir.join("ran").exists());
+}
+
+#[test]
 fn a_process_left_holding_the_output_open_does_not_hang_the_call() {
     let s = Scratch::new();
     // The background sleep inherits stdout and keeps the pipe open after vmrun exits.

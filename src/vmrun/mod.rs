@@ -400,7 +400,10 @@ impl Vmrun {
                 *label
             }
             Err(err) => {
-                crate::warn!("{call}: {} after {millis} ms: {err}", err.code());
+                let text = err.to_string();
+                let prefix = format!("{call}: ");
+                let detail = text.strip_prefix(&prefix).unwrap_or(&text);
+                crate::warn!("{call}: {} after {millis} ms: {detail}", err.code());
                 err.code()
             }
         };
@@ -442,6 +445,12 @@ fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_driver_can_be_shared_between_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Vmrun>();
+    }
 
     #[test]
     fn default_timeouts_match_the_contract() {

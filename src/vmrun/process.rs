@@ -45,6 +45,9 @@ pub(crate) fn run(
     timeout: Duration,
     cancel: Option<&Cancel>,
 ) -> Result<Finished, RunError> {
+    if cancel.is_some_and(Cancel::is_cancelled) {
+        return Err(RunError::Cancelled);
+    }
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
