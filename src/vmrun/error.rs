@@ -126,7 +126,7 @@ impl fmt::Display for VmrunError {
             ),
             VmrunError::Cancelled { call } => write!(
                 f,
-                "{call}: cancelled, so vmrun and its child processes were killed"
+                "{call}: cancelled; vmrun, if it had started, was killed with its child processes"
             ),
             VmrunError::VmLocked { call, message } => write!(
                 f,
