@@ -1,1 +1,222 @@
-fn main() {}
+//! `vmrun-sim`: a stand-in for VMware's `vmrun`, so that the server's real process-spawning
+//! driver can be tested where there is no VMware. It speaks vmrun's command line and output as
+//! described in the project's vmrun contract, and keeps the state of its pretend VMs in a
+//! folder, so that separate invocations (many at once) see one world.
+//!
+//! # Command line
+//!
+//! `vmrun-sim [-T fusion|ws|player|server|server1|esx|vc] [-gu USER] [-gp PASS] [-vp PASS]
+//! COMMAND [VMX] [ARGS...]`. The leading flags are accepted and ignored. Commands:
+//! `list`, `start VMX [gui|nogui]`, `stop VMX [hard|soft]`, `reset VMX [hard|soft]`,
+//! `suspend VMX [hard|soft]`, `deleteVM VMX`,
+//! `clone SRC DST full|linked [-snapshot=NAME | -snapshot NAME] [-cloneName=NAME | -cloneName NAME]`,
+//! `snapshot VMX NAME`, `listSnapshots VMX`, `getGuestIPAddress VMX [-wait]`,
+//! `checkToolsState VMX`. Command names are case-sensitive. Anything else answers
+//! `Error: Unrecognized command: X`.
+//!
+//! Success prints nothing unless the command has output, exit 0. Failure prints ONE line
+//! `Error: <message>` on stdout (stderr stays empty) and exits 255. Errors of the simulator
+//! itself (bad switches, broken state folder) look the same with a message starting
+//! `vmrun-sim:`.
+//!
+//! # Environment
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `VMRUN_SIM_STATE` | folder holding the simulator's state (required; else `Error: VMRUN_SIM_STATE is not set`) | — |
+//! | `VMRUN_SIM_TOOLS_DELAY_MS` | after `start`/`reset`, `getGuestIPAddress` answers `Error: The VMware Tools are not running in the virtual machine: VMX` and `checkToolsState` answers `installed` for this long | 0 |
+//! | `VMRUN_SIM_IP_DELAY_MS` | after `start`/`reset` (counted from the start, not from Tools), `getGuestIPAddress` answers `unknown` until this long has passed (once Tools run) | 0 |
+//! | `VMRUN_SIM_CLONE_MS` | how long `clone` takes while it holds SRC's clone lock | 0 |
+//! | `VMRUN_SIM_FAULTS` | fault rules (syntax below), separated by `;` or newlines | none |
+//!
+//! Delays are read by the invocation that needs them, so they are the caller's environment at
+//! that call. The guest's IP is `172.16.X.Y`, X and Y derived from the VMX path (Y is never 0,
+//! 1 or 255): the same VM always gets the same address.
+//!
+//! # The state folder
+//!
+//! - `vms/<hash>.json`: `{"vmx", "running", "started_at_ms", "mode", "locks"}` per VM, keyed
+//!   by a hash of the canonical VMX path, replaced atomically (temp + rename).
+//! - `calls.log`: one JSON line per finished invocation,
+//!   `{"t_start_ms":…,"t_end_ms":…,"pid":…,"args":[…all arguments…],"exit":…}`, appended in
+//!   one write. A hung call (see `hang`) writes none.
+//! - `faults`: fault rules, re-read by every invocation (missing file: no faults).
+//! - `faults-once/`: one marker file per `once` rule that has fired; delete it to re-arm them.
+//! - `hang.pids`: one line `<simulator pid> <child pid>` per `hang`.
+//!
+//! # On-disk effects beside the VMs
+//!
+//! - `start` makes `<vmx>.lck/M<pid>.lck` and `<disk>.lck/M<pid>.lck` for each disk of the VMX
+//!   (keys ending in `.fileName` whose value ends in `.vmdk`, relative to the VMX's folder);
+//!   `stop`/`suspend` remove them. An existing `.lck` folder of a VM that is not running (a
+//!   lock of another process, or left by a crash) makes `start` answer
+//!   `Error: The file is already in use`, and `deleteVM` too for `<vmx>.lck`.
+//! - Snapshots live in `<vmx stem>.vmsd` in VMware's shape (`snapshot.lastUID`,
+//!   `snapshot.numSnapshots`, `snapshotN.uid`, `snapshotN.displayName`, …).
+//! - `clone` holds `<SRC>.sim-clone-lock` (created exclusively) for its whole run: a second
+//!   clone of the same SRC meanwhile answers `Error: The file is already in use`. A clone
+//!   killed mid-way leaves the lock behind, as VMware leaves its `.lck` folders. The clone's
+//!   disks are `<diskstem>-cl1.vmdk` in DST's folder: a text descriptor with
+//!   `parentFileNameHint="<absolute parent disk>"` for `linked`, a byte copy for `full`.
+//!   A `linked` clone without `-snapshot` appends a snapshot named `Clone` to SRC every time.
+//! - `deleteVM` removes the VMX, `<stem>.vmxf/.vmsd/.nvram/.vmss/.vmem`, the files named by
+//!   `nvram` and `extendedConfigFile`, each disk and its `-cl1` delta beside it, `vmware*.log`
+//!   and the `.lck` folders; never other files, nor the folder.
+//! - A VMX is corrupt (`Error: Cannot open VM: VMX, Cannot read the virtual machine
+//!   configuration file`) with a UTF-8 BOM, a non-comment line that is not `key = "value"`, or
+//!   two keys equal but for case. `stop` does not read the VMX, so a VM can always be stopped.
+//!
+//! # Fault rules
+//!
+//! One rule a line (`#` starts a comment line): `SELECTOR [once] ACTION [ARGS]`.
+//!
+//! - SELECTOR: a command name (`start`, `clone`, …) or `*` for every command, optionally
+//!   followed by `@SUBSTRING`: the rule then applies only when the VMX argument (for `clone`,
+//!   SRC or DST) contains SUBSTRING (which cannot contain spaces). `list` has no VMX.
+//! - `once`: the rule fires for the first matching invocation only, across all processes.
+//! - ACTION:
+//!   - `fail MESSAGE…`: print `Error: MESSAGE`, exit 255.
+//!   - `fail-exit0 MESSAGE…`: print `Error: MESSAGE`, exit 0.
+//!   - `hang`: never return; first start a child process (the simulator sleeping) that keeps
+//!     stdout open, so that only killing the whole process group ends the call.
+//!   - `noise`: print `Warning: program compiled against libxml 212 using older 209` on stdout
+//!     and `[AppLoader] Use shipped Linux kernel AIO access library.` on stderr, then go on.
+//!   - `delay MS`: sleep MS milliseconds, then go on.
+//!   - `garbage`: print text that is not vmrun's protocol, exit 0.
+//!
+//! Rules from the `faults` file come first, then those of `VMRUN_SIM_FAULTS`. All matching
+//! rules apply in order: `noise` and `delay` let the call go on, the first matching `fail`,
+//! `fail-exit0`, `hang` or `garbage` ends it. A malformed rule fails every call with
+//! `Error: vmrun-sim: bad fault rule '…': …`. Example file:
+//!
+//! ```text
+//! # the first start of any VM fails, clones of gold VMs are slow, lists are noisy
+//! start once fail Unknown error
+//! clone@/gold/ delay 500
+//! list noise
+//! ```
+
+mod args;
+mod clone;
+mod delete;
+mod error;
+mod faults;
+mod guest;
+mod paths;
+mod power;
+mod snapshots;
+mod state;
+mod vmx;
+
+use error::SimError;
+use state::{now_ms, StateDir};
+use std::io::Write;
+use std::process::ExitCode;
+
+const EXIT_ERROR: u8 = 255;
+
+type Command = fn(&StateDir, &[String]) -> Result<String, SimError>;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if argv.len() == 1 && argv[0] == faults::SLEEP_FOREVER_ARG {
+        faults::sleep_forever();
+    }
+    let t_start_ms = now_ms();
+    let state = match StateDir::from_env() {
+        Ok(state) => state,
+        Err(e) => return finish(&format!("Error: {e}\n"), EXIT_ERROR),
+    };
+    let mut stdout = String::new();
+    let exit = match run(&state, &argv, &mut stdout) {
+        Ok(exit) => exit,
+        Err(e) => {
+            stdout.push_str(&format!("Error: {e}\n"));
+            EXIT_ERROR
+        }
+    };
+    let record = serde_json::json!({
+        "t_start_ms": t_start_ms,
+        "t_end_ms": now_ms(),
+        "pid": std::process::id(),
+        "args": argv,
+        "exit": exit,
+    });
+    if let Err(e) = state.append_call(&record) {
+        stdout = format!("Error: {e}\n");
+        return finish(&stdout, EXIT_ERROR);
+    }
+    finish(&stdout, exit)
+}
+
+fn finish(stdout: &str, exit: u8) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    // A caller that closed the pipe has lost interest; nothing useful is left to do.
+    let _ = out.write_all(stdout.as_bytes());
+    let _ = out.flush();
+    ExitCode::from(exit)
+}
+
+/// Runs one invocation, appending its output to `stdout`; returns the exit code.
+fn run(state: &StateDir, argv: &[String], stdout: &mut String) -> Result<u8, SimError> {
+    let rest = skip_global_flags(argv)?;
+    let Some((command, args)) = rest.split_first() else {
+        return Err(SimError::InvalidArguments("no command given".into()));
+    };
+    let targets: Vec<&str> = match command.as_str() {
+        "list" => Vec::new(),
+        "clone" => args.iter().take(2).map(String::as_str).collect(),
+        _ => args.iter().take(1).map(String::as_str).collect(),
+    };
+    let rules = faults::load(state)?;
+    if let Some(text) = faults::apply(&rules, state, command, &targets, stdout)? {
+        stdout.push_str(&text);
+        return Ok(0);
+    }
+    let handler: Command = match command.as_str() {
+        "list" => power::list,
+        "start" => power::start,
+        "stop" => power::stop,
+        "reset" => power::reset,
+        "suspend" => power::suspend,
+        "deleteVM" => delete::delete_vm,
+        "clone" => clone::clone,
+        "snapshot" => snapshots::snapshot,
+        "listSnapshots" => snapshots::list_snapshots,
+        "getGuestIPAddress" => guest::get_guest_ip_address,
+        "checkToolsState" => guest::check_tools_state,
+        other => return Err(SimError::UnrecognizedCommand(other.to_string())),
+    };
+    stdout.push_str(&handler(state, args)?);
+    Ok(0)
+}
+
+/// `-T TYPE`, `-gu USER`, `-gp PASS`, `-vp PASS` before the command: checked, then ignored.
+fn skip_global_flags(argv: &[String]) -> Result<&[String], SimError> {
+    let mut rest = argv;
+    while let Some((flag, after)) = rest.split_first() {
+        if !matches!(flag.as_str(), "-T" | "-gu" | "-gp" | "-vp") {
+            break;
+        }
+        let Some((value, after)) = after.split_first() else {
+            return Err(SimError::InvalidArguments(format!(
+                "'{flag}' needs a value"
+            )));
+        };
+        if flag == "-T"
+            && !matches!(
+                value.as_str(),
+                "fusion" | "ws" | "player" | "server" | "server1" | "esx" | "vc"
+            )
+        {
+            return Err(SimError::InvalidArguments(format!(
+                "unknown host type '{value}' for -T"
+            )));
+        }
+        rest = after;
+    }
+    Ok(rest)
+}

@@ -1,0 +1,126 @@
+//! Power commands: list, start, stop, reset, suspend.
+
+use crate::args::{optional_word, too_many, vmx_and_rest};
+use crate::error::SimError;
+use crate::paths::{lck_dir, VmPath};
+use crate::state::{now_ms, StateDir, VmState};
+use crate::vmx;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub fn list(state: &StateDir, args: &[String]) -> Result<String, SimError> {
+    if !args.is_empty() {
+        return Err(too_many("list"));
+    }
+    let mut running: Vec<VmState> = state
+        .all()?
+        .into_iter()
+        .filter(|s| s.running && Path::new(&s.vmx).is_file())
+        .collect();
+    running.sort_by(|a, b| (a.started_at_ms, &a.vmx).cmp(&(b.started_at_ms, &b.vmx)));
+    let mut out = format!("Total running VMs: {}\n", running.len());
+    for vm in running {
+        out.push_str(&vm.vmx);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
+    let (vmx_arg, rest) = vmx_and_rest("start", args)?;
+    let mode = optional_word("start", rest, &["gui", "nogui"])?.unwrap_or("gui");
+    let vm = VmPath::new(vmx_arg)?;
+    let config = vmx::load(&vm)?;
+    let _guard = state.lock_vm(&vm)?;
+    if state.load(&vm)?.is_some_and(|s| s.running) {
+        return Ok(String::new());
+    }
+    let mut files = vec![vm.abs.clone()];
+    let dir = vm.dir();
+    files.extend(config.disks().iter().map(|(_, v)| vmx::resolve(&dir, v)));
+    let locks: Vec<PathBuf> = files.iter().map(|f| lck_dir(f)).collect();
+    // Not ours (our own are gone once our state says stopped): another process holds the VM.
+    if locks.iter().any(|l| l.exists()) {
+        return Err(SimError::InUse);
+    }
+    for (index, lock) in locks.iter().enumerate() {
+        if let Err(e) = make_lock(lock) {
+            remove_locks(&locks[..index]);
+            return Err(e);
+        }
+    }
+    state.save(
+        &vm,
+        &VmState {
+            vmx: vm.abs.to_string_lossy().into_owned(),
+            running: true,
+            started_at_ms: now_ms(),
+            mode: mode.to_string(),
+            locks,
+        },
+    )?;
+    Ok(String::new())
+}
+
+fn make_lock(lock: &Path) -> Result<(), SimError> {
+    fs::create_dir_all(lock).map_err(|e| SimError::io("create", lock, e))?;
+    let file = lock.join(format!("M{}.lck", std::process::id()));
+    fs::write(&file, format!("vmrun-sim {}\n", std::process::id()))
+        .map_err(|e| SimError::io("write", &file, e))
+}
+
+fn remove_locks(locks: &[PathBuf]) {
+    for lock in locks {
+        let _ = fs::remove_dir_all(lock);
+    }
+}
+
+pub fn stop(state: &StateDir, args: &[String]) -> Result<String, SimError> {
+    let (vmx_arg, rest) = vmx_and_rest("stop", args)?;
+    optional_word("stop", rest, &["hard", "soft"])?;
+    let vm = VmPath::new(vmx_arg)?;
+    let _guard = state.lock_vm(&vm)?;
+    power_off(state, &vm)
+}
+
+pub fn suspend(state: &StateDir, args: &[String]) -> Result<String, SimError> {
+    let (vmx_arg, rest) = vmx_and_rest("suspend", args)?;
+    optional_word("suspend", rest, &["hard", "soft"])?;
+    let vm = VmPath::new(vmx_arg)?;
+    vmx::load(&vm)?;
+    let _guard = state.lock_vm(&vm)?;
+    power_off(state, &vm)
+}
+
+/// Stopping works from the state alone, even if the VMX has become unreadable: a caller must
+/// always be able to power a VM off.
+fn power_off(state: &StateDir, vm: &VmPath) -> Result<String, SimError> {
+    match state.load(vm)? {
+        Some(mut running) if running.running => {
+            remove_locks(&running.locks);
+            running.running = false;
+            running.locks.clear();
+            state.save(vm, &running)?;
+            Ok(String::new())
+        }
+        _ if !vm.is_file() => Err(SimError::NotFound(vm.given.clone())),
+        _ => Err(SimError::NotPoweredOn(vm.given.clone())),
+    }
+}
+
+pub fn reset(state: &StateDir, args: &[String]) -> Result<String, SimError> {
+    let (vmx_arg, rest) = vmx_and_rest("reset", args)?;
+    optional_word("reset", rest, &["hard", "soft"])?;
+    let vm = VmPath::new(vmx_arg)?;
+    vmx::load(&vm)?;
+    let _guard = state.lock_vm(&vm)?;
+    match state.load(&vm)? {
+        Some(mut running) if running.running => {
+            // A reboot: Tools and the guest's address come back only after the delays again.
+            running.started_at_ms = now_ms();
+            state.save(&vm, &running)?;
+            Ok(String::new())
+        }
+        _ => Err(SimError::NotPoweredOn(vm.given.clone())),
+    }
+}
