@@ -2,6 +2,8 @@
 //!
 //! Public entry point: `ImageCache::ensure`. Everything else is the pipeline behind it.
 
+pub mod archive;
+pub mod extract;
 pub mod spec;
 
 pub use spec::{ChecksumType, ImageSpec};
