@@ -2,6 +2,20 @@
 //!
 //! Public entry point: `ImageCache::ensure`. Everything else is the pipeline behind it.
 
+pub mod archive;
+pub mod cache;
+pub mod checksum;
+mod disk;
+pub mod download;
+pub mod error;
+pub mod extract;
+mod layout;
+mod pipeline;
+pub mod progress;
 pub mod spec;
 
+pub use cache::{ImageCache, ImageSettings};
+pub use error::ImageError;
+pub use layout::GoldImage;
+pub use progress::{ImagePhase, ImageProgress};
 pub use spec::{ChecksumType, ImageSpec};

@@ -1,0 +1,251 @@
+//! The gold image cache: one download per image however many VMs ask for it at once.
+//!
+//! Each download runs on a thread of its own, not on the thread of the VM that asked first:
+//! that VM may be deleted while it waits, and the others must not lose the download with
+//! it. Waiters block on the flight's condition variable, waking a few times a second to
+//! report progress and to notice their own cancellation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
+use crate::image::checksum;
+use crate::image::download::{Fetcher, Location};
+use crate::image::error::ImageError;
+use crate::image::extract::Limits;
+use crate::image::layout::{GoldImage, Layout};
+use crate::image::pipeline::{self, Job};
+use crate::image::progress::{ImagePhase, ImageProgress, ProgressCell};
+use crate::image::spec::ImageSpec;
+
+/// How often a waiter wakes to check its cancel flag.
+const WAKE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a waiter reports progress when the phase does not change.
+const REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug)]
+pub struct ImageSettings {
+    /// `gold/` and `images/` live under it.
+    pub data_dir: PathBuf,
+    /// The most an archive may unpack to (decompression bombs).
+    pub max_unpacked_bytes: u64,
+    pub connect_timeout: Duration,
+    /// No byte for this long means the transfer has stalled.
+    pub read_timeout: Duration,
+    /// Range requests after dropped connections, per download.
+    pub max_resumes: u32,
+}
+
+impl ImageSettings {
+    pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 512 << 30;
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_RESUMES: u32 = 5;
+
+    /// The defaults, under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_unpacked_bytes: Self::DEFAULT_MAX_UNPACKED_BYTES,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            max_resumes: Self::DEFAULT_MAX_RESUMES,
+        }
+    }
+}
+
+/// Send + Sync: share it as an `Arc`.
+pub struct ImageCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    layout: Layout,
+    fetcher: Fetcher,
+    limits: Limits,
+    /// Downloads in progress, by checksum. An entry is removed only after its result is set
+    /// (and, on success, its gold folder published), which is what lets `ensure` decide
+    /// under this lock whether to join, use the gold folder, or start a download.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// One download and everyone waiting for it.
+struct Flight {
+    progress: ProgressCell,
+    outcome: Mutex<Option<Result<GoldImage, ImageError>>>,
+    done: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent even if a holder panicked: each update
+    // is a single assignment.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ImageCache {
+    /// Creates `gold/` and `images/` under the data folder and removes what a process that
+    /// died mid-download left there.
+    pub fn new(settings: ImageSettings) -> Result<Self, ImageError> {
+        let layout = Layout::new(&settings.data_dir);
+        layout.create()?;
+        for path in layout.remove_leftovers()? {
+            crate::info!("removed {} left by an interrupted download", path.display());
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                layout,
+                fetcher: Fetcher::new(
+                    settings.connect_timeout,
+                    settings.read_timeout,
+                    settings.max_resumes,
+                ),
+                limits: Limits {
+                    max_unpacked_bytes: settings.max_unpacked_bytes,
+                },
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The published gold image for `checksum`, if any. An existing gold folder (also one
+    /// the original Go server left) is trusted without hashing.
+    pub fn lookup(&self, checksum: &str) -> Option<GoldImage> {
+        if !checksum::is_any_digest(checksum) {
+            return None;
+        }
+        self.shared.layout.find_gold(checksum).ok().flatten()
+    }
+
+    /// Blocks until `gold/<spec.checksum>` is published, or fails.
+    ///
+    /// Concurrent calls for one checksum share one download and its result; different
+    /// checksums download in parallel. Returns `Cancelled` within a fraction of a second of
+    /// `cancel` being set (the download goes on for the others and for the cache).
+    /// `on_progress` is called on the caller's thread about every 250 ms while it waits, and
+    /// soon after each phase change.
+    pub fn ensure(
+        &self,
+        spec: &ImageSpec,
+        cancel: &Cancel,
+        on_progress: &mut dyn FnMut(&ImageProgress),
+    ) -> Result<GoldImage, ImageError> {
+        if !checksum::is_valid_digest(&spec.checksum, spec.checksum_type) {
+            return Err(ImageError::InvalidChecksum {
+                checksum: spec.checksum.clone(),
+                checksum_type: spec.checksum_type,
+            });
+        }
+        if cancel.is_cancelled() {
+            return Err(ImageError::Cancelled);
+        }
+        if let Some(gold) = self.shared.layout.find_gold(&spec.checksum)? {
+            return Ok(gold);
+        }
+        let flight = match self.join_or_start(spec)? {
+            Joined::Flight(flight) => flight,
+            Joined::Published => {
+                return self
+                    .shared
+                    .layout
+                    .find_gold(&spec.checksum)?
+                    .ok_or_else(|| ImageError::Internal {
+                        detail: format!("gold image {} vanished", spec.checksum),
+                    })
+            }
+        };
+        wait(&flight, cancel, on_progress)
+    }
+
+    fn join_or_start(&self, spec: &ImageSpec) -> Result<Joined, ImageError> {
+        let mut flights = lock(&self.shared.flights);
+        if let Some(flight) = flights.get(&spec.checksum) {
+            return Ok(Joined::Flight(Arc::clone(flight)));
+        }
+        // Published between the look above and taking the lock.
+        if self.shared.layout.gold_dir(&spec.checksum).is_dir() {
+            return Ok(Joined::Published);
+        }
+        let location = Location::parse(&spec.url)?;
+        let flight = Arc::new(Flight {
+            progress: ProgressCell::new(),
+            outcome: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        let thread_name = format!("image-{}", &spec.checksum[..12.min(spec.checksum.len())]);
+        let (shared, spec_owned, flown) =
+            (Arc::clone(&self.shared), spec.clone(), Arc::clone(&flight));
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || fly(&shared, &spec_owned, &location, &flown))
+            .map_err(|e| ImageError::Internal {
+                detail: format!("could not start a download thread: {e}"),
+            })?;
+        flights.insert(spec.checksum.clone(), Arc::clone(&flight));
+        Ok(Joined::Flight(flight))
+    }
+}
+
+enum Joined {
+    Flight(Arc<Flight>),
+    Published,
+}
+
+/// The download thread: runs the pipeline, then hands its result to every waiter.
+fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) {
+    let job = Job {
+        spec,
+        location,
+        fetcher: &shared.fetcher,
+        layout: &shared.layout,
+        limits: shared.limits,
+        progress: &flight.progress,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))
+        .unwrap_or_else(|_| {
+            Err(ImageError::Internal {
+                detail: format!("the download thread for {} panicked", spec.url),
+            })
+        });
+    // Result first, then out of the map, both under the map's lock: a caller that finds no
+    // flight then finds either the gold folder or nothing (and starts a new download).
+    let mut flights = lock(&shared.flights);
+    *lock(&flight.outcome) = Some(result);
+    flights.remove(&spec.checksum);
+    drop(flights);
+    flight.done.notify_all();
+}
+
+fn wait(
+    flight: &Flight,
+    cancel: &Cancel,
+    on_progress: &mut dyn FnMut(&ImageProgress),
+) -> Result<GoldImage, ImageError> {
+    let mut last_phase: Option<ImagePhase> = None;
+    let mut last_report = Instant::now();
+    loop {
+        {
+            let outcome = lock(&flight.outcome);
+            if let Some(result) = outcome.as_ref() {
+                return result.clone();
+            }
+            let (outcome, _) = flight
+                .done
+                .wait_timeout(outcome, WAKE_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(result) = outcome.as_ref() {
+                return result.clone();
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(ImageError::Cancelled);
+        }
+        let progress = flight.progress.snapshot();
+        if last_phase != Some(progress.phase) || last_report.elapsed() >= REPORT_INTERVAL {
+            on_progress(&progress);
+            last_phase = Some(progress.phase);
+            last_report = Instant::now();
+        }
+    }
+}

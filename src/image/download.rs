@@ -1,0 +1,517 @@
+//! The bytes of an image archive, from an http:// URL or a local file, as one `Read` that
+//! resumes a dropped connection with a Range request where it left off.
+//!
+//! Resuming inside the reader keeps everything above it (hasher, decompressor, tar reader)
+//! unaware that the connection changed: they see one continuous stream. What cannot be
+//! hidden (a server that ignores Range, a stall, resumes used up) ends the stream with an
+//! error and is kept in `Body::failure` for the pipeline to act on, whatever the layers above
+//! made of the io error on its way up.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::image::error::ImageError;
+
+/// Where an image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Http(String),
+    File(PathBuf),
+}
+
+impl Location {
+    /// `http://...`, `file:///absolute/path` or a plain absolute path.
+    pub fn parse(url: &str) -> Result<Self, ImageError> {
+        let unsupported = |reason: &str| ImageError::UnsupportedUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if starts_with_ignore_case(url, "http://") {
+            return Ok(Self::Http(url.to_owned()));
+        }
+        if starts_with_ignore_case(url, "https://") {
+            return Err(unsupported(
+                "https is not supported by this build (serve the image over plain http on \
+                 a trusted network; the checksum still protects its integrity)",
+            ));
+        }
+        if starts_with_ignore_case(url, "file://") {
+            let rest = &url["file://".len()..];
+            // RFC 8089 allows an empty host or `localhost`; anything else names another
+            // machine, which a local read cannot honour.
+            let path = if rest.starts_with('/') {
+                rest
+            } else if starts_with_ignore_case(rest, "localhost/") {
+                &rest["localhost".len()..]
+            } else {
+                return Err(unsupported(
+                    "a file URL must name an absolute local path, as in file:///images/macos.tar.gz",
+                ));
+            };
+            return Ok(Self::File(PathBuf::from(percent_decode(path))));
+        }
+        if url.starts_with('/') {
+            return Ok(Self::File(PathBuf::from(url)));
+        }
+        Err(unsupported(
+            "only http://, file:// and absolute paths are supported",
+        ))
+    }
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// `%20` and friends in a file URL; a `%` not followed by two hex digits is kept as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// What the HTTP client needs to know; one per cache, shared by its downloads.
+#[derive(Clone, Debug)]
+pub struct Fetcher {
+    agent: ureq::Agent,
+    read_timeout: Duration,
+    max_resumes: u32,
+}
+
+impl Fetcher {
+    pub fn new(connect_timeout: Duration, read_timeout: Duration, max_resumes: u32) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(connect_timeout))
+            // Per read, not for the whole body: a 60 GB image may take hours, but no byte
+            // for this long means the transfer is stuck.
+            .timeout_per_read(Some(read_timeout))
+            // Statuses are reported by us, with the URL.
+            .http_status_as_error(false)
+            .user_agent(concat!("osx-builder/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Self {
+            agent,
+            read_timeout,
+            max_resumes,
+        }
+    }
+
+    /// Starts reading the archive from its first byte.
+    pub fn open(&self, location: &Location, url: &str) -> Result<Body, ImageError> {
+        match location {
+            Location::File(path) => {
+                let unreadable = |source: io::Error| ImageError::FileUnreadable {
+                    url: url.to_owned(),
+                    path: path.clone(),
+                    source: source.into(),
+                };
+                let file = File::open(path).map_err(unreadable)?;
+                let meta = file.metadata().map_err(unreadable)?;
+                if !meta.is_file() {
+                    return Err(unreadable(io::Error::other("not a regular file")));
+                }
+                Ok(Body {
+                    url: url.to_owned(),
+                    source: Source::File {
+                        file,
+                        path: path.clone(),
+                    },
+                    position: 0,
+                    total: Some(meta.len()),
+                    resumes: 0,
+                    failure: None,
+                })
+            }
+            Location::Http(http_url) => {
+                let response = self.get(http_url, None)?;
+                let status = response.status().as_u16();
+                if status != 200 {
+                    return Err(ImageError::HttpStatus {
+                        url: url.to_owned(),
+                        status,
+                    });
+                }
+                let total = header(&response, "content-length").and_then(|v| v.parse().ok());
+                let validator = validator(&response);
+                Ok(Body {
+                    url: url.to_owned(),
+                    source: Source::Http {
+                        fetcher: self.clone(),
+                        url: http_url.clone(),
+                        reader: Some(Box::new(response.into_body().into_reader())),
+                        validator,
+                    },
+                    position: 0,
+                    total,
+                    resumes: 0,
+                    failure: None,
+                })
+            }
+        }
+    }
+
+    /// One GET; `range` asks for the bytes from an offset, conditional on the archive being
+    /// the same one (`If-Range`) so that a changed file is never stitched onto the old one.
+    fn get(
+        &self,
+        url: &str,
+        range: Option<(u64, &Option<(&'static str, String)>)>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ImageError> {
+        let mut request = self.agent.get(url);
+        if let Some((from, validator)) = range {
+            request = request.header("Range", format!("bytes={from}-"));
+            if let Some((_, value)) = validator {
+                request = request.header("If-Range", value.as_str());
+            }
+        }
+        request.call().map_err(|e| self.call_error(url, e))
+    }
+
+    fn call_error(&self, url: &str, e: ureq::Error) -> ImageError {
+        match e {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => ImageError::Connection {
+                url: url.to_owned(),
+                detail: "no connection within the connect timeout".to_owned(),
+            },
+            ureq::Error::Timeout(_) => ImageError::Timeout {
+                url: url.to_owned(),
+                after: self.read_timeout,
+                received: 0,
+            },
+            ureq::Error::HostNotFound => ImageError::Connection {
+                url: url.to_owned(),
+                detail: "the host name does not resolve".to_owned(),
+            },
+            ureq::Error::BadUri(detail) => ImageError::UnsupportedUrl {
+                url: url.to_owned(),
+                reason: format!("the URL is malformed ({detail})"),
+            },
+            other => ImageError::Connection {
+                url: url.to_owned(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+}
+
+/// The strongest identity of the archive the server gave: a strong ETag, else its
+/// Last-Modified date (weak ETags are not allowed in If-Range).
+fn validator(response: &ureq::http::Response<ureq::Body>) -> Option<(&'static str, String)> {
+    match header(response, "etag") {
+        Some(etag) if !etag.starts_with("W/") => Some(("etag", etag)),
+        _ => header(response, "last-modified").map(|date| ("last-modified", date)),
+    }
+}
+
+/// Why the stream of archive bytes ended early.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// Cannot go on; report this.
+    Fatal(ImageError),
+    /// The connection dropped and the server answered the Range request with the whole
+    /// archive (or a different one): the bytes already consumed cannot be continued, so the
+    /// download has to start again from scratch.
+    RangeIgnored { at: u64, status: u16 },
+}
+
+enum Source {
+    File {
+        file: File,
+        path: PathBuf,
+    },
+    Http {
+        fetcher: Fetcher,
+        url: String,
+        reader: Option<Box<ureq::BodyReader<'static>>>,
+        validator: Option<(&'static str, String)>,
+    },
+}
+
+/// The archive's bytes in order, however many connections that took.
+pub struct Body {
+    url: String,
+    source: Source,
+    position: u64,
+    total: Option<u64>,
+    resumes: u32,
+    failure: Option<Failure>,
+}
+
+impl Body {
+    /// The archive's size, when the server said.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Bytes delivered so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// How many times a dropped connection was resumed.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// Why the stream failed, if it did; sticky, so later reads fail the same way.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    fn fail(&mut self, failure: Failure) -> io::Error {
+        let text = match &failure {
+            Failure::Fatal(e) => e.to_string(),
+            Failure::RangeIgnored { at, status } => {
+                format!("the server ignored a Range request at byte {at} (HTTP {status})")
+            }
+        };
+        self.failure = Some(failure);
+        io::Error::other(text)
+    }
+
+    /// Reconnects after a drop at `self.position`, trying until the resumes allowed run out.
+    fn resume(&mut self, why: String) -> Result<(), io::Error> {
+        let Source::Http {
+            fetcher,
+            url,
+            reader,
+            validator,
+        } = &mut self.source
+        else {
+            return Err(io::Error::other("a local file cannot resume"));
+        };
+        *reader = None;
+        let mut last_error = why;
+        loop {
+            if self.resumes >= fetcher.max_resumes {
+                let fatal = ImageError::ResumesExhausted {
+                    url: self.url.clone(),
+                    received: self.position,
+                    total: self.total,
+                    resumes: self.resumes,
+                    detail: last_error,
+                };
+                return Err(self.fail(Failure::Fatal(fatal)));
+            }
+            // The first reconnect is immediate (a dropped connection is usually a one-off);
+            // a server that refuses new connections gets a growing pause.
+            let failed_reconnects = self.resumes.saturating_sub(1).min(10);
+            if failed_reconnects > 0 {
+                std::thread::sleep(Duration::from_secs(u64::from(failed_reconnects)));
+            }
+            self.resumes += 1;
+            crate::warn!(
+                "image download from {} dropped at byte {} of {} ({last_error}); resuming \
+                 with a Range request ({} of {})",
+                self.url,
+                self.position,
+                self.total.map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                self.resumes,
+                fetcher.max_resumes
+            );
+            let response = match fetcher.get(url, Some((self.position, validator))) {
+                Ok(response) => response,
+                Err(ImageError::Connection { detail, .. }) => {
+                    last_error = detail;
+                    continue;
+                }
+                Err(ImageError::Timeout { after, .. }) => {
+                    let stall = ImageError::Timeout {
+                        url: self.url.clone(),
+                        after,
+                        received: self.position,
+                    };
+                    return Err(self.fail(Failure::Fatal(stall)));
+                }
+                Err(other) => return Err(self.fail(Failure::Fatal(other))),
+            };
+            let status = response.status().as_u16();
+            match status {
+                206 => {
+                    let range = header(&response, "content-range");
+                    if range.as_deref().and_then(range_start) != Some(self.position) {
+                        let at = self.position;
+                        return Err(self.fail(Failure::RangeIgnored { at, status }));
+                    }
+                    *reader = Some(Box::new(response.into_body().into_reader()));
+                    return Ok(());
+                }
+                200 => {
+                    let at = self.position;
+                    return Err(self.fail(Failure::RangeIgnored { at, status }));
+                }
+                _ => {
+                    let fatal = ImageError::HttpStatus {
+                        url: self.url.clone(),
+                        status,
+                    };
+                    return Err(self.fail(Failure::Fatal(fatal)));
+                }
+            }
+        }
+    }
+}
+
+/// The first byte of `bytes <first>-<last>/<total>`.
+fn range_start(content_range: &str) -> Option<u64> {
+    let spec = content_range.trim().strip_prefix("bytes")?.trim_start();
+    let (first, _) = spec.split_once('-')?;
+    first.trim().parse().ok()
+}
+
+/// A read error that means the transfer is stuck rather than cut.
+fn is_stall(e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::TimedOut {
+        return true;
+    }
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+    {
+        Some(ureq::Error::Timeout(_)) => true,
+        Some(ureq::Error::Io(inner)) => inner.kind() == io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(failure) = &self.failure {
+            return Err(io::Error::other(match failure {
+                Failure::Fatal(e) => e.to_string(),
+                Failure::RangeIgnored { .. } => "the download must restart".to_owned(),
+            }));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let result = match &mut self.source {
+                Source::File { file, path } => match file.read(buf) {
+                    Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                        let fatal = ImageError::FileUnreadable {
+                            url: self.url.clone(),
+                            path: path.clone(),
+                            source: e.into(),
+                        };
+                        return Err(self.fail(Failure::Fatal(fatal)));
+                    }
+                    other => other,
+                },
+                Source::Http { reader, .. } => match reader {
+                    Some(reader) => reader.read(buf),
+                    None => Err(io::Error::new(io::ErrorKind::NotConnected, "not connected")),
+                },
+            };
+            match result {
+                Ok(0) => match self.total {
+                    Some(total)
+                        if self.position < total && matches!(self.source, Source::Http { .. }) =>
+                    {
+                        self.resume("the server closed the connection early".to_owned())?;
+                    }
+                    _ => return Ok(0),
+                },
+                Ok(n) => {
+                    self.position += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_stall(&e) => {
+                    let Source::Http { fetcher, .. } = &self.source else {
+                        return Err(e);
+                    };
+                    let stall = ImageError::Timeout {
+                        url: self.url.clone(),
+                        after: fetcher.read_timeout,
+                        received: self.position,
+                    };
+                    return Err(self.fail(Failure::Fatal(stall)));
+                }
+                Err(e) => self.resume(e.to_string())?,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            Location::parse("http://mirror:8080/a.tar.gz").unwrap(),
+            Location::Http("http://mirror:8080/a.tar.gz".into())
+        );
+        assert_eq!(
+            Location::parse("HTTP://mirror/a").unwrap(),
+            Location::Http("HTTP://mirror/a".into())
+        );
+        assert_eq!(
+            Location::parse("file:///images/mac%20os.tar").unwrap(),
+            Location::File("/images/mac os.tar".into())
+        );
+        assert_eq!(
+            Location::parse("file://localhost/images/a.zip").unwrap(),
+            Location::File("/images/a.zip".into())
+        );
+        assert_eq!(
+            Location::parse("/images/a.zip").unwrap(),
+            Location::File("/images/a.zip".into())
+        );
+        for bad in [
+            "https://mirror/a",
+            "file://otherhost/a",
+            "file:relative",
+            "ftp://x/a",
+            "relative/path",
+            "",
+        ] {
+            let e = Location::parse(bad).unwrap_err();
+            assert_eq!(e.code(), "image-url-unsupported", "{bad}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_keeps_stray_percents() {
+        assert_eq!(percent_decode("/a%2Fb%zz%4"), "/a/b%zz%4");
+        assert_eq!(percent_decode("/100%"), "/100%");
+        assert_eq!(percent_decode("/%41"), "/A");
+    }
+
+    #[test]
+    fn content_range_start() {
+        assert_eq!(range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(range_start("bytes 0-0/*"), Some(0));
+        assert_eq!(range_start("bytes */200"), None);
+        assert_eq!(range_start("items 1-2/3"), None);
+    }
+}

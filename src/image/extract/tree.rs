@@ -1,0 +1,404 @@
+//! The staging folder as it fills: every rule about what may be created where.
+//!
+//! The folder starts empty and only this type writes into it, so it knows every path in it
+//! without asking the file system. Symlinks are created last, after every file and hard link:
+//! while entries are written no symlink exists below the folder, so no write can be
+//! redirected through one, whatever order the archive lists things in.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::copy::{self, Budget, Copied, CopyError, COPY_BUF_LEN};
+use super::names::{self, BadTarget};
+use super::{ExtractError, Limits, Unpacked, LISTED_ENTRIES};
+
+/// Permission bits kept from the archive: setuid, setgid and sticky never survive.
+const PERMISSION_BITS: u32 = 0o777;
+
+/// Folders stay writable and searchable by their owner so that the image can be
+/// cleaned up or replaced later without a chmod pass.
+const DIR_OWNER_BITS: u32 = 0o700;
+
+pub(super) struct Tree {
+    dest: PathBuf,
+    dirs: HashSet<PathBuf>,
+    files: HashSet<PathBuf>,
+    symlinks: HashSet<PathBuf>,
+    pending_symlinks: Vec<PendingSymlink>,
+    dir_modes: Vec<(PathBuf, u32)>,
+    /// The .vmx found so far, as a path and as the entry name the archive gave it.
+    vmx: Option<(PathBuf, String)>,
+    listed: Vec<String>,
+    entries: u64,
+    files_created: u64,
+    budget: Budget,
+    buf: Vec<u8>,
+}
+
+struct PendingSymlink {
+    path: PathBuf,
+    target: Vec<u8>,
+    entry: String,
+}
+
+/// A regular file being written, with what error messages need to name it.
+pub(super) struct NewFile {
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+}
+
+impl Tree {
+    pub(super) fn new(dest: &Path, limits: &Limits) -> Result<Self, ExtractError> {
+        let write_failed = |source| ExtractError::WriteFailed {
+            path: dest.to_path_buf(),
+            source,
+        };
+        if fs::read_dir(dest).map_err(write_failed)?.next().is_some() {
+            return Err(ExtractError::StagingNotEmpty {
+                dir: dest.to_path_buf(),
+            });
+        }
+        Ok(Tree {
+            dest: dest.to_path_buf(),
+            dirs: HashSet::new(),
+            files: HashSet::new(),
+            symlinks: HashSet::new(),
+            pending_symlinks: Vec::new(),
+            dir_modes: Vec::new(),
+            vmx: None,
+            listed: Vec::new(),
+            entries: 0,
+            files_created: 0,
+            budget: Budget {
+                used: 0,
+                limit: limits.max_unpacked_bytes,
+            },
+            buf: vec![0; COPY_BUF_LEN],
+        })
+    }
+
+    pub(super) fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Counts an entry and remembers the first few names for a `no-vmx` error.
+    pub(super) fn note_entry(&mut self, name: &str) {
+        self.entries += 1;
+        if self.listed.len() < LISTED_ENTRIES {
+            self.listed.push(name.to_owned());
+        }
+    }
+
+    /// The checked relative path for an entry name; `None` is the folder itself.
+    pub(super) fn path_for(
+        &self,
+        name: &[u8],
+        entry: &str,
+        backslash_separates: bool,
+    ) -> Result<Option<PathBuf>, ExtractError> {
+        names::relative_path(name, backslash_separates).map_err(|bad| ExtractError::UnsafePath {
+            entry: entry.to_owned(),
+            reason: bad.reason().to_owned(),
+        })
+    }
+
+    /// Refuses an entry up front when its declared size alone would pass the limit, so a bomb
+    /// is caught before its bytes are inflated. Sizes are still counted as written.
+    pub(super) fn check_declared_size(&self, size: u64, entry: &str) -> Result<(), ExtractError> {
+        if self.budget.would_exceed(size) {
+            return Err(self.limit_error(entry));
+        }
+        Ok(())
+    }
+
+    pub(super) fn limit_error(&self, entry: &str) -> ExtractError {
+        ExtractError::UnpackLimit {
+            limit: self.budget.limit,
+            entry: entry.to_owned(),
+        }
+    }
+
+    /// Counts a hole (a gap in a sparse file) against the limit.
+    pub(super) fn charge_hole(&mut self, len: u64, entry: &str) -> Result<(), ExtractError> {
+        if self.budget.charge(len) {
+            Ok(())
+        } else {
+            Err(self.limit_error(entry))
+        }
+    }
+
+    pub(super) fn dir(
+        &mut self,
+        rel: Option<PathBuf>,
+        entry: &str,
+        mode: u32,
+    ) -> Result<(), ExtractError> {
+        // The staging folder's own mode is the caller's business.
+        let Some(rel) = rel else { return Ok(()) };
+        if !self.dirs.contains(&rel) {
+            self.ensure_parent(&rel, entry)?;
+            self.ensure_unclaimed(&rel, entry)?;
+            self.mkdir(&rel, entry)?;
+        }
+        self.dir_modes.push((rel, mode));
+        Ok(())
+    }
+
+    /// Creates a regular file, never following or replacing anything already there.
+    pub(super) fn create_file(
+        &mut self,
+        rel: &Path,
+        entry: &str,
+        mode: u32,
+    ) -> Result<NewFile, ExtractError> {
+        self.ensure_parent(rel, entry)?;
+        self.ensure_unclaimed(rel, entry)?;
+        self.note_file(rel, entry)?;
+        let path = self.dest.join(rel);
+        let permissions = mode & PERMISSION_BITS;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(permissions)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|file| {
+                // The umask must not decide a gold image's permissions.
+                file.set_permissions(Permissions::from_mode(permissions))?;
+                Ok(file)
+            })
+            .map_err(|e| ExtractError::from_write(e, &path, &self.dest, entry))?;
+        self.files.insert(rel.to_path_buf());
+        Ok(NewFile { file, path })
+    }
+
+    /// Copies entry data into `file` at `offset`; see `copy::copy_at`.
+    pub(super) fn copy_into(
+        &mut self,
+        src: &mut dyn Read,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<Copied, CopyError> {
+        copy::copy_at(src, file, offset, len, &mut self.buf, &mut self.budget)
+    }
+
+    /// Scratch space for reading small structures out of entries (sparse maps).
+    pub(super) fn scratch(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// A hard link must point at a regular file that this archive already unpacked: anything
+    /// else could be outside the folder, a symlink, or a name still to come.
+    pub(super) fn hard_link(
+        &mut self,
+        rel: &Path,
+        entry: &str,
+        target: &[u8],
+    ) -> Result<(), ExtractError> {
+        let refuse = |reason: &str| ExtractError::UnsafeLink {
+            entry: entry.to_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+            reason: reason.to_owned(),
+        };
+        let target_rel = match names::relative_path(target, false) {
+            Ok(Some(path)) => path,
+            Ok(None) => return Err(refuse("the target is the image folder itself")),
+            Err(bad) => return Err(refuse(&format!("for the target, {}", bad.reason()))),
+        };
+        if !self.files.contains(&target_rel) {
+            return Err(refuse(
+                "the target is not a regular file unpacked earlier from this archive",
+            ));
+        }
+        self.ensure_parent(rel, entry)?;
+        self.ensure_unclaimed(rel, entry)?;
+        self.note_file(rel, entry)?;
+        let path = self.dest.join(rel);
+        fs::hard_link(self.dest.join(&target_rel), &path)
+            .map_err(|e| ExtractError::from_write(e, &path, &self.dest, entry))?;
+        self.files.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Records a symlink, created by `finish`. Targets that are absolute or climb out are
+    /// refused at once; the check is repeated at the end when every symlink is known.
+    pub(super) fn symlink(
+        &mut self,
+        rel: Option<PathBuf>,
+        entry: &str,
+        target: &[u8],
+    ) -> Result<(), ExtractError> {
+        let Some(rel) = rel else {
+            return Err(ExtractError::UnsafePath {
+                entry: entry.to_owned(),
+                reason: "a symlink cannot replace the image folder itself".to_owned(),
+            });
+        };
+        self.check_symlink_target(&rel, entry, target)?;
+        self.ensure_parent(&rel, entry)?;
+        self.ensure_unclaimed(&rel, entry)?;
+        self.symlinks.insert(rel.clone());
+        self.pending_symlinks.push(PendingSymlink {
+            path: rel,
+            target: target.to_vec(),
+            entry: entry.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn check_symlink_target(
+        &self,
+        rel: &Path,
+        entry: &str,
+        target: &[u8],
+    ) -> Result<(), ExtractError> {
+        names::resolve_symlink(rel, target, |p| self.symlinks.contains(p))
+            .map(drop)
+            .map_err(|bad: BadTarget| ExtractError::UnsafeLink {
+                entry: entry.to_owned(),
+                target: String::from_utf8_lossy(target).into_owned(),
+                reason: bad.to_string(),
+            })
+    }
+
+    /// Creates the symlinks, applies folder modes and names the .vmx.
+    pub(super) fn finish(mut self) -> Result<Unpacked, ExtractError> {
+        for link in std::mem::take(&mut self.pending_symlinks) {
+            self.check_symlink_target(&link.path, &link.entry, &link.target)?;
+            let path = self.dest.join(&link.path);
+            std::os::unix::fs::symlink(OsStr::from_bytes(&link.target), &path)
+                .map_err(|e| ExtractError::from_write(e, &path, &self.dest, &link.entry))?;
+        }
+        for (rel, mode) in std::mem::take(&mut self.dir_modes) {
+            let path = self.dest.join(&rel);
+            let mode = (mode & PERMISSION_BITS) | DIR_OWNER_BITS;
+            fs::set_permissions(&path, Permissions::from_mode(mode)).map_err(|e| {
+                ExtractError::from_write(e, &path, &self.dest, &rel.to_string_lossy())
+            })?;
+        }
+        let Some((vmx, _)) = self.vmx else {
+            return Err(ExtractError::NoVmx {
+                listed: self.listed,
+                entries: self.entries,
+            });
+        };
+        Ok(Unpacked {
+            vmx,
+            files: self.files_created,
+            bytes: self.budget.used,
+        })
+    }
+
+    /// Creates the missing folders above `rel`, refusing a way through a symlink or a file.
+    fn ensure_parent(&mut self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if self.dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut at = PathBuf::new();
+        for component in parent.components() {
+            at.push(component);
+            if self.dirs.contains(&at) {
+                continue;
+            }
+            if self.symlinks.contains(&at) {
+                return Err(ExtractError::UnsafePath {
+                    entry: entry.to_owned(),
+                    reason: format!("it passes through the symlink `{}`", at.display()),
+                });
+            }
+            if self.files.contains(&at) {
+                return Err(ExtractError::DuplicateEntry {
+                    entry: entry.to_owned(),
+                    reason: format!("`{}` is a file, not a folder", at.display()),
+                });
+            }
+            self.mkdir(&at, entry)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_unclaimed(&self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
+        let taken_by = if self.files.contains(rel) {
+            "a file"
+        } else if self.symlinks.contains(rel) {
+            "a symlink"
+        } else if self.dirs.contains(rel) {
+            "a folder"
+        } else {
+            return Ok(());
+        };
+        Err(ExtractError::DuplicateEntry {
+            entry: entry.to_owned(),
+            reason: format!("{taken_by} of that name was already unpacked"),
+        })
+    }
+
+    fn mkdir(&mut self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
+        let path = self.dest.join(rel);
+        match DirBuilder::new().mode(0o755).create(&path) {
+            Ok(()) => {}
+            // Only this type writes here, so this is someone else's doing; accept it only if
+            // it is a real folder, never a symlink.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
+                if !is_dir {
+                    return Err(ExtractError::from_write(e, &path, &self.dest, entry));
+                }
+            }
+            Err(e) => return Err(ExtractError::from_write(e, &path, &self.dest, entry)),
+        }
+        self.dirs.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Counts a new regular file and fails fast at a second .vmx: with a 60 GB download there
+    /// is no point reading on once the archive is known to be ambiguous.
+    fn note_file(&mut self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
+        self.files_created += 1;
+        if !is_vmx(rel) {
+            return Ok(());
+        }
+        if let Some((_, first)) = &self.vmx {
+            return Err(ExtractError::ManyVmx {
+                vmx: vec![first.clone(), entry.to_owned()],
+            });
+        }
+        self.vmx = Some((rel.to_path_buf(), entry.to_owned()));
+        Ok(())
+    }
+}
+
+/// A VM's configuration file. macOS's tar and Finder's zip add AppleDouble companions
+/// (`._name.vmx`, `__MACOSX/`) that are not VMs.
+fn is_vmx(rel: &Path) -> bool {
+    let name = names::file_name_bytes(rel);
+    let has_extension = name.len() > 4 && name[name.len() - 4..].eq_ignore_ascii_case(b".vmx");
+    has_extension
+        && !name.starts_with(b"._")
+        && !rel.components().any(|c| c.as_os_str() == "__MACOSX")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmx_names() {
+        assert!(is_vmx(Path::new("macOS.vmx")));
+        assert!(is_vmx(Path::new("vm/macOS 14.vmwarevm/macOS.VMX")));
+        assert!(!is_vmx(Path::new("macOS.vmxf")));
+        assert!(!is_vmx(Path::new(".vmx")));
+        assert!(!is_vmx(Path::new("vm/._macOS.vmx")));
+        assert!(!is_vmx(Path::new("__MACOSX/vm/macOS.vmx")));
+        assert!(!is_vmx(Path::new("macOS.vmx.lck/M12345.lck")));
+    }
+}
