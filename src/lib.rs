@@ -4,8 +4,17 @@
 //! The binary (`src/main.rs`) wires these modules together; the library exists so that
 //! integration tests and benchmarks can drive the same code the server runs.
 
-pub mod cancel;
 pub mod log;
+
+pub mod api;
+pub mod callback;
+pub mod cancel;
+pub mod config;
+pub mod fsutil;
 pub mod image;
+pub mod provision;
+pub mod service;
+pub mod shutdown;
+pub mod vm;
 pub mod vmrun;
 pub mod vmx;

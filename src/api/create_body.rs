@@ -1,0 +1,395 @@
+//! `POST /vms` body → a validated [`CreateVm`]. Every rejection names the field and the
+//! values it accepts.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::image::{ChecksumType, ImageSpec};
+use crate::vm::NetworkType;
+
+pub const DEFAULT_CPUS: u32 = 2;
+pub const MAX_CPUS: u32 = 64;
+pub const DEFAULT_MEMORY_MB: u32 = 1024;
+pub const MIN_MEMORY_MB: u32 = 512;
+/// 1 TiB: more than any Mac has; a larger value is a typo.
+pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateVm {
+    pub image: ImageSpec,
+    pub cpus: u32,
+    pub memory: u32,
+    pub network_type: NetworkType,
+    pub headless: bool,
+    pub callback_url: Option<String>,
+}
+
+pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::invalid(
+            "invalid-body",
+            "the request body must be a JSON object with at least an \"image\" field",
+        ));
+    };
+    let image = parse_image(fields.get("image"))?;
+    let cpus = match optional_u64(&fields, "cpus")? {
+        None | Some(0) => DEFAULT_CPUS,
+        Some(n) if n > u64::from(MAX_CPUS) => {
+            return Err(ApiError::invalid(
+                "invalid-cpus",
+                format!("cpus must be a whole number from 1 to {MAX_CPUS} (0 or absent means {DEFAULT_CPUS}), got {n}"),
+            ))
+        }
+        Some(n) => n as u32,
+    };
+    let memory = match optional_u64(&fields, "memory")? {
+        None | Some(0) => DEFAULT_MEMORY_MB,
+        Some(n) if n > u64::from(MAX_MEMORY_MB) => {
+            return Err(ApiError::invalid(
+                "invalid-memory",
+                format!("memory is in megabytes and must be at most {MAX_MEMORY_MB} (0 or absent means {DEFAULT_MEMORY_MB}), got {n}"),
+            ))
+        }
+        // VMware wants a multiple of 4 MB, and macOS will not boot in less than 512.
+        Some(n) => (n as u32).max(MIN_MEMORY_MB).div_ceil(4) * 4,
+    };
+    let network_type = match optional_str(&fields, "network_type", "invalid-network-type")? {
+        None | Some("") => NetworkType::default(),
+        Some(name) => NetworkType::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid-network-type",
+                format!(
+                    "network_type must be one of {}, got {name:?}",
+                    NetworkType::NAMES
+                ),
+            )
+        })?,
+    };
+    let headless = match fields.get("headless") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "invalid-headless",
+                format!("headless must be true or false, got {other}"),
+            ))
+        }
+    };
+    let callback_url = match optional_str(&fields, "callback_url", "invalid-callback-url")? {
+        None | Some("") => None,
+        Some(url) => {
+            check_url(url, &["http", "https"]).map_err(|why| {
+                ApiError::invalid(
+                    "invalid-callback-url",
+                    format!("callback_url must be an http:// or https:// URL: {why}"),
+                )
+            })?;
+            Some(url.to_string())
+        }
+    };
+    Ok(CreateVm {
+        image,
+        cpus,
+        memory,
+        network_type,
+        headless,
+        callback_url,
+    })
+}
+
+fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
+    let fields = match value {
+        Some(Value::Object(fields)) => fields,
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "invalid-image",
+                "image is required: {\"url\": ..., \"checksum\": ..., \"checksum_type\": \"md5|sha1|sha256|sha512\"}",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "invalid-image",
+                format!("image must be an object with url, checksum and checksum_type, got {other}"),
+            ))
+        }
+    };
+    let url = required_str(fields, "image.url", "url", "invalid-image-url")?;
+    check_url(url, &["http", "https", "file"]).map_err(|why| {
+        ApiError::invalid(
+            "invalid-image-url",
+            format!("image.url must be an http://, https:// or file:// URL: {why}"),
+        )
+    })?;
+    let type_name = required_str(
+        fields,
+        "image.checksum_type",
+        "checksum_type",
+        "invalid-checksum-type",
+    )?;
+    let checksum_type = ChecksumType::parse(type_name).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid-checksum-type",
+            format!(
+                "image.checksum_type must be one of {}, got {type_name:?}",
+                ChecksumType::NAMES
+            ),
+        )
+    })?;
+    let checksum = required_str(fields, "image.checksum", "checksum", "invalid-checksum")?;
+    let want = checksum_type.hex_len();
+    if checksum.len() != want || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid(
+            "invalid-checksum",
+            format!(
+                "image.checksum must be the {want} hex digits of a {} digest, got {checksum:?}",
+                checksum_type.as_str()
+            ),
+        ));
+    }
+    Ok(ImageSpec {
+        url: url.to_string(),
+        checksum: checksum.to_ascii_lowercase(),
+        checksum_type,
+    })
+}
+
+fn required_str<'a>(
+    fields: &'a Map<String, Value>,
+    shown: &str,
+    key: &str,
+    code: &'static str,
+) -> Result<&'a str, ApiError> {
+    match fields.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        None | Some(Value::Null) => Err(ApiError::invalid(code, format!("{shown} is required"))),
+        Some(Value::String(_)) => Err(ApiError::invalid(
+            code,
+            format!("{shown} must not be empty"),
+        )),
+        Some(other) => Err(ApiError::invalid(
+            code,
+            format!("{shown} must be a string, got {other}"),
+        )),
+    }
+}
+
+fn optional_str<'a>(
+    fields: &'a Map<String, Value>,
+    key: &str,
+    code: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::invalid(
+            code,
+            format!("{key} must be a string, got {other}"),
+        )),
+    }
+}
+
+/// A non-negative whole number. Negative, fractional or non-numeric values are errors;
+/// the code is `invalid-<key>`.
+fn optional_u64(fields: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ApiError> {
+    let code = match key {
+        "cpus" => "invalid-cpus",
+        _ => "invalid-memory",
+    };
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) => Ok(Some(v)),
+            None => Err(ApiError::invalid(
+                code,
+                format!("{key} must be a positive whole number, got {n}"),
+            )),
+        },
+        Some(other) => Err(ApiError::invalid(
+            code,
+            format!("{key} must be a positive whole number, got {other}"),
+        )),
+    }
+}
+
+/// A deliberately small URL check: the scheme is one we allow and, for network schemes,
+/// there is a host. ureq reports anything subtler when it connects.
+fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    if url.len() > 4096 {
+        return Err("it is longer than 4096 characters".into());
+    }
+    if url.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!("{url:?} contains spaces or control characters"));
+    }
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} has no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if !schemes.contains(&scheme.as_str()) {
+        return Err(format!(
+            "scheme {scheme:?} is not one of {}",
+            schemes.join(", ")
+        ));
+    }
+    if scheme == "file" {
+        if !rest.starts_with('/') {
+            return Err(format!(
+                "{url:?} must name an absolute path, as file:///path/image.tar.gz"
+            ));
+        }
+        return Ok(());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA1: &str = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
+
+    fn body(extra: &str) -> String {
+        format!(
+            r#"{{"image": {{"url": "http://127.0.0.1:1/i.tar.gz", "checksum": "{SHA1}", "checksum_type": "sha1"}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn seed_example_parses_with_defaults() {
+        let vm = parse(body("").as_bytes()).unwrap();
+        assert_eq!(vm.cpus, 2);
+        assert_eq!(vm.memory, 1024);
+        assert_eq!(vm.network_type, NetworkType::Nat);
+        assert!(!vm.headless);
+        assert_eq!(vm.callback_url, None);
+        let vm = parse(
+            body(r#", "cpus": 4, "memory": 2049, "network_type": "bridged", "headless": true, "callback_url": "http://127.0.0.1:9/cb", "unknown": [1]"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((vm.cpus, vm.memory), (4, 2052));
+        assert_eq!(vm.network_type, NetworkType::Bridged);
+        assert!(vm.headless);
+    }
+
+    #[test]
+    fn memory_is_raised_and_rounded() {
+        for (given, applied) in [(0, 1024), (1, 512), (511, 512), (513, 516), (4096, 4096)] {
+            let vm = parse(body(&format!(r#", "memory": {given}"#)).as_bytes()).unwrap();
+            assert_eq!(vm.memory, applied, "memory {given}");
+        }
+    }
+
+    #[test]
+    fn checksum_type_is_case_insensitive_and_checksum_lowercased() {
+        let text = body("")
+            .replace("sha1", "SHA1")
+            .replace(SHA1, &SHA1.to_uppercase());
+        let vm = parse(text.as_bytes()).unwrap();
+        assert_eq!(vm.image.checksum_type, ChecksumType::Sha1);
+        assert_eq!(vm.image.checksum, SHA1);
+    }
+
+    #[test]
+    fn bad_bodies_are_rejected_with_the_field_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("{", "invalid-json", "line 1 column 1"),
+            ("[1]", "invalid-body", "JSON object"),
+            ("{}", "invalid-image", "image is required"),
+            (r#"{"image": 3}"#, "invalid-image", "must be an object"),
+            (
+                r#"{"image": {"checksum": "x", "checksum_type": "sha1"}}"#,
+                "invalid-image-url",
+                "image.url is required",
+            ),
+            (
+                r#"{"image": {"url": "ftp://h/x", "checksum": "x", "checksum_type": "sha1"}}"#,
+                "invalid-image-url",
+                "scheme",
+            ),
+            (
+                r#"{"image": {"url": "http:///x", "checksum": "x", "checksum_type": "sha1"}}"#,
+                "invalid-image-url",
+                "no host",
+            ),
+            (
+                r#"{"image": {"url": "file://rel/x", "checksum": "x", "checksum_type": "sha1"}}"#,
+                "invalid-image-url",
+                "absolute",
+            ),
+            (
+                r#"{"image": {"url": "http://h/x", "checksum": "x", "checksum_type": "crc32"}}"#,
+                "invalid-checksum-type",
+                "md5, sha1, sha256, sha512",
+            ),
+            (
+                r#"{"image": {"url": "http://h/x", "checksum": "abc", "checksum_type": "sha1"}}"#,
+                "invalid-checksum",
+                "40 hex digits",
+            ),
+            (
+                r#"{"image": {"url": "http://h/x", "checksum": "zz00d380e28d02f30efaceafef7c7c8bdedae33", "checksum_type": "sha1"}}"#,
+                "invalid-checksum",
+                "40 hex digits",
+            ),
+            (
+                r#"{"image": {"url": "http://h/x", "checksum": 5, "checksum_type": "sha1"}}"#,
+                "invalid-checksum",
+                "must be a string",
+            ),
+        ];
+        for (text, code, needle) in cases {
+            let err = parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), *code, "{text}");
+            assert!(err.message().contains(needle), "{text}: {}", err.message());
+        }
+        let field_cases: &[(&str, &str, &str)] = &[
+            (r#", "cpus": -1"#, "invalid-cpus", "positive whole number"),
+            (r#", "cpus": 1.5"#, "invalid-cpus", "positive whole number"),
+            (r#", "cpus": "2""#, "invalid-cpus", "positive whole number"),
+            (r#", "cpus": 1000"#, "invalid-cpus", "1 to 64"),
+            (
+                r#", "memory": -512"#,
+                "invalid-memory",
+                "positive whole number",
+            ),
+            (r#", "memory": 99999999"#, "invalid-memory", "at most"),
+            (
+                r#", "network_type": "wifi""#,
+                "invalid-network-type",
+                "bridged, nat, hostonly",
+            ),
+            (
+                r#", "network_type": 1"#,
+                "invalid-network-type",
+                "must be a string",
+            ),
+            (
+                r#", "headless": "yes""#,
+                "invalid-headless",
+                "true or false",
+            ),
+            (
+                r#", "callback_url": "mailto:x@y""#,
+                "invalid-callback-url",
+                "http:// or https://",
+            ),
+            (
+                r#", "callback_url": "file:///tmp/x""#,
+                "invalid-callback-url",
+                "scheme",
+            ),
+        ];
+        for (extra, code, needle) in field_cases {
+            let err = parse(body(extra).as_bytes()).unwrap_err();
+            assert_eq!(err.code(), *code, "{extra}");
+            assert!(err.message().contains(needle), "{extra}: {}", err.message());
+        }
+    }
+}

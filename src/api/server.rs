@@ -1,0 +1,195 @@
+//! The HTTP front: a tiny_http listener and a fixed pool of threads that answer requests.
+//! Nothing here waits on a download or a provisioning step; DELETE is the one call that
+//! waits on vmrun, by contract (204 means the files are gone).
+
+use std::io::{Cursor, Read};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+
+use super::create_body;
+use super::error::ApiError;
+use super::routes::{route, Route};
+use crate::service::Service;
+
+/// A create request is a few hundred bytes; anything near this is not one.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub struct HttpServer {
+    server: Arc<Server>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn bind(addr: SocketAddr) -> Result<Server, String> {
+        Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    }
+
+    pub fn start(server: Server, threads: usize, service: Arc<Service>) -> Self {
+        let server = Arc::new(server);
+        let workers = (0..threads)
+            .map(|n| {
+                let server = server.clone();
+                let service = service.clone();
+                thread::Builder::new()
+                    .name(format!("http-{n}"))
+                    .spawn(move || serve(&server, &service))
+                    .unwrap_or_else(|e| panic!("cannot start HTTP thread: {e}"))
+            })
+            .collect();
+        Self { server, workers }
+    }
+
+    /// Stops taking requests and waits for those in flight.
+    pub fn shutdown(self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn serve(server: &Server, service: &Service) {
+    // recv() fails only when the listener is gone or unblocked for shutdown.
+    while let Ok(request) = server.recv() {
+        handle(request, service);
+    }
+}
+
+fn handle(mut request: Request, service: &Service) {
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let result = answer(&mut request, &method, &url, service);
+    let response = match result {
+        Ok(Reply::Json(status, body)) => json(status, body),
+        Ok(Reply::Empty(status)) => Response::new(
+            StatusCode(status),
+            vec![],
+            Cursor::new(Arc::from(&[][..])),
+            Some(0),
+            None,
+        ),
+        Err(err) => {
+            if err.status() >= 500 {
+                crate::error!("{method} {url}: {err}");
+            }
+            json(err.status(), Arc::from(err.body()))
+        }
+    };
+    let response = if method == Method::Head {
+        let length = response.data_length();
+        response.with_data(Cursor::new(Arc::from(&[][..])), length)
+    } else {
+        response
+    };
+    // The client may have gone; nothing to do about it.
+    let _ = request.respond(response);
+}
+
+enum Reply {
+    Json(u16, Arc<[u8]>),
+    Empty(u16),
+}
+
+fn answer(
+    request: &mut Request,
+    method: &Method,
+    url: &str,
+    service: &Service,
+) -> Result<Reply, ApiError> {
+    match route(method.as_str(), url)? {
+        Route::ListVms => Ok(Reply::Json(200, join_array(&service.list()))),
+        Route::GetVm(id) => Ok(Reply::Json(200, service.get(id)?)),
+        Route::DeleteVm(id) => {
+            service.delete(id)?;
+            Ok(Reply::Empty(204))
+        }
+        Route::CreateVm => {
+            check_content_type(request)?;
+            let body = read_body(request)?;
+            let create = create_body::parse(&body)?;
+            Ok(Reply::Json(202, service.create(create)?))
+        }
+    }
+}
+
+fn check_content_type(request: &Request) -> Result<(), ApiError> {
+    let Some(header) = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+    else {
+        return Ok(());
+    };
+    let value = header.value.as_str();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    // `curl -d@create.json` sends the form type: the seed's own example must work.
+    match essence.as_str() {
+        "application/json"
+        | "application/x-www-form-urlencoded"
+        | "text/json"
+        | "text/plain"
+        | "" => Ok(()),
+        _ if essence.ends_with("+json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(
+            value.chars().take(100).collect(),
+        )),
+    }
+}
+
+fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
+    if request.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::BodyTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::InvalidJson(format!("cannot read the request body: {e}")))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::BodyTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    Ok(body)
+}
+
+fn join_array(items: &[Arc<[u8]>]) -> Arc<[u8]> {
+    let len = items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    Arc::from(out)
+}
+
+fn json(status: u16, body: Arc<[u8]>) -> Response<Cursor<Arc<[u8]>>> {
+    let length = body.len();
+    let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .map(|h| vec![h])
+        .unwrap_or_default();
+    Response::new(
+        StatusCode(status),
+        content_type,
+        Cursor::new(body),
+        Some(length),
+        None,
+    )
+}

@@ -1,0 +1,436 @@
+//! Settings: each is a flag `--some-name` and an environment variable
+//! `OSX_BUILDER_SOME_NAME` (the flag wins), except the seed's own two, `PORT` and
+//! `VMWARE_VMRUN_PATH`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub port: u16,
+    pub bind: IpAddr,
+    pub data_dir: PathBuf,
+    pub vmrun_path: PathBuf,
+    pub vmrun_host_type: Option<String>,
+    pub http_threads: usize,
+    pub provision_threads: usize,
+    pub ip_wait_timeout: Duration,
+    pub ip_poll_interval: Duration,
+    pub timeout_clone: Duration,
+    pub timeout_start: Duration,
+    pub timeout_stop: Duration,
+    pub timeout_delete: Duration,
+    pub timeout_list: Duration,
+    pub timeout_ip_query: Duration,
+    pub timeout_snapshot: Duration,
+    pub max_unpacked_bytes: u64,
+    pub download_connect_timeout: Duration,
+    pub download_read_timeout: Duration,
+    pub download_max_resumes: u32,
+    pub callback_timeout: Duration,
+    pub callback_retries: u32,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Serve(Box<Config>),
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (see --help)", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Setting {
+    flag: &'static str,
+    env: &'static str,
+    default: fn() -> String,
+    help: &'static str,
+}
+
+macro_rules! setting {
+    ($flag:literal, $env:literal, $default:expr, $help:literal) => {
+        Setting {
+            flag: $flag,
+            env: $env,
+            default: || String::from($default),
+            help: $help,
+        }
+    };
+}
+
+fn default_data_dir() -> String {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home)
+            .join(".osx-builder")
+            .to_string_lossy()
+            .into_owned(),
+        None => ".osx-builder".into(),
+    }
+}
+
+fn default_vmrun_path() -> String {
+    if cfg!(target_os = "macos") {
+        "/Applications/VMware Fusion.app/Contents/Library/vmrun".into()
+    } else {
+        "/usr/bin/vmrun".into()
+    }
+}
+
+fn default_host_type() -> String {
+    // Fusion needs no -T; Workstation on Linux does, as Packer passes it.
+    if cfg!(target_os = "macos") {
+        String::new()
+    } else {
+        "ws".into()
+    }
+}
+
+const SETTINGS: &[Setting] = &[
+    setting!("port", "PORT", "12345", "TCP port to listen on"),
+    setting!(
+        "bind",
+        "OSX_BUILDER_BIND",
+        "0.0.0.0",
+        "address to listen on (all interfaces by default, as the original)"
+    ),
+    Setting {
+        flag: "data-dir",
+        env: "OSX_BUILDER_DATA_DIR",
+        default: default_data_dir,
+        help: "folder holding images/, gold/ and vms/",
+    },
+    Setting {
+        flag: "vmrun-path",
+        env: "VMWARE_VMRUN_PATH",
+        default: default_vmrun_path,
+        help: "path of VMware's vmrun",
+    },
+    Setting {
+        flag: "vmrun-host-type",
+        env: "OSX_BUILDER_VMRUN_HOST_TYPE",
+        default: default_host_type,
+        help: "vmrun -T value (fusion, ws, player); empty for none",
+    },
+    setting!(
+        "http-threads",
+        "OSX_BUILDER_HTTP_THREADS",
+        "16",
+        "threads answering HTTP requests"
+    ),
+    setting!(
+        "provision-threads",
+        "OSX_BUILDER_PROVISION_THREADS",
+        "4",
+        "VMs provisioned at once (download, clone, start, IP wait)"
+    ),
+    setting!(
+        "ip-wait-timeout",
+        "OSX_BUILDER_IP_WAIT_TIMEOUT",
+        "600",
+        "seconds to wait for a started VM's IP address before the callback fires without it"
+    ),
+    setting!(
+        "ip-poll-interval",
+        "OSX_BUILDER_IP_POLL_INTERVAL",
+        "2",
+        "seconds between getGuestIPAddress calls while waiting for the IP"
+    ),
+    setting!(
+        "vmrun-timeout-clone",
+        "OSX_BUILDER_VMRUN_TIMEOUT_CLONE",
+        "120",
+        "seconds before a vmrun clone is killed"
+    ),
+    setting!(
+        "vmrun-timeout-start",
+        "OSX_BUILDER_VMRUN_TIMEOUT_START",
+        "300",
+        "seconds before a vmrun start is killed"
+    ),
+    setting!(
+        "vmrun-timeout-stop",
+        "OSX_BUILDER_VMRUN_TIMEOUT_STOP",
+        "60",
+        "seconds before a vmrun stop is killed"
+    ),
+    setting!(
+        "vmrun-timeout-delete",
+        "OSX_BUILDER_VMRUN_TIMEOUT_DELETE",
+        "30",
+        "seconds before a vmrun deleteVM is killed"
+    ),
+    setting!(
+        "vmrun-timeout-list",
+        "OSX_BUILDER_VMRUN_TIMEOUT_LIST",
+        "10",
+        "seconds before a vmrun list is killed"
+    ),
+    setting!(
+        "vmrun-timeout-ip",
+        "OSX_BUILDER_VMRUN_TIMEOUT_IP",
+        "15",
+        "seconds before one vmrun getGuestIPAddress is killed"
+    ),
+    setting!(
+        "vmrun-timeout-snapshot",
+        "OSX_BUILDER_VMRUN_TIMEOUT_SNAPSHOT",
+        "60",
+        "seconds before a vmrun snapshot or listSnapshots is killed"
+    ),
+    setting!(
+        "max-unpacked-bytes",
+        "OSX_BUILDER_MAX_UNPACKED_BYTES",
+        "549755813888",
+        "largest total size an image may unpack to (decompression bomb guard; default 512 GiB)"
+    ),
+    setting!(
+        "download-connect-timeout",
+        "OSX_BUILDER_DOWNLOAD_CONNECT_TIMEOUT",
+        "30",
+        "seconds to connect to an image server"
+    ),
+    setting!(
+        "download-read-timeout",
+        "OSX_BUILDER_DOWNLOAD_READ_TIMEOUT",
+        "60",
+        "seconds without a byte before an image download counts as stalled"
+    ),
+    setting!(
+        "download-max-resumes",
+        "OSX_BUILDER_DOWNLOAD_MAX_RESUMES",
+        "5",
+        "times a dropped image download is resumed"
+    ),
+    setting!(
+        "callback-timeout",
+        "OSX_BUILDER_CALLBACK_TIMEOUT",
+        "10",
+        "seconds for one callback POST"
+    ),
+    setting!(
+        "callback-retries",
+        "OSX_BUILDER_CALLBACK_RETRIES",
+        "3",
+        "retries of a callback after a connection error or a 5xx"
+    ),
+];
+
+pub fn help_text() -> String {
+    let mut text = format!(
+        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [--setting value]...\n\nSettings (flag, environment variable, default):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for s in SETTINGS {
+        let default = (s.default)();
+        let shown = if default.is_empty() {
+            "(none)".to_string()
+        } else {
+            default
+        };
+        text.push_str(&format!(
+            "  --{:<26} {:<38} {}\n      {}\n",
+            s.flag, s.env, shown, s.help
+        ));
+    }
+    text.push_str("  --help     print this help\n  --version  print the version\n");
+    text
+}
+
+/// Parses the command line (without the program name) against the environment.
+pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, ConfigError> {
+    let mut flags: HashMap<&'static str, String> = HashMap::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        match arg.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            _ => {}
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            return Err(ConfigError(format!("unexpected argument {arg:?}")));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (body, None),
+        };
+        let setting = SETTINGS
+            .iter()
+            .find(|s| s.flag == name)
+            .ok_or_else(|| ConfigError(format!("unknown setting --{name}")))?;
+        let value = match inline {
+            Some(value) => value,
+            None => {
+                i += 1;
+                args.get(i)
+                    .cloned()
+                    .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?
+            }
+        };
+        flags.insert(setting.flag, value);
+        i += 1;
+    }
+    let value = |flag: &str| -> (String, String) {
+        let setting = SETTINGS.iter().find(|s| s.flag == flag);
+        let Some(setting) = setting else {
+            return (String::new(), flag.to_string());
+        };
+        let v = flags
+            .get(setting.flag)
+            .cloned()
+            .or_else(|| env.get(setting.env).cloned())
+            .unwrap_or_else(setting.default);
+        (v, format!("--{} / {}", setting.flag, setting.env))
+    };
+    let seconds = |flag: &str| -> Result<Duration, ConfigError> {
+        let (v, name) = value(flag);
+        let secs: f64 = v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("{name} must be a number of seconds, got {v:?}")))?;
+        if !secs.is_finite() || secs <= 0.0 || secs > 30.0 * 86_400.0 {
+            return Err(ConfigError(format!(
+                "{name} must be between 0 and 2592000 seconds, got {v:?}"
+            )));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    };
+    fn number<T: std::str::FromStr>(
+        (v, name): (String, String),
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        v.trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("{name} must be {what}, got {v:?}")))
+    }
+    let positive = |flag: &str| -> Result<usize, ConfigError> {
+        let n: usize = number(value(flag), "a whole number from 1 to 1024")?;
+        if n == 0 || n > 1024 {
+            return Err(ConfigError(format!(
+                "{} must be a whole number from 1 to 1024, got {n}",
+                value(flag).1
+            )));
+        }
+        Ok(n)
+    };
+    let host_type = value("vmrun-host-type").0;
+    let host_type = host_type.trim();
+    let vmrun_host_type = match host_type {
+        "" => None,
+        "fusion" | "ws" | "player" => Some(host_type.to_string()),
+        other => {
+            return Err(ConfigError(format!(
+                "--vmrun-host-type / OSX_BUILDER_VMRUN_HOST_TYPE must be fusion, ws, player or empty, got {other:?}"
+            )))
+        }
+    };
+    let data_dir = PathBuf::from(value("data-dir").0);
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError(
+            "--data-dir / OSX_BUILDER_DATA_DIR must not be empty".into(),
+        ));
+    }
+    Ok(Command::Serve(Box::new(Config {
+        port: number(value("port"), "a port number from 0 to 65535")?,
+        bind: number(value("bind"), "an IP address such as 0.0.0.0 or 127.0.0.1")?,
+        data_dir,
+        vmrun_path: PathBuf::from(value("vmrun-path").0),
+        vmrun_host_type,
+        http_threads: positive("http-threads")?,
+        provision_threads: positive("provision-threads")?,
+        ip_wait_timeout: seconds("ip-wait-timeout")?,
+        ip_poll_interval: seconds("ip-poll-interval")?,
+        timeout_clone: seconds("vmrun-timeout-clone")?,
+        timeout_start: seconds("vmrun-timeout-start")?,
+        timeout_stop: seconds("vmrun-timeout-stop")?,
+        timeout_delete: seconds("vmrun-timeout-delete")?,
+        timeout_list: seconds("vmrun-timeout-list")?,
+        timeout_ip_query: seconds("vmrun-timeout-ip")?,
+        timeout_snapshot: seconds("vmrun-timeout-snapshot")?,
+        max_unpacked_bytes: number(value("max-unpacked-bytes"), "a number of bytes")?,
+        download_connect_timeout: seconds("download-connect-timeout")?,
+        download_read_timeout: seconds("download-read-timeout")?,
+        download_max_resumes: number(value("download-max-resumes"), "a whole number")?,
+        callback_timeout: seconds("callback-timeout")?,
+        callback_retries: number(value("callback-retries"), "a whole number")?,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn serve(list: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match parse(&args(list), &env)? {
+            Command::Serve(config) => Ok(*config),
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let config = serve(&[], &[("HOME", "/h")]).unwrap();
+        assert_eq!(config.port, 12345);
+        assert_eq!(config.bind.to_string(), "0.0.0.0");
+        assert_eq!(config.ip_wait_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn flag_wins_over_environment_and_both_forms_parse() {
+        let config = serve(&["--port", "9000", "--bind=127.0.0.1"], &[("PORT", "8000")]).unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.bind.to_string(), "127.0.0.1");
+        let config = serve(&[], &[("PORT", "8000"), ("VMWARE_VMRUN_PATH", "/x/vmrun")]).unwrap();
+        assert_eq!(config.port, 8000);
+        assert_eq!(config.vmrun_path, PathBuf::from("/x/vmrun"));
+        let config = serve(&[], &[("OSX_BUILDER_IP_POLL_INTERVAL", "0.05")]).unwrap();
+        assert_eq!(config.ip_poll_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (list, needle) in [
+            (vec!["--port", "x"], "--port / PORT"),
+            (vec!["--bind", "nowhere"], "--bind"),
+            (vec!["--provision-threads", "0"], "--provision-threads"),
+            (vec!["--ip-wait-timeout", "-1"], "--ip-wait-timeout"),
+            (vec!["--vmrun-host-type", "esx"], "--vmrun-host-type"),
+            (vec!["--nope", "1"], "unknown setting --nope"),
+            (vec!["--port"], "--port needs a value"),
+            (vec!["stray"], "unexpected argument"),
+        ] {
+            let err = serve(&list, &[]).unwrap_err();
+            assert!(err.0.contains(needle), "{list:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let text = help_text();
+        for s in SETTINGS {
+            assert!(text.contains(&format!("--{}", s.flag)));
+            assert!(text.contains(s.env));
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Provisioning: a fixed pool of threads fed by a crossbeam channel turns a recorded VM into
+//! a running linked clone (gold image, clone, VMX edit, start, IP), then fires the callback.
+
+pub mod gold_locks;
+pub mod steps;
+pub mod tasks;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use uuid::Uuid;
+
+use crate::callback::CallbackSettings;
+use crate::image::ImageCache;
+use crate::vm::VmStore;
+use crate::vmrun::Vmrun;
+use gold_locks::GoldLocks;
+use tasks::Tasks;
+
+/// The name of the one snapshot made on every gold VM, which every linked clone names.
+/// Cloning without `-snapshot` would add a new `Clone` snapshot to the gold VM each time.
+pub const BASE_SNAPSHOT: &str = "osx-builder-base";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// From the start: image, clone, configure, start, IP.
+    Provision(Uuid),
+    /// The VM runs but its IP was not known when the server stopped: watch it again.
+    WatchIp(Uuid),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProvisionSettings {
+    pub ip_wait_timeout: Duration,
+    pub ip_poll_interval: Duration,
+    pub callback: CallbackSettings,
+}
+
+/// Everything a worker needs, shared by all workers.
+pub struct Provisioner {
+    pub store: Arc<VmStore>,
+    pub images: Arc<ImageCache>,
+    pub vmrun: Vmrun,
+    pub tasks: Arc<Tasks>,
+    pub gold_locks: GoldLocks,
+    pub settings: ProvisionSettings,
+}
+
+/// Starts `threads` workers; jobs sent on the returned channel are run in order of arrival.
+pub fn start_pool(provisioner: Arc<Provisioner>, threads: usize) -> Sender<Job> {
+    let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+    for n in 0..threads {
+        let receiver: Receiver<Job> = receiver.clone();
+        let provisioner = provisioner.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("provision-{n}"))
+            .spawn(move || {
+                for job in receiver {
+                    provisioner.run(job);
+                }
+            });
+        if let Err(err) = spawned {
+            crate::error!("cannot start provisioning thread {n}: {err}");
+        }
+    }
+    sender
+}

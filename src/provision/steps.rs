@@ -1,0 +1,297 @@
+//! The steps of provisioning one VM, each recorded in the VM's `progress.phase` before it
+//! runs, so that a failure (or a crash) says where it happened.
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{Job, Provisioner, BASE_SNAPSHOT};
+use crate::cancel::Cancel;
+use crate::fsutil;
+use crate::image::{ImageError, ImagePhase, ImageProgress};
+use crate::vm::store::Durability;
+use crate::vm::{Phase, Status, Vm};
+use crate::vmrun::VmrunError;
+use crate::vmx::{self, CloneSettings, Vmx};
+
+/// Why provisioning stopped early.
+pub enum Stop {
+    /// DELETE asked for it; DELETE owns the record from here.
+    Cancelled,
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+impl Stop {
+    fn failed(code: &str, message: impl Into<String>) -> Self {
+        Self::Failed {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<VmrunError> for Stop {
+    fn from(err: VmrunError) -> Self {
+        match err {
+            VmrunError::Cancelled { .. } => Stop::Cancelled,
+            other => Stop::failed(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<ImageError> for Stop {
+    fn from(err: ImageError) -> Self {
+        match err {
+            ImageError::Cancelled => Stop::Cancelled,
+            other => Stop::failed(other.code(), format!("gold image: {other}")),
+        }
+    }
+}
+
+impl Provisioner {
+    pub fn run(&self, job: Job) {
+        let id = match job {
+            Job::Provision(id) | Job::WatchIp(id) => id,
+        };
+        let task = self.tasks.get(id);
+        let _busy = task.lock();
+        if task.cancel.is_cancelled() {
+            return;
+        }
+        let Some(vm) = self.store.get(id) else {
+            return;
+        };
+        let started = Instant::now();
+        let result = match job {
+            Job::Provision(_) => self.provision(&vm, &task.cancel),
+            Job::WatchIp(_) => self.watch_ip(&vm, &task.cancel),
+        };
+        match result {
+            Ok(()) => crate::info!(
+                "vm={id} provisioned in {:.1}s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(Stop::Cancelled) => {
+                crate::info!("vm={id} provisioning cancelled");
+                return;
+            }
+            Err(Stop::Failed { code, message }) => {
+                crate::warn!("vm={id} failed: {code}: {message}");
+                self.record(id, |vm| vm.fail(&code, message));
+            }
+        }
+        self.fire_callback(id);
+    }
+
+    fn provision(&self, vm: &Vm, cancel: &Cancel) -> Result<(), Stop> {
+        let id = vm.id;
+        self.vmrun.check_available()?;
+        self.set_phase(id, Phase::Downloading);
+        let mut last_phase = Phase::Downloading;
+        let gold = self
+            .images
+            .ensure(&vm.image, cancel, &mut |progress: &ImageProgress| {
+                let phase = image_phase(progress.phase);
+                let durability = if phase == last_phase {
+                    Durability::MemoryOnly
+                } else {
+                    Durability::Disk
+                };
+                last_phase = phase;
+                self.record_with(id, durability, |vm| {
+                    vm.progress.phase = phase;
+                    vm.progress.bytes_downloaded = progress.bytes_done;
+                    vm.progress.bytes_total = progress.bytes_total;
+                });
+            })?;
+        check(cancel)?;
+
+        let vmx_path = self.store.vmx_path(id);
+        {
+            let lock = self.gold_locks.get(&gold.checksum);
+            let mut gold_state = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if !gold_state.snapshot_ready {
+                self.set_phase(id, Phase::Snapshotting);
+                let snapshots = self.vmrun.list_snapshots(&gold.vmx)?;
+                if !snapshots.iter().any(|s| s == BASE_SNAPSHOT) {
+                    self.vmrun.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
+                    crate::info!(
+                        "vm={id} made base snapshot {BASE_SNAPSHOT} of gold image {}",
+                        gold.checksum
+                    );
+                }
+                gold_state.snapshot_ready = true;
+            }
+            check(cancel)?;
+            self.set_phase(id, Phase::Cloning);
+            self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
+        }
+        check(cancel)?;
+
+        self.set_phase(id, Phase::Configuring);
+        let guest_os = configure(&vmx_path, vm).map_err(|message| {
+            Stop::failed(
+                "vmx-edit-failed",
+                format!("editing {}: {message}", vmx_path.display()),
+            )
+        })?;
+        self.record(id, |vm| vm.guest_os = guest_os);
+        check(cancel)?;
+
+        self.set_phase(id, Phase::Starting);
+        self.vmrun.start(&vmx_path, vm.headless, cancel)?;
+        self.record(id, |vm| {
+            vm.status = Status::Running;
+            vm.progress.phase = Phase::WaitingForIp;
+        });
+        self.watch_ip(vm, cancel)
+    }
+
+    /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
+    /// VMware window holding the gold VM open, so it is retried a few times.
+    fn clone_with_retry(
+        &self,
+        gold_vmx: &Path,
+        vmx_path: &Path,
+        name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), Stop> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .vmrun
+                .clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, cancel)
+            {
+                Err(VmrunError::VmLocked { .. }) if attempt < 3 => {
+                    attempt += 1;
+                    crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
+                    sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel)?;
+                }
+                other => return other.map_err(Stop::from),
+            }
+        }
+    }
+
+    fn watch_ip(&self, vm: &Vm, cancel: &Cancel) -> Result<(), Stop> {
+        let id = vm.id;
+        let vmx_path = self.store.vmx_path(id);
+        let deadline = Instant::now() + self.settings.ip_wait_timeout;
+        let started = Instant::now();
+        loop {
+            check(cancel)?;
+            if let Some(ip) = self
+                .vmrun
+                .guest_ip(&vmx_path, cancel)?
+                .filter(|ip| usable_ip(ip))
+            {
+                crate::info!(
+                    "vm={id} has IP {ip} after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                self.record(id, |vm| {
+                    vm.ip_address = ip;
+                    vm.progress.phase = Phase::Ready;
+                });
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                crate::warn!(
+                    "vm={id} no IP address after {:?}; the VM keeps running",
+                    self.settings.ip_wait_timeout
+                );
+                self.set_phase(id, Phase::IpTimeout);
+                return Ok(());
+            }
+            sleep_unless_cancelled(self.settings.ip_poll_interval, cancel)?;
+        }
+    }
+
+    fn fire_callback(&self, id: Uuid) {
+        let Some(vm) = self.store.get(id) else {
+            return;
+        };
+        let (Some(url), Some(body)) = (vm.callback_url.clone(), self.store.json(id)) else {
+            return;
+        };
+        crate::callback::deliver_in_background(id, url, body, self.settings.callback);
+    }
+
+    fn set_phase(&self, id: Uuid, phase: Phase) {
+        self.record(id, |vm| vm.progress.phase = phase);
+    }
+
+    fn record(&self, id: Uuid, change: impl FnOnce(&mut Vm)) {
+        self.record_with(id, Durability::Disk, change);
+    }
+
+    fn record_with(&self, id: Uuid, durability: Durability, change: impl FnOnce(&mut Vm)) {
+        // A record that cannot be written (disk full) is still right in memory; the next
+        // durable write or the restart's reconcile catches up.
+        if let Err(err) = self.store.update(id, durability, change) {
+            crate::error!("vm={id} {err}");
+        }
+    }
+}
+
+fn image_phase(phase: ImagePhase) -> Phase {
+    match phase {
+        ImagePhase::Downloading => Phase::Downloading,
+        ImagePhase::Unpacking => Phase::Unpacking,
+        ImagePhase::Verifying => Phase::Verifying,
+        ImagePhase::Publishing => Phase::Publishing,
+    }
+}
+
+/// Applies the VM's settings to its freshly cloned VMX; returns its guest OS.
+fn configure(vmx_path: &Path, vm: &Vm) -> Result<String, String> {
+    let bytes = fs::read(vmx_path).map_err(|e| e.to_string())?;
+    let mut vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
+    let name = vm.id.to_string();
+    vmx::configure_clone(
+        &mut vmx,
+        &CloneSettings {
+            display_name: &name,
+            cpus: vm.cpus,
+            memory_mb: vm.memory,
+            network_type: vm.network_type.as_str(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    // The original Go server kept the image in the annotation; keeping it there lets either
+    // server (and a person reading the VMX) tell where the VM came from.
+    let image = serde_json::to_value(&vm.image).map_err(|e| e.to_string())?;
+    vmx::set_annotation_image(&mut vmx, &image).map_err(|e| e.to_string())?;
+    fsutil::write_atomic(vmx_path, &vmx.to_bytes()).map_err(|e| e.to_string())?;
+    Ok(vmx.get("guestOS").unwrap_or_default())
+}
+
+/// Some guests report the host's side of the vmnet (`x.x.x.1`) before their own address.
+fn usable_ip(ip: &str) -> bool {
+    !ip.is_empty() && !ip.ends_with(".1")
+}
+
+fn check(cancel: &Cancel) -> Result<(), Stop> {
+    if cancel.is_cancelled() {
+        Err(Stop::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn sleep_unless_cancelled(total: Duration, cancel: &Cancel) -> Result<(), Stop> {
+    let end = Instant::now() + total;
+    loop {
+        check(cancel)?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}

@@ -1,0 +1,39 @@
+//! Per-VM coordination between the provisioning worker and DELETE: a cancel flag, and a
+//! lock held while anyone runs vmrun against the VM, so that DELETE waits for the worker to
+//! let go instead of racing it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use uuid::Uuid;
+
+use crate::cancel::Cancel;
+
+#[derive(Default)]
+pub struct Task {
+    pub cancel: Cancel,
+    busy: Mutex<()>,
+}
+
+impl Task {
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+pub struct Tasks {
+    map: Mutex<HashMap<Uuid, Arc<Task>>>,
+}
+
+impl Tasks {
+    pub fn get(&self, id: Uuid) -> Arc<Task> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id).or_default().clone()
+    }
+
+    pub fn forget(&self, id: Uuid) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&id);
+    }
+}

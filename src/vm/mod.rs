@@ -1,0 +1,7 @@
+//! VMs as the API shows them and as they are kept on disk.
+
+pub mod model;
+pub mod store;
+
+pub use model::{NetworkType, Phase, Progress, Status, Vm, VmError};
+pub use store::{StoreError, VmStore};

@@ -1,0 +1,198 @@
+//! The VM object: what `GET /vms/:id` answers and what `vms/<id>/osx-builder.json` holds.
+//!
+//! The wire format is the seed's (`status` is `""` while provisioning) plus fields that help
+//! a client: `phase`/`progress`, `error`, timestamps.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::image::ImageSpec;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: Uuid,
+    pub image: ImageSpec,
+    pub cpus: u32,
+    /// Megabytes, as applied to the VMX (raised to 512, rounded up to a multiple of 4).
+    pub memory: u32,
+    pub network_type: NetworkType,
+    pub headless: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default)]
+    pub ip_address: String,
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub guest_os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<VmError>,
+    #[serde(default)]
+    pub progress: Progress,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkType {
+    Bridged,
+    #[default]
+    Nat,
+    Hostonly,
+}
+
+impl NetworkType {
+    pub const NAMES: &'static str = "bridged, nat, hostonly";
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "bridged" => Some(Self::Bridged),
+            "nat" => Some(Self::Nat),
+            "hostonly" => Some(Self::Hostonly),
+            _ => None,
+        }
+    }
+
+    /// The value of `ethernet0.connectionType` in the VMX.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bridged => "bridged",
+            Self::Nat => "nat",
+            Self::Hostonly => "hostonly",
+        }
+    }
+}
+
+/// `""` while provisioning, as in the seed, so that a client written for the original keeps
+/// working.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    #[default]
+    #[serde(rename = "")]
+    Provisioning,
+    #[serde(rename = "running")]
+    Running,
+    #[serde(rename = "stopped")]
+    Stopped,
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Where provisioning (or deletion) stands: finer than `status`, for people and dashboards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    Queued,
+    Downloading,
+    Unpacking,
+    Verifying,
+    Publishing,
+    Snapshotting,
+    Cloning,
+    Configuring,
+    Starting,
+    WaitingForIp,
+    /// Started and the IP is known.
+    Ready,
+    /// Started, but no IP address appeared before the deadline.
+    IpTimeout,
+    Failed,
+    Deleting,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: Phase,
+    #[serde(default)]
+    pub bytes_downloaded: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+}
+
+/// Why a VM failed: a stable code and a message that names the step and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmError {
+    pub code: String,
+    pub message: String,
+}
+
+impl Vm {
+    pub fn fail(&mut self, code: &str, message: impl Into<String>) {
+        self.status = Status::Failed;
+        self.progress.phase = Phase::Failed;
+        self.error = Some(VmError {
+            code: code.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// True once provisioning has nothing more to do for this VM.
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self.progress.phase,
+            Phase::Ready | Phase::IpTimeout | Phase::Failed
+        ) || matches!(self.status, Status::Stopped | Status::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ChecksumType;
+
+    fn sample() -> Vm {
+        Vm {
+            id: Uuid::nil(),
+            image: ImageSpec {
+                url: "http://127.0.0.1/a.tar.gz".into(),
+                checksum: "5cf00d380e28d02f30efaceafef7c7c8bdedae33".into(),
+                checksum_type: ChecksumType::Sha1,
+            },
+            cpus: 2,
+            memory: 1024,
+            network_type: NetworkType::Nat,
+            headless: true,
+            callback_url: None,
+            ip_address: String::new(),
+            status: Status::Provisioning,
+            guest_os: String::new(),
+            error: None,
+            progress: Progress::default(),
+            created_at: "2026-11-24T17:00:00.000Z".into(),
+            updated_at: "2026-11-24T17:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn provisioning_status_is_the_seeds_empty_string() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["status"], "");
+        assert_eq!(json["ip_address"], "");
+        assert_eq!(json["network_type"], "nat");
+        assert_eq!(json["progress"]["phase"], "queued");
+        assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let mut vm = sample();
+        vm.fail("clone-failed", "vmrun clone: boom");
+        let text = serde_json::to_string(&vm).unwrap();
+        let back: Vm = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, vm);
+        assert_eq!(back.status, Status::Failed);
+    }
+}

@@ -1,0 +1,274 @@
+//! The persistent VM store: `vms/<id>/osx-builder.json` on disk is the truth, the map in
+//! memory is the cache that answers polls.
+//!
+//! Each VM's JSON is serialised once per change and shared (`Arc<[u8]>`), so a GET copies a
+//! pointer under two short read locks and never waits on a disk write: durable writes hold
+//! only that VM's record lock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use uuid::Uuid;
+
+use super::model::Vm;
+use crate::fsutil;
+
+pub const RECORD_FILE: &str = "osx-builder.json";
+
+#[derive(Debug)]
+pub enum StoreError {
+    Io { path: PathBuf, source: io::Error },
+    Encode(serde_json::Error),
+}
+
+impl StoreError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Io { source, .. } if fsutil::is_disk_full(source) => "disk-full",
+            _ => "store-error",
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, source } => write!(
+                f,
+                "cannot write the VM record {}: {source}; check that the data folder is writable and has free space",
+                path.display()
+            ),
+            Self::Encode(err) => write!(f, "cannot encode the VM record: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Whether a change must reach the disk before it is visible. Download byte counts change
+/// several times a second and are worthless after a crash; everything else is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Disk,
+    MemoryOnly,
+}
+
+struct Slot {
+    record: Mutex<Vm>,
+    json: RwLock<Arc<[u8]>>,
+}
+
+pub struct VmStore {
+    root: PathBuf,
+    slots: RwLock<HashMap<Uuid, Arc<Slot>>>,
+}
+
+/// A folder in `vms/` that did not load as a record, for the caller to adopt or report.
+#[derive(Debug)]
+pub struct Unloaded {
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+impl VmStore {
+    /// Loads every record under `root` (`<data>/vms`), creating the folder if needed.
+    pub fn open(root: &Path) -> Result<(Self, Vec<Unloaded>), StoreError> {
+        fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
+        let mut slots = HashMap::new();
+        let mut unloaded = Vec::new();
+        let entries = fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(root, e))?;
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            match load_record(&dir) {
+                Ok(vm) => {
+                    let json = encode(&vm)?;
+                    slots.insert(vm.id, Arc::new(Slot::new(vm, json)));
+                }
+                Err(reason) => unloaded.push(Unloaded { dir, reason }),
+            }
+        }
+        let store = Self {
+            root: root.to_path_buf(),
+            slots: RwLock::new(slots),
+        };
+        Ok((store, unloaded))
+    }
+
+    pub fn vm_dir(&self, id: Uuid) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// `vms/<id>/<id>.vmx`, the original's layout.
+    pub fn vmx_path(&self, id: Uuid) -> PathBuf {
+        self.vm_dir(id).join(format!("{id}.vmx"))
+    }
+
+    /// Persists a new VM and makes it visible. The record is on disk before this returns, so
+    /// a 202 is never sent for a VM that a crash could lose.
+    pub fn insert(&self, vm: Vm) -> Result<Arc<[u8]>, StoreError> {
+        let dir = self.vm_dir(vm.id);
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let json = encode(&vm)?;
+        let path = dir.join(RECORD_FILE);
+        fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
+        let id = vm.id;
+        self.write_slots()
+            .insert(id, Arc::new(Slot::new(vm, json.clone())));
+        Ok(json)
+    }
+
+    /// Applies `change` to the VM's record; returns the new record, or `None` when the VM is
+    /// unknown (deleted meanwhile).
+    pub fn update(
+        &self,
+        id: Uuid,
+        durability: Durability,
+        change: impl FnOnce(&mut Vm),
+    ) -> Result<Option<Vm>, StoreError> {
+        let Some(slot) = self.slot(id) else {
+            return Ok(None);
+        };
+        let mut record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = record.clone();
+        change(&mut next);
+        if next == *record {
+            return Ok(Some(next));
+        }
+        next.updated_at = crate::log::rfc3339_now();
+        let json = encode(&next)?;
+        if durability == Durability::Disk {
+            let path = self.vm_dir(id).join(RECORD_FILE);
+            fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        }
+        *record = next.clone();
+        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = json;
+        Ok(Some(next))
+    }
+
+    /// Forgets the VM and removes its folder (the record with it). The caller has already
+    /// asked vmrun to delete VMware's files.
+    pub fn remove(&self, id: Uuid) -> Result<(), StoreError> {
+        let dir = self.vm_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&dir, e)),
+        }
+        fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
+        self.write_slots().remove(&id);
+        Ok(())
+    }
+
+    pub fn json(&self, id: Uuid) -> Option<Arc<[u8]>> {
+        let slot = self.slot(id)?;
+        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        Some(json.clone())
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<Vm> {
+        let slot = self.slot(id)?;
+        let record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        Some(record.clone())
+    }
+
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.read_slots().keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read_slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every VM's JSON, oldest first, for `GET /vms`.
+    pub fn all_json(&self) -> Vec<Arc<[u8]>> {
+        let slots: Vec<Arc<Slot>> = self.read_slots().values().cloned().collect();
+        let mut rows: Vec<(String, Arc<[u8]>)> = slots
+            .iter()
+            .map(|slot| {
+                let created = slot
+                    .record
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .created_at
+                    .clone();
+                let json = slot.json.read().unwrap_or_else(|p| p.into_inner()).clone();
+                (created, json)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter().map(|(_, json)| json).collect()
+    }
+
+    fn slot(&self, id: Uuid) -> Option<Arc<Slot>> {
+        self.read_slots().get(&id).cloned()
+    }
+
+    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Slot {
+    fn new(vm: Vm, json: Arc<[u8]>) -> Self {
+        Self {
+            record: Mutex::new(vm),
+            json: RwLock::new(json),
+        }
+    }
+}
+
+fn encode(vm: &Vm) -> Result<Arc<[u8]>, StoreError> {
+    serde_json::to_vec(vm)
+        .map(Arc::from)
+        .map_err(StoreError::Encode)
+}
+
+fn load_record(dir: &Path) -> Result<Vm, String> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| "the folder name is not UTF-8".to_string())?;
+    let id = Uuid::parse_str(name).map_err(|_| "the folder name is not a VM id".to_string())?;
+    let path = dir.join(RECORD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("no {RECORD_FILE} in the folder"))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let vm: Vm = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a valid VM record: {e}", path.display()))?;
+    if vm.id != id {
+        return Err(format!(
+            "{} holds the record of VM {}, not {id}",
+            path.display(),
+            vm.id
+        ));
+    }
+    Ok(vm)
+}

@@ -1,0 +1,320 @@
+//! Shared harness of the integration tests: a temp data folder, the real server binary
+//! pointed at the vmrun simulator, a loopback HTTP server for images and a callback
+//! receiver. Everything listens on 127.0.0.1 only.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_osx-builder");
+pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_vmrun-sim");
+
+/// A folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "osxb-{tag}-{}-{n}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small gold VM as a tar.gz: `<top>/gold.vmx` and its disk.
+pub fn gold_tar_gz(top: &str) -> Vec<u8> {
+    let vmx = "\
+.encoding = \"UTF-8\"
+config.version = \"8\"
+virtualHW.version = \"19\"
+displayName = \"gold\"
+guestOS = \"darwin21-64\"
+memsize = \"2048\"
+numvcpus = \"1\"
+scsi0.present = \"TRUE\"
+scsi0:0.present = \"TRUE\"
+scsi0:0.fileName = \"disk.vmdk\"
+ethernet0.present = \"TRUE\"
+ethernet0.connectionType = \"bridged\"
+ethernet0.virtualDev = \"e1000e\"
+ethernet0.addressType = \"generated\"
+ethernet0.generatedAddress = \"00:0c:29:aa:bb:cc\"
+ethernet1.present = \"TRUE\"
+ethernet1.connectionType = \"hostonly\"
+";
+    let disk = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, body) in [("gold.vmx", vmx.as_bytes()), ("disk.vmdk", disk.as_bytes())] {
+        let path = if top.is_empty() {
+            name.to_string()
+        } else {
+            format!("{top}/{name}")
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, body).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest;
+    hex(&sha1::Sha1::digest(bytes))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The real osx-builder binary, running against the simulator.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub sim_state: PathBuf,
+    pub log: Arc<Mutex<String>>,
+}
+
+#[derive(Default)]
+pub struct ServerOptions {
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Self {
+        Self::start_with(root, ServerOptions::default())
+    }
+
+    /// Starts the server with its data under `root/data` and the simulator's state under
+    /// `root/sim`; both survive a restart with the same root.
+    pub fn start_with(root: &Path, options: ServerOptions) -> Self {
+        let data_dir = root.join("data");
+        let sim_state = root.join("sim");
+        std::fs::create_dir_all(&sim_state).unwrap();
+        let mut command = Command::new(SERVER_BIN);
+        command
+            .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--ip-poll-interval", "0.05", "--provision-threads", "8"])
+            .args(&options.args)
+            .env("VMWARE_VMRUN_PATH", SIM_BIN)
+            .env("VMRUN_SIM_STATE", &sim_state)
+            .env("OSX_BUILDER_VMRUN_HOST_TYPE", "ws")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start osx-builder");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("OSXB_TEST_LOG").is_some() {
+                        eprintln!("[server] {line}");
+                    }
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {}", log.lock().unwrap());
+            }
+        };
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            data_dir,
+            sim_state,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no chance to clean up, as after a crash or power loss.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+
+    pub fn set_faults(&self, faults: &str) {
+        std::fs::write(self.sim_state.join("faults"), faults).unwrap();
+    }
+
+    /// The simulator's own answer, as a person with vmrun would see it.
+    pub fn sim(&self, args: &[&str]) -> String {
+        let out = Command::new(SIM_BIN)
+            .args(args)
+            .env("VMRUN_SIM_STATE", &self.sim_state)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn sim_calls(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.sim_state.join("calls.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn create(&self, body: &Value) -> (u16, Value) {
+        http::request("POST", &self.url("/vms"), Some(&body.to_string()), &[])
+    }
+
+    pub fn get_vm(&self, id: &str) -> (u16, Value) {
+        http::request("GET", &self.url(&format!("/vms/{id}")), None, &[])
+    }
+
+    pub fn delete_vm(&self, id: &str) -> (u16, Value) {
+        http::request("DELETE", &self.url(&format!("/vms/{id}")), None, &[])
+    }
+
+    /// Polls until `done` accepts the VM object or the deadline passes.
+    pub fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, vm) = self.get_vm(id);
+            assert_eq!(status, 200, "GET {id}: {vm}");
+            if done(&vm) {
+                return vm;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "VM {id} never became {what}: {vm}\nserver log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn wait_ready(&self, id: &str) -> Value {
+        self.wait_for(id, "running with an IP", |vm| {
+            assert_ne!(vm["status"], "failed", "VM failed: {vm}");
+            vm["status"] == "running" && vm["ip_address"] != ""
+        })
+    }
+
+    pub fn wait_failed(&self, id: &str) -> Value {
+        self.wait_for(id, "failed", |vm| vm["status"] == "failed")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records the bodies POSTed to it.
+pub struct CallbackReceiver {
+    pub url: String,
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl CallbackReceiver {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/callback", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let sink = sink.clone();
+                thread::spawn(move || {
+                    if let Some(body) = http::read_request_body(&mut stream) {
+                        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                            sink.lock().unwrap().push(value);
+                        }
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+        Self { url, bodies }
+    }
+
+    pub fn wait_for(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bodies = self.bodies.lock().unwrap().clone();
+            if bodies.len() >= count || Instant::now() > deadline {
+                return bodies;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+pub fn read_all(stream: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
