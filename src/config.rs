@@ -32,6 +32,7 @@ pub struct Config {
     pub download_max_resumes: u32,
     pub callback_timeout: Duration,
     pub callback_retries: u32,
+    pub reconcile_interval: Duration,
 }
 
 /// What the command line asked for.
@@ -226,6 +227,12 @@ const SETTINGS: &[Setting] = &[
         "3",
         "retries of a callback after a connection error or a 5xx"
     ),
+    setting!(
+        "reconcile-interval",
+        "OSX_BUILDER_RECONCILE_INTERVAL",
+        "60",
+        "seconds between checks of every VM's state against vmrun list and the disk"
+    ),
 ];
 
 pub fn help_text() -> String {
@@ -366,6 +373,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         download_max_resumes: number(value("download-max-resumes"), "a whole number")?,
         callback_timeout: seconds("callback-timeout")?,
         callback_retries: number(value("callback-retries"), "a whole number")?,
+        reconcile_interval: seconds("reconcile-interval")?,
     })))
 }
 

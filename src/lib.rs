@@ -13,6 +13,7 @@ pub mod config;
 pub mod fsutil;
 pub mod image;
 pub mod provision;
+pub mod reconcile;
 pub mod service;
 pub mod shutdown;
 pub mod vm;

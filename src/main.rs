@@ -11,7 +11,7 @@ use osx_builder::image::{ImageCache, ImageSettings};
 use osx_builder::provision::{
     self, gold_locks::GoldLocks, tasks::Tasks, ProvisionSettings, Provisioner,
 };
-use osx_builder::service::Service;
+use osx_builder::service::{start_reconciler, Reconcile, Service};
 use osx_builder::vm::VmStore;
 use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
 use osx_builder::{error, info, shutdown, warn};
@@ -76,13 +76,8 @@ fn serve(config: &Config) -> Result<(), String> {
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
         .map_err(|e| format!("cannot open the VM records: {e}"))?;
-    for folder in unloaded {
-        warn!(
-            "left alone: {} ({}); remove it by hand if it is not a VM you need",
-            folder.dir.display(),
-            folder.reason
-        );
-    }
+    // Folders that did not load are adopted or reported by the first reconcile.
+    drop(unloaded);
     let store = Arc::new(store);
     let tasks = Arc::new(Tasks::default());
     let provisioner = Arc::new(Provisioner {
@@ -110,7 +105,8 @@ fn serve(config: &Config) -> Result<(), String> {
         .to_ip()
         .map(|a| a.to_string())
         .unwrap_or_else(|| addr.to_string());
-    service.recover();
+    service.reconcile(Reconcile::Startup);
+    start_reconciler(service.clone(), config.reconcile_interval);
     shutdown::install_handlers();
     let server = HttpServer::start(listener, config.http_threads, service);
     info!(

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use crate::api::create_body::CreateVm;
 use crate::api::error::ApiError;
 use crate::provision::tasks::Tasks;
 use crate::provision::Job;
-use crate::vm::store::Durability;
+use crate::reconcile;
+use crate::vm::store::{Durability, RECORD_FILE};
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use crate::vmrun::{Vmrun, VmrunError};
 
@@ -24,6 +25,21 @@ pub struct Service {
     vmrun: Vmrun,
     tasks: Arc<Tasks>,
     jobs: Sender<Job>,
+    creating: Mutex<()>,
+    reported: Mutex<HashSet<PathBuf>>,
+}
+
+/// What a create did.
+pub enum Created {
+    New(Arc<[u8]>),
+    /// The idempotency key named a VM that exists: this is its object.
+    Existing(Arc<[u8]>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconcile {
+    Startup,
+    Periodic,
 }
 
 impl Service {
@@ -33,17 +49,30 @@ impl Service {
             vmrun,
             tasks,
             jobs,
+            creating: Mutex::new(()),
+            reported: Mutex::new(HashSet::new()),
         }
     }
 
-    pub fn create(&self, request: CreateVm) -> Result<Arc<[u8]>, ApiError> {
+    /// Records the VM and queues it. With an idempotency key that an existing VM carries,
+    /// returns that VM instead (`Created::Existing`): a coordinator that lost the answer to
+    /// its POST can retry without leaking a second VM.
+    pub fn create(&self, request: CreateVm) -> Result<Created, ApiError> {
         self.vmrun
             .check_available()
             .map_err(|e| ApiError::VmrunMissing(e.to_string()))?;
+        // Held across lookup and insert so that two retries racing each other make one VM.
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = &request.name {
+            if let Some(json) = self.find_by_name(key) {
+                return Ok(Created::Existing(json));
+            }
+        }
         let now = crate::log::rfc3339_now();
         let vm = Vm {
             id: Uuid::new_v4(),
-            image: request.image,
+            image: Some(request.image),
+            name: request.name,
             cpus: request.cpus,
             memory: request.memory,
             network_type: request.network_type,
@@ -66,7 +95,18 @@ impl Service {
         self.jobs
             .send(Job::Provision(id))
             .map_err(|_| ApiError::Internal("the provisioning pool has stopped".into()))?;
-        Ok(json)
+        Ok(Created::New(json))
+    }
+
+    fn find_by_name(&self, key: &str) -> Option<Arc<[u8]>> {
+        self.store.ids().into_iter().find_map(|id| {
+            let vm = self.store.get(id)?;
+            if vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting {
+                self.store.json(id)
+            } else {
+                None
+            }
+        })
     }
 
     pub fn get(&self, id: Uuid) -> Result<Arc<[u8]>, ApiError> {
@@ -130,61 +170,164 @@ impl Service {
         }
     }
 
-    /// Brings the records in line with what happened while the server was down: one
-    /// `vmrun list` says which VMs run. Provisioning that a restart interrupted is reported,
-    /// not silently retried; a VM waiting for its IP is watched again; an acknowledged
-    /// delete that did not finish is finished.
-    pub fn recover(self: &Arc<Self>) {
-        let running: Option<HashSet<PathBuf>> = match self.vmrun.list() {
-            Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
-            Err(err) => {
-                crate::warn!("cannot reconcile VM states with vmrun list: {err}");
-                None
-            }
-        };
+    /// Brings the records in line with the machine. At start (`Startup`), also deals with
+    /// what a stop left half done: provisioning that was interrupted is reported (not
+    /// silently retried), a VM waiting for its IP is watched again, an acknowledged delete is
+    /// finished, stale VMware locks are removed. Every time: one `vmrun list` updates
+    /// running/stopped, a record whose folder vanished is failed, a VM folder no record
+    /// knows is adopted or reported.
+    pub fn reconcile(self: &Arc<Self>, when: Reconcile) {
+        let running = reconcile::running_set(&self.vmrun);
         for id in self.store.ids() {
+            if self.tasks.is_busy(id) {
+                continue;
+            }
             let Some(vm) = self.store.get(id) else {
                 continue;
             };
-            if vm.progress.phase == Phase::Deleting {
-                let service = self.clone();
-                thread::spawn(move || {
-                    if let Err(err) = service.delete(id) {
-                        crate::warn!("vm={id} resuming an interrupted delete failed: {err}");
-                    }
-                });
+            if when == Reconcile::Startup {
+                self.recover_interrupted(&vm);
+            }
+            if vm.progress.phase == Phase::Deleting || vm.status == Status::Provisioning {
                 continue;
             }
-            let is_running = running
-                .as_ref()
-                .map(|set| set.contains(&canonical(&self.store.vmx_path(id))));
-            match (vm.status, is_running) {
-                (Status::Provisioning, _) => {
-                    let phase = vm.progress.phase;
-                    self.update(id, |vm| {
-                        vm.fail(
-                            "interrupted",
-                            format!("the server stopped while this VM was at step {phase:?}; delete it and create another"),
-                        )
-                    });
-                    crate::warn!("vm={id} provisioning was interrupted at {phase:?}");
+            let vmx = self.store.vmx_path(id);
+            let has_vm = matches!(vm.status, Status::Running | Status::Stopped);
+            if has_vm && !vmx.exists() {
+                if vm.error.is_none() {
+                    self.files_missing(id, &vmx);
                 }
-                (Status::Running, Some(false)) => {
+                continue;
+            }
+            let Some(running) = &running else { continue };
+            let is_running = running.contains(&reconcile::canonical(&vmx));
+            match (vm.status, is_running) {
+                (Status::Running, false) => {
+                    crate::warn!("vm={id} is no longer running");
                     self.update(id, |vm| vm.status = Status::Stopped);
                 }
-                (Status::Stopped, Some(true)) => {
+                (Status::Stopped, true) => {
+                    crate::info!("vm={id} is running again");
                     self.update(id, |vm| vm.status = Status::Running);
                 }
                 _ => {}
             }
-            let Some(vm) = self.store.get(id) else {
-                continue;
-            };
-            if vm.status == Status::Running && vm.progress.phase == Phase::WaitingForIp {
-                let _ = self.jobs.send(Job::WatchIp(id));
+            if when == Reconcile::Startup && !is_running {
+                reconcile::remove_locks_in(&self.store.vm_dir(id), running);
             }
         }
-        crate::info!("recovered {} VMs", self.store.len());
+        self.adopt_orphans(running.as_ref());
+        if when == Reconcile::Startup {
+            crate::info!("recovered {} VMs", self.store.len());
+        }
+    }
+
+    /// Someone removed the VM's files (Fusion's "Move to Trash", a clean-up script). The
+    /// record says so until the VM is deleted; if the whole folder went, the record went
+    /// with it and the change lives in memory only.
+    fn files_missing(&self, id: Uuid, vmx: &Path) {
+        crate::warn!("vm={id} its VMX {} is gone", vmx.display());
+        let durability = if self.store.vm_dir(id).exists() {
+            Durability::Disk
+        } else {
+            Durability::MemoryOnly
+        };
+        let message = format!(
+            "the VM's files are gone ({} is missing): someone removed them outside osx-builder; delete this VM",
+            vmx.display()
+        );
+        if let Err(err) = self
+            .store
+            .update(id, durability, |vm| vm.fail("files-missing", message))
+        {
+            crate::error!("vm={id} {err}");
+        }
+    }
+
+    fn recover_interrupted(self: &Arc<Self>, vm: &Vm) {
+        let id = vm.id;
+        if vm.progress.phase == Phase::Deleting {
+            let service = self.clone();
+            thread::spawn(move || {
+                if let Err(err) = service.delete(id) {
+                    crate::warn!("vm={id} finishing an interrupted delete failed: {err}");
+                }
+            });
+        } else if vm.status == Status::Provisioning {
+            let phase = vm.progress.phase.as_str();
+            crate::warn!("vm={id} provisioning was interrupted at step {phase}");
+            self.update(id, |vm| {
+                vm.fail(
+                    "interrupted",
+                    format!("the server stopped while this VM was at step {phase}; delete it and create another"),
+                )
+            });
+        } else if vm.status == Status::Running && vm.progress.phase == Phase::WaitingForIp {
+            let _ = self.jobs.send(Job::WatchIp(id));
+        }
+    }
+
+    /// Folders in `vms/` without a record: adopted when they hold `<id>.vmx`, otherwise
+    /// reported once. Never deleted: they may be someone's work.
+    fn adopt_orphans(&self, running: Option<&HashSet<PathBuf>>) {
+        let Ok(entries) = std::fs::read_dir(self.store.root()) else {
+            return;
+        };
+        // A create makes the folder, then the record, then the map entry: without this lock
+        // a folder caught in between would look like an orphan.
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let id = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| Uuid::try_parse(n).ok());
+            // Checked now, not from a list taken before: a create may have just added it.
+            if id.is_some_and(|id| self.store.get(id).is_some()) {
+                continue;
+            }
+            if dir.join(RECORD_FILE).exists() {
+                if !self.already_reported(&dir) {
+                    crate::warn!(
+                        "left alone: {} (its {RECORD_FILE} is not a valid record); fix or remove it by hand",
+                        dir.display()
+                    );
+                }
+                continue;
+            }
+            match reconcile::adopt(&dir, running) {
+                Ok(vm) => {
+                    let id = vm.id;
+                    let watch = vm.progress.phase == Phase::WaitingForIp;
+                    match self.store.insert(vm) {
+                        Ok(_) => {
+                            crate::info!("vm={id} adopted from {}", dir.display());
+                            if watch {
+                                let _ = self.jobs.send(Job::WatchIp(id));
+                            }
+                        }
+                        Err(err) => crate::error!("vm={id} cannot adopt: {err}"),
+                    }
+                }
+                Err(reason) => {
+                    if !self.already_reported(&dir) {
+                        crate::warn!(
+                            "left alone: {} ({reason}); remove it by hand if it is not a VM you need",
+                            dir.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// True if `dir` was reported before; remembers it otherwise.
+    fn already_reported(&self, dir: &Path) -> bool {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        !reported.insert(dir.to_path_buf())
     }
 
     fn update(&self, id: Uuid, change: impl FnOnce(&mut Vm)) {
@@ -210,6 +353,15 @@ fn delete_error(err: VmrunError) -> ApiError {
     }
 }
 
-fn canonical(path: &Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+/// Runs `reconcile(Periodic)` every `interval` on a thread of its own.
+pub fn start_reconciler(service: Arc<Service>, interval: Duration) {
+    let spawned = thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || loop {
+            thread::sleep(interval);
+            service.reconcile(Reconcile::Periodic);
+        });
+    if let Err(err) = spawned {
+        crate::error!("cannot start the reconcile thread: {err}; states are checked only at start");
+    }
 }

@@ -22,7 +22,12 @@ pub struct CreateVm {
     pub network_type: NetworkType,
     pub headless: bool,
     pub callback_url: Option<String>,
+    /// Idempotency key, from the `name` field or the `Idempotency-Key` header.
+    pub name: Option<String>,
 }
+
+/// Longest idempotency key accepted.
+pub const MAX_NAME_LEN: usize = 200;
 
 pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
     let value: Value =
@@ -89,6 +94,10 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             Some(url.to_string())
         }
     };
+    let name = match optional_str(&fields, "name", "invalid-name")? {
+        None | Some("") => None,
+        Some(name) => Some(check_name(name)?),
+    };
     Ok(CreateVm {
         image,
         cpus,
@@ -96,7 +105,19 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         network_type,
         headless,
         callback_url,
+        name,
     })
+}
+
+/// An idempotency key: 1 to 200 printable characters.
+pub fn check_name(name: &str) -> Result<String, ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid-name",
+            format!("name (or the Idempotency-Key header) must be 1 to {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    Ok(name.to_string())
 }
 
 fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {

@@ -12,7 +12,7 @@ use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 use super::create_body;
 use super::error::ApiError;
 use super::routes::{route, Route};
-use crate::service::Service;
+use crate::service::{Created, Service};
 
 /// A create request is a few hundred bytes; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -111,21 +111,31 @@ fn answer(
         Route::CreateVm => {
             check_content_type(request)?;
             let body = read_body(request)?;
-            let create = create_body::parse(&body)?;
-            Ok(Reply::Json(202, service.create(create)?))
+            let mut create = create_body::parse(&body)?;
+            if let Some(key) = header(request, "Idempotency-Key") {
+                create.name = Some(create_body::check_name(key.trim())?);
+            }
+            // A replay answers as the first create did, so a retrying client needs no
+            // special case; the VM object shows the state it has reached since.
+            match service.create(create)? {
+                Created::New(json) | Created::Existing(json) => Ok(Reply::Json(202, json)),
+            }
         }
     }
 }
 
-fn check_content_type(request: &Request) -> Result<(), ApiError> {
-    let Some(header) = request
+fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
+    request
         .headers()
         .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-    else {
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+fn check_content_type(request: &Request) -> Result<(), ApiError> {
+    let Some(value) = header(request, "Content-Type") else {
         return Ok(());
     };
-    let value = header.value.as_str();
     let essence = value
         .split(';')
         .next()

@@ -91,12 +91,18 @@ impl Provisioner {
 
     fn provision(&self, vm: &Vm, cancel: &Cancel) -> Result<(), Stop> {
         let id = vm.id;
+        let Some(image) = &vm.image else {
+            return Err(Stop::failed(
+                "no-image",
+                "this VM has no image to provision from; delete it",
+            ));
+        };
         self.vmrun.check_available()?;
         self.set_phase(id, Phase::Downloading);
         let mut last_phase = Phase::Downloading;
         let gold = self
             .images
-            .ensure(&vm.image, cancel, &mut |progress: &ImageProgress| {
+            .ensure(image, cancel, &mut |progress: &ImageProgress| {
                 let phase = image_phase(progress.phase);
                 let durability = if phase == last_phase {
                     Durability::MemoryOnly
@@ -145,6 +151,7 @@ impl Provisioner {
         check(cancel)?;
 
         self.set_phase(id, Phase::Starting);
+        crate::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
         self.vmrun.start(&vmx_path, vm.headless, cancel)?;
         self.record(id, |vm| {
             vm.status = Status::Running;

@@ -32,6 +32,14 @@ impl Tasks {
         map.entry(id).or_default().clone()
     }
 
+    /// True while a worker or a DELETE holds the VM; reconcile leaves such VMs alone, since
+    /// their state is changing under its feet.
+    pub fn is_busy(&self, id: Uuid) -> bool {
+        let task = self.get(id);
+        let busy = task.busy.try_lock().is_err();
+        busy
+    }
+
     pub fn forget(&self, id: Uuid) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&id);

@@ -11,7 +11,12 @@ use crate::image::ImageSpec;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vm {
     pub id: Uuid,
-    pub image: ImageSpec,
+    /// `None` only for a VM adopted from the original Go server without an image annotation.
+    pub image: Option<ImageSpec>,
+    /// The client's idempotency key (`name` field or `Idempotency-Key` header): a retried
+    /// create with the same key gets this VM back instead of a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub cpus: u32,
     /// Megabytes, as applied to the VMX (raised to 512, rounded up to a multiple of 4).
     pub memory: u32,
@@ -113,6 +118,27 @@ pub enum Phase {
     Deleting,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Downloading => "downloading",
+            Self::Unpacking => "unpacking",
+            Self::Verifying => "verifying",
+            Self::Publishing => "publishing",
+            Self::Snapshotting => "snapshotting",
+            Self::Cloning => "cloning",
+            Self::Configuring => "configuring",
+            Self::Starting => "starting",
+            Self::WaitingForIp => "waiting-for-ip",
+            Self::Ready => "ready",
+            Self::IpTimeout => "ip-timeout",
+            Self::Failed => "failed",
+            Self::Deleting => "deleting",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub phase: Phase,
@@ -156,11 +182,12 @@ mod tests {
     fn sample() -> Vm {
         Vm {
             id: Uuid::nil(),
-            image: ImageSpec {
+            image: Some(ImageSpec {
                 url: "http://127.0.0.1/a.tar.gz".into(),
                 checksum: "5cf00d380e28d02f30efaceafef7c7c8bdedae33".into(),
                 checksum_type: ChecksumType::Sha1,
-            },
+            }),
+            name: None,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,
@@ -184,6 +211,18 @@ mod tests {
         assert_eq!(json["network_type"], "nat");
         assert_eq!(json["progress"]["phase"], "queued");
         assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn phase_names_match_the_wire() {
+        for phase in [
+            Phase::Queued,
+            Phase::WaitingForIp,
+            Phase::IpTimeout,
+            Phase::Deleting,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
     }
 
     #[test]

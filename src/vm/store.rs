@@ -109,6 +109,11 @@ impl VmStore {
         Ok((store, unloaded))
     }
 
+    /// `<data>/vms`
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn vm_dir(&self, id: Uuid) -> PathBuf {
         self.root.join(id.to_string())
     }

@@ -137,10 +137,23 @@ pub fn read_request_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// How a file is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Whole,
+    /// 4 KiB at a time with this pause between chunks, for tests that must catch a
+    /// download in progress.
+    Trickle(Duration),
+    /// Announces this Content-Length (a huge image), then sends what it has.
+    ClaimLength(u64),
+}
+
+type Files = Arc<Mutex<HashMap<String, (Arc<Vec<u8>>, Delivery)>>>;
+
 /// Serves fixed files over HTTP on 127.0.0.1, counting GETs per path.
 pub struct FileServer {
     pub base: String,
-    files: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>,
+    files: Files,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     pub total: Arc<AtomicUsize>,
 }
@@ -149,7 +162,7 @@ impl FileServer {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let files: Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>> = Arc::default();
+        let files: Files = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let total = Arc::new(AtomicUsize::new(0));
         let (f, h, t) = (files.clone(), hits.clone(), total.clone());
@@ -169,10 +182,14 @@ impl FileServer {
     }
 
     pub fn add(&self, path: &str, bytes: Vec<u8>) -> String {
+        self.add_with(path, bytes, Delivery::Whole)
+    }
+
+    pub fn add_with(&self, path: &str, bytes: Vec<u8>, delivery: Delivery) -> String {
         self.files
             .lock()
             .unwrap()
-            .insert(path.to_string(), Arc::new(bytes));
+            .insert(path.to_string(), (Arc::new(bytes), delivery));
         format!("{}{path}", self.base)
     }
 
@@ -183,7 +200,7 @@ impl FileServer {
 
 fn serve_file(
     mut stream: TcpStream,
-    files: &Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    files: &Mutex<HashMap<String, (Arc<Vec<u8>>, Delivery)>>,
     hits: &Mutex<HashMap<String, usize>>,
     total: &AtomicUsize,
 ) {
@@ -207,13 +224,28 @@ fn serve_file(
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     let file = files.lock().unwrap().get(&path).cloned();
     match file {
-        Some(bytes) => {
+        Some((bytes, delivery)) => {
+            let length = match delivery {
+                Delivery::ClaimLength(n) => n,
+                _ => bytes.len() as u64,
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-                bytes.len()
+                "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
             );
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&bytes);
+            match delivery {
+                Delivery::Trickle(pause) => {
+                    for chunk in bytes.chunks(4096) {
+                        if stream.write_all(chunk).is_err() {
+                            return;
+                        }
+                        thread::sleep(pause);
+                    }
+                }
+                _ => {
+                    let _ = stream.write_all(&bytes);
+                }
+            }
         }
         None => {
             let _ = stream.write_all(

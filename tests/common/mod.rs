@@ -47,6 +47,12 @@ impl Drop for TempDir {
 
 /// A small gold VM as a tar.gz: `<top>/gold.vmx` and its disk.
 pub fn gold_tar_gz(top: &str) -> Vec<u8> {
+    gold_tar_gz_padded(top, 0)
+}
+
+/// The same with `pad` bytes of incompressible data in an extra file, so that a trickled
+/// download takes long enough to be caught in progress.
+pub fn gold_tar_gz_padded(top: &str, pad: usize) -> Vec<u8> {
     let vmx = "\
 .encoding = \"UTF-8\"
 config.version = \"8\"
@@ -69,7 +75,20 @@ ethernet1.connectionType = \"hostonly\"
     let disk = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
-    for (name, body) in [("gold.vmx", vmx.as_bytes()), ("disk.vmdk", disk.as_bytes())] {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let padding: Vec<u8> = (0..pad)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut files = vec![("gold.vmx", vmx.as_bytes()), ("disk.vmdk", disk.as_bytes())];
+    if pad > 0 {
+        files.push(("padding.bin", &padding));
+    }
+    for (name, body) in files {
         let path = if top.is_empty() {
             name.to_string()
         } else {
