@@ -4,8 +4,12 @@
 //! The binary (`src/main.rs`) wires these modules together; the library exists so that
 //! integration tests and benchmarks can drive the same code the server runs.
 
+pub mod auth;
 pub mod cancel;
-pub mod log;
+pub mod disk;
 pub mod image;
+pub mod log;
+pub mod metrics;
+pub mod signing;
 pub mod vmrun;
 pub mod vmx;
