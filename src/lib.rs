@@ -7,15 +7,19 @@
 pub mod log;
 
 pub mod api;
+pub mod auth;
 pub mod callback;
 pub mod cancel;
 pub mod config;
+pub mod disk;
 pub mod fsutil;
 pub mod image;
+pub mod metrics;
 pub mod provision;
 pub mod reconcile;
 pub mod service;
 pub mod shutdown;
+pub mod signing;
 pub mod vm;
 pub mod vmrun;
 pub mod vmx;

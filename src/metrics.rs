@@ -1,0 +1,957 @@
+//! `GET /metrics` in the Prometheus text exposition format (version 0.0.4), written by hand.
+//!
+//! Two kinds of numbers: events counted as they happen (provisions, HTTP requests, durations)
+//! live in [`Metrics`]; state that the server already keeps elsewhere (VMs by status, capacity,
+//! cache size, vmrun's own call counters) is passed in a [`Snapshot`] at render time, so there
+//! is one source of truth for each number.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Image downloads are multi-gigabyte archives over whatever link a build Mac has: seconds on
+/// a LAN mirror, hours over the internet.
+const DOWNLOAD_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// A linked clone is a small delta disk: well under a second normally, minutes when the disk
+/// is slow or vmrun waits on a lock (the contract's clone deadline is 120 s).
+const CLONE_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// macOS boots and VMware Tools report an address in tens of seconds to a few minutes; ten
+/// minutes is where a provisioning gives up.
+const BOOT_TO_IP_BUCKETS: &[f64] = &[
+    5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0,
+];
+
+/// HTTP methods we label as themselves; anything else is `other`, so that a client inventing
+/// methods cannot create unbounded series.
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// Counters and histograms updated by the server's threads. Each update takes a mutex for the
+/// time of a map insert or a few additions; updates happen per request or per provisioning
+/// step, far too rarely for contention to matter, and a mutex gives `render` a consistent view
+/// (a histogram's buckets always add up to its count).
+#[derive(Debug)]
+pub struct Metrics {
+    provisions: Mutex<BTreeMap<String, u64>>,
+    http_requests: Mutex<BTreeMap<(String, u16), u64>>,
+    image_download: Mutex<Histogram>,
+    clone: Mutex<Histogram>,
+    boot_to_ip: Mutex<Histogram>,
+}
+
+/// State owned by other parts of the server, read when `/metrics` is asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub vms: VmsByStatus,
+    pub capacity_used: u64,
+    pub capacity_limit: u64,
+    pub image_cache_bytes: u64,
+    pub draining: bool,
+    /// `Vmrun::call_counts()`: (command, outcome, count).
+    pub vmrun_calls: Vec<(String, String, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmsByStatus {
+    pub provisioning: u64,
+    pub running: u64,
+    pub stopped: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket, not cumulative; one more than `bounds` for `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, seconds: f64) {
+        let index = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[index] += 1;
+        self.sum += seconds;
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            provisions: Mutex::new(BTreeMap::new()),
+            http_requests: Mutex::new(BTreeMap::new()),
+            image_download: Mutex::new(Histogram::new(DOWNLOAD_BUCKETS)),
+            clone: Mutex::new(Histogram::new(CLONE_BUCKETS)),
+            boot_to_ip: Mutex::new(Histogram::new(BOOT_TO_IP_BUCKETS)),
+        }
+    }
+
+    /// One provisioning finished: `ok`, or the error code it failed with.
+    pub fn record_provision(&self, outcome: &str) {
+        *lock(&self.provisions)
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn record_http_request(&self, method: &str, status: u16) {
+        let method = KNOWN_METHODS
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(method))
+            .copied()
+            .unwrap_or("other");
+        *lock(&self.http_requests)
+            .entry((method.to_string(), status))
+            .or_default() += 1;
+    }
+
+    pub fn observe_image_download(&self, took: Duration) {
+        lock(&self.image_download).observe(took.as_secs_f64());
+    }
+
+    pub fn observe_clone(&self, took: Duration) {
+        lock(&self.clone).observe(took.as_secs_f64());
+    }
+
+    /// From `vmrun start` returning to the first IP address seen.
+    pub fn observe_boot_to_ip(&self, took: Duration) {
+        lock(&self.boot_to_ip).observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut out = String::new();
+
+        let vms = snapshot.vms;
+        header(
+            &mut out,
+            "osx_builder_vms",
+            "gauge",
+            "VMs known to this server, by status.",
+        );
+        for (status, count) in [
+            ("provisioning", vms.provisioning),
+            ("running", vms.running),
+            ("stopped", vms.stopped),
+            ("failed", vms.failed),
+        ] {
+            sample(&mut out, "osx_builder_vms", &[("status", status)], count);
+        }
+
+        let gauges = [
+            (
+                "osx_builder_capacity_used",
+                "VMs counted against the capacity limit.",
+                snapshot.capacity_used,
+            ),
+            (
+                "osx_builder_capacity_limit",
+                "Maximum number of VMs this host runs at once.",
+                snapshot.capacity_limit,
+            ),
+            (
+                "osx_builder_image_cache_bytes",
+                "Bytes on disk used by cached gold images.",
+                snapshot.image_cache_bytes,
+            ),
+            (
+                "osx_builder_draining",
+                "1 while the server refuses new VMs for maintenance, else 0.",
+                u64::from(snapshot.draining),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            header(&mut out, name, "gauge", help);
+            sample(&mut out, name, &[], value);
+        }
+
+        let name = "osx_builder_provisions_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Provisionings finished, by outcome (ok or the error code).",
+        );
+        for (outcome, count) in lock(&self.provisions).iter() {
+            sample(&mut out, name, &[("outcome", outcome)], count);
+        }
+
+        let name = "osx_builder_vmrun_calls_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "vmrun invocations, by command and outcome.",
+        );
+        // Sorted here too: the format does not require it, but stable output diffs well.
+        let mut calls: Vec<_> = snapshot.vmrun_calls.iter().collect();
+        calls.sort();
+        for (command, outcome, count) in calls {
+            sample(
+                &mut out,
+                name,
+                &[("command", command), ("outcome", outcome)],
+                count,
+            );
+        }
+
+        let name = "osx_builder_http_requests_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "HTTP requests answered, by method and status code.",
+        );
+        for ((method, status), count) in lock(&self.http_requests).iter() {
+            let status = status.to_string();
+            sample(
+                &mut out,
+                name,
+                &[("method", method), ("status", &status)],
+                count,
+            );
+        }
+
+        let histograms = [
+            (
+                "osx_builder_image_download_seconds",
+                "Time to download, verify and unpack a gold image.",
+                &self.image_download,
+            ),
+            (
+                "osx_builder_clone_seconds",
+                "Time to make a linked clone of a gold image.",
+                &self.clone,
+            ),
+            (
+                "osx_builder_boot_to_ip_seconds",
+                "Time from starting a VM to its first IP address.",
+                &self.boot_to_ip,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            header(&mut out, name, "histogram", help);
+            render_histogram(&mut out, name, &lock(histogram));
+        }
+        out
+    }
+}
+
+/// A panic in another thread while it held a lock leaves plain numbers behind, still worth
+/// reporting: metrics must not take `/metrics` down with them.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (index, (label, value)) in labels.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape_label_value(value));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+fn render_histogram(out: &mut String, name: &str, histogram: &Histogram) {
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0u64;
+    for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
+        cumulative += count;
+        sample(out, &bucket, &[("le", &format_float(*bound))], cumulative);
+    }
+    // `_count` is derived from the same numbers, so `+Inf` and `_count` cannot disagree.
+    cumulative += histogram.counts[histogram.bounds.len()];
+    sample(out, &bucket, &[("le", "+Inf")], cumulative);
+    sample(
+        out,
+        &format!("{name}_sum"),
+        &[],
+        format_float(histogram.sum),
+    );
+    sample(out, &format!("{name}_count"), &[], cumulative);
+}
+
+/// Rust writes infinity as `inf`; Prometheus wants `+Inf`, `-Inf` and `NaN`.
+fn format_float(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_string()
+    } else if value == f64::INFINITY {
+        "+Inf".to_string()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Label values escape backslash, double quote and line feed (the format's whole list).
+fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// HELP text escapes only backslash and line feed.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    /// One parsed sample line.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sample {
+        name: String,
+        labels: Labels,
+        value: f64,
+    }
+
+    impl Sample {
+        fn label(&self, name: &str) -> Option<&str> {
+            self.labels
+                .iter()
+                .find(|(label, _)| label == name)
+                .map(|(_, value)| value.as_str())
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Exposition {
+        types: HashMap<String, String>,
+        samples: Vec<Sample>,
+    }
+
+    fn is_metric_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn is_label_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    fn parse_value(text: &str) -> Result<f64, String> {
+        match text {
+            "+Inf" => Ok(f64::INFINITY),
+            "-Inf" => Ok(f64::NEG_INFINITY),
+            "NaN" => Ok(f64::NAN),
+            _ if text.contains(|c: char| c.is_ascii_alphabetic()) => {
+                Err(format!("value {text:?} is not a Prometheus float"))
+            }
+            _ => text.parse().map_err(|_| format!("bad value {text:?}")),
+        }
+    }
+
+    type Labels = Vec<(String, String)>;
+
+    /// `{a="x",b="y"}` to pairs, undoing the escapes; returns the rest of the line.
+    fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
+        let mut labels = Vec::new();
+        let mut rest = text.strip_prefix('{').ok_or("labels must start with {")?;
+        if let Some(after) = rest.strip_prefix('}') {
+            return Ok((labels, after));
+        }
+        loop {
+            let eq = rest.find('=').ok_or("label without =")?;
+            let name = &rest[..eq];
+            if !is_label_name(name) {
+                return Err(format!("bad label name {name:?}"));
+            }
+            rest = rest[eq + 1..]
+                .strip_prefix('"')
+                .ok_or("label value must be quoted")?;
+            let mut value = String::new();
+            let mut chars = rest.char_indices();
+            let end = loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("dangling backslash")?.1 {
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        'n' => value.push('\n'),
+                        other => return Err(format!("unknown escape \\{other}")),
+                    },
+                    (_, '\n') => return Err("raw newline in label value".into()),
+                    (_, c) => value.push(c),
+                }
+            };
+            if labels.iter().any(|(existing, _)| existing == name) {
+                return Err(format!("label {name} repeated"));
+            }
+            labels.push((name.to_string(), value));
+            rest = &rest[end + 1..];
+            if let Some(after) = rest.strip_prefix('}') {
+                return Ok((labels, after));
+            }
+            rest = rest
+                .strip_prefix(',')
+                .ok_or("labels must be separated by ,")?;
+        }
+    }
+
+    /// A strict reader of the text format, as far as this module writes it: every line is a
+    /// HELP, a TYPE or a sample; each family's HELP and TYPE come before its samples and the
+    /// family's lines are contiguous; names and labels are well-formed.
+    fn parse(text: &str) -> Result<Exposition, String> {
+        let mut exposition = Exposition::default();
+        let mut helped = HashSet::new();
+        let mut finished_families = HashSet::new();
+        let mut current_family: Option<String> = None;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or("output must end with a newline")?;
+        for (number, line) in body.split('\n').enumerate() {
+            let fail = |problem: String| format!("line {}: {problem}: {line:?}", number + 1);
+            let mut enter_family = |family: &str| -> Result<(), String> {
+                if current_family.as_deref() != Some(family) {
+                    if let Some(previous) = current_family.take() {
+                        finished_families.insert(previous);
+                    }
+                    if finished_families.contains(family) {
+                        return Err(format!("family {family} is not contiguous"));
+                    }
+                    current_family = Some(family.to_string());
+                }
+                Ok(())
+            };
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let (name, text) = help
+                    .split_once(' ')
+                    .ok_or_else(|| fail("HELP without text".into()))?;
+                if !is_metric_name(name) || text.is_empty() {
+                    return Err(fail("bad HELP".into()));
+                }
+                enter_family(name).map_err(&fail)?;
+                if !helped.insert(name.to_string()) || exposition.types.contains_key(name) {
+                    return Err(fail("HELP repeated or after TYPE".into()));
+                }
+            } else if let Some(kind) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = kind
+                    .split_once(' ')
+                    .ok_or_else(|| fail("TYPE without kind".into()))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(fail(format!("unknown type {kind}")));
+                }
+                enter_family(name).map_err(&fail)?;
+                if !helped.contains(name) {
+                    return Err(fail("TYPE before HELP".into()));
+                }
+                if exposition
+                    .types
+                    .insert(name.to_string(), kind.to_string())
+                    .is_some()
+                {
+                    return Err(fail("TYPE repeated".into()));
+                }
+            } else if line.starts_with('#') || line.is_empty() {
+                return Err(fail("unexpected comment or empty line".into()));
+            } else {
+                let name_end = line
+                    .find(['{', ' '])
+                    .ok_or_else(|| fail("no value".into()))?;
+                let name = &line[..name_end];
+                if !is_metric_name(name) {
+                    return Err(fail("bad metric name".into()));
+                }
+                let (labels, rest) = if line[name_end..].starts_with('{') {
+                    parse_labels(&line[name_end..]).map_err(&fail)?
+                } else {
+                    (Vec::new(), &line[name_end..])
+                };
+                let value_text = rest
+                    .strip_prefix(' ')
+                    .ok_or_else(|| fail("no space before value".into()))?;
+                if value_text.contains(' ') {
+                    return Err(fail("timestamps or extra fields are not expected".into()));
+                }
+                let value = parse_value(value_text).map_err(&fail)?;
+                let family = family_of(name, &exposition.types);
+                if current_family.as_deref() != Some(family.as_str()) {
+                    return Err(fail(format!(
+                        "sample outside its family {family} (no HELP/TYPE?)"
+                    )));
+                }
+                if !exposition.types.contains_key(&family) {
+                    return Err(fail("sample before TYPE".into()));
+                }
+                exposition.samples.push(Sample {
+                    name: name.to_string(),
+                    labels,
+                    value,
+                });
+            }
+        }
+        let mut seen = HashSet::new();
+        for sample in &exposition.samples {
+            let mut key = sample.labels.clone();
+            key.sort();
+            if !seen.insert((sample.name.clone(), format!("{key:?}"))) {
+                return Err(format!(
+                    "duplicate series {} {:?}",
+                    sample.name, sample.labels
+                ));
+            }
+        }
+        check_histograms(&exposition)?;
+        Ok(exposition)
+    }
+
+    fn family_of(name: &str, types: &HashMap<String, String>) -> String {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if types.get(base).map(String::as_str) == Some("histogram") {
+                    return base.to_string();
+                }
+            }
+        }
+        name.to_string()
+    }
+
+    /// Buckets in increasing `le`, cumulative, ending in `+Inf` equal to `_count`; `_sum` there.
+    fn check_histograms(exposition: &Exposition) -> Result<(), String> {
+        for (family, kind) in &exposition.types {
+            if kind != "histogram" {
+                continue;
+            }
+            let of = |suffix: &str| -> Vec<&Sample> {
+                let name = format!("{family}{suffix}");
+                exposition
+                    .samples
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .collect()
+            };
+            let buckets = of("_bucket");
+            let (sums, counts) = (of("_sum"), of("_count"));
+            if sums.len() != 1 || counts.len() != 1 {
+                return Err(format!("{family}: need one _sum and one _count"));
+            }
+            let mut previous: Option<(f64, f64)> = None;
+            for bucket in &buckets {
+                let le = parse_value(
+                    bucket
+                        .label("le")
+                        .ok_or(format!("{family}: bucket without le"))?,
+                )?;
+                if let Some((previous_le, previous_count)) = previous {
+                    if le <= previous_le {
+                        return Err(format!("{family}: le not increasing at {le}"));
+                    }
+                    if bucket.value < previous_count {
+                        return Err(format!("{family}: buckets not cumulative at le={le}"));
+                    }
+                }
+                previous = Some((le, bucket.value));
+            }
+            match previous {
+                Some((le, count)) if le == f64::INFINITY => {
+                    if count != counts[0].value {
+                        return Err(format!(
+                            "{family}: +Inf {count} != _count {}",
+                            counts[0].value
+                        ));
+                    }
+                }
+                _ => return Err(format!("{family}: last bucket is not +Inf")),
+            }
+        }
+        Ok(())
+    }
+
+    fn value_of(exposition: &Exposition, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        exposition
+            .samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.labels.len() == labels.len()
+                    && labels.iter().all(|(k, v)| s.label(k) == Some(v))
+            })
+            .map(|s| s.value)
+    }
+
+    fn busy_metrics() -> (Metrics, Snapshot) {
+        let metrics = Metrics::new();
+        metrics.record_provision("ok");
+        metrics.record_provision("ok");
+        metrics.record_provision("image-checksum-mismatch");
+        metrics.record_http_request("GET", 200);
+        metrics.record_http_request("get", 200);
+        metrics.record_http_request("POST", 202);
+        metrics.record_http_request("BREW", 405);
+        metrics.observe_clone(Duration::from_millis(300));
+        metrics.observe_clone(Duration::from_secs(3));
+        metrics.observe_clone(Duration::from_secs(500));
+        metrics.observe_image_download(Duration::from_secs(90));
+        metrics.observe_boot_to_ip(Duration::from_secs(42));
+        let snapshot = Snapshot {
+            vms: VmsByStatus {
+                provisioning: 1,
+                running: 2,
+                stopped: 0,
+                failed: 3,
+            },
+            capacity_used: 3,
+            capacity_limit: 2,
+            image_cache_bytes: 40_000_000_000,
+            draining: true,
+            vmrun_calls: vec![
+                ("start".into(), "ok".into(), 4),
+                ("list".into(), "ok".into(), 10),
+                ("stop".into(), "not-powered-on".into(), 1),
+            ],
+        };
+        (metrics, snapshot)
+    }
+
+    #[test]
+    fn an_empty_registry_renders_well_formed_output() {
+        let text = Metrics::new().render(&Snapshot::default());
+        let exposition = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            value_of(&exposition, "osx_builder_vms", &[("status", "failed")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value_of(&exposition, "osx_builder_draining", &[]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value_of(&exposition, "osx_builder_clone_seconds_count", &[]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value_of(
+                &exposition,
+                "osx_builder_clone_seconds_bucket",
+                &[("le", "+Inf")]
+            ),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn every_family_is_declared_once_with_its_type() {
+        let (metrics, snapshot) = busy_metrics();
+        let text = metrics.render(&snapshot);
+        let exposition = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let expected = [
+            ("osx_builder_vms", "gauge"),
+            ("osx_builder_capacity_used", "gauge"),
+            ("osx_builder_capacity_limit", "gauge"),
+            ("osx_builder_image_cache_bytes", "gauge"),
+            ("osx_builder_draining", "gauge"),
+            ("osx_builder_provisions_total", "counter"),
+            ("osx_builder_vmrun_calls_total", "counter"),
+            ("osx_builder_http_requests_total", "counter"),
+            ("osx_builder_image_download_seconds", "histogram"),
+            ("osx_builder_clone_seconds", "histogram"),
+            ("osx_builder_boot_to_ip_seconds", "histogram"),
+        ];
+        assert_eq!(
+            exposition.types.len(),
+            expected.len(),
+            "{:?}",
+            exposition.types
+        );
+        for (name, kind) in expected {
+            assert_eq!(
+                exposition.types.get(name).map(String::as_str),
+                Some(kind),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_and_gauges_carry_the_recorded_numbers() {
+        let (metrics, snapshot) = busy_metrics();
+        let e = parse(&metrics.render(&snapshot)).unwrap();
+        let provisions = "osx_builder_provisions_total";
+        assert_eq!(value_of(&e, provisions, &[("outcome", "ok")]), Some(2.0));
+        assert_eq!(
+            value_of(&e, provisions, &[("outcome", "image-checksum-mismatch")]),
+            Some(1.0)
+        );
+        let http = "osx_builder_http_requests_total";
+        assert_eq!(
+            value_of(&e, http, &[("method", "GET"), ("status", "200")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            value_of(&e, http, &[("method", "POST"), ("status", "202")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&e, http, &[("method", "other"), ("status", "405")]),
+            Some(1.0)
+        );
+        let calls = "osx_builder_vmrun_calls_total";
+        assert_eq!(
+            value_of(&e, calls, &[("command", "list"), ("outcome", "ok")]),
+            Some(10.0)
+        );
+        assert_eq!(
+            value_of(
+                &e,
+                calls,
+                &[("command", "stop"), ("outcome", "not-powered-on")]
+            ),
+            Some(1.0)
+        );
+        for (status, count) in [
+            ("provisioning", 1.0),
+            ("running", 2.0),
+            ("stopped", 0.0),
+            ("failed", 3.0),
+        ] {
+            assert_eq!(
+                value_of(&e, "osx_builder_vms", &[("status", status)]),
+                Some(count)
+            );
+        }
+        assert_eq!(value_of(&e, "osx_builder_capacity_used", &[]), Some(3.0));
+        assert_eq!(value_of(&e, "osx_builder_capacity_limit", &[]), Some(2.0));
+        assert_eq!(
+            value_of(&e, "osx_builder_image_cache_bytes", &[]),
+            Some(4e10)
+        );
+        assert_eq!(value_of(&e, "osx_builder_draining", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let (metrics, snapshot) = busy_metrics();
+        let e = parse(&metrics.render(&snapshot)).unwrap();
+        let bucket = |le: &str| value_of(&e, "osx_builder_clone_seconds_bucket", &[("le", le)]);
+        // Observed: 0.3 s, 3 s and 500 s (past the last finite bound of 300).
+        assert_eq!(bucket("0.25"), Some(0.0));
+        assert_eq!(bucket("0.5"), Some(1.0));
+        assert_eq!(bucket("2.5"), Some(1.0));
+        assert_eq!(bucket("5"), Some(2.0));
+        assert_eq!(bucket("300"), Some(2.0));
+        assert_eq!(bucket("+Inf"), Some(3.0));
+        assert_eq!(
+            value_of(&e, "osx_builder_clone_seconds_count", &[]),
+            Some(3.0)
+        );
+        let sum = value_of(&e, "osx_builder_clone_seconds_sum", &[]).unwrap();
+        assert!((sum - 503.3).abs() < 1e-9, "{sum}");
+        let download = |le: &str| {
+            value_of(
+                &e,
+                "osx_builder_image_download_seconds_bucket",
+                &[("le", le)],
+            )
+        };
+        assert_eq!(download("60"), Some(0.0));
+        assert_eq!(download("120"), Some(1.0));
+        assert_eq!(download("14400"), Some(1.0));
+        let boot = |le: &str| value_of(&e, "osx_builder_boot_to_ip_seconds_bucket", &[("le", le)]);
+        assert_eq!(boot("30"), Some(0.0));
+        assert_eq!(boot("45"), Some(1.0));
+    }
+
+    #[test]
+    fn a_value_on_a_bound_falls_in_that_bucket() {
+        // `le` means less than or equal.
+        let metrics = Metrics::new();
+        metrics.observe_clone(Duration::from_secs(1));
+        let e = parse(&metrics.render(&Snapshot::default())).unwrap();
+        let bucket = |le: &str| value_of(&e, "osx_builder_clone_seconds_bucket", &[("le", le)]);
+        assert_eq!(bucket("0.5"), Some(0.0));
+        assert_eq!(bucket("1"), Some(1.0));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::new();
+        let weird = "quote\" backslash\\ newline\n end";
+        metrics.record_provision(weird);
+        let snapshot = Snapshot {
+            vmrun_calls: vec![("a\\b".into(), "c\"d\ne".into(), 7)],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snapshot);
+        assert!(
+            text.contains(
+                r#"osx_builder_provisions_total{outcome="quote\" backslash\\ newline\n end"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"osx_builder_vmrun_calls_total{command="a\\b",outcome="c\"d\ne"} 7"#),
+            "{text}"
+        );
+        let e = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            value_of(&e, "osx_builder_provisions_total", &[("outcome", weird)]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(
+                &e,
+                "osx_builder_vmrun_calls_total",
+                &[("command", "a\\b"), ("outcome", "c\"d\ne")]
+            ),
+            Some(7.0)
+        );
+    }
+
+    #[test]
+    fn the_parser_rejects_what_it_should() {
+        // The checks above are only as good as this parser: show that it can fail.
+        let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 1\n";
+        assert!(parse(good).is_ok());
+        let bad = [
+            ("no trailing newline", good.trim_end()),
+            ("no TYPE", "# HELP a_total A.\na_total 1\n"),
+            ("no HELP", "# TYPE a_total counter\na_total 1\n"),
+            ("raw quote", "# HELP a A.\n# TYPE a gauge\na{x=\"q\"\"} 1\n"),
+            ("bad escape", "# HELP a A.\n# TYPE a gauge\na{x=\"\\t\"} 1\n"),
+            ("inf spelling", "# HELP a A.\n# TYPE a gauge\na inf\n"),
+            ("split family", "# HELP a A.\n# TYPE a gauge\na 1\n# HELP b B.\n# TYPE b gauge\nb 1\na 2\n"),
+            (
+                "not cumulative",
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+            ),
+            (
+                "+Inf != count",
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",
+            ),
+            ("no +Inf", "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n"),
+            ("duplicate", "# HELP a A.\n# TYPE a gauge\na 1\na 2\n"),
+        ];
+        for (why, text) in bad {
+            assert!(parse(text).is_err(), "accepted ({why}): {text:?}");
+        }
+    }
+
+    #[test]
+    fn updates_from_many_threads_all_count() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        metrics.record_http_request("GET", 200);
+                        metrics.observe_boot_to_ip(Duration::from_secs(20));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let e = parse(&metrics.render(&Snapshot::default())).unwrap();
+        let http = "osx_builder_http_requests_total";
+        assert_eq!(
+            value_of(&e, http, &[("method", "GET"), ("status", "200")]),
+            Some(8000.0)
+        );
+        assert_eq!(
+            value_of(&e, "osx_builder_boot_to_ip_seconds_count", &[]),
+            Some(8000.0)
+        );
+        assert_eq!(
+            value_of(&e, "osx_builder_boot_to_ip_seconds_sum", &[]),
+            Some(160_000.0)
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_the_output() {
+        let available = Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !available {
+            eprintln!("note: promtool not on PATH, skipped `promtool check metrics` (the parser tests still ran)");
+            return;
+        }
+        let (metrics, mut snapshot) = busy_metrics();
+        metrics.record_provision("odd \"outcome\"\\\nwith escapes");
+        snapshot
+            .vmrun_calls
+            .push(("clone".into(), "vm-locked".into(), 2));
+        for text in [
+            metrics.render(&snapshot),
+            Metrics::new().render(&Snapshot::default()),
+        ] {
+            let mut child = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+                "promtool check metrics: {}\nstdout: {}\nstderr: {}\ninput:\n{text}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
