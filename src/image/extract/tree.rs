@@ -103,7 +103,7 @@ impl Tree {
     ) -> Result<Option<PathBuf>, ExtractError> {
         names::relative_path(name, backslash_separates).map_err(|bad| ExtractError::UnsafePath {
             entry: entry.to_owned(),
-            reason: bad.reason().to_owned(),
+            reason: format!("the name {}", bad.reason()),
         })
     }
 
@@ -209,7 +209,7 @@ impl Tree {
         let target_rel = match names::relative_path(target, false) {
             Ok(Some(path)) => path,
             Ok(None) => return Err(refuse("the target is the image folder itself")),
-            Err(bad) => return Err(refuse(&format!("for the target, {}", bad.reason()))),
+            Err(bad) => return Err(refuse(&format!("the target {}", bad.reason()))),
         };
         if !self.files.contains(&target_rel) {
             return Err(refuse(
