@@ -231,6 +231,9 @@ struct Route {
     /// Send this many body bytes, then wait for the gate to open before sending the rest
     /// (or, for an error status, before answering at all).
     gate: Option<(usize, Arc<Gate>)>,
+    /// Close the connection without answering these requests (0 is the first).
+    hang_up_on: Vec<usize>,
+    served: Arc<AtomicUsize>,
 }
 
 impl Route {
@@ -245,6 +248,8 @@ impl Route {
             drops: Arc::new(AtomicUsize::new(0)),
             stall_after: None,
             gate: None,
+            hang_up_on: Vec::new(),
+            served: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -389,6 +394,11 @@ fn serve(
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
+    let nth = route.served.fetch_add(1, Ordering::SeqCst);
+    if route.hang_up_on.contains(&nth) {
+        let _ = out.shutdown(Shutdown::Both);
+        return;
+    }
     if route.status != 200 {
         if let Some((_, gate)) = &route.gate {
             gate.wait();
@@ -825,6 +835,30 @@ fn a_dropped_connection_resumes_with_a_range_request() {
             "{format:?}"
         );
     }
+}
+
+#[test]
+fn a_refused_reconnect_is_retried() {
+    let server = Server::start();
+    let scratch = Scratch::new("reconnect");
+    let cache = scratch.cache();
+    let files = vm_files(None);
+    let data = archive(Format::TarGz, &files);
+    let cut = data.len() / 2;
+    let route = Route {
+        hang_up_on: vec![1],
+        ..Route::ok(data.clone()).dropping(cut, 1)
+    };
+    let url = server.route("/img", route);
+    let gold = ensure(&cache, &spec(url, ChecksumType::Md5, &data)).unwrap();
+    assert_published(&scratch, &gold, &files);
+    let ranges: Vec<Option<String>> = server
+        .requests("/img")
+        .iter()
+        .map(|s| s.range.clone())
+        .collect();
+    let resume = Some(format!("bytes={cut}-"));
+    assert_eq!(ranges, vec![None, resume.clone(), resume]);
 }
 
 #[test]
