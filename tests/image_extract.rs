@@ -287,7 +287,32 @@ fn expect_refused(
         before,
         "something changed outside the staging folder"
     );
+    assert_no_symlink_leads_out(&scratch.dest);
     err
+}
+
+/// A refused archive may leave a partial tree, but no symlink in it may lead outside.
+fn assert_no_symlink_leads_out(dest: &Path) {
+    let inside = fs::canonicalize(dest).unwrap();
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                if let Ok(target) = fs::canonicalize(&path) {
+                    assert!(
+                        target.starts_with(&inside),
+                        "{} leads to {}",
+                        path.display(),
+                        target.display()
+                    );
+                }
+            } else if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1227,6 +1252,13 @@ fn truncated_archives_are_errors_not_partial_successes() {
     .unwrap_err();
     assert_eq!(err.code(), "archive-corrupt", "{err}");
     assert!(err.to_string().contains("cut short"), "{err}");
+
+    let zip = crate_zip(true);
+    fs::write(scratch.path("cut.zip"), &zip[..zip.len() - 100]).unwrap();
+    let dest = scratch.path("out-zip");
+    fs::create_dir(&dest).unwrap();
+    let err = unpack_zip(&scratch.path("cut.zip"), &dest, &GENEROUS).unwrap_err();
+    assert_eq!(err.code(), "archive-corrupt", "{err}");
 
     let dest = scratch.path("out-empty");
     fs::create_dir(&dest).unwrap();
