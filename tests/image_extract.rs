@@ -71,6 +71,38 @@ macro_rules! require_tools {
     };
 }
 
+/// GNU tar under either of its usual names (`tar` on Linux, `gtar` from Homebrew on macOS,
+/// where `tar` is bsdtar and lacks `--format=gnu` and `--sparse-version`).
+fn gnu_tar() -> Option<&'static str> {
+    ["tar", "gtar"].into_iter().find(|name| {
+        have(name)
+            && Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("GNU tar"))
+    })
+}
+
+/// Skips the calling test (with a note) when GNU tar is missing; else its command name.
+macro_rules! require_gnu_tar {
+    () => {
+        match gnu_tar() {
+            Some(name) => name,
+            None => {
+                eprintln!("SKIPPED: GNU tar (`tar` or `gtar`) is not installed");
+                return;
+            }
+        }
+    };
+}
+
+/// A system tool, without macOS's AppleDouble `._` companions for extended attributes.
+fn tool(name: &str) -> Command {
+    let mut command = Command::new(name);
+    command.env("COPYFILE_DISABLE", "1");
+    command
+}
+
 fn run(command: &mut Command) {
     let output = command.output().expect("the tool runs");
     assert!(
@@ -320,7 +352,8 @@ fn assert_no_symlink_leads_out(dest: &Path) {
 
 #[test]
 fn gnu_tar_formats_with_and_without_a_top_folder() {
-    require_tools!("tar", "gzip", "bzip2");
+    require_tools!("gzip", "bzip2");
+    let tar = require_gnu_tar!();
     let scratch = Scratch::new("gnu-tar");
     let src = scratch.path("src");
     write_vm(&src.join("vm"));
@@ -337,7 +370,7 @@ fn gnu_tar_formats_with_and_without_a_top_folder() {
             } else {
                 (src.join("vm"), ".")
             };
-            run(Command::new("tar")
+            run(tool(tar)
                 .arg("-C")
                 .arg(&dir)
                 .arg(flag)
@@ -379,7 +412,7 @@ fn zip_tool_archives_with_and_without_a_top_folder() {
         } else {
             (src.join("vm"), ".")
         };
-        run(Command::new("zip")
+        run(tool("zip")
             .current_dir(&dir)
             .args(["-q", "-r"])
             .arg(&archive)
@@ -411,7 +444,7 @@ fn zip_tool_symlinks_inside_are_kept_and_outside_refused() {
     write_vm(&src.join("vm"));
     std::os::unix::fs::symlink("macOS.nvram", src.join("vm/current.nvram")).unwrap();
     let good = scratch.path("good.zip");
-    run(Command::new("zip")
+    run(tool("zip")
         .current_dir(&src)
         .args(["-q", "-r", "-y"])
         .arg(&good)
@@ -426,7 +459,7 @@ fn zip_tool_symlinks_inside_are_kept_and_outside_refused() {
 
     std::os::unix::fs::symlink("/etc", src.join("vm/etc")).unwrap();
     let bad = scratch.path("bad.zip");
-    run(Command::new("zip")
+    run(tool("zip")
         .current_dir(&src)
         .args(["-q", "-r", "-y"])
         .arg(&bad)
@@ -440,13 +473,13 @@ fn zip_tool_symlinks_inside_are_kept_and_outside_refused() {
 
 #[test]
 fn vmx_in_a_nested_folder_is_found() {
-    require_tools!("tar");
+    let tar = require_gnu_tar!();
     let scratch = Scratch::new("nested");
     let src = scratch.path("src");
     write_vm(&src.join("images/macOS 14.vmwarevm"));
     fs::write(src.join("README.txt"), b"gold image\n").unwrap();
     let archive = scratch.path("a.tar");
-    run(Command::new("tar")
+    run(tool(tar)
         .arg("-C")
         .arg(&src)
         .arg("-cf")
@@ -473,7 +506,7 @@ fn long_rel_path() -> String {
 
 #[test]
 fn gnu_and_pax_long_names_from_gnu_tar() {
-    require_tools!("tar");
+    let tar = require_gnu_tar!();
     let scratch = Scratch::new("long-gnu-tar");
     let src = scratch.path("src");
     let rel = long_rel_path();
@@ -483,7 +516,7 @@ fn gnu_and_pax_long_names_from_gnu_tar() {
     std::os::unix::fs::symlink(format!("{}/x", "b".repeat(60)), src.join(&long_link)).unwrap();
     for format in ["gnu", "pax"] {
         let archive = scratch.path(&format!("{format}.tar"));
-        run(Command::new("tar")
+        run(tool(tar)
             .arg("-C")
             .arg(&src)
             .arg(format!("--format={format}"))
@@ -506,12 +539,15 @@ fn gnu_and_pax_long_names_from_gnu_tar() {
     }
 }
 
-/// A 10 MiB file that is mostly a hole, with data in the middle and near the end.
+/// A 10 MiB file that is mostly a hole, with a dozen islands of data: more than a GNU sparse
+/// header's four slots, so extension headers are exercised too.
 fn write_sparse(path: &Path) -> Vec<u8> {
     let file = File::create(path).unwrap();
     file.set_len(10 << 20).unwrap();
     let mut content = vec![0u8; 10 << 20];
-    for (offset, data) in [(5_000_000u64, noise(5, 7)), (8 << 20, noise(4096, 8))] {
+    for i in 0..12u64 {
+        let offset = 5000 + i * 800_000;
+        let data = noise(1000 + 300 * i as usize, 20 + i);
         std::os::unix::fs::FileExt::write_all_at(&file, &data, offset).unwrap();
         content[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
     }
@@ -530,7 +566,8 @@ fn holes_supported(dir: &Path) -> bool {
 
 #[test]
 fn sparse_files_from_gnu_tar_in_every_sparse_format() {
-    require_tools!("tar", "gzip");
+    require_tools!("gzip");
+    let tar = require_gnu_tar!();
     let scratch = Scratch::new("sparse-gnu-tar");
     let src = scratch.path("src");
     fs::create_dir_all(src.join("vm")).unwrap();
@@ -548,7 +585,7 @@ fn sparse_files_from_gnu_tar_in_every_sparse_format() {
     ];
     for (name, flags) in variants {
         let archive = scratch.path(&format!("{name}.tar"));
-        run(Command::new("tar")
+        run(tool(tar)
             .arg("-C")
             .arg(&src)
             .arg("--sparse")
