@@ -103,10 +103,6 @@ impl<'p, R: Read> HashingReader<'p, R> {
         &self.inner
     }
 
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
     /// The digest of everything read so far (reading may go on).
     pub fn hex_digest(&self) -> String {
         self.hasher.clone().finish_hex()

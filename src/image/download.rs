@@ -100,6 +100,8 @@ impl Fetcher {
     pub fn new(connect_timeout: Duration, read_timeout: Duration, max_resumes: u32) -> Self {
         let agent = ureq::Agent::config_builder()
             .timeout_connect(Some(connect_timeout))
+            // Name lookups block without a bound of their own.
+            .timeout_resolve(Some(connect_timeout))
             // Per read, not for the whole body: a 60 GB image may take hours, but no byte
             // for this long means the transfer is stuck.
             .timeout_per_read(Some(read_timeout))
@@ -309,6 +311,7 @@ impl Body {
         };
         *reader = None;
         let mut last_error = why;
+        let mut failed_reconnects: u64 = 0;
         loop {
             if self.resumes >= fetcher.max_resumes {
                 let fatal = ImageError::ResumesExhausted {
@@ -322,9 +325,8 @@ impl Body {
             }
             // The first reconnect is immediate (a dropped connection is usually a one-off);
             // a server that refuses new connections gets a growing pause.
-            let failed_reconnects = self.resumes.saturating_sub(1).min(10);
             if failed_reconnects > 0 {
-                std::thread::sleep(Duration::from_secs(u64::from(failed_reconnects)));
+                std::thread::sleep(Duration::from_secs(failed_reconnects.min(10)));
             }
             self.resumes += 1;
             crate::warn!(
@@ -340,6 +342,7 @@ impl Body {
                 Ok(response) => response,
                 Err(ImageError::Connection { detail, .. }) => {
                     last_error = detail;
+                    failed_reconnects += 1;
                     continue;
                 }
                 Err(ImageError::Timeout { after, .. }) => {

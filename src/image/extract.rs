@@ -176,8 +176,8 @@ impl fmt::Display for ExtractError {
             Self::ReadFailed(e) => write!(f, "reading the archive failed: {e}"),
             Self::UnsafePath { entry, reason } => write!(
                 f,
-                "archive entry `{entry}` refused: {reason}; an image archive must hold only \
-                 relative paths inside it, so rebuild the archive"
+                "archive entry `{entry}` refused: {reason}; an image archive may only hold \
+                 relative paths that stay inside its folder, so rebuild the archive"
             ),
             Self::UnsafeLink {
                 entry,

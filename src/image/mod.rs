@@ -4,9 +4,9 @@
 
 pub mod archive;
 pub mod cache;
-pub mod checksum;
+mod checksum;
 mod disk;
-pub mod download;
+mod download;
 pub mod error;
 pub mod extract;
 mod layout;

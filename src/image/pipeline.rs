@@ -143,8 +143,7 @@ fn attempt(job: &Job, stats: &mut Stats) -> Result<GoldImage, Stop> {
     let result = fill_and_unpack(job, &mut source, stats);
     stats.bytes = source.get_ref().position();
     stats.resumes = source.get_ref().resumes();
-    let unpacked = result?;
-    let (staging, unpacked) = unpacked;
+    let (staging, unpacked) = result?;
 
     job.progress.set_phase(ImagePhase::Publishing);
     publish(job, staging, &unpacked)
@@ -166,7 +165,6 @@ fn fill_and_unpack(
     stats.format = Some(format);
     check_free_space(job, format, source.get_ref().total())?;
 
-    let staging = Staging::create(job.layout.new_staging_dir(&job.spec.checksum))?;
     if format == ArchiveFormat::Zip {
         let part = PartFile::create(job.layout.new_part_file(&job.spec.checksum))?;
         let mut file = &part.file;
@@ -175,11 +173,13 @@ fn fill_and_unpack(
         copy(job, source, &mut file, &part.path)?;
         verify(job, source)?;
         job.progress.set_phase(ImagePhase::Unpacking);
+        let staging = Staging::create(job.layout.new_staging_dir(&job.spec.checksum))?;
         let unpacked = extract::unpack_zip(&part.path, &staging.path, &job.limits)
             .map_err(|e| extract_error(job, e))?;
         drop(part);
         Ok((staging, unpacked))
     } else {
+        let staging = Staging::create(job.layout.new_staging_dir(&job.spec.checksum))?;
         let stream = (&head[..]).chain(&mut *source);
         let unpacked =
             extract::unpack_tar(format, stream, &staging.path, &job.limits).map_err(|e| {

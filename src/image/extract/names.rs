@@ -14,12 +14,13 @@ pub(super) enum BadName {
 }
 
 impl BadName {
+    /// A predicate to complete "the name ..." or "the target ...".
     pub(super) fn reason(self) -> &'static str {
         match self {
-            Self::Empty => "the name is empty",
-            Self::Absolute => "it is an absolute path",
-            Self::ParentDir => "it has a `..` component",
-            Self::Nul => "it contains a NUL byte",
+            Self::Empty => "is empty",
+            Self::Absolute => "is an absolute path",
+            Self::ParentDir => "has a `..` component",
+            Self::Nul => "contains a NUL byte",
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The staging folder as it fills: every rule about what may be created where.
 //!
-//! The folder starts empty and only this type writes into it, so it knows every path in it
+//! The folder starts empty and only this type writes into it, so it knows every name in it
 //! without asking the file system. Symlinks are created last, after every file and hard link:
 //! while entries are written no symlink exists below the folder, so no write can be
-//! redirected through one, whatever order the archive lists things in.
+//! redirected through one, whatever order the archive lists things in, and whatever names the
+//! file system (case-insensitive on most Macs) considers equal.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -103,7 +104,7 @@ impl Tree {
     ) -> Result<Option<PathBuf>, ExtractError> {
         names::relative_path(name, backslash_separates).map_err(|bad| ExtractError::UnsafePath {
             entry: entry.to_owned(),
-            reason: bad.reason().to_owned(),
+            reason: format!("the name {}", bad.reason()),
         })
     }
 
@@ -172,7 +173,13 @@ impl Tree {
                 file.set_permissions(Permissions::from_mode(permissions))?;
                 Ok(file)
             })
-            .map_err(|e| ExtractError::from_write(e, &path, &self.dest, entry))?;
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    same_name_on_disk(entry)
+                } else {
+                    ExtractError::from_write(e, &path, &self.dest, entry)
+                }
+            })?;
         self.files.insert(rel.to_path_buf());
         Ok(NewFile { file, path })
     }
@@ -209,7 +216,7 @@ impl Tree {
         let target_rel = match names::relative_path(target, false) {
             Ok(Some(path)) => path,
             Ok(None) => return Err(refuse("the target is the image folder itself")),
-            Err(bad) => return Err(refuse(&format!("for the target, {}", bad.reason()))),
+            Err(bad) => return Err(refuse(&format!("the target {}", bad.reason()))),
         };
         if !self.files.contains(&target_rel) {
             return Err(refuse(
@@ -227,7 +234,7 @@ impl Tree {
     }
 
     /// Records a symlink, created by `finish`. Targets that are absolute or climb out are
-    /// refused at once; the check is repeated at the end when every symlink is known.
+    /// refused at once; the check is repeated on the disk once every symlink exists.
     pub(super) fn symlink(
         &mut self,
         rel: Option<PathBuf>,
@@ -269,12 +276,7 @@ impl Tree {
 
     /// Creates the symlinks, applies folder modes and names the .vmx.
     pub(super) fn finish(mut self) -> Result<Unpacked, ExtractError> {
-        for link in std::mem::take(&mut self.pending_symlinks) {
-            self.check_symlink_target(&link.path, &link.entry, &link.target)?;
-            let path = self.dest.join(&link.path);
-            std::os::unix::fs::symlink(OsStr::from_bytes(&link.target), &path)
-                .map_err(|e| ExtractError::from_write(e, &path, &self.dest, &link.entry))?;
-        }
+        self.create_symlinks()?;
         for (rel, mode) in std::mem::take(&mut self.dir_modes) {
             let path = self.dest.join(&rel);
             let mode = (mode & PERMISSION_BITS) | DIR_OWNER_BITS;
@@ -293,6 +295,56 @@ impl Tree {
             files: self.files_created,
             bytes: self.budget.used,
         })
+    }
+
+    /// Creates every symlink, then checks each target again on the disk itself, removing them
+    /// all if one is refused.
+    ///
+    /// The check at entry time compares names as bytes, but macOS file systems are usually
+    /// case- and normalization-insensitive: there `L1/..` goes through a symlink `l1` that a
+    /// byte comparison misses. Asking the file system whether each step of the walk is a
+    /// symlink gives its own answer. Nothing is written after this point, so a symlink that
+    /// exists for the moment of the check cannot redirect a write.
+    fn create_symlinks(&mut self) -> Result<(), ExtractError> {
+        let pending = std::mem::take(&mut self.pending_symlinks);
+        let mut created = Vec::with_capacity(pending.len());
+        let result = self.create_and_verify(&pending, &mut created);
+        if result.is_err() {
+            for path in created {
+                let _ = fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    fn create_and_verify(
+        &self,
+        pending: &[PendingSymlink],
+        created: &mut Vec<PathBuf>,
+    ) -> Result<(), ExtractError> {
+        for link in pending {
+            let path = self.dest.join(&link.path);
+            match std::os::unix::fs::symlink(OsStr::from_bytes(&link.target), &path) {
+                Ok(()) => created.push(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(same_name_on_disk(&link.entry))
+                }
+                Err(e) => return Err(ExtractError::from_write(e, &path, &self.dest, &link.entry)),
+            }
+        }
+        let is_symlink_on_disk = |rel: &Path| {
+            fs::symlink_metadata(self.dest.join(rel)).is_ok_and(|m| m.file_type().is_symlink())
+        };
+        for link in pending {
+            names::resolve_symlink(&link.path, &link.target, is_symlink_on_disk).map_err(
+                |bad| ExtractError::UnsafeLink {
+                    entry: link.entry.clone(),
+                    target: String::from_utf8_lossy(&link.target).into_owned(),
+                    reason: bad.to_string(),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Creates the missing folders above `rel`, refusing a way through a symlink or a file.
@@ -374,6 +426,17 @@ impl Tree {
         }
         self.vmx = Some((rel.to_path_buf(), entry.to_owned()));
         Ok(())
+    }
+}
+
+/// Every path this type creates is new to it, so an existing one is a name that the file system
+/// considers equal to an earlier entry's (macOS ignores case and Unicode normalization).
+fn same_name_on_disk(entry: &str) -> ExtractError {
+    ExtractError::DuplicateEntry {
+        entry: entry.to_owned(),
+        reason: "the file system already has that path from an earlier entry whose name \
+                 differs only in case or Unicode normalization"
+            .to_owned(),
     }
 }
 
