@@ -5,7 +5,6 @@
 pub mod archive;
 pub mod cache;
 mod checksum;
-mod disk;
 mod download;
 pub mod error;
 pub mod extract;

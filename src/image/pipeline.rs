@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::image::archive::{self, ArchiveFormat, DETECT_LEN};
 use crate::image::checksum::HashingReader;
-use crate::image::disk;
 use crate::image::download::{Body, Failure, Fetcher, Location};
 use crate::image::error::ImageError;
 use crate::image::extract::{self, ExtractError, Limits, Unpacked};
@@ -269,7 +268,7 @@ fn write_error(path: &Path, e: io::Error) -> ImageError {
     let disk_full = matches!(e.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT);
     if disk_full {
         let dir = path.parent().unwrap_or(path).to_path_buf();
-        let available = disk::free_space(&dir).unwrap_or(0);
+        let available = crate::disk::free_bytes(&dir).unwrap_or(0);
         return ImageError::DiskFull {
             dir,
             needed: None,
@@ -297,7 +296,7 @@ fn check_free_space(
         total
     };
     let dir = job.layout.gold_root();
-    let available = disk::free_space(dir).map_err(|e| ImageError::io(dir, e))?;
+    let available = crate::disk::free_bytes(dir).map_err(|e| ImageError::io(dir, e))?;
     if available < needed {
         return Err(ImageError::DiskFull {
             dir: dir.to_path_buf(),
@@ -311,7 +310,7 @@ fn check_free_space(
 /// Renames the verified staging folder to `gold/<checksum>`.
 fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage, Stop> {
     let gold_dir = job.layout.gold_dir(&job.spec.checksum);
-    disk::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
+    crate::fsutil::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
     if let Err(e) = fs::rename(&staging.path, &gold_dir) {
         // Another process sharing the data folder may have published the same image.
         if gold_dir.is_dir() {
@@ -329,7 +328,7 @@ fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage
         return Err(ImageError::io(&gold_dir, e).into());
     }
     staging.keep();
-    disk::sync_dir(job.layout.gold_root())
+    crate::fsutil::sync_dir(job.layout.gold_root())
         .map_err(|e| ImageError::io(job.layout.gold_root(), e))?;
     Ok(GoldImage {
         checksum: job.spec.checksum.clone(),
