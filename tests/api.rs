@@ -513,3 +513,55 @@ fn missing_vmrun_is_reported_at_start_and_on_create() {
         .unwrap()
         .contains("VMWARE_VMRUN_PATH"));
 }
+
+#[test]
+fn callbacks_are_retried_after_a_5xx_and_sent_on_failure_with_the_id() {
+    // One provisioning thread: a callback that held it would hold every VM behind it.
+    let w = world("callback", options(&[], &["--provision-threads", "1"]));
+    let receiver = CallbackReceiver::start_failing(2);
+    let mut body = create_body(&w.url, &w.checksum);
+    body["callback_url"] = json!(receiver.url);
+    let (_, vm) = w.server.create(&body);
+    let id = vm["id"].as_str().unwrap().to_string();
+    w.server.wait_ready(&id);
+    // Backoff is 1 s then 2 s: the third attempt lands after about 3 s.
+    let callbacks = receiver.wait_for(1);
+    assert_eq!(callbacks.len(), 1, "{}", w.server.log());
+    assert_eq!(
+        receiver.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    assert_eq!(
+        callbacks[0]["ip_address"],
+        w.server.get_vm(&id).1["ip_address"]
+    );
+
+    w.server.set_faults("start fail The operation was canceled");
+    let receiver = CallbackReceiver::start();
+    body["callback_url"] = json!(receiver.url);
+    let (_, vm) = w.server.create(&body);
+    let id = vm["id"].as_str().unwrap().to_string();
+    let callbacks = receiver.wait_for(1);
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0]["id"], id.as_str());
+    assert_eq!(callbacks[0]["status"], "failed");
+    assert_eq!(callbacks[0]["error"]["code"], "vmrun-failed");
+
+    // A receiver that takes the connection and never answers (10 s callback timeout, 3
+    // retries) never holds the provisioning worker.
+    w.server.set_faults("");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    body["callback_url"] = json!(format!("http://{}/cb", silent.local_addr().unwrap()));
+    let started = Instant::now();
+    let ids: Vec<String> = (0..3)
+        .map(|_| w.server.create(&body).1["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        w.server.wait_ready(id);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -293,23 +293,38 @@ impl Drop for Server {
 pub struct CallbackReceiver {
     pub url: String,
     pub bodies: Arc<Mutex<Vec<Value>>>,
+    /// Every POST seen, answered or refused.
+    pub attempts: Arc<AtomicU64>,
 }
 
 impl CallbackReceiver {
     pub fn start() -> Self {
+        Self::start_failing(0)
+    }
+
+    /// Answers the first `failures` POSTs with 503, then 200.
+    pub fn start_failing(failures: u64) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/callback", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = bodies.clone();
+        let attempts = Arc::new(AtomicU64::new(0));
+        let (sink, seen) = (bodies.clone(), attempts.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let sink = sink.clone();
+                let (sink, seen) = (sink.clone(), seen.clone());
                 thread::spawn(move || {
-                    if let Some(body) = http::read_request_body(&mut stream) {
-                        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-                            sink.lock().unwrap().push(value);
-                        }
+                    let Some(body) = http::read_request_body(&mut stream) else {
+                        return;
+                    };
+                    if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        return;
+                    }
+                    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                        sink.lock().unwrap().push(value);
                     }
                     let _ = stream.write_all(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -317,7 +332,11 @@ impl CallbackReceiver {
                 });
             }
         });
-        Self { url, bodies }
+        Self {
+            url,
+            bodies,
+            attempts,
+        }
     }
 
     pub fn wait_for(&self, count: usize) -> Vec<Value> {
