@@ -565,3 +565,36 @@ fn callbacks_are_retried_after_a_5xx_and_sent_on_failure_with_the_id() {
         started.elapsed()
     );
 }
+
+#[test]
+fn help_version_and_bad_settings() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::SERVER_BIN)
+            .args(args)
+            .env_remove("PORT")
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "--port",
+        "PORT",
+        "12345",
+        "VMWARE_VMRUN_PATH",
+        "--data-dir",
+        "--vmrun-timeout-clone",
+        "--provision-threads",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+    let version = run(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("osx-builder {}", env!("CARGO_PKG_VERSION"))
+    );
+    let bad = run(&["--port", "eighty"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--port / PORT"));
+}
