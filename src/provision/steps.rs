@@ -141,10 +141,13 @@ impl Provisioner {
                 format!("editing {}: {message}", vmx_path.display()),
             )
         })?;
-        self.record(id, |vm| vm.guest_os = guest_os);
         check(cancel)?;
 
-        self.set_phase(id, Phase::Starting);
+        // One durable write for both: each costs two fsyncs.
+        self.record(id, |vm| {
+            vm.guest_os = guest_os;
+            vm.progress.phase = Phase::Starting;
+        });
         self.vmrun.start(&vmx_path, vm.headless, cancel)?;
         self.record(id, |vm| {
             vm.status = Status::Running;
