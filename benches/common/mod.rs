@@ -48,7 +48,12 @@ pub fn print_machine() {
     let cores = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    println!("machine: {cores} cores, {cpu}, {memory}");
+    // Other work on the machine moves every figure: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    println!("machine: {cores} cores, {cpu}, {memory}; load average {load} at the start");
     println!("server:  {SERVER_BIN}");
 }
 
