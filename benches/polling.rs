@@ -1,8 +1,10 @@
 //! Polling: `GET /vms/:id` of one running VM among 1,000, at 32 keep-alive connections, against
 //! nginx answering the same JSON bytes from a file in the same run.
 //!
-//! `cargo bench --bench polling`: three rounds of 10 s per server (`OSXB_BENCH_ROUNDS`,
-//! `OSXB_BENCH_SECONDS`), each round nginx then osx-builder, medians reported.
+//! `cargo bench --bench polling`: five rounds of 10 s per server (`OSXB_BENCH_ROUNDS`,
+//! `OSXB_BENCH_SECONDS`), each round nginx then osx-builder, medians reported: the
+//! machine may be shared, and short interleaved rounds let a burst of other work spoil
+//! a pair or two, not the result.
 //! The 1,000 VMs are records written to disk before the server starts, with the simulator's
 //! state saying they run: the restart's reconcile (one `vmrun list`) keeps them `running`.
 
@@ -26,8 +28,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(3);
-    let warmup = Duration::from_secs(2);
+        .unwrap_or(5);
+    let warmup = Duration::from_secs(1);
 
     let dir = TempDir::new("bench-polling");
     let root = dir.path().canonicalize().unwrap();
