@@ -129,7 +129,7 @@ const SETTINGS: &[Setting] = &[
         "http-threads",
         "OSX_BUILDER_HTTP_THREADS",
         "16",
-        "threads answering HTTP requests"
+        "threads for HTTP calls that wait on the disk or vmrun (POST, DELETE); GETs use one per core"
     ),
     setting!(
         "provision-threads",

@@ -65,8 +65,12 @@ pub enum Durability {
 }
 
 struct Slot {
+    /// Held across the record's disk write, so that writes reach the disk in order; readers
+    /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
     json: RwLock<Arc<[u8]>>,
+    /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
+    created_at: String,
 }
 
 pub struct VmStore {
@@ -210,14 +214,8 @@ impl VmStore {
         let mut rows: Vec<(String, Arc<[u8]>)> = slots
             .iter()
             .map(|slot| {
-                let created = slot
-                    .record
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .created_at
-                    .clone();
                 let json = slot.json.read().unwrap_or_else(|p| p.into_inner()).clone();
-                (created, json)
+                (slot.created_at.clone(), json)
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -240,6 +238,7 @@ impl VmStore {
 impl Slot {
     fn new(vm: Vm, json: Arc<[u8]>) -> Self {
         Self {
+            created_at: vm.created_at.clone(),
             record: Mutex::new(vm),
             json: RwLock::new(json),
         }

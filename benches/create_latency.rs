@@ -1,0 +1,363 @@
+//! Create under load: p50/p99 of `POST /vms` → 202 while 4 gold images download (a
+//! loopback server trickles them at 1 MiB/s each) and 20 VMs provision (slow simulated
+//! clones, guests that take a minute to report an IP, polled every 2 s), with a coordinator
+//! polling each of those VMs once a second. All 24 provisioning threads are busy, so the
+//! measured creates are recorded and queued: what is timed is the HTTP thread's own work.
+//!
+//! The reference is the floor of a durable 202: the same file-system steps as recording a
+//! VM (write, fsync, rename, fsync the folder, fsync `vms/`) timed in this process on the
+//! same disk, idle and under the same load.
+//!
+//! `cargo bench --bench create_latency` (`OSXB_BENCH_POSTS` creates, default 200, 20 a second).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::harness::{gold_tar_gz, http::FileServer, sha1_hex};
+use common::{fmt_duration, percentile, BenchServer, TempDir};
+use serde_json::{json, Value};
+
+const DOWNLOADS: usize = 4;
+const PROVISIONING: usize = 20;
+const IMAGE_BYTES: usize = 24 << 20;
+const TRICKLE_BYTES_PER_SEC: usize = 1 << 20;
+
+fn main() {
+    common::print_machine();
+    let posts: usize = std::env::var("OSXB_BENCH_POSTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(200);
+    let pace = Duration::from_millis(50);
+
+    let dir = TempDir::new("bench-create");
+    let root = dir.path().canonicalize().unwrap();
+    let (data, sim) = (root.join("data"), root.join("sim"));
+
+    let floor_idle = record_floor(&root.join("floor-idle"), posts);
+
+    let trickle = Trickle::start();
+    let mut slow_images = Vec::new();
+    for n in 0..DOWNLOADS {
+        let archive = padded_gold_tar_gz(n as u64 + 1, IMAGE_BYTES);
+        let checksum = sha1_hex(&archive);
+        let url = trickle.add(&format!("/slow-{n}.tar.gz"), archive);
+        slow_images.push(image_json(&url, &checksum));
+    }
+    let files = FileServer::start();
+    let archive = gold_tar_gz("box");
+    let cached = image_json(
+        &files.add("/gold.tar.gz", archive.clone()),
+        &sha1_hex(&archive),
+    );
+
+    let server = BenchServer::start(
+        &data,
+        &sim,
+        &[
+            "--provision-threads",
+            &(DOWNLOADS + PROVISIONING).to_string(),
+        ],
+        &[
+            ("VMRUN_SIM_CLONE_MS", "200"),
+            ("VMRUN_SIM_TOOLS_DELAY_MS", "5000"),
+            ("VMRUN_SIM_IP_DELAY_MS", "120000"),
+        ],
+    );
+    let addr = server.addr;
+
+    // The first VM on the cached image downloads and publishes it; the other 19 clone it.
+    let mut busy = vec![create(addr, &cached)];
+    wait_until(&server, &busy[0], |vm| {
+        matches!(
+            vm["progress"]["phase"].as_str(),
+            Some("cloning" | "configuring" | "starting" | "waiting-for-ip")
+        )
+    });
+    for image in &slow_images {
+        busy.push(create(addr, image));
+    }
+    for _ in 1..PROVISIONING {
+        busy.push(create(addr, &cached));
+    }
+    for id in &busy[1..=DOWNLOADS] {
+        wait_until(&server, id, |vm| {
+            vm["progress"]["bytes_downloaded"].as_u64().unwrap_or(0) > 0
+        });
+    }
+
+    // The coordinator: every VM polled about once a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, ids) = (stop.clone(), busy.clone());
+        thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let round = Instant::now();
+                for id in &ids {
+                    let started = Instant::now();
+                    if let Ok((200, _)) = common::get(addr, &format!("/vms/{id}")) {
+                        latencies.push(started.elapsed());
+                    }
+                }
+                thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
+            }
+            latencies
+        })
+    };
+
+    let calls_before = sim_calls(&sim);
+    let window = Instant::now();
+    let mut latencies = Vec::with_capacity(posts);
+    let mut floor_loaded = Vec::with_capacity(posts);
+    let floor_dir = root.join("floor-loaded");
+    std::fs::create_dir_all(&floor_dir).unwrap();
+    let body = cached.to_string();
+    for n in 0..posts {
+        let tick = Instant::now();
+        let started = Instant::now();
+        let (status, reply) =
+            common::request(addr, "POST", "/vms", Some(body.as_bytes())).expect("POST /vms");
+        latencies.push(started.elapsed());
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&reply));
+        floor_loaded.push(record_once(&floor_dir, n));
+        thread::sleep(pace.saturating_sub(tick.elapsed()));
+    }
+    let window = window.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut polls = poller.join().expect("poller");
+    polls.sort_unstable();
+    let vmrun_calls = sim_calls(&sim) - calls_before;
+
+    let mut states = Vec::new();
+    for id in &busy {
+        let (_, body) = common::get(addr, &format!("/vms/{id}")).expect("GET");
+        let vm: Value = serde_json::from_slice(&body).unwrap();
+        states.push(vm);
+    }
+    let downloading = states[1..=DOWNLOADS]
+        .iter()
+        .filter(|vm| vm["progress"]["phase"] == "downloading")
+        .count();
+    let downloaded: u64 = states[1..=DOWNLOADS]
+        .iter()
+        .map(|vm| vm["progress"]["bytes_downloaded"].as_u64().unwrap_or(0))
+        .sum();
+    let provisioning = states
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n == 0 || *n > DOWNLOADS)
+        .filter(|(_, vm)| vm["progress"]["phase"] != "ready")
+        .count();
+    let failed = states.iter().filter(|vm| vm["status"] == "failed").count();
+
+    println!(
+        "load during the {:.1} s window: {downloading} of {DOWNLOADS} images still downloading \
+         ({:.1} MiB received so far), {provisioning} of {PROVISIONING} VMs still provisioning \
+         ({failed} failed), {vmrun_calls} vmrun calls, {} coordinator polls",
+        window.as_secs_f64(),
+        downloaded as f64 / (1 << 20) as f64,
+        polls.len()
+    );
+    println!();
+    latencies.sort_unstable();
+    floor_loaded.sort_unstable();
+    let row = |name: &str, v: &[Duration]| {
+        println!(
+            "{name:<52} p50 {:>9}   p99 {:>9}   max {:>9}",
+            fmt_duration(percentile(v, 50.0)),
+            fmt_duration(percentile(v, 99.0)),
+            fmt_duration(*v.last().unwrap())
+        );
+    };
+    row(
+        &format!("POST /vms → 202 under load ({} creates)", latencies.len()),
+        &latencies,
+    );
+    row(
+        &format!(
+            "GET /vms/:id by the coordinator meanwhile ({})",
+            polls.len()
+        ),
+        &polls,
+    );
+    row(
+        "reference: durable record write, under the load",
+        &floor_loaded,
+    );
+    row("reference: durable record write, idle", &floor_idle);
+    println!(
+        "ratio p99 POST / p99 record write under load: {:.2}; target p99 < 5 ms",
+        percentile(&latencies, 99.0).as_secs_f64() / percentile(&floor_loaded, 99.0).as_secs_f64()
+    );
+}
+
+fn image_json(url: &str, checksum: &str) -> Value {
+    json!({
+        "cpus": 2, "memory": 1024, "network_type": "nat", "headless": true,
+        "image": {"url": url, "checksum": checksum, "checksum_type": "sha1"},
+    })
+}
+
+fn create(addr: SocketAddr, body: &Value) -> String {
+    let (status, reply) = common::request(addr, "POST", "/vms", Some(body.to_string().as_bytes()))
+        .expect("POST /vms");
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&reply));
+    let vm: Value = serde_json::from_slice(&reply).unwrap();
+    vm["id"].as_str().unwrap().to_string()
+}
+
+fn wait_until(server: &BenchServer, id: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = common::get(server.addr, &format!("/vms/{id}")).expect("GET");
+        assert_eq!(status, 200);
+        let vm: Value = serde_json::from_slice(&body).unwrap();
+        assert_ne!(vm["status"], "failed", "{vm}\n{}", server.log());
+        if done(&vm) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{vm}\n{}", server.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sim_calls(sim: &Path) -> usize {
+    std::fs::read_to_string(sim.join("calls.log"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// What `VmStore::insert` does to the disk for one VM, timed.
+fn record_once(root: &Path, n: usize) -> Duration {
+    let started = Instant::now();
+    let dir = root.join(format!("vm-{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(".osx-builder.json.tmp");
+    {
+        let mut file = std::fs::File::create(&tmp).unwrap();
+        file.write_all(&[b' '; 450]).unwrap();
+        file.sync_all().unwrap();
+    }
+    std::fs::rename(&tmp, dir.join("osx-builder.json")).unwrap();
+    std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+    std::fs::File::open(root).unwrap().sync_all().unwrap();
+    started.elapsed()
+}
+
+fn record_floor(root: &Path, n: usize) -> Vec<Duration> {
+    std::fs::create_dir_all(root).unwrap();
+    let mut times: Vec<Duration> = (0..n).map(|i| record_once(root, i)).collect();
+    times.sort_unstable();
+    times
+}
+
+/// A gold VM as a tar.gz with `padding` bytes of noise (incompressible, like a real disk
+/// image's compressed blocks); `seed` makes each archive, and so its checksum, different.
+fn padded_gold_tar_gz(seed: u64, padding: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut noise = vec![0u8; padding];
+    for chunk in noise.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let bytes = state.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    let vmx = "config.version = \"8\"\nvirtualHW.version = \"19\"\ndisplayName = \"gold\"\n\
+               guestOS = \"darwin21-64\"\nscsi0:0.fileName = \"disk.vmdk\"\n";
+    let disk = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicSparse\"\n";
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, body) in [
+        ("box/gold.vmx", vmx.as_bytes()),
+        ("box/disk.vmdk", disk.as_bytes()),
+        ("box/disk-s001.vmdk", &noise[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, body).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// Serves files over loopback at a fixed rate per connection, so downloads last.
+struct Trickle {
+    base: String,
+    files: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>>,
+}
+
+impl Trickle {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let files: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>> =
+            Arc::default();
+        let served = files.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let served = served.clone();
+                thread::spawn(move || trickle(stream, &served));
+            }
+        });
+        Self { base, files }
+    }
+
+    fn add(&self, path: &str, bytes: Vec<u8>) -> String {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(bytes));
+        format!("{}{path}", self.base)
+    }
+}
+
+fn trickle(
+    mut stream: TcpStream,
+    files: &std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let Some(bytes) = files.lock().unwrap().get(path).cloned() else {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+        bytes.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let chunk = TRICKLE_BYTES_PER_SEC / 50;
+    let started = Instant::now();
+    for (n, part) in bytes.chunks(chunk).enumerate() {
+        // Paced against the start, so that slow writes do not slow the rate further.
+        let due = started + Duration::from_millis(20 * n as u64);
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        if stream.write_all(part).is_err() {
+            return;
+        }
+    }
+}
