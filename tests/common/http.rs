@@ -200,7 +200,7 @@ impl FileServer {
 
 fn serve_file(
     mut stream: TcpStream,
-    files: &Mutex<HashMap<String, (Arc<Vec<u8>>, Delivery)>>,
+    files: &Files,
     hits: &Mutex<HashMap<String, usize>>,
     total: &AtomicUsize,
 ) {
