@@ -133,8 +133,18 @@ impl Service {
         crate::info!("vm={id} deleting");
         self.update(id, |vm| vm.progress.phase = Phase::Deleting);
         if let Err(err) = self.destroy_files(id) {
-            // The VM is still there: show it as it was, not half-deleted.
-            self.update(id, |vm| vm.progress.phase = before.progress.phase);
+            // The VM is still there: show it as it was, not half-deleted, but powered on or
+            // off as it now is: the stop may have gone through before deleteVM failed.
+            let vmx = reconcile::canonical(&self.store.vmx_path(id));
+            let running = reconcile::running_set(&self.vmrun).map(|set| set.contains(&vmx));
+            self.update(id, |vm| {
+                vm.progress.phase = before.progress.phase;
+                match (vm.status, running) {
+                    (Status::Running, Some(false)) => vm.status = Status::Stopped,
+                    (Status::Stopped, Some(true)) => vm.status = Status::Running,
+                    _ => {}
+                }
+            });
             crate::warn!("vm={id} delete failed: {err}");
             return Err(err);
         }

@@ -131,6 +131,22 @@ impl Provisioner {
                 let snapshots = self.vmrun.list_snapshots(&gold.vmx)?;
                 if !snapshots.iter().any(|s| s == BASE_SNAPSHOT) {
                     self.vmrun.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
+                    // Trusting a `snapshot` that printed something odd and did nothing would
+                    // mark the gold VM ready and fail every clone of it until a restart.
+                    if !self
+                        .vmrun
+                        .list_snapshots(&gold.vmx)?
+                        .iter()
+                        .any(|s| s == BASE_SNAPSHOT)
+                    {
+                        return Err(Stop::failed(
+                            "snapshot-missing",
+                            format!(
+                                "vmrun snapshot {} reported success, but listSnapshots does not list the snapshot {BASE_SNAPSHOT}; check the gold VM in VMware, then create the VM again",
+                                gold.vmx.display()
+                            ),
+                        ));
+                    }
                     crate::info!(
                         "vm={id} made base snapshot {BASE_SNAPSHOT} of gold image {}",
                         gold.checksum
@@ -143,6 +159,16 @@ impl Provisioner {
             self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
         }
         check(cancel)?;
+        if !vmx_path.is_file() {
+            return Err(Stop::failed(
+                "clone-missing",
+                format!(
+                    "vmrun clone of {} reported success, but {} does not exist; check VMware and the free space of the data folder, then create the VM again",
+                    gold.vmx.display(),
+                    vmx_path.display()
+                ),
+            ));
+        }
 
         self.set_phase(id, Phase::Configuring);
         let guest_os = configure(&vmx_path, vm).map_err(|message| {

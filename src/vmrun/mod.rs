@@ -42,8 +42,10 @@ pub struct Timeouts {
     pub delete: Duration,
     pub list: Duration,
     pub ip_query: Duration,
+    /// `snapshot` and `listSnapshots`: both work on the gold VM's snapshot file, and
+    /// `--vmrun-timeout-snapshot` is documented to cover both.
     pub snapshot: Duration,
-    /// `listSnapshots`, `checkToolsState`.
+    /// `checkToolsState`.
     pub other: Duration,
 }
 
@@ -227,7 +229,7 @@ impl Vmrun {
     }
 
     pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, VmrunError> {
-        let timeout = self.settings.timeouts.other;
+        let timeout = self.settings.timeouts.snapshot;
         self.call(
             "listSnapshots",
             Some(vmx),
