@@ -316,7 +316,8 @@ impl Service {
         let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries.flatten() {
             let dir = entry.path();
-            if !dir.is_dir() {
+            // A delete on its way out (creates hold `creating`, as this does).
+            if !dir.is_dir() || crate::vm::store::is_transient(&entry.file_name()) {
                 continue;
             }
             let id = dir
