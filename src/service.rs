@@ -192,16 +192,29 @@ impl Service {
             if self.tasks.is_busy(id) {
                 continue;
             }
-            let Some(vm) = self.store.get(id) else {
+            let Some(mut vm) = self.store.get(id) else {
                 continue;
             };
+            let vmx = self.store.vmx_path(id);
+            let runs = running
+                .as_ref()
+                .map(|set| set.contains(&reconcile::canonical(&vmx)));
             if when == Reconcile::Startup {
-                self.recover_interrupted(&vm);
+                // First, before any recovery runs vmrun against the VM: locks VMware left
+                // when it died with the host make start and deleteVM answer "in use", and a
+                // VM interrupted mid-provisioning or mid-delete has them as much as any.
+                if let (Some(false), Some(running)) = (runs, &running) {
+                    reconcile::remove_locks_in(&self.store.vm_dir(id), running);
+                }
+                self.recover_interrupted(&vm, runs);
+                match self.store.get(id) {
+                    Some(now) => vm = now,
+                    None => continue,
+                }
             }
             if vm.progress.phase == Phase::Deleting || vm.status == Status::Provisioning {
                 continue;
             }
-            let vmx = self.store.vmx_path(id);
             let has_vm = matches!(vm.status, Status::Running | Status::Stopped);
             if has_vm && !vmx.exists() {
                 if vm.error.is_none() {
@@ -209,8 +222,7 @@ impl Service {
                 }
                 continue;
             }
-            let Some(running) = &running else { continue };
-            let is_running = running.contains(&reconcile::canonical(&vmx));
+            let Some(is_running) = runs else { continue };
             match (vm.status, is_running) {
                 (Status::Running, false) => {
                     crate::warn!("vm={id} is no longer running");
@@ -221,9 +233,6 @@ impl Service {
                     self.update(id, |vm| vm.status = Status::Running);
                 }
                 _ => {}
-            }
-            if when == Reconcile::Startup && !is_running {
-                reconcile::remove_locks_in(&self.store.vm_dir(id), running);
             }
         }
         self.adopt_orphans(running.as_ref());
@@ -254,7 +263,8 @@ impl Service {
         }
     }
 
-    fn recover_interrupted(self: &Arc<Self>, vm: &Vm) {
+    /// `runs`: whether `vmrun list` shows the VM running (`None`: vmrun could not tell).
+    fn recover_interrupted(self: &Arc<Self>, vm: &Vm, runs: Option<bool>) {
         let id = vm.id;
         if vm.progress.phase == Phase::Deleting {
             let service = self.clone();
@@ -263,6 +273,19 @@ impl Service {
                     crate::warn!("vm={id} finishing an interrupted delete failed: {err}");
                 }
             });
+        } else if vm.status == Status::Provisioning
+            && runs == Some(true)
+            && vm.progress.phase == Phase::Starting
+        {
+            // vmrun outlived the server and the start went through: the VM is configured
+            // and runs, so it is running (not a failed VM that runs unseen) and its IP is
+            // watched as if the server had never stopped.
+            crate::warn!("vm={id} was interrupted at step starting but runs; watching for its IP");
+            self.update(id, |vm| {
+                vm.status = Status::Running;
+                vm.progress.phase = Phase::WaitingForIp;
+            });
+            let _ = self.jobs.send(Job::WatchIp(id));
         } else if vm.status == Status::Provisioning {
             let phase = vm.progress.phase.as_str();
             crate::warn!("vm={id} provisioning was interrupted at step {phase}");
@@ -272,7 +295,12 @@ impl Service {
                     format!("the server stopped while this VM was at step {phase}; delete it and create another"),
                 )
             });
-        } else if vm.status == Status::Running && vm.progress.phase == Phase::WaitingForIp {
+        } else if vm.status == Status::Running
+            && vm.progress.phase == Phase::WaitingForIp
+            && runs != Some(false)
+        {
+            // Not when it was powered off meanwhile: the IP query would fail the VM, which
+            // the reconcile shows as stopped instead.
             let _ = self.jobs.send(Job::WatchIp(id));
         }
     }
@@ -288,7 +316,8 @@ impl Service {
         let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries.flatten() {
             let dir = entry.path();
-            if !dir.is_dir() {
+            // A delete on its way out (creates hold `creating`, as this does).
+            if !dir.is_dir() || crate::vm::store::is_transient(&entry.file_name()) {
                 continue;
             }
             let id = dir

@@ -18,6 +18,10 @@ use super::model::Vm;
 use crate::fsutil;
 
 pub const RECORD_FILE: &str = "osx-builder.json";
+/// `vms/.creating-<id>`: a new VM's folder until its record is in it.
+const CREATING_PREFIX: &str = ".creating-";
+/// `vms/.deleting-<id>`: a deleted VM's folder while it is removed.
+const DELETING_PREFIX: &str = ".deleting-";
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -98,6 +102,16 @@ impl VmStore {
             if !dir.is_dir() {
                 continue;
             }
+            if is_transient(&entry.file_name()) {
+                // A create or delete that a crash cut short: the create was never
+                // acknowledged, the delete was (the rename is its commit point).
+                fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+                crate::info!(
+                    "removed {} left by an interrupted create or delete",
+                    dir.display()
+                );
+                continue;
+            }
             match load_record(&dir) {
                 Ok(vm) => {
                     let json = encode(&vm)?;
@@ -131,10 +145,21 @@ impl VmStore {
     /// a 202 is never sent for a VM that a crash could lose.
     pub fn insert(&self, vm: Vm) -> Result<Arc<[u8]>, StoreError> {
         let dir = self.vm_dir(vm.id);
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let json = encode(&vm)?;
-        let path = dir.join(RECORD_FILE);
-        fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        if dir.is_dir() {
+            // Adopting a folder that is already there (the original server's VM).
+            let path = dir.join(RECORD_FILE);
+            fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        } else {
+            // The folder appears with its record in it, in one rename: a crash cannot leave
+            // a VM folder without a record.
+            let staging = self.root.join(format!("{CREATING_PREFIX}{}", vm.id));
+            remove_if_there(&staging)?;
+            fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+            let path = staging.join(RECORD_FILE);
+            fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+            fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e))?;
+        }
         fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
         let id = vm.id;
         self.write_slots()
@@ -174,13 +199,20 @@ impl VmStore {
     /// asked vmrun to delete VMware's files.
     pub fn remove(&self, id: Uuid) -> Result<(), StoreError> {
         let dir = self.vm_dir(id);
-        match fs::remove_dir_all(&dir) {
+        // One rename takes the folder away whole, record and all; a crash in the removal
+        // after it leaves only a `.deleting-` folder, which `open` removes.
+        let trash = self.root.join(format!("{DELETING_PREFIX}{id}"));
+        remove_if_there(&trash)?;
+        match fs::rename(&dir, &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io(&dir, e)),
         }
         fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
         self.write_slots().remove(&id);
+        if let Err(err) = remove_if_there(&trash) {
+            crate::warn!("vm={id} is deleted but {err}; it is removed at the next start");
+        }
         Ok(())
     }
 
@@ -245,6 +277,20 @@ impl Slot {
     }
 }
 
+/// Names of the folders a create or delete uses on its way (never a VM id).
+pub fn is_transient(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with(CREATING_PREFIX) || n.starts_with(DELETING_PREFIX))
+}
+
+fn remove_if_there(dir: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(dir, e)),
+    }
+}
+
 fn encode(vm: &Vm) -> Result<Arc<[u8]>, StoreError> {
     serde_json::to_vec(vm)
         .map(Arc::from)
@@ -275,4 +321,96 @@ fn load_record(dir: &Path) -> Result<Vm, String> {
         ));
     }
     Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::model::{NetworkType, Progress, Status};
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("osxb-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn vm(id: Uuid) -> Vm {
+        Vm {
+            id,
+            image: None,
+            name: None,
+            cpus: 2,
+            memory: 1024,
+            network_type: NetworkType::Nat,
+            headless: true,
+            callback_url: None,
+            ip_address: String::new(),
+            status: Status::Provisioning,
+            guest_os: String::new(),
+            error: None,
+            progress: Progress::default(),
+            created_at: "2026-11-24T17:00:00.000Z".into(),
+            updated_at: "2026-11-24T17:00:00.000Z".into(),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn insert_and_remove_leave_only_whole_vm_folders() {
+        let root = temp("whole");
+        let (store, _) = VmStore::open(&root).unwrap();
+        let id = Uuid::new_v4();
+        store.insert(vm(id)).unwrap();
+        assert_eq!(names(&root), vec![id.to_string()]);
+        assert!(root.join(id.to_string()).join(RECORD_FILE).is_file());
+        fs::write(root.join(id.to_string()).join("disk.vmdk"), "x").unwrap();
+        store.remove(id).unwrap();
+        assert!(names(&root).is_empty());
+        assert!(store.get(id).is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn open_removes_what_an_interrupted_create_or_delete_left() {
+        let root = temp("leftovers");
+        let kept = Uuid::new_v4();
+        {
+            let (store, _) = VmStore::open(&root).unwrap();
+            store.insert(vm(kept)).unwrap();
+        }
+        // A create cut short before its rename, a delete cut short after its rename.
+        let creating = root.join(format!("{CREATING_PREFIX}{}", Uuid::new_v4()));
+        let deleting = root.join(format!("{DELETING_PREFIX}{}", Uuid::new_v4()));
+        for dir in [&creating, &deleting] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join(RECORD_FILE), "{}").unwrap();
+        }
+        let (store, unloaded) = VmStore::open(&root).unwrap();
+        assert!(unloaded.is_empty(), "{unloaded:?}");
+        assert_eq!(store.ids(), vec![kept]);
+        assert_eq!(names(&root), vec![kept.to_string()]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn adopting_writes_the_record_into_the_existing_folder() {
+        let root = temp("adopt");
+        let (store, _) = VmStore::open(&root).unwrap();
+        let id = Uuid::new_v4();
+        let dir = root.join(id.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{id}.vmx")), ".encoding = \"UTF-8\"\n").unwrap();
+        store.insert(vm(id)).unwrap();
+        assert!(dir.join(RECORD_FILE).is_file());
+        assert!(dir.join(format!("{id}.vmx")).is_file());
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
