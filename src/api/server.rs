@@ -6,8 +6,9 @@ use std::io::{Cursor, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+use tiny_http::{Header, Limits, Method, Request, Response, Server, StatusCode};
 
 use super::create_body;
 use super::error::ApiError;
@@ -17,6 +18,24 @@ use crate::service::Service;
 /// A create request is a few hundred bytes; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// What one client may cost. tiny_http (vendored, see vendor/tiny_http/PATCHES.md) reads
+/// each request's head and body in the connection's own thread under these limits, so
+/// the threads below never wait on a slow client's socket.
+pub fn limits() -> Limits {
+    Limits {
+        max_request_line: 8 * 1024,
+        max_head_bytes: 32 * 1024,
+        max_headers: 100,
+        head_timeout: Duration::from_secs(20),
+        idle_timeout: Duration::from_secs(60),
+        max_buffered_body: MAX_BODY_BYTES,
+        body_timeout: Duration::from_secs(30),
+        io_timeout: Duration::from_secs(30),
+        max_drain: MAX_BODY_BYTES,
+        max_connections: 1024,
+    }
+}
+
 pub struct HttpServer {
     server: Arc<Server>,
     workers: Vec<thread::JoinHandle<()>>,
@@ -24,7 +43,8 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn bind(addr: SocketAddr) -> Result<Server, String> {
-        Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        Server::http_with_limits(addr, limits())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
     }
 
     pub fn start(server: Server, threads: usize, service: Arc<Service>) -> Self {

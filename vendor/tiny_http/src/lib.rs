@@ -99,8 +99,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -108,10 +108,12 @@ use std::time::Duration;
 
 use client::ClientConnection;
 use connection::Connection;
+use limits::{error_body, ConnectionSlot, Deadline};
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -119,6 +121,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -161,6 +164,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)]
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -235,6 +239,18 @@ impl Server {
         Self::from_listener(listener, config.ssl)
     }
 
+    /// Shortcut for an HTTP server on a specific address, with these limits.
+    pub fn http_with_limits<A>(
+        addr: A,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        let listener = ConfigListenAddr::from_socket_addrs(addr)?.bind()?;
+        Self::from_listener_with_limits(listener, None, limits)
+    }
+
     /// Builds a new server using the specified TCP listener.
     ///
     /// This is useful if you've constructed TcpListener using some less usual method
@@ -243,7 +259,17 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// Builds a new server using the specified TCP listener and limits.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
+        let limits = Arc::new(limits);
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -285,65 +311,91 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let open_connections = Arc::new(AtomicUsize::new(0));
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let mut backoff = ACCEPT_BACKOFF_MIN;
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
+                let sock = match server.accept() {
                     Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        sock
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        // Out of file descriptors or memory, or a connection reset before
+                        // it was accepted: none of these ends the listener. Wait a little
+                        // and go on, as Go's net/http does; ending here would leave the
+                        // server alive but deaf.
+                        log::error!("Error accepting new client: {}", e);
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
                 };
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
+                let slot = match ConnectionSlot::take(&open_connections, limits.max_connections) {
+                    Some(slot) => slot,
+                    None => {
+                        refuse_busy(sock);
+                        continue;
                     }
+                };
+                sock.set_write_timeout(Some(limits.io_timeout.max(Duration::from_millis(1))))
+                    .ok();
+                let deadline = Deadline::default();
 
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                use util::RefinedTcpStream;
+                let (read_closable, write_closable) = match ssl {
+                    None => RefinedTcpStream::new(sock, deadline.clone(), limits.io_timeout),
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        let sock = match ssl.accept(sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        };
+
+                        RefinedTcpStream::new(sock, deadline.clone(), limits.io_timeout)
                     }
-                }
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    Some(ref _ssl) => unreachable!(),
+                };
+
+                let client =
+                    ClientConnection::new(write_closable, read_closable, limits.clone(), deadline);
+                let messages = inside_messages.clone();
+                let mut client = Some(client);
+                let mut slot = Some(slot);
+                tasks_pool.spawn(Box::new(move || {
+                    let _slot = slot.take();
+                    if let Some(client) = client.take() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        if client.secure() {
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                receiver.recv().unwrap();
+                            }
+                        } else {
+                            for rq in client {
+                                // The next request is read once this one is answered and
+                                // dropped: a connection has one request at a time in the
+                                // handlers' hands (pipelining cannot tie them all up), and
+                                // what the handler left of the body is known.
+                                let (sender, receiver) = mpsc::channel();
+                                messages.push(rq.with_drop_notify(sender).into());
+                                let _ = receiver.recv();
+                            }
+                        }
+                    }
+                }));
             }
             log::debug!("Terminating accept thread");
         });
@@ -409,6 +461,28 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Answers a connection over `Limits::max_connections` with 503 without reading from it.
+fn refuse_busy(mut sock: Connection) {
+    use std::io::Write;
+
+    // A new socket's send buffer is empty: this write does not wait on the client.
+    sock.set_write_timeout(Some(Duration::from_secs(1))).ok();
+    let body = error_body(
+        "too-many-connections",
+        "the server has too many open connections; retry in a moment",
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    sock.write_all(answer.as_bytes()).ok();
+    sock.shutdown(Shutdown::Write).ok();
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -3,10 +3,11 @@ use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
+use crate::limits::{BodyState, Limits};
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
@@ -74,6 +75,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // If Some, a message is sent once the request is dropped, with its body reader and
+    // response writer: the connection may then read the next request.
+    notify_when_dropped: Option<Sender<()>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -108,11 +113,27 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// The request cannot be served as sent: answered with this status and a JSON error
+    /// body, then the connection is closed.
+    Refused {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl From<IoError> for RequestCreationError {
     fn from(err: IoError) -> RequestCreationError {
         RequestCreationError::CreationIoError(err)
+    }
+}
+
+fn refused(status: u16, code: &'static str, message: impl Into<String>) -> RequestCreationError {
+    RequestCreationError::Refused {
+        status,
+        code,
+        message: message.into(),
     }
 }
 
@@ -125,6 +146,10 @@ impl From<IoError> for RequestCreationError {
 /// It is the responsibility of the `Request` to read only the data of the request and not further.
 ///
 /// The `Write` object will be used by the `Request` to write the response.
+///
+/// Bodies up to `limits.max_buffered_body` are read here, in the connection's thread,
+/// under the deadline the caller set on the socket; `body_state` learns how many bytes of
+/// a larger body the handler leaves unread.
 #[allow(clippy::too_many_arguments)]
 pub fn new_request<R, W>(
     secure: bool,
@@ -134,7 +159,9 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    mut writer: W,
+    limits: &Limits,
+    body_state: &Arc<BodyState>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -146,16 +173,57 @@ where
         .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
         .map(|h| h.value.clone());
 
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+    // Content-Length must be digits, and every copy of it the same: a request whose
+    // length two readers could see differently is refused (request smuggling).
+    let mut content_length = None;
+    for header in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let text = header.value.as_str().trim();
+        let value = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            text.parse::<usize>().ok()
+        } else {
+            None
+        };
+        match (value, content_length) {
+            (None, _) => {
+                return Err(refused(
+                    400,
+                    "invalid-content-length",
+                    format!(
+                        "Content-Length must be a number of bytes, got {:?}",
+                        text.chars().take(40).collect::<String>()
+                    ),
+                ))
+            }
+            (Some(v), Some(seen)) if v != seen => {
+                return Err(refused(
+                    400,
+                    "invalid-content-length",
+                    "the request has several different Content-Length headers",
+                ))
+            }
+            (Some(v), _) => content_length = Some(v),
+        }
+    }
+    let chunked = match &transfer_encoding {
+        None => false,
+        Some(_) if content_length.is_some() => {
+            return Err(refused(
+                400,
+                "invalid-content-length",
+                "the request has both Transfer-Encoding and Content-Length; send one",
+            ))
+        }
+        Some(te) if te.as_str().trim().eq_ignore_ascii_case("chunked") => true,
+        Some(te) => {
+            return Err(refused(
+                501,
+                "unsupported-transfer-encoding",
+                format!(
+                    "Transfer-Encoding {:?} is not supported; send the body with a Content-Length, or chunked",
+                    te.as_str().chars().take(40).collect::<String>()
+                ),
+            ))
+        }
     };
 
     // true if the client sent a `Expect: 100-continue` header
@@ -183,6 +251,7 @@ where
         }
     };
 
+    let mut must_send_continue = false;
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
     let reader = if connection_upgrade {
@@ -191,8 +260,12 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
+        } else if content_length <= limits.max_buffered_body {
+            // Small enough: read it all now, in this connection's thread, so that the
+            // handler never waits on the client.
+            if expects_continue {
+                send_continue(&mut writer, &version)?;
+            }
 
             let mut buffer = vec![0; content_length];
             let mut offset = 0;
@@ -212,13 +285,18 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            must_send_continue = expects_continue;
+            body_state.set(content_length);
+            let (data_reader, _) = EqualReader::new(source_data, content_length);
+            let data_reader = data_reader.with_state(body_state.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+    } else if chunked {
+        if expects_continue {
+            send_continue(&mut writer, &version)?;
+        }
+        let body = read_chunked(&mut source_data, limits.max_buffered_body)?;
+        Box::new(Cursor::new(body)) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -236,9 +314,57 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue,
         notify_when_responded: None,
+        notify_when_dropped: None,
     })
+}
+
+fn send_continue<W: Write>(writer: &mut W, version: &HTTPVersion) -> Result<(), IoError> {
+    write!(
+        writer,
+        "HTTP/{}.{} 100 Continue\r\n\r\n",
+        version.0, version.1
+    )?;
+    writer.flush()
+}
+
+/// A whole chunked body of at most `limit` bytes. The raw bytes read for it (chunk sizes,
+/// extensions, line ends) are bounded too, so that a chunk-size line that never ends
+/// cannot grow memory.
+fn read_chunked<R: Read>(source: &mut R, limit: usize) -> Result<Vec<u8>, RequestCreationError> {
+    let raw_limit = limit.saturating_mul(2).saturating_add(16 * 1024) as u64;
+    let too_large = || {
+        refused(
+            413,
+            "body-too-large",
+            format!("the request body is larger than {} bytes", limit),
+        )
+    };
+    let mut raw = source.take(raw_limit);
+    let mut body = Vec::new();
+    let (result, unfinished) = {
+        let mut decoder = Decoder::new(&mut raw);
+        let result = (&mut decoder).take(limit as u64 + 1).read_to_end(&mut body);
+        (result, decoder.remaining_chunks_size().is_some())
+    };
+    let raw_exhausted = raw.limit() == 0;
+    match result {
+        Err(e) if e.kind() == ErrorKind::TimedOut => Err(e.into()),
+        _ if body.len() > limit || raw_exhausted => Err(too_large()),
+        Err(e) if e.kind() == ErrorKind::InvalidInput => Err(refused(
+            400,
+            "invalid-chunked-body",
+            "the chunked request body is malformed",
+        )),
+        Err(e) => Err(e.into()),
+        Ok(_) if unfinished => Err(IoError::new(
+            ErrorKind::ConnectionAborted,
+            "Connection has been closed before the chunked body ended",
+        )
+        .into()),
+        Ok(_) => Ok(body),
+    }
 }
 
 impl Request {
@@ -473,6 +599,11 @@ impl Request {
         self.notify_when_responded = Some(sender);
         self
     }
+
+    pub(crate) fn with_drop_notify(mut self, sender: Sender<()>) -> Self {
+        self.notify_when_dropped = Some(sender);
+        self
+    }
 }
 
 impl fmt::Debug for Request {
@@ -493,6 +624,11 @@ impl Drop for Request {
             if let Some(sender) = self.notify_when_responded.take() {
                 sender.send(()).unwrap();
             }
+        }
+        if let Some(sender) = self.notify_when_dropped.take() {
+            drop(self.data_reader.take());
+            drop(self.response_writer.take());
+            let _ = sender.send(());
         }
     }
 }

@@ -2,12 +2,16 @@ use std::io::Read;
 use std::io::Result as IoResult;
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use crate::limits::BodyState;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
 /// If the limit is reached, it returns EOF. If the limit is not reached
 /// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// thrown away, through a small buffer; or, with a `BodyState`, left for the
+/// connection's thread, which knows its limits and deadlines, to skip.
 pub struct EqualReader<R>
 where
     R: Read,
@@ -15,6 +19,7 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    state: Option<Arc<BodyState>>,
 }
 
 impl<R> EqualReader<R>
@@ -28,9 +33,17 @@ where
             reader,
             size,
             last_read_signal: tx,
+            state: None,
         };
 
         (r, rx)
+    }
+
+    /// Leaves the unread rest of the body to the connection's thread: on drop, the
+    /// count of unread bytes goes to `state` and nothing is read.
+    pub(crate) fn with_state(mut self, state: Arc<BodyState>) -> Self {
+        self.state = Some(state);
+        self
     }
 }
 
@@ -64,12 +77,20 @@ where
     R: Read,
 {
     fn drop(&mut self) {
+        if let Some(state) = &self.state {
+            state.set(self.size);
+            return;
+        }
+
         let mut remaining_to_read = self.size;
+        // The size comes from the client's Content-Length: allocating it aborts the
+        // process when it is absurd (tiny-http issue #252).
+        let mut buf = [0u8; 8192];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let want = remaining_to_read.min(buf.len());
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;
@@ -90,6 +111,33 @@ where
 mod tests {
     use super::EqualReader;
     use std::io::Read;
+
+    #[test]
+    fn test_absurd_size_is_drained_without_allocating_it() {
+        use std::io::Cursor;
+
+        let mut org_reader = Cursor::new(b"body".to_vec());
+        let (reader, _) = EqualReader::new(org_reader.by_ref(), usize::MAX / 2);
+        drop(reader);
+        assert_eq!(org_reader.position(), 4);
+    }
+
+    #[test]
+    fn test_with_state_leaves_the_rest_unread() {
+        use crate::limits::BodyState;
+        use std::io::Cursor;
+
+        let state = BodyState::new(0);
+        let mut org_reader = Cursor::new(b"hello world".to_vec());
+        {
+            let (reader, _) = EqualReader::new(org_reader.by_ref(), 1_000_000_000_000);
+            let mut reader = reader.with_state(state.clone());
+            let mut buf = [0u8; 5];
+            reader.read_exact(&mut buf).unwrap();
+        }
+        assert_eq!(state.unread(), 1_000_000_000_000 - 5);
+        assert_eq!(org_reader.position(), 5);
+    }
 
     #[test]
     fn test_limit() {

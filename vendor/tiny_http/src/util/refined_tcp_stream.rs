@@ -1,8 +1,10 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
 
 use crate::connection::Connection;
+use crate::limits::{timed_out, Deadline};
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -52,6 +54,15 @@ impl Stream {
             Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
     }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(timeout)),
+            // The TLS streams keep their socket to themselves: no deadlines for them.
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -86,10 +97,20 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// Reads fail with `TimedOut` once this passes (set by the connection's thread).
+    deadline: Deadline,
+    /// Longest single read without a deadline.
+    io_timeout: Duration,
+    /// The socket's receive timeout as last set, to skip needless system calls.
+    read_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(
+        stream: S,
+        deadline: Deadline,
+        io_timeout: Duration,
+    ) -> (RefinedTcpStream, RefinedTcpStream)
     where
         S: Into<Stream>,
     {
@@ -101,15 +122,26 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            deadline: deadline.clone(),
+            io_timeout,
+            read_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            deadline,
+            io_timeout,
+            read_timeout: None,
         };
 
         (read, write)
+    }
+
+    /// Sends FIN after what was written, so that the client sees the answer end.
+    pub(crate) fn shutdown_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).ok();
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -137,7 +169,20 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        let timeout = match self.deadline.remaining()? {
+            Some(left) => left,
+            None => self.io_timeout.max(std::time::Duration::from_millis(1)),
+        };
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout = Some(timeout);
+        }
+        match self.stream.read(buf) {
+            // A blocking socket whose receive timeout expired reports WouldBlock on Unix
+            // and TimedOut on Windows; callers answer 408 for TimedOut.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(timed_out()),
+            other => other,
+        }
     }
 }
 

@@ -73,6 +73,17 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
     }
 }
 
+impl<W: Write + Send> SequentialWriterBuilder<W> {
+    /// Runs `f` on the underlying writer, once every writer handed out is done with it.
+    pub fn with_writer<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> Option<T> {
+        if let Some(trigger) = self.next_trigger.take() {
+            // Err: that writer is gone without finishing, so it will not write any more.
+            let _ = trigger.recv();
+        }
+        self.writer.lock().ok().map(|mut writer| f(&mut writer))
+    }
+}
+
 impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
