@@ -45,6 +45,12 @@ pub struct ClientConnection {
 
     // what the previous request's handler left of its body
     previous_body: Option<Arc<BodyState>>,
+
+    // true once `close_gracefully` has run
+    closed: bool,
+
+    // the last request took the connection over (`Connection: upgrade`)
+    upgraded: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -69,6 +75,7 @@ enum ReadError {
 /// after an error answer, before it closes: closing with unread data resets the
 /// connection, and a reset can destroy the answer before the client has read it.
 const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
@@ -94,6 +101,8 @@ impl ClientConnection {
             limits,
             deadline,
             previous_body: None,
+            closed: false,
+            upgraded: false,
         }
     }
 
@@ -310,13 +319,17 @@ impl ClientConnection {
     /// Ends the connection after what was written: FIN first, then reads what the client
     /// still sends for a moment (see `LINGER`).
     fn close_gracefully(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         self.no_more_requests = true;
         self.sink.with_writer(|writer| {
             writer.flush().ok();
             writer.get_mut().shutdown_write();
         });
         self.deadline.set(LINGER.min(self.limits.io_timeout));
-        let mut left = self.limits.max_drain.max(64 * 1024);
+        let mut left = LINGER_BYTES;
         let mut buf = [0u8; 4096];
         while left > 0 {
             let want = left.min(buf.len());
@@ -372,6 +385,11 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // What the client sent that nobody read (a body the handler refused unread,
+            // say) must not reset the connection before the client has the answer.
+            if !self.upgraded {
+                self.close_gracefully();
+            }
             return None;
         }
 
@@ -474,7 +492,10 @@ impl Iterator for ClientConnection {
 
             match lowercase {
                 Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+                Some(ref val) if val.contains("upgrade") => {
+                    self.no_more_requests = true;
+                    self.upgraded = true;
+                }
                 Some(ref val)
                     if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
                 {

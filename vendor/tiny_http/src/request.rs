@@ -351,7 +351,15 @@ fn read_chunked<R: Read>(source: &mut R, limit: usize) -> Result<Vec<u8>, Reques
     let raw_exhausted = raw.limit() == 0;
     match result {
         Err(e) if e.kind() == ErrorKind::TimedOut => Err(e.into()),
-        _ if body.len() > limit || raw_exhausted => Err(too_large()),
+        _ if body.len() > limit => Err(too_large()),
+        _ if raw_exhausted => Err(refused(
+            413,
+            "body-too-large",
+            format!(
+                "the chunked request body takes more than {} bytes with its chunk framing; send it in bigger chunks or with a Content-Length",
+                raw_limit
+            ),
+        )),
         Err(e) if e.kind() == ErrorKind::InvalidInput => Err(refused(
             400,
             "invalid-chunked-body",
