@@ -4,6 +4,7 @@
 
 use std::io::{Cursor, Read};
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -80,10 +81,24 @@ fn serve(server: &Server, service: &Service) {
     }
 }
 
+/// Answers bigger than this are written by a thread of their own: a client that does
+/// not read its answer (or reads a byte a second) then holds that thread, not a worker.
+/// Smaller ones fit in the socket's send buffer and never wait on the client.
+const INLINE_ANSWER_BYTES: usize = 16 * 1024;
+
 fn handle(mut request: Request, service: &Service) {
     let method = request.method().clone();
     let url = request.url().to_string();
-    let result = answer(&mut request, &method, &url, service);
+    // A bug behind one request must not cost a worker thread: the pool would shrink with
+    // each, until nothing answers.
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        answer(&mut request, &method, &url, service)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ApiError::Internal(
+            "the server failed answering this request (a bug: the log has details); retry, and report it if it happens again".into(),
+        ))
+    });
     let response = match result {
         Ok(Reply::Json(status, body)) => json(status, body),
         Ok(Reply::Empty(status)) => Response::new(
@@ -106,6 +121,17 @@ fn handle(mut request: Request, service: &Service) {
     } else {
         response
     };
+    if response.data_length().unwrap_or(0) > INLINE_ANSWER_BYTES {
+        let spawned = thread::Builder::new()
+            .name("http-answer".into())
+            .spawn(move || {
+                let _ = request.respond(response);
+            });
+        if let Err(e) = spawned {
+            crate::error!("{method} {url}: cannot start a thread to write the answer: {e}");
+        }
+        return;
+    }
     // The client may have gone; nothing to do about it.
     let _ = request.respond(response);
 }
@@ -166,11 +192,21 @@ fn check_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The connection's thread has already read any body up to `MAX_BODY_BYTES` (see
+/// `limits`), chunked ones too; a larger one is refused here unread. So this never waits
+/// on the client.
 fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
     if request.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(ApiError::BodyTooLarge {
             limit: MAX_BODY_BYTES,
         });
+    }
+    let chunked = request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    if request.body_length().is_none() && !chunked {
+        return Err(ApiError::LengthRequired);
     }
     let mut body = Vec::new();
     request
