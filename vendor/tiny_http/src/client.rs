@@ -240,7 +240,8 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            // peer_addr() fails for a client that reset the connection at once.
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
             &self.limits,

@@ -351,7 +351,7 @@ impl Server {
                 let deadline = Deadline::default();
 
                 use util::RefinedTcpStream;
-                let (read_closable, write_closable) = match ssl {
+                let halves = match ssl {
                     None => RefinedTcpStream::new(sock, deadline.clone(), limits.io_timeout),
                     #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                     Some(ref ssl) => {
@@ -366,6 +366,16 @@ impl Server {
                     }
                     #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                     Some(ref _ssl) => unreachable!(),
+                };
+                let (read_closable, write_closable) = match halves {
+                    Ok(halves) => halves,
+                    Err(e) => {
+                        // Out of file descriptors: this connection is closed unanswered.
+                        log::error!("Error setting up a new client: {}", e);
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
                 };
 
                 let client =

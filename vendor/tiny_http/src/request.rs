@@ -341,7 +341,11 @@ fn read_chunked<R: Read>(source: &mut R, limit: usize) -> Result<Vec<u8>, Reques
             format!("the request body is larger than {} bytes", limit),
         )
     };
-    let mut raw = source.take(raw_limit);
+    let mut watched = Watched {
+        inner: source,
+        failure: None,
+    };
+    let mut raw = (&mut watched).take(raw_limit);
     let mut body = Vec::new();
     let (result, unfinished) = {
         let mut decoder = Decoder::new(&mut raw);
@@ -349,6 +353,12 @@ fn read_chunked<R: Read>(source: &mut R, limit: usize) -> Result<Vec<u8>, Reques
         (result, decoder.remaining_chunks_size().is_some())
     };
     let raw_exhausted = raw.limit() == 0;
+    // The decoder reports any failure to read a line end as malformed input, a timeout
+    // included: the socket's own error says which it was.
+    let result = match (result, watched.failure) {
+        (Err(_), Some(kind)) => Err(IoError::new(kind, "reading the chunked body failed")),
+        (result, _) => result,
+    };
     match result {
         Err(e) if e.kind() == ErrorKind::TimedOut => Err(e.into()),
         _ if body.len() > limit => Err(too_large()),
@@ -372,6 +382,22 @@ fn read_chunked<R: Read>(source: &mut R, limit: usize) -> Result<Vec<u8>, Reques
         )
         .into()),
         Ok(_) => Ok(body),
+    }
+}
+
+/// A reader that remembers the kind of its last error.
+struct Watched<R> {
+    inner: R,
+    failure: Option<ErrorKind>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.inner.read(buf);
+        if let Err(e) = &result {
+            self.failure = Some(e.kind());
+        }
+        result
     }
 }
 

@@ -14,12 +14,14 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    /// A second handle on the socket; fails when the process is out of file descriptors
+    /// (a panic here used to end the accept loop).
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
         }
     }
 }
@@ -110,13 +112,13 @@ impl RefinedTcpStream {
         stream: S,
         deadline: Deadline,
         io_timeout: Duration,
-    ) -> (RefinedTcpStream, RefinedTcpStream)
+    ) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
         let read = RefinedTcpStream {
             stream: read,
@@ -136,7 +138,7 @@ impl RefinedTcpStream {
             read_timeout: None,
         };
 
-        (read, write)
+        Ok((read, write))
     }
 
     /// Sends FIN after what was written, so that the client sees the answer end.
