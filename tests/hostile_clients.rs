@@ -347,21 +347,34 @@ fn a_flood_of_connections_gets_errors_then_the_server_answers_again() {
         assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
     }
     // The connections over the limit were answered 503 and closed, without a request.
-    let mut refused = 0;
+    // (Polled: on a busy machine the server may still be working through the backlog.)
     for stream in &held {
         stream.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 512];
-        if let Ok(n) = (&*stream).read(&mut buf) {
-            if n > 0 {
-                let (status, body) = parse_answer(&buf[..n]);
-                assert_eq!(
-                    (status, body["code"].as_str()),
-                    (503, Some("too-many-connections"))
-                );
-                refused += 1;
+    }
+    let mut answered = vec![false; held.len()];
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while flood >= 1100 && refused == 0 && Instant::now() < deadline {
+        for (stream, answered) in held.iter().zip(answered.iter_mut()) {
+            let mut buf = [0u8; 512];
+            if *answered {
+                continue;
+            }
+            if let Ok(n) = (&*stream).read(&mut buf) {
+                *answered = true;
+                if n > 0 {
+                    let (status, body) = parse_answer(&buf[..n]);
+                    assert_eq!(
+                        (status, body["code"].as_str()),
+                        (503, Some("too-many-connections"))
+                    );
+                    refused += 1;
+                }
             }
         }
+        thread::sleep(Duration::from_millis(100));
     }
+    eprintln!("{refused} connections refused with 503");
     if flood >= 1100 {
         assert!(refused > 0, "no connection over the limit was refused");
     }
