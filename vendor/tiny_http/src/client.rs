@@ -6,6 +6,7 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ pub struct ClientConnection {
 
     // what the previous request's handler left of its body
     previous_body: Option<Arc<BodyState>>,
+
+    // hears when the previous request has been dropped, with its body reader
+    previous_dropped: Option<Receiver<()>>,
+
+    // the previous request's body was left to its handler (over `max_buffered_body`)
+    previous_left_body: bool,
 
     // true once `close_gracefully` has run
     closed: bool,
@@ -101,6 +108,8 @@ impl ClientConnection {
             limits,
             deadline,
             previous_body: None,
+            previous_dropped: None,
+            previous_left_body: false,
             closed: false,
             upgraded: false,
         }
@@ -266,10 +275,13 @@ impl ClientConnection {
                 },
             }
         })?;
+        self.previous_left_body = body_state.unread() > 0;
         self.previous_body = Some(body_state);
+        let (dropped, hears_dropped) = mpsc::channel();
+        self.previous_dropped = Some(hears_dropped);
 
         // return the request
-        Ok(request)
+        Ok(request.with_drop_notify(dropped))
     }
 
     /// Skips what the previous request's handler left of its body. False when the
@@ -394,6 +406,17 @@ impl Iterator for ClientConnection {
             return None;
         }
 
+        // One request per connection in the handlers' hands at a time: pipelining cannot
+        // tie them all up. The next request is read at once but handed out only once the
+        // previous one is dropped; without pipelining that happened long before.
+        let mut previous_dropped = self.previous_dropped.take();
+        if self.previous_left_body {
+            // What is left of a body is known once its reader is dropped; the next request
+            // starts after it.
+            if let Some(dropped) = previous_dropped.take() {
+                let _ = dropped.recv();
+            }
+        }
         if !self.skip_previous_body() {
             self.close_gracefully();
             return None;
@@ -459,6 +482,9 @@ impl Iterator for ClientConnection {
 
                 Ok(rq) => rq,
             };
+            if let Some(dropped) = previous_dropped.take() {
+                let _ = dropped.recv();
+            }
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {

@@ -395,13 +395,7 @@ impl Server {
                             }
                         } else {
                             for rq in client {
-                                // The next request is read once this one is answered and
-                                // dropped: a connection has one request at a time in the
-                                // handlers' hands (pipelining cannot tie them all up), and
-                                // what the handler left of the body is known.
-                                let (sender, receiver) = mpsc::channel();
-                                messages.push(rq.with_drop_notify(sender).into());
-                                let _ = receiver.recv();
+                                messages.push(rq.into());
                             }
                         }
                     }
