@@ -6,7 +6,6 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,9 +45,6 @@ pub struct ClientConnection {
 
     // what the previous request's handler left of its body
     previous_body: Option<Arc<BodyState>>,
-
-    // hears when the previous request has been dropped, with its body reader
-    previous_dropped: Option<Receiver<()>>,
 
     // the previous request's body was left to its handler (over `max_buffered_body`)
     previous_left_body: bool,
@@ -108,7 +104,6 @@ impl ClientConnection {
             limits,
             deadline,
             previous_body: None,
-            previous_dropped: None,
             previous_left_body: false,
             closed: false,
             upgraded: false,
@@ -202,7 +197,7 @@ impl ClientConnection {
 
             // getting all headers
             let headers = {
-                let mut headers = Vec::new();
+                let mut headers: Vec<crate::Header> = Vec::new();
                 loop {
                     let max = self.limits.max_head_bytes;
                     let line = self.read_next_line(None, max, &mut left, head_too_large)?;
@@ -241,7 +236,12 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        self.deadline.set(self.limits.body_timeout);
+        let has_body = headers
+            .iter()
+            .any(|h| h.field.equiv("Content-Length") || h.field.equiv("Transfer-Encoding"));
+        if has_body {
+            self.deadline.set(self.limits.body_timeout);
+        }
         let body_state = BodyState::new(0);
         let request = crate::request::new_request(
             self.secure,
@@ -256,7 +256,9 @@ impl ClientConnection {
             &self.limits,
             &body_state,
         );
-        self.deadline.clear();
+        if has_body {
+            self.deadline.clear();
+        }
         let request = request.map_err(|e| {
             use crate::request;
             match e {
@@ -276,12 +278,10 @@ impl ClientConnection {
             }
         })?;
         self.previous_left_body = body_state.unread() > 0;
-        self.previous_body = Some(body_state);
-        let (dropped, hears_dropped) = mpsc::channel();
-        self.previous_dropped = Some(hears_dropped);
+        self.previous_body = Some(body_state.clone());
 
         // return the request
-        Ok(request.with_drop_notify(dropped))
+        Ok(request.with_drop_notify(body_state))
     }
 
     /// Skips what the previous request's handler left of its body. False when the
@@ -409,12 +409,12 @@ impl Iterator for ClientConnection {
         // One request per connection in the handlers' hands at a time: pipelining cannot
         // tie them all up. The next request is read at once but handed out only once the
         // previous one is dropped; without pipelining that happened long before.
-        let mut previous_dropped = self.previous_dropped.take();
+        let previous = self.previous_body.clone();
         if self.previous_left_body {
             // What is left of a body is known once its reader is dropped; the next request
             // starts after it.
-            if let Some(dropped) = previous_dropped.take() {
-                let _ = dropped.recv();
+            if let Some(previous) = &previous {
+                previous.wait_dropped();
             }
         }
         if !self.skip_previous_body() {
@@ -482,8 +482,8 @@ impl Iterator for ClientConnection {
 
                 Ok(rq) => rq,
             };
-            if let Some(dropped) = previous_dropped.take() {
-                let _ = dropped.recv();
+            if let Some(previous) = &previous {
+                previous.wait_dropped();
             }
 
             // checking HTTP version

@@ -5,9 +5,11 @@
 //! misbehaves gets an error answer or a closed connection, and the threads answering
 //! requests never wait on a client's socket for longer than `io_timeout`.
 
+use std::convert::TryFrom;
 use std::io::{Error as IoError, ErrorKind};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -58,39 +60,42 @@ impl Default for Limits {
 }
 
 /// A point in time after which reads on one connection fail with `TimedOut`. Shared by
-/// the connection's thread, which sets it, and the socket's reader, which obeys it.
+/// the connection's thread, which sets it, and the socket's reader, which obeys it. Kept
+/// as nanoseconds since the first deadline of the process (0: none), without a lock: it
+/// is read on every socket read.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Deadline(Arc<Mutex<Option<Instant>>>);
+pub(crate) struct Deadline(Arc<AtomicU64>);
+
+fn since_start() -> Duration {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 impl Deadline {
     pub(crate) fn set(&self, after: Duration) {
-        if let Ok(mut at) = self.0.lock() {
-            *at = Instant::now().checked_add(after);
-        }
+        let at = nanos(since_start()).saturating_add(nanos(after)).max(1);
+        self.0.store(at, Ordering::Relaxed);
     }
 
     pub(crate) fn clear(&self) {
-        if let Ok(mut at) = self.0.lock() {
-            *at = None;
-        }
+        self.0.store(0, Ordering::Relaxed);
     }
 
     /// Time left, `None` without a deadline, an error once it has passed.
     pub(crate) fn remaining(&self) -> Result<Option<Duration>, IoError> {
-        let at = match self.0.lock() {
-            Ok(at) => *at,
-            Err(_) => None,
-        };
-        match at {
-            None => Ok(None),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left < Duration::from_millis(1) {
-                    Err(timed_out())
-                } else {
-                    Ok(Some(left))
-                }
-            }
+        let at = self.0.load(Ordering::Relaxed);
+        if at == 0 {
+            return Ok(None);
+        }
+        let left = Duration::from_nanos(at.saturating_sub(nanos(since_start())));
+        if left < Duration::from_millis(1) {
+            Err(timed_out())
+        } else {
+            Ok(Some(left))
         }
     }
 }
@@ -99,22 +104,44 @@ pub(crate) fn timed_out() -> IoError {
     IoError::new(ErrorKind::TimedOut, "the client was too slow")
 }
 
-/// Body bytes the handler has not read yet: what the connection must skip before it can
-/// read the next request.
-#[derive(Debug, Default)]
-pub(crate) struct BodyState(AtomicUsize);
+/// What the connection's thread must know of a request it handed out: whether it has been
+/// dropped yet, and how many bytes of its body the handler left unread (to be skipped
+/// before the next request).
+#[derive(Debug)]
+pub(crate) struct BodyState {
+    unread: AtomicUsize,
+    dropped: AtomicBool,
+    /// The connection's thread, woken when the request is dropped.
+    waiter: Thread,
+}
 
 impl BodyState {
     pub(crate) fn new(unread: usize) -> Arc<Self> {
-        Arc::new(BodyState(AtomicUsize::new(unread)))
+        Arc::new(BodyState {
+            unread: AtomicUsize::new(unread),
+            dropped: AtomicBool::new(false),
+            waiter: thread::current(),
+        })
     }
 
     pub(crate) fn set(&self, unread: usize) {
-        self.0.store(unread, Ordering::SeqCst);
+        self.unread.store(unread, Ordering::SeqCst);
     }
 
     pub(crate) fn unread(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.unread.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_dropped(&self) {
+        self.dropped.store(true, Ordering::SeqCst);
+        self.waiter.unpark();
+    }
+
+    /// Waits until the request is dropped (at once when it already is: no system call).
+    pub(crate) fn wait_dropped(&self) {
+        while !self.dropped.load(Ordering::SeqCst) {
+            thread::park();
+        }
     }
 }
 
@@ -188,6 +215,19 @@ mod tests {
         assert_eq!(d.remaining().unwrap_err().kind(), ErrorKind::TimedOut);
         d.clear();
         assert!(d.remaining().unwrap().is_none());
+    }
+
+    #[test]
+    fn dropped_wakes_the_waiter() {
+        let state = BodyState::new(0);
+        let other = state.clone();
+        let marker = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            other.mark_dropped();
+        });
+        state.wait_dropped();
+        marker.join().unwrap();
+        state.wait_dropped();
     }
 
     #[test]

@@ -76,9 +76,9 @@ pub struct Request {
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
-    // If Some, a message is sent once the request is dropped, with its body reader and
-    // response writer: the connection may then read the next request.
-    notify_when_dropped: Option<Sender<()>>,
+    // If Some, told once the request is dropped, with its body reader and response
+    // writer: the connection may then hand out the next request.
+    notify_when_dropped: Option<Arc<BodyState>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -634,8 +634,8 @@ impl Request {
         self
     }
 
-    pub(crate) fn with_drop_notify(mut self, sender: Sender<()>) -> Self {
-        self.notify_when_dropped = Some(sender);
+    pub(crate) fn with_drop_notify(mut self, state: Arc<BodyState>) -> Self {
+        self.notify_when_dropped = Some(state);
         self
     }
 }
@@ -659,10 +659,10 @@ impl Drop for Request {
                 sender.send(()).unwrap();
             }
         }
-        if let Some(sender) = self.notify_when_dropped.take() {
+        if let Some(state) = self.notify_when_dropped.take() {
             drop(self.data_reader.take());
             drop(self.response_writer.take());
-            let _ = sender.send(());
+            state.mark_dropped();
         }
     }
 }
