@@ -28,7 +28,9 @@ pub fn limits() -> Limits {
         max_head_bytes: 32 * 1024,
         max_headers: 100,
         head_timeout: Duration::from_secs(20),
-        idle_timeout: Duration::from_secs(60),
+        // Longer than Go's http.Transport keeps an idle connection (90 s): a client never
+        // sends a request on a connection the server is closing at that moment.
+        idle_timeout: Duration::from_secs(120),
         max_buffered_body: MAX_BODY_BYTES,
         body_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(30),
