@@ -30,8 +30,7 @@ pub struct CreateVm {
 pub const MAX_NAME_LEN: usize = 200;
 
 pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(json_error)?;
     let Value::Object(fields) = value else {
         return Err(ApiError::invalid(
             "invalid-body",
@@ -66,8 +65,9 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             ApiError::invalid(
                 "invalid-network-type",
                 format!(
-                    "network_type must be one of {}, got {name:?}",
-                    NetworkType::NAMES
+                    "network_type must be one of {}, got {}",
+                    NetworkType::NAMES,
+                    echo_str(name)
                 ),
             )
         })?,
@@ -78,7 +78,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         Some(other) => {
             return Err(ApiError::invalid(
                 "invalid-headless",
-                format!("headless must be true or false, got {other}"),
+                format!("headless must be true or false, got {}", echo_value(other)),
             ))
         }
     };
@@ -132,7 +132,10 @@ fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
         Some(other) => {
             return Err(ApiError::invalid(
                 "invalid-image",
-                format!("image must be an object with url, checksum and checksum_type, got {other}"),
+                format!(
+                    "image must be an object with url, checksum and checksum_type, got {}",
+                    echo_value(other)
+                ),
             ))
         }
     };
@@ -153,8 +156,9 @@ fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
         ApiError::invalid(
             "invalid-checksum-type",
             format!(
-                "image.checksum_type must be one of {}, got {type_name:?}",
-                ChecksumType::NAMES
+                "image.checksum_type must be one of {}, got {}",
+                ChecksumType::NAMES,
+                echo_str(type_name)
             ),
         )
     })?;
@@ -164,8 +168,9 @@ fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
         return Err(ApiError::invalid(
             "invalid-checksum",
             format!(
-                "image.checksum must be the {want} hex digits of a {} digest, got {checksum:?}",
-                checksum_type.as_str()
+                "image.checksum must be the {want} hex digits of a {} digest, got {}",
+                checksum_type.as_str(),
+                echo_str(checksum)
             ),
         ));
     }
@@ -191,7 +196,7 @@ fn required_str<'a>(
         )),
         Some(other) => Err(ApiError::invalid(
             code,
-            format!("{shown} must be a string, got {other}"),
+            format!("{shown} must be a string, got {}", echo_value(other)),
         )),
     }
 }
@@ -206,7 +211,7 @@ fn optional_str<'a>(
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(ApiError::invalid(
             code,
-            format!("{key} must be a string, got {other}"),
+            format!("{key} must be a string, got {}", echo_value(other)),
         )),
     }
 }
@@ -229,8 +234,44 @@ fn optional_u64(fields: &Map<String, Value>, key: &'static str) -> Result<Option
         },
         Some(other) => Err(ApiError::invalid(
             code,
-            format!("{key} must be a positive whole number, got {other}"),
+            format!(
+                "{key} must be a positive whole number, got {}",
+                echo_value(other)
+            ),
         )),
+    }
+}
+
+fn json_error(err: serde_json::Error) -> ApiError {
+    let detail = err.to_string();
+    // serde_json stops at 128 levels of nesting, which keeps its parser's stack bounded;
+    // its own words for that do not say what to change.
+    if detail.starts_with("recursion limit exceeded") {
+        return ApiError::InvalidJson(format!(
+            "it is nested more than 128 levels deep ({detail}); a create request is an object whose \"image\" is an object"
+        ));
+    }
+    ApiError::InvalidJson(detail)
+}
+
+/// Values are echoed into messages so the client sees what was wrong, but a hostile
+/// 60 KB value echoed back (and into logs) helps nobody.
+const SHOWN_CHARS: usize = 100;
+
+/// A JSON value as it was sent, cut at `SHOWN_CHARS`.
+fn echo_value(value: &Value) -> String {
+    cut(&value.to_string())
+}
+
+/// A string quoted and escaped (control characters included), cut at `SHOWN_CHARS`.
+fn echo_str(text: &str) -> String {
+    cut(&format!("{text:?}"))
+}
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+        None => text.to_string(),
     }
 }
 
@@ -241,22 +282,27 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
         return Err("it is longer than 4096 characters".into());
     }
     if url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!("{url:?} contains spaces or control characters"));
+        return Err(format!(
+            "{} contains spaces or control characters",
+            echo_str(url)
+        ));
     }
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| format!("{url:?} has no scheme"))?;
+        .ok_or_else(|| format!("{} has no scheme", echo_str(url)))?;
     let scheme = scheme.to_ascii_lowercase();
     if !schemes.contains(&scheme.as_str()) {
         return Err(format!(
-            "scheme {scheme:?} is not one of {}",
+            "scheme {} is not one of {}",
+            echo_str(&scheme),
             schemes.join(", ")
         ));
     }
     if scheme == "file" {
         if !rest.starts_with('/') {
             return Err(format!(
-                "{url:?} must name an absolute path, as file:///path/image.tar.gz"
+                "{} must name an absolute path, as file:///path/image.tar.gz",
+                echo_str(url)
             ));
         }
         return Ok(());
@@ -264,7 +310,7 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
     if host.is_empty() || host.starts_with(':') {
-        return Err(format!("{url:?} has no host"));
+        return Err(format!("{} has no host", echo_str(url)));
     }
     Ok(())
 }
@@ -315,6 +361,39 @@ mod tests {
         let vm = parse(text.as_bytes()).unwrap();
         assert_eq!(vm.image.checksum_type, ChecksumType::Sha1);
         assert_eq!(vm.image.checksum, SHA1);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_what_to_fix() {
+        for open in ["[", "{\"a\":"] {
+            let text = open.repeat(100_000);
+            let err = parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "invalid-json");
+            assert!(
+                err.message().contains("nested more than 128 levels"),
+                "{}",
+                err.message()
+            );
+        }
+        // Nesting below serde_json's limit, in a field that is ignored, is fine.
+        let deep = format!("{}{}", "[".repeat(120), "]".repeat(120));
+        assert!(parse(body(&format!(r#", "extra": {deep}"#)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn hostile_values_are_echoed_short_and_escaped() {
+        let long = "x".repeat(60_000);
+        for extra in [
+            format!(r#", "headless": "{long}""#),
+            format!(r#", "network_type": "{long}""#),
+            format!(r#", "cpus": [{}0]"#, "0,".repeat(20_000)),
+        ] {
+            let err = parse(body(&extra).as_bytes()).unwrap_err();
+            assert!(err.message().len() < 400, "{}", err.message().len());
+            assert!(err.message().contains("bytes)"), "{}", err.message());
+        }
+        let err = parse(body(r#", "network_type": "nat\u0000\u001b[31m""#).as_bytes()).unwrap_err();
+        assert!(err.message().contains(r"\0\u{1b}[31m"), "{}", err.message());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 413
     BodyTooLarge { limit: usize },
+    /// 411: a body without Content-Length or chunked encoding has no known end.
+    LengthRequired,
     /// 404 for any id that is not a known VM, malformed ids included.
     VmNotFound,
     /// 404
@@ -47,6 +49,7 @@ impl ApiError {
             Self::InvalidField { .. } => 400,
             Self::InvalidJson(_) | Self::UnsupportedMediaType(_) => 415,
             Self::BodyTooLarge { .. } => 413,
+            Self::LengthRequired => 411,
             Self::VmNotFound | Self::RouteNotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::VmLocked(_) | Self::VmOpenError(_) => 409,
@@ -60,6 +63,7 @@ impl ApiError {
             Self::InvalidJson(_) => "invalid-json",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::BodyTooLarge { .. } => "body-too-large",
+            Self::LengthRequired => "length-required",
             Self::VmNotFound => "vm-not-found",
             Self::RouteNotFound(_) => "not-found",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
@@ -83,6 +87,7 @@ impl ApiError {
             Self::BodyTooLarge { limit } => {
                 format!("the request body is larger than {limit} bytes; a create request is a small JSON object")
             }
+            Self::LengthRequired => "the request has no Content-Length header; send the JSON body with one (curl -d and every HTTP library do)".into(),
             Self::VmNotFound => "The requested virtual machine ID was not found".into(),
             Self::RouteNotFound(path) => format!(
                 "no such endpoint {path:?}; the API has /vms and /vms/:id"

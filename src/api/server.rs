@@ -11,10 +11,12 @@
 
 use std::io::{Cursor, Read};
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+use tiny_http::{Header, Limits, Method, Request, Response, Server, StatusCode};
 
 use super::create_body;
 use super::error::ApiError;
@@ -24,6 +26,26 @@ use crate::service::{Created, Service};
 /// A create request is a few hundred bytes; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// What one client may cost. tiny_http (vendored, see vendor/tiny_http/PATCHES.md) reads
+/// each request's head and body in the connection's own thread under these limits, so
+/// the threads below never wait on a slow client's socket.
+pub fn limits() -> Limits {
+    Limits {
+        max_request_line: 8 * 1024,
+        max_head_bytes: 32 * 1024,
+        max_headers: 100,
+        head_timeout: Duration::from_secs(20),
+        // Longer than Go's http.Transport keeps an idle connection (90 s): a client never
+        // sends a request on a connection the server is closing at that moment.
+        idle_timeout: Duration::from_secs(120),
+        max_buffered_body: MAX_BODY_BYTES,
+        body_timeout: Duration::from_secs(30),
+        io_timeout: Duration::from_secs(30),
+        max_drain: MAX_BODY_BYTES,
+        max_connections: 1024,
+    }
+}
+
 pub struct HttpServer {
     server: Arc<Server>,
     takers: Vec<thread::JoinHandle<()>>,
@@ -32,7 +54,8 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn bind(addr: SocketAddr) -> Result<Server, String> {
-        Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        Server::http_with_limits(addr, limits())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
     }
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by
@@ -104,10 +127,24 @@ fn take(server: &Server, service: &Service, slow: &crossbeam_channel::Sender<Req
     }
 }
 
+/// Answers bigger than this are written by a thread of their own: a client that does
+/// not read its answer (or reads a byte a second) then holds that thread, not a worker.
+/// Smaller ones fit in the socket's send buffer and never wait on the client.
+const INLINE_ANSWER_BYTES: usize = 16 * 1024;
+
 fn handle(mut request: Request, service: &Service) {
     let method = request.method().clone();
     let url = request.url().to_string();
-    let result = answer(&mut request, &method, &url, service);
+    // A bug behind one request must not cost a worker thread: the pool would shrink with
+    // each, until nothing answers.
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        answer(&mut request, &method, &url, service)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ApiError::Internal(
+            "the server failed answering this request (a bug: the log has details); retry, and report it if it happens again".into(),
+        ))
+    });
     let response = match result {
         Ok(Reply::Json(status, body)) => json(status, body),
         Ok(Reply::Empty(status)) => Response::new(
@@ -130,6 +167,17 @@ fn handle(mut request: Request, service: &Service) {
     } else {
         response
     };
+    if response.data_length().unwrap_or(0) > INLINE_ANSWER_BYTES {
+        let spawned = thread::Builder::new()
+            .name("http-answer".into())
+            .spawn(move || {
+                let _ = request.respond(response);
+            });
+        if let Err(e) = spawned {
+            crate::error!("{method} {url}: cannot start a thread to write the answer: {e}");
+        }
+        return;
+    }
     // The client may have gone; nothing to do about it.
     let _ = request.respond(response);
 }
@@ -200,11 +248,21 @@ fn check_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The connection's thread has already read any body up to `MAX_BODY_BYTES` (see
+/// `limits`), chunked ones too; a larger one is refused here unread. So this never waits
+/// on the client.
 fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
     if request.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(ApiError::BodyTooLarge {
             limit: MAX_BODY_BYTES,
         });
+    }
+    let chunked = request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    if request.body_length().is_none() && !chunked {
+        return Err(ApiError::LengthRequired);
     }
     let mut body = Vec::new();
     request
