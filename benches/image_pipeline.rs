@@ -361,7 +361,7 @@ fn disk_block(rng: &mut Rng, block: &mut [u8]) {
                 let n = word.len().min(block.len() - at);
                 block[at..at + n].copy_from_slice(&word[..n]);
                 at += n;
-                if at < block.len() && rng.next() % 4 == 0 {
+                if at < block.len() && rng.next().is_multiple_of(4) {
                     block[at] = b'0' + (rng.next() % 10) as u8;
                     at += 1;
                 }

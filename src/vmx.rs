@@ -519,7 +519,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() - body.len() > 2 || body.len() % 4 == 1 {
         return None;
     }
-    if text.len() != body.len() && text.len() % 4 != 0 {
+    if text.len() != body.len() && !text.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() * 3 / 4);

@@ -479,7 +479,7 @@ fn hostile_requests_get_clear_errors_and_leave_no_trace() {
                     .iter()
                     .find(|(k, _)| k == "content-type")
                     .map(|(_, v)| v.as_str());
-                let said = case.needle.map_or(true, |n| message.contains(n));
+                let said = case.needle.is_none_or(|n| message.contains(n));
                 if code != Some(want)
                     || message.is_empty()
                     || !said

@@ -86,7 +86,7 @@ impl Drop for Scratch {
 fn vm_files(top: Option<&str>) -> Vec<(String, Vec<u8>)> {
     let prefix = top.map_or_else(String::new, |t| format!("{t}/"));
     let mut disk = pseudo_random(700 * 1024, 7);
-    disk.extend(std::iter::repeat(0u8).take(300 * 1024));
+    disk.extend(std::iter::repeat_n(0u8, 300 * 1024));
     vec![
         (
             format!("{prefix}macOS.vmx"),

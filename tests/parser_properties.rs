@@ -192,7 +192,7 @@ fn check_error(err: &ApiError) -> Result<(), TestCaseError> {
 fn check_accepted(vm: &CreateVm) -> Result<(), TestCaseError> {
     prop_assert!((1..=MAX_CPUS).contains(&vm.cpus), "cpus {}", vm.cpus);
     prop_assert!(
-        (MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&vm.memory) && vm.memory % 4 == 0,
+        (MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&vm.memory) && vm.memory.is_multiple_of(4),
         "memory {}",
         vm.memory
     );

@@ -26,7 +26,7 @@ use crate::service::{Created, Service};
 /// A create request is a few hundred bytes; anything near this is not one.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What one client may cost. tiny_http (vendored, see vendor/tiny_http/PATCHES.md) reads
+/// What one client may cost. tiny_http (vendored, see src/vendor/tiny_http/PATCHES.md) reads
 /// each request's head and body in the connection's own thread under these limits, so
 /// the threads below never wait on a slow client's socket.
 pub fn limits() -> Limits {

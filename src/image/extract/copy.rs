@@ -37,7 +37,7 @@ impl Budget {
     pub(super) fn would_exceed(&self, n: u64) -> bool {
         self.used
             .checked_add(n)
-            .map_or(true, |total| total > self.limit)
+            .is_none_or(|total| total > self.limit)
     }
 }
 
