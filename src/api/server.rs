@@ -9,9 +9,10 @@ use std::thread;
 
 use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
-use super::create_body;
+use super::answer::Answer;
 use super::error::ApiError;
 use super::routes::{route, Route};
+use super::{create_body, images, ops, vms};
 use crate::service::{Created, Service};
 
 /// A create request is a few hundred bytes; anything near this is not one.
@@ -63,7 +64,8 @@ fn serve(server: &Server, service: &Service) {
 fn handle(mut request: Request, service: &Service) {
     let method = request.method().clone();
     let url = request.url().to_string();
-    let result = answer(&mut request, &method, &url, service);
+    let result = authorize(&request, &url, service)
+        .and_then(|()| answer(&mut request, &method, &url, service));
     let response = match result {
         Ok(Reply::Json(status, body)) => json(status, body),
         Ok(Reply::Empty(status)) => Response::new(
@@ -73,13 +75,26 @@ fn handle(mut request: Request, service: &Service) {
             Some(0),
             None,
         ),
+        Ok(Reply::Answer(answer)) => answer.into_response(),
         Err(err) => {
-            if err.status() >= 500 {
+            // Refusals that are expected in normal operation (503 capacity-exhausted and
+            // draining tell a coordinator to go elsewhere) are not server errors.
+            if err.status() >= 500 && err.status() != 503 {
                 crate::error!("{method} {url}: {err}");
             }
-            json(err.status(), Arc::from(err.body()))
+            let mut response = json(err.status(), Arc::from(err.body()));
+            for (name, value) in err.headers() {
+                if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(header);
+                }
+            }
+            response
         }
     };
+    service
+        .fleet()
+        .metrics
+        .record_http_request(method.as_str(), response.status_code().0);
     let response = if method == Method::Head {
         let length = response.data_length();
         response.with_data(Cursor::new(Arc::from(&[][..])), length)
@@ -93,6 +108,19 @@ fn handle(mut request: Request, service: &Service) {
 enum Reply {
     Json(u16, Arc<[u8]>),
     Empty(u16),
+    Answer(Answer),
+}
+
+/// With a token configured, every endpoint but `/healthz` wants it.
+fn authorize(request: &Request, url: &str, service: &Service) -> Result<(), ApiError> {
+    if super::routes::path(url) == super::routes::HEALTH_PATH {
+        return Ok(());
+    }
+    service
+        .fleet()
+        .auth
+        .check(header(request, "Authorization"))
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }
 
 fn answer(
@@ -103,7 +131,31 @@ fn answer(
 ) -> Result<Reply, ApiError> {
     match route(method.as_str(), url)? {
         Route::ListVms => Ok(Reply::Json(200, join_array(&service.list()))),
-        Route::GetVm(id) => Ok(Reply::Json(200, service.get(id)?)),
+        Route::GetVm(id) => {
+            vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
+        }
+        Route::RenewVm(id) => {
+            check_content_type(request)?;
+            let body = read_body(request)?;
+            vms::renew(service, id, &body).map(Reply::Answer)
+        }
+        Route::ListImages => Ok(Reply::Answer(images::list(&service.fleet().gold))),
+        Route::GetImage(checksum) => {
+            images::get(&service.fleet().gold, &checksum).map(Reply::Answer)
+        }
+        Route::PrewarmImage => {
+            check_content_type(request)?;
+            let body = read_body(request)?;
+            images::prewarm(&service.fleet().gold, &body).map(Reply::Answer)
+        }
+        Route::DeleteImage(checksum) => {
+            images::delete(&service.fleet().gold, &checksum).map(Reply::Answer)
+        }
+        Route::Health => Ok(Reply::Answer(ops::health(service))),
+        Route::Metrics => Ok(Reply::Answer(ops::metrics(service))),
+        Route::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
+        Route::Drain => ops::drain(service).map(Reply::Answer),
+        Route::Undrain => ops::undrain(service).map(Reply::Answer),
         Route::DeleteVm(id) => {
             service.delete(id)?;
             Ok(Reply::Empty(204))

@@ -148,6 +148,9 @@ impl Server {
             .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
             .arg(&data_dir)
             .args(["--ip-poll-interval", "0.05", "--provision-threads", "8"])
+            // No capacity limits unless a test sets them (a later flag wins): tests make
+            // more than the default 2 VMs, and CI disks can have less than 10 GiB free.
+            .args(["--max-vms", "0", "--min-free-disk", "0"])
             .args(&options.args)
             .env("VMWARE_VMRUN_PATH", SIM_BIN)
             .env("VMRUN_SIM_STATE", &sim_state)
