@@ -275,10 +275,24 @@ impl GoldCache {
         }
         let retired = {
             let _admission = lock(&self.admission);
+            let published = self.images.gold_root().join(checksum).is_dir();
+            if !published {
+                // A failed pre-warm is forgotten; anything else is unknown.
+                let mut prewarms = lock(&self.prewarms);
+                return match prewarms.get(checksum) {
+                    Some(Prewarm::Failed(..)) => {
+                        prewarms.remove(checksum);
+                        Ok(())
+                    }
+                    Some(Prewarm::Running(_)) => Err(downloading(checksum)),
+                    None if self.images.in_flight().iter().any(|(c, _)| c == checksum) => {
+                        Err(downloading(checksum))
+                    }
+                    None => Err(ApiError::ImageNotFound),
+                };
+            }
             if self.images.in_flight().iter().any(|(c, _)| c == checksum) {
-                return Err(ApiError::ImageInUse(format!(
-                    "gold image {checksum} is being downloaded; delete it once GET /images shows it ready"
-                )));
+                return Err(downloading(checksum));
             }
             let users = self.users();
             let mut dependent = users.by_checksum.get(checksum).cloned().unwrap_or_default();
@@ -286,10 +300,9 @@ impl GoldCache {
             if !dependent.is_empty() {
                 return Err(ApiError::ImageInUse(in_use_message(checksum, &dependent)));
             }
-            let forgot_failure = lock(&self.prewarms).remove(checksum).is_some();
+            lock(&self.prewarms).remove(checksum);
             match self.unpublish(checksum)? {
                 Some(retired) => retired,
-                None if forgot_failure => return Ok(()),
                 None => return Err(ApiError::ImageNotFound),
             }
         };
@@ -498,6 +511,12 @@ fn blank(
     }
 }
 
+fn downloading(checksum: &str) -> ApiError {
+    ApiError::ImageInUse(format!(
+        "gold image {checksum} is being downloaded; delete it once GET /images shows it ready"
+    ))
+}
+
 fn in_use_message(checksum: &str, dependent: &[Uuid]) -> String {
     format!(
         "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
@@ -561,4 +580,105 @@ fn remove_retired(path: &Path) {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageSettings;
+    use crate::vm::model::tests::sample;
+
+    const SUMS: [&str; 3] = [
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333",
+    ];
+
+    fn cache(tag: &str, budget: u64) -> (Arc<GoldCache>, Arc<VmStore>, PathBuf) {
+        let data = std::env::temp_dir().join(format!("osxb-gold-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let images = Arc::new(ImageCache::new(ImageSettings::new(&data)).unwrap());
+        let (store, _) = VmStore::open(&data.join("vms")).unwrap();
+        let store = Arc::new(store);
+        let gold = GoldCache::new(
+            images,
+            store.clone(),
+            Arc::default(),
+            Arc::default(),
+            data.clone(),
+            GoldSettings {
+                budget,
+                min_free_disk: 0,
+            },
+        );
+        (Arc::new(gold), store, data)
+    }
+
+    /// A gold folder of 1000 bytes (plus its usage file) last used at `last_used`.
+    fn publish(data: &Path, checksum: &str, last_used: &str) {
+        let dir = data.join("gold").join(checksum);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gold.vmx"), vec![b'x'; 1000]).unwrap();
+        let usage = format!("{{\"url\":\"http://127.0.0.1/{checksum}\",\"checksum_type\":\"sha1\",\"last_used\":\"{last_used}\"}}");
+        std::fs::write(dir.join(USAGE_FILE), usage).unwrap();
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_images_no_vm_uses_until_under_budget() {
+        let (gold, store, data) = cache("lru", 2500);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        publish(&data, SUMS[1], "2026-02-01T00:00:00.000Z");
+        publish(&data, SUMS[2], "2026-03-01T00:00:00.000Z");
+        // The oldest is the parent of a VM: never evicted, whatever its age.
+        let mut vm = sample();
+        vm.id = Uuid::new_v4();
+        if let Some(image) = vm.image.as_mut() {
+            image.checksum = SUMS[0].into();
+        }
+        store.insert(vm).unwrap();
+
+        assert_eq!(gold.evict(), vec![SUMS[1].to_string()]);
+        let left: Vec<String> = gold.list().into_iter().map(|e| e.checksum).collect();
+        assert_eq!(left, vec![SUMS[0].to_string(), SUMS[2].to_string()]);
+        assert!(
+            gold.total_bytes() <= 2500 + 2 * 200,
+            "{}",
+            gold.total_bytes()
+        );
+        // Under budget now: nothing more goes.
+        assert!(gold.evict().is_empty());
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn a_vm_of_unknown_image_blocks_eviction_and_deletion() {
+        let (gold, store, data) = cache("unknown", 1);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        let mut vm = sample();
+        vm.id = Uuid::new_v4();
+        vm.image = None;
+        store.insert(vm).unwrap();
+        assert!(gold.evict().is_empty());
+        let err = gold.remove(SUMS[0]).unwrap_err();
+        assert_eq!(err.code(), "image-in-use");
+        assert_eq!(gold.list().len(), 1);
+        assert_eq!(gold.remove(SUMS[1]).unwrap_err().code(), "image-not-found");
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn no_budget_and_no_floor_evicts_nothing() {
+        let (gold, _store, data) = cache("none", 0);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        assert!(gold.evict().is_empty());
+        let entry = gold.get(SUMS[0]).unwrap();
+        assert_eq!(entry.state, "ready");
+        assert_eq!(entry.last_used.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+        assert_eq!(
+            entry.url.as_deref(),
+            Some(&*format!("http://127.0.0.1/{}", SUMS[0]))
+        );
+        assert!(entry.size_bytes > 1000);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
 }

@@ -300,6 +300,7 @@ impl Service {
             capacity_limit: u64::from(self.fleet.limits.max_vms),
             image_cache_bytes: self.fleet.gold.total_bytes(),
             draining: self.fleet.drain.is_draining(),
+            long_polls_waiting: self.fleet.waiters.active() as u64,
             vmrun_calls: self.vmrun.call_counts(),
         };
         self.fleet.metrics.render(&snapshot)
