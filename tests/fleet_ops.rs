@@ -320,7 +320,15 @@ fn log_lines_name_the_vm() {
     assert_eq!(w.server.delete_vm(&id).0, 204);
     let log = w.server.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
-    for event in ["created", "provisioned in", "deleted"] {
+    for event in [
+        "created",
+        "vmrun clone",
+        "vmrun start",
+        "has IP",
+        "provisioned in",
+        "vmrun deleteVM",
+        "deleted",
+    ] {
         let line = lines
             .iter()
             .find(|l| l.contains(&format!("vm={id} {event}")))
