@@ -102,10 +102,12 @@ fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
         );
         (answer.status == 200 && answer.json()["state"] == "ready").then_some(())
     });
-    assert!(w
-        .server
-        .log()
-        .contains(&format!("gold image {} pre-warmed", w.checksum)));
+    eventually("the pre-warm's log line", || {
+        w.server
+            .log()
+            .contains(&format!("gold image {} pre-warmed", w.checksum))
+            .then_some(())
+    });
     // Asked again: it is there.
     let again = call("POST", &w.server.url("/images"), Some(&body), &[]);
     assert_eq!(again.status, 200, "{}", again.text());
@@ -182,10 +184,13 @@ fn over_the_budget_the_least_recently_used_unused_image_is_evicted() {
         other_sum.as_str(),
         "B is used by a VM: kept"
     );
-    let log = w.server.log();
-    assert!(
+    let log = eventually("the eviction's log line", || {
+        let log = w.server.log();
         log.contains(&format!("evicting gold image {}", w.checksum))
-            && log.contains("--cache-budget"),
+            .then_some(log)
+    });
+    assert!(
+        log.contains("over its budget of 1 (--cache-budget)"),
         "{log}"
     );
     // The VM made from B is untouched.

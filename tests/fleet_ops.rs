@@ -72,6 +72,11 @@ fn metrics_count_what_happened_and_pass_promtool() {
     let failed = w.create(&bad);
     w.server.wait_failed(&failed);
     let _ = call("GET", &w.server.url("/nope"), None, &[]);
+    // An outcome is counted just after the VM's record shows it: wait rather than race.
+    fleet_support::eventually("both outcomes counted", || {
+        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+        (text.matches("osx_builder_provisions_total{").count() == 2).then_some(())
+    });
 
     let answer = call("GET", &w.server.url("/metrics"), None, &[]);
     assert_eq!(answer.status, 200);
@@ -145,6 +150,47 @@ fn metrics_count_what_happened_and_pass_promtool() {
             "note: promtool is not installed; the format is checked by the parser tests in src/metrics.rs"
         ),
     }
+}
+
+#[test]
+fn a_vm_without_an_ip_in_time_is_its_own_provisioning_outcome() {
+    let w = World::start(
+        "ops-iptimeout",
+        ServerOptions {
+            env: vec![("VMRUN_SIM_IP_DELAY_MS".into(), "600000".into())],
+            args: vec!["--ip-wait-timeout".into(), "0.5".into()],
+        },
+    );
+    let id = w.create(&w.body());
+    w.server.wait_for(&id, "ip-timeout", |vm| {
+        vm["progress"]["phase"] == "ip-timeout"
+    });
+    // Counted just after the phase is recorded: wait for it rather than race it.
+    let text = fleet_support::eventually("the ip-timeout outcome", || {
+        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+        sample(
+            &text,
+            r#"osx_builder_provisions_total{outcome="ip-timeout"}"#,
+        )
+        .is_some()
+        .then_some(text)
+    });
+    assert_eq!(
+        sample(
+            &text,
+            r#"osx_builder_provisions_total{outcome="ip-timeout"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"osx_builder_provisions_total{outcome="ok"}"#),
+        None
+    );
+    assert_eq!(
+        sample(&text, "osx_builder_boot_to_ip_seconds_count"),
+        Some(0.0)
+    );
 }
 
 #[test]

@@ -75,7 +75,13 @@ impl Provisioner {
         };
         match result {
             Ok(()) => {
-                self.metrics.record_provision("ok");
+                // A VM that never reported an IP runs, but is not what was asked for.
+                let timed_out = self
+                    .store
+                    .get(id)
+                    .is_some_and(|vm| vm.progress.phase == Phase::IpTimeout);
+                self.metrics
+                    .record_provision(if timed_out { "ip-timeout" } else { "ok" });
                 crate::info!(
                     "vm={id} provisioned in {:.1}s",
                     started.elapsed().as_secs_f64()
