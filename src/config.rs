@@ -297,7 +297,7 @@ const SETTINGS: &[Setting] = &[
         "callback-secret",
         "OSX_BUILDER_CALLBACK_SECRET",
         "",
-        "secret that signs each callback (HMAC-SHA256 headers X-OSX-Builder-Timestamp and X-OSX-Builder-Signature)"
+        "secret (at least 16 characters) that signs each callback (HMAC-SHA256 headers X-OSX-Builder-Timestamp and X-OSX-Builder-Signature)"
     ),
     setting!(
         "callback-secret-file",
@@ -416,9 +416,21 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             )))
         }
     };
-    let optional = |flag: &str| -> Option<String> {
-        let v = value(flag).0;
-        (!v.is_empty()).then_some(v)
+    // Secrets: unset means none. Set but empty is refused: it is how a failed variable
+    // substitution looks, and running without the token then would open the API silently.
+    let optional = |flag: &str| -> Result<Option<String>, ConfigError> {
+        let (v, name) = value(flag);
+        if !v.trim().is_empty() {
+            return Ok(Some(v));
+        }
+        let setting = SETTINGS.iter().find(|s| s.flag == flag);
+        let given = setting.is_some_and(|s| flags.contains_key(s.flag) || env.contains_key(s.env));
+        if given {
+            return Err(ConfigError(format!(
+                "{name} is set but empty; give it a value or unset it"
+            )));
+        }
+        Ok(None)
     };
     let default_ttl: u64 = number(value("default-ttl"), "a whole number of seconds")?;
     if default_ttl > MAX_TTL_SECS {
@@ -461,10 +473,10 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         default_ttl: (default_ttl > 0).then_some(default_ttl),
         cache_budget: bytes(value("cache-budget"))?,
         max_waiters: number(value("max-waiters"), "a whole number")?,
-        token: optional("token"),
-        token_file: optional("token-file").map(PathBuf::from),
-        callback_secret: optional("callback-secret"),
-        callback_secret_file: optional("callback-secret-file").map(PathBuf::from),
+        token: optional("token")?,
+        token_file: optional("token-file")?.map(PathBuf::from),
+        callback_secret: optional("callback-secret")?,
+        callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
     })))
 }
 
@@ -612,6 +624,13 @@ mod tests {
         }
         let err = serve(&["--default-ttl", "99999999999"], &[]).unwrap_err();
         assert!(err.0.contains("a year"), "{err}");
+        let err = serve(&[], &[("OSX_BUILDER_TOKEN", "")]).unwrap_err();
+        assert!(
+            err.0.contains("OSX_BUILDER_TOKEN is set but empty"),
+            "{err}"
+        );
+        let err = serve(&["--callback-secret-file", " "], &[]).unwrap_err();
+        assert!(err.0.contains("--callback-secret-file"), "{err}");
     }
 
     #[test]

@@ -387,6 +387,19 @@ impl GoldCache {
         evicted
     }
 
+    /// Told by the image cache when a download ends: a published image replaces any failed
+    /// pre-warm of it, and may put the cache over its budget.
+    pub fn download_finished(&self, checksum: &str, published: bool) {
+        if published {
+            let mut prewarms = lock(&self.prewarms);
+            if matches!(prewarms.get(checksum), Some(Prewarm::Failed(..))) {
+                prewarms.remove(checksum);
+            }
+            drop(prewarms);
+            self.request_eviction();
+        }
+    }
+
     /// Asks the housekeeper to run an eviction soon (after a download, say).
     pub fn request_eviction(&self) {
         let _ = self.wake.try_send(());

@@ -111,11 +111,11 @@ fn serve(config: &Config) -> Result<(), String> {
     ));
     {
         let (metrics, gold) = (metrics.clone(), gold.clone());
-        images.set_download_hook(Box::new(move |_checksum, took, published| {
+        images.set_download_hook(Box::new(move |checksum, took, published| {
             if published {
                 metrics.observe_image_download(took);
-                gold.request_eviction();
             }
+            gold.download_finished(checksum, published);
         }));
     }
     let provisioner = Arc::new(Provisioner {
