@@ -9,12 +9,62 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct CallbackSettings {
     /// For one attempt: connect, send and read the answer.
     pub timeout: Duration,
     /// Further attempts after a connection error or a 5xx.
     pub retries: u32,
+    /// Signs each attempt (see `crate::signing`) when set.
+    pub secret: Option<Arc<[u8]>>,
+}
+
+// By hand, so that a `{:?}` never prints the secret.
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSettings")
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("signed", &self.secret.is_some())
+            .finish()
+    }
+}
+
+/// The callback secret from the settings: the value, or the first line of a file (which
+/// keeps it out of `ps` and of launchd plists). `None` when neither is set.
+pub fn load_secret(
+    secret: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Arc<[u8]>>, String> {
+    let secret = match (secret, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(
+                "both --callback-secret and --callback-secret-file are set; keep one".into(),
+            )
+        }
+        (Some(secret), None) => secret.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                format!(
+                    "cannot read the callback secret file {}: {e}",
+                    path.display()
+                )
+            })?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    };
+    // A short secret is guessable offline from one captured callback.
+    if secret.len() < 16 {
+        return Err(
+            "the callback secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"
+                .into(),
+        );
+    }
+    Ok(Some(Arc::from(secret.into_bytes())))
 }
 
 /// Starts delivering `body` to `url` in the background and returns at once.
@@ -36,10 +86,19 @@ fn deliver(id: Uuid, url: &str, body: &[u8], settings: CallbackSettings) {
         .into();
     let mut backoff = Duration::from_secs(1);
     for attempt in 0..=settings.retries {
-        let outcome = agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send(body);
+        let mut request = agent.post(url).header("Content-Type", "application/json");
+        if let Some(secret) = &settings.secret {
+            // Signed per attempt: a retry minutes later carries a fresh timestamp, which
+            // a receiver checking staleness would otherwise reject.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for (name, value) in crate::signing::signature_headers(secret, now, body) {
+                request = request.header(name, value);
+            }
+        }
+        let outcome = request.send(body);
         let retry_reason = match outcome {
             Ok(response) if response.status().is_success() => {
                 crate::info!(

@@ -33,7 +33,25 @@ pub struct Config {
     pub callback_timeout: Duration,
     pub callback_retries: u32,
     pub reconcile_interval: Duration,
+    /// VMs at once on this host; 0 for no limit.
+    pub max_vms: u32,
+    /// Bytes that must stay free on the data folder's disk; 0 for no floor.
+    pub min_free_disk: u64,
+    /// Lease of a VM created without `ttl`; `None` for no lease.
+    pub default_ttl: Option<u64>,
+    /// Bytes the gold images may use before unused ones are evicted; 0 for no budget.
+    pub cache_budget: u64,
+    /// Long polls (`GET /vms/:id?wait=`) allowed to wait at once.
+    pub max_waiters: usize,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub callback_secret: Option<String>,
+    pub callback_secret_file: Option<PathBuf>,
 }
+
+/// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
+/// number is a typo (milliseconds for seconds, say).
+pub const MAX_TTL_SECS: u64 = 365 * 86_400;
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -233,6 +251,60 @@ const SETTINGS: &[Setting] = &[
         "60",
         "seconds between checks of every VM's state against vmrun list and the disk"
     ),
+    setting!(
+        "max-vms",
+        "OSX_BUILDER_MAX_VMS",
+        "2",
+        "VMs this host runs at once, ours and others vmrun lists (Apple's licence allows 2 macOS VMs per Mac); 0 for no limit"
+    ),
+    setting!(
+        "min-free-disk",
+        "OSX_BUILDER_MIN_FREE_DISK",
+        "10GiB",
+        "free space to keep on the data folder's disk (bytes, or with KiB/MiB/GiB/TiB); creates are refused and unused gold images evicted below it; 0 for no floor"
+    ),
+    setting!(
+        "default-ttl",
+        "OSX_BUILDER_DEFAULT_TTL",
+        "0",
+        "lease in seconds of a VM created without ttl: it is destroyed when it expires unless renewed; 0 for none"
+    ),
+    setting!(
+        "cache-budget",
+        "OSX_BUILDER_CACHE_BUDGET",
+        "0",
+        "most bytes gold images may take (bytes, or with KiB/MiB/GiB/TiB); least recently used images no VM needs are evicted above it; 0 for no budget"
+    ),
+    setting!(
+        "max-waiters",
+        "OSX_BUILDER_MAX_WAITERS",
+        "8",
+        "long polls (GET /vms/:id?wait=) that may wait at once, each holding an HTTP thread; further ones answer at once; at most --http-threads minus 1 are used"
+    ),
+    setting!(
+        "token",
+        "OSX_BUILDER_TOKEN",
+        "",
+        "bearer token every request but /healthz must carry (Authorization: Bearer <token>); none for a trusted network"
+    ),
+    setting!(
+        "token-file",
+        "OSX_BUILDER_TOKEN_FILE",
+        "",
+        "file whose first line is the bearer token (keeps it out of ps and plists)"
+    ),
+    setting!(
+        "callback-secret",
+        "OSX_BUILDER_CALLBACK_SECRET",
+        "",
+        "secret (at least 16 characters) that signs each callback (HMAC-SHA256 headers X-OSX-Builder-Timestamp and X-OSX-Builder-Signature)"
+    ),
+    setting!(
+        "callback-secret-file",
+        "OSX_BUILDER_CALLBACK_SECRET_FILE",
+        "",
+        "file whose first line is the callback secret"
+    ),
 ];
 
 pub fn help_text() -> String {
@@ -344,6 +416,28 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             )))
         }
     };
+    // Secrets: unset means none. Set but empty is refused: it is how a failed variable
+    // substitution looks, and running without the token then would open the API silently.
+    let optional = |flag: &str| -> Result<Option<String>, ConfigError> {
+        let (v, name) = value(flag);
+        if !v.trim().is_empty() {
+            return Ok(Some(v));
+        }
+        let setting = SETTINGS.iter().find(|s| s.flag == flag);
+        let given = setting.is_some_and(|s| flags.contains_key(s.flag) || env.contains_key(s.env));
+        if given {
+            return Err(ConfigError(format!(
+                "{name} is set but empty; give it a value or unset it"
+            )));
+        }
+        Ok(None)
+    };
+    let default_ttl: u64 = number(value("default-ttl"), "a whole number of seconds")?;
+    if default_ttl > MAX_TTL_SECS {
+        return Err(ConfigError(format!(
+            "--default-ttl / OSX_BUILDER_DEFAULT_TTL must be at most {MAX_TTL_SECS} seconds (a year), got {default_ttl}"
+        )));
+    }
     let data_dir = PathBuf::from(value("data-dir").0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -374,7 +468,55 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         callback_timeout: seconds("callback-timeout")?,
         callback_retries: number(value("callback-retries"), "a whole number")?,
         reconcile_interval: seconds("reconcile-interval")?,
+        max_vms: number(value("max-vms"), "a whole number (0 for no limit)")?,
+        min_free_disk: bytes(value("min-free-disk"))?,
+        default_ttl: (default_ttl > 0).then_some(default_ttl),
+        cache_budget: bytes(value("cache-budget"))?,
+        max_waiters: number(value("max-waiters"), "a whole number")?,
+        token: optional("token")?,
+        token_file: optional("token-file")?.map(PathBuf::from),
+        callback_secret: optional("callback-secret")?,
+        callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
     })))
+}
+
+/// A size: whole bytes (`10737418240`), or a number with a unit: `KiB`, `MiB`, `GiB`, `TiB`
+/// (powers of 1024; `K`, `M`, `G`, `T` mean the same, as in `df -h`) or `KB`, `MB`, `GB`,
+/// `TB` (powers of 1000), any case, with or without a space: `10GiB`, `1.5 TB`.
+fn bytes((v, name): (String, String)) -> Result<u64, ConfigError> {
+    let error = || {
+        ConfigError(format!(
+            "{name} must be a number of bytes, or a number with KiB, MiB, GiB or TiB (e.g. 10GiB), got {v:?}"
+        ))
+    };
+    let text = v.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(error()),
+    };
+    if scale == 1 {
+        return number.parse().map_err(|_| error());
+    }
+    let amount: f64 = number.parse().map_err(|_| error())?;
+    let total = amount * scale as f64;
+    // 2^63 and more would not fit once rounded; no disk is that large.
+    if !total.is_finite() || !(0.0..9.2e18).contains(&total) {
+        return Err(error());
+    }
+    Ok(total.round() as u64)
 }
 
 #[cfg(test)]
@@ -431,6 +573,64 @@ mod tests {
             let err = serve(&list, &[]).unwrap_err();
             assert!(err.0.contains(needle), "{list:?}: {err}");
         }
+    }
+
+    #[test]
+    fn fleet_settings_parse_sizes_and_optional_secrets() {
+        let config = serve(&[], &[("HOME", "/h")]).unwrap();
+        assert_eq!(config.max_vms, 2);
+        assert_eq!(config.min_free_disk, 10 << 30);
+        assert_eq!(config.default_ttl, None);
+        assert_eq!(config.cache_budget, 0);
+        assert_eq!((config.token, config.token_file), (None, None));
+        let config = serve(
+            &[
+                "--min-free-disk",
+                "1.5 GiB",
+                "--cache-budget=2TB",
+                "--default-ttl",
+                "3600",
+                "--token-file",
+                "/etc/osxb-token",
+            ],
+            &[
+                ("OSX_BUILDER_MAX_VMS", "0"),
+                ("OSX_BUILDER_CALLBACK_SECRET", "s3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.min_free_disk, 3 << 29);
+        assert_eq!(config.cache_budget, 2_000_000_000_000);
+        assert_eq!(config.default_ttl, Some(3600));
+        assert_eq!(config.max_vms, 0);
+        assert_eq!(config.token_file, Some(PathBuf::from("/etc/osxb-token")));
+        assert_eq!(config.callback_secret.as_deref(), Some("s3"));
+        for (v, want) in [
+            ("0", 0),
+            ("512", 512),
+            ("4k", 4096),
+            ("1MiB", 1 << 20),
+            ("2 g", 2 << 30),
+        ] {
+            assert_eq!(
+                serve(&["--cache-budget", v], &[]).unwrap().cache_budget,
+                want,
+                "{v}"
+            );
+        }
+        for bad in ["-1", "10 GiBs", "1.5", "GiB", "1e3", "99999999999 TiB"] {
+            let err = serve(&["--min-free-disk", bad], &[]).unwrap_err();
+            assert!(err.0.contains("--min-free-disk"), "{bad}: {err}");
+        }
+        let err = serve(&["--default-ttl", "99999999999"], &[]).unwrap_err();
+        assert!(err.0.contains("a year"), "{err}");
+        let err = serve(&[], &[("OSX_BUILDER_TOKEN", "")]).unwrap_err();
+        assert!(
+            err.0.contains("OSX_BUILDER_TOKEN is set but empty"),
+            "{err}"
+        );
+        let err = serve(&["--callback-secret-file", " "], &[]).unwrap_err();
+        assert!(err.0.contains("--callback-secret-file"), "{err}");
     }
 
     #[test]

@@ -1,17 +1,23 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use osx_builder::api::server::HttpServer;
-use osx_builder::callback::CallbackSettings;
+use osx_builder::auth::Auth;
+use osx_builder::callback::{self, CallbackSettings};
+use osx_builder::capacity::Limits;
 use osx_builder::config::{self, Command, Config};
+use osx_builder::drain::Drain;
+use osx_builder::gold::{GoldCache, GoldSettings};
 use osx_builder::image::{ImageCache, ImageSettings};
+use osx_builder::long_poll::Waiters;
+use osx_builder::metrics::Metrics;
 use osx_builder::provision::{
     self, gold_locks::GoldLocks, tasks::Tasks, ProvisionSettings, Provisioner,
 };
-use osx_builder::service::{start_reconciler, Reconcile, Service};
+use osx_builder::service::{start_reconciler, Fleet, Reconcile, Service};
 use osx_builder::vm::VmStore;
 use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
 use osx_builder::{error, info, shutdown, warn};
@@ -43,6 +49,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
+    // Settings that read files are checked before anything starts: a typo in a secret's
+    // path must stop the server, not run it open or unsigned.
+    let auth = Auth::from_settings(config.token.clone(), config.token_file.clone())
+        .map_err(|e| e.to_string())?;
+    let callback_secret = callback::load_secret(
+        config.callback_secret.as_deref(),
+        config.callback_secret_file.as_deref(),
+    )?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         format!(
             "cannot create the data folder {}: {e}; set --data-dir / OSX_BUILDER_DATA_DIR to a writable folder",
@@ -80,23 +94,72 @@ fn serve(config: &Config) -> Result<(), String> {
     drop(unloaded);
     let store = Arc::new(store);
     let tasks = Arc::new(Tasks::default());
+    let images = Arc::new(images);
+    let gold_locks = Arc::new(GoldLocks::default());
+    let admission = Arc::new(Mutex::new(()));
+    let metrics = Arc::new(Metrics::new());
+    let gold = Arc::new(GoldCache::new(
+        images.clone(),
+        store.clone(),
+        gold_locks.clone(),
+        admission.clone(),
+        config.data_dir.clone(),
+        GoldSettings {
+            budget: config.cache_budget,
+            min_free_disk: config.min_free_disk,
+        },
+    ));
+    {
+        let (metrics, gold) = (metrics.clone(), gold.clone());
+        images.set_download_hook(Box::new(move |checksum, took, published| {
+            if published {
+                metrics.observe_image_download(took);
+            }
+            gold.download_finished(checksum, published);
+        }));
+    }
     let provisioner = Arc::new(Provisioner {
         store: store.clone(),
-        images: Arc::new(images),
+        images,
         vmrun: vmrun.clone(),
         tasks: tasks.clone(),
-        gold_locks: GoldLocks::default(),
+        gold_locks,
         settings: ProvisionSettings {
             ip_wait_timeout: config.ip_wait_timeout,
             ip_poll_interval: config.ip_poll_interval,
             callback: CallbackSettings {
                 timeout: config.callback_timeout,
                 retries: config.callback_retries,
+                secret: callback_secret,
             },
         },
+        metrics: metrics.clone(),
+        gold: gold.clone(),
     });
     let jobs = provision::start_pool(provisioner, config.provision_threads);
-    let service = Arc::new(Service::new(store, vmrun, tasks, jobs));
+    let drain = Drain::load(&config.data_dir);
+    if let Some(since) = drain.since() {
+        warn!("draining since {since}: new VMs are refused until POST /undrain");
+    }
+    // Each waiter holds an HTTP thread; one is always left for everything else.
+    let max_waiters = config
+        .max_waiters
+        .min(config.http_threads.saturating_sub(1));
+    let fleet = Fleet {
+        data_dir: config.data_dir.clone(),
+        limits: Limits {
+            max_vms: config.max_vms,
+            min_free_disk: config.min_free_disk,
+        },
+        default_ttl: config.default_ttl,
+        drain,
+        auth,
+        metrics,
+        gold: gold.clone(),
+        waiters: Waiters::new(max_waiters),
+        admission,
+    };
+    let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = HttpServer::bind(addr)?;
@@ -107,6 +170,14 @@ fn serve(config: &Config) -> Result<(), String> {
         .unwrap_or_else(|| addr.to_string());
     service.reconcile(Reconcile::Startup);
     start_reconciler(service.clone(), config.reconcile_interval);
+    osx_builder::leases::start_reaper(service.clone());
+    gold.start_housekeeper(config.reconcile_interval);
+    gold.request_eviction();
+    if service.fleet().auth.enabled() {
+        info!("requests need a bearer token (Authorization: Bearer ...), except /healthz");
+    } else {
+        info!("no token set: any client that reaches this port may use the API; fine on a trusted build network only");
+    }
     shutdown::install_handlers();
     let server = HttpServer::start(listener, config.http_threads, service);
     info!(

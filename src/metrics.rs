@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub capacity_limit: u64,
     pub image_cache_bytes: u64,
     pub draining: bool,
+    /// Long polls (`GET /vms/:id?wait=`) waiting now, each holding an HTTP thread.
+    pub long_polls_waiting: u64,
     /// `Vmrun::call_counts()`: (command, outcome, count).
     pub vmrun_calls: Vec<(String, String, u64)>,
 }
@@ -178,6 +180,11 @@ impl Metrics {
                 "osx_builder_draining",
                 "1 while the server refuses new VMs for maintenance, else 0.",
                 u64::from(snapshot.draining),
+            ),
+            (
+                "osx_builder_long_polls_waiting",
+                "Long polls waiting for a VM to change, each holding an HTTP thread.",
+                snapshot.long_polls_waiting,
             ),
         ];
         for (name, help, value) in gauges {
@@ -647,6 +654,7 @@ mod tests {
             capacity_limit: 2,
             image_cache_bytes: 40_000_000_000,
             draining: true,
+            long_polls_waiting: 2,
             vmrun_calls: vec![
                 ("start".into(), "ok".into(), 4),
                 ("list".into(), "ok".into(), 10),
@@ -693,6 +701,7 @@ mod tests {
             ("osx_builder_capacity_limit", "gauge"),
             ("osx_builder_image_cache_bytes", "gauge"),
             ("osx_builder_draining", "gauge"),
+            ("osx_builder_long_polls_waiting", "gauge"),
             ("osx_builder_provisions_total", "counter"),
             ("osx_builder_vmrun_calls_total", "counter"),
             ("osx_builder_http_requests_total", "counter"),

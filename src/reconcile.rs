@@ -119,6 +119,8 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         },
         created_at: now.clone(),
         updated_at: now,
+        ttl: None,
+        expires_at: None,
     })
 }
 

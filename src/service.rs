@@ -13,7 +13,15 @@ use uuid::Uuid;
 
 use crate::api::create_body::CreateVm;
 use crate::api::error::ApiError;
-use crate::provision::tasks::Tasks;
+use crate::auth::Auth;
+use crate::capacity::{self, Limits};
+use crate::drain::Drain;
+use crate::gold::GoldCache;
+use crate::health::{self, Health};
+use crate::leases;
+use crate::long_poll::Waiters;
+use crate::metrics::{Metrics, Snapshot, VmsByStatus};
+use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::reconcile;
 use crate::vm::store::{Durability, RECORD_FILE};
@@ -25,8 +33,28 @@ pub struct Service {
     vmrun: Vmrun,
     tasks: Arc<Tasks>,
     jobs: Sender<Job>,
-    creating: Mutex<()>,
+    /// Taken by creates, adoption and gold image removal: see [`Fleet::admission`].
+    creating: Arc<Mutex<()>>,
     reported: Mutex<HashSet<PathBuf>>,
+    fleet: Fleet,
+}
+
+/// What running one host of a fleet adds to the VM API: admission (capacity, drain),
+/// leases, long polls, the image cache, health, metrics and auth.
+pub struct Fleet {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    /// Lease in seconds of a VM created without `ttl`.
+    pub default_ttl: Option<u64>,
+    pub drain: Drain,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub gold: Arc<GoldCache>,
+    pub waiters: Waiters,
+    /// Serialises the decisions that must see every VM record: a create (capacity, the
+    /// idempotency key), adoption of a folder, removal of a gold image that no record
+    /// names. Shared with [`GoldCache`].
+    pub admission: Arc<Mutex<()>>,
 }
 
 /// What a create did.
@@ -43,20 +71,32 @@ pub enum Reconcile {
 }
 
 impl Service {
-    pub fn new(store: Arc<VmStore>, vmrun: Vmrun, tasks: Arc<Tasks>, jobs: Sender<Job>) -> Self {
+    pub fn new(
+        store: Arc<VmStore>,
+        vmrun: Vmrun,
+        tasks: Arc<Tasks>,
+        jobs: Sender<Job>,
+        fleet: Fleet,
+    ) -> Self {
         Self {
             store,
             vmrun,
             tasks,
             jobs,
-            creating: Mutex::new(()),
+            creating: fleet.admission.clone(),
             reported: Mutex::new(HashSet::new()),
+            fleet,
         }
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 
     /// Records the VM and queues it. With an idempotency key that an existing VM carries,
     /// returns that VM instead (`Created::Existing`): a coordinator that lost the answer to
-    /// its POST can retry without leaking a second VM.
+    /// its POST can retry without leaking a second VM. A new VM is refused while draining
+    /// or over capacity, before anything is recorded or downloaded.
     pub fn create(&self, request: CreateVm) -> Result<Created, ApiError> {
         self.vmrun
             .check_available()
@@ -68,6 +108,24 @@ impl Service {
                 return Ok(Created::Existing(json));
             }
         }
+        if let Some(since) = self.fleet.drain.since() {
+            return Err(ApiError::Draining { since });
+        }
+        let admitted = capacity::check(
+            self.fleet.limits,
+            &self.store,
+            &self.vmrun,
+            &self.fleet.data_dir,
+        );
+        if let Err(shortage) = admitted {
+            if matches!(shortage, capacity::Shortage::Disk { .. }) {
+                // Unused gold images may be what fills the disk.
+                self.fleet.gold.request_eviction();
+            }
+            crate::info!("create refused: {shortage}");
+            return Err(ApiError::CapacityExhausted(shortage));
+        }
+        let ttl = request.ttl.or(self.fleet.default_ttl);
         let now = crate::log::rfc3339_now();
         let vm = Vm {
             id: Uuid::new_v4(),
@@ -85,6 +143,8 @@ impl Service {
             progress: Progress::default(),
             created_at: now.clone(),
             updated_at: now,
+            ttl,
+            expires_at: ttl.map(|ttl| leases::expiry(leases::now_ms(), ttl)),
         };
         let id = vm.id;
         let json = self
@@ -125,6 +185,129 @@ impl Service {
         }
         let task = self.tasks.get(id);
         task.cancel.cancel();
+        self.destroy(id, &task)
+    }
+
+    /// The reaper's delete: destroys the VM if its lease is still over when the decision
+    /// is taken; `Ok(false)` when a renew came first. The decision (setting the VM's cancel
+    /// flag) is made under the record's lock, as a renew's check of that flag is, so a
+    /// renew and a reap never both succeed.
+    pub fn reap(&self, id: Uuid, now_ms: i64) -> Result<bool, ApiError> {
+        if self.store.get(id).is_none() {
+            return Err(ApiError::VmNotFound);
+        }
+        let task = self.tasks.get(id);
+        let mut claimed = false;
+        self.store
+            .update(id, Durability::MemoryOnly, |vm| {
+                if leases::is_expired(vm, now_ms) {
+                    task.cancel.cancel();
+                    claimed = true;
+                }
+            })
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !claimed {
+            return Ok(false);
+        }
+        self.destroy(id, &task).map(|()| true)
+    }
+
+    /// VMs whose lease is over and that are not being destroyed, with their expiry.
+    pub fn expired_leases(&self, now_ms: i64) -> Vec<(Uuid, String)> {
+        self.store
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.store.get(id))
+            .filter(|vm| vm.progress.phase != Phase::Deleting && leases::is_expired(vm, now_ms))
+            .map(|vm| (vm.id, vm.expires_at.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Extends the VM's lease to `ttl` seconds from now: the `ttl` given, else the VM's own,
+    /// else the default. A VM without a lease gets one.
+    pub fn renew(&self, id: Uuid, ttl: Option<u64>) -> Result<Arc<[u8]>, ApiError> {
+        let vm = self.store.get(id).ok_or(ApiError::VmNotFound)?;
+        let ttl = ttl.or(vm.ttl).or(self.fleet.default_ttl).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid-ttl",
+                "this VM has no lease and the server no --default-ttl: send {\"ttl\": <seconds>}",
+            )
+        })?;
+        let task = self.tasks.get(id);
+        let now = leases::now_ms();
+        let mut deleting = false;
+        let renewed = self
+            .store
+            .update(id, Durability::Disk, |vm| {
+                if task.cancel.is_cancelled() || vm.progress.phase == Phase::Deleting {
+                    deleting = true;
+                } else {
+                    vm.ttl = Some(ttl);
+                    vm.expires_at = Some(leases::expiry(now, ttl));
+                }
+            })
+            .map_err(|e| ApiError::Internal(format!("the lease could not be recorded: {e}")))?
+            .ok_or(ApiError::VmNotFound)?;
+        if deleting {
+            return Err(ApiError::VmDeleting);
+        }
+        crate::info!(
+            "vm={id} lease renewed for {ttl} s, until {}",
+            renewed.expires_at.unwrap_or_default()
+        );
+        self.store.json(id).ok_or(ApiError::VmNotFound)
+    }
+
+    /// `GET /vms/:id?wait=`: see [`Waiters::poll`].
+    pub fn poll(
+        &self,
+        id: Uuid,
+        known: Option<&str>,
+        wait: Duration,
+    ) -> Result<Arc<[u8]>, ApiError> {
+        self.fleet.waiters.poll(&self.store, id, known, wait)
+    }
+
+    pub fn health(&self) -> Health {
+        health::check(
+            &self.vmrun,
+            &self.fleet.data_dir,
+            self.fleet.limits.min_free_disk,
+            self.fleet.drain.since(),
+        )
+    }
+
+    /// `GET /metrics`: the counters, and the state read now.
+    pub fn metrics_text(&self) -> String {
+        let mut vms = VmsByStatus::default();
+        for vm in self
+            .store
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.store.get(id))
+        {
+            match vm.status {
+                Status::Provisioning => vms.provisioning += 1,
+                Status::Running => vms.running += 1,
+                Status::Stopped => vms.stopped += 1,
+                Status::Failed => vms.failed += 1,
+            }
+        }
+        let running = reconcile::running_set(&self.vmrun);
+        let snapshot = Snapshot {
+            vms,
+            capacity_used: capacity::used(&self.store, running.as_ref()),
+            capacity_limit: u64::from(self.fleet.limits.max_vms),
+            image_cache_bytes: self.fleet.gold.total_bytes(),
+            draining: self.fleet.drain.is_draining(),
+            long_polls_waiting: self.fleet.waiters.active() as u64,
+            vmrun_calls: self.vmrun.call_counts(),
+        };
+        self.fleet.metrics.render(&snapshot)
+    }
+
+    /// Powers off and removes a VM whose cancel flag is set; waits for its worker first.
+    fn destroy(&self, id: Uuid, task: &Task) -> Result<(), ApiError> {
         let _busy = task.lock();
         let Some(before) = self.store.get(id) else {
             // Another DELETE finished first.

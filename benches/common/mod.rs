@@ -290,6 +290,8 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<Uuid> {
                 checksum_type: ChecksumType::Sha1,
             }),
             name: None,
+            ttl: None,
+            expires_at: None,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

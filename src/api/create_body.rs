@@ -24,6 +24,8 @@ pub struct CreateVm {
     pub callback_url: Option<String>,
     /// Idempotency key, from the `name` field or the `Idempotency-Key` header.
     pub name: Option<String>,
+    /// Lease in seconds; `None` (field absent or 0) means the server's default.
+    pub ttl: Option<u64>,
 }
 
 /// Longest idempotency key accepted.
@@ -98,6 +100,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         None | Some("") => None,
         Some(name) => Some(check_name(name)?),
     };
+    let ttl = parse_ttl(&fields)?;
     Ok(CreateVm {
         image,
         cpus,
@@ -106,7 +109,24 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         headless,
         callback_url,
         name,
+        ttl,
     })
+}
+
+/// The optional `ttl` of a create or a renew: whole seconds up to a year; absent, null or
+/// 0 is `None` (the default applies, as for `cpus` and `memory`).
+pub fn parse_ttl(fields: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    match optional_u64(fields, "ttl")? {
+        None | Some(0) => Ok(None),
+        Some(n) if n > crate::config::MAX_TTL_SECS => Err(ApiError::invalid(
+            "invalid-ttl",
+            format!(
+                "ttl is the lease in seconds and must be at most {} (a year), got {n}",
+                crate::config::MAX_TTL_SECS
+            ),
+        )),
+        Some(n) => Ok(Some(n)),
+    }
 }
 
 /// An idempotency key: 1 to 200 printable characters.
@@ -120,7 +140,7 @@ pub fn check_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
-fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
+pub fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
     let fields = match value {
         Some(Value::Object(fields)) => fields,
         None | Some(Value::Null) => {
@@ -221,6 +241,7 @@ fn optional_str<'a>(
 fn optional_u64(fields: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ApiError> {
     let code = match key {
         "cpus" => "invalid-cpus",
+        "ttl" => "invalid-ttl",
         _ => "invalid-memory",
     };
     match fields.get(key) {
@@ -343,6 +364,11 @@ mod tests {
         assert_eq!((vm.cpus, vm.memory), (4, 2052));
         assert_eq!(vm.network_type, NetworkType::Bridged);
         assert!(vm.headless);
+        assert_eq!(vm.ttl, None);
+        for (given, applied) in [("0", None), ("null", None), ("600", Some(600))] {
+            let vm = parse(body(&format!(r#", "ttl": {given}"#)).as_bytes()).unwrap();
+            assert_eq!(vm.ttl, applied, "ttl {given}");
+        }
     }
 
     #[test]
@@ -460,6 +486,9 @@ mod tests {
                 "positive whole number",
             ),
             (r#", "memory": 99999999"#, "invalid-memory", "at most"),
+            (r#", "ttl": -5"#, "invalid-ttl", "positive whole number"),
+            (r#", "ttl": "1h""#, "invalid-ttl", "positive whole number"),
+            (r#", "ttl": 99999999999"#, "invalid-ttl", "a year"),
             (
                 r#", "network_type": "wifi""#,
                 "invalid-network-type",

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::capacity::Shortage;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     /// 400: a field holds a value we cannot use. `code` is `invalid-<field>`.
@@ -35,7 +37,27 @@ pub enum ApiError {
     VmDeleteError(String),
     /// 500
     Internal(String),
+    /// 401: a token is configured and the request lacks it (the detail says how).
+    Unauthorized(String),
+    /// 503: the host runs as many VMs as allowed, or its disk is below the floor.
+    CapacityExhausted(Shortage),
+    /// 503: the server is draining for maintenance (since this time) and takes no new VM.
+    Draining { since: String },
+    /// 409: a renew or a second delete of a VM that is being destroyed.
+    VmDeleting,
+    /// 404 for a checksum that names no gold image (malformed ones included).
+    ImageNotFound,
+    /// 409: VMs are linked clones of the image (or it is being downloaded).
+    ImageInUse(String),
+    /// 429: this many pre-warm downloads run already.
+    TooManyPrewarms { limit: usize },
 }
+
+/// Seconds a client should wait before retrying a refused create. VMs are freed when
+/// builds end, minutes apart; maintenance takes longer.
+pub const RETRY_AFTER_CAPACITY_SECS: u64 = 60;
+pub const RETRY_AFTER_DRAINING_SECS: u64 = 300;
+pub const RETRY_AFTER_PREWARM_SECS: u64 = 60;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -54,6 +76,11 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => 405,
             Self::VmLocked(_) | Self::VmOpenError(_) => 409,
             Self::VmrunMissing(_) | Self::VmDeleteError(_) | Self::Internal(_) => 500,
+            Self::Unauthorized(_) => 401,
+            Self::CapacityExhausted(_) | Self::Draining { .. } => 503,
+            Self::VmDeleting | Self::ImageInUse(_) => 409,
+            Self::ImageNotFound => 404,
+            Self::TooManyPrewarms { .. } => 429,
         }
     }
 
@@ -72,6 +99,13 @@ impl ApiError {
             Self::VmrunMissing(_) => "vmrun-not-found",
             Self::VmDeleteError(_) => "vm-delete-error",
             Self::Internal(_) => "internal-error",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::CapacityExhausted(_) => "capacity-exhausted",
+            Self::Draining { .. } => "draining",
+            Self::VmDeleting => "vm-deleting",
+            Self::ImageNotFound => "image-not-found",
+            Self::ImageInUse(_) => "image-in-use",
+            Self::TooManyPrewarms { .. } => "too-many-prewarms",
         }
     }
 
@@ -90,7 +124,7 @@ impl ApiError {
             Self::LengthRequired => "the request has no Content-Length header; send the JSON body with one (curl -d and every HTTP library do)".into(),
             Self::VmNotFound => "The requested virtual machine ID was not found".into(),
             Self::RouteNotFound(path) => format!(
-                "no such endpoint {path:?}; the API has /vms and /vms/:id"
+                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /images, /images/:checksum, /drain, /healthz and /metrics"
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 format!("method {method} is not allowed here; use {allowed}")
@@ -104,7 +138,39 @@ impl ApiError {
             Self::VmrunMissing(detail) | Self::VmDeleteError(detail) | Self::Internal(detail) => {
                 detail.clone()
             }
+            Self::Unauthorized(detail) => detail.clone(),
+            Self::CapacityExhausted(shortage) => format!(
+                "{shortage}; retry in {RETRY_AFTER_CAPACITY_SECS} s (Retry-After) or use another host"
+            ),
+            Self::Draining { since } => format!(
+                "this host is draining for maintenance since {since} and takes no new VM (existing VMs keep running); use another host, or POST /undrain when the maintenance is over"
+            ),
+            Self::VmDeleting => {
+                "the virtual machine is being destroyed; it cannot be renewed".into()
+            }
+            Self::ImageNotFound => {
+                "no gold image with that checksum is cached; GET /images lists them".into()
+            }
+            Self::ImageInUse(detail) => detail.clone(),
+            Self::TooManyPrewarms { limit } => format!(
+                "{limit} pre-warm downloads are running already; retry in {RETRY_AFTER_PREWARM_SECS} s"
+            ),
         }
+    }
+
+    /// Headers the answer carries besides the JSON body: when to retry a refusal that will
+    /// pass later, and which scheme a 401 wants (RFC 6750).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let retry_after = match self {
+            Self::CapacityExhausted(_) => RETRY_AFTER_CAPACITY_SECS,
+            Self::Draining { .. } => RETRY_AFTER_DRAINING_SECS,
+            Self::TooManyPrewarms { .. } => RETRY_AFTER_PREWARM_SECS,
+            Self::Unauthorized(_) => {
+                return vec![("WWW-Authenticate", crate::auth::CHALLENGE.to_string())]
+            }
+            _ => return Vec::new(),
+        };
+        vec![("Retry-After", retry_after.to_string())]
     }
 
     /// The JSON body: `{"code": "...", "message": "..."}`.

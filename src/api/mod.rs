@@ -1,7 +1,12 @@
 //! HTTP: routing, request parsing and the error contract. The core (`service`) never sees
 //! HTTP types.
 
+pub mod answer;
 pub mod create_body;
 pub mod error;
+pub mod images;
+pub mod ops;
+pub mod query;
 pub mod routes;
 pub mod server;
+pub mod vms;

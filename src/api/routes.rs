@@ -11,32 +11,96 @@ pub enum Route {
     CreateVm,
     GetVm(Uuid),
     DeleteVm(Uuid),
+    RenewVm(Uuid),
+    ListImages,
+    PrewarmImage,
+    /// A lowercase hex digest: safe as a path component.
+    GetImage(String),
+    DeleteImage(String),
+    Health,
+    Metrics,
+    DrainState,
+    Drain,
+    Undrain,
+}
+
+/// The one path that answers without a token: load balancers and watchdogs probe it.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// The path without query, fragment or trailing slash.
+pub fn path(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    path.strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path)
 }
 
 pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
-    let path = url.split(['?', '#']).next().unwrap_or("");
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
+    let path = path(url);
+    let get = matches!(method, "GET" | "HEAD");
     match path {
         "/vms" => match method {
-            "GET" | "HEAD" => Ok(Route::ListVms),
+            _ if get => Ok(Route::ListVms),
             "POST" => Ok(Route::CreateVm),
             _ => Err(not_allowed(method, "GET or POST")),
         },
-        _ => match path.strip_prefix("/vms/") {
-            Some(id) if !id.contains('/') => {
-                let route = match method {
-                    "GET" | "HEAD" => Route::GetVm,
-                    "DELETE" => Route::DeleteVm,
-                    _ => return Err(not_allowed(method, "GET or DELETE")),
-                };
-                parse_id(id).map(route).ok_or(ApiError::VmNotFound)
-            }
-            _ => Err(ApiError::RouteNotFound(truncate(path))),
+        "/images" => match method {
+            _ if get => Ok(Route::ListImages),
+            "POST" => Ok(Route::PrewarmImage),
+            _ => Err(not_allowed(method, "GET or POST")),
         },
+        HEALTH_PATH if get => Ok(Route::Health),
+        "/metrics" if get => Ok(Route::Metrics),
+        HEALTH_PATH | "/metrics" => Err(not_allowed(method, "GET")),
+        "/drain" => match method {
+            _ if get => Ok(Route::DrainState),
+            "POST" => Ok(Route::Drain),
+            "DELETE" => Ok(Route::Undrain),
+            _ => Err(not_allowed(method, "GET, POST or DELETE")),
+        },
+        "/undrain" if method == "POST" => Ok(Route::Undrain),
+        "/undrain" => Err(not_allowed(method, "POST")),
+        _ => {
+            if let Some(rest) = path.strip_prefix("/vms/") {
+                return vm_route(method, rest);
+            }
+            if let Some(checksum) = path.strip_prefix("/images/") {
+                return image_route(method, checksum);
+            }
+            Err(ApiError::RouteNotFound(truncate(path)))
+        }
     }
+}
+
+/// `/vms/:id` and `/vms/:id/renew`.
+fn vm_route(method: &str, rest: &str) -> Result<Route, ApiError> {
+    let (id, action) = match rest.split_once('/') {
+        Some((id, action)) => (id, Some(action)),
+        None => (rest, None),
+    };
+    let route = match (action, method) {
+        (None, "GET" | "HEAD") => Route::GetVm,
+        (None, "DELETE") => Route::DeleteVm,
+        (None, _) => return Err(not_allowed(method, "GET or DELETE")),
+        (Some("renew"), "POST") => Route::RenewVm,
+        (Some("renew"), _) => return Err(not_allowed(method, "POST")),
+        (Some(_), _) => return Err(ApiError::RouteNotFound(truncate(rest))),
+    };
+    parse_id(id).map(route).ok_or(ApiError::VmNotFound)
+}
+
+/// `/images/:checksum`: any case on the wire, lowercase (as folders are named) inside.
+fn image_route(method: &str, checksum: &str) -> Result<Route, ApiError> {
+    let route = match method {
+        "GET" | "HEAD" => Route::GetImage,
+        "DELETE" => Route::DeleteImage,
+        _ => return Err(not_allowed(method, "GET or DELETE")),
+    };
+    let checksum = checksum.to_ascii_lowercase();
+    if !crate::image::is_any_digest(&checksum) {
+        return Err(ApiError::ImageNotFound);
+    }
+    Ok(route(checksum))
 }
 
 /// Only the canonical form (`8-4-4-4-12` hex) that this server hands out.
@@ -84,6 +148,60 @@ mod tests {
             route("DELETE", &format!("/vms/{ID}/")),
             Ok(Route::DeleteVm(id))
         );
+    }
+
+    #[test]
+    fn routes_the_fleet_endpoints() {
+        let id = Uuid::parse_str(ID).unwrap();
+        let sum = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
+        assert_eq!(
+            route("POST", &format!("/vms/{ID}/renew")),
+            Ok(Route::RenewVm(id))
+        );
+        assert_eq!(
+            route("GET", &format!("/vms/{ID}/renew"))
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            route("POST", &format!("/vms/{ID}/reboot"))
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(route("POST", "/vms/nope/renew"), Err(ApiError::VmNotFound));
+        assert_eq!(route("GET", "/images"), Ok(Route::ListImages));
+        assert_eq!(route("POST", "/images/"), Ok(Route::PrewarmImage));
+        assert_eq!(
+            route("DELETE", &format!("/images/{}", sum.to_uppercase())),
+            Ok(Route::DeleteImage(sum.into()))
+        );
+        assert_eq!(
+            route("GET", &format!("/images/{sum}")),
+            Ok(Route::GetImage(sum.into()))
+        );
+        for bad in [
+            "..",
+            "%2e%2e",
+            "abc",
+            "5cf00d380e28d02f30efaceafef7c7c8bdedae3z",
+        ] {
+            assert_eq!(
+                route("DELETE", &format!("/images/{bad}")),
+                Err(ApiError::ImageNotFound),
+                "{bad}"
+            );
+        }
+        assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
+        assert_eq!(route("HEAD", "/metrics?x=1"), Ok(Route::Metrics));
+        assert_eq!(route("POST", "/metrics").unwrap_err().status(), 405);
+        assert_eq!(route("GET", "/drain"), Ok(Route::DrainState));
+        assert_eq!(route("POST", "/drain"), Ok(Route::Drain));
+        assert_eq!(route("DELETE", "/drain"), Ok(Route::Undrain));
+        assert_eq!(route("POST", "/undrain"), Ok(Route::Undrain));
+        assert_eq!(route("GET", "/undrain").unwrap_err().status(), 405);
+        assert_eq!(path("/healthz/?probe=1"), "/healthz");
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use tiny_http::{Header, Limits, Method, Request, Response, Server, StatusCode};
 
-use super::create_body;
+use super::answer::Answer;
 use super::error::ApiError;
 use super::routes::{route, Route};
+use super::{create_body, images, ops, vms};
 use crate::service::{Created, Service};
 
 /// A create request is a few hundred bytes; anything near this is not one.
@@ -118,13 +119,25 @@ fn taker_count() -> usize {
 fn take(server: &Server, service: &Service, slow: &crossbeam_channel::Sender<Request>) {
     // recv() fails only when the listener is gone or unblocked for shutdown.
     while let Ok(request) = server.recv() {
-        if matches!(request.method(), Method::Get | Method::Head) {
+        if answers_from_memory(&request) {
             handle(request, service);
         } else if let Err(unsent) = slow.send(request) {
             // Only if every worker is gone; answer here rather than drop the client.
             handle(unsent.into_inner(), service);
         }
     }
+}
+
+/// The polls: `GET /vms` and `GET /vms/:id` without `wait`. Long polls wait by design, and
+/// `/healthz`, `/metrics` and `/images` run vmrun or walk folders: those go to the pool.
+fn answers_from_memory(request: &Request) -> bool {
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return false;
+    }
+    let url = request.url();
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    (path == "/vms" || path.starts_with("/vms/"))
+        && !query.split('&').any(|p| p.starts_with("wait="))
 }
 
 /// Answers bigger than this are written by a thread of their own: a client that does
@@ -138,7 +151,7 @@ fn handle(mut request: Request, service: &Service) {
     // A bug behind one request must not cost a worker thread: the pool would shrink with
     // each, until nothing answers.
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        answer(&mut request, &method, &url, service)
+        authorize(&request, &url, service).and_then(|()| answer(&mut request, &method, &url, service))
     }))
     .unwrap_or_else(|_| {
         Err(ApiError::Internal(
@@ -154,13 +167,26 @@ fn handle(mut request: Request, service: &Service) {
             Some(0),
             None,
         ),
+        Ok(Reply::Answer(answer)) => answer.into_response(),
         Err(err) => {
-            if err.status() >= 500 {
+            // Refusals that are expected in normal operation (503 capacity-exhausted and
+            // draining tell a coordinator to go elsewhere) are not server errors.
+            if err.status() >= 500 && err.status() != 503 {
                 crate::error!("{method} {url}: {err}");
             }
-            json(err.status(), Arc::from(err.body()))
+            let mut response = json(err.status(), Arc::from(err.body()));
+            for (name, value) in err.headers() {
+                if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(header);
+                }
+            }
+            response
         }
     };
+    service
+        .fleet()
+        .metrics
+        .record_http_request(method.as_str(), response.status_code().0);
     let response = if method == Method::Head {
         let length = response.data_length();
         response.with_data(Cursor::new(Arc::from(&[][..])), length)
@@ -185,6 +211,19 @@ fn handle(mut request: Request, service: &Service) {
 enum Reply {
     Json(u16, Arc<[u8]>),
     Empty(u16),
+    Answer(Answer),
+}
+
+/// With a token configured, every endpoint but `/healthz` wants it.
+fn authorize(request: &Request, url: &str, service: &Service) -> Result<(), ApiError> {
+    if super::routes::path(url) == super::routes::HEALTH_PATH {
+        return Ok(());
+    }
+    service
+        .fleet()
+        .auth
+        .check(header(request, "Authorization"))
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }
 
 fn answer(
@@ -195,7 +234,36 @@ fn answer(
 ) -> Result<Reply, ApiError> {
     match route(method.as_str(), url)? {
         Route::ListVms => Ok(Reply::Json(200, join_array(&service.list()))),
-        Route::GetVm(id) => Ok(Reply::Json(200, service.get(id)?)),
+        Route::GetVm(id) => {
+            vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
+        }
+        Route::RenewVm(id) => {
+            check_content_type(request)?;
+            // `curl -X POST .../renew` sends no body and no length: the VM's own ttl.
+            let body = if has_body(request) {
+                read_body(request)?
+            } else {
+                Vec::new()
+            };
+            vms::renew(service, id, &body).map(Reply::Answer)
+        }
+        Route::ListImages => Ok(Reply::Answer(images::list(&service.fleet().gold))),
+        Route::GetImage(checksum) => {
+            images::get(&service.fleet().gold, &checksum).map(Reply::Answer)
+        }
+        Route::PrewarmImage => {
+            check_content_type(request)?;
+            let body = read_body(request)?;
+            images::prewarm(&service.fleet().gold, &body).map(Reply::Answer)
+        }
+        Route::DeleteImage(checksum) => {
+            images::delete(&service.fleet().gold, &checksum).map(Reply::Answer)
+        }
+        Route::Health => Ok(Reply::Answer(ops::health(service))),
+        Route::Metrics => Ok(Reply::Answer(ops::metrics(service))),
+        Route::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
+        Route::Drain => ops::drain(service).map(Reply::Answer),
+        Route::Undrain => ops::undrain(service).map(Reply::Answer),
         Route::DeleteVm(id) => {
             service.delete(id)?;
             Ok(Reply::Empty(204))
@@ -248,6 +316,14 @@ fn check_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
+fn has_body(request: &Request) -> bool {
+    request.body_length().is_some()
+        || request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"))
+}
+
 /// The connection's thread has already read any body up to `MAX_BODY_BYTES` (see
 /// `limits`), chunked ones too; a larger one is refused here unread. So this never waits
 /// on the client.
@@ -257,11 +333,7 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
             limit: MAX_BODY_BYTES,
         });
     }
-    let chunked = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Transfer-Encoding"));
-    if request.body_length().is_none() && !chunked {
+    if !has_body(request) {
         return Err(ApiError::LengthRequired);
     }
     let mut body = Vec::new();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
@@ -69,7 +69,13 @@ struct Shared {
     /// (and, on success, its gold folder published), which is what lets `ensure` decide
     /// under this lock whether to join, use the gold folder, or start a download.
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Told about every finished download (metrics, cache eviction); set once at startup.
+    on_download: OnceLock<DownloadHook>,
 }
+
+/// Called on the download thread when a download ends: the checksum, how long it took
+/// (download, verification, unpacking and publishing), and whether it was published.
+pub type DownloadHook = Box<dyn Fn(&str, Duration, bool) + Send + Sync>;
 
 /// One download and everyone waiting for it.
 struct Flight {
@@ -105,8 +111,70 @@ impl ImageCache {
                     max_unpacked_bytes: settings.max_unpacked_bytes,
                 },
                 flights: Mutex::new(HashMap::new()),
+                on_download: OnceLock::new(),
             }),
         })
+    }
+
+    /// Sets the hook told about every finished download; a second call is ignored.
+    pub fn set_download_hook(&self, hook: DownloadHook) {
+        let _ = self.shared.on_download.set(hook);
+    }
+
+    /// `gold/`: where published gold images live, one folder per checksum.
+    pub fn gold_root(&self) -> &std::path::Path {
+        self.shared.layout.gold_root()
+    }
+
+    /// Checksums of the published gold images: the names of `gold/`'s folders that are hex
+    /// digests (staging folders and anything else a person put there are not images).
+    pub fn gold_checksums(&self) -> Result<Vec<String>, ImageError> {
+        let root = self.shared.layout.gold_root();
+        let entries = std::fs::read_dir(root).map_err(|e| ImageError::io(root, e))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ImageError::io(root, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if checksum::is_any_digest(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(name);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Downloads in progress, by checksum, with their progress.
+    pub fn in_flight(&self) -> Vec<(String, ImageProgress)> {
+        let flights = lock(&self.shared.flights);
+        let mut list: Vec<_> = flights
+            .iter()
+            .map(|(checksum, flight)| (checksum.clone(), flight.progress.snapshot()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Takes a published gold image out of the cache: its folder is renamed to a staging
+    /// name in one atomic step (so no half-removed image is ever found as published, and a
+    /// crash before the removal finishes leaves a leftover that the next start removes)
+    /// and the new path is returned for the caller to remove at leisure. `None` when there
+    /// is no such image. Whether clones still depend on it is the caller's business.
+    pub fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, ImageError> {
+        if !checksum::is_any_digest(checksum) {
+            return Ok(None);
+        }
+        // Under the flights lock: `join_or_start` decides between a published folder and a
+        // new download under it.
+        let _flights = lock(&self.shared.flights);
+        let dir = self.shared.layout.gold_dir(checksum);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let retired = self.shared.layout.new_staging_dir(checksum);
+        std::fs::rename(&dir, &retired).map_err(|e| ImageError::io(&dir, e))?;
+        Ok(Some(retired))
     }
 
     /// The published gold image for `checksum`, if any. An existing gold folder (also one
@@ -194,6 +262,7 @@ enum Joined {
 
 /// The download thread: runs the pipeline, then hands its result to every waiter.
 fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) {
+    let started = Instant::now();
     let job = Job {
         spec,
         location,
@@ -208,6 +277,7 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
                 detail: format!("the download thread for {} panicked", spec.url),
             })
         });
+    let published = result.is_ok();
     // Result first, then out of the map, both under the map's lock: a caller that finds no
     // flight then finds either the gold folder or nothing (and starts a new download).
     let mut flights = lock(&shared.flights);
@@ -215,6 +285,9 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
     flights.remove(&spec.checksum);
     drop(flights);
     flight.done.notify_all();
+    if let Some(hook) = shared.on_download.get() {
+        hook(&spec.checksum, started.elapsed(), published);
+    }
 }
 
 fn wait(
@@ -247,5 +320,45 @@ fn wait(
             last_phase = Some(progress.phase);
             last_report = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUM: &str = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
+
+    #[test]
+    fn lists_and_unpublishes_gold_images_only() {
+        let data =
+            std::env::temp_dir().join(format!("osxb-cache-unpublish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let cache = ImageCache::new(ImageSettings::new(&data)).unwrap();
+        let gold = cache.gold_root().join(SUM);
+        std::fs::create_dir_all(&gold).unwrap();
+        std::fs::write(gold.join("gold.vmx"), "x").unwrap();
+        std::fs::create_dir_all(cache.gold_root().join("not-a-digest")).unwrap();
+        std::fs::write(
+            cache.gold_root().join("0".repeat(40)),
+            "a file, not a folder",
+        )
+        .unwrap();
+        assert_eq!(cache.gold_checksums().unwrap(), vec![SUM.to_string()]);
+        assert!(cache.lookup(SUM).is_some());
+
+        let retired = cache.unpublish(SUM).unwrap().unwrap();
+        assert!(!gold.exists());
+        assert!(retired.join("gold.vmx").exists());
+        assert!(cache.lookup(SUM).is_none());
+        assert!(cache.gold_checksums().unwrap().is_empty());
+        assert_eq!(cache.unpublish(SUM).unwrap(), None);
+        assert_eq!(cache.unpublish("../vms").unwrap(), None);
+
+        // A crash before the retired folder was removed: the next start removes it.
+        drop(cache);
+        let _cache = ImageCache::new(ImageSettings::new(&data)).unwrap();
+        assert!(!retired.exists());
+        std::fs::remove_dir_all(&data).unwrap();
     }
 }

@@ -13,7 +13,8 @@ mod pipeline;
 pub mod progress;
 pub mod spec;
 
-pub use cache::{ImageCache, ImageSettings};
+pub use cache::{DownloadHook, ImageCache, ImageSettings};
+pub use checksum::is_any_digest;
 pub use error::ImageError;
 pub use layout::GoldImage;
 pub use progress::{ImagePhase, ImageProgress};

@@ -13,7 +13,9 @@ use crossbeam_channel::{Receiver, Sender};
 use uuid::Uuid;
 
 use crate::callback::CallbackSettings;
+use crate::gold::GoldCache;
 use crate::image::ImageCache;
+use crate::metrics::Metrics;
 use crate::vm::VmStore;
 use crate::vmrun::Vmrun;
 use gold_locks::GoldLocks;
@@ -31,7 +33,7 @@ pub enum Job {
     WatchIp(Uuid),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProvisionSettings {
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
@@ -44,8 +46,12 @@ pub struct Provisioner {
     pub images: Arc<ImageCache>,
     pub vmrun: Vmrun,
     pub tasks: Arc<Tasks>,
-    pub gold_locks: GoldLocks,
+    /// Shared with the image cache API, which takes a gold image out under its lock.
+    pub gold_locks: Arc<GoldLocks>,
     pub settings: ProvisionSettings,
+    pub metrics: Arc<Metrics>,
+    /// Told when a VM is cloned from a gold image (least-recently-used eviction).
+    pub gold: Arc<GoldCache>,
 }
 
 /// Starts `threads` workers; jobs sent on the returned channel are run in order of arrival.

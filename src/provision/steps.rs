@@ -70,18 +70,29 @@ impl Provisioner {
         let started = Instant::now();
         let result = match job {
             Job::Provision(_) => self.provision(&vm, &task.cancel),
-            Job::WatchIp(_) => self.watch_ip(&vm, &task.cancel),
+            // Restarted mid-wait: when it booted is unknown, so no boot-to-IP time.
+            Job::WatchIp(_) => self.watch_ip(&vm, &task.cancel, None),
         };
         match result {
-            Ok(()) => crate::info!(
-                "vm={id} provisioned in {:.1}s",
-                started.elapsed().as_secs_f64()
-            ),
+            Ok(()) => {
+                // A VM that never reported an IP runs, but is not what was asked for.
+                let timed_out = self
+                    .store
+                    .get(id)
+                    .is_some_and(|vm| vm.progress.phase == Phase::IpTimeout);
+                self.metrics
+                    .record_provision(if timed_out { "ip-timeout" } else { "ok" });
+                crate::info!(
+                    "vm={id} provisioned in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                )
+            }
             Err(Stop::Cancelled) => {
                 crate::info!("vm={id} provisioning cancelled");
                 return;
             }
             Err(Stop::Failed { code, message }) => {
+                self.metrics.record_provision(&code);
                 crate::warn!("vm={id} failed: {code}: {message}");
                 self.record(id, |vm| vm.fail(&code, message));
             }
@@ -120,6 +131,7 @@ impl Provisioner {
                     vm.progress.bytes_total = progress.bytes_total;
                 });
             })?;
+        self.gold.touch(&gold, image);
         check(cancel)?;
 
         let vmx_path = self.store.vmx_path(id);
@@ -156,7 +168,9 @@ impl Provisioner {
             }
             check(cancel)?;
             self.set_phase(id, Phase::Cloning);
+            let cloning = Instant::now();
             self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
+            self.metrics.observe_clone(cloning.elapsed());
         }
         check(cancel)?;
         if !vmx_path.is_file() {
@@ -186,11 +200,12 @@ impl Provisioner {
         });
         crate::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
         self.vmrun.start(&vmx_path, vm.headless, cancel)?;
+        let booted = Instant::now();
         self.record(id, |vm| {
             vm.status = Status::Running;
             vm.progress.phase = Phase::WaitingForIp;
         });
-        self.watch_ip(vm, cancel)
+        self.watch_ip(vm, cancel, Some(booted))
     }
 
     /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
@@ -218,7 +233,9 @@ impl Provisioner {
         }
     }
 
-    fn watch_ip(&self, vm: &Vm, cancel: &Cancel) -> Result<(), Stop> {
+    /// Polls for the guest's IP. `booted` is when `vmrun start` returned, for the
+    /// boot-to-IP histogram.
+    fn watch_ip(&self, vm: &Vm, cancel: &Cancel, booted: Option<Instant>) -> Result<(), Stop> {
         let id = vm.id;
         let vmx_path = self.store.vmx_path(id);
         let deadline = Instant::now() + self.settings.ip_wait_timeout;
@@ -234,6 +251,9 @@ impl Provisioner {
                     "vm={id} has IP {ip} after {:.1}s",
                     started.elapsed().as_secs_f64()
                 );
+                if let Some(booted) = booted {
+                    self.metrics.observe_boot_to_ip(booted.elapsed());
+                }
                 self.record(id, |vm| {
                     vm.ip_address = ip;
                     vm.progress.phase = Phase::Ready;
@@ -259,7 +279,7 @@ impl Provisioner {
         let (Some(url), Some(body)) = (vm.callback_url.clone(), self.store.json(id)) else {
             return;
         };
-        crate::callback::deliver_in_background(id, url, body, self.settings.callback);
+        crate::callback::deliver_in_background(id, url, body, self.settings.callback.clone());
     }
 
     fn set_phase(&self, id: Uuid, phase: Phase) {

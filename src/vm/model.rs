@@ -36,6 +36,13 @@ pub struct Vm {
     pub progress: Progress,
     pub created_at: String,
     pub updated_at: String,
+    /// The lease in seconds, present when the VM has one: a renew without its own `ttl`
+    /// extends by this much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// When the reaper destroys the VM unless it is renewed (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,11 +182,11 @@ impl Vm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::ChecksumType;
 
-    fn sample() -> Vm {
+    pub(crate) fn sample() -> Vm {
         Vm {
             id: Uuid::nil(),
             image: Some(ImageSpec {
@@ -200,6 +207,8 @@ mod tests {
             progress: Progress::default(),
             created_at: "2026-11-24T17:00:00.000Z".into(),
             updated_at: "2026-11-24T17:00:00.000Z".into(),
+            ttl: None,
+            expires_at: None,
         }
     }
 

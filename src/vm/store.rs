@@ -10,7 +10,8 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -80,6 +81,10 @@ struct Slot {
 pub struct VmStore {
     root: PathBuf,
     slots: RwLock<HashMap<Uuid, Arc<Slot>>>,
+    /// Counts visible changes (insert, update, remove), so that long polls can sleep on
+    /// `changed` instead of re-reading records in a loop.
+    generation: Mutex<u64>,
+    changed: Condvar,
 }
 
 /// A folder in `vms/` that did not load as a record, for the caller to adopt or report.
@@ -123,6 +128,8 @@ impl VmStore {
         let store = Self {
             root: root.to_path_buf(),
             slots: RwLock::new(slots),
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
         };
         Ok((store, unloaded))
     }
@@ -164,6 +171,7 @@ impl VmStore {
         let id = vm.id;
         self.write_slots()
             .insert(id, Arc::new(Slot::new(vm, json.clone())));
+        self.bump();
         Ok(json)
     }
 
@@ -192,6 +200,8 @@ impl VmStore {
         }
         *record = next.clone();
         *slot.json.write().unwrap_or_else(|p| p.into_inner()) = json;
+        drop(record);
+        self.bump();
         Ok(Some(next))
     }
 
@@ -213,7 +223,35 @@ impl VmStore {
         if let Err(err) = remove_if_there(&trash) {
             crate::warn!("vm={id} is deleted but {err}; it is removed at the next start");
         }
+        self.bump();
         Ok(())
+    }
+
+    /// The number of visible changes so far. Read it before reading a record, then
+    /// [`wait_for_change`](Self::wait_for_change) past it: a change in between is not missed.
+    pub fn generation(&self) -> u64 {
+        *self.lock_generation()
+    }
+
+    /// Blocks until a change after generation `seen`, or until `timeout` passes; returns
+    /// the generation then. Any VM's change wakes every waiter: a waiter re-reads its one
+    /// record, which costs a pointer copy.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let generation = self.lock_generation();
+        let (generation, _) = self
+            .changed
+            .wait_timeout_while(generation, timeout, |now| *now == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *generation
+    }
+
+    fn bump(&self) {
+        *self.lock_generation() += 1;
+        self.changed.notify_all();
+    }
+
+    fn lock_generation(&self) -> MutexGuard<'_, u64> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn json(&self, id: Uuid) -> Option<Arc<[u8]>> {
@@ -326,7 +364,8 @@ fn load_record(dir: &Path) -> Result<Vm, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::model::{NetworkType, Progress, Status};
+    use crate::vm::model::tests::sample;
+    use std::time::Instant;
 
     fn temp(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("osxb-store-{tag}-{}", std::process::id()));
@@ -335,23 +374,7 @@ mod tests {
     }
 
     fn vm(id: Uuid) -> Vm {
-        Vm {
-            id,
-            image: None,
-            name: None,
-            cpus: 2,
-            memory: 1024,
-            network_type: NetworkType::Nat,
-            headless: true,
-            callback_url: None,
-            ip_address: String::new(),
-            status: Status::Provisioning,
-            guest_os: String::new(),
-            error: None,
-            progress: Progress::default(),
-            created_at: "2026-11-24T17:00:00.000Z".into(),
-            updated_at: "2026-11-24T17:00:00.000Z".into(),
-        }
+        Vm { id, ..sample() }
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -411,6 +434,46 @@ mod tests {
         store.insert(vm(id)).unwrap();
         assert!(dir.join(RECORD_FILE).is_file());
         assert!(dir.join(format!("{id}.vmx")).is_file());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_change_wakes_a_waiter_and_none_times_out() {
+        let root = std::env::temp_dir().join(format!("osxb-store-wait-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (store, _) = VmStore::open(&root).unwrap();
+        let store = Arc::new(store);
+        let mut vm = sample();
+        vm.id = Uuid::new_v4();
+        let id = vm.id;
+        store.insert(vm).unwrap();
+
+        let seen = store.generation();
+        let started = Instant::now();
+        assert_eq!(store.wait_for_change(seen, Duration::from_millis(50)), seen);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // An update that changes nothing is not a change.
+        store
+            .update(id, Durability::MemoryOnly, |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.generation(), seen);
+
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.wait_for_change(seen, Duration::from_secs(60)))
+        };
+        store
+            .update(id, Durability::MemoryOnly, |vm| {
+                vm.ip_address = "172.16.0.9".into()
+            })
+            .unwrap();
+        assert!(waiter.join().unwrap() > seen);
+        // Already past: returns at once.
+        let started = Instant::now();
+        store.wait_for_change(seen, Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(30));
         fs::remove_dir_all(&root).unwrap();
     }
 }

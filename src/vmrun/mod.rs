@@ -333,7 +333,14 @@ impl Vmrun {
         }
         argv.extend(args.iter().cloned());
 
-        crate::info!("{call}: running (limit {} s)", timeout.as_secs_f64());
+        // A clone names its VM in the destination, the first argument after the source.
+        let vm = [vmx, args.first().map(Path::new)]
+            .into_iter()
+            .flatten()
+            .map(vm_prefix)
+            .find(|prefix| !prefix.is_empty())
+            .unwrap_or_default();
+        crate::info!("{vm}{call}: running (limit {} s)", timeout.as_secs_f64());
         let started = Instant::now();
         let outcome = match process::run(&self.settings.path, &argv, timeout, cancel) {
             Ok(finished) => {
@@ -341,7 +348,7 @@ impl Vmrun {
                 let stderr = String::from_utf8_lossy(&finished.stderr);
                 if !finished.output_complete {
                     crate::warn!(
-                        "{call}: exited but a process it started still holds its output open; \
+                        "{vm}{call}: exited but a process it started still holds its output open; \
                          judging the output read so far"
                     );
                 }
@@ -374,6 +381,7 @@ impl Vmrun {
         };
         RawResult {
             call,
+            vm,
             started,
             outcome,
         }
@@ -388,6 +396,7 @@ impl Vmrun {
     ) -> Result<T, VmrunError> {
         let RawResult {
             call,
+            vm,
             started,
             outcome,
         } = raw;
@@ -398,14 +407,14 @@ impl Vmrun {
         let millis = started.elapsed().as_millis();
         let label = match &result {
             Ok((_, label)) => {
-                crate::info!("{call}: {label} after {millis} ms");
+                crate::info!("{vm}{call}: {label} after {millis} ms");
                 *label
             }
             Err(err) => {
                 let text = err.to_string();
                 let prefix = format!("{call}: ");
                 let detail = text.strip_prefix(&prefix).unwrap_or(&text);
-                crate::warn!("{call}: {} after {millis} ms: {detail}", err.code());
+                crate::warn!("{vm}{call}: {} after {millis} ms: {detail}", err.code());
                 err.code()
             }
         };
@@ -426,6 +435,8 @@ impl Vmrun {
 
 struct RawResult {
     call: Call,
+    /// `vm=<id> ` when the call is about one of our VMs, for the log lines.
+    vm: String,
     started: Instant,
     /// stdout on success.
     outcome: Result<String, VmrunError>,
@@ -444,9 +455,36 @@ fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
     }
 }
 
+/// `vm=<id> ` for the VMX of one of our VMs (`vms/<id>/<id>.vmx`), so that a VM's log
+/// lines, its vmrun calls included, can be found by its id; empty for other files.
+fn vm_prefix(vmx: &Path) -> String {
+    vmx.file_stem()
+        .and_then(|stem| stem.to_str())
+        // The canonical form only, as the server names its VMs.
+        .filter(|stem| stem.len() == 36)
+        .and_then(|stem| uuid::Uuid::try_parse(stem).ok())
+        .map(|id| format!("vm={id} "))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_on_our_vms_are_logged_with_their_id() {
+        let id = "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489";
+        assert_eq!(
+            vm_prefix(Path::new(&format!("/d/vms/{id}/{id}.vmx"))),
+            format!("vm={id} ")
+        );
+        assert_eq!(vm_prefix(Path::new("/d/gold/abc/box/gold.vmx")), "");
+        assert_eq!(
+            vm_prefix(Path::new("/d/282ee68a2e4d4bd79c0e7f37e12fc489.vmx")),
+            ""
+        );
+        assert_eq!(vm_prefix(Path::new("-snapshot=osx-builder-base")), "");
+    }
 
     #[test]
     fn the_driver_can_be_shared_between_threads() {

@@ -148,6 +148,9 @@ impl Server {
             .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
             .arg(&data_dir)
             .args(["--ip-poll-interval", "0.05", "--provision-threads", "8"])
+            // No capacity limits unless a test sets them (a later flag wins): tests make
+            // more than the default 2 VMs, and CI disks can have less than 10 GiB free.
+            .args(["--max-vms", "0", "--min-free-disk", "0"])
             .args(&options.args)
             .env("VMWARE_VMRUN_PATH", SIM_BIN)
             .env("VMRUN_SIM_STATE", &sim_state)
@@ -202,6 +205,21 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// True once the log has a line containing `needle`: the log is read from the server's
+    /// stderr by a thread of its own, so a line can arrive after the answer it follows.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no chance to clean up, as after a crash or power loss.

@@ -1,0 +1,70 @@
+//! Query parameters: only `wait` so far, whose values are digits, so no percent-decoding.
+
+use std::time::Duration;
+
+use super::error::ApiError;
+use crate::long_poll::MAX_WAIT;
+
+/// The raw value of `name` in the URL's query, if present.
+pub fn param<'u>(url: &'u str, name: &str) -> Option<&'u str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// `?wait=SECONDS` (decimals allowed); longer than [`MAX_WAIT`] is shortened to it; absent
+/// is zero (no wait).
+pub fn wait(url: &str) -> Result<Duration, ApiError> {
+    let Some(value) = param(url, "wait") else {
+        return Ok(Duration::ZERO);
+    };
+    let invalid = || {
+        ApiError::invalid(
+            "invalid-wait",
+            format!(
+                "wait must be a number of seconds from 0 to {} (longer is shortened to it), got {:?}",
+                MAX_WAIT.as_secs(),
+                value.chars().take(40).collect::<String>()
+            ),
+        )
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(invalid());
+    }
+    let seconds: f64 = value.parse().map_err(|_| invalid())?;
+    if !seconds.is_finite() {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wait() {
+        assert_eq!(wait("/vms/x"), Ok(Duration::ZERO));
+        assert_eq!(wait("/vms/x?wait=5"), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            wait("/vms/x?a=1&wait=0.5#f"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(wait("/vms/x?wait=3600"), Ok(MAX_WAIT));
+        assert_eq!(wait("/vms/x?waiting=3"), Ok(Duration::ZERO));
+        for bad in [
+            "?wait=",
+            "?wait",
+            "?wait=-1",
+            "?wait=1e3",
+            "?wait=abc",
+            "?wait=1.2.3",
+        ] {
+            let err = wait(&format!("/vms/x{bad}")).unwrap_err();
+            assert_eq!(err.code(), "invalid-wait", "{bad}");
+        }
+    }
+}

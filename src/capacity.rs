@@ -1,0 +1,188 @@
+//! Admission: how many VMs this host runs and how much disk it has left, checked before a
+//! create is accepted, so that a refused create costs nothing (no record, no download, no
+//! clone).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::reconcile;
+use crate::vm::{Phase, Status, Vm, VmStore};
+use crate::vmrun::Vmrun;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// VMs at once; 0 for no limit.
+    pub max_vms: u32,
+    /// Bytes to keep free on the data folder's disk; 0 for no floor.
+    pub min_free_disk: u64,
+}
+
+/// Why a create was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortage {
+    Vms { used: u64, limit: u64 },
+    Disk { free: u64, floor: u64 },
+}
+
+impl fmt::Display for Shortage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Vms { used, limit } => write!(
+                f,
+                "this host has {used} VMs in use and its limit is {limit} (--max-vms; Apple's licence allows 2 macOS VMs per Mac)"
+            ),
+            Self::Disk { free, floor } => write!(
+                f,
+                "the data folder's disk has {free} bytes ({}) free, below the floor of {floor} bytes ({}) (--min-free-disk); unused gold images are being evicted, delete VMs or images to make room",
+                gib(*free),
+                gib(*floor)
+            ),
+        }
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Whether one of our records holds a place: a VM being provisioned (it is about to run)
+/// or running. Stopped and failed VMs do not, unless vmrun lists them as running, which
+/// [`used`] adds; a VM being destroyed frees its place as soon as vmrun stops listing it.
+pub fn holds_a_place(vm: &Vm) -> bool {
+    matches!(vm.status, Status::Provisioning | Status::Running)
+        && vm.progress.phase != Phase::Deleting
+}
+
+/// VMs in use: our records that hold a place, plus every VM vmrun lists as running that is
+/// not one of them (a failed VM of ours still running, or a VM someone started by hand in
+/// Fusion: it takes a licence place and memory all the same). `running` is `None` when
+/// vmrun could not tell; then only the records count.
+pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
+    let mut in_use: HashSet<PathBuf> = store
+        .ids()
+        .into_iter()
+        .filter(|id| store.get(*id).is_some_and(|vm| holds_a_place(&vm)))
+        .map(|id| reconcile::canonical(&store.vmx_path(id)))
+        .collect();
+    if let Some(running) = running {
+        in_use.extend(running.iter().cloned());
+    }
+    in_use.len() as u64
+}
+
+/// Checks both limits for one more VM; returns the VMs in use. Reads the records first and
+/// asks vmrun only when they leave room, so a burst of refused creates spawns no vmrun.
+pub fn check(
+    limits: Limits,
+    store: &VmStore,
+    vmrun: &Vmrun,
+    data_dir: &Path,
+) -> Result<u64, Shortage> {
+    check_disk(limits, data_dir)?;
+    if limits.max_vms == 0 {
+        return Ok(used(store, None));
+    }
+    let limit = u64::from(limits.max_vms);
+    let records = used(store, None);
+    if records >= limit {
+        return Err(Shortage::Vms {
+            used: records,
+            limit,
+        });
+    }
+    let running = reconcile::running_set(vmrun);
+    let used = used(store, running.as_ref());
+    if used >= limit {
+        return Err(Shortage::Vms { used, limit });
+    }
+    Ok(used)
+}
+
+/// The free-disk floor alone. A disk whose free space cannot be read passes: `/healthz`
+/// reports that, and refusing every create over it would turn a monitoring gap into an
+/// outage.
+pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
+    if limits.min_free_disk == 0 {
+        return Ok(());
+    }
+    match crate::disk::free_bytes(data_dir) {
+        Ok(free) if free < limits.min_free_disk => Err(Shortage::Disk {
+            free,
+            floor: limits.min_free_disk,
+        }),
+        Ok(_) => Ok(()),
+        Err(err) => {
+            crate::warn!("{err}; the free-disk floor is not checked");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::model::tests::sample;
+    use uuid::Uuid;
+
+    #[test]
+    fn counts_places_from_records_and_running_vms() {
+        let root = std::env::temp_dir().join(format!("osxb-capacity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (store, _) = VmStore::open(&root).unwrap();
+        let mut ids = Vec::new();
+        for (status, phase) in [
+            (Status::Provisioning, Phase::Downloading),
+            (Status::Running, Phase::Ready),
+            (Status::Stopped, Phase::Ready),
+            (Status::Failed, Phase::Failed),
+            (Status::Running, Phase::Deleting),
+        ] {
+            let mut vm = sample();
+            vm.id = Uuid::new_v4();
+            vm.status = status;
+            vm.progress.phase = phase;
+            ids.push(vm.id);
+            store.insert(vm).unwrap();
+        }
+        assert_eq!(used(&store, None), 2);
+        // The running VM of ours is not counted twice; the failed one that still runs and
+        // a stranger's VM are.
+        let running: HashSet<PathBuf> = [
+            reconcile::canonical(&store.vmx_path(ids[1])),
+            reconcile::canonical(&store.vmx_path(ids[3])),
+            PathBuf::from("/Users/someone/Virtual Machines/other.vmx"),
+        ]
+        .into();
+        assert_eq!(used(&store, Some(&running)), 4);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_disk_floor_refuses_with_the_numbers() {
+        let dir = std::env::temp_dir();
+        let no_floor = Limits {
+            max_vms: 2,
+            min_free_disk: 0,
+        };
+        assert_eq!(check_disk(no_floor, &dir), Ok(()));
+        let huge = Limits {
+            max_vms: 2,
+            min_free_disk: u64::MAX,
+        };
+        match check_disk(huge, &dir) {
+            Err(shortage @ Shortage::Disk { .. }) => {
+                assert!(
+                    shortage.to_string().contains("--min-free-disk"),
+                    "{shortage}"
+                )
+            }
+            other => panic!("expected a disk shortage, got {other:?}"),
+        }
+        let text = Shortage::Vms { used: 2, limit: 2 }.to_string();
+        assert!(
+            text.contains("2 VMs in use") && text.contains("limit is 2"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,697 @@
+//! The gold image cache as an operator sees it: what is cached, how big, which VMs depend
+//! on each image and when each was last used; pre-warming before demand; removal; and
+//! eviction of the least recently used images no VM needs, when the cache is over its
+//! budget or the disk under its floor.
+//!
+//! Linked clones read their parent's disk for as long as they live: an image is never
+//! removed while a VM record names it. The check and the removal happen under the
+//! admission lock that creates take, so a create either comes first (its record then
+//! protects the image) or after (it finds no image and downloads it again).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::cancel::Cancel;
+use crate::capacity::{self, Limits};
+use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
+use crate::provision::gold_locks::GoldLocks;
+use crate::vm::{VmError, VmStore};
+
+/// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
+/// last cloned from it. Inside the image's folder so that it goes with it.
+pub const USAGE_FILE: &str = "osx-builder-image.json";
+
+/// Pre-warm downloads at once. Each is a thread and a multi-gigabyte transfer; a client
+/// asking for dozens is more likely a bug than a plan.
+pub const MAX_PREWARMS: usize = 4;
+
+#[derive(Clone, Copy, Debug)]
+pub struct GoldSettings {
+    /// Bytes the gold images may take; 0 for no budget.
+    pub budget: u64,
+    /// The free-disk floor, also a reason to evict; 0 for none.
+    pub min_free_disk: u64,
+}
+
+/// One image as `GET /images` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageEntry {
+    pub checksum: String,
+    /// `ready` (published), `downloading` or `failed` (a pre-warm that did not succeed).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
+    /// Bytes on disk (the unpacked gold VM).
+    pub size_bytes: u64,
+    /// VMs whose records name this image: linked clones that depend on it.
+    pub vms: Vec<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ImageProgress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<VmError>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_used: Option<String>,
+}
+
+/// A pre-warm that is running or that failed (kept so that `GET /images` can say why).
+enum Prewarm {
+    Running(ImageSpec),
+    Failed(ImageSpec, VmError),
+}
+
+/// VMs by the image they were cloned from.
+struct Users {
+    by_checksum: HashMap<String, Vec<Uuid>>,
+    /// VMs adopted from the original server without an image annotation: their parent is
+    /// unknown, so every image may be theirs.
+    unknown: Vec<Uuid>,
+}
+
+pub struct GoldCache {
+    images: Arc<ImageCache>,
+    store: Arc<VmStore>,
+    locks: Arc<GoldLocks>,
+    admission: Arc<Mutex<()>>,
+    data_dir: PathBuf,
+    settings: GoldSettings,
+    prewarms: Mutex<HashMap<String, Prewarm>>,
+    wake: Sender<()>,
+    woken: Receiver<()>,
+}
+
+/// What a pre-warm request did.
+pub enum Prewarmed {
+    /// The image is cached already.
+    Ready(ImageEntry),
+    /// A download runs (started now or before).
+    Started(ImageEntry),
+}
+
+impl GoldCache {
+    pub fn new(
+        images: Arc<ImageCache>,
+        store: Arc<VmStore>,
+        locks: Arc<GoldLocks>,
+        admission: Arc<Mutex<()>>,
+        data_dir: PathBuf,
+        settings: GoldSettings,
+    ) -> Self {
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        Self {
+            images,
+            store,
+            locks,
+            admission,
+            data_dir,
+            settings,
+            prewarms: Mutex::new(HashMap::new()),
+            wake,
+            woken,
+        }
+    }
+
+    /// Every cached image, every download in flight and every failed pre-warm, by checksum.
+    pub fn list(&self) -> Vec<ImageEntry> {
+        let users = self.users();
+        let mut entries: BTreeMap<String, ImageEntry> = BTreeMap::new();
+        for checksum in self.published() {
+            let entry = self.ready_entry(&checksum, &users);
+            entries.insert(checksum, entry);
+        }
+        for (checksum, progress) in self.images.in_flight() {
+            entries
+                .entry(checksum.clone())
+                .or_insert_with(|| self.downloading_entry(&checksum, progress, &users));
+        }
+        for (checksum, prewarm) in lock(&self.prewarms).iter() {
+            if let Prewarm::Failed(spec, error) = prewarm {
+                entries
+                    .entry(checksum.clone())
+                    .or_insert_with(|| ImageEntry {
+                        error: Some(error.clone()),
+                        ..blank(checksum, "failed", Some(spec), &users)
+                    });
+            }
+        }
+        entries.into_values().collect()
+    }
+
+    /// One image, as in [`list`](Self::list).
+    pub fn get(&self, checksum: &str) -> Result<ImageEntry, ApiError> {
+        self.list()
+            .into_iter()
+            .find(|entry| entry.checksum == checksum)
+            .ok_or(ApiError::ImageNotFound)
+    }
+
+    /// Bytes taken by the published gold images.
+    pub fn total_bytes(&self) -> u64 {
+        self.published()
+            .iter()
+            .map(|checksum| size_of(&self.images.gold_root().join(checksum)))
+            .sum()
+    }
+
+    /// Records that a VM is being cloned from `gold` (for least-recently-used eviction) and
+    /// where the image came from (for `GET /images`).
+    pub fn touch(&self, gold: &GoldImage, spec: &ImageSpec) {
+        let usage = Usage {
+            url: Some(spec.url.clone()),
+            checksum_type: Some(spec.checksum_type.as_str().to_string()),
+            last_used: Some(crate::log::rfc3339_now()),
+        };
+        let path = gold.dir.join(USAGE_FILE);
+        let written = serde_json::to_vec(&usage)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                crate::fsutil::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+            });
+        if let Err(err) = written {
+            // Only the eviction order suffers: the folder's time stands in.
+            crate::warn!("cannot record the use of {}: {err}", path.display());
+        }
+    }
+
+    /// Downloads an image in the background, through the same single flight as creates.
+    /// Refused below the free-disk floor, and when [`MAX_PREWARMS`] run already.
+    pub fn prewarm(self: &Arc<Self>, spec: ImageSpec) -> Result<Prewarmed, ApiError> {
+        if let Some(gold) = self.images.lookup(&spec.checksum) {
+            // Asking for it is a sign it is wanted: it moves to the back of the eviction queue.
+            self.touch(&gold, &spec);
+            return Ok(Prewarmed::Ready(self.get(&spec.checksum)?));
+        }
+        capacity::check_disk(self.limits(), &self.data_dir).map_err(ApiError::CapacityExhausted)?;
+        let checksum = spec.checksum.clone();
+        {
+            let mut prewarms = lock(&self.prewarms);
+            let running = prewarms
+                .values()
+                .filter(|p| matches!(p, Prewarm::Running(_)))
+                .count();
+            match prewarms.get(&checksum) {
+                Some(Prewarm::Running(_)) => {}
+                _ if running >= MAX_PREWARMS => {
+                    return Err(ApiError::TooManyPrewarms {
+                        limit: MAX_PREWARMS,
+                    })
+                }
+                _ => {
+                    let cache = self.clone();
+                    let job = spec.clone();
+                    thread::Builder::new()
+                        .name(format!("prewarm-{}", &checksum[..12.min(checksum.len())]))
+                        .spawn(move || cache.run_prewarm(job))
+                        .map_err(|e| {
+                            ApiError::Internal(format!("cannot start a download thread: {e}"))
+                        })?;
+                    prewarms.insert(checksum.clone(), Prewarm::Running(spec.clone()));
+                    crate::info!("pre-warming gold image {checksum} from {}", spec.url);
+                }
+            }
+        }
+        let users = self.users();
+        let progress = self
+            .images
+            .in_flight()
+            .into_iter()
+            .find(|(c, _)| *c == checksum)
+            .map(|(_, p)| p);
+        Ok(Prewarmed::Started(match progress {
+            Some(progress) => self.downloading_entry(&checksum, progress, &users),
+            None => blank(&checksum, "downloading", Some(&spec), &users),
+        }))
+    }
+
+    fn run_prewarm(&self, spec: ImageSpec) {
+        let result = self.images.ensure(&spec, &Cancel::new(), &mut |_| {});
+        let mut prewarms = lock(&self.prewarms);
+        match result {
+            Ok(gold) => {
+                self.touch(&gold, &spec);
+                prewarms.remove(&spec.checksum);
+                crate::info!("gold image {} pre-warmed", spec.checksum);
+            }
+            Err(err) => {
+                crate::warn!(
+                    "pre-warming gold image {} from {} failed: {}: {err}",
+                    spec.checksum,
+                    spec.url,
+                    err.code()
+                );
+                let error = VmError {
+                    code: err.code().to_string(),
+                    message: err.to_string(),
+                };
+                prewarms.insert(spec.checksum.clone(), Prewarm::Failed(spec, error));
+            }
+        }
+    }
+
+    /// `DELETE /images/:checksum`: refused while any VM depends on the image or it is being
+    /// downloaded.
+    pub fn remove(&self, checksum: &str) -> Result<(), ApiError> {
+        if !is_any_digest(checksum) {
+            return Err(ApiError::ImageNotFound);
+        }
+        let retired = {
+            let _admission = lock(&self.admission);
+            let published = self.images.gold_root().join(checksum).is_dir();
+            if !published {
+                // A failed pre-warm is forgotten; anything else is unknown.
+                let mut prewarms = lock(&self.prewarms);
+                return match prewarms.get(checksum) {
+                    Some(Prewarm::Failed(..)) => {
+                        prewarms.remove(checksum);
+                        Ok(())
+                    }
+                    Some(Prewarm::Running(_)) => Err(downloading(checksum)),
+                    None if self.images.in_flight().iter().any(|(c, _)| c == checksum) => {
+                        Err(downloading(checksum))
+                    }
+                    None => Err(ApiError::ImageNotFound),
+                };
+            }
+            if self.images.in_flight().iter().any(|(c, _)| c == checksum) {
+                return Err(downloading(checksum));
+            }
+            let users = self.users();
+            let mut dependent = users.by_checksum.get(checksum).cloned().unwrap_or_default();
+            dependent.extend(&users.unknown);
+            if !dependent.is_empty() {
+                return Err(ApiError::ImageInUse(in_use_message(checksum, &dependent)));
+            }
+            lock(&self.prewarms).remove(checksum);
+            match self.unpublish(checksum)? {
+                Some(retired) => retired,
+                None => return Err(ApiError::ImageNotFound),
+            }
+        };
+        let size = size_of(&retired);
+        remove_retired(&retired);
+        crate::info!("gold image {checksum} deleted ({size} bytes)");
+        Ok(())
+    }
+
+    /// Evicts least-recently-used images that no VM needs while the cache is over its
+    /// budget or the disk under its floor; returns their checksums.
+    pub fn evict(&self) -> Vec<String> {
+        let GoldSettings {
+            budget,
+            min_free_disk: floor,
+        } = self.settings;
+        if budget == 0 && floor == 0 {
+            return Vec::new();
+        }
+        let mut evicted = Vec::new();
+        let mut retired = Vec::new();
+        {
+            let _admission = lock(&self.admission);
+            let users = self.users();
+            if !users.unknown.is_empty() {
+                crate::warn!(
+                    "no gold image is evicted while VMs of unknown image exist ({}): any image may be their parent",
+                    ids(&users.unknown)
+                );
+                return evicted;
+            }
+            let in_flight: Vec<String> = self
+                .images
+                .in_flight()
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            let mut images: Vec<(String, u64, i64)> = self
+                .published()
+                .into_iter()
+                .map(|checksum| {
+                    let dir = self.images.gold_root().join(&checksum);
+                    let last_used = last_used_ms(&dir);
+                    (checksum, size_of(&dir), last_used)
+                })
+                .collect();
+            let mut total: u64 = images.iter().map(|(_, size, _)| size).sum();
+            images.retain(|(checksum, _, _)| {
+                !users.by_checksum.contains_key(checksum) && !in_flight.contains(checksum)
+            });
+            images.sort_by_key(|(_, _, last_used)| *last_used);
+            let mut freed = 0u64;
+            for (checksum, size, _) in images {
+                let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
+                let reason = if budget > 0 && total > budget {
+                    format!("the cache holds {total} bytes, over its budget of {budget} (--cache-budget)")
+                } else if floor > 0 && free.as_ref().is_ok_and(|free| *free < floor) {
+                    format!(
+                        "the disk has {} bytes free, under the floor of {floor} (--min-free-disk)",
+                        free.unwrap_or(0)
+                    )
+                } else {
+                    break;
+                };
+                match self.unpublish(&checksum) {
+                    Ok(Some(path)) => {
+                        crate::info!("evicting gold image {checksum} ({size} bytes), used by no VM: {reason}");
+                        retired.push(path);
+                        evicted.push(checksum);
+                        total = total.saturating_sub(size);
+                        freed += size;
+                    }
+                    Ok(None) => {}
+                    Err(err) => crate::warn!("cannot evict gold image {checksum}: {err}"),
+                }
+            }
+        }
+        // Outside the lock: removing tens of gigabytes must not hold up creates.
+        for path in retired {
+            remove_retired(&path);
+        }
+        evicted
+    }
+
+    /// Told by the image cache when a download ends: a published image replaces any failed
+    /// pre-warm of it, and may put the cache over its budget.
+    pub fn download_finished(&self, checksum: &str, published: bool) {
+        if published {
+            let mut prewarms = lock(&self.prewarms);
+            if matches!(prewarms.get(checksum), Some(Prewarm::Failed(..))) {
+                prewarms.remove(checksum);
+            }
+            drop(prewarms);
+            self.request_eviction();
+        }
+    }
+
+    /// Asks the housekeeper to run an eviction soon (after a download, say).
+    pub fn request_eviction(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Evicts after each request and every `interval`, on a thread of its own.
+    pub fn start_housekeeper(self: &Arc<Self>, interval: Duration) {
+        let cache = self.clone();
+        let spawned = thread::Builder::new()
+            .name("gold-cache".into())
+            .spawn(move || loop {
+                let _ = cache.woken.recv_timeout(interval);
+                cache.evict();
+            });
+        if let Err(err) = spawned {
+            crate::error!("cannot start the gold cache housekeeper: {err}; images are not evicted");
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_vms: 0,
+            min_free_disk: self.settings.min_free_disk,
+        }
+    }
+
+    /// Takes the image out under its gold lock (no clone of it is running then, and the
+    /// next one makes the base snapshot afresh on a new download).
+    fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, ApiError> {
+        let gold_lock = self.locks.get(checksum);
+        let mut state = gold_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let retired = self
+            .images
+            .unpublish(checksum)
+            .map_err(|e| ApiError::Internal(format!("cannot remove gold image {checksum}: {e}")))?;
+        state.snapshot_ready = false;
+        Ok(retired)
+    }
+
+    fn published(&self) -> Vec<String> {
+        self.images.gold_checksums().unwrap_or_else(|err| {
+            crate::warn!("cannot list the gold images: {err}");
+            Vec::new()
+        })
+    }
+
+    fn users(&self) -> Users {
+        let mut users = Users {
+            by_checksum: HashMap::new(),
+            unknown: Vec::new(),
+        };
+        for id in self.store.ids() {
+            let Some(vm) = self.store.get(id) else {
+                continue;
+            };
+            match vm.image {
+                Some(image) => users
+                    .by_checksum
+                    .entry(image.checksum)
+                    .or_default()
+                    .push(id),
+                None => users.unknown.push(id),
+            }
+        }
+        for list in users.by_checksum.values_mut() {
+            list.sort();
+        }
+        users
+    }
+
+    fn ready_entry(&self, checksum: &str, users: &Users) -> ImageEntry {
+        let dir = self.images.gold_root().join(checksum);
+        let usage = read_usage(&dir);
+        ImageEntry {
+            url: usage.url,
+            checksum_type: usage.checksum_type,
+            size_bytes: size_of(&dir),
+            last_used: usage.last_used.or_else(|| {
+                let ms = last_used_ms(&dir);
+                (ms > 0).then(|| crate::log::rfc3339(ms / 1000, (ms % 1000) as u32))
+            }),
+            ..blank(checksum, "ready", None, users)
+        }
+    }
+
+    fn downloading_entry(
+        &self,
+        checksum: &str,
+        progress: ImageProgress,
+        users: &Users,
+    ) -> ImageEntry {
+        let spec = match lock(&self.prewarms).get(checksum) {
+            Some(Prewarm::Running(spec)) => Some(spec.clone()),
+            _ => users.by_checksum.get(checksum).and_then(|ids| {
+                ids.iter()
+                    .find_map(|id| self.store.get(*id).and_then(|vm| vm.image))
+            }),
+        };
+        ImageEntry {
+            progress: Some(progress),
+            ..blank(checksum, "downloading", spec.as_ref(), users)
+        }
+    }
+}
+
+fn blank(
+    checksum: &str,
+    state: &'static str,
+    spec: Option<&ImageSpec>,
+    users: &Users,
+) -> ImageEntry {
+    ImageEntry {
+        checksum: checksum.to_string(),
+        state,
+        url: spec.map(|s| s.url.clone()),
+        checksum_type: spec.map(|s| s.checksum_type.as_str().to_string()),
+        size_bytes: 0,
+        vms: users.by_checksum.get(checksum).cloned().unwrap_or_default(),
+        last_used: None,
+        progress: None,
+        error: None,
+    }
+}
+
+fn downloading(checksum: &str) -> ApiError {
+    ApiError::ImageInUse(format!(
+        "gold image {checksum} is being downloaded; delete it once GET /images shows it ready"
+    ))
+}
+
+fn in_use_message(checksum: &str, dependent: &[Uuid]) -> String {
+    format!(
+        "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
+        dependent.len(),
+        ids(dependent)
+    )
+}
+
+fn ids(list: &[Uuid]) -> String {
+    let shown: Vec<String> = list.iter().take(10).map(Uuid::to_string).collect();
+    let more = list.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+fn read_usage(dir: &Path) -> Usage {
+    std::fs::read(dir.join(USAGE_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// When a VM was last cloned from the image, in milliseconds since the epoch: from the
+/// usage file, else the folder's time (images published by the original server, or not
+/// used since). 0 when neither can be read: such an image is evicted first.
+fn last_used_ms(dir: &Path) -> i64 {
+    if let Some(ms) = read_usage(dir)
+        .last_used
+        .as_deref()
+        .and_then(crate::leases::parse_rfc3339_ms)
+    {
+        return ms;
+    }
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn size_of(dir: &Path) -> u64 {
+    crate::disk::dir_size(dir).unwrap_or_else(|err| {
+        crate::warn!("{err}");
+        0
+    })
+}
+
+fn remove_retired(path: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(path) {
+        // The next start removes it (it has a staging name).
+        crate::warn!(
+            "cannot remove {}: {err}; it is removed at the next start",
+            path.display()
+        );
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageSettings;
+    use crate::vm::model::tests::sample;
+
+    const SUMS: [&str; 3] = [
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333",
+    ];
+
+    fn cache(tag: &str, budget: u64) -> (Arc<GoldCache>, Arc<VmStore>, PathBuf) {
+        let data = std::env::temp_dir().join(format!("osxb-gold-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let images = Arc::new(ImageCache::new(ImageSettings::new(&data)).unwrap());
+        let (store, _) = VmStore::open(&data.join("vms")).unwrap();
+        let store = Arc::new(store);
+        let gold = GoldCache::new(
+            images,
+            store.clone(),
+            Arc::default(),
+            Arc::default(),
+            data.clone(),
+            GoldSettings {
+                budget,
+                min_free_disk: 0,
+            },
+        );
+        (Arc::new(gold), store, data)
+    }
+
+    /// A gold folder of 1000 bytes (plus its usage file) last used at `last_used`.
+    fn publish(data: &Path, checksum: &str, last_used: &str) {
+        let dir = data.join("gold").join(checksum);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gold.vmx"), vec![b'x'; 1000]).unwrap();
+        let usage = format!("{{\"url\":\"http://127.0.0.1/{checksum}\",\"checksum_type\":\"sha1\",\"last_used\":\"{last_used}\"}}");
+        std::fs::write(dir.join(USAGE_FILE), usage).unwrap();
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_images_no_vm_uses_until_under_budget() {
+        let (gold, store, data) = cache("lru", 2500);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        publish(&data, SUMS[1], "2026-02-01T00:00:00.000Z");
+        publish(&data, SUMS[2], "2026-03-01T00:00:00.000Z");
+        // The oldest is the parent of a VM: never evicted, whatever its age.
+        let mut vm = sample();
+        vm.id = Uuid::new_v4();
+        if let Some(image) = vm.image.as_mut() {
+            image.checksum = SUMS[0].into();
+        }
+        store.insert(vm).unwrap();
+
+        assert_eq!(gold.evict(), vec![SUMS[1].to_string()]);
+        let left: Vec<String> = gold.list().into_iter().map(|e| e.checksum).collect();
+        assert_eq!(left, vec![SUMS[0].to_string(), SUMS[2].to_string()]);
+        assert!(
+            gold.total_bytes() <= 2500 + 2 * 200,
+            "{}",
+            gold.total_bytes()
+        );
+        // Under budget now: nothing more goes.
+        assert!(gold.evict().is_empty());
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn a_vm_of_unknown_image_blocks_eviction_and_deletion() {
+        let (gold, store, data) = cache("unknown", 1);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        let mut vm = sample();
+        vm.id = Uuid::new_v4();
+        vm.image = None;
+        store.insert(vm).unwrap();
+        assert!(gold.evict().is_empty());
+        let err = gold.remove(SUMS[0]).unwrap_err();
+        assert_eq!(err.code(), "image-in-use");
+        assert_eq!(gold.list().len(), 1);
+        assert_eq!(gold.remove(SUMS[1]).unwrap_err().code(), "image-not-found");
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn no_budget_and_no_floor_evicts_nothing() {
+        let (gold, _store, data) = cache("none", 0);
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        assert!(gold.evict().is_empty());
+        let entry = gold.get(SUMS[0]).unwrap();
+        assert_eq!(entry.state, "ready");
+        assert_eq!(entry.last_used.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+        assert_eq!(
+            entry.url.as_deref(),
+            Some(&*format!("http://127.0.0.1/{}", SUMS[0]))
+        );
+        assert!(entry.size_bytes > 1000);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}

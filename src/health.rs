@@ -1,0 +1,181 @@
+//! `GET /healthz`: can this server make VMs now? For load balancers, launchd watchdogs and
+//! people. Each check says what it found; the answer is 503 when one fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::vmrun::Vmrun;
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// `ok` or `failing`.
+    pub status: &'static str,
+    /// `unhealthy` when failing, so the body reads like the API's other errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The names of the failing checks.
+    pub failing: Vec<&'static str>,
+    pub checks: BTreeMap<&'static str, Check>,
+    /// Draining is not a failure: the VMs there are still served.
+    pub draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_bytes: Option<u64>,
+}
+
+impl Check {
+    fn new(result: Result<String, String>) -> Self {
+        let (ok, message) = match result {
+            Ok(message) => (true, message),
+            Err(message) => (false, message),
+        };
+        Self {
+            ok,
+            message,
+            free_bytes: None,
+            min_free_bytes: None,
+        }
+    }
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        self.failing.is_empty()
+    }
+
+    pub fn status_code(&self) -> u16 {
+        if self.is_ok() {
+            200
+        } else {
+            503
+        }
+    }
+}
+
+/// Runs every check: vmrun is there and `vmrun list` answers; the data folder takes a file;
+/// the disk is above the floor.
+pub fn check(
+    vmrun: &Vmrun,
+    data_dir: &Path,
+    min_free_disk: u64,
+    draining_since: Option<String>,
+) -> Health {
+    let mut checks = BTreeMap::new();
+    checks.insert("vmrun", Check::new(check_vmrun(vmrun)));
+    checks.insert("data_dir", Check::new(check_writable(data_dir)));
+    checks.insert("disk", check_disk(data_dir, min_free_disk));
+    let failing: Vec<&'static str> = checks
+        .iter()
+        .filter(|(_, check)| !check.ok)
+        .map(|(name, _)| *name)
+        .collect();
+    let message = (!failing.is_empty()).then(|| {
+        failing
+            .iter()
+            .map(|name| format!("{name}: {}", checks[name].message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    Health {
+        status: if failing.is_empty() { "ok" } else { "failing" },
+        code: (!failing.is_empty()).then_some("unhealthy"),
+        message,
+        failing,
+        checks,
+        draining: draining_since.is_some(),
+        draining_since,
+    }
+}
+
+fn check_vmrun(vmrun: &Vmrun) -> Result<String, String> {
+    vmrun.check_available().map_err(|e| e.to_string())?;
+    let running = vmrun.list().map_err(|e| e.to_string())?;
+    Ok(format!("vmrun list answers: {} VMs running", running.len()))
+}
+
+/// Writes and removes a probe file: a folder can be there and readable, and still refuse
+/// writes (permissions, a read-only remount after a disk error, a full quota).
+fn check_writable(data_dir: &Path) -> Result<String, String> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let probe = data_dir.join(format!(
+        ".healthz-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        format!(
+            "cannot write in the data folder {}: {e}",
+            data_dir.display()
+        )
+    })?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("cannot remove the probe {}: {e}", probe.display()))?;
+    Ok(format!("{} is writable", data_dir.display()))
+}
+
+fn check_disk(data_dir: &Path, floor: u64) -> Check {
+    let free = crate::disk::free_bytes(data_dir);
+    let result = match &free {
+        Err(err) => Err(err.to_string()),
+        Ok(free) if *free < floor => Err(format!(
+            "{free} bytes free, under the floor of {floor} (--min-free-disk): creates are refused"
+        )),
+        Ok(free) => Ok(format!("{free} bytes free")),
+    };
+    Check {
+        free_bytes: free.ok(),
+        min_free_bytes: Some(floor),
+        ..Check::new(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmrun::VmrunSettings;
+
+    #[test]
+    fn names_each_failing_check() {
+        let dir = std::env::temp_dir().join(format!("osxb-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vmrun = Vmrun::new(VmrunSettings::new(dir.join("no-vmrun-here")));
+        let health = check(
+            &vmrun,
+            &dir,
+            u64::MAX,
+            Some("2026-11-24T17:00:00.000Z".into()),
+        );
+        assert_eq!(health.status_code(), 503);
+        assert_eq!(health.failing, vec!["disk", "vmrun"]);
+        assert!(health.checks["data_dir"].ok);
+        let message = health.message.clone().unwrap();
+        assert!(
+            message.contains("vmrun: ") && message.contains("disk: "),
+            "{message}"
+        );
+        assert!(health.draining);
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(json["code"], "unhealthy");
+        assert_eq!(json["checks"]["disk"]["min_free_bytes"], u64::MAX);
+
+        let missing = dir.join("not-there");
+        let health = check(&vmrun, &missing, 0, None);
+        assert!(health.failing.contains(&"data_dir"), "{health:?}");
+        assert!(!health.draining);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,196 @@
+//! Admission through the real binary: the VM limit (counting VMs vmrun lists that are not
+//! ours), the free-disk floor, and drain. A refused create must cost nothing: no record,
+//! no download, no vmrun clone.
+
+mod common;
+mod fleet_support;
+
+use common::sha1_hex;
+use fleet_support::{call, eventually, image_body, options, World};
+use serde_json::Value;
+
+fn clone_calls(world: &World) -> usize {
+    world
+        .server
+        .sim_calls()
+        .iter()
+        .filter(|c| c["args"].to_string().contains("\"clone\""))
+        .count()
+}
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
+    let w = World::start("cap-limit", options(&["--max-vms", "1"]));
+    let first = w.create(&w.body());
+    w.server.wait_ready(&first);
+
+    // A second image, so that a download would show on the file server.
+    let other = common::gold_tar_gz("other");
+    let other_sum = sha1_hex(&other);
+    let other_url = w.files.add("/other.tar.gz", other);
+    let clones = clone_calls(&w);
+    let answer = call(
+        "POST",
+        &w.server.url("/vms"),
+        Some(&image_body(&other_url, &other_sum).to_string()),
+        &[],
+    );
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    let err = answer.json();
+    assert_eq!(err["code"], "capacity-exhausted");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 VMs in use") && message.contains("limit is 1"),
+        "{message}"
+    );
+    assert_eq!(answer.header("Retry-After"), Some("60"));
+    assert_eq!(w.vm_count(), 1, "no record for the refused VM");
+    assert_eq!(w.files.hits("/other.tar.gz"), 0, "nothing downloaded");
+    assert_eq!(clone_calls(&w), clones, "nothing cloned");
+    assert!(!w.server.data_dir.join("gold").join(&other_sum).exists());
+
+    let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    assert_eq!(
+        metric(&metrics, "osx_builder_capacity_used "),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "osx_builder_capacity_limit "), Some(1.0));
+
+    // A delete frees the place.
+    let (status, _) = w.server.delete_vm(&first);
+    assert_eq!(status, 204);
+    let second = w.create(&image_body(&other_url, &other_sum));
+    w.server.wait_ready(&second);
+}
+
+#[test]
+fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
+    let w = World::start("cap-foreign", options(&["--max-vms", "2"]));
+    // Someone started a VM by hand in Fusion.
+    let foreign = w.dir.path().join("by-hand");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let vmx = foreign.join("mine.vmx");
+    std::fs::write(&vmx, ".encoding = \"UTF-8\"\ndisplayName = \"mine\"\n").unwrap();
+    w.server.sim(&["start", vmx.to_str().unwrap(), "nogui"]);
+    assert!(w.server.sim(&["list"]).contains("mine.vmx"));
+
+    let first = w.create(&w.body());
+    w.server.wait_ready(&first);
+    let answer = call(
+        "POST",
+        &w.server.url("/vms"),
+        Some(&w.body().to_string()),
+        &[],
+    );
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 VMs in use"));
+
+    // Once the stranger's VM stops, its place is free again.
+    w.server.sim(&["stop", vmx.to_str().unwrap(), "hard"]);
+    let second = w.create(&w.body());
+    w.server.wait_ready(&second);
+}
+
+#[test]
+fn under_the_disk_floor_creates_are_refused_and_health_says_why() {
+    // No disk has 1 EiB free.
+    let w = World::start("cap-disk", options(&["--min-free-disk", "1048576TiB"]));
+    let answer = call(
+        "POST",
+        &w.server.url("/vms"),
+        Some(&w.body().to_string()),
+        &[],
+    );
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    let err = answer.json();
+    assert_eq!(err["code"], "capacity-exhausted");
+    assert!(
+        err["message"].as_str().unwrap().contains("--min-free-disk"),
+        "{err}"
+    );
+    assert_eq!(answer.header("Retry-After"), Some("60"));
+    assert_eq!(w.vm_count(), 0);
+    assert_eq!(w.files.hits("/gold.tar.gz"), 0);
+
+    let health = call("GET", &w.server.url("/healthz"), None, &[]);
+    assert_eq!(health.status, 503);
+    let body = health.json();
+    assert_eq!(body["failing"], serde_json::json!(["disk"]), "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("disk: "));
+}
+
+#[test]
+fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
+    let dir = common::TempDir::new("drain");
+    let files = common::http::FileServer::start();
+    let archive = common::gold_tar_gz("box");
+    let checksum = sha1_hex(&archive);
+    let url = files.add("/gold.tar.gz", archive);
+    let body = image_body(&url, &checksum).to_string();
+    let server = common::Server::start(dir.path());
+    let (_, vm) = server.create(&image_body(&url, &checksum));
+    let id = vm["id"].as_str().unwrap().to_string();
+    server.wait_ready(&id);
+
+    let drained = call("POST", &server.url("/drain"), None, &[]);
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    assert_eq!(drained.json()["draining"], true);
+    assert_eq!(drained.json()["vms"], 1);
+    let since = drained.json()["since"].clone();
+    assert!(since.is_string());
+
+    let refused = call("POST", &server.url("/vms"), Some(&body), &[]);
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["code"], "draining");
+    assert_eq!(refused.header("Retry-After"), Some("300"));
+    // The VM there keeps running and answering.
+    let vm = server.wait_ready(&id);
+    assert_eq!(vm["status"], "running");
+    let health = call("GET", &server.url("/healthz"), None, &[]);
+    assert_eq!(
+        health.status,
+        200,
+        "draining is not unhealthy: {}",
+        health.text()
+    );
+    assert_eq!(health.json()["draining"], true);
+    let metrics = call("GET", &server.url("/metrics"), None, &[]).text();
+    assert_eq!(metric(&metrics, "osx_builder_draining "), Some(1.0));
+
+    // A restart (the maintenance reboots the Mac) keeps the drain.
+    assert!(server.terminate().success());
+    let server = common::Server::start(dir.path());
+    assert!(server.wait_log("draining since"));
+    let state = call("GET", &server.url("/drain"), None, &[]);
+    assert_eq!(state.json()["draining"], true);
+    assert_eq!(state.json()["since"], since);
+    let refused = call("POST", &server.url("/vms"), Some(&body), &[]);
+    assert_eq!(refused.json()["code"], "draining");
+
+    let undrained = call("POST", &server.url("/undrain"), None, &[]);
+    assert_eq!(undrained.status, 200);
+    assert_eq!(undrained.json()["draining"], false);
+    let again = call("DELETE", &server.url("/drain"), None, &[]);
+    assert_eq!(again.json()["draining"], false);
+    let created = call("POST", &server.url("/vms"), Some(&body), &[]);
+    assert_eq!(created.status, 202, "{}", created.text());
+    let new_id = created.json()["id"].as_str().unwrap().to_string();
+    server.wait_ready(&new_id);
+    let metrics = call("GET", &server.url("/metrics"), None, &[]).text();
+    assert_eq!(metric(&metrics, "osx_builder_draining "), Some(0.0));
+    eventually("two VMs listed", || {
+        let list: Value = call("GET", &server.url("/vms"), None, &[]).json();
+        (list.as_array().map_or(0, Vec::len) == 2).then_some(())
+    });
+}
