@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod config;
 pub mod disk;
 pub mod drain;
+pub mod fd_limit;
 pub mod fsutil;
 pub mod gold;
 pub mod health;

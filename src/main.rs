@@ -49,6 +49,13 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
+    match osx_builder::fd_limit::raise() {
+        Ok(limit) if limit < 1024 => warn!(
+            "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"
+        ),
+        Ok(_) => {}
+        Err(err) => warn!("cannot raise the open-file limit: {err}"),
+    }
     // Settings that read files are checked before anything starts: a typo in a secret's
     // path must stop the server, not run it open or unsigned.
     let auth = Auth::from_settings(config.token.clone(), config.token_file.clone())

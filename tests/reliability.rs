@@ -195,3 +195,35 @@ fn an_image_larger_than_the_free_disk_fails_with_disk_full() {
     let (status, _) = request("GET", &server.url("/vms"), None, &[]);
     assert_eq!(status, 200);
 }
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    // As under launchd, which starts daemons with a soft limit of 256.
+    let dir = TempDir::new("nofile");
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if limit.rlim_max < 1024 {
+        println!("skipped: the hard limit here is {}", limit.rlim_max);
+        return;
+    }
+    let lowered = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: limit.rlim_max,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) };
+    let server = Server::start(dir.path());
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    let Ok(limits) = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())) else {
+        println!("skipped: no /proc on this system");
+        return;
+    };
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(soft > 256 && soft >= limit.rlim_max.min(10_240), "{line}");
+}

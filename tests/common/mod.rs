@@ -222,6 +222,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to clean up, as after a crash or power loss.
     pub fn kill(mut self) {
         let _ = self.child.kill();
