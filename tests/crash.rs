@@ -1085,20 +1085,5 @@ fn killed_at_random_moments() {
 
 const TOOLS_MSG: &str = "The VMware Tools are not running in the virtual machine: x";
 
-const GOLD_VMX: &str = "\
-.encoding = \"UTF-8\"
-config.version = \"8\"
-virtualHW.version = \"19\"
-displayName = \"gold\"
-guestOS = \"darwin21-64\"
-memsize = \"2048\"
-numvcpus = \"1\"
-scsi0.present = \"TRUE\"
-scsi0:0.present = \"TRUE\"
-scsi0:0.fileName = \"disk.vmdk\"
-ethernet0.present = \"TRUE\"
-ethernet0.connectionType = \"nat\"
-";
-
-const DISK: &[u8] =
-    b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
+use common::GOLD_VMX;
+const DISK: &[u8] = common::DISK_DESCRIPTOR.as_bytes();

@@ -792,19 +792,4 @@ fn is_simulator(pid: i32) -> bool {
     }
 }
 
-const GOLD_VMX: &str = "\
-.encoding = \"UTF-8\"
-config.version = \"8\"
-virtualHW.version = \"19\"
-displayName = \"gold\"
-guestOS = \"darwin21-64\"
-memsize = \"2048\"
-numvcpus = \"1\"
-scsi0.present = \"TRUE\"
-scsi0:0.present = \"TRUE\"
-scsi0:0.fileName = \"disk.vmdk\"
-ethernet0.present = \"TRUE\"
-ethernet0.connectionType = \"nat\"
-";
-
-const DISK: &str = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
+use common::{DISK_DESCRIPTOR as DISK, GOLD_VMX};

@@ -45,15 +45,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A small gold VM as a tar.gz: `<top>/gold.vmx` and its disk.
-pub fn gold_tar_gz(top: &str) -> Vec<u8> {
-    gold_tar_gz_padded(top, 0)
-}
-
-/// The same with `pad` bytes of incompressible data in an extra file, so that a trickled
-/// download takes long enough to be caught in progress.
-pub fn gold_tar_gz_padded(top: &str, pad: usize) -> Vec<u8> {
-    let vmx = "\
+/// The lines every test gold VMX shares: a macOS guest with one disk and one NIC.
+macro_rules! gold_vmx_head {
+    () => {
+        "\
 .encoding = \"UTF-8\"
 config.version = \"8\"
 virtualHW.version = \"19\"
@@ -65,14 +60,35 @@ scsi0.present = \"TRUE\"
 scsi0:0.present = \"TRUE\"
 scsi0:0.fileName = \"disk.vmdk\"
 ethernet0.present = \"TRUE\"
-ethernet0.connectionType = \"bridged\"
+"
+    };
+}
+
+/// A gold VMX with a single NAT NIC, for tests that build their own archives.
+pub const GOLD_VMX: &str = concat!(gold_vmx_head!(), "ethernet0.connectionType = \"nat\"\n");
+
+/// The text of the gold VM's disk (the simulator only reads its name).
+pub const DISK_DESCRIPTOR: &str = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
+
+/// A small gold VM as a tar.gz: `<top>/gold.vmx` and its disk.
+pub fn gold_tar_gz(top: &str) -> Vec<u8> {
+    gold_tar_gz_padded(top, 0)
+}
+
+/// The same with `pad` bytes of incompressible data in an extra file, so that a trickled
+/// download takes long enough to be caught in progress.
+pub fn gold_tar_gz_padded(top: &str, pad: usize) -> Vec<u8> {
+    let vmx = concat!(
+        gold_vmx_head!(),
+        "ethernet0.connectionType = \"bridged\"
 ethernet0.virtualDev = \"e1000e\"
 ethernet0.addressType = \"generated\"
 ethernet0.generatedAddress = \"00:0c:29:aa:bb:cc\"
 ethernet1.present = \"TRUE\"
 ethernet1.connectionType = \"hostonly\"
-";
-    let disk = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
+"
+    );
+    let disk = DISK_DESCRIPTOR;
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
