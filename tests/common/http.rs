@@ -31,6 +31,38 @@ pub fn request_raw(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<u8>) {
+    let answer = call(method, url, body, headers);
+    (answer.status, answer.body)
+}
+
+/// An answer with its headers.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 call (`Connection: close`). A body without a `Content-Type` in `headers` is
+/// sent as JSON.
+pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Answer {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -66,31 +98,19 @@ pub fn request_raw(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut length = None;
-    let mut chunked = false;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse::<usize>().ok();
-            }
-            if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
-            }
-        }
-    }
+    let headers = read_headers(&mut reader);
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let length = value("content-length").and_then(|v| v.parse::<usize>().ok());
+    let chunked = value("transfer-encoding").is_some_and(|v| v.contains("chunked"));
     let mut body = Vec::new();
     if method == "HEAD" {
-        return (status, body);
-    }
-    if chunked {
+        // A HEAD answer announces a length but carries no body.
+    } else if chunked {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size).unwrap();
@@ -108,7 +128,30 @@ pub fn request_raw(
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    (status, body)
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Header lines up to the blank line that ends them.
+pub fn read_headers(reader: &mut impl BufRead) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    headers
 }
 
 /// Reads one request from `stream` and returns its body.
