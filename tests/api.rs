@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::http::{request, request_raw, FileServer};
-use common::{gold_tar_gz, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir};
+use common::{gold_tar_gz, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir, World};
 use serde_json::{json, Value};
 
 fn create_body(url: &str, checksum: &str) -> Value {
@@ -17,30 +17,6 @@ fn create_body(url: &str, checksum: &str) -> Value {
         "image": {"url": url, "checksum": checksum, "checksum_type": "sha1"},
         "headless": true
     })
-}
-
-struct World {
-    _dir: TempDir,
-    files: FileServer,
-    server: Server,
-    url: String,
-    checksum: String,
-}
-
-fn world(tag: &str, options: ServerOptions) -> World {
-    let dir = TempDir::new(tag);
-    let files = FileServer::start();
-    let archive = gold_tar_gz("box");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/gold.tar.gz", archive);
-    let server = Server::start_with(dir.path(), options);
-    World {
-        _dir: dir,
-        files,
-        server,
-        url,
-        checksum,
-    }
 }
 
 fn options(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
@@ -55,7 +31,7 @@ fn options(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
 
 #[test]
 fn seed_flow_create_poll_callback_delete() {
-    let w = world(
+    let w = World::start(
         "seed",
         options(
             &[
@@ -146,7 +122,7 @@ fn seed_flow_create_poll_callback_delete() {
 
 #[test]
 fn six_concurrent_creates_share_one_download_and_one_snapshot() {
-    let w = world("six", options(&[("VMRUN_SIM_CLONE_MS", "150")], &[]));
+    let w = World::start("six", options(&[("VMRUN_SIM_CLONE_MS", "150")], &[]));
     let ids: Vec<String> = (0..6)
         .map(|_| {
             let base = w.server.base.clone();
@@ -203,7 +179,7 @@ fn six_concurrent_creates_share_one_download_and_one_snapshot() {
 
 #[test]
 fn invalid_requests_get_the_documented_status_and_code() {
-    let w = world("valid", ServerOptions::default());
+    let w = World::start("valid", ServerOptions::default());
     let good = create_body(&w.url, &w.checksum);
     let with = |key: &str, value: Value| {
         let mut b = good.clone();
@@ -340,7 +316,7 @@ fn create_and_fail(w: &World) -> Value {
 
 #[test]
 fn vmrun_failures_fail_the_vm_with_vmruns_message() {
-    let w = world("fail", ServerOptions::default());
+    let w = World::start("fail", ServerOptions::default());
     for (fault, code, needle) in [
         (
             "clone fail Insufficient permissions in the host operating system",
@@ -375,7 +351,7 @@ fn vmrun_failures_fail_the_vm_with_vmruns_message() {
 
 #[test]
 fn hung_vmrun_is_killed_at_its_timeout() {
-    let w = world(
+    let w = World::start(
         "hang",
         options(
             &[],
@@ -406,7 +382,7 @@ fn hung_vmrun_is_killed_at_its_timeout() {
 
 #[test]
 fn a_vm_being_provisioned_can_be_deleted() {
-    let w = world(
+    let w = World::start(
         "cancel",
         options(&[("VMRUN_SIM_TOOLS_DELAY_MS", "600000")], &[]),
     );
@@ -425,7 +401,7 @@ fn a_vm_being_provisioned_can_be_deleted() {
 
 #[test]
 fn delete_of_a_locked_vm_is_a_409() {
-    let w = world("locked", ServerOptions::default());
+    let w = World::start("locked", ServerOptions::default());
     let (_, vm) = w.server.create(&create_body(&w.url, &w.checksum));
     let id = vm["id"].as_str().unwrap().to_string();
     w.server.wait_ready(&id);
@@ -517,7 +493,7 @@ fn missing_vmrun_is_reported_at_start_and_on_create() {
 #[test]
 fn callbacks_are_retried_after_a_5xx_and_sent_on_failure_with_the_id() {
     // One provisioning thread: a callback that held it would hold every VM behind it.
-    let w = world("callback", options(&[], &["--provision-threads", "1"]));
+    let w = World::start("callback", options(&[], &["--provision-threads", "1"]));
     let receiver = CallbackReceiver::start_failing(2);
     let mut body = create_body(&w.url, &w.checksum);
     body["callback_url"] = json!(receiver.url);

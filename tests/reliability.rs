@@ -4,7 +4,7 @@
 mod common;
 
 use common::http::{request, Delivery, FileServer};
-use common::{gold_tar_gz, gold_tar_gz_padded, sha1_hex, Server, ServerOptions, TempDir};
+use common::{gold_tar_gz_padded, sha1_hex, Server, ServerOptions, TempDir, World};
 use serde_json::{json, Value};
 
 fn body(url: &str, checksum: &str) -> Value {
@@ -25,12 +25,13 @@ fn count_vms(server: &Server) -> usize {
 
 #[test]
 fn a_retried_create_with_the_same_key_gets_the_same_vm() {
-    let dir = TempDir::new("idem");
-    let files = FileServer::start();
-    let archive = gold_tar_gz("");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/g.tar.gz", archive);
-    let server = Server::start(dir.path());
+    let World {
+        dir,
+        files: _files,
+        server,
+        url,
+        checksum,
+    } = World::start("idem", ServerOptions::default());
     let text = body(&url, &checksum).to_string();
     let headers = [("Idempotency-Key", "build-42")];
     let (s1, first) = request("POST", &server.url("/vms"), Some(&text), &headers);
@@ -93,12 +94,13 @@ fn vms_of_the_original_go_server_are_adopted_and_strangers_left_alone() {
 
 #[test]
 fn reconcile_notices_vms_stopped_or_removed_behind_its_back() {
-    let dir = TempDir::new("reconcile");
-    let files = FileServer::start();
-    let archive = gold_tar_gz("vm");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/g.tar.gz", archive);
-    let server = Server::start_with(dir.path(), options(&["--reconcile-interval", "0.2"]));
+    let World {
+        dir: _dir,
+        files: _files,
+        server,
+        url,
+        checksum,
+    } = World::start("reconcile", options(&["--reconcile-interval", "0.2"]));
     let (_, a) = server.create(&body(&url, &checksum));
     let (_, b) = server.create(&body(&url, &checksum));
     let (a, b) = (
@@ -132,12 +134,13 @@ fn reconcile_notices_vms_stopped_or_removed_behind_its_back() {
 
 #[test]
 fn stale_locks_are_removed_at_start_and_live_ones_kept() {
-    let dir = TempDir::new("locks");
-    let files = FileServer::start();
-    let archive = gold_tar_gz("");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/g.tar.gz", archive);
-    let server = Server::start(dir.path());
+    let World {
+        dir,
+        files: _files,
+        server,
+        url,
+        checksum,
+    } = World::start("locks", ServerOptions::default());
     let (_, a) = server.create(&body(&url, &checksum));
     let (_, b) = server.create(&body(&url, &checksum));
     let (a, b) = (

@@ -327,6 +327,57 @@ impl Drop for Server {
     }
 }
 
+/// A server and a gold image it can fetch over loopback.
+pub struct World {
+    pub dir: TempDir,
+    pub files: http::FileServer,
+    pub server: Server,
+    pub url: String,
+    pub checksum: String,
+}
+
+impl World {
+    pub fn start(tag: &str, options: ServerOptions) -> Self {
+        let dir = TempDir::new(tag);
+        let files = http::FileServer::start();
+        let archive = gold_tar_gz("box");
+        let checksum = sha1_hex(&archive);
+        let url = files.add("/gold.tar.gz", archive);
+        let server = Server::start_with(dir.path(), options);
+        Self {
+            dir,
+            files,
+            server,
+            url,
+            checksum,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        image_body(&self.url, &self.checksum)
+    }
+
+    /// Creates a VM and returns its id; panics unless the answer is 202.
+    pub fn create(&self, body: &Value) -> String {
+        let (status, vm) = self.server.create(body);
+        assert_eq!(status, 202, "{vm}\n{}", self.server.log());
+        vm["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn vm_count(&self) -> usize {
+        let (_, list) = http::request("GET", &self.server.url("/vms"), None, &[]);
+        list.as_array().map_or(0, Vec::len)
+    }
+}
+
+/// The smallest create body: the image, headless.
+pub fn image_body(url: &str, checksum: &str) -> Value {
+    serde_json::json!({
+        "image": {"url": url, "checksum": checksum, "checksum_type": "sha1"},
+        "headless": true
+    })
+}
+
 /// Records the bodies POSTed to it.
 pub struct CallbackReceiver {
     pub url: String,

@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use crate::common::http::FileServer;
-use crate::common::{gold_tar_gz, sha1_hex, Server, ServerOptions, TempDir};
+use crate::common::ServerOptions;
 
 pub use crate::common::http::{read_headers, Answer};
 
@@ -28,55 +25,9 @@ pub fn options(args: &[&str]) -> ServerOptions {
     }
 }
 
-/// A server and an image it can fetch.
-pub struct World {
-    pub dir: TempDir,
-    pub files: FileServer,
-    pub server: Server,
-    pub url: String,
-    pub checksum: String,
-}
-
-impl World {
-    pub fn start(tag: &str, options: ServerOptions) -> Self {
-        let dir = TempDir::new(tag);
-        let files = FileServer::start();
-        let archive = gold_tar_gz("box");
-        let checksum = sha1_hex(&archive);
-        let url = files.add("/gold.tar.gz", archive);
-        let server = Server::start_with(dir.path(), options);
-        Self {
-            dir,
-            files,
-            server,
-            url,
-            checksum,
-        }
-    }
-
-    pub fn body(&self) -> Value {
-        image_body(&self.url, &self.checksum)
-    }
-
-    /// Creates a VM and returns its id; panics unless the answer is 202.
-    pub fn create(&self, body: &Value) -> String {
-        let (status, vm) = self.server.create(body);
-        assert_eq!(status, 202, "{vm}\n{}", self.server.log());
-        vm["id"].as_str().unwrap().to_string()
-    }
-
-    pub fn vm_count(&self) -> usize {
-        let answer = call("GET", &self.server.url("/vms"), None, &[]);
-        answer.json().as_array().map_or(0, Vec::len)
-    }
-}
-
-pub fn image_body(url: &str, checksum: &str) -> Value {
-    json!({
-        "image": {"url": url, "checksum": checksum, "checksum_type": "sha1"},
-        "headless": true
-    })
-}
+// Not every fleet test uses both.
+#[allow(unused_imports)]
+pub use crate::common::{image_body, World};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after a minute.
 pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
