@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 #[derive(Clone)]
 pub struct CallbackSettings {
@@ -68,7 +68,7 @@ pub fn load_secret(
 }
 
 /// Starts delivering `body` to `url` in the background and returns at once.
-pub fn deliver_in_background(id: Uuid, url: String, body: Arc<[u8]>, settings: CallbackSettings) {
+pub fn deliver_in_background(id: VmId, url: String, body: Arc<[u8]>, settings: CallbackSettings) {
     let target = url.clone();
     let spawned = thread::Builder::new()
         .name(format!("callback-{id}"))
@@ -78,7 +78,7 @@ pub fn deliver_in_background(id: Uuid, url: String, body: Arc<[u8]>, settings: C
     }
 }
 
-fn deliver(id: Uuid, url: &str, body: &[u8], settings: CallbackSettings) {
+fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(settings.timeout))
         .http_status_as_error(false)

@@ -123,7 +123,7 @@ pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
 mod tests {
     use super::*;
     use crate::vm::model::tests::sample;
-    use uuid::Uuid;
+    use crate::vm::VmId;
 
     #[test]
     fn counts_places_from_records_and_running_vms() {
@@ -139,7 +139,7 @@ mod tests {
             (Status::Running, Phase::Deleting),
         ] {
             let mut vm = sample();
-            vm.id = Uuid::new_v4();
+            vm.id = VmId::new();
             vm.status = status;
             vm.progress.phase = phase;
             ids.push(vm.id);

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::api::error::ApiError;
 use crate::cancel::Cancel;
@@ -54,7 +54,7 @@ pub struct ImageEntry {
     /// Bytes on disk (the unpacked gold VM).
     pub size_bytes: u64,
     /// VMs whose records name this image: linked clones that depend on it.
-    pub vms: Vec<Uuid>,
+    pub vms: Vec<VmId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,10 +81,10 @@ enum Prewarm {
 
 /// VMs by the image they were cloned from.
 struct Users {
-    by_checksum: HashMap<String, Vec<Uuid>>,
+    by_checksum: HashMap<String, Vec<VmId>>,
     /// VMs adopted from the original server without an image annotation: their parent is
     /// unknown, so every image may be theirs.
-    unknown: Vec<Uuid>,
+    unknown: Vec<VmId>,
 }
 
 pub struct GoldCache {
@@ -530,7 +530,7 @@ fn downloading(checksum: &str) -> ApiError {
     ))
 }
 
-fn in_use_message(checksum: &str, dependent: &[Uuid]) -> String {
+fn in_use_message(checksum: &str, dependent: &[VmId]) -> String {
     format!(
         "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
         dependent.len(),
@@ -538,8 +538,8 @@ fn in_use_message(checksum: &str, dependent: &[Uuid]) -> String {
     )
 }
 
-fn ids(list: &[Uuid]) -> String {
-    let shown: Vec<String> = list.iter().take(10).map(Uuid::to_string).collect();
+fn ids(list: &[VmId]) -> String {
+    let shown: Vec<String> = list.iter().take(10).map(VmId::to_string).collect();
     let more = list.len().saturating_sub(shown.len());
     if more > 0 {
         format!("{} and {more} more", shown.join(", "))
@@ -644,7 +644,7 @@ mod tests {
         publish(&data, SUMS[2], "2026-03-01T00:00:00.000Z");
         // The oldest is the parent of a VM: never evicted, whatever its age.
         let mut vm = sample();
-        vm.id = Uuid::new_v4();
+        vm.id = VmId::new();
         if let Some(image) = vm.image.as_mut() {
             image.checksum = SUMS[0].into();
         }
@@ -668,7 +668,7 @@ mod tests {
         let (gold, store, data) = cache("unknown", 1);
         publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
         let mut vm = sample();
-        vm.id = Uuid::new_v4();
+        vm.id = VmId::new();
         vm.image = None;
         store.insert(vm).unwrap();
         assert!(gold.evict().is_empty());

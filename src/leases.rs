@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use crate::api::error::ApiError;
 use crate::service::Service;
@@ -118,9 +118,9 @@ pub fn start_reaper(service: Arc<Service>) {
 struct Reaper {
     service: Arc<Service>,
     /// VMs being destroyed now.
-    busy: Mutex<HashSet<Uuid>>,
+    busy: Mutex<HashSet<VmId>>,
     /// VMs whose destroy failed, and when to try again.
-    retry_at: Mutex<HashMap<Uuid, Instant>>,
+    retry_at: Mutex<HashMap<VmId, Instant>>,
 }
 
 impl Reaper {
@@ -144,7 +144,7 @@ impl Reaper {
         }
     }
 
-    fn reap(&self, id: Uuid, expires_at: &str) {
+    fn reap(&self, id: VmId, expires_at: &str) {
         crate::info!("vm={id} lease expired at {expires_at}; destroying it");
         match self.service.reap(id, now_ms()) {
             Ok(true) => {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use crate::api::error::ApiError;
 use crate::vm::VmStore;
@@ -72,7 +72,7 @@ impl Waiters {
     pub fn poll(
         &self,
         store: &VmStore,
-        id: Uuid,
+        id: VmId,
         known: Option<&str>,
         wait: Duration,
     ) -> Result<Arc<[u8]>, ApiError> {
@@ -129,12 +129,12 @@ mod tests {
     use crate::vm::model::tests::sample;
     use crate::vm::store::Durability;
 
-    fn store(tag: &str) -> (Arc<VmStore>, Uuid, std::path::PathBuf) {
+    fn store(tag: &str) -> (Arc<VmStore>, VmId, std::path::PathBuf) {
         let root = std::env::temp_dir().join(format!("osxb-poll-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let (store, _) = VmStore::open(&root).unwrap();
         let mut vm = sample();
-        vm.id = Uuid::new_v4();
+        vm.id = VmId::new();
         let id = vm.id;
         store.insert(vm).unwrap();
         (Arc::new(store), id, root)
@@ -208,7 +208,7 @@ mod tests {
             .poll(&store, id, None, Duration::from_secs(60))
             .unwrap();
         assert!(started.elapsed() < Duration::from_secs(30));
-        let unknown = Uuid::new_v4();
+        let unknown = VmId::new();
         assert_eq!(
             waiters.poll(&store, unknown, None, Duration::from_secs(1)),
             Err(ApiError::VmNotFound)

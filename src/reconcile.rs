@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use crate::image::{ChecksumType, ImageSpec};
 use crate::vm::{NetworkType, Phase, Progress, Status, Vm};
@@ -83,7 +83,7 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("the folder name is not UTF-8")?;
-    let id = Uuid::try_parse(name).map_err(|_| "the folder name is not a VM id".to_string())?;
+    let id = VmId::parse(name).ok_or_else(|| "the folder name is not a VM id".to_string())?;
     let vmx_path = dir.join(format!("{id}.vmx"));
     let bytes = fs::read(&vmx_path).map_err(|e| format!("no readable {id}.vmx: {e}"))?;
     let vmx = Vmx::parse(&bytes).map_err(|e| format!("{}: {e}", vmx_path.display()))?;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::vm::VmId;
 use crossbeam_channel::Sender;
-use uuid::Uuid;
 
 use crate::api::create_body::CreateVm;
 use crate::api::error::ApiError;
@@ -128,7 +128,7 @@ impl Service {
         let ttl = request.ttl.or(self.fleet.default_ttl);
         let now = crate::log::rfc3339_now();
         let vm = Vm {
-            id: Uuid::new_v4(),
+            id: VmId::new(),
             image: Some(request.image),
             name: request.name,
             cpus: request.cpus,
@@ -169,7 +169,7 @@ impl Service {
         })
     }
 
-    pub fn get(&self, id: Uuid) -> Result<Arc<[u8]>, ApiError> {
+    pub fn get(&self, id: VmId) -> Result<Arc<[u8]>, ApiError> {
         self.store.json(id).ok_or(ApiError::VmNotFound)
     }
 
@@ -179,7 +179,7 @@ impl Service {
 
     /// Cancels provisioning, powers the VM off, has vmrun delete its files, removes its
     /// folder. Returns once all that is done.
-    pub fn delete(&self, id: Uuid) -> Result<(), ApiError> {
+    pub fn delete(&self, id: VmId) -> Result<(), ApiError> {
         if self.store.get(id).is_none() {
             return Err(ApiError::VmNotFound);
         }
@@ -192,7 +192,7 @@ impl Service {
     /// is taken; `Ok(false)` when a renew came first. The decision (setting the VM's cancel
     /// flag) is made under the record's lock, as a renew's check of that flag is, so a
     /// renew and a reap never both succeed.
-    pub fn reap(&self, id: Uuid, now_ms: i64) -> Result<bool, ApiError> {
+    pub fn reap(&self, id: VmId, now_ms: i64) -> Result<bool, ApiError> {
         if self.store.get(id).is_none() {
             return Err(ApiError::VmNotFound);
         }
@@ -213,7 +213,7 @@ impl Service {
     }
 
     /// VMs whose lease is over and that are not being destroyed, with their expiry.
-    pub fn expired_leases(&self, now_ms: i64) -> Vec<(Uuid, String)> {
+    pub fn expired_leases(&self, now_ms: i64) -> Vec<(VmId, String)> {
         self.store
             .ids()
             .into_iter()
@@ -225,7 +225,7 @@ impl Service {
 
     /// Extends the VM's lease to `ttl` seconds from now: the `ttl` given, else the VM's own,
     /// else the default. A VM without a lease gets one.
-    pub fn renew(&self, id: Uuid, ttl: Option<u64>) -> Result<Arc<[u8]>, ApiError> {
+    pub fn renew(&self, id: VmId, ttl: Option<u64>) -> Result<Arc<[u8]>, ApiError> {
         let vm = self.store.get(id).ok_or(ApiError::VmNotFound)?;
         let ttl = ttl.or(vm.ttl).or(self.fleet.default_ttl).ok_or_else(|| {
             ApiError::invalid(
@@ -261,7 +261,7 @@ impl Service {
     /// `GET /vms/:id?wait=`: see [`Waiters::poll`].
     pub fn poll(
         &self,
-        id: Uuid,
+        id: VmId,
         known: Option<&str>,
         wait: Duration,
     ) -> Result<Arc<[u8]>, ApiError> {
@@ -307,7 +307,7 @@ impl Service {
     }
 
     /// Powers off and removes a VM whose cancel flag is set; waits for its worker first.
-    fn destroy(&self, id: Uuid, task: &Task) -> Result<(), ApiError> {
+    fn destroy(&self, id: VmId, task: &Task) -> Result<(), ApiError> {
         let _busy = task.lock();
         let Some(before) = self.store.get(id) else {
             // Another DELETE finished first.
@@ -339,7 +339,7 @@ impl Service {
         Ok(())
     }
 
-    fn destroy_files(&self, id: Uuid) -> Result<(), ApiError> {
+    fn destroy_files(&self, id: VmId) -> Result<(), ApiError> {
         let vmx = self.store.vmx_path(id);
         if !vmx.exists() {
             // Failed before the clone: there is nothing of VMware's to remove.
@@ -427,7 +427,7 @@ impl Service {
     /// Someone removed the VM's files (Fusion's "Move to Trash", a clean-up script). The
     /// record says so until the VM is deleted; if the whole folder went, the record went
     /// with it and the change lives in memory only.
-    fn files_missing(&self, id: Uuid, vmx: &Path) {
+    fn files_missing(&self, id: VmId, vmx: &Path) {
         crate::warn!("vm={id} its VMX {} is gone", vmx.display());
         let durability = if self.store.vm_dir(id).exists() {
             Durability::Disk
@@ -506,7 +506,7 @@ impl Service {
             let id = dir
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| Uuid::try_parse(n).ok());
+                .and_then(VmId::parse);
             // Checked now, not from a list taken before: a create may have just added it.
             if id.is_some_and(|id| self.store.get(id).is_some()) {
                 continue;
@@ -552,7 +552,7 @@ impl Service {
         !reported.insert(dir.to_path_buf())
     }
 
-    fn update(&self, id: Uuid, change: impl FnOnce(&mut Vm)) {
+    fn update(&self, id: VmId, change: impl FnOnce(&mut Vm)) {
         if let Err(err) = self.store.update(id, Durability::Disk, change) {
             crate::error!("vm={id} {err}");
         }

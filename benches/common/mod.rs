@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use osx_builder::image::{ChecksumType, ImageSpec};
+use osx_builder::vm::VmId;
 use osx_builder::vm::{NetworkType, Phase, Progress, Status, Vm};
-use uuid::Uuid;
 
 pub use harness::{TempDir, SERVER_BIN, SIM_BIN};
 
@@ -268,7 +268,7 @@ fn fnv64(bytes: &[u8]) -> u64 {
 /// simulator's state saying it runs, so that the restart's `vmrun list` keeps them running.
 /// Written directly (no fsync): making 1,000 VMs through the API would take minutes of
 /// simulated clones and measure nothing this benchmark is about.
-pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<Uuid> {
+pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
     let vms = data.join("vms");
     let sim_vms = sim.join("vms");
     std::fs::create_dir_all(&vms).unwrap();
@@ -280,7 +280,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<Uuid> {
         .as_millis() as u64;
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let id = Uuid::new_v4();
+        let id = VmId::new();
         let created = osx_builder::log::rfc3339(1_795_539_600 + i as i64, 0);
         let vm = Vm {
             id,

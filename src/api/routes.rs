@@ -1,7 +1,7 @@
 //! Method and path → the action asked for. Ids are checked here, so nothing behind the
 //! router ever sees a string that could name a path outside `vms/`.
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use super::error::ApiError;
 
@@ -9,9 +9,9 @@ use super::error::ApiError;
 pub enum Route {
     ListVms,
     CreateVm,
-    GetVm(Uuid),
-    DeleteVm(Uuid),
-    RenewVm(Uuid),
+    GetVm(VmId),
+    DeleteVm(VmId),
+    RenewVm(VmId),
     ListImages,
     PrewarmImage,
     /// A lowercase hex digest: safe as a path component.
@@ -103,12 +103,9 @@ fn image_route(method: &str, checksum: &str) -> Result<Route, ApiError> {
     Ok(route(checksum))
 }
 
-/// Only the canonical form (`8-4-4-4-12` hex) that this server hands out.
-fn parse_id(text: &str) -> Option<Uuid> {
-    if text.len() != 36 {
-        return None;
-    }
-    Uuid::try_parse(text).ok()
+/// The canonical UUID form this server hands out, or the original's 20 hex digits.
+fn parse_id(text: &str) -> Option<VmId> {
+    VmId::parse(text)
 }
 
 fn not_allowed(method: &str, allowed: &'static str) -> ApiError {
@@ -135,7 +132,7 @@ mod tests {
 
     #[test]
     fn routes_the_api() {
-        let id = Uuid::parse_str(ID).unwrap();
+        let id = VmId::parse(ID).unwrap();
         assert_eq!(route("GET", "/vms"), Ok(Route::ListVms));
         assert_eq!(route("GET", "/vms/"), Ok(Route::ListVms));
         assert_eq!(route("POST", "/vms"), Ok(Route::CreateVm));
@@ -152,7 +149,7 @@ mod tests {
 
     #[test]
     fn routes_the_fleet_endpoints() {
-        let id = Uuid::parse_str(ID).unwrap();
+        let id = VmId::parse(ID).unwrap();
         let sum = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
         assert_eq!(
             route("POST", &format!("/vms/{ID}/renew")),
@@ -210,7 +207,10 @@ mod tests {
             "..",
             "%2E%2E",
             "..%2Fgold",
-            "c8a934d72293a7d31baf",
+            // The original's ids are 20 lowercase hex digits, exactly.
+            "C8A934D72293A7D31BAF",
+            "c8a934d72293a7d31ba",
+            "c8a934d72293a7d31bafa",
             "282ee68a2e4d4bd79c0e7f37e12fc489",
             "{282ee68a-2e4d-4bd7-9c0e-7f37e12fc489}",
             "282ee68a-2e4d-4bd7-9c0e-7f37e12fc48\0",
@@ -221,6 +221,11 @@ mod tests {
                 "{id}"
             );
         }
+        let legacy = VmId::parse("c8a934d72293a7d31baf").unwrap();
+        assert_eq!(
+            route("GET", "/vms/c8a934d72293a7d31baf"),
+            Ok(Route::GetVm(legacy))
+        );
         let long = "a".repeat(100_000);
         assert_eq!(
             route("DELETE", &format!("/vms/{long}")),

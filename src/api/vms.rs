@@ -1,7 +1,7 @@
 //! `GET /vms/:id` with its long poll and entity tag, and `POST /vms/:id/renew`.
 
+use crate::vm::VmId;
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::answer::Answer;
 use super::create_body::parse_ttl;
@@ -14,7 +14,7 @@ use crate::service::Service;
 /// `?wait=`, waits for the object to differ from the one named (or the current one).
 pub fn get(
     service: &Service,
-    id: Uuid,
+    id: VmId,
     url: &str,
     known: Option<&str>,
 ) -> Result<Answer, ApiError> {
@@ -30,7 +30,7 @@ pub fn get(
 }
 
 /// The body is optional: empty, or `{"ttl": seconds}`.
-pub fn renew(service: &Service, id: Uuid, body: &[u8]) -> Result<Answer, ApiError> {
+pub fn renew(service: &Service, id: VmId, body: &[u8]) -> Result<Answer, ApiError> {
     let ttl = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

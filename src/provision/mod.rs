@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
-use uuid::Uuid;
 
 use crate::callback::CallbackSettings;
 use crate::gold::GoldCache;
@@ -28,9 +28,9 @@ pub const BASE_SNAPSHOT: &str = "osx-builder-base";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     /// From the start: image, clone, configure, start, IP.
-    Provision(Uuid),
+    Provision(VmId),
     /// The VM runs but its IP was not known when the server stopped: watch it again.
-    WatchIp(Uuid),
+    WatchIp(VmId),
 }
 
 #[derive(Clone, Debug)]

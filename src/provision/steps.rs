@@ -6,7 +6,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use super::{Job, Provisioner, BASE_SNAPSHOT};
 use crate::cancel::Cancel;
@@ -272,7 +272,7 @@ impl Provisioner {
         }
     }
 
-    fn fire_callback(&self, id: Uuid) {
+    fn fire_callback(&self, id: VmId) {
         let Some(vm) = self.store.get(id) else {
             return;
         };
@@ -282,15 +282,15 @@ impl Provisioner {
         crate::callback::deliver_in_background(id, url, body, self.settings.callback.clone());
     }
 
-    fn set_phase(&self, id: Uuid, phase: Phase) {
+    fn set_phase(&self, id: VmId, phase: Phase) {
         self.record(id, |vm| vm.progress.phase = phase);
     }
 
-    fn record(&self, id: Uuid, change: impl FnOnce(&mut Vm)) {
+    fn record(&self, id: VmId, change: impl FnOnce(&mut Vm)) {
         self.record_with(id, Durability::Disk, change);
     }
 
-    fn record_with(&self, id: Uuid, durability: Durability, change: impl FnOnce(&mut Vm)) {
+    fn record_with(&self, id: VmId, durability: Durability, change: impl FnOnce(&mut Vm)) {
         // A record that cannot be written (disk full) is still right in memory; the next
         // durable write or the restart's reconcile catches up.
         if let Err(err) = self.store.update(id, durability, change) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use crate::cancel::Cancel;
 
@@ -23,24 +23,24 @@ impl Task {
 
 #[derive(Default)]
 pub struct Tasks {
-    map: Mutex<HashMap<Uuid, Arc<Task>>>,
+    map: Mutex<HashMap<VmId, Arc<Task>>>,
 }
 
 impl Tasks {
-    pub fn get(&self, id: Uuid) -> Arc<Task> {
+    pub fn get(&self, id: VmId) -> Arc<Task> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id).or_default().clone()
     }
 
     /// True while a worker or a DELETE holds the VM; reconcile leaves such VMs alone, since
     /// their state is changing under its feet.
-    pub fn is_busy(&self, id: Uuid) -> bool {
+    pub fn is_busy(&self, id: VmId) -> bool {
         let task = self.get(id);
         let busy = task.busy.try_lock().is_err();
         busy
     }
 
-    pub fn forget(&self, id: Uuid) {
+    pub fn forget(&self, id: VmId) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&id);
     }

@@ -3,14 +3,14 @@
 //! The wire format is the seed's (`status` is `""` while provisioning) plus fields that help
 //! a client: `phase`/`progress`, `error`, timestamps.
 
+use crate::vm::VmId;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::image::ImageSpec;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vm {
-    pub id: Uuid,
+    pub id: VmId,
     /// `None` only for a VM adopted from the original Go server without an image annotation.
     pub image: Option<ImageSpec>,
     /// The client's idempotency key (`name` field or `Idempotency-Key` header): a retried
@@ -188,7 +188,7 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> Vm {
         Vm {
-            id: Uuid::nil(),
+            id: VmId::default(),
             image: Some(ImageSpec {
                 url: "http://127.0.0.1/a.tar.gz".into(),
                 checksum: "5cf00d380e28d02f30efaceafef7c7c8bdedae33".into(),

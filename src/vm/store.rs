@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use uuid::Uuid;
+use crate::vm::VmId;
 
 use super::model::Vm;
 use crate::fsutil;
@@ -80,7 +80,7 @@ struct Slot {
 
 pub struct VmStore {
     root: PathBuf,
-    slots: RwLock<HashMap<Uuid, Arc<Slot>>>,
+    slots: RwLock<HashMap<VmId, Arc<Slot>>>,
     /// Counts visible changes (insert, update, remove), so that long polls can sleep on
     /// `changed` instead of re-reading records in a loop.
     generation: Mutex<u64>,
@@ -139,12 +139,12 @@ impl VmStore {
         &self.root
     }
 
-    pub fn vm_dir(&self, id: Uuid) -> PathBuf {
+    pub fn vm_dir(&self, id: VmId) -> PathBuf {
         self.root.join(id.to_string())
     }
 
     /// `vms/<id>/<id>.vmx`, the original's layout.
-    pub fn vmx_path(&self, id: Uuid) -> PathBuf {
+    pub fn vmx_path(&self, id: VmId) -> PathBuf {
         self.vm_dir(id).join(format!("{id}.vmx"))
     }
 
@@ -179,7 +179,7 @@ impl VmStore {
     /// unknown (deleted meanwhile).
     pub fn update(
         &self,
-        id: Uuid,
+        id: VmId,
         durability: Durability,
         change: impl FnOnce(&mut Vm),
     ) -> Result<Option<Vm>, StoreError> {
@@ -207,7 +207,7 @@ impl VmStore {
 
     /// Forgets the VM and removes its folder (the record with it). The caller has already
     /// asked vmrun to delete VMware's files.
-    pub fn remove(&self, id: Uuid) -> Result<(), StoreError> {
+    pub fn remove(&self, id: VmId) -> Result<(), StoreError> {
         let dir = self.vm_dir(id);
         // One rename takes the folder away whole, record and all; a crash in the removal
         // after it leaves only a `.deleting-` folder, which `open` removes.
@@ -254,19 +254,19 @@ impl VmStore {
         self.generation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn json(&self, id: Uuid) -> Option<Arc<[u8]>> {
+    pub fn json(&self, id: VmId) -> Option<Arc<[u8]>> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
         Some(json.clone())
     }
 
-    pub fn get(&self, id: Uuid) -> Option<Vm> {
+    pub fn get(&self, id: VmId) -> Option<Vm> {
         let slot = self.slot(id)?;
         let record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
         Some(record.clone())
     }
 
-    pub fn ids(&self) -> Vec<Uuid> {
+    pub fn ids(&self) -> Vec<VmId> {
         self.read_slots().keys().copied().collect()
     }
 
@@ -292,15 +292,15 @@ impl VmStore {
         rows.into_iter().map(|(_, json)| json).collect()
     }
 
-    fn slot(&self, id: Uuid) -> Option<Arc<Slot>> {
+    fn slot(&self, id: VmId) -> Option<Arc<Slot>> {
         self.read_slots().get(&id).cloned()
     }
 
-    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<VmId, Arc<Slot>>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Arc<Slot>>> {
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<VmId, Arc<Slot>>> {
         self.slots.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -340,7 +340,7 @@ fn load_record(dir: &Path) -> Result<Vm, String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| "the folder name is not UTF-8".to_string())?;
-    let id = Uuid::parse_str(name).map_err(|_| "the folder name is not a VM id".to_string())?;
+    let id = VmId::parse(name).ok_or_else(|| "the folder name is not a VM id".to_string())?;
     let path = dir.join(RECORD_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -373,7 +373,7 @@ mod tests {
         dir
     }
 
-    fn vm(id: Uuid) -> Vm {
+    fn vm(id: VmId) -> Vm {
         Vm { id, ..sample() }
     }
 
@@ -390,7 +390,7 @@ mod tests {
     fn insert_and_remove_leave_only_whole_vm_folders() {
         let root = temp("whole");
         let (store, _) = VmStore::open(&root).unwrap();
-        let id = Uuid::new_v4();
+        let id = VmId::new();
         store.insert(vm(id)).unwrap();
         assert_eq!(names(&root), vec![id.to_string()]);
         assert!(root.join(id.to_string()).join(RECORD_FILE).is_file());
@@ -404,14 +404,14 @@ mod tests {
     #[test]
     fn open_removes_what_an_interrupted_create_or_delete_left() {
         let root = temp("leftovers");
-        let kept = Uuid::new_v4();
+        let kept = VmId::new();
         {
             let (store, _) = VmStore::open(&root).unwrap();
             store.insert(vm(kept)).unwrap();
         }
         // A create cut short before its rename, a delete cut short after its rename.
-        let creating = root.join(format!("{CREATING_PREFIX}{}", Uuid::new_v4()));
-        let deleting = root.join(format!("{DELETING_PREFIX}{}", Uuid::new_v4()));
+        let creating = root.join(format!("{CREATING_PREFIX}{}", VmId::new()));
+        let deleting = root.join(format!("{DELETING_PREFIX}{}", VmId::new()));
         for dir in [&creating, &deleting] {
             fs::create_dir_all(dir).unwrap();
             fs::write(dir.join(RECORD_FILE), "{}").unwrap();
@@ -427,7 +427,7 @@ mod tests {
     fn adopting_writes_the_record_into_the_existing_folder() {
         let root = temp("adopt");
         let (store, _) = VmStore::open(&root).unwrap();
-        let id = Uuid::new_v4();
+        let id = VmId::new();
         let dir = root.join(id.to_string());
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(format!("{id}.vmx")), ".encoding = \"UTF-8\"\n").unwrap();
@@ -444,7 +444,7 @@ mod tests {
         let (store, _) = VmStore::open(&root).unwrap();
         let store = Arc::new(store);
         let mut vm = sample();
-        vm.id = Uuid::new_v4();
+        vm.id = VmId::new();
         let id = vm.id;
         store.insert(vm).unwrap();
 

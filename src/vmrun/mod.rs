@@ -460,9 +460,7 @@ fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
 fn vm_prefix(vmx: &Path) -> String {
     vmx.file_stem()
         .and_then(|stem| stem.to_str())
-        // The canonical form only, as the server names its VMs.
-        .filter(|stem| stem.len() == 36)
-        .and_then(|stem| uuid::Uuid::try_parse(stem).ok())
+        .and_then(crate::vm::VmId::parse)
         .map(|id| format!("vm={id} "))
         .unwrap_or_default()
 }
