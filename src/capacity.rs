@@ -23,6 +23,8 @@ pub struct Limits {
 pub enum Shortage {
     Vms { used: u64, limit: u64 },
     Disk { free: u64, floor: u64 },
+    /// VM records of any status (failed ones included) at `--max-records`.
+    Records { count: u64, limit: u64 },
 }
 
 impl fmt::Display for Shortage {
@@ -37,6 +39,10 @@ impl fmt::Display for Shortage {
                 "the data folder's disk has {free} bytes ({}) free, below the floor of {floor} bytes ({}) (--min-free-disk); unused gold images are being evicted, delete VMs or images to make room",
                 gib(*free),
                 gib(*floor)
+            ),
+            Self::Records { count, limit } => write!(
+                f,
+                "this host keeps {count} VM records, failed and stopped ones included, and its limit is {limit} (--max-records); delete VMs you no longer need (failed ones go by themselves after --failed-retention)"
             ),
         }
     }

@@ -47,6 +47,18 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     pub callback_secret: Option<String>,
     pub callback_secret_file: Option<PathBuf>,
+    /// Folders `file://` image URLs may read from; empty: `file://` is off.
+    pub file_image_dirs: Vec<PathBuf>,
+    /// Networks callbacks may reach; empty: any but this server.
+    pub callback_allow: Vec<crate::guard::cidr::Cidr>,
+    /// Refuse an image whose VMX reaches outside the VM instead of cleaning each clone.
+    pub strict_vmx: bool,
+    /// How long a failed VM is kept before it is destroyed; `None`: forever.
+    pub failed_retention: Option<Duration>,
+    /// VM records at once, of any status; 0 for no limit.
+    pub max_records: u64,
+    /// Connections at once from one client address; 0 for no limit.
+    pub max_connections_per_ip: usize,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -305,7 +317,49 @@ const SETTINGS: &[Setting] = &[
         "",
         "file whose first line is the callback secret"
     ),
+    setting!(
+        "file-image-dir",
+        "OSX_BUILDER_FILE_IMAGE_DIR",
+        "",
+        "folder file:// image URLs may read from (repeatable; the variable takes a comma-separated list); without it file:// URLs are refused"
+    ),
+    setting!(
+        "callback-allow",
+        "OSX_BUILDER_CALLBACK_ALLOW",
+        "",
+        "network callbacks may reach, as 10.0.0.0/8 (repeatable; the variable takes a comma-separated list); without it any host but this server"
+    ),
+    setting!(
+        "strict-vmx",
+        "OSX_BUILDER_STRICT_VMX",
+        "false",
+        "refuse an image whose VMX names files outside the VM, shared folders, host ports or passthrough devices (image-vmx-unsafe) instead of removing those lines from each clone"
+    ),
+    setting!(
+        "failed-retention",
+        "OSX_BUILDER_FAILED_RETENTION",
+        "86400",
+        "seconds a failed VM is kept for inspection before it is destroyed as a DELETE does; 0 to keep failed VMs until deleted"
+    ),
+    setting!(
+        "max-records",
+        "OSX_BUILDER_MAX_RECORDS",
+        "1000",
+        "VM records this host keeps at once, of any status; creates past it get 503 capacity-exhausted; 0 for no limit"
+    ),
+    setting!(
+        "max-connections-per-ip",
+        "OSX_BUILDER_MAX_CONNECTIONS_PER_IP",
+        "256",
+        "HTTP connections open at once from one client address (of 1024 in all); more are answered 503; 0 for no limit"
+    ),
 ];
+
+/// Settings that may be given more than once; their variables hold comma-separated lists.
+const REPEATABLE: &[&str] = &["file-image-dir", "callback-allow"];
+
+/// Settings that are switches: `--strict-vmx` alone means true.
+const SWITCHES: &[&str] = &["strict-vmx"];
 
 pub fn help_text() -> String {
     let mut text = format!(
@@ -331,6 +385,7 @@ pub fn help_text() -> String {
 /// Parses the command line (without the program name) against the environment.
 pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, ConfigError> {
     let mut flags: HashMap<&'static str, String> = HashMap::new();
+    let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -350,8 +405,18 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             .iter()
             .find(|s| s.flag == name)
             .ok_or_else(|| ConfigError(format!("unknown setting --{name}")))?;
+        let switch_value = args
+            .get(i + 1)
+            .filter(|v| matches!(v.as_str(), "true" | "false" | "1" | "0"));
         let value = match inline {
             Some(value) => value,
+            None if SWITCHES.contains(&setting.flag) => match switch_value {
+                Some(v) => {
+                    i += 1;
+                    v.clone()
+                }
+                None => "true".into(),
+            },
             None => {
                 i += 1;
                 args.get(i)
@@ -359,6 +424,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
                     .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?
             }
         };
+        if REPEATABLE.contains(&setting.flag) {
+            lists.entry(setting.flag).or_default().push(value.clone());
+        }
         flags.insert(setting.flag, value);
         i += 1;
     }
@@ -438,6 +506,41 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--default-ttl / OSX_BUILDER_DEFAULT_TTL must be at most {MAX_TTL_SECS} seconds (a year), got {default_ttl}"
         )));
     }
+    // Flags replace the variable's list rather than add to it, as for other settings.
+    let list = |flag: &'static str| -> Vec<String> {
+        match lists.get(flag) {
+            Some(given) => given.clone(),
+            None => value(flag)
+                .0
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    };
+    let callback_allow = list("callback-allow")
+        .iter()
+        .map(|v| {
+            crate::guard::cidr::Cidr::parse(v)
+                .map_err(|e| ConfigError(format!("--callback-allow / OSX_BUILDER_CALLBACK_ALLOW: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let strict_vmx = match value("strict-vmx").0.trim() {
+        "true" | "1" | "yes" => true,
+        "false" | "0" | "no" | "" => false,
+        other => {
+            return Err(ConfigError(format!(
+                "--strict-vmx / OSX_BUILDER_STRICT_VMX must be true or false, got {other:?}"
+            )))
+        }
+    };
+    let failed_retention: f64 = number(value("failed-retention"), "a number of seconds")?;
+    if !failed_retention.is_finite() || !(0.0..=MAX_TTL_SECS as f64).contains(&failed_retention) {
+        return Err(ConfigError(format!(
+            "--failed-retention / OSX_BUILDER_FAILED_RETENTION must be from 0 to {MAX_TTL_SECS} seconds, got {failed_retention}"
+        )));
+    }
     let data_dir = PathBuf::from(value("data-dir").0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -477,6 +580,16 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         token_file: optional("token-file")?.map(PathBuf::from),
         callback_secret: optional("callback-secret")?,
         callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
+        file_image_dirs: list("file-image-dir").into_iter().map(PathBuf::from).collect(),
+        callback_allow,
+        strict_vmx,
+        failed_retention: (failed_retention > 0.0)
+            .then(|| Duration::from_secs_f64(failed_retention)),
+        max_records: number(value("max-records"), "a whole number (0 for no limit)")?,
+        max_connections_per_ip: number(
+            value("max-connections-per-ip"),
+            "a whole number (0 for no limit)",
+        )?,
     })))
 }
 
@@ -631,6 +744,38 @@ mod tests {
         );
         let err = serve(&["--callback-secret-file", " "], &[]).unwrap_err();
         assert!(err.0.contains("--callback-secret-file"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_repeat_and_parse() {
+        let config = serve(&[], &[("HOME", "/h")]).unwrap();
+        assert!(config.file_image_dirs.is_empty() && config.callback_allow.is_empty());
+        assert!(!config.strict_vmx);
+        assert_eq!(config.failed_retention, Some(Duration::from_secs(86_400)));
+        assert_eq!(config.max_records, 1000);
+        let config = serve(
+            &[
+                "--file-image-dir",
+                "/a",
+                "--strict-vmx",
+                "--file-image-dir=/b",
+                "--callback-allow",
+                "10.0.0.0/8",
+                "--failed-retention",
+                "0",
+            ],
+            &[("OSX_BUILDER_FILE_IMAGE_DIR", "/c"), ("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4,fd00::/8")],
+        )
+        .unwrap();
+        assert_eq!(config.file_image_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(config.callback_allow.len(), 1);
+        assert!(config.strict_vmx);
+        assert_eq!(config.failed_retention, None);
+        let config = serve(&["--strict-vmx", "false"], &[("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4, fd00::/8")]).unwrap();
+        assert!(!config.strict_vmx);
+        assert_eq!(config.callback_allow.len(), 2);
+        let err = serve(&["--callback-allow", "10.0.0.0/40"], &[]).unwrap_err();
+        assert!(err.0.contains("--callback-allow"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use osx_builder::capacity::Limits;
 use osx_builder::config::{self, Command, Config};
 use osx_builder::drain::Drain;
 use osx_builder::gold::{GoldCache, GoldSettings};
+use osx_builder::guard::Guard;
 use osx_builder::image::{ImageCache, ImageSettings};
 use osx_builder::long_poll::Waiters;
 use osx_builder::metrics::Metrics;
@@ -60,6 +61,11 @@ fn serve(config: &Config) -> Result<(), String> {
     // path must stop the server, not run it open or unsigned.
     let auth = Auth::from_settings(config.token.clone(), config.token_file.clone())
         .map_err(|e| e.to_string())?;
+    let guard = Arc::new(Guard::new(
+        &config.file_image_dirs,
+        config.callback_allow.clone(),
+        config.strict_vmx,
+    )?);
     let callback_secret = callback::load_secret(
         config.callback_secret.as_deref(),
         config.callback_secret_file.as_deref(),
@@ -93,6 +99,7 @@ fn serve(config: &Config) -> Result<(), String> {
         connect_timeout: config.download_connect_timeout,
         read_timeout: config.download_read_timeout,
         max_resumes: config.download_max_resumes,
+        strict_vmx: config.strict_vmx,
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
@@ -139,6 +146,7 @@ fn serve(config: &Config) -> Result<(), String> {
                 retries: config.callback_retries,
                 secret: callback_secret,
             },
+            strict_vmx: config.strict_vmx,
         },
         metrics: metrics.clone(),
         gold: gold.clone(),
@@ -165,19 +173,27 @@ fn serve(config: &Config) -> Result<(), String> {
         gold: gold.clone(),
         waiters: Waiters::new(max_waiters),
         admission,
+        guard: guard.clone(),
+        max_records: config.max_records,
     };
     let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = HttpServer::bind(addr)?;
+    let listener = HttpServer::bind(addr, config.max_connections_per_ip)?;
     let bound = listener
         .server_addr()
         .to_ip()
         .map(|a| a.to_string())
         .unwrap_or_else(|| addr.to_string());
+    if let Some(bound) = listener.server_addr().to_ip() {
+        guard.set_listening(bound);
+    }
     service.reconcile(Reconcile::Startup);
     start_reconciler(service.clone(), config.reconcile_interval);
     osx_builder::leases::start_reaper(service.clone());
+    if let Some(retention) = config.failed_retention {
+        osx_builder::guard::retention::start(service.clone(), retention);
+    }
     gold.start_housekeeper(config.reconcile_interval);
     gold.request_eviction();
     if service.fleet().auth.enabled() {

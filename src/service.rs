@@ -55,6 +55,10 @@ pub struct Fleet {
     /// idempotency key), adoption of a folder, removal of a gold image that no record
     /// names. Shared with [`GoldCache`].
     pub admission: Arc<Mutex<()>>,
+    /// What clients may reach: local image folders, callback targets, VMX lines.
+    pub guard: Arc<crate::guard::Guard>,
+    /// VM records at once, of any status; 0 for no limit.
+    pub max_records: u64,
 }
 
 /// What a create did.
@@ -104,9 +108,22 @@ impl Service {
         // Held across lookup and insert so that two retries racing each other make one VM.
         let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(key) = &request.name {
-            if let Some(json) = self.find_by_name(key) {
-                return Ok(Created::Existing(json));
+            if let Some(vm) = self.find_by_name(key) {
+                let differ = crate::guard::idempotency::differing_fields(&vm, &request);
+                if !differ.is_empty() {
+                    return Err(ApiError::IdempotencyKeyReused(differ));
+                }
+                return self.store.json(vm.id).map(Created::Existing).ok_or(ApiError::VmNotFound);
             }
+        }
+        let records = self.store.ids().len() as u64;
+        if self.fleet.max_records > 0 && records >= self.fleet.max_records {
+            let shortage = capacity::Shortage::Records {
+                count: records,
+                limit: self.fleet.max_records,
+            };
+            crate::info!("create refused: {shortage}");
+            return Err(ApiError::CapacityExhausted(shortage));
         }
         if let Some(since) = self.fleet.drain.since() {
             return Err(ApiError::Draining { since });
@@ -145,6 +162,7 @@ impl Service {
             updated_at: now,
             ttl,
             expires_at: ttl.map(|ttl| leases::expiry(leases::now_ms(), ttl)),
+            vmx_removed: Vec::new(),
         };
         let id = vm.id;
         let json = self
@@ -158,15 +176,23 @@ impl Service {
         Ok(Created::New(json))
     }
 
-    fn find_by_name(&self, key: &str) -> Option<Arc<[u8]>> {
+    fn find_by_name(&self, key: &str) -> Option<Vm> {
         self.store.ids().into_iter().find_map(|id| {
             let vm = self.store.get(id)?;
-            if vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting {
-                self.store.json(id)
-            } else {
-                None
-            }
+            (vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting).then_some(vm)
         })
+    }
+
+    /// Failed VMs last changed before `cutoff_ms` (Unix milliseconds), not being destroyed.
+    pub fn failed_before(&self, cutoff_ms: i64) -> Vec<VmId> {
+        self.store
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.store.get(id))
+            .filter(|vm| vm.status == Status::Failed && vm.progress.phase != Phase::Deleting)
+            .filter(|vm| leases::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms))
+            .map(|vm| vm.id)
+            .collect()
     }
 
     pub fn get(&self, id: VmId) -> Result<Arc<[u8]>, ApiError> {

@@ -51,6 +51,8 @@ pub enum ApiError {
     ImageInUse(String),
     /// 429: this many pre-warm downloads run already.
     TooManyPrewarms { limit: usize },
+    /// 409: the idempotency key came with another body; the fields that differ.
+    IdempotencyKeyReused(Vec<&'static str>),
 }
 
 /// Seconds a client should wait before retrying a refused create. VMs are freed when
@@ -81,6 +83,7 @@ impl ApiError {
             Self::VmDeleting | Self::ImageInUse(_) => 409,
             Self::ImageNotFound => 404,
             Self::TooManyPrewarms { .. } => 429,
+            Self::IdempotencyKeyReused(_) => 409,
         }
     }
 
@@ -106,6 +109,7 @@ impl ApiError {
             Self::ImageNotFound => "image-not-found",
             Self::ImageInUse(_) => "image-in-use",
             Self::TooManyPrewarms { .. } => "too-many-prewarms",
+            Self::IdempotencyKeyReused(_) => "idempotency-key-reused",
         }
     }
 
@@ -154,6 +158,10 @@ impl ApiError {
             Self::ImageInUse(detail) => detail.clone(),
             Self::TooManyPrewarms { limit } => format!(
                 "{limit} pre-warm downloads are running already; retry in {RETRY_AFTER_PREWARM_SECS} s"
+            ),
+            Self::IdempotencyKeyReused(fields) => format!(
+                "a VM with this idempotency key exists and was created with another request ({} differ); use a new key for a different VM, or resend the first request unchanged",
+                fields.join(", ")
             ),
         }
     }

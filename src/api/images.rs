@@ -19,10 +19,15 @@ pub fn get(gold: &GoldCache, checksum: &str) -> Result<Answer, ApiError> {
 
 /// Body `{"url": ..., "checksum": ..., "checksum_type": ...}`, the `image` of a create.
 /// 200 when the image is cached already, 202 when a download runs.
-pub fn prewarm(gold: &Arc<GoldCache>, body: &[u8]) -> Result<Answer, ApiError> {
+pub fn prewarm(
+    gold: &Arc<GoldCache>,
+    guard: &crate::guard::Guard,
+    body: &[u8],
+) -> Result<Answer, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let spec = parse_image(Some(&value))?;
+    guard.check_image_url(&spec.url)?;
     Ok(match gold.prewarm(spec)? {
         Prewarmed::Ready(entry) => Answer::json_value(200, &entry),
         Prewarmed::Started(entry) => Answer::json_value(202, &entry),

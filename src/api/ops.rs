@@ -7,8 +7,13 @@ use super::answer::{Answer, PROMETHEUS_TEXT};
 use super::error::ApiError;
 use crate::service::Service;
 
-pub fn health(service: &Service) -> Answer {
+/// `detailed`: the client has the token (or none is set); otherwise only the status.
+pub fn health(service: &Service, detailed: bool) -> Answer {
     let health = service.health();
+    if !detailed {
+        let status = serde_json::json!({ "status": health.status });
+        return Answer::json_value(health.status_code(), &status);
+    }
     Answer::json_value(health.status_code(), &health)
 }
 

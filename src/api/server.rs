@@ -39,6 +39,10 @@ pub fn limits() -> Limits {
         // Longer than Go's http.Transport keeps an idle connection (90 s): a client never
         // sends a request on a connection the server is closing at that moment.
         idle_timeout: Duration::from_secs(120),
+        // A new connection that sends no complete request head in this time is closed: a
+        // thousand silent connections must not hold every place for two minutes.
+        first_request_timeout: Duration::from_secs(5),
+        max_connections_per_ip: 0,
         max_buffered_body: MAX_BODY_BYTES,
         body_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(30),
@@ -54,8 +58,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn bind(addr: SocketAddr) -> Result<Server, String> {
-        Server::http_with_limits(addr, limits())
+    pub fn bind(addr: SocketAddr, max_connections_per_ip: usize) -> Result<Server, String> {
+        let limits = Limits {
+            max_connections_per_ip,
+            ..limits()
+        };
+        Server::http_with_limits(addr, limits)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))
     }
 
@@ -254,12 +262,21 @@ fn answer(
         Route::PrewarmImage => {
             check_content_type(request)?;
             let body = read_body(request)?;
-            images::prewarm(&service.fleet().gold, &body).map(Reply::Answer)
+            images::prewarm(&service.fleet().gold, &service.fleet().guard, &body)
+                .map(Reply::Answer)
         }
         Route::DeleteImage(checksum) => {
             images::delete(&service.fleet().gold, &checksum).map(Reply::Answer)
         }
-        Route::Health => Ok(Reply::Answer(ops::health(service))),
+        Route::Health => {
+            // Without the token a client learns only whether the host is up.
+            let detailed = service
+                .fleet()
+                .auth
+                .check(header(request, "Authorization"))
+                .is_ok();
+            Ok(Reply::Answer(ops::health(service, detailed)))
+        }
         Route::Metrics => Ok(Reply::Answer(ops::metrics(service))),
         Route::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
         Route::Drain => ops::drain(service).map(Reply::Answer),
@@ -272,6 +289,11 @@ fn answer(
             check_content_type(request)?;
             let body = read_body(request)?;
             let mut create = create_body::parse(&body)?;
+            let guard = &service.fleet().guard;
+            guard.check_image_url(&create.image.url)?;
+            if let Some(url) = &create.callback_url {
+                guard.check_callback_url(url)?;
+            }
             if let Some(key) = header(request, "Idempotency-Key") {
                 create.name = Some(create_body::check_name(key.trim())?);
             }

@@ -36,6 +36,8 @@ pub struct ImageSettings {
     pub read_timeout: Duration,
     /// Range requests after dropped connections, per download.
     pub max_resumes: u32,
+    /// Refuse a gold image whose VMX reaches outside the VM (`--strict-vmx`).
+    pub strict_vmx: bool,
 }
 
 impl ImageSettings {
@@ -52,6 +54,7 @@ impl ImageSettings {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
             max_resumes: Self::DEFAULT_MAX_RESUMES,
+            strict_vmx: false,
         }
     }
 }
@@ -65,6 +68,7 @@ struct Shared {
     layout: Layout,
     fetcher: Fetcher,
     limits: Limits,
+    strict_vmx: bool,
     /// Downloads in progress, by checksum. An entry is removed only after its result is set
     /// (and, on success, its gold folder published), which is what lets `ensure` decide
     /// under this lock whether to join, use the gold folder, or start a download.
@@ -110,6 +114,7 @@ impl ImageCache {
                 limits: Limits {
                     max_unpacked_bytes: settings.max_unpacked_bytes,
                 },
+                strict_vmx: settings.strict_vmx,
                 flights: Mutex::new(HashMap::new()),
                 on_download: OnceLock::new(),
             }),
@@ -269,6 +274,7 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
         fetcher: &shared.fetcher,
         layout: &shared.layout,
         limits: shared.limits,
+        strict_vmx: shared.strict_vmx,
         progress: &flight.progress,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))

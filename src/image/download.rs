@@ -121,10 +121,13 @@ impl Fetcher {
     pub fn open(&self, location: &Location, url: &str) -> Result<Body, ImageError> {
         match location {
             Location::File(path) => {
-                let unreadable = |source: io::Error| ImageError::FileUnreadable {
-                    url: url.to_owned(),
-                    path: path.clone(),
-                    source: source.into(),
+                let unreadable = |source: io::Error| {
+                    crate::warn!("local image {}: {source}", path.display());
+                    ImageError::FileUnreadable {
+                        url: url.to_owned(),
+                        path: path.clone(),
+                        source: source.into(),
+                    }
                 };
                 let file = File::open(path).map_err(unreadable)?;
                 let meta = file.metadata().map_err(unreadable)?;

@@ -76,6 +76,8 @@ pub enum ImageError {
     },
     /// A gold folder exists but does not hold exactly one .vmx, so it cannot be trusted.
     GoldInvalid { dir: PathBuf, found: Vec<PathBuf> },
+    /// `--strict-vmx`: the image's VMX has lines the allow-list refuses.
+    VmxUnsafe { url: String, lines: Vec<String> },
     /// The waiter gave up (its VM was deleted or the server is stopping); the download
     /// itself goes on for the cache.
     Cancelled,
@@ -102,6 +104,7 @@ impl ImageError {
             Self::Extract { source, .. } => source.code(),
             Self::DiskFull { .. } => "disk-full",
             Self::GoldInvalid { .. } => "gold-invalid",
+            Self::VmxUnsafe { .. } => "image-vmx-unsafe",
             Self::Cancelled => "image-cancelled",
             Self::Io { .. } => "image-io",
             Self::Internal { .. } => "internal-error",
@@ -160,11 +163,12 @@ impl fmt::Display for ImageError {
                 "downloading the image from {url} failed: {detail}; check that the image \
                  server is reachable from this Mac and the URL in the create request"
             ),
-            Self::FileUnreadable { url, path, source } => write!(
+            // One message for missing, unreadable and not-a-file: which one it is tells a
+            // client about the host's files. The log has the system's words.
+            Self::FileUnreadable { url, .. } => write!(
                 f,
-                "cannot read the image {url} ({}): {source}; check the file URL in the create \
-                 request and that the server may read that file",
-                path.display()
+                "cannot read the local image {url}: it does not exist, is not a regular file or \
+                 the server may not read it; check the file URL in the create request"
             ),
             Self::ResumesExhausted {
                 url,
@@ -250,6 +254,10 @@ impl fmt::Display for ImageError {
                     write!(f, ": {}", names.join(", "))?;
                 }
                 f.write_str("); remove that folder so that the image is downloaded again")
+            }
+            Self::VmxUnsafe { url, lines } => {
+                write!(f, "image {url}: ")?;
+                f.write_str(&crate::guard::unsafe_vmx_message(lines))
             }
             Self::Cancelled => f.write_str("waiting for the image was cancelled"),
             Self::Io { path, source } => write!(

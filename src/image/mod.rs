@@ -5,7 +5,7 @@
 pub mod archive;
 pub mod cache;
 mod checksum;
-mod download;
+pub mod download;
 pub mod error;
 pub mod extract;
 mod layout;
@@ -14,6 +14,7 @@ pub mod progress;
 pub mod spec;
 
 pub use cache::{DownloadHook, ImageCache, ImageSettings};
+pub use download::Location;
 pub use checksum::is_any_digest;
 pub use error::ImageError;
 pub use layout::GoldImage;

@@ -29,6 +29,7 @@ pub struct Job<'a> {
     pub fetcher: &'a Fetcher,
     pub layout: &'a Layout,
     pub limits: Limits,
+    pub strict_vmx: bool,
     pub progress: &'a ProgressCell,
 }
 
@@ -310,6 +311,7 @@ fn check_free_space(
 /// Renames the verified staging folder to `gold/<checksum>`.
 fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage, Stop> {
     let gold_dir = job.layout.gold_dir(&job.spec.checksum);
+    check_vmx(job, &staging.path, &staging.path.join(&unpacked.vmx))?;
     crate::fsutil::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
     if let Err(e) = fs::rename(&staging.path, &gold_dir) {
         // Another process sharing the data folder may have published the same image.
@@ -335,6 +337,34 @@ fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage
         vmx: gold_dir.join(&unpacked.vmx),
         dir: gold_dir,
     })
+}
+
+/// The gold VMX against the allow-list, once, before it is published: with
+/// `--strict-vmx` a bad image fails here naming every line; without, each clone has the
+/// lines removed, and the log says so now.
+fn check_vmx(job: &Job, staging: &Path, vmx: &Path) -> Result<(), ImageError> {
+    let (_, findings) =
+        crate::guard::inspect_vmx(vmx, staging, None).map_err(|detail| ImageError::VmxUnsafe {
+            url: job.spec.url.clone(),
+            lines: vec![format!("the VMX cannot be read: {detail}")],
+        })?;
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = findings.iter().map(|f| f.line()).collect();
+    if job.strict_vmx {
+        return Err(ImageError::VmxUnsafe {
+            url: job.spec.url.clone(),
+            lines,
+        });
+    }
+    crate::warn!(
+        "image {}: its VMX has {} line(s) that reach outside the VM; they are removed from every clone: {}",
+        job.spec.url,
+        lines.len(),
+        lines.join("; ")
+    );
+    Ok(())
 }
 
 /// A staging folder, removed unless it was published.

@@ -38,6 +38,8 @@ pub struct ProvisionSettings {
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
     pub callback: CallbackSettings,
+    /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses.
+    pub strict_vmx: bool,
 }
 
 /// Everything a worker needs, shared by all workers.

@@ -185,6 +185,7 @@ impl Provisioner {
         }
 
         self.set_phase(id, Phase::Configuring);
+        self.enforce_vmx(id, &vmx_path, &gold.dir)?;
         let guest_os = configure(&vmx_path, vm).map_err(|message| {
             Stop::failed(
                 "vmx-edit-failed",
@@ -206,6 +207,31 @@ impl Provisioner {
             vm.progress.phase = Phase::WaitingForIp;
         });
         self.watch_ip(vm, cancel, Some(booted))
+    }
+
+    /// The clone's VMX is ours, not the image's: the allow-list runs before VMware starts it.
+    fn enforce_vmx(&self, id: VmId, vmx_path: &Path, gold_dir: &Path) -> Result<(), Stop> {
+        let strict = self.settings.strict_vmx;
+        match crate::guard::enforce_vmx(vmx_path, Some(gold_dir), strict) {
+            Ok(crate::guard::VmxVerdict::Cleaned(lines)) if lines.is_empty() => Ok(()),
+            Ok(crate::guard::VmxVerdict::Cleaned(lines)) => {
+                crate::warn!(
+                    "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
+                    lines.len(),
+                    lines.join("; ")
+                );
+                self.record(id, |vm| vm.vmx_removed = lines);
+                Ok(())
+            }
+            Ok(crate::guard::VmxVerdict::Refused(lines)) => Err(Stop::failed(
+                "image-vmx-unsafe",
+                crate::guard::unsafe_vmx_message(&lines),
+            )),
+            Err(message) => Err(Stop::failed(
+                "vmx-edit-failed",
+                format!("checking {}: {message}", vmx_path.display()),
+            )),
+        }
     }
 
     /// Clones of one parent are serialised by the gold lock; "in use" can still come from a

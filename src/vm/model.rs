@@ -43,6 +43,10 @@ pub struct Vm {
     /// When the reaper destroys the VM unless it is renewed (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Lines of the image's VMX that the allow-list took out of this clone (see
+    /// `crate::guard::vmx_policy`), each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vmx_removed: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -209,6 +213,7 @@ pub(crate) mod tests {
             updated_at: "2026-11-24T17:00:00.000Z".into(),
             ttl: None,
             expires_at: None,
+            vmx_removed: Vec::new(),
         }
     }
 

@@ -323,7 +323,13 @@ impl Run {
             None => ExtractError::Corrupt {
                 format: self.format,
                 entry: entry.map(str::to_owned),
-                detail: e.to_string(),
+                // The tar crate's own words quote the header bytes it could not parse: an
+                // image may be any local file, and its bytes are not the client's to read.
+                detail: if e.kind() == io::ErrorKind::UnexpectedEof {
+                    "it ends in the middle of an entry".to_owned()
+                } else {
+                    format!("its headers are not valid {} headers", self.format)
+                },
             },
         }
     }

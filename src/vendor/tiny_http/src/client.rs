@@ -54,6 +54,8 @@ pub struct ClientConnection {
 
     // the last request took the connection over (`Connection: upgrade`)
     upgraded: bool,
+    /// Whether a request head has been read on this connection yet.
+    served: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -107,6 +109,7 @@ impl ClientConnection {
             previous_left_body: false,
             closed: false,
             upgraded: false,
+            served: false,
         }
     }
 
@@ -174,7 +177,15 @@ impl ClientConnection {
         // The head's deadline starts with its first byte; until then the connection is
         // idle, and is closed quietly when it stays so. Empty lines before a request are
         // skipped (RFC 7230 3.5).
-        self.deadline.set(self.limits.idle_timeout);
+        // A new connection has `first_request_timeout` for its whole first head, from the
+        // accept: one that sends nothing, or a byte at a time, holds a place that long.
+        let first_request = !self.served;
+        self.served = true;
+        if first_request {
+            self.deadline.set(self.limits.first_request_timeout);
+        } else {
+            self.deadline.set(self.limits.idle_timeout);
+        }
         let first = loop {
             match self.next_header_source.by_ref().bytes().next() {
                 Some(Ok(b'\r')) | Some(Ok(b'\n')) if left > 0 => left -= 1,
@@ -182,7 +193,9 @@ impl ClientConnection {
                 Some(Err(_)) | None => return Err(ReadError::Idle),
             }
         };
-        self.deadline.set(self.limits.head_timeout);
+        if !first_request {
+            self.deadline.set(self.limits.head_timeout);
+        }
 
         let (method, path, version, headers) = {
             // reading the request line

@@ -102,13 +102,14 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use client::ClientConnection;
 use connection::Connection;
-use limits::{error_body, ConnectionSlot, Deadline};
+use limits::{error_body, ConnectionSlot, Deadline, PeerSlot};
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
@@ -312,6 +313,7 @@ impl Server {
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(HashMap::new()));
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
@@ -319,10 +321,10 @@ impl Server {
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let sock = match server.accept() {
-                    Ok((sock, _)) => {
+                let (sock, peer) = match server.accept() {
+                    Ok((sock, peer)) => {
                         backoff = ACCEPT_BACKOFF_MIN;
-                        sock
+                        (sock, peer)
                     }
                     Err(e) => {
                         if inside_close_trigger.load(Relaxed) {
@@ -339,8 +341,20 @@ impl Server {
                     }
                 };
 
+                let peer_slot = match peer {
+                    Some(peer) if limits.max_connections_per_ip > 0 => {
+                        match PeerSlot::take(&peers, peer.ip(), limits.max_connections_per_ip) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                refuse_busy(sock);
+                                continue;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 let slot = match ConnectionSlot::take(&open_connections, limits.max_connections) {
-                    Some(slot) => slot,
+                    Some(slot) => (slot, peer_slot),
                     None => {
                         refuse_busy(sock);
                         continue;

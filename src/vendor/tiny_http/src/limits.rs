@@ -8,7 +8,9 @@
 use std::convert::TryFrom;
 use std::io::{Error as IoError, ErrorKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,12 @@ pub struct Limits {
     pub max_drain: usize,
     /// Connections open at once; more are answered 503 and closed at once.
     pub max_connections: usize,
+    /// Time a new connection has for its first complete request head, from its accept;
+    /// slower (silent ones included) is closed.
+    pub first_request_timeout: Duration,
+    /// Connections open at once from one client address (0: no limit); more are answered
+    /// 503 and closed at once, so that one client cannot take every place.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +63,8 @@ impl Default for Limits {
             io_timeout: Duration::from_secs(30),
             max_drain: 64 * 1024,
             max_connections: 1024,
+            first_request_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -167,6 +177,44 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts open connections per client address; dropping one of these gives its place back.
+#[derive(Debug)]
+pub(crate) struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    pub(crate) fn take(
+        peers: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut map = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let open = map.entry(ip).or_insert(0);
+        if max > 0 && *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
