@@ -21,10 +21,19 @@ pub struct Limits {
 /// Why a create was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Shortage {
-    Vms { used: u64, limit: u64 },
-    Disk { free: u64, floor: u64 },
+    Vms {
+        used: u64,
+        limit: u64,
+    },
+    Disk {
+        free: u64,
+        floor: u64,
+    },
     /// VM records of any status (failed ones included) at `--max-records`.
-    Records { count: u64, limit: u64 },
+    Records {
+        count: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for Shortage {

@@ -522,8 +522,11 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
     let callback_allow = list("callback-allow")
         .iter()
         .map(|v| {
-            crate::guard::cidr::Cidr::parse(v)
-                .map_err(|e| ConfigError(format!("--callback-allow / OSX_BUILDER_CALLBACK_ALLOW: {e}")))
+            crate::guard::cidr::Cidr::parse(v).map_err(|e| {
+                ConfigError(format!(
+                    "--callback-allow / OSX_BUILDER_CALLBACK_ALLOW: {e}"
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let strict_vmx = match value("strict-vmx").0.trim() {
@@ -580,7 +583,10 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         token_file: optional("token-file")?.map(PathBuf::from),
         callback_secret: optional("callback-secret")?,
         callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
-        file_image_dirs: list("file-image-dir").into_iter().map(PathBuf::from).collect(),
+        file_image_dirs: list("file-image-dir")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         callback_allow,
         strict_vmx,
         failed_retention: (failed_retention > 0.0)
@@ -764,14 +770,24 @@ mod tests {
                 "--failed-retention",
                 "0",
             ],
-            &[("OSX_BUILDER_FILE_IMAGE_DIR", "/c"), ("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4,fd00::/8")],
+            &[
+                ("OSX_BUILDER_FILE_IMAGE_DIR", "/c"),
+                ("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4,fd00::/8"),
+            ],
         )
         .unwrap();
-        assert_eq!(config.file_image_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            config.file_image_dirs,
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         assert_eq!(config.callback_allow.len(), 1);
         assert!(config.strict_vmx);
         assert_eq!(config.failed_retention, None);
-        let config = serve(&["--strict-vmx", "false"], &[("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4, fd00::/8")]).unwrap();
+        let config = serve(
+            &["--strict-vmx", "false"],
+            &[("OSX_BUILDER_CALLBACK_ALLOW", "1.2.3.4, fd00::/8")],
+        )
+        .unwrap();
         assert!(!config.strict_vmx);
         assert_eq!(config.callback_allow.len(), 2);
         let err = serve(&["--callback-allow", "10.0.0.0/40"], &[]).unwrap_err();

@@ -113,7 +113,11 @@ impl Service {
                 if !differ.is_empty() {
                     return Err(ApiError::IdempotencyKeyReused(differ));
                 }
-                return self.store.json(vm.id).map(Created::Existing).ok_or(ApiError::VmNotFound);
+                return self
+                    .store
+                    .json(vm.id)
+                    .map(Created::Existing)
+                    .ok_or(ApiError::VmNotFound);
             }
         }
         let records = self.store.ids().len() as u64;

@@ -63,8 +63,7 @@ impl HttpServer {
             max_connections_per_ip,
             ..limits()
         };
-        Server::http_with_limits(addr, limits)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        Server::http_with_limits(addr, limits).map_err(|e| format!("cannot listen on {addr}: {e}"))
     }
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by
@@ -262,8 +261,7 @@ fn answer(
         Route::PrewarmImage => {
             check_content_type(request)?;
             let body = read_body(request)?;
-            images::prewarm(&service.fleet().gold, &service.fleet().guard, &body)
-                .map(Reply::Answer)
+            images::prewarm(&service.fleet().gold, &service.fleet().guard, &body).map(Reply::Answer)
         }
         Route::DeleteImage(checksum) => {
             images::delete(&service.fleet().gold, &checksum).map(Reply::Answer)

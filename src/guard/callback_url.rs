@@ -15,7 +15,11 @@ fn refuse(why: String) -> ApiError {
 /// Host and port of an http(s) URL that `create_body` has already checked the shape of.
 fn host_port(url: &str) -> Option<(String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
-    let default = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
     let authority = rest.split(['/', '?', '#']).next()?;
     let hostport = authority.rsplit('@').next()?;
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -55,7 +59,9 @@ fn is_local(ip: IpAddr) -> bool {
 impl Guard {
     pub fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
         let Some((host, port)) = host_port(url) else {
-            return Err(refuse("callback_url has no host and port that can be used".into()));
+            return Err(refuse(
+                "callback_url has no host and port that can be used".into(),
+            ));
         };
         if numeric_but_not_dotted_quad(&host) {
             return Err(refuse(format!(
@@ -81,7 +87,10 @@ impl Guard {
                     v4 => *v4,
                 };
                 port == own.port()
-                    && (ip == own.ip() || (own.ip().is_unspecified() && is_local(ip)) || (ip.is_loopback() && own.ip().is_loopback()) || ip.is_unspecified())
+                    && (ip == own.ip()
+                        || (own.ip().is_unspecified() && is_local(ip))
+                        || (ip.is_loopback() && own.ip().is_loopback())
+                        || ip.is_unspecified())
             };
             if ips.iter().any(ours) {
                 return Err(refuse(format!(
@@ -123,17 +132,35 @@ mod tests {
 
     #[test]
     fn numeric_hosts_must_be_dotted_quads() {
-        for bad in ["2130706433", "0x7f000001", "127.1", "0177.0.0.1", "127.0.0.01", "0x7f.0.0.1", "1.2.3.4.5"] {
+        for bad in [
+            "2130706433",
+            "0x7f000001",
+            "127.1",
+            "0177.0.0.1",
+            "127.0.0.01",
+            "0x7f.0.0.1",
+            "1.2.3.4.5",
+        ] {
             assert!(numeric_but_not_dotted_quad(bad), "{bad}");
         }
-        for good in ["127.0.0.1", "10.0.0.5", "ci.example.com", "host-1", "a.b.c1", "localhost"] {
+        for good in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "ci.example.com",
+            "host-1",
+            "a.b.c1",
+            "localhost",
+        ] {
             assert!(!numeric_but_not_dotted_quad(good), "{good}");
         }
     }
 
     #[test]
     fn host_and_port_come_from_the_authority() {
-        assert_eq!(host_port("http://u:p@Example.com:81/x"), Some(("example.com".into(), 81)));
+        assert_eq!(
+            host_port("http://u:p@Example.com:81/x"),
+            Some(("example.com".into(), 81))
+        );
         assert_eq!(host_port("https://h/x?y"), Some(("h".into(), 443)));
         assert_eq!(host_port("http://[::1]:9/"), Some(("::1".into(), 9)));
         assert_eq!(host_port("http://h:notaport/"), None);
@@ -141,10 +168,19 @@ mod tests {
 
     #[test]
     fn this_server_and_networks_outside_the_allow_list_are_refused() {
-        let guard = Guard::new(&[], vec![super::super::cidr::Cidr::parse("10.0.0.0/8").unwrap()], false).unwrap();
+        let guard = Guard::new(
+            &[],
+            vec![super::super::cidr::Cidr::parse("10.0.0.0/8").unwrap()],
+            false,
+        )
+        .unwrap();
         guard.set_listening("127.0.0.1:4000".parse().unwrap());
-        assert!(guard.check_callback_url("http://127.0.0.1:4000/vms").is_err());
-        assert!(guard.check_callback_url("http://[::ffff:127.0.0.1]:4000/").is_err());
+        assert!(guard
+            .check_callback_url("http://127.0.0.1:4000/vms")
+            .is_err());
+        assert!(guard
+            .check_callback_url("http://[::ffff:127.0.0.1]:4000/")
+            .is_err());
         assert!(guard.check_callback_url("http://10.1.2.3:4000/cb").is_ok());
         assert!(guard.check_callback_url("http://192.168.0.3/cb").is_err());
         let open = Guard::new(&[], vec![], false).unwrap();

@@ -31,12 +31,8 @@ impl Cidr {
             v4 => v4,
         };
         match (self.net, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.bits)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.bits)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
             _ => false,
         }
     }
@@ -73,10 +69,18 @@ mod tests {
         let one = Cidr::parse("192.168.1.7").unwrap();
         assert!(one.contains("192.168.1.7".parse().unwrap()));
         assert!(!one.contains("192.168.1.8".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/12").unwrap().contains("10.15.0.1".parse().unwrap()));
-        assert!(!Cidr::parse("10.0.0.0/12").unwrap().contains("10.16.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/12")
+            .unwrap()
+            .contains("10.15.0.1".parse().unwrap()));
+        assert!(!Cidr::parse("10.0.0.0/12")
+            .unwrap()
+            .contains("10.16.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
         for bad in ["10.0.0.0/33", "ten/8", "10.0.0/8", ""] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

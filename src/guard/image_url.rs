@@ -20,7 +20,11 @@ impl Guard {
             ));
         }
         let resolved = super::vmx_policy::resolve(Path::new("/"), &path.to_string_lossy());
-        if self.file_image_dirs.iter().any(|dir| resolved.starts_with(dir)) {
+        if self
+            .file_image_dirs
+            .iter()
+            .any(|dir| resolved.starts_with(dir))
+        {
             return Ok(());
         }
         let dirs: Vec<String> = self

@@ -30,12 +30,19 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(file_image_dirs: &[PathBuf], callback_allow: Vec<Cidr>, strict_vmx: bool) -> Result<Self, String> {
+    pub fn new(
+        file_image_dirs: &[PathBuf],
+        callback_allow: Vec<Cidr>,
+        strict_vmx: bool,
+    ) -> Result<Self, String> {
         let dirs = file_image_dirs
             .iter()
             .map(|dir| {
                 std::fs::canonicalize(dir).map_err(|e| {
-                    format!("--file-image-dir {}: {e}; name an existing folder", dir.display())
+                    format!(
+                        "--file-image-dir {}: {e}; name an existing folder",
+                        dir.display()
+                    )
                 })
             })
             .collect::<Result<_, _>>()?;

@@ -117,9 +117,11 @@ pub fn check(vmx: &Vmx, vmx_dir: &Path, allowed: &Allowed<'_>) -> Vec<Finding> {
     // The other lines of a removed device, so that no half-device is left behind.
     for key in &keys {
         let lower = key.to_ascii_lowercase();
-        let of_device = devices
-            .iter()
-            .any(|d| lower.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('.')));
+        let of_device = devices.iter().any(|d| {
+            lower
+                .strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        });
         if of_device && !findings.iter().any(|f| f.key == *key) {
             let value = vmx.get(key).unwrap_or_default();
             findings.push(finding(key, &value, "part of a removed device"));
@@ -264,7 +266,10 @@ fn descriptor_escapes(path: &Path, allowed: &Allowed<'_>) -> Option<&'static str
     for line in text.lines().map(str::trim) {
         let named = if let Some(rest) = line.strip_prefix("parentFileNameHint=") {
             Some(rest.trim().trim_matches('"'))
-        } else if line.starts_with("RW ") || line.starts_with("RDONLY ") || line.starts_with("NOACCESS ") {
+        } else if line.starts_with("RW ")
+            || line.starts_with("RDONLY ")
+            || line.starts_with("NOACCESS ")
+        {
             line.split('"').nth(1)
         } else {
             None
@@ -291,7 +296,8 @@ mod tests {
     }
 
     fn scratch(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("osxb-vmx-policy-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("osxb-vmx-policy-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("vms/me")).unwrap();
         fs::create_dir_all(dir.join("vms/other")).unwrap();
@@ -306,15 +312,27 @@ mod tests {
         let root = &s.0;
         let own = root.join("vms/me");
         let gold = root.join("gold/abc");
-        fs::write(own.join("disk-cl1.vmdk"), format!(
-            "# Disk DescriptorFile\nparentFileNameHint=\"{}\"\nRW 0 SPARSE \"disk-cl1.vmdk\"\n",
-            gold.join("disk.vmdk").display()
-        )).unwrap();
-        fs::write(own.join("evil-cl1.vmdk"), format!(
-            "# Disk DescriptorFile\nparentFileNameHint=\"{}\"\nRW 0 SPARSE \"evil-cl1.vmdk\"\n",
-            root.join("vms/other/gold-cl1.vmdk").display()
-        )).unwrap();
-        fs::write(own.join("raw.vmdk"), "# Disk DescriptorFile\nRW 100 FLAT \"/dev/disk0\" 0\n").unwrap();
+        fs::write(
+            own.join("disk-cl1.vmdk"),
+            format!(
+                "# Disk DescriptorFile\nparentFileNameHint=\"{}\"\nRW 0 SPARSE \"disk-cl1.vmdk\"\n",
+                gold.join("disk.vmdk").display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            own.join("evil-cl1.vmdk"),
+            format!(
+                "# Disk DescriptorFile\nparentFileNameHint=\"{}\"\nRW 0 SPARSE \"evil-cl1.vmdk\"\n",
+                root.join("vms/other/gold-cl1.vmdk").display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            own.join("raw.vmdk"),
+            "# Disk DescriptorFile\nRW 100 FLAT \"/dev/disk0\" 0\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/etc", own.join("link")).unwrap();
         let other = root.join("vms/other/gold-cl1.vmdk");
         let table: &[(&str, &str, Option<&str>)] = &[
@@ -330,18 +348,34 @@ mod tests {
             ("serial1.present", "TRUE", Some("port")),
             ("sharedFolder0.hostPath", "/", Some("shared folder")),
             ("sharedFolder0.writeAccess", "TRUE", Some("shared folder")),
-            ("isolation.tools.hgfs.disable", "FALSE", Some("file sharing")),
+            (
+                "isolation.tools.hgfs.disable",
+                "FALSE",
+                Some("file sharing"),
+            ),
             ("serial0.fileType", "file", Some("port")),
-            ("serial0.fileName", "../../.ssh/authorized_keys", Some("port")),
+            (
+                "serial0.fileName",
+                "../../.ssh/authorized_keys",
+                Some("port"),
+            ),
             ("parallel0.fileType", "pipe", Some("port")),
             ("scsi0:1.fileName", other.to_str().unwrap(), Some("outside")),
-            ("scsi0:2.fileName", "../other/gold-cl1.vmdk", Some("outside")),
+            (
+                "scsi0:2.fileName",
+                "../other/gold-cl1.vmdk",
+                Some("outside"),
+            ),
             ("scsi0:3.fileName", "evil-cl1.vmdk", Some("descriptor")),
             ("scsi0:4.fileName", "raw.vmdk", Some("descriptor")),
             ("scsi0:5.fileName", "link/passwd", Some("outside")),
             ("ide1:0.deviceType", "cdrom-raw", Some("passthrough")),
             ("pciPassthru0.present", "TRUE", Some("passthrough")),
-            ("usb.autoConnect.device0", "0x1234:0x5678", Some("passthrough")),
+            (
+                "usb.autoConnect.device0",
+                "0x1234:0x5678",
+                Some("passthrough"),
+            ),
             ("RemoteDisplay.vnc.enabled", "TRUE", Some("listener")),
             ("nvram", "/etc/passwd", Some("outside")),
             ("fileSearchPath", "/;.", Some("search path")),
@@ -351,7 +385,10 @@ mod tests {
         for (key, value, want) in table {
             let text = format!(".encoding = \"UTF-8\"\n{key} = \"{value}\"\n");
             let vmx = Vmx::parse(text.as_bytes()).unwrap();
-            let allowed = Allowed { own: &own, parent: Some(&gold) };
+            let allowed = Allowed {
+                own: &own,
+                parent: Some(&gold),
+            };
             let found = check(&vmx, &own, &allowed);
             match want {
                 None => assert!(found.is_empty(), "{key} = {value}: {found:?}"),
@@ -370,14 +407,30 @@ mod tests {
         let own = s.0.join("vms/me");
         let text = ".encoding = \"UTF-8\"\nserial0.present = \"TRUE\"\nserial0.fileType = \"file\"\nserial0.fileName = \"/tmp/x\"\nscsi0:1.present = \"TRUE\"\nscsi0:1.fileName = \"/x/y.vmdk\"\nscsi0:10.present = \"TRUE\"\nmemsize = \"4096\"\n";
         let mut vmx = Vmx::parse(text.as_bytes()).unwrap();
-        let found = check(&vmx, &own, &Allowed { own: &own, parent: None });
+        let found = check(
+            &vmx,
+            &own,
+            &Allowed {
+                own: &own,
+                parent: None,
+            },
+        );
         let keys: Vec<&str> = found.iter().map(|f| f.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["serial0.present", "serial0.fileType", "serial0.fileName", "scsi0:1.present", "scsi0:1.fileName"]
+            [
+                "serial0.present",
+                "serial0.fileType",
+                "serial0.fileName",
+                "scsi0:1.present",
+                "scsi0:1.fileName"
+            ]
         );
         remove(&mut vmx, &found);
         let left = String::from_utf8(vmx.to_bytes()).unwrap();
-        assert_eq!(left, ".encoding = \"UTF-8\"\nscsi0:10.present = \"TRUE\"\nmemsize = \"4096\"\n");
+        assert_eq!(
+            left,
+            ".encoding = \"UTF-8\"\nscsi0:10.present = \"TRUE\"\nmemsize = \"4096\"\n"
+        );
     }
 }

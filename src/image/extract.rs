@@ -269,6 +269,14 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// An entry's name as shown in an error: the one entry at fault, cut to a sane length.
+fn shown_entry(name: &str) -> String {
+    match name.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,13 +325,5 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(60 << 30), "60.0 GiB");
-    }
-}
-
-/// An entry's name as shown in an error: the one entry at fault, cut to a sane length.
-fn shown_entry(name: &str) -> String {
-    match name.char_indices().nth(100) {
-        Some((at, _)) => format!("{}…", &name[..at]),
-        None => name.to_owned(),
     }
 }

@@ -14,8 +14,8 @@ pub mod progress;
 pub mod spec;
 
 pub use cache::{DownloadHook, ImageCache, ImageSettings};
-pub use download::Location;
 pub use checksum::is_any_digest;
+pub use download::Location;
 pub use error::ImageError;
 pub use layout::GoldImage;
 pub use progress::{ImagePhase, ImageProgress};

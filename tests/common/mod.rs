@@ -445,3 +445,28 @@ pub fn read_all(stream: &mut impl Read) -> Vec<u8> {
     let _ = stream.read_to_end(&mut out);
     out
 }
+
+/// Server options allowing `file://` images under `dir` (off by default: see README,
+/// "Security").
+pub fn file_images_under(dir: &Path) -> ServerOptions {
+    ServerOptions {
+        args: vec!["--file-image-dir".into(), dir.display().to_string()],
+        ..ServerOptions::default()
+    }
+}
+
+/// A gold VM as a tar.gz of `files` (name, contents) under `top/`.
+pub fn tar_gz_of(top: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, body) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, format!("{top}/{name}"), *body)
+            .unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
