@@ -1328,7 +1328,9 @@ fn corrupt_deflate_data_is_reported_with_the_decoder_message() {
 }
 
 #[test]
-fn no_vmx_lists_what_the_archive_held() {
+/// Issue 13 changed this on purpose: an archive may be any local file, so the error gives
+/// the count of its entries but none of their names.
+fn no_vmx_says_how_many_entries_but_not_their_names() {
     let archive = RawTar::new()
         .file("vm/disk.vmdk", 0o644, b"d")
         .file("vm/._macOS.vmx", 0o644, b"appledouble")
@@ -1344,8 +1346,8 @@ fn no_vmx_lists_what_the_archive_held() {
     .unwrap_err();
     assert_eq!(err.code(), "no-vmx", "{err}");
     let text = err.to_string();
-    for name in ["vm/disk.vmdk", "vm/._macOS.vmx", "README"] {
-        assert!(text.contains(name), "{text}");
+    for name in ["disk.vmdk", "._macOS.vmx", "README"] {
+        assert!(!text.contains(name), "{text}");
     }
     assert!(text.contains("3 entries"), "{text}");
 }
