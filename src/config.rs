@@ -47,6 +47,11 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     pub callback_secret: Option<String>,
     pub callback_secret_file: Option<PathBuf>,
+    /// PEM bundle trusted for https:// images and callbacks, besides the system store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the API is served over HTTPS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -305,6 +310,24 @@ const SETTINGS: &[Setting] = &[
         "",
         "file whose first line is the callback secret"
     ),
+    setting!(
+        "ca-file",
+        "OSX_BUILDER_CA_FILE",
+        "",
+        "PEM bundle of CAs trusted for https:// images and callbacks, besides the system store (or SSL_CERT_FILE / SSL_CERT_DIR when set, as curl and OpenSSL use them)"
+    ),
+    setting!(
+        "tls-cert",
+        "OSX_BUILDER_TLS_CERT",
+        "",
+        "PEM certificate chain: with --tls-key, the API is served over HTTPS only"
+    ),
+    setting!(
+        "tls-key",
+        "OSX_BUILDER_TLS_KEY",
+        "",
+        "PEM private key (PKCS#8, RSA or EC, unencrypted) of --tls-cert"
+    ),
 ];
 
 pub fn help_text() -> String {
@@ -477,6 +500,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         token_file: optional("token-file")?.map(PathBuf::from),
         callback_secret: optional("callback-secret")?,
         callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
+        ca_file: optional("ca-file")?.map(PathBuf::from),
+        tls_cert: optional("tls-cert")?.map(PathBuf::from),
+        tls_key: optional("tls-key")?.map(PathBuf::from),
     })))
 }
 

@@ -60,6 +60,13 @@ fn serve(config: &Config) -> Result<(), String> {
     // path must stop the server, not run it open or unsigned.
     let auth = Auth::from_settings(config.token.clone(), config.token_file.clone())
         .map_err(|e| e.to_string())?;
+    let trust = osx_builder::tls::client_trust(config.ca_file.as_deref())?;
+    info!("https images and callbacks trust {}", trust.summary());
+    let identity = osx_builder::tls_server::load_identity(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
+    let scheme = if identity.is_some() { "https" } else { "http" };
     let callback_secret = callback::load_secret(
         config.callback_secret.as_deref(),
         config.callback_secret_file.as_deref(),
@@ -93,6 +100,7 @@ fn serve(config: &Config) -> Result<(), String> {
         connect_timeout: config.download_connect_timeout,
         read_timeout: config.download_read_timeout,
         max_resumes: config.download_max_resumes,
+        trust: trust.clone(),
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
@@ -138,6 +146,7 @@ fn serve(config: &Config) -> Result<(), String> {
                 timeout: config.callback_timeout,
                 retries: config.callback_retries,
                 secret: callback_secret,
+                trust,
             },
         },
         metrics: metrics.clone(),
@@ -169,7 +178,7 @@ fn serve(config: &Config) -> Result<(), String> {
     let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = HttpServer::bind(addr)?;
+    let listener = HttpServer::bind(addr, identity)?;
     let bound = listener
         .server_addr()
         .to_ip()
@@ -188,7 +197,7 @@ fn serve(config: &Config) -> Result<(), String> {
     shutdown::install_handlers();
     let server = HttpServer::start(listener, config.http_threads, service);
     info!(
-        "listening on http://{bound} (data in {})",
+        "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()
     );
     while !shutdown::requested() {

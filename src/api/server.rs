@@ -54,9 +54,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn bind(addr: SocketAddr) -> Result<Server, String> {
-        Server::http_with_limits(addr, limits())
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    /// Serves HTTPS only when `tls` is given (see `crate::tls_server`), with the same limits.
+    pub fn bind(addr: SocketAddr, tls: Option<tiny_http::SslConfig>) -> Result<Server, String> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        Server::from_listener_with_limits(listener, tls, limits())
+            .map_err(|e| format!("cannot serve on {addr}: {e}"))
     }
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by

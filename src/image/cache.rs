@@ -36,6 +36,8 @@ pub struct ImageSettings {
     pub read_timeout: Duration,
     /// Range requests after dropped connections, per download.
     pub max_resumes: u32,
+    /// The roots https:// image servers are verified against.
+    pub trust: crate::tls::ClientTrust,
 }
 
 impl ImageSettings {
@@ -52,6 +54,7 @@ impl ImageSettings {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
             max_resumes: Self::DEFAULT_MAX_RESUMES,
+            trust: crate::tls::ClientTrust::system(),
         }
     }
 }
@@ -106,6 +109,7 @@ impl ImageCache {
                     settings.connect_timeout,
                     settings.read_timeout,
                     settings.max_resumes,
+                    &settings.trust,
                 ),
                 limits: Limits {
                     max_unpacked_bytes: settings.max_unpacked_bytes,
