@@ -639,6 +639,9 @@ fn tls_api(tag: &str) -> (TempDir, Server, ureq::Agent, Pki) {
         dir.path(),
         ServerOptions {
             args: vec![
+                // As the slow-client tests run the plain listener: few workers.
+                "--http-threads".into(),
+                "2".into(),
                 "--tls-cert".into(),
                 cert.display().to_string(),
                 "--ca-file".into(),
@@ -798,5 +801,90 @@ fn bad_tls_files_stop_the_server_naming_them() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text}");
         assert!(text.contains(needle), "{needle}: {text}");
+    }
+}
+
+/// A TLS client for the API that finishes its handshake, then sends `head` and one byte a
+/// second of a header that never ends; returns the status and JSON of what it got back.
+fn slow_tls_head(addr: &str, ca: &std::path::Path) -> (u16, Value) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /vms HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .unwrap();
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if tls.write_all(b"a").is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_tls_head_sent_a_byte_a_second_holds_no_worker_and_times_out() {
+    let (dir, server, agent, _pki) = tls_api("tls-slow-head");
+    let addr = server.base.trim_start_matches("https://").to_string();
+    let ca = dir.path().join("ca.pem");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, ca) = (addr.clone(), ca.clone());
+            thread::spawn(move || slow_tls_head(&addr, &ca))
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, _) = json(agent.get(&server.url("/vms")).call().unwrap());
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    for client in clients {
+        let (status, body) = client.join().unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (408, Some("request-timeout")),
+            "{body}"
+        );
     }
 }
