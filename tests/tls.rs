@@ -456,10 +456,11 @@ fn untrusted_expired_and_wrong_name_certificates_each_say_why() {
     );
 }
 
-#[test]
-fn a_drop_mid_download_over_https_resumes_with_range() {
+/// An image whose first answer is cut half way, served with or without Range support;
+/// the VM must reach running. Returns the requests the image server saw.
+fn cut_download(tag: &str, range: bool) -> Vec<Seen> {
     let pki = Pki::new();
-    let (dir, ca) = folder("tls-resume", &pki);
+    let (dir, ca) = folder(tag, &pki);
     let images = HttpsServer::start(&pki.local());
     let archive = common::gold_tar_gz_padded("box", 256 * 1024);
     let checksum = sha1_hex(&archive);
@@ -468,47 +469,34 @@ fn a_drop_mid_download_over_https_resumes_with_range() {
         "/gold.tar.gz",
         Entry::File {
             bytes: Arc::new(archive),
-            range: true,
+            range,
             drop_at: Some(at),
         },
     );
     let server = Server::start_with(dir.path(), with_ca_file(&ca));
     let id = create(&server, &image_body(&url, &checksum));
     server.wait_ready(&id);
-    let seen = images.seen("/gold.tar.gz");
-    assert!(seen.len() >= 2, "{seen:?}");
+    images.seen("/gold.tar.gz")
+}
+
+#[test]
+fn a_drop_mid_download_over_https_resumes_with_range() {
+    let seen = cut_download("tls-resume", true);
+    assert_eq!(seen.len(), 2, "{seen:?}");
     let range = seen[1].headers.get("range").cloned().unwrap_or_default();
-    assert!(range.starts_with("bytes="), "{seen:?}");
-    assert!(
-        range
-            .trim_start_matches("bytes=")
-            .trim_end_matches('-')
-            .parse::<usize>()
-            .unwrap()
-            > 0
-    );
+    let from: usize = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap_or(0);
+    assert!(range.starts_with("bytes=") && from > 0, "{seen:?}");
 }
 
 #[test]
 fn a_drop_without_range_support_restarts_over_https() {
-    let pki = Pki::new();
-    let (dir, ca) = folder("tls-norange", &pki);
-    let images = HttpsServer::start(&pki.local());
-    let archive = common::gold_tar_gz_padded("box", 256 * 1024);
-    let checksum = sha1_hex(&archive);
-    let at = archive.len() / 2;
-    let url = images.add(
-        "/gold.tar.gz",
-        Entry::File {
-            bytes: Arc::new(archive),
-            range: false,
-            drop_at: Some(at),
-        },
-    );
-    let server = Server::start_with(dir.path(), with_ca_file(&ca));
-    let id = create(&server, &image_body(&url, &checksum));
-    server.wait_ready(&id);
-    assert!(images.seen("/gold.tar.gz").len() >= 2);
+    let seen = cut_download("tls-norange", false);
+    // The cut answer, the Range request answered 200, the restart (which may be that one).
+    assert!(seen.len() >= 2, "{seen:?}");
 }
 
 #[test]
