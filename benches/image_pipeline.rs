@@ -13,8 +13,12 @@
 //! (default 256: bzip2 compresses at a few MB/s, so a full GiB would take many minutes to
 //! build), `--only gz|bz2`, `--keep` (leave the unpacked trees for inspection).
 //!
-//! Re-executed as `image_pipeline --child <url> <sha256> <data dir>` it runs our pipeline
-//! once and prints `<seconds> <peak RSS KiB>`.
+//! The tar.gz case has an HTTPS row too: the same image from a loopback rustls server with a
+//! certificate of a CA made for the run, against `curl -s --cacert ca.pem https://...`; it
+//! prints the cipher suite the connections used. `--no-https` skips it.
+//!
+//! Re-executed as `image_pipeline --child <url> <sha256> <data dir> [<CA file>]` it runs our
+//! pipeline once and prints `<seconds> <peak RSS KiB>`.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -52,6 +56,7 @@ struct Options {
     bz2_size_mib: u64,
     only: Option<String>,
     keep: bool,
+    https: bool,
 }
 
 impl Options {
@@ -62,6 +67,7 @@ impl Options {
             bz2_size_mib: 256,
             only: None,
             keep: false,
+            https: true,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -76,6 +82,7 @@ impl Options {
                 "--bz2-size-mib" => options.bz2_size_mib = number("--bz2-size-mib"),
                 "--only" => options.only = args.next().cloned(),
                 "--keep" => options.keep = true,
+                "--no-https" => options.https = false,
                 // cargo bench passes --bench; libtest-style filters are ignored.
                 _ => {}
             }
@@ -115,6 +122,11 @@ fn run(options: &Options) -> io::Result<()> {
         build_image(case)?;
     }
     let base = serve(&dir)?;
+    let tls = if options.https {
+        Some(tls::serve(&dir)?)
+    } else {
+        None
+    };
     let have_shell = ["bash", "curl", "tee", "sha256sum", "tar"]
         .iter()
         .all(|tool| have(tool));
@@ -145,11 +157,46 @@ fn run(options: &Options) -> io::Result<()> {
                 ""
             }
         );
+        row(
+            &dir, case, options, &url, &checksum, compressed, have_shell, None,
+        )?;
+        if let (Some((tls_base, ca)), "tar.gz") = (&tls, case.name) {
+            let url = format!("{tls_base}/{name}");
+            println!("  over HTTPS ({url}):");
+            row(
+                &dir,
+                case,
+                options,
+                &url,
+                &checksum,
+                compressed,
+                have_shell,
+                Some(ca),
+            )?;
+            println!("  cipher suite: {}", tls::cipher_suites());
+        }
+    }
+    Ok(())
+}
+
+/// One row: our pipeline and the shell's, `options.runs` times each, and their figures.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    dir: &Path,
+    case: &Case,
+    options: &Options,
+    url: &str,
+    checksum: &str,
+    compressed: u64,
+    have_shell: bool,
+    ca: Option<&Path>,
+) -> io::Result<()> {
+    {
         let mut ours = Vec::new();
         let mut shell = Vec::new();
         let mut rss = 0;
         for run in 0..options.runs {
-            let (seconds, peak_kib) = run_ours(&dir, &url, &checksum, options.keep)?;
+            let (seconds, peak_kib) = run_ours(dir, url, checksum, options.keep, ca)?;
             println!(
                 "  run {}: ours {seconds:.2} s (peak RSS {} MiB)",
                 run + 1,
@@ -158,7 +205,7 @@ fn run(options: &Options) -> io::Result<()> {
             ours.push(seconds);
             rss = rss.max(peak_kib);
             if have_shell {
-                let seconds = run_shell(&dir, &url, case.tar_flag, options.keep)?;
+                let seconds = run_shell(dir, url, case.tar_flag, options.keep, ca)?;
                 println!("  run {}: shell {seconds:.2} s", run + 1);
                 shell.push(seconds);
             }
@@ -174,8 +221,9 @@ fn run(options: &Options) -> io::Result<()> {
         if have_shell {
             let shell_median = median(&mut shell);
             println!(
-                "  shell: {shell_median:.2} s median  (`curl -s URL | tee >(sha256sum >/dev/null) \
+                "  shell: {shell_median:.2} s median  (`curl -s {}URL | tee >(sha256sum >/dev/null) \
                  | tar {} -`)",
+                if ca.is_some() { "--cacert ca.pem " } else { "" },
                 case.tar_flag
             );
             let ratio = ours_median / shell_median;
@@ -209,7 +257,13 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
-fn run_ours(dir: &Path, url: &str, checksum: &str, keep: bool) -> io::Result<(f64, u64)> {
+fn run_ours(
+    dir: &Path,
+    url: &str,
+    checksum: &str,
+    keep: bool,
+    ca: Option<&Path>,
+) -> io::Result<(f64, u64)> {
     let data_dir = dir.join("ours");
     let _ = fs::remove_dir_all(&data_dir);
     settle();
@@ -217,6 +271,7 @@ fn run_ours(dir: &Path, url: &str, checksum: &str, keep: bool) -> io::Result<(f6
     let output = Command::new(std::env::current_exe()?)
         .args(["--child", url, checksum])
         .arg(&data_dir)
+        .args(ca)
         .output()?;
     let seconds = started.elapsed().as_secs_f64();
     if !output.status.success() {
@@ -237,12 +292,20 @@ fn run_ours(dir: &Path, url: &str, checksum: &str, keep: bool) -> io::Result<(f6
     Ok((seconds, peak_kib))
 }
 
-fn run_shell(dir: &Path, url: &str, tar_flag: &str, keep: bool) -> io::Result<f64> {
+fn run_shell(
+    dir: &Path,
+    url: &str,
+    tar_flag: &str,
+    keep: bool,
+    ca: Option<&Path>,
+) -> io::Result<f64> {
     let out = dir.join("shell");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     settle();
-    let script = format!("curl -s '{url}' | tee >(sha256sum >/dev/null) | tar {tar_flag} -");
+    let cacert = ca.map_or_else(String::new, |ca| format!("--cacert '{}' ", ca.display()));
+    let script =
+        format!("curl -s {cacert}'{url}' | tee >(sha256sum >/dev/null) | tar {tar_flag} -");
     let started = Instant::now();
     let status = Command::new("bash")
         .args(["-c", &script])
@@ -260,12 +323,26 @@ fn run_shell(dir: &Path, url: &str, tar_flag: &str, keep: bool) -> io::Result<f6
 
 /// Our pipeline, once, in this (child) process.
 fn child(args: &[String]) {
-    let [url, checksum, data_dir] = args else {
-        eprintln!("usage: image_pipeline --child <url> <sha256> <data dir>");
-        std::process::exit(2);
+    let (url, checksum, data_dir, ca) = match args {
+        [url, checksum, data_dir] => (url, checksum, data_dir, None),
+        [url, checksum, data_dir, ca] => (url, checksum, data_dir, Some(ca)),
+        _ => {
+            eprintln!("usage: image_pipeline --child <url> <sha256> <data dir> [<CA file>]");
+            std::process::exit(2);
+        }
     };
+    let mut settings = ImageSettings::new(data_dir);
+    if let Some(ca) = ca {
+        match osx_builder::tls::ClientTrust::from_ca_file_only(Path::new(ca)) {
+            Ok(trust) => settings.trust = trust,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let started = Instant::now();
-    let result = ImageCache::new(ImageSettings::new(data_dir)).and_then(|cache| {
+    let result = ImageCache::new(settings).and_then(|cache| {
         let spec = ImageSpec {
             url: url.clone(),
             checksum: checksum.clone(),
@@ -544,4 +621,128 @@ fn answer(mut stream: TcpStream, dir: &Path) -> io::Result<()> {
     stream.shutdown(std::net::Shutdown::Write)?;
     thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loopback HTTPS server
+
+mod tls {
+    use std::fs::File;
+    use std::io::{self, BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+
+    use rustls_pki_types::pem::PemObject;
+
+    static SUITES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// The cipher suites the benchmark's HTTPS connections negotiated.
+    pub fn cipher_suites() -> String {
+        let mut suites = SUITES.lock().map(|s| s.clone()).unwrap_or_default();
+        suites.sort();
+        suites.dedup();
+        suites.join(", ")
+    }
+
+    /// Serves `dir` over HTTPS with a certificate for 127.0.0.1 from a CA made for this run;
+    /// returns the base URL and the CA's PEM file.
+    pub fn serve(dir: &Path) -> io::Result<(String, PathBuf)> {
+        let bad = |e: rcgen::Error| io::Error::other(e.to_string());
+        let ca_key = rcgen::KeyPair::generate().map_err(bad)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "image_pipeline bench CA");
+        let ca = params.self_signed(&ca_key).map_err(bad)?;
+        let key = rcgen::KeyPair::generate().map_err(bad)?;
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .map_err(bad)?
+            .signed_by(&key, &ca, &ca_key)
+            .map_err(bad)?;
+        let ca_file = dir.join("bench-ca.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        let chain = vec![leaf.der().clone()];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(io::Error::other)?,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let base = format!("https://{}", listener.local_addr()?);
+        let dir = dir.to_path_buf();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (dir, config) = (dir.clone(), config.clone());
+                thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, stream));
+                    if let Err(e) = answer(&mut tls, &dir) {
+                        eprintln!("bench https server: {e}");
+                    }
+                });
+            }
+        });
+        Ok((base, ca_file))
+    }
+
+    fn answer(
+        tls: &mut BufReader<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>,
+        dir: &Path,
+    ) -> io::Result<()> {
+        let mut line = String::new();
+        tls.read_line(&mut line)?;
+        let name = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .trim_start_matches('/')
+            .to_string();
+        loop {
+            let mut header = String::new();
+            if tls.read_line(&mut header)? == 0 || header.trim().is_empty() {
+                break;
+            }
+        }
+        let stream = tls.get_mut();
+        if let Some(suite) = stream.conn.negotiated_cipher_suite() {
+            if let Ok(mut suites) = SUITES.lock() {
+                suites.push(format!(
+                    "{:?} ({:?})",
+                    suite.suite(),
+                    suite.version().version
+                ));
+            }
+        }
+        let file = if name.contains('/') || name.contains("..") {
+            None
+        } else {
+            File::open(dir.join(&name)).ok()
+        };
+        let Some(mut file) = file else {
+            stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        };
+        let len = file.metadata()?.len();
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\
+             Connection: close\r\n\r\n"
+        )?;
+        io::copy(&mut file, stream)?;
+        stream.conn.send_close_notify();
+        stream.flush()?;
+        Ok(())
+    }
 }

@@ -17,6 +17,8 @@ pub struct CallbackSettings {
     pub retries: u32,
     /// Signs each attempt (see `crate::signing`) when set.
     pub secret: Option<Arc<[u8]>>,
+    /// The roots an https:// receiver is verified against.
+    pub trust: crate::tls::ClientTrust,
 }
 
 // By hand, so that a `{:?}` never prints the secret.
@@ -26,6 +28,7 @@ impl std::fmt::Debug for CallbackSettings {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("signed", &self.secret.is_some())
+            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -82,6 +85,10 @@ fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(settings.timeout))
         .http_status_as_error(false)
+        .tls_config(settings.trust.tls_config())
+        // A redirect is a delivery failure: following one would let a receiver send the
+        // server's POST (or, after a 303, a GET) to any host and port, its own included.
+        .max_redirects(0)
         .build()
         .into();
     let mut backoff = Duration::from_secs(1);
@@ -107,6 +114,20 @@ fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
                 );
                 return;
             }
+            Ok(response) if response.status().is_redirection() => {
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("nowhere");
+                crate::warn!(
+                    "vm={id} callback to {url} not delivered: the receiver answered {} \
+                     (a redirect to {location}); redirects are not followed, set callback_url \
+                     to the final address; not retried",
+                    response.status()
+                );
+                return;
+            }
             Ok(response) if response.status().is_server_error() => {
                 format!("the receiver answered {}", response.status())
             }
@@ -117,7 +138,18 @@ fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
                 );
                 return;
             }
-            Err(err) => format!("{err}"),
+            Err(err) => match crate::tls::failure_reason(&err) {
+                // Retrying cannot help: the certificate will be the same in a second.
+                Some(reason) => {
+                    crate::warn!(
+                        "vm={id} callback to {url} failed: the TLS connection failed: {reason}; \
+                         not retried (give the receiver's CA with --ca-file / OSX_BUILDER_CA_FILE, \
+                         or fix its certificate)"
+                    );
+                    return;
+                }
+                None => format!("{err}"),
+            },
         };
         if attempt == settings.retries {
             crate::warn!(

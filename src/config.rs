@@ -59,6 +59,11 @@ pub struct Config {
     pub max_records: u64,
     /// Connections at once from one client address; 0 for no limit.
     pub max_connections_per_ip: usize,
+    /// PEM bundle trusted for https:// images and callbacks, besides the system store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the API is served over HTTPS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -353,6 +358,24 @@ const SETTINGS: &[Setting] = &[
         "256",
         "HTTP connections open at once from one client address (of 1024 in all); more are answered 503; 0 for no limit"
     ),
+    setting!(
+        "ca-file",
+        "OSX_BUILDER_CA_FILE",
+        "",
+        "PEM bundle of CAs trusted for https:// images and callbacks, besides the system store (or SSL_CERT_FILE / SSL_CERT_DIR when set, as curl and OpenSSL use them)"
+    ),
+    setting!(
+        "tls-cert",
+        "OSX_BUILDER_TLS_CERT",
+        "",
+        "PEM certificate chain: with --tls-key, the API is served over HTTPS only"
+    ),
+    setting!(
+        "tls-key",
+        "OSX_BUILDER_TLS_KEY",
+        "",
+        "PEM private key (PKCS#8, RSA or EC, unencrypted) of --tls-cert"
+    ),
 ];
 
 /// Settings that may be given more than once; their variables hold comma-separated lists.
@@ -596,6 +619,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             value("max-connections-per-ip"),
             "a whole number (0 for no limit)",
         )?,
+        ca_file: optional("ca-file")?.map(PathBuf::from),
+        tls_cert: optional("tls-cert")?.map(PathBuf::from),
+        tls_key: optional("tls-key")?.map(PathBuf::from),
     })))
 }
 

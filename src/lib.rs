@@ -28,6 +28,8 @@ pub mod reconcile;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod tls;
+pub mod tls_server;
 pub mod vm;
 pub mod vmrun;
 pub mod vmx;

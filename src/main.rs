@@ -66,6 +66,13 @@ fn serve(config: &Config) -> Result<(), String> {
         config.callback_allow.clone(),
         config.strict_vmx,
     )?);
+    let trust = osx_builder::tls::client_trust(config.ca_file.as_deref())?;
+    info!("https images and callbacks trust {}", trust.summary());
+    let identity = osx_builder::tls_server::load_identity(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
+    let scheme = if identity.is_some() { "https" } else { "http" };
     let callback_secret = callback::load_secret(
         config.callback_secret.as_deref(),
         config.callback_secret_file.as_deref(),
@@ -100,6 +107,7 @@ fn serve(config: &Config) -> Result<(), String> {
         read_timeout: config.download_read_timeout,
         max_resumes: config.download_max_resumes,
         strict_vmx: config.strict_vmx,
+        trust: trust.clone(),
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
@@ -145,6 +153,7 @@ fn serve(config: &Config) -> Result<(), String> {
                 timeout: config.callback_timeout,
                 retries: config.callback_retries,
                 secret: callback_secret,
+                trust,
             },
             strict_vmx: config.strict_vmx,
         },
@@ -179,7 +188,7 @@ fn serve(config: &Config) -> Result<(), String> {
     let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = HttpServer::bind(addr, config.max_connections_per_ip)?;
+    let listener = HttpServer::bind(addr, identity, config.max_connections_per_ip)?;
     let bound = listener
         .server_addr()
         .to_ip()
@@ -204,7 +213,7 @@ fn serve(config: &Config) -> Result<(), String> {
     shutdown::install_handlers();
     let server = HttpServer::start(listener, config.http_threads, service);
     info!(
-        "listening on http://{bound} (data in {})",
+        "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()
     );
     while !shutdown::requested() {

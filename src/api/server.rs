@@ -58,12 +58,20 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn bind(addr: SocketAddr, max_connections_per_ip: usize) -> Result<Server, String> {
+    /// Serves HTTPS only when `tls` is given (see `crate::tls_server`), with the same limits.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: Option<tiny_http::SslConfig>,
+        max_connections_per_ip: usize,
+    ) -> Result<Server, String> {
         let limits = Limits {
             max_connections_per_ip,
             ..limits()
         };
-        Server::http_with_limits(addr, limits).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        Server::from_listener_with_limits(listener, tls, limits)
+            .map_err(|e| format!("cannot serve on {addr}: {e}"))
     }
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by

@@ -38,6 +38,8 @@ pub struct ImageSettings {
     pub max_resumes: u32,
     /// Refuse a gold image whose VMX reaches outside the VM (`--strict-vmx`).
     pub strict_vmx: bool,
+    /// The roots https:// image servers are verified against.
+    pub trust: crate::tls::ClientTrust,
 }
 
 impl ImageSettings {
@@ -55,6 +57,7 @@ impl ImageSettings {
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
             max_resumes: Self::DEFAULT_MAX_RESUMES,
             strict_vmx: false,
+            trust: crate::tls::ClientTrust::system(),
         }
     }
 }
@@ -110,6 +113,7 @@ impl ImageCache {
                     settings.connect_timeout,
                     settings.read_timeout,
                     settings.max_resumes,
+                    &settings.trust,
                 ),
                 limits: Limits {
                     max_unpacked_bytes: settings.max_unpacked_bytes,

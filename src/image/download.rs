@@ -1,4 +1,4 @@
-//! The bytes of an image archive, from an http:// URL or a local file, as one `Read` that
+//! The bytes of an image archive, from an http(s):// URL or a local file, as one `Read` that
 //! resumes a dropped connection with a Range request where it left off.
 //!
 //! Resuming inside the reader keeps everything above it (hasher, decompressor, tar reader)
@@ -28,14 +28,8 @@ impl Location {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        if starts_with_ignore_case(url, "http://") {
+        if starts_with_ignore_case(url, "http://") || starts_with_ignore_case(url, "https://") {
             return Ok(Self::Http(url.to_owned()));
-        }
-        if starts_with_ignore_case(url, "https://") {
-            return Err(unsupported(
-                "https is not supported by this build (serve the image over plain http on \
-                 a trusted network; the checksum still protects its integrity)",
-            ));
         }
         if starts_with_ignore_case(url, "file://") {
             let rest = &url["file://".len()..];
@@ -56,7 +50,7 @@ impl Location {
             return Ok(Self::File(PathBuf::from(url)));
         }
         Err(unsupported(
-            "only http://, file:// and absolute paths are supported",
+            "only http://, https://, file:// and absolute paths are supported",
         ))
     }
 }
@@ -96,9 +90,21 @@ pub struct Fetcher {
     max_resumes: u32,
 }
 
+/// Redirects followed for one request; a mirror or a presigned-URL service needs one or
+/// two, a loop is cut short.
+const MAX_REDIRECTS: usize = 5;
+
 impl Fetcher {
-    pub fn new(connect_timeout: Duration, read_timeout: Duration, max_resumes: u32) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        max_resumes: u32,
+        trust: &crate::tls::ClientTrust,
+    ) -> Self {
         let agent = ureq::Agent::config_builder()
+            .tls_config(trust.tls_config())
+            // Followed by `get`, which refuses a downgrade to http or another scheme.
+            .max_redirects(0)
             .timeout_connect(Some(connect_timeout))
             // Name lookups block without a bound of their own.
             .timeout_resolve(Some(connect_timeout))
@@ -181,17 +187,43 @@ impl Fetcher {
         url: &str,
         range: Option<(u64, &Option<(&'static str, String)>)>,
     ) -> Result<ureq::http::Response<ureq::Body>, ImageError> {
-        let mut request = self.agent.get(url);
-        if let Some((from, validator)) = range {
-            request = request.header("Range", format!("bytes={from}-"));
-            if let Some((_, value)) = validator {
-                request = request.header("If-Range", value.as_str());
+        let mut current = url.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.agent.get(&current);
+            if let Some((from, validator)) = range {
+                request = request.header("Range", format!("bytes={from}-"));
+                if let Some((_, value)) = validator {
+                    request = request.header("If-Range", value.as_str());
+                }
             }
+            let response = request.call().map_err(|e| self.call_error(&current, e))?;
+            if !response.status().is_redirection() || response.status().as_u16() == 304 {
+                return Ok(response);
+            }
+            let Some(location) = header(&response, "location") else {
+                return Ok(response);
+            };
+            current = redirect_target(&current, &location).map_err(|reason| {
+                ImageError::UnsupportedUrl {
+                    url: url.to_owned(),
+                    reason,
+                }
+            })?;
         }
-        request.call().map_err(|e| self.call_error(url, e))
+        Err(ImageError::UnsupportedUrl {
+            url: url.to_owned(),
+            reason: format!("it redirects more than {MAX_REDIRECTS} times"),
+        })
     }
 
     fn call_error(&self, url: &str, e: ureq::Error) -> ImageError {
+        if let Some(reason) = crate::tls::failure_reason(&e) {
+            return ImageError::Tls {
+                url: url.to_owned(),
+                host: host_of(url).to_owned(),
+                reason,
+            };
+        }
         match e {
             ureq::Error::Timeout(ureq::Timeout::Connect) => ImageError::Connection {
                 url: url.to_owned(),
@@ -216,6 +248,68 @@ impl Fetcher {
             },
         }
     }
+}
+
+/// Where a redirect from `from` to `location` leads, if it may be followed: http(s) only,
+/// and never from https down to http (the image would then travel in the clear, and
+/// anyone on the path could swap it for another of the same checksum type but not digest,
+/// or stall it).
+pub fn redirect_target(from: &str, location: &str) -> Result<String, String> {
+    let location = location.trim();
+    let (scheme, rest) = from.split_once("://").unwrap_or(("http", from));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = format!("{scheme}://{}", &rest[..authority_end]);
+    let target = if location.contains("://") {
+        location.to_owned()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{origin}{location}")
+    } else if location.contains(':') && !location.contains('/') || has_scheme(location) {
+        location.to_owned()
+    } else {
+        let path = &rest[authority_end..];
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        format!("{origin}{dir}{location}")
+    };
+    let https = starts_with_ignore_case(&target, "https://");
+    if !https && !starts_with_ignore_case(&target, "http://") {
+        return Err(format!(
+            "it redirects to {target}, and only http:// and https:// redirects are followed"
+        ));
+    }
+    if !https && starts_with_ignore_case(from, "https://") {
+        return Err(format!(
+            "it redirects from https to plain http ({target}), which is refused; serve the \
+             image over https or give its http:// URL in the create request"
+        ));
+    }
+    Ok(target)
+}
+
+fn has_scheme(location: &str) -> bool {
+    match location.split_once(':') {
+        Some((scheme, _)) => {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// The host of an http(s) URL, without user, port or path.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    host_port.split(':').next().unwrap_or(host_port)
 }
 
 fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
@@ -493,8 +587,11 @@ mod tests {
             Location::parse("/images/a.zip").unwrap(),
             Location::File("/images/a.zip".into())
         );
+        assert_eq!(
+            Location::parse("https://mirror/a").unwrap(),
+            Location::Http("https://mirror/a".into())
+        );
         for bad in [
-            "https://mirror/a",
             "file://otherhost/a",
             "file:relative",
             "ftp://x/a",
@@ -504,6 +601,42 @@ mod tests {
             let e = Location::parse(bad).unwrap_err();
             assert_eq!(e.code(), "image-url-unsupported", "{bad}");
         }
+    }
+
+    #[test]
+    fn redirects_stay_on_http_and_never_downgrade() {
+        let ok = |from: &str, to: &str| redirect_target(from, to).unwrap();
+        assert_eq!(ok("https://a/x/y.tar", "/z.tar"), "https://a/z.tar");
+        assert_eq!(
+            ok("https://a:8443/x/y.tar", "z.tar"),
+            "https://a:8443/x/z.tar"
+        );
+        assert_eq!(ok("https://a/y.tar?q=1", "//b/c.tar"), "https://b/c.tar");
+        assert_eq!(ok("http://a/y", "https://b/c"), "https://b/c");
+        assert_eq!(ok("http://a/y", "http://b/c"), "http://b/c");
+        for (from, to, needle) in [
+            ("https://a/y", "http://b/c", "from https to plain http"),
+            ("https://a/y", "HTTP://b/c", "from https to plain http"),
+            (
+                "http://a/y",
+                "file:///etc/passwd",
+                "only http:// and https://",
+            ),
+            ("https://a/y", "ftp://b/c", "only http:// and https://"),
+            (
+                "https://a/y",
+                "javascript:alert(1)",
+                "only http:// and https://",
+            ),
+        ] {
+            let err = redirect_target(from, to).unwrap_err();
+            assert!(err.contains(needle), "{from} -> {to}: {err}");
+        }
+        assert_eq!(
+            host_of("https://user@mirror.example:8443/a"),
+            "mirror.example"
+        );
+        assert_eq!(host_of("https://[::1]:8443/a"), "::1");
     }
 
     #[test]

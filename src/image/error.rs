@@ -28,6 +28,13 @@ pub enum ImageError {
     UnsupportedUrl { url: String, reason: String },
     /// The server answered with an error status.
     HttpStatus { url: String, status: u16 },
+    /// The TLS connection to the image server failed: its certificate is not trusted, or
+    /// the handshake did not complete.
+    Tls {
+        url: String,
+        host: String,
+        reason: String,
+    },
     /// No connection, or a protocol error before the body.
     Connection { url: String, detail: String },
     /// A file:// image that cannot be read.
@@ -99,6 +106,7 @@ impl ImageError {
             | Self::FileUnreadable { .. }
             | Self::ResumesExhausted { .. } => "image-download-failed",
             Self::Timeout { .. } => "image-timeout",
+            Self::Tls { .. } => "image-tls-error",
             Self::ChecksumMismatch { .. } => "checksum-mismatch",
             Self::UnsupportedFormat { .. } => "image-unsupported-format",
             Self::Extract { source, .. } => source.code(),
@@ -146,8 +154,8 @@ impl fmt::Display for ImageError {
             ),
             Self::UnsupportedUrl { url, reason } => write!(
                 f,
-                "cannot fetch the image from {url}: {reason}; use an http:// or file:// URL \
-                 in the create request"
+                "cannot fetch the image from {url}: {reason}; use an http://, https:// or \
+                 file:// URL in the create request"
             ),
             Self::HttpStatus { url, status } => write!(
                 f,
@@ -157,6 +165,13 @@ impl fmt::Display for ImageError {
                 } else {
                     "check the image URL in the create request"
                 }
+            ),
+            Self::Tls { url, host, reason } => write!(
+                f,
+                "cannot download the image from {url}: the TLS connection to {host} failed: \
+                 {reason}; if {host} uses an internal CA, give its certificate with --ca-file / \
+                 OSX_BUILDER_CA_FILE (or install it in the system's trust store) and restart, \
+                 otherwise check the image URL's host name"
             ),
             Self::Connection { url, detail } => write!(
                 f,

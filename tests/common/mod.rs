@@ -189,9 +189,12 @@ impl Server {
                     if std::env::var_os("OSXB_TEST_LOG").is_some() {
                         eprintln!("[server] {line}");
                     }
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send(addr);
+                    for scheme in ["http", "https"] {
+                        let marker = format!("listening on {scheme}://");
+                        if let Some(rest) = line.split(&marker).nth(1) {
+                            let addr = rest.split_whitespace().next().unwrap_or("");
+                            let _ = tx.send(format!("{scheme}://{addr}"));
+                        }
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -199,8 +202,8 @@ impl Server {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => base,
             Err(_) => {
                 let _ = child.kill();
                 panic!("server did not start: {}", log.lock().unwrap());
@@ -208,7 +211,7 @@ impl Server {
         };
         Self {
             child,
-            base: format!("http://{addr}"),
+            base,
             data_dir,
             sim_state,
             log,

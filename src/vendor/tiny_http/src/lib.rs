@@ -296,6 +296,7 @@ impl Server {
                 Some(config) => Some(SslContext::from_pem(
                     config.certificate,
                     Zeroizing::new(config.private_key),
+                    limits.head_timeout,
                 )?),
                 #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                 Some(_) => return Err(
@@ -371,7 +372,7 @@ impl Server {
                     Some(ref ssl) => {
                         // trying to apply SSL over the connection
                         // if an error occurs, we just close the socket and resume listening
-                        let sock = match ssl.accept(sock) {
+                        let sock = match ssl.accept(sock, deadline.clone(), limits.io_timeout) {
                             Ok(s) => s,
                             Err(_) => continue,
                         };
@@ -405,7 +406,9 @@ impl Server {
                             let (sender, receiver) = mpsc::channel();
                             for rq in client {
                                 messages.push(rq.with_notify_sender(sender.clone()).into());
-                                receiver.recv().unwrap();
+                                if receiver.recv().is_err() {
+                                    break;
+                                }
                             }
                         } else {
                             for rq in client {

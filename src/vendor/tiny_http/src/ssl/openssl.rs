@@ -68,6 +68,7 @@ impl OpenSslContext {
     pub fn from_pem(
         certificates: Vec<u8>,
         private_key: Zeroizing<Vec<u8>>,
+        _handshake_timeout: std::time::Duration,
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
         use openssl::pkey::PKey;
         use openssl::ssl::{self, SslVerifyMode};
@@ -95,6 +96,8 @@ impl OpenSslContext {
     pub fn accept(
         &self,
         stream: Connection,
+        _deadline: crate::limits::Deadline,
+        _io_timeout: std::time::Duration,
     ) -> Result<OpenSslStream, Box<dyn Error + Send + Sync + 'static>> {
         use openssl::ssl::Ssl;
         let session = Ssl::new(&self.0).expect("Failed to create new OpenSSL session");

@@ -60,7 +60,7 @@ impl Stream {
     fn set_read_timeout(&mut self, timeout: Duration) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(Some(timeout)),
-            // The TLS streams keep their socket to themselves: no deadlines for them.
+            // The TLS stream obeys the deadline in its own socket reader (ssl/rustls.rs).
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(_) => Ok(()),
         }
