@@ -121,6 +121,9 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         updated_at: now,
         ttl: None,
         expires_at: None,
+        // Never given by a client of ours, and the original had no guestinfo to report.
+        labels: Default::default(),
+        guestinfo_keys: Vec::new(),
     })
 }
 

@@ -292,6 +292,8 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             name: None,
             ttl: None,
             expires_at: None,
+            labels: Default::default(),
+            guestinfo_keys: Vec::new(),
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

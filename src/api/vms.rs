@@ -7,11 +7,12 @@ use super::answer::Answer;
 use super::create_body::parse_ttl;
 use super::error::ApiError;
 use super::query;
-use crate::long_poll::{etag, if_none_match};
+use crate::long_poll::{if_none_match, vm_etag};
 use crate::service::Service;
 
 /// 200 with the object and its `ETag`, or 304 when `If-None-Match` names it still. With
-/// `?wait=`, waits for the object to differ from the one named (or the current one).
+/// `?wait=`, waits for the state to differ from the one named (or the current one); with
+/// `&progress=true` as well, for any difference (see [`crate::long_poll`]).
 pub fn get(
     service: &Service,
     id: VmId,
@@ -19,8 +20,9 @@ pub fn get(
     known: Option<&str>,
 ) -> Result<Answer, ApiError> {
     let wait = query::wait(url)?;
-    let json = service.poll(id, known, wait)?;
-    let tag = etag(&json);
+    let progress = query::flag(url, "progress")?;
+    let json = service.poll(id, known, wait, progress)?;
+    let tag = vm_etag(&json);
     let answer = if known.is_some_and(|header| if_none_match(header, &tag)) {
         Answer::empty(304)
     } else {

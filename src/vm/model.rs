@@ -5,6 +5,7 @@
 
 use crate::vm::VmId;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::image::ImageSpec;
 
@@ -43,6 +44,12 @@ pub struct Vm {
     /// When the reaper destroys the VM unless it is renewed (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The client's labels, shown and filtered on (`GET /vms?label=k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The keys of the guestinfo given at create; the values are never recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guestinfo_keys: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -209,6 +216,8 @@ pub(crate) mod tests {
             updated_at: "2026-11-24T17:00:00.000Z".into(),
             ttl: None,
             expires_at: None,
+            labels: BTreeMap::new(),
+            guestinfo_keys: Vec::new(),
         }
     }
 
