@@ -56,10 +56,10 @@ struct VmTag {
 }
 
 impl VmTag {
-    fn of(json: &[u8]) -> Self {
+    fn of(json: &[u8], state: u64) -> Self {
         Self {
             object: fnv(json),
-            state: fnv(&acted_on(json)),
+            state,
         }
     }
 
@@ -78,20 +78,16 @@ impl VmTag {
     }
 }
 
-/// The `ETag` of a VM object.
-pub fn vm_etag(json: &[u8]) -> String {
-    VmTag::of(json).header()
+/// The `ETag` of a VM object whose [`state_of`] is `state`.
+pub fn vm_etag(json: &[u8], state: u64) -> String {
+    VmTag::of(json, state).header()
 }
 
-/// The fields whose change ends a wait. `status` counts once provisioning has settled:
-/// before that, `running` only means "booted, still waiting for an IP", and a coordinator
-/// waiting for the VM to be ready has nothing to do with it. The phase counts where it
-/// ends provisioning without an IP (`ip-timeout`) or begins a delete.
-fn acted_on(json: &[u8]) -> Vec<u8> {
-    let Ok(vm) = serde_json::from_slice::<Vm>(json) else {
-        // Not a VM object (never, but then every byte counts).
-        return json.to_vec();
-    };
+/// The hash of the fields whose change ends a wait. `status` counts once provisioning has
+/// settled: before that, `running` only means "booted, still waiting for an IP", and a
+/// coordinator waiting for the VM to be ready has nothing to do with it. The phase counts
+/// where it ends provisioning without an IP (`ip-timeout`) or begins a delete.
+pub fn state_of(vm: &Vm) -> u64 {
     let settled = vm.is_settled();
     let status = if settled {
         vm.status
@@ -99,7 +95,7 @@ fn acted_on(json: &[u8]) -> Vec<u8> {
         Status::Provisioning
     };
     let deleting = vm.progress.phase == crate::vm::Phase::Deleting;
-    serde_json::to_vec(&(
+    let fields = serde_json::to_vec(&(
         status,
         settled,
         deleting,
@@ -107,8 +103,9 @@ fn acted_on(json: &[u8]) -> Vec<u8> {
         &vm.error,
         vm.ttl,
         &vm.expires_at,
-    ))
-    .unwrap_or_else(|_| json.to_vec())
+    ));
+    // Encoding these plain fields cannot fail; if it ever did, every change would count.
+    fnv(&fields.unwrap_or_default())
 }
 
 /// How the object now differs from the one the client has.
@@ -156,6 +153,12 @@ pub fn if_none_match(header: &str, etag: &str) -> bool {
     })
 }
 
+/// A VM object and its `ETag`.
+pub struct Polled {
+    pub json: Arc<[u8]>,
+    pub etag: String,
+}
+
 pub struct Waiters {
     active: AtomicUsize,
     max: usize,
@@ -191,33 +194,43 @@ impl Waiters {
         known: Option<&str>,
         wait: Duration,
         progress: bool,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    ) -> Result<Polled, ApiError> {
         let started = Instant::now();
-        let first = store.json(id).ok_or(ApiError::VmNotFound)?;
-        let first_tag = VmTag::of(&first);
-        let answer_now = |json: &[u8], now: Instant| match change(known, first_tag, VmTag::of(json))
-        {
+        let read = || {
+            store
+                .json_with_state(id)
+                .map(|(json, state)| (VmTag::of(&json, state), json))
+                .ok_or(ApiError::VmNotFound)
+        };
+        let (first_tag, first) = read()?;
+        let answer_now = |tag: VmTag, now: Instant| match change(known, first_tag, tag) {
             Change::State => true,
             Change::Progress => progress && now >= started + PROGRESS_GAP,
             Change::None => false,
         };
-        if wait.is_zero() || answer_now(&first, started) {
-            return Ok(first);
+        let polled = |tag: VmTag, json| {
+            Ok(Polled {
+                json,
+                etag: tag.header(),
+            })
+        };
+        if wait.is_zero() || answer_now(first_tag, started) {
+            return polled(first_tag, first);
         }
         let Some(_place) = self.enter() else {
-            return Ok(first);
+            return polled(first_tag, first);
         };
         let deadline = started + wait.min(MAX_WAIT);
         loop {
             // The generation first: a change between the two reads is then not missed.
             let seen = store.generation();
-            let json = store.json(id).ok_or(ApiError::VmNotFound)?;
+            let (tag, json) = read()?;
             let now = Instant::now();
-            if answer_now(&json, now) || now >= deadline || crate::shutdown::requested() {
-                return Ok(json);
+            if answer_now(tag, now) || now >= deadline || crate::shutdown::requested() {
+                return polled(tag, json);
             }
             let mut until = deadline;
-            if progress && change(known, first_tag, VmTag::of(&json)) == Change::Progress {
+            if progress && change(known, first_tag, tag) == Change::Progress {
                 // Held back until the gap is over, unless the state changes first.
                 until = until.min(started + PROGRESS_GAP);
             }
@@ -289,7 +302,8 @@ mod tests {
                 Duration::from_secs(60),
                 false,
             )
-            .unwrap();
+            .unwrap()
+            .json;
         assert_eq!(json, before);
         assert!(started.elapsed() < Duration::from_secs(30));
 
@@ -307,7 +321,8 @@ mod tests {
                 let started = Instant::now();
                 let json = waiters
                     .poll(&store, id, None, Duration::from_secs(60), false)
-                    .unwrap();
+                    .unwrap()
+                    .json;
                 (json, started.elapsed())
             })
         };
@@ -349,7 +364,8 @@ mod tests {
                         Duration::from_secs(20),
                         progress,
                     )
-                    .unwrap();
+                    .unwrap()
+                    .json;
                 (json, started.elapsed())
             }
         });
@@ -398,7 +414,8 @@ mod tests {
 
         // A tag behind on progress only: a plain wait holds, a progress wait answers
         // after the gap; a tag behind on the state answers at once.
-        let old = vm_etag(&store.json(id).unwrap());
+        let (json, state) = store.json_with_state(id).unwrap();
+        let old = vm_etag(&json, state);
         set_bytes(&store, id, 99_000);
         store
             .update(id, Durability::MemoryOnly, |vm| {
@@ -408,7 +425,8 @@ mod tests {
         let started = Instant::now();
         let json = waiters
             .poll(&store, id, Some(&old), Duration::from_millis(1500), true)
-            .unwrap();
+            .unwrap()
+            .json;
         assert!(started.elapsed() >= PROGRESS_GAP);
         assert!(String::from_utf8_lossy(&json).contains("99000"));
         let started = Instant::now();
@@ -432,29 +450,50 @@ mod tests {
 
     #[test]
     fn vm_tags_parse_back() {
-        let json = serde_json::to_vec(&sample()).unwrap();
-        let tag = vm_etag(&json);
-        assert_eq!(VmTag::parse(&tag), Some(VmTag::of(&json)));
-        assert_eq!(VmTag::parse(&format!("W/{tag}")), Some(VmTag::of(&json)));
+        let vm = sample();
+        let json = serde_json::to_vec(&vm).unwrap();
+        let tag = vm_etag(&json, state_of(&vm));
+        let parsed = VmTag::of(&json, state_of(&vm));
+        assert_eq!(VmTag::parse(&tag), Some(parsed));
+        assert_eq!(VmTag::parse(&format!("W/{tag}")), Some(parsed));
         for bad in ["", "\"abc\"", "\"1-x\"", "abc-def"] {
             assert_eq!(VmTag::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_state_is_what_a_coordinator_acts_on() {
         let mut vm = sample();
+        let queued = state_of(&vm);
+        vm.progress.phase = crate::vm::Phase::Downloading;
         vm.progress.bytes_downloaded = 5;
-        let moved = VmTag::of(&serde_json::to_vec(&vm).unwrap());
-        assert_eq!(moved.state, VmTag::of(&json).state);
+        assert_eq!(state_of(&vm), queued, "progress is not state");
         vm.status = Status::Running;
-        let booted = VmTag::of(&serde_json::to_vec(&vm).unwrap());
+        vm.progress.phase = crate::vm::Phase::WaitingForIp;
         assert_eq!(
-            booted.state, moved.state,
+            state_of(&vm),
+            queued,
             "running without an IP is still provisioning"
         );
-        vm.ip_address = "172.16.1.2".into();
-        vm.progress.phase = crate::vm::Phase::Ready;
-        assert_ne!(
-            VmTag::of(&serde_json::to_vec(&vm).unwrap()).state,
-            booted.state
-        );
+        let mut ready = vm.clone();
+        ready.ip_address = "172.16.1.2".into();
+        ready.progress.phase = crate::vm::Phase::Ready;
+        assert_ne!(state_of(&ready), queued);
+        let mut timed_out = vm.clone();
+        timed_out.progress.phase = crate::vm::Phase::IpTimeout;
+        assert_ne!(state_of(&timed_out), queued);
+        let mut failed = vm.clone();
+        failed.fail("clone-failed", "boom");
+        assert_ne!(state_of(&failed), queued);
+        let mut renewed = ready.clone();
+        renewed.expires_at = Some("2026-12-01T00:00:00.000Z".into());
+        assert_ne!(state_of(&renewed), state_of(&ready));
+        let mut stopped = ready.clone();
+        stopped.status = Status::Stopped;
+        assert_ne!(state_of(&stopped), state_of(&ready));
+        let mut deleting = ready.clone();
+        deleting.progress.phase = crate::vm::Phase::Deleting;
+        assert_ne!(state_of(&deleting), state_of(&ready));
     }
 
     #[test]
@@ -468,8 +507,10 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30));
         let unknown = VmId::new();
         assert_eq!(
-            waiters.poll(&store, unknown, None, Duration::from_secs(1), false),
-            Err(ApiError::VmNotFound)
+            waiters
+                .poll(&store, unknown, None, Duration::from_secs(1), false)
+                .err(),
+            Some(ApiError::VmNotFound)
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

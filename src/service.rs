@@ -283,7 +283,7 @@ impl Service {
         known: Option<&str>,
         wait: Duration,
         progress: bool,
-    ) -> Result<Arc<[u8]>, ApiError> {
+    ) -> Result<crate::long_poll::Polled, ApiError> {
         self.fleet
             .waiters
             .poll(&self.store, id, known, wait, progress)

@@ -7,7 +7,7 @@ use super::answer::Answer;
 use super::create_body::parse_ttl;
 use super::error::ApiError;
 use super::query;
-use crate::long_poll::{if_none_match, vm_etag};
+use crate::long_poll::if_none_match;
 use crate::service::Service;
 
 /// 200 with the object and its `ETag`, or 304 when `If-None-Match` names it still. With
@@ -21,14 +21,13 @@ pub fn get(
 ) -> Result<Answer, ApiError> {
     let wait = query::wait(url)?;
     let progress = query::flag(url, "progress")?;
-    let json = service.poll(id, known, wait, progress)?;
-    let tag = vm_etag(&json);
-    let answer = if known.is_some_and(|header| if_none_match(header, &tag)) {
+    let polled = service.poll(id, known, wait, progress)?;
+    let answer = if known.is_some_and(|header| if_none_match(header, &polled.etag)) {
         Answer::empty(304)
     } else {
-        Answer::json(200, json)
+        Answer::json(200, polled.json)
     };
-    Ok(answer.with_header("ETag", tag))
+    Ok(answer.with_header("ETag", polled.etag))
 }
 
 /// The body is optional: empty, or `{"ttl": seconds}`.
