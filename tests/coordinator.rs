@@ -56,6 +56,15 @@ fn files_containing(root: &Path, needle: &str) -> Vec<String> {
     found
 }
 
+/// Stops the world's server cleanly; its folder and file server stay for a restart.
+fn stop(w: World) -> (TempDir, common::http::FileServer) {
+    let World {
+        dir, files, server, ..
+    } = w;
+    assert!(server.terminate().success());
+    (dir, files)
+}
+
 #[test]
 fn guestinfo_reaches_the_guest_and_nothing_else() {
     let w = World::start("coord-guestinfo", options(&[]));
@@ -141,13 +150,7 @@ fn guestinfo_reaches_the_guest_and_nothing_else() {
     check_absent(&w.server, "running");
 
     // After a restart: keys and labels still shown, values still nowhere.
-    let World {
-        dir,
-        files: _files,
-        server,
-        ..
-    } = w;
-    assert!(server.terminate().success());
+    let (dir, _files) = stop(w);
     let server = Server::start(dir.path());
     let (status, again) = server.get_vm(&id);
     assert_eq!(status, 200);
@@ -471,13 +474,7 @@ fn labels_and_status_filter_the_list_after_a_restart_too() {
     };
     check(&w.server, None);
 
-    let World {
-        dir,
-        files: _files,
-        server,
-        ..
-    } = w;
-    assert!(server.terminate().success());
+    let (dir, _files) = stop(w);
     let adopted = go_server_vm(&dir.path().join("data"));
     let server = Server::start(dir.path());
     check(&server, Some(&adopted));
