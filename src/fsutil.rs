@@ -7,6 +7,16 @@ use std::path::Path;
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
 /// write a temporary file beside it, fsync it, rename it over, fsync the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, bytes, None)
+}
+
+/// [`write_atomic`] for a file with secrets in it: mode 0600 before the first byte is
+/// written, so no other user can read it at any moment.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, bytes, Some(0o600))
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -19,6 +29,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(tmp_name);
     {
         let mut file = File::create(&tmp)?;
+        if let Some(mode) = mode {
+            // On the open file: a temporary one a crash left keeps its mode otherwise.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
     }

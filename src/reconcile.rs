@@ -122,6 +122,9 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         ttl: None,
         expires_at: None,
         vmx_removed: Vec::new(),
+        // Never given by a client of ours, and the original had no guestinfo to report.
+        labels: Default::default(),
+        guestinfo_keys: Vec::new(),
     })
 }
 

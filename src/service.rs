@@ -18,6 +18,7 @@ use crate::capacity::{self, Limits};
 use crate::drain::Drain;
 use crate::gold::GoldCache;
 use crate::health::{self, Health};
+use crate::labels::VmFilter;
 use crate::leases;
 use crate::long_poll::Waiters;
 use crate::metrics::{Metrics, Snapshot, VmsByStatus};
@@ -148,8 +149,14 @@ impl Service {
         }
         let ttl = request.ttl.or(self.fleet.default_ttl);
         let now = crate::log::rfc3339_now();
+        let id = VmId::new();
+        let guestinfo_keys = request.guestinfo.keys();
+        if !request.guestinfo.is_empty() {
+            // Before the record is visible: a DELETE from then on forgets it with the task.
+            self.tasks.get(id).hold_guestinfo(request.guestinfo);
+        }
         let vm = Vm {
-            id: VmId::new(),
+            id,
             image: Some(request.image),
             name: request.name,
             cpus: request.cpus,
@@ -167,12 +174,13 @@ impl Service {
             ttl,
             expires_at: ttl.map(|ttl| leases::expiry(leases::now_ms(), ttl)),
             vmx_removed: Vec::new(),
+            labels: request.labels,
+            guestinfo_keys,
         };
-        let id = vm.id;
-        let json = self
-            .store
-            .insert(vm)
-            .map_err(|e| ApiError::Internal(format!("the VM could not be recorded: {e}")))?;
+        let json = self.store.insert(vm).map_err(|e| {
+            self.tasks.forget(id);
+            ApiError::Internal(format!("the VM could not be recorded: {e}"))
+        })?;
         crate::info!("vm={id} created");
         self.jobs
             .send(Job::Provision(id))
@@ -205,6 +213,16 @@ impl Service {
 
     pub fn list(&self) -> Vec<Arc<[u8]>> {
         self.store.all_json()
+    }
+
+    /// `GET /vms` with `?label=` / `?status=`; decided on each VM's JSON, which a GET
+    /// reads without waiting on a record's disk write.
+    pub fn list_where(&self, filter: &VmFilter) -> Vec<Arc<[u8]>> {
+        let mut all = self.store.all_json();
+        if !filter.is_empty() {
+            all.retain(|json| filter.matches_json(json));
+        }
+        all
     }
 
     /// Cancels provisioning, powers the VM off, has vmrun delete its files, removes its
@@ -294,8 +312,11 @@ impl Service {
         id: VmId,
         known: Option<&str>,
         wait: Duration,
-    ) -> Result<Arc<[u8]>, ApiError> {
-        self.fleet.waiters.poll(&self.store, id, known, wait)
+        progress: bool,
+    ) -> Result<crate::long_poll::Polled, ApiError> {
+        self.fleet
+            .waiters
+            .poll(&self.store, id, known, wait, progress)
     }
 
     pub fn health(&self) -> Health {

@@ -364,6 +364,8 @@ fn log_lines_name_the_vm() {
     let id = w.create(&w.body());
     w.server.wait_ready(&id);
     assert_eq!(w.server.delete_vm(&id).0, 204);
+    // The log is read from stderr by a thread of its own: the last line can come after the 204.
+    w.server.wait_log(&format!("vm={id} deleted"));
     let log = w.server.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
     for event in [

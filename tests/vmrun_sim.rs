@@ -762,6 +762,59 @@ fn guest_queries_of_a_vm_that_is_off() {
 }
 
 #[test]
+fn guest_variables_start_as_the_vmx_guestinfo_at_power_on() {
+    let sandbox = Sandbox::new("vars");
+    let vm = sandbox.vm("vars");
+    let mut text = fs::read_to_string(&vm).unwrap();
+    text.push_str("guestinfo.name = \"host-1\"\nGuestInfo.Key = \"a|0Ab|22c|7C\"\n");
+    fs::write(&vm, &text).unwrap();
+    let off = format!("The virtual machine is not powered on: {}", s(&vm));
+    assert_eq!(
+        sandbox
+            .run(&["readVariable", s(&vm), "guestVar", "name"])
+            .err(),
+        off
+    );
+    assert_eq!(
+        sandbox
+            .run(&["writeVariable", s(&vm), "guestVar", "name", "x"])
+            .err(),
+        off
+    );
+    sandbox.run(&["start", s(&vm), "nogui"]).ok();
+    // Edits of the VMX after power-on do not reach the guest.
+    fs::write(&vm, text.replace("host-1", "host-2")).unwrap();
+    let read = |name: &str| {
+        sandbox
+            .run(&["readVariable", s(&vm), "guestVar", name])
+            .ok()
+            .to_string()
+    };
+    assert_eq!(read("name"), "host-1\n");
+    assert_eq!(read("Key"), "a\nb\"c|\n");
+    assert_eq!(read("unset"), "\n");
+    sandbox
+        .run(&["writeVariable", s(&vm), "guestVar", "token", "t 1"])
+        .ok();
+    assert_eq!(read("token"), "t 1\n");
+    assert_eq!(
+        sandbox
+            .run(&["readVariable", s(&vm), "runtimeConfig", "memsize"])
+            .ok(),
+        "2048\n"
+    );
+    assert!(sandbox
+        .run(&["readVariable", s(&vm), "bogus", "x"])
+        .err()
+        .contains("guestVar, runtimeConfig or guestEnv"));
+    // Gone with the power.
+    sandbox.run(&["stop", s(&vm), "hard"]).ok();
+    sandbox.run(&["start", s(&vm)]).ok();
+    assert_eq!(read("token"), "\n");
+    assert_eq!(read("name"), "host-2\n");
+}
+
+#[test]
 fn reset_restarts_the_tools_timer_and_suspend_powers_off() {
     let sandbox = Sandbox::new("reset");
     let vm = sandbox.vm("reset");

@@ -293,6 +293,8 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             ttl: None,
             expires_at: None,
             vmx_removed: Vec::new(),
+            labels: Default::default(),
+            guestinfo_keys: Vec::new(),
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

@@ -3,8 +3,11 @@
 
 use serde_json::{Map, Value};
 
+use super::create_meta;
 use super::error::ApiError;
+use crate::guestinfo::GuestInfo;
 use crate::image::{ChecksumType, ImageSpec};
+use crate::labels::Labels;
 use crate::vm::NetworkType;
 
 pub const DEFAULT_CPUS: u32 = 2;
@@ -26,6 +29,9 @@ pub struct CreateVm {
     pub name: Option<String>,
     /// Lease in seconds; `None` (field absent or 0) means the server's default.
     pub ttl: Option<u64>,
+    /// Secret: never recorded; see [`crate::guestinfo`].
+    pub guestinfo: GuestInfo,
+    pub labels: Labels,
 }
 
 /// Longest idempotency key accepted.
@@ -101,6 +107,8 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         Some(name) => Some(check_name(name)?),
     };
     let ttl = parse_ttl(&fields)?;
+    let guestinfo = create_meta::guestinfo(&fields)?;
+    let labels = create_meta::labels(&fields)?;
     Ok(CreateVm {
         image,
         cpus,
@@ -110,6 +118,8 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         callback_url,
         name,
         ttl,
+        guestinfo,
+        labels,
     })
 }
 

@@ -3,8 +3,10 @@
 
 pub mod answer;
 pub mod create_body;
+pub mod create_meta;
 pub mod error;
 pub mod images;
+pub mod list_filter;
 pub mod ops;
 pub mod query;
 pub mod routes;

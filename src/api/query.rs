@@ -1,4 +1,5 @@
-//! Query parameters: only `wait` so far, whose values are digits, so no percent-decoding.
+//! Query parameters: `wait` and `progress`, whose values need no percent-decoding (the
+//! list's filters are in `list_filter`).
 
 use std::time::Duration;
 
@@ -41,9 +42,37 @@ pub fn wait(url: &str) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT.as_secs_f64())))
 }
 
+/// `?name=true|false` (also `1`, `0`, or the bare name for true); absent is false.
+pub fn flag(url: &str, name: &str) -> Result<bool, ApiError> {
+    match param(url, name) {
+        None => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ApiError::invalid(
+            "invalid-query",
+            format!(
+                "{name} must be true or false, got {:?}",
+                other.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_flags() {
+        assert_eq!(flag("/vms/x?wait=5", "progress"), Ok(false));
+        for on in ["?progress", "?progress=true", "?wait=1&progress=1"] {
+            assert_eq!(flag(&format!("/vms/x{on}"), "progress"), Ok(true), "{on}");
+        }
+        assert_eq!(flag("/vms/x?progress=0", "progress"), Ok(false));
+        let err = flag("/vms/x?progress=yes", "progress").unwrap_err();
+        assert_eq!(err.code(), "invalid-query");
+        assert!(err.message().contains("progress"), "{}", err.message());
+    }
 
     #[test]
     fn reads_wait() {

@@ -21,7 +21,7 @@ use tiny_http::{Header, Limits, Method, Request, Response, Server, StatusCode};
 use super::answer::Answer;
 use super::error::ApiError;
 use super::routes::{route, Route};
-use super::{create_body, images, ops, vms};
+use super::{create_body, images, list_filter, ops, vms};
 use crate::service::{Created, Service};
 
 /// A create request is a few hundred bytes; anything near this is not one.
@@ -248,7 +248,10 @@ fn answer(
     service: &Service,
 ) -> Result<Reply, ApiError> {
     match route(method.as_str(), url)? {
-        Route::ListVms => Ok(Reply::Json(200, join_array(&service.list()))),
+        Route::ListVms => {
+            let filter = list_filter::parse(url)?;
+            Ok(Reply::Json(200, join_array(&service.list_where(&filter))))
+        }
         Route::GetVm(id) => {
             vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
         }

@@ -7,11 +7,12 @@ use super::answer::Answer;
 use super::create_body::parse_ttl;
 use super::error::ApiError;
 use super::query;
-use crate::long_poll::{etag, if_none_match};
+use crate::long_poll::if_none_match;
 use crate::service::Service;
 
 /// 200 with the object and its `ETag`, or 304 when `If-None-Match` names it still. With
-/// `?wait=`, waits for the object to differ from the one named (or the current one).
+/// `?wait=`, waits for the state to differ from the one named (or the current one); with
+/// `&progress=true` as well, for any difference (see [`crate::long_poll`]).
 pub fn get(
     service: &Service,
     id: VmId,
@@ -19,14 +20,14 @@ pub fn get(
     known: Option<&str>,
 ) -> Result<Answer, ApiError> {
     let wait = query::wait(url)?;
-    let json = service.poll(id, known, wait)?;
-    let tag = etag(&json);
-    let answer = if known.is_some_and(|header| if_none_match(header, &tag)) {
+    let progress = query::flag(url, "progress")?;
+    let polled = service.poll(id, known, wait, progress)?;
+    let answer = if known.is_some_and(|header| if_none_match(header, &polled.etag)) {
         Answer::empty(304)
     } else {
-        Answer::json(200, json)
+        Answer::json(200, polled.json)
     };
-    Ok(answer.with_header("ETag", tag))
+    Ok(answer.with_header("ETag", polled.etag))
 }
 
 /// The body is optional: empty, or `{"ttl": seconds}`.

@@ -11,6 +11,7 @@ use crate::vm::VmId;
 use super::{Job, Provisioner, BASE_SNAPSHOT};
 use crate::cancel::Cancel;
 use crate::fsutil;
+use crate::guestinfo::GuestInfo;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm};
@@ -69,7 +70,8 @@ impl Provisioner {
         };
         let started = Instant::now();
         let result = match job {
-            Job::Provision(_) => self.provision(&vm, &task.cancel),
+            // Taken out of the task whatever happens next, so the values go when this ends.
+            Job::Provision(_) => self.provision(&vm, &task.cancel, task.take_guestinfo()),
             // Restarted mid-wait: when it booted is unknown, so no boot-to-IP time.
             Job::WatchIp(_) => self.watch_ip(&vm, &task.cancel, None),
         };
@@ -100,8 +102,20 @@ impl Provisioner {
         self.fire_callback(id);
     }
 
-    fn provision(&self, vm: &Vm, cancel: &Cancel) -> Result<(), Stop> {
+    fn provision(
+        &self,
+        vm: &Vm,
+        cancel: &Cancel,
+        guestinfo: Option<GuestInfo>,
+    ) -> Result<(), Stop> {
         let id = vm.id;
+        let guestinfo = guestinfo.unwrap_or_default();
+        if guestinfo.keys() != vm.guestinfo_keys {
+            return Err(Stop::failed(
+                "guestinfo-lost",
+                "this VM's guestinfo is no longer held (the server restarted before its VMX was written); delete it and create another",
+            ));
+        }
         let Some(image) = &vm.image else {
             return Err(Stop::failed(
                 "no-image",
@@ -186,7 +200,7 @@ impl Provisioner {
 
         self.set_phase(id, Phase::Configuring);
         self.enforce_vmx(id, &vmx_path, &gold.dir)?;
-        let guest_os = configure(&vmx_path, vm).map_err(|message| {
+        let guest_os = configure(&vmx_path, vm, &guestinfo).map_err(|message| {
             Stop::failed(
                 "vmx-edit-failed",
                 format!("editing {}: {message}", vmx_path.display()),
@@ -335,7 +349,7 @@ fn image_phase(phase: ImagePhase) -> Phase {
 }
 
 /// Applies the VM's settings to its freshly cloned VMX; returns its guest OS.
-fn configure(vmx_path: &Path, vm: &Vm) -> Result<String, String> {
+fn configure(vmx_path: &Path, vm: &Vm, guestinfo: &GuestInfo) -> Result<String, String> {
     let bytes = fs::read(vmx_path).map_err(|e| e.to_string())?;
     let mut vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
     let name = vm.id.to_string();
@@ -353,7 +367,14 @@ fn configure(vmx_path: &Path, vm: &Vm) -> Result<String, String> {
     // server (and a person reading the VMX) tell where the VM came from.
     let image = serde_json::to_value(&vm.image).map_err(|e| e.to_string())?;
     vmx::set_annotation_image(&mut vmx, &image).map_err(|e| e.to_string())?;
-    fsutil::write_atomic(vmx_path, &vmx.to_bytes()).map_err(|e| e.to_string())?;
+    guestinfo.apply(&mut vmx).map_err(|e| e.to_string())?;
+    if guestinfo.is_empty() {
+        fsutil::write_atomic(vmx_path, &vmx.to_bytes())
+    } else {
+        // The VMX now holds secrets: readable by the user VMware runs as, no one else.
+        fsutil::write_atomic_private(vmx_path, &vmx.to_bytes())
+    }
+    .map_err(|e| e.to_string())?;
     Ok(vmx.get("guestOS").unwrap_or_default())
 }
 

@@ -8,16 +8,32 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::vm::VmId;
 
 use crate::cancel::Cancel;
+use crate::guestinfo::GuestInfo;
 
 #[derive(Default)]
 pub struct Task {
     pub cancel: Cancel,
     busy: Mutex<()>,
+    /// The create's guestinfo until the worker takes it to write the VMX: the only place
+    /// its values are kept, never the record. A restart before the VMX edit loses them,
+    /// and such a VM is failed as `interrupted` in any case.
+    guestinfo: Mutex<Option<GuestInfo>>,
 }
 
 impl Task {
     pub fn lock(&self) -> MutexGuard<'_, ()> {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn hold_guestinfo(&self, guestinfo: GuestInfo) {
+        *self.guestinfo.lock().unwrap_or_else(|p| p.into_inner()) = Some(guestinfo);
+    }
+
+    pub fn take_guestinfo(&self) -> Option<GuestInfo> {
+        self.guestinfo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 

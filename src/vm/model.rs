@@ -5,6 +5,7 @@
 
 use crate::vm::VmId;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::image::ImageSpec;
 
@@ -47,6 +48,12 @@ pub struct Vm {
     /// `crate::guard::vmx_policy`), each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vmx_removed: Vec<String>,
+    /// The client's labels, shown and filtered on (`GET /vms?label=k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The keys of the guestinfo given at create; the values are never recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guestinfo_keys: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,6 +221,8 @@ pub(crate) mod tests {
             ttl: None,
             expires_at: None,
             vmx_removed: Vec::new(),
+            labels: BTreeMap::new(),
+            guestinfo_keys: Vec::new(),
         }
     }
 

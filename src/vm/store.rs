@@ -73,7 +73,9 @@ struct Slot {
     /// Held across the record's disk write, so that writes reach the disk in order; readers
     /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
-    json: RwLock<Arc<[u8]>>,
+    /// With the hash of what a long poll waits for ([`crate::long_poll::state_of`]),
+    /// computed once per change rather than on every GET.
+    json: RwLock<(Arc<[u8]>, u64)>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
 }
@@ -199,7 +201,8 @@ impl VmStore {
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
         }
         *record = next.clone();
-        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = json;
+        let state = crate::long_poll::state_of(&next);
+        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = (json, state);
         drop(record);
         self.bump();
         Ok(Some(next))
@@ -257,6 +260,13 @@ impl VmStore {
     pub fn json(&self, id: VmId) -> Option<Arc<[u8]>> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        Some(json.0.clone())
+    }
+
+    /// The JSON and its long-poll state hash, read together.
+    pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, u64)> {
+        let slot = self.slot(id)?;
+        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
         Some(json.clone())
     }
 
@@ -284,7 +294,12 @@ impl VmStore {
         let mut rows: Vec<(String, Arc<[u8]>)> = slots
             .iter()
             .map(|slot| {
-                let json = slot.json.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let json = slot
+                    .json
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .clone();
                 (slot.created_at.clone(), json)
             })
             .collect();
@@ -307,10 +322,11 @@ impl VmStore {
 
 impl Slot {
     fn new(vm: Vm, json: Arc<[u8]>) -> Self {
+        let state = crate::long_poll::state_of(&vm);
         Self {
             created_at: vm.created_at.clone(),
             record: Mutex::new(vm),
-            json: RwLock::new(json),
+            json: RwLock::new((json, state)),
         }
     }
 }

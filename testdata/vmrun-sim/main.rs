@@ -11,7 +11,9 @@
 //! `suspend VMX [hard|soft]`, `deleteVM VMX`,
 //! `clone SRC DST full|linked [-snapshot=NAME | -snapshot NAME] [-cloneName=NAME | -cloneName NAME]`,
 //! `snapshot VMX NAME`, `listSnapshots VMX`, `getGuestIPAddress VMX [-wait]`,
-//! `checkToolsState VMX`. Command names are case-sensitive. Anything else answers
+//! `checkToolsState VMX`, `readVariable VMX guestVar|runtimeConfig|guestEnv NAME`,
+//! `writeVariable VMX guestVar|runtimeConfig|guestEnv NAME VALUE` (a running VM's
+//! `guestVar`s begin as its VMX's `guestinfo.*` at power-on). Command names are case-sensitive. Anything else answers
 //! `Error: Unrecognized command: X`.
 //!
 //! Success prints nothing unless the command has output, exit 0. Failure prints ONE line
@@ -106,6 +108,7 @@ mod paths;
 mod power;
 mod snapshots;
 mod state;
+mod variables;
 mod vmx;
 
 use error::SimError;
@@ -188,6 +191,8 @@ fn run(state: &StateDir, argv: &[String], stdout: &mut String) -> Result<u8, Sim
         "listSnapshots" => snapshots::list_snapshots,
         "getGuestIPAddress" => guest::get_guest_ip_address,
         "checkToolsState" => guest::check_tools_state,
+        "readVariable" => variables::read_variable,
+        "writeVariable" => variables::write_variable,
         other => return Err(SimError::UnrecognizedCommand(other.to_string())),
     };
     stdout.push_str(&handler(state, args)?);

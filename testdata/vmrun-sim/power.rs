@@ -57,6 +57,8 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
             started_at_ms: now_ms(),
             mode: mode.to_string(),
             locks,
+            guest_vars: crate::variables::from_vmx(&config),
+            guest_env: Default::default(),
         },
     )?;
     Ok(String::new())
@@ -100,6 +102,8 @@ fn power_off(state: &StateDir, vm: &VmPath) -> Result<String, SimError> {
             remove_locks(&running.locks);
             running.running = false;
             running.locks.clear();
+            running.guest_vars.clear();
+            running.guest_env.clear();
             state.save(vm, &running)?;
             Ok(String::new())
         }

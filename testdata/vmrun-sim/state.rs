@@ -5,6 +5,7 @@
 use crate::error::SimError;
 use crate::paths::VmPath;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,11 @@ pub struct VmState {
     /// The `.lck` folders made at start, removed again at power-off.
     #[serde(default)]
     pub locks: Vec<PathBuf>,
+    /// `guestVar`s while running: the VMX's `guestinfo.*` at power-on, plus writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub guest_vars: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub guest_env: BTreeMap<String, String>,
 }
 
 pub struct StateDir {

@@ -1,0 +1,143 @@
+//! `GET /vms?label=k=v&label=k2&status=running`: the list's filters. Every `label` must
+//! hold (`k=v`: the label has that value; `k`: the label is there); the status must be one
+//! of the `status` values given. Values are percent-decoded (`+` is a space), as a form or
+//! `curl --data-urlencode -G` sends them.
+
+use super::error::ApiError;
+use crate::labels::VmFilter;
+use crate::vm::Status;
+
+const STATUSES: &str = "provisioning, running, stopped, failed";
+
+pub fn parse(url: &str) -> Result<VmFilter, ApiError> {
+    let mut filter = VmFilter::default();
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(filter);
+    };
+    let query = query.split('#').next().unwrap_or("");
+    for pair in query.split('&') {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "label" => {
+                let text = decode(raw, name)?;
+                let (key, value) = match text.split_once('=') {
+                    Some((key, value)) => (key, Some(value.to_string())),
+                    None => (text.as_str(), None),
+                };
+                if key.is_empty() {
+                    return Err(invalid(format!(
+                        "label must be key=value or key, got {}",
+                        shown(&text)
+                    )));
+                }
+                filter.labels.push((key.to_string(), value));
+            }
+            "status" => {
+                let text = decode(raw, name)?;
+                let status = match text.as_str() {
+                    "provisioning" => Status::Provisioning,
+                    "running" => Status::Running,
+                    "stopped" => Status::Stopped,
+                    "failed" => Status::Failed,
+                    _ => {
+                        return Err(invalid(format!(
+                            "status must be one of {STATUSES}, got {}",
+                            shown(&text)
+                        )))
+                    }
+                };
+                filter.statuses.push(status);
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::invalid("invalid-query", message)
+}
+
+fn shown(text: &str) -> String {
+    format!("{:?}", text.chars().take(80).collect::<String>())
+}
+
+/// `%XX` to its byte and `+` to a space; the result must be UTF-8.
+fn decode(raw: &str, name: &str) -> Result<String, ApiError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{name} has a % not followed by two hex digits: {}",
+                            shown(raw)
+                        ))
+                    })?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| invalid(format!("{name} is not UTF-8 once decoded: {}", shown(raw))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_labels_and_statuses() {
+        assert!(parse("/vms").unwrap().is_empty());
+        assert!(parse("/vms?wait=3").unwrap().is_empty());
+        let filter = parse(
+            "/vms?label=project=go&label=pool%3Ddarwin+13&label=owner&status=running&status=failed",
+        )
+        .unwrap();
+        assert_eq!(
+            filter.labels,
+            [
+                ("project".to_string(), Some("go".to_string())),
+                ("pool".to_string(), Some("darwin 13".to_string())),
+                ("owner".to_string(), None),
+            ]
+        );
+        assert_eq!(filter.statuses, [Status::Running, Status::Failed]);
+        // A value may hold `=`: only the first one splits.
+        let filter = parse("/vms?label=k=a=b").unwrap();
+        assert_eq!(filter.labels, [("k".to_string(), Some("a=b".to_string()))]);
+        assert_eq!(
+            parse("/vms?status=provisioning").unwrap().statuses,
+            [Status::Provisioning]
+        );
+    }
+
+    #[test]
+    fn bad_filters_say_what_is_wrong() {
+        for (url, needle) in [
+            (
+                "/vms?status=ready",
+                "provisioning, running, stopped, failed",
+            ),
+            ("/vms?status=", "provisioning, running"),
+            ("/vms?label=", "key=value"),
+            ("/vms?label==v", "key=value"),
+            ("/vms?label=k%zz", "two hex digits"),
+            ("/vms?label=k%ff", "UTF-8"),
+        ] {
+            let err = parse(url).unwrap_err();
+            assert_eq!(err.code(), "invalid-query", "{url}");
+            assert!(err.message().contains(needle), "{url}: {}", err.message());
+        }
+    }
+}
