@@ -17,6 +17,7 @@ use osx_builder::metrics::Metrics;
 use osx_builder::provision::{
     self, gold_locks::GoldLocks, tasks::Tasks, ProvisionSettings, Provisioner,
 };
+use osx_builder::running;
 use osx_builder::service::{start_reconciler, Fleet, Reconcile, Service};
 use osx_builder::vm::VmStore;
 use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
@@ -166,6 +167,7 @@ fn serve(config: &Config) -> Result<(), String> {
         waiters: Waiters::new(max_waiters),
         admission,
     };
+    let vmrun_for_list = vmrun.clone();
     let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
@@ -176,6 +178,16 @@ fn serve(config: &Config) -> Result<(), String> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| addr.to_string());
     service.reconcile(Reconcile::Startup);
+    {
+        let vmrun = vmrun_for_list.clone();
+        running::start_refresher(
+            Arc::new(move || {
+                // A failure is logged once by the running set and shown in /healthz.
+                let _ = vmrun.list();
+            }),
+            config.list_interval,
+        );
+    }
     start_reconciler(service.clone(), config.reconcile_interval);
     osx_builder::leases::start_reaper(service.clone());
     gold.start_housekeeper(config.reconcile_interval);
