@@ -387,9 +387,7 @@ impl GoldCache {
             let mut total: u64 = images.iter().map(|(_, size, _)| size).sum();
             let mut freed = self.evict_original_archives(&images, total);
             images.retain(|(checksum, _, _)| {
-                !users.by_checksum.contains_key(checksum)
-                    && !in_flight.contains(checksum)
-                    && !self.kept_for_clones(checksum, &users)
+                !in_flight.contains(checksum) && !self.kept_for_dependants(checksum, &users)
             });
             images.sort_by_key(|(_, _, last_used)| *last_used);
             for (checksum, size, _) in images {
@@ -467,17 +465,18 @@ impl GoldCache {
         freed
     }
 
-    /// True when linked clones on disk read `checksum`; says so in the log the first time.
-    fn kept_for_clones(&self, checksum: &str, users: &Users) -> bool {
-        let Some(clones) = users.on_disk.get(checksum) else {
+    /// True when VMs depend on `checksum` (by their records or their disks); says so in the
+    /// log the first time.
+    fn kept_for_dependants(&self, checksum: &str, users: &Users) -> bool {
+        let dependants = users.dependants(checksum);
+        if dependants.is_empty() {
             lock(&self.kept).remove(checksum);
             return false;
-        };
+        }
         if lock(&self.kept).insert(checksum.to_string()) {
-            let names: Vec<String> = clones.iter().map(Dependant::name).collect();
             crate::info!(
-                "gold image {checksum} is not evicted: linked clones on disk read it ({})",
-                self::names(&names)
+                "gold image {checksum} is not evicted: linked clones read it ({})",
+                names(&dependants)
             );
         }
         true
