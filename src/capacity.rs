@@ -69,15 +69,20 @@ pub fn holds_a_place(vm: &Vm) -> bool {
         && vm.progress.phase != Phase::Deleting
 }
 
-/// VMs in use: our records that hold a place, plus every VM vmrun lists as running that is
-/// not one of them (a failed VM of ours still running, or a VM someone started by hand in
-/// Fusion: it takes a licence place and memory all the same). `running` is `None` when
-/// vmrun could not tell; then only the records count.
+/// VMs in use. With `running` (what vmrun lists, ours or not: a failed VM of ours still
+/// running, a VM someone started by hand in Fusion, a VM of ours that runs again), those
+/// plus our VMs being provisioned: a record that says running but that vmrun no longer
+/// lists was stopped behind our back and holds no place. Without it (vmrun cannot tell),
+/// the records that hold a place.
 pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
+    let counts = |vm: &Vm| match running {
+        Some(_) => vm.status == Status::Provisioning && vm.progress.phase != Phase::Deleting,
+        None => holds_a_place(vm),
+    };
     let mut in_use: HashSet<PathBuf> = store
         .ids()
         .into_iter()
-        .filter(|id| store.get(*id).is_some_and(|vm| holds_a_place(&vm)))
+        .filter(|id| store.get(*id).is_some_and(|vm| counts(&vm)))
         .map(|id| reconcile::canonical(&store.vmx_path(id)))
         .collect();
     if let Some(running) = running {
@@ -86,8 +91,8 @@ pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
     in_use.len() as u64
 }
 
-/// Checks both limits for one more VM; returns the VMs in use. Reads the records first and
-/// asks vmrun only when they leave room, so a burst of refused creates spawns no vmrun.
+/// Checks both limits for one more VM; returns the VMs in use. Runs no process: which VMs
+/// run comes from [`Vmrun::running`], kept fresh in the background.
 pub fn check(
     limits: Limits,
     store: &VmStore,
@@ -95,19 +100,11 @@ pub fn check(
     data_dir: &Path,
 ) -> Result<u64, Shortage> {
     check_disk(limits, data_dir)?;
+    let used = used(store, vmrun.running().snapshot().as_ref());
     if limits.max_vms == 0 {
-        return Ok(used(store, None));
+        return Ok(used);
     }
     let limit = u64::from(limits.max_vms);
-    let records = used(store, None);
-    if records >= limit {
-        return Err(Shortage::Vms {
-            used: records,
-            limit,
-        });
-    }
-    let running = reconcile::running_set(vmrun);
-    let used = used(store, running.as_ref());
     if used >= limit {
         return Err(Shortage::Vms { used, limit });
     }

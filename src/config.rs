@@ -33,6 +33,8 @@ pub struct Config {
     pub callback_timeout: Duration,
     pub callback_retries: u32,
     pub reconcile_interval: Duration,
+    /// Between the background `vmrun list` calls that keep the running set fresh.
+    pub list_interval: Duration,
     /// VMs at once on this host; 0 for no limit.
     pub max_vms: u32,
     /// Bytes that must stay free on the data folder's disk; 0 for no floor.
@@ -269,15 +271,21 @@ const SETTINGS: &[Setting] = &[
         "seconds between checks of every VM's state against vmrun list and the disk"
     ),
     setting!(
+        "list-interval",
+        "OSX_BUILDER_LIST_INTERVAL",
+        "3",
+        "seconds between background vmrun list calls that tell admission, /healthz and /metrics which VMs run (no request runs vmrun)"
+    ),
+    setting!(
         "max-vms",
         "OSX_BUILDER_MAX_VMS",
-        "2",
-        "VMs this host runs at once, ours and others vmrun lists (Apple's licence allows 2 macOS VMs per Mac); 0 for no limit"
+        "0",
+        "VMs this host runs at once, ours and others vmrun lists; 0 for no limit, as the original had (for macOS guests set 2: Apple's licence allows 2 macOS VMs per Mac)"
     ),
     setting!(
         "min-free-disk",
         "OSX_BUILDER_MIN_FREE_DISK",
-        "10GiB",
+        "1GiB",
         "free space to keep on the data folder's disk (bytes, or with KiB/MiB/GiB/TiB); creates are refused and unused gold images evicted below it; 0 for no floor"
     ),
     setting!(
@@ -597,6 +605,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         callback_timeout: seconds("callback-timeout")?,
         callback_retries: number(value("callback-retries"), "a whole number")?,
         reconcile_interval: seconds("reconcile-interval")?,
+        list_interval: seconds("list-interval")?,
         max_vms: number(value("max-vms"), "a whole number (0 for no limit)")?,
         min_free_disk: bytes(value("min-free-disk"))?,
         default_ttl: (default_ttl > 0).then_some(default_ttl),
@@ -723,8 +732,11 @@ mod tests {
     #[test]
     fn fleet_settings_parse_sizes_and_optional_secrets() {
         let config = serve(&[], &[("HOME", "/h")]).unwrap();
-        assert_eq!(config.max_vms, 2);
-        assert_eq!(config.min_free_disk, 10 << 30);
+        // A host the original ran keeps working after the swap: no VM limit, and a floor
+        // only a disk too full to boot a VM is under.
+        assert_eq!(config.max_vms, 0);
+        assert_eq!(config.min_free_disk, 1 << 30);
+        assert_eq!(config.list_interval, Duration::from_secs(3));
         assert_eq!(config.default_ttl, None);
         assert_eq!(config.cache_budget, 0);
         assert_eq!((config.token, config.token_file), (None, None));

@@ -8,7 +8,7 @@
 //! admission lock that creates take, so a create either comes first (its record then
 //! protects the image) or after (it finds no image and downloads it again).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::error::ApiError;
 use crate::cancel::Cancel;
 use crate::capacity::{self, Limits};
+use crate::dependants::{self, Dependant};
+use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
 use crate::provision::gold_locks::GoldLocks;
 use crate::vm::{VmError, VmStore};
@@ -55,6 +57,14 @@ pub struct ImageEntry {
     pub size_bytes: u64,
     /// VMs whose records name this image: linked clones that depend on it.
     pub vms: Vec<VmId>,
+    /// Folders under `vms/` whose disks read this image, found from their `.vmdk`
+    /// descriptors (VM ids, or the folder for one no id names): what keeps it on disk.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub linked_clones: Vec<String>,
+    /// Bytes of the original server's archive of this image in `images/<checksum>/`, never
+    /// read again once the gold image exists: removed under the budget or the disk floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaimable_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,9 +92,32 @@ enum Prewarm {
 /// VMs by the image they were cloned from.
 struct Users {
     by_checksum: HashMap<String, Vec<VmId>>,
-    /// VMs adopted from the original server without an image annotation: their parent is
+    /// Records without an image whose disks name no gold image either: their parent is
     /// unknown, so every image may be theirs.
     unknown: Vec<VmId>,
+    /// What the disks under `vms/` read, whoever made them.
+    on_disk: BTreeMap<String, BTreeSet<Dependant>>,
+}
+
+impl Users {
+    /// Everything that keeps `checksum` on disk, by name.
+    fn dependants(&self, checksum: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_checksum
+            .get(checksum)
+            .into_iter()
+            .flatten()
+            .chain(&self.unknown)
+            .map(VmId::to_string)
+            .collect();
+        for dependant in self.on_disk.get(checksum).into_iter().flatten() {
+            let name = dependant.name();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
 }
 
 pub struct GoldCache {
@@ -97,6 +130,8 @@ pub struct GoldCache {
     prewarms: Mutex<HashMap<String, Prewarm>>,
     wake: Sender<()>,
     woken: Receiver<()>,
+    /// Images eviction kept for their linked clones, reported once each.
+    kept: Mutex<HashSet<String>>,
 }
 
 /// What a pre-warm request did.
@@ -127,6 +162,7 @@ impl GoldCache {
             prewarms: Mutex::new(HashMap::new()),
             wake,
             woken,
+            kept: Mutex::new(HashSet::new()),
         }
     }
 
@@ -295,8 +331,7 @@ impl GoldCache {
                 return Err(downloading(checksum));
             }
             let users = self.users();
-            let mut dependent = users.by_checksum.get(checksum).cloned().unwrap_or_default();
-            dependent.extend(&users.unknown);
+            let dependent = users.dependants(checksum);
             if !dependent.is_empty() {
                 return Err(ApiError::ImageInUse(in_use_message(checksum, &dependent)));
             }
@@ -350,11 +385,11 @@ impl GoldCache {
                 })
                 .collect();
             let mut total: u64 = images.iter().map(|(_, size, _)| size).sum();
+            let mut freed = self.evict_original_archives(&images, total);
             images.retain(|(checksum, _, _)| {
-                !users.by_checksum.contains_key(checksum) && !in_flight.contains(checksum)
+                !in_flight.contains(checksum) && !self.kept_for_dependants(checksum, &users)
             });
             images.sort_by_key(|(_, _, last_used)| *last_used);
-            let mut freed = 0u64;
             for (checksum, size, _) in images {
                 let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
                 let reason = if budget > 0 && total > budget {
@@ -385,6 +420,70 @@ impl GoldCache {
             remove_retired(&path);
         }
         evicted
+    }
+
+    /// The original server's archives of published images go first: nothing reads them
+    /// again. Counted in the budget with the gold images; returns the bytes freed.
+    fn evict_original_archives(&self, golds: &[(String, u64, i64)], gold_total: u64) -> u64 {
+        let GoldSettings {
+            budget,
+            min_free_disk: floor,
+        } = self.settings;
+        let archives: Vec<OriginalArchive> = self
+            .original_archives()
+            .into_iter()
+            .filter(|a| golds.iter().any(|(checksum, _, _)| *checksum == a.checksum))
+            .collect();
+        let mut total = gold_total + archives.iter().map(|a| a.bytes).sum::<u64>();
+        let mut freed = 0;
+        for archive in archives {
+            let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
+            let reason = if budget > 0 && total > budget {
+                format!("the cache holds {total} bytes with the original server's archives, over its budget of {budget} (--cache-budget)")
+            } else if floor > 0 && free.as_ref().is_ok_and(|free| *free < floor) {
+                format!(
+                    "the disk has {} bytes free, under the floor of {floor} (--min-free-disk)",
+                    free.unwrap_or(0)
+                )
+            } else {
+                break;
+            };
+            match std::fs::remove_dir_all(&archive.dir) {
+                Ok(()) => {
+                    crate::info!(
+                        "removed the original server's archive {} ({} bytes; its gold image {} exists, so it is never read again): {reason}",
+                        archive.dir.display(),
+                        archive.bytes,
+                        archive.checksum
+                    );
+                    total = total.saturating_sub(archive.bytes);
+                    freed += archive.bytes;
+                }
+                Err(err) => crate::warn!("cannot remove {}: {err}", archive.dir.display()),
+            }
+        }
+        freed
+    }
+
+    /// True when VMs depend on `checksum` (by their records or their disks); says so in the
+    /// log the first time.
+    fn kept_for_dependants(&self, checksum: &str, users: &Users) -> bool {
+        let dependants = users.dependants(checksum);
+        if dependants.is_empty() {
+            lock(&self.kept).remove(checksum);
+            return false;
+        }
+        if lock(&self.kept).insert(checksum.to_string()) {
+            crate::info!(
+                "gold image {checksum} is not evicted: linked clones read it ({})",
+                names(&dependants)
+            );
+        }
+        true
+    }
+
+    fn original_archives(&self) -> Vec<OriginalArchive> {
+        originals::list(&self.data_dir.join("images"))
     }
 
     /// Told by the image cache when a download ends: a published image replaces any failed
@@ -447,9 +546,11 @@ impl GoldCache {
     }
 
     fn users(&self) -> Users {
+        let on_disk = dependants::scan(self.store.root(), self.images.gold_root());
         let mut users = Users {
             by_checksum: HashMap::new(),
             unknown: Vec::new(),
+            on_disk,
         };
         for id in self.store.ids() {
             let Some(vm) = self.store.get(id) else {
@@ -467,16 +568,30 @@ impl GoldCache {
         for list in users.by_checksum.values_mut() {
             list.sort();
         }
+        // A record without an image whose disks name their gold image is known after all.
+        let placed: HashSet<VmId> = users
+            .on_disk
+            .values()
+            .flatten()
+            .filter_map(|d| d.id)
+            .collect();
+        users.unknown.retain(|id| !placed.contains(id));
         users
     }
 
     fn ready_entry(&self, checksum: &str, users: &Users) -> ImageEntry {
         let dir = self.images.gold_root().join(checksum);
         let usage = read_usage(&dir);
+        let reclaimable = self
+            .original_archives()
+            .into_iter()
+            .find(|a| a.checksum == checksum)
+            .map(|a| a.bytes);
         ImageEntry {
             url: usage.url,
             checksum_type: usage.checksum_type,
             size_bytes: size_of(&dir),
+            reclaimable_bytes: reclaimable,
             last_used: usage.last_used.or_else(|| {
                 let ms = last_used_ms(&dir);
                 (ms > 0).then(|| crate::log::rfc3339(ms / 1000, (ms % 1000) as u32))
@@ -518,6 +633,14 @@ fn blank(
         checksum_type: spec.map(|s| s.checksum_type.as_str().to_string()),
         size_bytes: 0,
         vms: users.by_checksum.get(checksum).cloned().unwrap_or_default(),
+        linked_clones: users
+            .on_disk
+            .get(checksum)
+            .into_iter()
+            .flatten()
+            .map(Dependant::name)
+            .collect(),
+        reclaimable_bytes: None,
         last_used: None,
         progress: None,
         error: None,
@@ -530,16 +653,20 @@ fn downloading(checksum: &str) -> ApiError {
     ))
 }
 
-fn in_use_message(checksum: &str, dependent: &[VmId]) -> String {
+fn in_use_message(checksum: &str, dependent: &[String]) -> String {
     format!(
         "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
         dependent.len(),
-        ids(dependent)
+        names(dependent)
     )
 }
 
 fn ids(list: &[VmId]) -> String {
-    let shown: Vec<String> = list.iter().take(10).map(VmId::to_string).collect();
+    names(&list.iter().map(VmId::to_string).collect::<Vec<_>>())
+}
+
+fn names(list: &[String]) -> String {
+    let shown: Vec<String> = list.iter().take(10).cloned().collect();
     let more = list.len().saturating_sub(shown.len());
     if more > 0 {
         format!("{} and {more} more", shown.join(", "))

@@ -18,6 +18,7 @@ use osx_builder::metrics::Metrics;
 use osx_builder::provision::{
     self, gold_locks::GoldLocks, tasks::Tasks, ProvisionSettings, Provisioner,
 };
+use osx_builder::running;
 use osx_builder::service::{start_reconciler, Fleet, Reconcile, Service};
 use osx_builder::vm::VmStore;
 use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
@@ -185,6 +186,7 @@ fn serve(config: &Config) -> Result<(), String> {
         guard: guard.clone(),
         max_records: config.max_records,
     };
+    let vmrun_for_list = vmrun.clone();
     let service = Arc::new(Service::new(store, vmrun, tasks, jobs, fleet));
 
     let addr = SocketAddr::new(config.bind, config.port);
@@ -198,6 +200,16 @@ fn serve(config: &Config) -> Result<(), String> {
         guard.set_listening(bound);
     }
     service.reconcile(Reconcile::Startup);
+    {
+        let vmrun = vmrun_for_list.clone();
+        running::start_refresher(
+            Arc::new(move || {
+                // A failure is logged once by the running set and shown in /healthz.
+                let _ = vmrun.list();
+            }),
+            config.list_interval,
+        );
+    }
     start_reconciler(service.clone(), config.reconcile_interval);
     osx_builder::leases::start_reaper(service.clone());
     if let Some(retention) = config.failed_retention {

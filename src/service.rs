@@ -328,7 +328,7 @@ impl Service {
         )
     }
 
-    /// `GET /metrics`: the counters, and the state read now.
+    /// `GET /metrics`: the counters, and the state in memory (no vmrun call).
     pub fn metrics_text(&self) -> String {
         let mut vms = VmsByStatus::default();
         for vm in self
@@ -344,7 +344,7 @@ impl Service {
                 Status::Failed => vms.failed += 1,
             }
         }
-        let running = reconcile::running_set(&self.vmrun);
+        let running = self.vmrun.running().snapshot();
         let snapshot = Snapshot {
             vms,
             capacity_used: capacity::used(&self.store, running.as_ref()),

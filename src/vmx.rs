@@ -473,10 +473,16 @@ fn is_other_nic_key(key: &str) -> bool {
 }
 
 /// The image the original Go server recorded in the VMX `annotation` (standard base64 of a
-/// JSON object). `None` when there is no annotation or it is not such a record.
+/// JSON object, with or without `=` padding). Line breaks in it (`|0A`, `|0D|0A` once
+/// decoded, as Fusion writes them when the notes are edited) are not base64 and are
+/// skipped. `None` when there is no annotation or it is not such a record.
 pub fn decode_annotation_image(vmx: &Vmx) -> Option<serde_json::Value> {
     let annotation = vmx.get("annotation")?;
-    let json = base64_decode(annotation.trim())?;
+    let compact: String = annotation
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let json = base64_decode(&compact)?;
     match serde_json::from_slice(&json).ok()? {
         value @ serde_json::Value::Object(_) => Some(value),
         _ => None,
@@ -974,6 +980,24 @@ uuid.action = \"create\"\n";
         let mut ours = parse("");
         set_annotation_image(&mut ours, &value).unwrap();
         assert_eq!(decode_annotation_image(&ours), Some(value));
+    }
+
+    #[test]
+    fn annotation_image_without_padding_or_with_line_breaks_is_read() {
+        let image = r#"{"url":"http://h/i.tar","checksum":"ab","checksum_type":"md5"}"#;
+        let padded = base64_encode(image.as_bytes());
+        assert!(padded.ends_with('='), "{padded}");
+        let bare = padded.trim_end_matches('=');
+        let (head, tail) = padded.split_at(20);
+        for value in [
+            bare.to_string(),
+            format!("{head}|0A{tail}"),
+            format!("{head}|0D|0A{tail}|0A"),
+        ] {
+            let vmx = parse(&format!("annotation = \"{value}\"\n"));
+            let decoded = decode_annotation_image(&vmx).unwrap_or_else(|| panic!("{value}"));
+            assert_eq!(decoded["checksum_type"], "md5", "{value}");
+        }
     }
 
     #[test]

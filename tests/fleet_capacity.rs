@@ -73,7 +73,11 @@ fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
 
 #[test]
 fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
-    let w = World::start("cap-foreign", options(&["--max-vms", "2"]));
+    // Which VMs run is refreshed in the background (no create runs vmrun): often, here.
+    let w = World::start(
+        "cap-foreign",
+        options(&["--max-vms", "2", "--list-interval", "0.2"]),
+    );
     // Someone started a VM by hand in Fusion.
     let foreign = w.dir.path().join("by-hand");
     std::fs::create_dir_all(&foreign).unwrap();
@@ -84,6 +88,7 @@ fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
 
     let first = w.create(&w.body());
     w.server.wait_ready(&first);
+    wait_capacity_used(&w, 2);
     let answer = call(
         "POST",
         &w.server.url("/vms"),
@@ -98,6 +103,7 @@ fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
 
     // Once the stranger's VM stops, its place is free again.
     w.server.sim(&["stop", vmx.to_str().unwrap(), "hard"]);
+    wait_capacity_used(&w, 1);
     let second = w.create(&w.body());
     w.server.wait_ready(&second);
 }
@@ -193,4 +199,27 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
         let list: Value = call("GET", &server.url("/vms"), None, &[]).json();
         (list.as_array().map_or(0, Vec::len) == 2).then_some(())
     });
+}
+
+/// Waits until `/metrics` counts `want` VMs in use: the next background `vmrun list`.
+fn wait_capacity_used(w: &World, want: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+        let used = text.lines().find_map(|l| {
+            l.strip_prefix("osx_builder_capacity_used ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+        if used == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capacity used stayed {used:?}, not {want}\n{}",
+            w.server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
 }

@@ -483,7 +483,7 @@ fn hostile_requests_get_clear_errors_and_leave_no_trace() {
                 if code != Some(want)
                     || message.is_empty()
                     || !said
-                    || content_type != Some("application/json")
+                    || content_type != Some("application/json; charset=utf-8")
                 {
                     failures.push(format!(
                         "{}: {:?} {:?} (wanted code {want} with a message saying {:?}): {}",

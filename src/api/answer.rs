@@ -13,7 +13,8 @@ pub struct Answer {
     pub headers: Vec<(&'static str, String)>,
 }
 
-pub const JSON: &str = "application/json";
+/// As the original Go server sent it (its `render.JSON`).
+pub const JSON: &str = "application/json; charset=utf-8";
 /// The Prometheus text exposition format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 

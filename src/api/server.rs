@@ -397,7 +397,7 @@ fn join_array(items: &[Arc<[u8]>]) -> Arc<[u8]> {
 
 fn json(status: u16, body: Arc<[u8]>) -> Response<Cursor<Arc<[u8]>>> {
     let length = body.len();
-    let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+    let content_type = Header::from_bytes(&b"Content-Type"[..], super::answer::JSON.as_bytes())
         .map(|h| vec![h])
         .unwrap_or_default();
     Response::new(

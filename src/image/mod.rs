@@ -9,6 +9,7 @@ pub mod download;
 pub mod error;
 pub mod extract;
 mod layout;
+pub mod originals;
 mod pipeline;
 pub mod progress;
 pub mod spec;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::running::RunningVms;
 use output::Exit;
 use process::RunError;
 
@@ -94,6 +95,8 @@ impl Default for VmrunSettings {
 pub struct Vmrun {
     settings: Arc<VmrunSettings>,
     counts: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+    /// What every call here has shown of which VMs run: see [`RunningVms`].
+    running: Arc<RunningVms>,
 }
 
 /// How a successful call ended, for the log line and the counters.
@@ -104,7 +107,13 @@ impl Vmrun {
         Vmrun {
             settings: Arc::new(settings),
             counts: Arc::default(),
+            running: Arc::default(),
         }
+    }
+
+    /// Which VMs run, as the last `vmrun list` and our own starts and stops since say.
+    pub fn running(&self) -> &RunningVms {
+        &self.running
     }
 
     pub fn settings(&self) -> &VmrunSettings {
@@ -135,11 +144,17 @@ impl Vmrun {
     /// VMX paths of the running VMs.
     pub fn list(&self) -> Result<Vec<PathBuf>, VmrunError> {
         let timeout = self.settings.timeouts.list;
-        self.call("list", None, &[], timeout, None, |call, stdout| {
+        let ticket = self.running.begin();
+        let listed = self.call("list", None, &[], timeout, None, |call, stdout| {
             output::parse_list(stdout)
                 .map(|paths| (paths, OK))
                 .map_err(|problem| bad_output(call, problem, stdout))
-        })
+        });
+        match &listed {
+            Ok(paths) => self.running.listed(ticket, paths),
+            Err(err) => self.running.failed(ticket, &err.to_string()),
+        }
+        listed
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
@@ -153,7 +168,9 @@ impl Vmrun {
             timeout,
             Some(cancel),
             no_answer,
-        )
+        )?;
+        self.running.changed(vmx, true);
+        Ok(())
     }
 
     /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
@@ -169,13 +186,17 @@ impl Vmrun {
                 VmrunError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
                 other => Err(other),
             },
-        )
+        )?;
+        self.running.changed(vmx, false);
+        Ok(())
     }
 
     /// Deletes VMware's files of the VM (not other files in its folder).
     pub fn delete_vm(&self, vmx: &Path) -> Result<(), VmrunError> {
         let timeout = self.settings.timeouts.delete;
-        self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)
+        self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)?;
+        self.running.changed(vmx, false);
+        Ok(())
     }
 
     /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always

@@ -370,7 +370,7 @@ impl ClientConnection {
 
 fn json_close_headers() -> Vec<crate::Header> {
     [
-        (&b"Content-Type"[..], &b"application/json"[..]),
+        (&b"Content-Type"[..], &b"application/json; charset=utf-8"[..]),
         (&b"Connection"[..], &b"close"[..]),
     ]
     .iter()
