@@ -70,6 +70,9 @@ fn serve(config: &Config) -> Result<(), String> {
             config.data_dir.display()
         )
     })?;
+    // Held until the process exits: a second server on this folder refuses to start.
+    let _data_lock =
+        osx_builder::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
     let vmrun = Vmrun::new(VmrunSettings {
         path: config.vmrun_path.clone(),
         host_type: config.vmrun_host_type.clone(),

@@ -51,6 +51,8 @@ pub enum ApiError {
     ImageInUse(String),
     /// 429: this many pre-warm downloads run already.
     TooManyPrewarms { limit: usize },
+    /// 507: the data folder's disk is full (ENOSPC, or the quota): nothing was recorded.
+    DiskFull(String),
 }
 
 /// Seconds a client should wait before retrying a refused create. VMs are freed when
@@ -81,6 +83,7 @@ impl ApiError {
             Self::VmDeleting | Self::ImageInUse(_) => 409,
             Self::ImageNotFound => 404,
             Self::TooManyPrewarms { .. } => 429,
+            Self::DiskFull(_) => 507,
         }
     }
 
@@ -106,6 +109,7 @@ impl ApiError {
             Self::ImageNotFound => "image-not-found",
             Self::ImageInUse(_) => "image-in-use",
             Self::TooManyPrewarms { .. } => "too-many-prewarms",
+            Self::DiskFull(_) => "disk-full",
         }
     }
 
@@ -154,6 +158,9 @@ impl ApiError {
             Self::ImageInUse(detail) => detail.clone(),
             Self::TooManyPrewarms { limit } => format!(
                 "{limit} pre-warm downloads are running already; retry in {RETRY_AFTER_PREWARM_SECS} s"
+            ),
+            Self::DiskFull(detail) => format!(
+                "{detail}; the disk of the data folder is full: free space there (GET /images lists cached gold images that DELETE /images/:checksum removes), then retry"
             ),
         }
     }
