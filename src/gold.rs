@@ -267,8 +267,8 @@ impl GoldCache {
         }
     }
 
-    /// `DELETE /images/:checksum`: refused while any VM depends on the image or it is being
-    /// downloaded.
+    /// `DELETE /images/:checksum`: refused while any VM depends on the image; a download in
+    /// progress is cancelled.
     pub fn remove(&self, checksum: &str) -> Result<(), ApiError> {
         if !is_any_digest(checksum) {
             return Err(ApiError::ImageNotFound);
@@ -284,10 +284,9 @@ impl GoldCache {
                         prewarms.remove(checksum);
                         Ok(())
                     }
+                    // Its waiters (VMs, the pre-warm) fail `image-cancelled`.
+                    _ if self.images.cancel_download(checksum) => Ok(()),
                     Some(Prewarm::Running(_)) => Err(downloading(checksum)),
-                    None if self.images.in_flight().iter().any(|(c, _)| c == checksum) => {
-                        Err(downloading(checksum))
-                    }
                     None => Err(ApiError::ImageNotFound),
                 };
             }

@@ -96,6 +96,11 @@ fn serve(config: &Config) -> Result<(), String> {
         connect_timeout: config.download_connect_timeout,
         read_timeout: config.download_read_timeout,
         max_resumes: config.download_max_resumes,
+        min_rate: osx_builder::image::guard::MinRate {
+            bytes_per_sec: config.download_min_rate,
+            window: config.download_min_rate_window,
+        },
+        max_downloads: config.max_downloads,
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))

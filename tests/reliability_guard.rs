@@ -137,9 +137,7 @@ fn a_failed_vm_that_runs_is_stopped_by_the_reconcile() {
         !sim_running(&world.server).contains(&id)
     });
     assert!(
-        world
-            .server
-            .wait_log(&format!("vm={id} is failed") as &str),
+        world.server.wait_log(&format!("vm={id} is failed") as &str),
         "{}",
         world.server.log()
     );
@@ -214,9 +212,17 @@ fn a_read_only_data_folder_degrades_and_never_blinds() {
 
     let server = Server::start(dir.path());
     let (status, vm) = server.get_vm(&id);
-    assert_eq!((status, vm["status"].as_str()), (200, Some("running")), "{vm}");
+    assert_eq!(
+        (status, vm["status"].as_str()),
+        (200, Some("running")),
+        "{vm}"
+    );
     assert!(staging.is_dir() && deleting.is_dir(), "leftovers wait");
-    assert!(server.wait_log("left for a later start"), "{}", server.log());
+    assert!(
+        server.wait_log("left for a later start"),
+        "{}",
+        server.log()
+    );
     let (status, health) = request("GET", &server.url("/healthz"), None, &[]);
     assert_eq!(status, 503, "{health}");
     assert!(
@@ -288,14 +294,22 @@ fn a_full_disk_answers_disk_full_and_leaves_no_temp_file() {
     drop(file);
 
     let (status, err) = server.create(&body);
-    assert_eq!((status, err["code"].as_str()), (507, Some("disk-full")), "{err}");
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (507, Some("disk-full")),
+        "{err}"
+    );
     let (status, err) = request(
         "POST",
         &server.url(&format!("/vms/{id}/renew")),
         Some(&json!({"ttl": 600}).to_string()),
         &[],
     );
-    assert_eq!((status, err["code"].as_str()), (507, Some("disk-full")), "{err}");
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (507, Some("disk-full")),
+        "{err}"
+    );
     let mut strays = Vec::new();
     stray_files(&dir.path().join("data"), &mut strays);
     assert!(strays.is_empty(), "left behind: {strays:?}");

@@ -8,6 +8,7 @@ mod checksum;
 mod download;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod layout;
 mod pipeline;
 pub mod progress;
