@@ -327,3 +327,34 @@ fn a_full_disk_answers_disk_full_and_leaves_no_temp_file() {
     let (status, _) = server.delete_vm(&id);
     assert_eq!(status, 204);
 }
+
+#[test]
+fn the_size_of_a_gold_image_is_measured_once_at_publication() {
+    let world = World::start("goldsize", ServerOptions::default());
+    let id = world.create(&world.body());
+    world.server.wait_ready(&id);
+    let images = || {
+        let (status, list) = request("GET", &world.server.url("/images"), None, &[]);
+        assert_eq!(status, 200, "{list}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|image| image["checksum"] == world.checksum.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{list}"))
+    };
+    let before = images();
+    let size = before["size_bytes"].as_u64().unwrap();
+    assert!(size > 0, "{before}");
+    assert!(before["file_count"].as_u64().unwrap() >= 2, "{before}");
+    let gold = world.server.data_dir.join("gold").join(&world.checksum);
+    let usage: Value =
+        serde_json::from_slice(&std::fs::read(gold.join("osx-builder-image.json")).unwrap())
+            .unwrap();
+    assert_eq!(usage["size_bytes"].as_u64(), Some(size), "{usage}");
+    // A file added behind the server's back is not seen: GET /images walks nothing.
+    std::fs::write(gold.join("extra.bin"), vec![1u8; 1 << 20]).unwrap();
+    assert_eq!(images()["size_bytes"].as_u64(), Some(size));
+    let (status, metrics) = request("GET", &world.server.url("/metrics"), None, &[]);
+    assert_eq!(status, 200, "{metrics}");
+}
