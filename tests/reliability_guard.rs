@@ -187,20 +187,57 @@ impl Drop for Mount {
     }
 }
 
+/// A server whose data folder is a fresh tmpfs, with one VM ready.
+struct OnTmpfs {
+    server: Server,
+    id: String,
+    body: Value,
+    checksum: String,
+    _files: FileServer,
+    mount: Mount,
+    dir: TempDir,
+}
+
+impl OnTmpfs {
+    fn start(tag: &str, size: &str) -> Option<Self> {
+        let dir = TempDir::new(tag);
+        let mount = Mount::tmpfs(dir.path(), size)?;
+        let files = FileServer::start();
+        let archive = gold_tar_gz("box");
+        let checksum = sha1_hex(&archive);
+        let url = files.add("/gold.tar.gz", archive);
+        let server = Server::start(dir.path());
+        let body = common::image_body(&url, &checksum);
+        let (_, vm) = server.create(&body);
+        let id = vm["id"].as_str().unwrap().to_string();
+        server.wait_ready(&id);
+        Some(Self {
+            server,
+            id,
+            body,
+            checksum,
+            _files: files,
+            mount,
+            dir,
+        })
+    }
+}
+
 #[test]
 fn a_read_only_data_folder_degrades_and_never_blinds() {
-    let dir = TempDir::new("readonly");
-    let Some(mount) = Mount::tmpfs(dir.path(), "64m") else {
+    // Bound in this order so that they drop in reverse: server, mount, then its folder.
+    let Some(OnTmpfs {
+        dir,
+        mount,
+        _files: _keep_files,
+        server,
+        id,
+        checksum,
+        body: _,
+    }) = OnTmpfs::start("readonly", "64m")
+    else {
         return;
     };
-    let files = FileServer::start();
-    let archive = gold_tar_gz("box");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/gold.tar.gz", archive);
-    let server = Server::start(dir.path());
-    let (_, vm) = server.create(&common::image_body(&url, &checksum));
-    let id = vm["id"].as_str().unwrap().to_string();
-    server.wait_ready(&id);
     server.kill();
     // What a crash left, then the disk went read-only (a remount after an I/O error).
     let data = dir.path().join("data");
@@ -272,19 +309,19 @@ fn stray_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn a_full_disk_answers_disk_full_and_leaves_no_temp_file() {
-    let dir = TempDir::new("enospc");
-    let Some(_mount) = Mount::tmpfs(dir.path(), "8m") else {
+    // Bound in this order so that they drop in reverse: server, mount, then its folder.
+    let Some(OnTmpfs {
+        dir,
+        mount: _keep_mount,
+        _files: _keep_files,
+        server,
+        id,
+        body,
+        checksum: _,
+    }) = OnTmpfs::start("enospc", "8m")
+    else {
         return;
     };
-    let files = FileServer::start();
-    let archive = gold_tar_gz("box");
-    let checksum = sha1_hex(&archive);
-    let url = files.add("/gold.tar.gz", archive);
-    let server = Server::start(dir.path());
-    let body = common::image_body(&url, &checksum);
-    let (_, vm) = server.create(&body);
-    let id = vm["id"].as_str().unwrap().to_string();
-    server.wait_ready(&id);
     // Fill the disk to the last byte.
     let filler = dir.path().join("data/filler");
     let mut file = std::fs::File::create(&filler).unwrap();
