@@ -346,11 +346,12 @@ fn a_decompression_bomb_stops_with_its_last_vm() {
 #[test]
 fn downloads_past_max_downloads_wait_their_turn() {
     let dir = TempDir::new("queue");
-    let first = gold_tar_gz_padded("one", 1 << 20);
-    let second = gold_tar_gz_padded("two", 1 << 20);
+    // About 5 s each at 400 KiB/s: the first holds its slot long enough to be seen.
+    let first = gold_tar_gz_padded("one", 2 << 20);
+    let second = gold_tar_gz_padded("two", 2 << 20);
     let (c1, c2) = (sha1_hex(&first), sha1_hex(&second));
-    let d1 = Dribble::start(first, 8192, Duration::from_millis(10));
-    let d2 = Dribble::start(second, 8192, Duration::from_millis(10));
+    let d1 = Dribble::start(first, 4096, Duration::from_millis(10));
+    let d2 = Dribble::start(second, 4096, Duration::from_millis(10));
     let server = Server::start_with(dir.path(), options(&["--max-downloads", "1"]));
     let a = create(&server, &d1.url, &c1);
     until("a downloading", &server, Duration::from_secs(20), || {
