@@ -30,6 +30,11 @@ pub struct Config {
     pub download_connect_timeout: Duration,
     pub download_read_timeout: Duration,
     pub download_max_resumes: u32,
+    /// Bytes a second an image download must average over each window; 0 for none.
+    pub download_min_rate: u64,
+    pub download_min_rate_window: Duration,
+    /// Image downloads at once; 0 for no limit.
+    pub max_downloads: usize,
     pub callback_timeout: Duration,
     pub callback_retries: u32,
     pub reconcile_interval: Duration,
@@ -231,8 +236,8 @@ const SETTINGS: &[Setting] = &[
     setting!(
         "max-unpacked-bytes",
         "OSX_BUILDER_MAX_UNPACKED_BYTES",
-        "549755813888",
-        "largest total size an image may unpack to (decompression bomb guard; default 512 GiB)"
+        "512GiB",
+        "largest total size an image may unpack to (decompression bomb guard; units as --min-free-disk)"
     ),
     setting!(
         "download-connect-timeout",
@@ -251,6 +256,24 @@ const SETTINGS: &[Setting] = &[
         "OSX_BUILDER_DOWNLOAD_MAX_RESUMES",
         "5",
         "times a dropped image download is resumed"
+    ),
+    setting!(
+        "download-min-rate",
+        "OSX_BUILDER_DOWNLOAD_MIN_RATE",
+        "0",
+        "bytes a second (units as --min-free-disk, e.g. 64KiB) an image download must average over each --download-min-rate-window, else it fails image-timeout; 0 for no minimum"
+    ),
+    setting!(
+        "download-min-rate-window",
+        "OSX_BUILDER_DOWNLOAD_MIN_RATE_WINDOW",
+        "60",
+        "seconds over which --download-min-rate is measured"
+    ),
+    setting!(
+        "max-downloads",
+        "OSX_BUILDER_MAX_DOWNLOADS",
+        "2",
+        "image downloads that run at once; the others wait in phase queued-download (0 for no limit)"
     ),
     setting!(
         "callback-timeout",
@@ -598,10 +621,17 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         timeout_list: seconds("vmrun-timeout-list")?,
         timeout_ip_query: seconds("vmrun-timeout-ip")?,
         timeout_snapshot: seconds("vmrun-timeout-snapshot")?,
-        max_unpacked_bytes: number(value("max-unpacked-bytes"), "a number of bytes")?,
+        max_unpacked_bytes: bytes(value("max-unpacked-bytes"))?,
         download_connect_timeout: seconds("download-connect-timeout")?,
         download_read_timeout: seconds("download-read-timeout")?,
         download_max_resumes: number(value("download-max-resumes"), "a whole number")?,
+        // `64KiB/s` reads as meant.
+        download_min_rate: bytes({
+            let (v, name) = value("download-min-rate");
+            (v.trim().trim_end_matches("/s").to_string(), name)
+        })?,
+        download_min_rate_window: seconds("download-min-rate-window")?,
+        max_downloads: number(value("max-downloads"), "a whole number (0 for no limit)")?,
         callback_timeout: seconds("callback-timeout")?,
         callback_retries: number(value("callback-retries"), "a whole number")?,
         reconcile_interval: seconds("reconcile-interval")?,

@@ -43,6 +43,11 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 /// vanish during the walk are skipped, because the cache may be evicting or a VM being
 /// deleted next to the folder being measured.
 pub fn dir_size(path: &Path) -> io::Result<u64> {
+    dir_usage(path).map(|(bytes, _)| bytes)
+}
+
+/// `dir_size`, and how many regular files make it up.
+pub fn dir_usage(path: &Path) -> io::Result<(u64, u64)> {
     let root = std::fs::symlink_metadata(path).map_err(|err| {
         io::Error::new(
             err.kind(),
@@ -50,9 +55,14 @@ pub fn dir_size(path: &Path) -> io::Result<u64> {
         )
     })?;
     if !root.is_dir() {
-        return Ok(if root.is_file() { root.len() } else { 0 });
+        return Ok(if root.is_file() {
+            (root.len(), 1)
+        } else {
+            (0, 0)
+        });
     }
     let mut total = 0u64;
+    let mut files = 0u64;
     // An explicit stack instead of recursion: image archives can nest deeply and a stack
     // overflow would take the whole server down.
     let mut pending = vec![path.to_path_buf()];
@@ -84,10 +94,11 @@ pub fn dir_size(path: &Path) -> io::Result<u64> {
                 pending.push(entry.path());
             } else if metadata.is_file() {
                 total = total.saturating_add(metadata.len());
+                files += 1;
             }
         }
     }
-    Ok(total)
+    Ok((total, files))
 }
 
 #[cfg(test)]

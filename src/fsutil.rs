@@ -27,17 +27,20 @@ fn write_atomic_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result
     tmp_name.push(name);
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    {
-        let mut file = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut file| {
         if let Some(mode) = mode {
             // On the open file: a temporary one a crash left keeps its mode otherwise.
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         file.write_all(bytes)?;
-        file.sync_all()?;
+        file.sync_all()
+    });
+    // A full disk must not leave a stray temp file behind (it is what filled it last).
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     sync_dir(dir)
 }
 

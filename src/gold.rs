@@ -55,6 +55,9 @@ pub struct ImageEntry {
     pub checksum_type: Option<String>,
     /// Bytes on disk (the unpacked gold VM).
     pub size_bytes: u64,
+    /// Regular files in it, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_count: Option<u64>,
     /// VMs whose records name this image: linked clones that depend on it.
     pub vms: Vec<VmId>,
     /// Folders under `vms/` whose disks read this image, found from their `.vmdk`
@@ -81,6 +84,13 @@ struct Usage {
     checksum_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_used: Option<String>,
+    /// Bytes and regular files of the image, measured once (after its publication, or the
+    /// first time it is asked for): walking a million files on every `GET /images` took
+    /// seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file_count: Option<u64>,
 }
 
 /// A pre-warm that is running or that failed (kept so that `GET /images` can say why).
@@ -215,16 +225,11 @@ impl GoldCache {
             url: Some(spec.url.clone()),
             checksum_type: Some(spec.checksum_type.as_str().to_string()),
             last_used: Some(crate::log::rfc3339_now()),
+            ..read_usage(&gold.dir)
         };
-        let path = gold.dir.join(USAGE_FILE);
-        let written = serde_json::to_vec(&usage)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                crate::fsutil::write_atomic(&path, &bytes).map_err(|e| e.to_string())
-            });
-        if let Err(err) = written {
+        if let Err(err) = write_usage(&gold.dir, &usage) {
             // Only the eviction order suffers: the folder's time stands in.
-            crate::warn!("cannot record the use of {}: {err}", path.display());
+            crate::warn!("cannot record the use of {}: {err}", gold.dir.display());
         }
     }
 
@@ -303,8 +308,8 @@ impl GoldCache {
         }
     }
 
-    /// `DELETE /images/:checksum`: refused while any VM depends on the image or it is being
-    /// downloaded.
+    /// `DELETE /images/:checksum`: refused while any VM depends on the image; a download in
+    /// progress is cancelled.
     pub fn remove(&self, checksum: &str) -> Result<(), ApiError> {
         if !is_any_digest(checksum) {
             return Err(ApiError::ImageNotFound);
@@ -320,10 +325,9 @@ impl GoldCache {
                         prewarms.remove(checksum);
                         Ok(())
                     }
+                    // Its waiters (VMs, the pre-warm) fail `image-cancelled`.
+                    _ if self.images.cancel_download(checksum) => Ok(()),
                     Some(Prewarm::Running(_)) => Err(downloading(checksum)),
-                    None if self.images.in_flight().iter().any(|(c, _)| c == checksum) => {
-                        Err(downloading(checksum))
-                    }
                     None => Err(ApiError::ImageNotFound),
                 };
             }
@@ -490,6 +494,8 @@ impl GoldCache {
     /// pre-warm of it, and may put the cache over its budget.
     pub fn download_finished(&self, checksum: &str, published: bool) {
         if published {
+            // Measured here, on the download thread, once: never again by a request.
+            size_of(&self.images.gold_root().join(checksum));
             let mut prewarms = lock(&self.prewarms);
             if matches!(prewarms.get(checksum), Some(Prewarm::Failed(..))) {
                 prewarms.remove(checksum);
@@ -592,6 +598,7 @@ impl GoldCache {
             checksum_type: usage.checksum_type,
             size_bytes: size_of(&dir),
             reclaimable_bytes: reclaimable,
+            file_count: read_usage(&dir).file_count,
             last_used: usage.last_used.or_else(|| {
                 let ms = last_used_ms(&dir);
                 (ms > 0).then(|| crate::log::rfc3339(ms / 1000, (ms % 1000) as u32))
@@ -632,6 +639,7 @@ fn blank(
         url: spec.map(|s| s.url.clone()),
         checksum_type: spec.map(|s| s.checksum_type.as_str().to_string()),
         size_bytes: 0,
+        file_count: None,
         vms: users.by_checksum.get(checksum).cloned().unwrap_or_default(),
         linked_clones: users
             .on_disk
@@ -701,11 +709,35 @@ fn last_used_ms(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+fn write_usage(dir: &Path, usage: &Usage) -> Result<(), String> {
+    let path = dir.join(USAGE_FILE);
+    let bytes = serde_json::to_vec(usage).map_err(|e| e.to_string())?;
+    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The image's size from its usage file, measured (and kept there) when it is not known.
 fn size_of(dir: &Path) -> u64 {
-    crate::disk::dir_size(dir).unwrap_or_else(|err| {
-        crate::warn!("{err}");
-        0
-    })
+    let usage = read_usage(dir);
+    if let Some(size) = usage.size_bytes {
+        return size;
+    }
+    match crate::disk::dir_usage(dir) {
+        Ok((bytes, files)) => {
+            let usage = Usage {
+                size_bytes: Some(bytes),
+                file_count: Some(files),
+                ..usage
+            };
+            if let Err(err) = write_usage(dir, &usage) {
+                crate::warn!("cannot keep the size of {}: {err}", dir.display());
+            }
+            bytes
+        }
+        Err(err) => {
+            crate::warn!("{err}");
+            0
+        }
+    }
 }
 
 fn remove_retired(path: &Path) {

@@ -12,6 +12,7 @@ pub mod callback;
 pub mod cancel;
 pub mod capacity;
 pub mod config;
+pub mod data_lock;
 pub mod dependants;
 pub mod disk;
 pub mod drain;

@@ -84,6 +84,9 @@ fn serve(config: &Config) -> Result<(), String> {
             config.data_dir.display()
         )
     })?;
+    // Held until the process exits: a second server on this folder refuses to start.
+    let _data_lock =
+        osx_builder::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
     let vmrun = Vmrun::new(VmrunSettings {
         path: config.vmrun_path.clone(),
         host_type: config.vmrun_host_type.clone(),
@@ -109,6 +112,11 @@ fn serve(config: &Config) -> Result<(), String> {
         max_resumes: config.download_max_resumes,
         strict_vmx: config.strict_vmx,
         trust: trust.clone(),
+        min_rate: osx_builder::image::guard::MinRate {
+            bytes_per_sec: config.download_min_rate,
+            window: config.download_min_rate_window,
+        },
+        max_downloads: config.max_downloads,
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::vm::VmId;
 use crossbeam_channel::Sender;
@@ -179,7 +179,7 @@ impl Service {
         };
         let json = self.store.insert(vm).map_err(|e| {
             self.tasks.forget(id);
-            ApiError::Internal(format!("the VM could not be recorded: {e}"))
+            store_error("the VM could not be recorded", e)
         })?;
         crate::info!("vm={id} created");
         self.jobs
@@ -294,7 +294,7 @@ impl Service {
                     vm.expires_at = Some(leases::expiry(now, ttl));
                 }
             })
-            .map_err(|e| ApiError::Internal(format!("the lease could not be recorded: {e}")))?
+            .map_err(|e| store_error("the lease could not be recorded", e))?
             .ok_or(ApiError::VmNotFound)?;
         if deleting {
             return Err(ApiError::VmDeleting);
@@ -371,7 +371,7 @@ impl Service {
             // off as it now is: the stop may have gone through before deleteVM failed.
             let vmx = reconcile::canonical(&self.store.vmx_path(id));
             let running = reconcile::running_set(&self.vmrun).map(|set| set.contains(&vmx));
-            self.update(id, |vm| {
+            self.update_or_remember(id, |vm| {
                 vm.progress.phase = before.progress.phase;
                 match (vm.status, running) {
                     (Status::Running, Some(false)) => vm.status = Status::Stopped,
@@ -434,6 +434,11 @@ impl Service {
                 .as_ref()
                 .map(|set| set.contains(&reconcile::canonical(&vmx)));
             if when == Reconcile::Startup {
+                if let Some(deadline) = self.start_in_flight_until(&vm, runs) {
+                    // Its locks are the start's own, and whether it runs is not known yet.
+                    self.wait_out_start(id, deadline);
+                    continue;
+                }
                 // First, before any recovery runs vmrun against the VM: locks VMware left
                 // when it died with the host make start and deleteVM answer "in use", and a
                 // VM interrupted mid-provisioning or mid-delete has them as much as any.
@@ -466,6 +471,7 @@ impl Service {
                     crate::info!("vm={id} is running again");
                     self.update(id, |vm| vm.status = Status::Running);
                 }
+                (Status::Failed, true) => self.failed_but_running(&vm, &vmx),
                 _ => {}
             }
         }
@@ -521,14 +527,12 @@ impl Service {
             });
             let _ = self.jobs.send(Job::WatchIp(id));
         } else if vm.status == Status::Provisioning {
-            let phase = vm.progress.phase.as_str();
-            crate::warn!("vm={id} provisioning was interrupted at step {phase}");
-            self.update(id, |vm| {
-                vm.fail(
-                    "interrupted",
-                    format!("the server stopped while this VM was at step {phase}; delete it and create another"),
-                )
-            });
+            let phase = vm.progress.phase;
+            crate::warn!(
+                "vm={id} provisioning was interrupted at step {}",
+                phase.as_str()
+            );
+            self.update(id, |vm| vm.fail(INTERRUPTED, interrupted_message(phase)));
         } else if vm.status == Status::Running
             && vm.progress.phase == Phase::WaitingForIp
             && runs != Some(false)
@@ -536,6 +540,105 @@ impl Service {
             // Not when it was powered off meanwhile: the IP query would fail the VM, which
             // the reconcile shows as stopped instead.
             let _ = self.jobs.send(Job::WatchIp(id));
+        }
+    }
+
+    /// When a VM's record says its `vmrun start` was under way at the stop and vmrun does
+    /// not list it running: until when that start, outliving the server, may still run (the
+    /// record was written just before the start began; vmrun kills it at its timeout).
+    fn start_in_flight_until(&self, vm: &Vm, runs: Option<bool>) -> Option<Instant> {
+        if vm.status != Status::Provisioning
+            || vm.progress.phase != Phase::Starting
+            || runs == Some(true)
+        {
+            return None;
+        }
+        let began_ms = leases::parse_rfc3339_ms(&vm.updated_at)?;
+        let timeout = self.vmrun.settings().timeouts.start + START_GRACE;
+        let left_ms = began_ms + timeout.as_millis() as i64 - leases::now_ms();
+        (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
+    }
+
+    /// Watches a start that may still be in flight until vmrun lists the VM (then it runs
+    /// and is watched for its IP, as if the server had never stopped) or the start's time
+    /// is up (then it failed: its locks are stale and go, and the VM is `interrupted`).
+    /// Holds the VM's task meanwhile: the reconcile leaves it alone, a DELETE takes over.
+    fn wait_out_start(self: &Arc<Self>, id: VmId, deadline: Instant) {
+        let service = self.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("start-wait-{id}"))
+            .spawn(move || service.await_start(id, deadline));
+        if let Err(err) = spawned {
+            crate::error!("vm={id} cannot wait for its start: {err}");
+        }
+    }
+
+    fn await_start(&self, id: VmId, deadline: Instant) {
+        let task = self.tasks.get(id);
+        let busy = task.lock();
+        let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
+        crate::warn!(
+            "vm={id} was at step starting when the server stopped and vmrun does not list it yet: waiting up to {secs} s for its start to end"
+        );
+        let vmx = self.store.vmx_path(id);
+        let running = loop {
+            if task.cancel.is_cancelled() || self.store.get(id).is_none() {
+                return;
+            }
+            let running = reconcile::running_set(&self.vmrun);
+            if let Some(set) = &running {
+                if set.contains(&reconcile::canonical(&vmx)) {
+                    crate::warn!(
+                        "vm={id} its interrupted start went through: running, watching for its IP"
+                    );
+                    self.update(id, |vm| {
+                        vm.status = Status::Running;
+                        vm.progress.phase = Phase::WaitingForIp;
+                    });
+                    drop(busy);
+                    let _ = self.jobs.send(Job::WatchIp(id));
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                break running;
+            }
+            thread::sleep(START_POLL);
+        };
+        if let Some(running) = &running {
+            reconcile::remove_locks_in(&self.store.vm_dir(id), running);
+        }
+        crate::warn!("vm={id} provisioning was interrupted at step starting and it never ran");
+        self.update(id, |vm| {
+            vm.fail(INTERRUPTED, interrupted_message(Phase::Starting))
+        });
+    }
+
+    /// vmrun runs a VM whose record says it failed. A start that a stop of the server cut
+    /// short and that went through after all is ours: the VM is running again. Anything
+    /// else is stopped: a failed VM must not run on unseen, holding a slot and memory.
+    fn failed_but_running(&self, vm: &Vm, vmx: &Path) {
+        let id = vm.id;
+        let interrupted_start = vm.error.as_ref().is_some_and(|e| {
+            e.code == INTERRUPTED && e.message == interrupted_message(Phase::Starting)
+        });
+        if interrupted_start {
+            crate::warn!("vm={id} failed as interrupted at step starting, but runs: its start went through; running, watching for its IP");
+            self.update(id, |vm| {
+                vm.status = Status::Running;
+                vm.progress.phase = Phase::WaitingForIp;
+                vm.error = None;
+            });
+            let _ = self.jobs.send(Job::WatchIp(id));
+            return;
+        }
+        let task = self.tasks.get(id);
+        let _busy = task.lock();
+        let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
+        crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
+        match self.vmrun.stop(vmx, true, &crate::cancel::Cancel::new()) {
+            Ok(()) => crate::info!("vm={id} stopped"),
+            Err(err) => crate::warn!("vm={id} failed and still runs: stop hard failed: {err}"),
         }
     }
 
@@ -603,10 +706,53 @@ impl Service {
         !reported.insert(dir.to_path_buf())
     }
 
+    /// As `update`, but a record that cannot be written (read-only or damaged folder) is
+    /// still changed in memory, carrying the write error: after a stop that went through,
+    /// the API must say `stopped`, not what the stale file says.
+    fn update_or_remember(&self, id: VmId, change: impl Fn(&mut Vm)) {
+        let Err(err) = self.store.update(id, Durability::Disk, &change) else {
+            return;
+        };
+        crate::error!("vm={id} {err}; the change is kept in memory only");
+        let noted = self.store.update(id, Durability::MemoryOnly, |vm| {
+            change(vm);
+            vm.error = Some(crate::vm::VmError {
+                code: "record-unwritable".into(),
+                message: format!(
+                    "{err}; until it can be written, this state is known to this server only"
+                ),
+            });
+        });
+        if let Err(err) = noted {
+            crate::error!("vm={id} {err}");
+        }
+    }
+
     fn update(&self, id: VmId, change: impl FnOnce(&mut Vm)) {
         if let Err(err) = self.store.update(id, Durability::Disk, change) {
             crate::error!("vm={id} {err}");
         }
+    }
+}
+
+const INTERRUPTED: &str = "interrupted";
+/// Past the start timeout: vmrun's deadline kills the call a moment after it expires.
+const START_GRACE: Duration = Duration::from_secs(2);
+const START_POLL: Duration = Duration::from_millis(250);
+
+fn interrupted_message(phase: Phase) -> String {
+    format!(
+        "the server stopped while this VM was at step {}; delete it and create another",
+        phase.as_str()
+    )
+}
+
+/// A full disk is the operator's to fix (507 `disk-full`), anything else is ours.
+fn store_error(what: &str, e: crate::vm::store::StoreError) -> ApiError {
+    if e.code() == "disk-full" {
+        ApiError::DiskFull(format!("{what}: {e}"))
+    } else {
+        ApiError::Internal(format!("{what}: {e}"))
     }
 }
 

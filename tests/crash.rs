@@ -69,10 +69,21 @@ struct Lab {
     ledger: BTreeMap<String, Fate>,
     /// `(point, phase on disk at the kill)` for the closing summary.
     coverage: Vec<(String, String)>,
+    /// Given to every server this lab starts.
+    args: Vec<String>,
 }
+
+/// A start cut short by a kill is waited out for this long (plus a grace) by the restart:
+/// short, so that a start that died with the host is settled soon.
+const START_TIMEOUT: &str = "4";
 
 impl Lab {
     fn new(tag: &str) -> Self {
+        Self::with_args(tag, &["--vmrun-timeout-start", START_TIMEOUT])
+    }
+
+    fn with_args(tag: &str, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = TempDir::new(&format!("crash-{tag}"));
         let files = FileServer::start();
         let archive = tar_gz(&[
@@ -83,7 +94,7 @@ impl Lab {
             checksum: sha1_hex(&archive),
             url: files.add("/gold.tar.gz", archive),
         };
-        let server = Server::start(dir.path());
+        let server = start_server(dir.path(), &args);
         Self {
             dir,
             files,
@@ -91,6 +102,7 @@ impl Lab {
             server: Some(server),
             ledger: BTreeMap::new(),
             coverage: Vec::new(),
+            args,
         }
     }
 
@@ -233,14 +245,38 @@ impl Lab {
     fn restart(&mut self, at_kill: &HashMap<String, Value>) {
         let _ = fs::remove_file(self.sim_state().join("faults"));
         let _ = fs::remove_dir_all(self.sim_state().join("faults-once"));
-        self.server = Some(Server::start(self.dir.path()));
+        self.server = Some(start_server(self.dir.path(), &self.args));
         self.check(at_kill);
+    }
+
+    /// SIGKILL of the server alone, at once: vmrun calls in flight run on while the new
+    /// server starts (the restart comes before they end).
+    fn kill_server_only(&mut self) {
+        self.server.take().expect("server running").kill();
     }
 
     /// The rules of the file's header, for every VM and folder.
     fn check(&mut self, at_kill: &HashMap<String, Value>) {
         let server = self.server.as_ref().unwrap();
         let log = || server.log();
+        // A start cut short may still run: the restart waits it out (up to the start
+        // timeout) before it calls the VM running or failed.
+        for id in self.ledger.keys() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, vm) = server.get_vm(id);
+                let starting = vm["status"] == "" && vm["progress"]["phase"] == "starting";
+                if status != 200 || !starting {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "an interrupted start of {id} was never settled: {vm}\n{}",
+                    log()
+                );
+                thread::sleep(Duration::from_millis(25));
+            }
+        }
         // A DELETE cut short is finished by the restart: wait for it to settle either way.
         for (id, fate) in &self.ledger {
             if *fate == Fate::DeleteInFlight {
@@ -413,6 +449,16 @@ impl Drop for Lab {
         drop(self.server.take());
         kill_simulators(&self.sim_state(), &self.data());
     }
+}
+
+fn start_server(root: &Path, args: &[String]) -> Server {
+    Server::start_with(
+        root,
+        common::ServerOptions {
+            env: Vec::new(),
+            args: args.to_vec(),
+        },
+    )
 }
 
 /// No staging folder, no partial download, every gold folder complete.
@@ -925,6 +971,75 @@ fn killed_while_starting_leaves_a_stale_lock_that_the_restart_clears() {
         started.elapsed() < Duration::from_secs(4),
         "DELETE retried a stale lock"
     );
+    lab.delete_all();
+}
+
+/// The kill lands while `vmrun start` holds the VM's locks and has not booted it yet, and
+/// the new server is up before the start ends: it must wait the start out, leave its locks
+/// alone, and show the VM running once vmrun does. A start slower than the wait ends failed
+/// `interrupted`, and the reconcile takes the VM back when it runs after all.
+#[test]
+fn killed_during_a_slow_start_the_restart_waits_it_out() {
+    let mut lab = Lab::with_args(
+        "slowstart",
+        &[
+            "--vmrun-timeout-start",
+            START_TIMEOUT,
+            "--reconcile-interval",
+            "0.3",
+        ],
+    );
+    let boot = lab.sim_state().join("start-boot-ms");
+    for (boot_ms, outlives_the_wait) in [(2500, false), (9000, true)] {
+        fs::write(&boot, boot_ms.to_string()).unwrap();
+        let image = lab.image.clone();
+        let id = lab.create(&image);
+        assert!(lab.reach(&id, "starting"));
+        assert!(wait_call(&lab, "start"));
+        let lock = lab
+            .data()
+            .join("vms")
+            .join(&id)
+            .join(format!("{id}.vmx.lck"));
+        poll("the start's lock", || lock.is_dir());
+        let at_kill_phase = lab.server().get_vm(&id).1["progress"]["phase"].clone();
+        lab.kill_server_only();
+        lab.server = Some(start_server(lab.dir.path(), &lab.args));
+        let server = lab.server();
+        let (_, vm) = server.get_vm(&id);
+        if at_kill_phase == "starting" && !sim_running(server).contains(&id) {
+            assert_eq!(vm["status"], "", "decided before the start ended: {vm}");
+            assert!(lock.is_dir(), "the in-flight start's lock was removed");
+        }
+        if outlives_the_wait {
+            let vm = server.wait_failed(&id);
+            assert_eq!(vm["error"]["code"], "interrupted", "{vm}");
+            assert!(
+                lab.server()
+                    .wait_log(&format!("vm={id} failed as interrupted")),
+                "{}",
+                lab.server().log()
+            );
+        }
+        lab.server()
+            .wait_for(&id, "running again with an IP", |vm| {
+                vm["status"] == "running" && vm["ip_address"] != ""
+            });
+        if !outlives_the_wait {
+            // Past the wait the locks count as stale (nothing kills an orphaned vmrun at
+            // its timeout), so only a start that ended within it keeps them for sure.
+            assert!(lock.is_dir(), "a running VM lost its lock");
+            assert!(
+                !lab.server()
+                    .log()
+                    .contains(&format!("{id}.vmx.lck (its VM is not running)")),
+                "{}",
+                lab.server().log()
+            );
+        }
+        lab.check(&HashMap::new());
+    }
+    fs::remove_file(&boot).unwrap();
     lab.delete_all();
 }
 

@@ -16,6 +16,7 @@ use tar::{EntryType, Header};
 
 const GENEROUS: Limits = Limits {
     max_unpacked_bytes: 1 << 40,
+    cancel: None,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1028,6 +1029,7 @@ fn setuid_setgid_and_sticky_bits_are_dropped() {
 fn a_gzip_bomb_is_stopped_at_the_limit() {
     let limits = Limits {
         max_unpacked_bytes: 10 << 20,
+        cancel: None,
     };
     // 100 MB of zeros in one entry, compressed as many identical gzip members so that the
     // test does not spend its time compressing.
@@ -1087,6 +1089,7 @@ fn a_zip_bomb_is_stopped_at_the_limit() {
     let before = snapshot(&scratch.root, &scratch.dest);
     let limits = Limits {
         max_unpacked_bytes: 10 << 20,
+        cancel: None,
     };
     let err = unpack_zip(&scratch.path("bomb.zip"), &scratch.dest, &limits).unwrap_err();
     assert_eq!(err.code(), "unpack-limit", "{err}");
@@ -1126,6 +1129,7 @@ fn a_zip_member_larger_than_its_header_says_is_still_counted() {
     fs::write(scratch.path("liar.zip"), &archive).unwrap();
     let limits = Limits {
         max_unpacked_bytes: 1 << 20,
+        cancel: None,
     };
     let err = unpack_zip(&scratch.path("liar.zip"), &scratch.dest, &limits).unwrap_err();
     eprintln!("{}: {err}", err.code());

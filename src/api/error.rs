@@ -53,6 +53,8 @@ pub enum ApiError {
     TooManyPrewarms { limit: usize },
     /// 409: the idempotency key came with another body; the fields that differ.
     IdempotencyKeyReused(Vec<&'static str>),
+    /// 507: the data folder's disk is full (ENOSPC, or the quota): nothing was recorded.
+    DiskFull(String),
 }
 
 /// Seconds a client should wait before retrying a refused create. VMs are freed when
@@ -84,6 +86,7 @@ impl ApiError {
             Self::ImageNotFound => 404,
             Self::TooManyPrewarms { .. } => 429,
             Self::IdempotencyKeyReused(_) => 409,
+            Self::DiskFull(_) => 507,
         }
     }
 
@@ -110,6 +113,7 @@ impl ApiError {
             Self::ImageInUse(_) => "image-in-use",
             Self::TooManyPrewarms { .. } => "too-many-prewarms",
             Self::IdempotencyKeyReused(_) => "idempotency-key-reused",
+            Self::DiskFull(_) => "disk-full",
         }
     }
 
@@ -162,6 +166,9 @@ impl ApiError {
             Self::IdempotencyKeyReused(fields) => format!(
                 "a VM with this idempotency key exists and was created with another request ({} differ); use a new key for a different VM, or resend the first request unchanged",
                 fields.join(", ")
+            ),
+            Self::DiskFull(detail) => format!(
+                "{detail}; the disk of the data folder is full: free space there (GET /images lists cached gold images that DELETE /images/:checksum removes), then retry"
             ),
         }
     }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::image::checksum;
 use crate::image::download::{Fetcher, Location};
 use crate::image::error::ImageError;
 use crate::image::extract::Limits;
+use crate::image::guard::MinRate;
 use crate::image::layout::{GoldImage, Layout};
 use crate::image::pipeline::{self, Job};
 use crate::image::progress::{ImagePhase, ImageProgress, ProgressCell};
@@ -40,6 +42,10 @@ pub struct ImageSettings {
     pub strict_vmx: bool,
     /// The roots https:// image servers are verified against.
     pub trust: crate::tls::ClientTrust,
+    /// A transfer slower than this over its window fails `image-timeout`.
+    pub min_rate: MinRate,
+    /// Downloads that run at once; the others wait their turn (0: no limit).
+    pub max_downloads: usize,
 }
 
 impl ImageSettings {
@@ -47,6 +53,7 @@ impl ImageSettings {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_MAX_RESUMES: u32 = 5;
+    pub const DEFAULT_MAX_DOWNLOADS: usize = 2;
 
     /// The defaults, under `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -58,6 +65,8 @@ impl ImageSettings {
             max_resumes: Self::DEFAULT_MAX_RESUMES,
             strict_vmx: false,
             trust: crate::tls::ClientTrust::system(),
+            min_rate: MinRate::OFF,
+            max_downloads: Self::DEFAULT_MAX_DOWNLOADS,
         }
     }
 }
@@ -72,6 +81,8 @@ struct Shared {
     fetcher: Fetcher,
     limits: Limits,
     strict_vmx: bool,
+    min_rate: MinRate,
+    slots: Slots,
     /// Downloads in progress, by checksum. An entry is removed only after its result is set
     /// (and, on success, its gold folder published), which is what lets `ensure` decide
     /// under this lock whether to join, use the gold folder, or start a download.
@@ -89,6 +100,42 @@ struct Flight {
     progress: ProgressCell,
     outcome: Mutex<Option<Result<GoldImage, ImageError>>>,
     done: Condvar,
+    /// Set when the last waiter gave up or DELETE /images asked: the pipeline stops.
+    cancel: Cancel,
+    /// Callers of `ensure` blocked on it now.
+    waiters: AtomicUsize,
+}
+
+/// At most `max` downloads at once; the rest wait here, in phase `QueuedDownload`.
+struct Slots {
+    max: usize,
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    /// Blocks until a slot is free; `false` when `cancel` came first.
+    fn acquire(&self, cancel: &Cancel) -> bool {
+        let mut busy = lock(&self.busy);
+        while self.max != 0 && *busy >= self.max {
+            if cancel.is_cancelled() {
+                return false;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, WAKE_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *busy += 1;
+        true
+    }
+
+    fn release(&self) {
+        let mut busy = lock(&self.busy);
+        *busy = busy.saturating_sub(1);
+        self.freed.notify_one();
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +164,13 @@ impl ImageCache {
                 ),
                 limits: Limits {
                     max_unpacked_bytes: settings.max_unpacked_bytes,
+                    cancel: None,
+                },
+                min_rate: settings.min_rate,
+                slots: Slots {
+                    max: settings.max_downloads,
+                    busy: Mutex::new(0),
+                    freed: Condvar::new(),
                 },
                 strict_vmx: settings.strict_vmx,
                 flights: Mutex::new(HashMap::new()),
@@ -163,6 +217,20 @@ impl ImageCache {
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
+    }
+
+    /// Cancels the download of `checksum` for everyone waiting for it (they fail
+    /// `image-cancelled`); false when none is in progress.
+    pub fn cancel_download(&self, checksum: &str) -> bool {
+        let flights = lock(&self.shared.flights);
+        match flights.get(checksum) {
+            Some(flight) => {
+                crate::info!("image {checksum}: download cancelled by DELETE /images");
+                flight.cancel.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes a published gold image out of the cache: its folder is renamed to a staging
@@ -232,13 +300,30 @@ impl ImageCache {
                     })
             }
         };
-        wait(&flight, cancel, on_progress)
+        let result = wait(&flight, cancel, on_progress);
+        // The last waiter to give up takes the download with it: nobody wants it.
+        if flight.waiters.fetch_sub(1, Ordering::SeqCst) == 1
+            && matches!(result, Err(ImageError::Cancelled))
+            && !flight.cancel.is_cancelled()
+        {
+            crate::info!(
+                "image {}: no VM waits for it any more; cancelling its download",
+                spec.checksum
+            );
+            flight.cancel.cancel();
+        }
+        result
     }
 
     fn join_or_start(&self, spec: &ImageSpec) -> Result<Joined, ImageError> {
         let mut flights = lock(&self.shared.flights);
         if let Some(flight) = flights.get(&spec.checksum) {
-            return Ok(Joined::Flight(Arc::clone(flight)));
+            // A cancelled one is on its way out: this caller wants the image, so it gets a
+            // download of its own (`fly` removes only its own entry).
+            if !flight.cancel.is_cancelled() {
+                flight.waiters.fetch_add(1, Ordering::SeqCst);
+                return Ok(Joined::Flight(Arc::clone(flight)));
+            }
         }
         // Published between the look above and taking the lock.
         if self.shared.layout.gold_dir(&spec.checksum).is_dir() {
@@ -249,6 +334,8 @@ impl ImageCache {
             progress: ProgressCell::new(),
             outcome: Mutex::new(None),
             done: Condvar::new(),
+            cancel: Cancel::new(),
+            waiters: AtomicUsize::new(1),
         });
         let thread_name = format!("image-{}", &spec.checksum[..12.min(spec.checksum.len())]);
         let (shared, spec_owned, flown) =
@@ -277,22 +364,39 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
         location,
         fetcher: &shared.fetcher,
         layout: &shared.layout,
-        limits: shared.limits,
         strict_vmx: shared.strict_vmx,
+        limits: Limits {
+            cancel: Some(flight.cancel.clone()),
+            ..shared.limits.clone()
+        },
         progress: &flight.progress,
+        cancel: &flight.cancel,
+        min_rate: shared.min_rate,
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))
-        .unwrap_or_else(|_| {
-            Err(ImageError::Internal {
-                detail: format!("the download thread for {} panicked", spec.url),
-            })
-        });
+    flight.progress.set_phase(ImagePhase::QueuedDownload);
+    let result = if shared.slots.acquire(&flight.cancel) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))
+            .unwrap_or_else(|_| {
+                Err(ImageError::Internal {
+                    detail: format!("the download thread for {} panicked", spec.url),
+                })
+            });
+        shared.slots.release();
+        result
+    } else {
+        Err(ImageError::Cancelled)
+    };
     let published = result.is_ok();
     // Result first, then out of the map, both under the map's lock: a caller that finds no
     // flight then finds either the gold folder or nothing (and starts a new download).
     let mut flights = lock(&shared.flights);
     *lock(&flight.outcome) = Some(result);
-    flights.remove(&spec.checksum);
+    if flights
+        .get(&spec.checksum)
+        .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), flight))
+    {
+        flights.remove(&spec.checksum);
+    }
     drop(flights);
     flight.done.notify_all();
     if let Some(hook) = shared.on_download.get() {

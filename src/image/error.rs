@@ -57,6 +57,17 @@ pub enum ImageError {
         after: Duration,
         received: u64,
     },
+    /// The transfer went on, but slower than the minimum rate over a whole window.
+    TooSlow {
+        url: String,
+        /// Bytes a second asked for, and what the window saw.
+        min_rate: u64,
+        rate: u64,
+        window: Duration,
+        received: u64,
+    },
+    /// More than this many bytes follow the archive's end: nothing a packer adds.
+    TrailingData { url: String, limit: u64 },
     ChecksumMismatch {
         url: String,
         checksum_type: ChecksumType,
@@ -105,8 +116,9 @@ impl ImageError {
             | Self::Connection { .. }
             | Self::FileUnreadable { .. }
             | Self::ResumesExhausted { .. } => "image-download-failed",
-            Self::Timeout { .. } => "image-timeout",
             Self::Tls { .. } => "image-tls-error",
+            Self::Timeout { .. } | Self::TooSlow { .. } => "image-timeout",
+            Self::TrailingData { .. } => "archive-trailing-data",
             Self::ChecksumMismatch { .. } => "checksum-mismatch",
             Self::UnsupportedFormat { .. } => "image-unsupported-format",
             Self::Extract { source, .. } => source.code(),
@@ -133,6 +145,7 @@ impl ImageError {
             Self::Connection { .. }
                 | Self::ResumesExhausted { .. }
                 | Self::Timeout { .. }
+                | Self::TooSlow { .. }
                 | Self::DiskFull { .. }
                 | Self::Cancelled
         ) || matches!(self, Self::HttpStatus { status, .. } if *status >= 500)
@@ -268,13 +281,37 @@ impl fmt::Display for ImageError {
                         found.iter().map(|p| p.display().to_string()).collect();
                     write!(f, ": {}", names.join(", "))?;
                 }
-                f.write_str("); remove that folder so that the image is downloaded again")
+                f.write_str(
+                    "); fix it by hand, or remove it once no VM is a linked clone of it \
+                     (GET /images lists its users), so that the image is downloaded again",
+                )
             }
             Self::VmxUnsafe { url, lines } => {
                 write!(f, "image {url}: ")?;
                 f.write_str(&crate::guard::unsafe_vmx_message(lines))
             }
-            Self::Cancelled => f.write_str("waiting for the image was cancelled"),
+            Self::Cancelled => f.write_str(
+                "the image download was cancelled (DELETE /images/:checksum, or every VM that \
+                 waited for it was deleted)",
+            ),
+            Self::TooSlow {
+                url,
+                min_rate,
+                rate,
+                window,
+                received,
+            } => write!(
+                f,
+                "downloading {url} went at {rate} bytes/s over {} s, below the minimum of \
+                 {min_rate} bytes/s (--download-min-rate), after {received} bytes; check the \
+                 image server or its network, or lower the minimum",
+                window.as_secs()
+            ),
+            Self::TrailingData { url, limit } => write!(
+                f,
+                "{url}: more than {limit} bytes follow the end of the archive; it is not the \
+                 image its checksum names (or was damaged in transit): check the URL"
+            ),
             Self::Io { path, source } => write!(
                 f,
                 "{}: {source}; check the permissions and free space of the data folder",

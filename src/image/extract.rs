@@ -19,11 +19,14 @@ use std::path::{Path, PathBuf};
 use crate::image::archive::ArchiveFormat;
 
 /// Bounds on what an archive may expand to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Limits {
     /// Sum of the sizes of everything unpacked, counted as it is written (holes in sparse files
     /// included), so a small archive cannot fill the disk.
     pub max_unpacked_bytes: u64,
+    /// Stops decompression and unpacking when set: a bomb whose VMs are gone must not burn
+    /// a core for half an hour (its few compressed bytes are read too rarely to notice).
+    pub cancel: Option<crate::cancel::Cancel>,
 }
 
 /// What an archive unpacked to.

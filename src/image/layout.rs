@@ -99,8 +99,13 @@ impl Layout {
                 }
                 let path = entry.path();
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                remove_path(&path, is_dir).map_err(|e| ImageError::io(&path, e))?;
-                removed.push(path);
+                // A read-only or damaged folder must not keep the server from starting
+                // (its VMs could not be seen or stopped): the leftover waits for a later
+                // start.
+                match remove_path(&path, is_dir) {
+                    Ok(()) => removed.push(path),
+                    Err(e) => crate::warn!("left for a later start: {} ({e})", path.display()),
+                }
             }
         }
         Ok(removed)

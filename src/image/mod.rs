@@ -8,6 +8,7 @@ mod checksum;
 pub mod download;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod layout;
 pub mod originals;
 mod pipeline;

@@ -16,12 +16,17 @@ use crate::image::checksum::HashingReader;
 use crate::image::download::{Body, Failure, Fetcher, Location};
 use crate::image::error::ImageError;
 use crate::image::extract::{self, ExtractError, Limits, Unpacked};
+use crate::image::guard::{Guarded, MinRate};
 use crate::image::layout::{remove_path, GoldImage, Layout};
 use crate::image::progress::{ImagePhase, ProgressCell};
 use crate::image::spec::ImageSpec;
 
 /// Bytes moved per read when draining the body or copying a zip to its part file.
 const COPY_BUF_LEN: usize = 256 * 1024;
+/// What may follow a tar's end: the rest of its last record and the compressor's trailer,
+/// with room to spare. More is not part of any archive (a valid tar.gz followed by endless
+/// zeros was once read for 16.9 GB).
+pub const MAX_TRAILING_BYTES: u64 = 4 << 20;
 
 pub struct Job<'a> {
     pub spec: &'a ImageSpec,
@@ -31,6 +36,10 @@ pub struct Job<'a> {
     pub limits: Limits,
     pub strict_vmx: bool,
     pub progress: &'a ProgressCell,
+    /// Set when nobody waits for the image any more (or DELETE /images asked): the
+    /// download, its decompression and its unpacking stop.
+    pub cancel: &'a crate::cancel::Cancel,
+    pub min_rate: MinRate,
 }
 
 /// How an attempt ended short of a gold image.
@@ -139,17 +148,18 @@ fn attempt(job: &Job, stats: &mut Stats) -> Result<GoldImage, Stop> {
         spec.checksum_type.as_str(),
         spec.checksum
     );
+    let body = Guarded::new(body, job.cancel.clone(), job.min_rate, &spec.url);
     let mut source = HashingReader::new(body, spec.checksum_type, &job.progress.bytes_done);
     let result = fill_and_unpack(job, &mut source, stats);
-    stats.bytes = source.get_ref().position();
-    stats.resumes = source.get_ref().resumes();
+    stats.bytes = source.get_ref().get_ref().position();
+    stats.resumes = source.get_ref().get_ref().resumes();
     let (staging, unpacked) = result?;
 
     job.progress.set_phase(ImagePhase::Publishing);
     publish(job, staging, &unpacked)
 }
 
-type Source<'p> = HashingReader<'p, Body>;
+type Source<'p> = HashingReader<'p, Guarded<Body>>;
 
 /// Everything up to a verified, unpacked staging folder.
 fn fill_and_unpack(
@@ -163,7 +173,7 @@ fn fill_and_unpack(
         known: archive::unsupported_format_name(&head),
     })?;
     stats.format = Some(format);
-    check_free_space(job, format, source.get_ref().total())?;
+    check_free_space(job, format, source.get_ref().get_ref().total())?;
 
     if format == ArchiveFormat::Zip {
         let part = PartFile::create(job.layout.new_part_file(&job.spec.checksum))?;
@@ -183,13 +193,24 @@ fn fill_and_unpack(
         let stream = (&head[..]).chain(&mut *source);
         let unpacked =
             extract::unpack_tar(format, stream, &staging.path, &job.limits).map_err(|e| {
-                match source.get_ref().failure() {
+                if let Some(why) = guard_stop(job, source) {
+                    return why;
+                }
+                match source.get_ref().get_ref().failure() {
                     Some(failure) => Stop::from_failure(failure),
                     None => extract_error(job, e).into(),
                 }
             })?;
-        // The hasher must see every byte, including the padding after the tar's end.
-        copy(job, source, &mut io::sink(), Path::new("-"))?;
+        // The hasher must see every byte, including the padding after the tar's end, but
+        // only so many of them.
+        let mut trailing = (&mut *source).take(MAX_TRAILING_BYTES + 1);
+        if drain(job, &mut trailing)? > MAX_TRAILING_BYTES {
+            return Err(ImageError::TrailingData {
+                url: job.spec.url.clone(),
+                limit: MAX_TRAILING_BYTES,
+            }
+            .into());
+        }
         verify(job, source)?;
         Ok((staging, unpacked))
     }
@@ -246,10 +267,39 @@ impl Stop {
     }
 }
 
+/// Reads `reader` to its end; how many bytes it gave.
+fn drain(job: &Job, reader: &mut io::Take<&mut Source>) -> Result<u64, Stop> {
+    let mut buf = vec![0; COPY_BUF_LEN];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(stream_error(job, reader.get_ref(), e)),
+        };
+        total += n as u64;
+    }
+}
+
+/// The guard's reason, when it stopped the stream (cancelled, too slow): it comes first,
+/// whatever error it surfaced as further down.
+fn guard_stop(job: &Job, source: &Source) -> Option<Stop> {
+    if let Some(why) = source.get_ref().tripped() {
+        return Some(Stop::Failed(why.clone()));
+    }
+    job.cancel
+        .is_cancelled()
+        .then_some(Stop::Failed(ImageError::Cancelled))
+}
+
 /// A read error: the body's own failure (which it always records; the io error is a
 /// fallback).
 fn stream_error(job: &Job, source: &Source, e: io::Error) -> Stop {
-    match source.get_ref().failure() {
+    if let Some(why) = guard_stop(job, source) {
+        return why;
+    }
+    match source.get_ref().get_ref().failure() {
         Some(failure) => Stop::from_failure(failure),
         None => Stop::Failed(ImageError::Connection {
             url: job.spec.url.clone(),

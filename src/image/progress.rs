@@ -20,14 +20,18 @@ pub enum ImagePhase {
     Unpacking,
     /// Moving the finished folder into place.
     Publishing,
+    /// Waiting for one of the `--max-downloads` slots.
+    #[serde(rename = "queued-download")]
+    QueuedDownload,
 }
 
 impl ImagePhase {
-    const ALL: [ImagePhase; 4] = [
+    const ALL: [ImagePhase; 5] = [
         Self::Downloading,
         Self::Verifying,
         Self::Unpacking,
         Self::Publishing,
+        Self::QueuedDownload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +40,7 @@ impl ImagePhase {
             Self::Verifying => "verifying",
             Self::Unpacking => "unpacking",
             Self::Publishing => "publishing",
+            Self::QueuedDownload => "queued-download",
         }
     }
 }

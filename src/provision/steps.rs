@@ -144,6 +144,13 @@ impl Provisioner {
                     vm.progress.bytes_downloaded = progress.bytes_done;
                     vm.progress.bytes_total = progress.bytes_total;
                 });
+            })
+            .map_err(|err| match err {
+                // The download was cancelled, not this VM (DELETE /images): it fails.
+                ImageError::Cancelled if !cancel.is_cancelled() => {
+                    Stop::failed(err.code(), format!("gold image: {err}"))
+                }
+                other => Stop::from(other),
             })?;
         self.gold.touch(&gold, image);
         check(cancel)?;
@@ -342,6 +349,7 @@ impl Provisioner {
 fn image_phase(phase: ImagePhase) -> Phase {
     match phase {
         ImagePhase::Downloading => Phase::Downloading,
+        ImagePhase::QueuedDownload => Phase::QueuedDownload,
         ImagePhase::Unpacking => Phase::Unpacking,
         ImagePhase::Verifying => Phase::Verifying,
         ImagePhase::Publishing => Phase::Publishing,

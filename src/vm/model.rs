@@ -119,6 +119,8 @@ impl Status {
 pub enum Phase {
     #[default]
     Queued,
+    /// The image's download waits for a `--max-downloads` slot.
+    QueuedDownload,
     Downloading,
     Unpacking,
     Verifying,
@@ -140,6 +142,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
+            Self::QueuedDownload => "queued-download",
             Self::Downloading => "downloading",
             Self::Unpacking => "unpacking",
             Self::Verifying => "verifying",

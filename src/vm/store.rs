@@ -112,11 +112,15 @@ impl VmStore {
             if is_transient(&entry.file_name()) {
                 // A create or delete that a crash cut short: the create was never
                 // acknowledged, the delete was (the rename is its commit point).
-                fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
-                crate::info!(
-                    "removed {} left by an interrupted create or delete",
-                    dir.display()
-                );
+                // On a read-only folder it stays for a later start rather than keeping
+                // this one from serving the VMs it can read.
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => crate::info!(
+                        "removed {} left by an interrupted create or delete",
+                        dir.display()
+                    ),
+                    Err(e) => crate::warn!("left for a later start: {} ({e})", dir.display()),
+                }
                 continue;
             }
             match load_record(&dir) {
@@ -166,8 +170,14 @@ impl VmStore {
             remove_if_there(&staging)?;
             fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
             let path = staging.join(RECORD_FILE);
-            fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
-            fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e))?;
+            let made = fsutil::write_atomic(&path, &json)
+                .map_err(|e| StoreError::io(&path, e))
+                .and_then(|()| fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e)));
+            if let Err(err) = made {
+                // On a full disk nothing of the refused VM is left to fill it further.
+                let _ = fs::remove_dir_all(&staging);
+                return Err(err);
+            }
         }
         fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
         let id = vm.id;

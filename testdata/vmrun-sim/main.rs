@@ -52,7 +52,9 @@
 //!   (keys ending in `.fileName` whose value ends in `.vmdk`, relative to the VMX's folder);
 //!   `stop`/`suspend` remove them. An existing `.lck` folder of a VM that is not running (a
 //!   lock of another process, or left by a crash) makes `start` answer
-//!   `Error: The file is already in use`, and `deleteVM` too for `<vmx>.lck`.
+//!   `Error: The file is already in use`, and `deleteVM` too for `<vmx>.lck`. With a file
+//!   `start-boot-ms` (a number) in the state folder, `start` holds its locks that many
+//!   milliseconds before the VM is listed as running (a slow boot, as after a host crash).
 //! - Snapshots live in `<vmx stem>.vmsd` in VMware's shape (`snapshot.lastUID`,
 //!   `snapshot.numSnapshots`, `snapshotN.uid`, `snapshotN.displayName`, …).
 //! - `clone` holds `<SRC>.sim-clone-lock` (created exclusively) for its whole run: a second

@@ -49,6 +49,7 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
             return Err(e);
         }
     }
+    boot_delay(state);
     state.save(
         &vm,
         &VmState {
@@ -62,6 +63,18 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
         },
     )?;
     Ok(String::new())
+}
+
+/// VMware takes the VM's locks early in a start and lists the VM as running only once it
+/// boots: `start-boot-ms` in the state folder holds that window open (a `delay` fault sleeps
+/// before the locks are taken).
+fn boot_delay(state: &StateDir) {
+    let ms = fs::read_to_string(state.path("start-boot-ms"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    if let Some(ms) = ms {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 fn make_lock(lock: &Path) -> Result<(), SimError> {

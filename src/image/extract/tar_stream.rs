@@ -61,10 +61,14 @@ impl<R: Read> Read for SourceTap<R> {
 struct Decoded<D> {
     inner: D,
     state: Rc<StreamState>,
+    cancel: Option<crate::cancel::Cancel>,
 }
 
 impl<D: Read> Read for Decoded<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(io::Error::other("the download was cancelled"));
+        }
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.state.eof.set(true);
@@ -103,6 +107,7 @@ pub(super) fn unpack<R: Read>(
         format,
         tree,
         state,
+        cancel: limits.cancel.clone(),
     };
     match format {
         ArchiveFormat::Tar => run.all_entries(input),
@@ -130,6 +135,7 @@ struct Run {
     format: ArchiveFormat,
     tree: Tree,
     state: Rc<StreamState>,
+    cancel: Option<crate::cancel::Cancel>,
 }
 
 impl Run {
@@ -137,6 +143,7 @@ impl Run {
         let mut archive = tar::Archive::new(Decoded {
             inner: decoded,
             state: Rc::clone(&self.state),
+            cancel: self.cancel.clone(),
         });
         let entries = archive.entries().map_err(|e| self.read_error(e, None))?;
         let mut last: Option<String> = None;
