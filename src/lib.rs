@@ -17,6 +17,7 @@ pub mod drain;
 pub mod fd_limit;
 pub mod fsutil;
 pub mod gold;
+pub mod guest_ip;
 pub mod health;
 pub mod image;
 pub mod leases;

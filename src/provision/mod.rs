@@ -2,6 +2,7 @@
 //! a running linked clone (gold image, clone, VMX edit, start, IP), then fires the callback.
 
 pub mod gold_locks;
+mod ip_watch;
 pub mod steps;
 pub mod tasks;
 
