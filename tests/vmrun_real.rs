@@ -1,0 +1,181 @@
+//! Real vmrun outputs (vmrun contract), each made by the simulator, through the real server:
+//! the VM's final state and the vmrun calls made.
+
+mod common;
+
+use common::{ServerOptions, World};
+use serde_json::Value;
+
+fn world(tag: &str, env: &[(&str, &str)], args: &[&str]) -> World {
+    World::start(
+        tag,
+        ServerOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        },
+    )
+}
+
+/// The simulator's calls whose arguments include every one of `words`.
+fn calls_with(w: &World, words: &[&str]) -> usize {
+    w.server
+        .sim_calls()
+        .iter()
+        .filter(|c| {
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            words.iter().all(|word| args.contains(word))
+        })
+        .count()
+}
+
+fn sim_ip(w: &World, id: &str) -> String {
+    let vmx = w
+        .server
+        .data_dir
+        .join("vms")
+        .join(id)
+        .join(format!("{id}.vmx"));
+    w.server
+        .sim(&["getGuestIPAddress", vmx.to_str().unwrap()])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn unusable_answers_and_glitches_are_not_yet() {
+    let w = world("real-ip", &[], &[]);
+    w.server.set_faults(
+        "getGuestIPAddress once print 0 169.254.247.160\n\
+         getGuestIPAddress once print 0 fe80::1%en0\n\
+         getGuestIPAddress once fail Unknown error\n\
+         getGuestIPAddress once print 255 Error: Unable to get the IP address\n\
+         getGuestIPAddress once print 0 build-mac.local\n\
+         getGuestIPAddress once print 0 127.0.0.1\n",
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], sim_ip(&w, &id));
+    assert!(calls_with(&w, &["getGuestIPAddress"]) >= 7);
+}
+
+#[test]
+fn fusion_nogui_address_comes_through_wait() {
+    let w = world("real-wait", &[("VMRUN_SIM_IP_NEEDS_WAIT", "1")], &[]);
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], sim_ip(&w, &id));
+    assert!(calls_with(&w, &["getGuestIPAddress", "-wait"]) >= 1);
+}
+
+#[test]
+fn a_start_that_says_it_failed_but_runs_is_ready() {
+    let w = world("real-start", &[], &[]);
+    w.server
+        .set_faults("start after-fail Cannot connect to the virtual machine");
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["status"], "running");
+    assert!(w
+        .server
+        .log()
+        .contains("Cannot connect to the virtual machine"));
+}
+
+#[test]
+fn a_failed_start_leaves_no_vm_running() {
+    let w = world("real-start-fail", &[], &[]);
+    w.server.set_faults(
+        "start print 255 Unable to connect to host.\\nError: The specified version was not found",
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    let message = vm["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("The specified version was not found"),
+        "{message}"
+    );
+    assert!(message.contains("Unable to connect to host."), "{message}");
+    assert!(!w.server.sim(&["list"]).contains(&id));
+}
+
+#[test]
+fn a_lost_gold_snapshot_is_made_again() {
+    let w = world("real-snapshot", &[], &[]);
+    let first = w.create(&w.body());
+    w.server.wait_ready(&first);
+    let vmsd = w
+        .server
+        .data_dir
+        .join("gold")
+        .join(&w.checksum)
+        .join("box/gold.vmsd");
+    std::fs::remove_file(&vmsd).unwrap();
+    let second = w.create(&w.body());
+    w.server.wait_ready(&second);
+    assert_eq!(calls_with(&w, &["snapshot"]), 2);
+}
+
+#[test]
+fn clones_without_pro_fail_clone_unsupported() {
+    let w = world("real-clone", &[], &[]);
+    w.server
+        .set_faults("clone fail One of the parameters was invalid");
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "clone-unsupported");
+    assert!(vm["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Fusion Pro"));
+}
+
+#[test]
+fn delete_waits_out_vmware_releasing_the_vm() {
+    let w = world("real-lag", &[("VMRUN_SIM_POWEROFF_LAG_MS", "1500")], &[]);
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let (status, body) = w.server.delete_vm(&id);
+    assert_eq!(status, 204, "{body}");
+    assert!(calls_with(&w, &["deleteVM"]) >= 2);
+}
+
+#[test]
+fn delete_stops_a_vm_whose_vmx_was_removed() {
+    let w = world("real-gone", &[("VMRUN_SIM_LIST_REMOVED", "1")], &[]);
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let vmx = w
+        .server
+        .data_dir
+        .join("vms")
+        .join(&id)
+        .join(format!("{id}.vmx"));
+    std::fs::remove_file(&vmx).unwrap();
+    let (status, body) = w.server.delete_vm(&id);
+    assert_eq!(status, 204, "{body}");
+    assert!(calls_with(&w, &["stop", "hard"]) >= 1);
+    // The simulator is asked directly, with the same switch: nothing of the VM runs.
+    let listed = std::process::Command::new(common::SIM_BIN)
+        .arg("list")
+        .env("VMRUN_SIM_STATE", w.dir.path().join("sim"))
+        .env("VMRUN_SIM_LIST_REMOVED", "1")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&id));
+}
+
+#[test]
+fn noise_before_listing_headers_is_skipped() {
+    let w = world("real-stamp", &[], &[]);
+    w.server.set_faults("list stamp\nlistSnapshots stamp");
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let (status, health) = common::http::request("GET", &w.server.url("/healthz"), None, &[]);
+    assert_eq!(status, 200, "{health}");
+}
