@@ -121,6 +121,7 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         updated_at: now,
         ttl: None,
         expires_at: None,
+        ip_source: None,
     })
 }
 

@@ -145,6 +145,7 @@ impl Service {
             updated_at: now,
             ttl,
             expires_at: ttl.map(|ttl| leases::expiry(leases::now_ms(), ttl)),
+            ip_source: None,
         };
         let id = vm.id;
         let json = self

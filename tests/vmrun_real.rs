@@ -179,3 +179,100 @@ fn noise_before_listing_headers_is_skipped() {
     let (status, health) = common::http::request("GET", &w.server.url("/healthz"), None, &[]);
     assert_eq!(status, 200, "{health}");
 }
+
+/// The MAC VMware (the simulator) wrote into the VM's VMX at power-on.
+fn generated_mac(w: &World, id: &str) -> String {
+    let vmx = w
+        .server
+        .data_dir
+        .join("vms")
+        .join(id)
+        .join(format!("{id}.vmx"));
+    let text = std::fs::read_to_string(vmx).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ethernet0.generatedAddress = \""))
+        .map(|rest| rest.trim_end_matches('"').to_string())
+        .expect("no ethernet0.generatedAddress")
+}
+
+fn lease_world(
+    tag: &str,
+) -> (
+    World,
+    common::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let leases = common::TempDir::new(&format!("{tag}-leases"));
+    let isc = leases.path().join("vmnet-dhcpd-vmnet8.leases");
+    let apple = leases.path().join("dhcpd_leases");
+    let w = world(
+        tag,
+        &[("VMRUN_SIM_TOOLS_DELAY_MS", "600000")],
+        &[
+            "--dhcp-leases",
+            isc.to_str().unwrap(),
+            "--dhcp-leases-apple",
+            apple.to_str().unwrap(),
+        ],
+    );
+    (w, leases, isc, apple)
+}
+
+#[test]
+fn without_tools_the_newest_valid_isc_lease_of_the_mac_is_the_address() {
+    let (w, _leases, isc, _) = lease_world("real-isc");
+    let id = w.create(&w.body());
+    w.server.wait_for(&id, "waiting for its IP", |vm| {
+        vm["progress"]["phase"] == "waiting-for-ip"
+    });
+    let mac = generated_mac(&w, &id).to_uppercase();
+    std::fs::write(
+        &isc,
+        format!(
+            "lease 192.168.64.20 {{\n starts 1 2001/01/01 00:00:00;\n ends 1 2001/01/01 00:30:00;\n hardware ethernet {mac};\n}}\n\
+             lease 192.168.64.21 {{\n starts 1 2020/01/01 00:00:00;\n ends 1 2099/01/01 00:00:00;\n hardware ethernet {mac};\n}}\n\
+             lease 192.168.64.22 {{\n starts 1 2010/01/01 00:00:00;\n ends 1 2099/01/01 00:00:00;\n hardware ethernet {mac};\n}}\n\
+             lease 192.168.64.23 {{\n starts 1 2025/01/01 00:00:00;\n ends 1 2099/01/01 00:00:00;\n hardware ethernet 00:0c:29:00:00:02;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], "192.168.64.21");
+    assert_eq!(vm["ip_source"], "dhcp-lease");
+}
+
+#[test]
+fn without_tools_an_apple_lease_of_the_mac_is_the_address() {
+    let (w, _leases, _, apple) = lease_world("real-apple");
+    let id = w.create(&w.body());
+    w.server.wait_for(&id, "waiting for its IP", |vm| {
+        vm["progress"]["phase"] == "waiting-for-ip"
+    });
+    // Apple writes octets without leading zeros.
+    let mac: Vec<String> = generated_mac(&w, &id)
+        .split(':')
+        .map(|o| format!("{:x}", u8::from_str_radix(o, 16).unwrap()))
+        .collect();
+    let mac = mac.join(":");
+    std::fs::write(
+        &apple,
+        format!(
+            "{{\n\tname=other\n\tip_address=192.168.2.9\n\thw_address=1,0:c:29:0:0:2\n\tlease=0x7fffffff\n}}\n\
+             {{\n\tname=mac\n\tip_address=192.168.2.10\n\thw_address=1,{mac}\n\tlease=0x7fffffff\n}}\n\
+             {{\n\tname=mac\n\tip_address=192.168.2.11\n\thw_address=1,{mac}\n\tlease=0x3b9aca00\n}}\n"
+        ),
+    )
+    .unwrap();
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], "192.168.2.10");
+    assert_eq!(vm["ip_source"], "dhcp-lease");
+}
+
+#[test]
+fn an_address_from_tools_says_so() {
+    let w = world("real-source", &[], &[]);
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_source"], "tools");
+}

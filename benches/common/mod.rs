@@ -292,6 +292,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             name: None,
             ttl: None,
             expires_at: None,
+            ip_source: None,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::steps::{check, sleep_unless_cancelled, Stop};
 use super::Provisioner;
 use crate::cancel::Cancel;
-use crate::guest_ip;
+use crate::guest_ip::{self, IpSource};
 use crate::vm::{Phase, Vm};
 use crate::vmrun::{IpAnswer, VmrunError};
 
@@ -36,6 +36,7 @@ impl Provisioner {
         let mut last_error: Option<VmrunError>;
         let mut backoff = self.settings.ip_poll_interval;
         let mut last_unusable = String::new();
+        let mut mac: Option<String> = None;
         loop {
             check(cancel)?;
             let answer = if no_tools >= WAIT_FALLBACK_AFTER {
@@ -51,18 +52,7 @@ impl Provisioner {
                     last_error = None;
                     match guest_ip::usable(&text) {
                         Ok(ip) => {
-                            let ip = ip.to_string();
-                            crate::info!(
-                                "vm={id} has IP {ip} after {:.1}s",
-                                started.elapsed().as_secs_f64()
-                            );
-                            if let Some(booted) = booted {
-                                self.metrics.observe_boot_to_ip(booted.elapsed());
-                            }
-                            self.record(id, |vm| {
-                                vm.ip_address = ip;
-                                vm.progress.phase = Phase::Ready;
-                            });
+                            self.found(id, ip.to_string(), IpSource::Tools, started, booted);
                             return Ok(());
                         }
                         Err(why) => {
@@ -92,6 +82,17 @@ impl Provisioner {
                     last_error = Some(err);
                 }
             }
+            // Tools say nothing usable: the DHCP server may know the VM's MAC address.
+            if mac.is_none() {
+                mac = generated_mac(&vmx_path);
+            }
+            if let Some(ip) = mac
+                .as_deref()
+                .and_then(|mac| self.settings.leases.lookup(mac, unix_now()))
+            {
+                self.found(id, ip.to_string(), IpSource::DhcpLease, started, booted);
+                return Ok(());
+            }
             let now = Instant::now();
             if now >= deadline {
                 if let Some(err) = last_error {
@@ -114,10 +115,53 @@ impl Provisioner {
         }
     }
 
+    fn found(
+        &self,
+        id: crate::vm::VmId,
+        ip: String,
+        source: IpSource,
+        started: Instant,
+        booted: Option<Instant>,
+    ) {
+        crate::info!(
+            "vm={id} has IP {ip} ({}) after {:.1}s",
+            match source {
+                IpSource::Tools => "tools",
+                IpSource::DhcpLease => "dhcp-lease",
+            },
+            started.elapsed().as_secs_f64()
+        );
+        if let Some(booted) = booted {
+            self.metrics.observe_boot_to_ip(booted.elapsed());
+        }
+        self.record(id, |vm| {
+            vm.ip_address = ip;
+            vm.ip_source = Some(source);
+            vm.progress.phase = Phase::Ready;
+        });
+    }
+
     /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
     /// nothing, so the watch goes on.
     fn confirmed_off(&self, vmx: &Path) -> bool {
         crate::reconcile::running_set(&self.vmrun)
             .is_some_and(|set| !set.contains(&crate::reconcile::canonical(vmx)))
     }
+}
+
+/// The MAC VMware wrote into the VMX at power-on (`ethernet0.generatedAddress`), or the
+/// static one; `None` until there is one.
+fn generated_mac(vmx: &Path) -> Option<String> {
+    let bytes = std::fs::read(vmx).ok()?;
+    let parsed = crate::vmx::Vmx::parse(&bytes).ok()?;
+    parsed
+        .get("ethernet0.generatedAddress")
+        .or_else(|| parsed.get("ethernet0.address"))
+        .filter(|mac| !mac.is_empty())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -38,6 +38,8 @@ pub enum Job {
 pub struct ProvisionSettings {
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
+    /// Where to look for a VM's DHCP lease when Tools report no address.
+    pub leases: crate::guest_ip::dhcp::LeaseFiles,
     pub callback: CallbackSettings,
 }
 

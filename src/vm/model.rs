@@ -26,6 +26,9 @@ pub struct Vm {
     pub callback_url: Option<String>,
     #[serde(default)]
     pub ip_address: String,
+    /// Where `ip_address` came from: `tools` or `dhcp-lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_source: Option<crate::guest_ip::IpSource>,
     #[serde(default)]
     pub status: Status,
     #[serde(default)]
@@ -209,6 +212,7 @@ pub(crate) mod tests {
             updated_at: "2026-11-24T17:00:00.000Z".into(),
             ttl: None,
             expires_at: None,
+            ip_source: None,
         }
     }
 

@@ -182,25 +182,24 @@ fn counted_lines<'a>(stdout: &'a str, header: &str) -> Result<Vec<&'a str>, Stri
 /// not, or a hostname: `guest_ip` judges it), or `None` for `unknown` (Tools run but have no
 /// address yet). Several lines, or a line no address or hostname looks like, is not an answer.
 pub(crate) fn parse_ip(stdout: &str) -> Result<Option<String>, String> {
-    let lines = answer_lines(stdout);
-    let lines: Vec<&str> = lines
-        .into_iter()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let [answer] = lines.as_slice() else {
-        return Err(format!("expected one line, got {}", lines.len()));
+    let plausible = |line: &&str| {
+        !line.is_empty()
+            && line
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '%' | '_'))
     };
-    if *answer == "unknown" {
-        return Ok(None);
-    }
-    let plausible = answer
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '%' | '_'));
-    if plausible {
-        Ok(Some(answer.to_string()))
-    } else {
-        Err(format!("{answer:?} is not an IP address or a host name"))
+    // Noise (Fusion's `2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422`) has spaces
+    // or `|`, which no address or host name has: the one plausible line is the answer.
+    let lines = answer_lines(stdout);
+    let answers: Vec<&str> = lines.iter().map(|l| l.trim()).filter(plausible).collect();
+    match answers.as_slice() {
+        ["unknown"] => Ok(None),
+        [answer] => Ok(Some(answer.to_string())),
+        [] => Err(format!(
+            "no line looks like an IP address or a host name (got {} lines)",
+            lines.iter().filter(|l| !l.trim().is_empty()).count()
+        )),
+        several => Err(format!("expected one answer, got {}", several.len())),
     }
 }
 
@@ -484,6 +483,10 @@ mod tests {
             ("10.0.0.1\n10.0.0.2\n", Err(())),
             ("\u{1b}[0m%%#\n", Err(())),
         ];
+        assert_eq!(
+            parse_ip("2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422\n10.0.0.7\n"),
+            Ok(Some("10.0.0.7".into()))
+        );
         for (stdout, want) in cases {
             let got = parse_ip(stdout).map_err(|_| ());
             assert_eq!(got, want.map(|o| o.map(str::to_string)), "{stdout:?}");
