@@ -34,13 +34,16 @@ fn calls_with(w: &World, words: &[&str]) -> usize {
         .count()
 }
 
-fn sim_ip(w: &World, id: &str) -> String {
-    let vmx = w
-        .server
+fn vmx_of(w: &World, id: &str) -> std::path::PathBuf {
+    w.server
         .data_dir
         .join("vms")
         .join(id)
-        .join(format!("{id}.vmx"));
+        .join(format!("{id}.vmx"))
+}
+
+fn sim_ip(w: &World, id: &str) -> String {
+    let vmx = vmx_of(w, id);
     w.server
         .sim(&["getGuestIPAddress", vmx.to_str().unwrap()])
         .trim()
@@ -150,12 +153,7 @@ fn delete_stops_a_vm_whose_vmx_was_removed() {
     let w = world("real-gone", &[("VMRUN_SIM_LIST_REMOVED", "1")], &[]);
     let id = w.create(&w.body());
     w.server.wait_ready(&id);
-    let vmx = w
-        .server
-        .data_dir
-        .join("vms")
-        .join(&id)
-        .join(format!("{id}.vmx"));
+    let vmx = vmx_of(&w, &id);
     std::fs::remove_file(&vmx).unwrap();
     let (status, body) = w.server.delete_vm(&id);
     assert_eq!(status, 204, "{body}");
@@ -182,12 +180,7 @@ fn noise_before_listing_headers_is_skipped() {
 
 /// The MAC VMware (the simulator) wrote into the VM's VMX at power-on.
 fn generated_mac(w: &World, id: &str) -> String {
-    let vmx = w
-        .server
-        .data_dir
-        .join("vms")
-        .join(id)
-        .join(format!("{id}.vmx"));
+    let vmx = vmx_of(w, id);
     let text = std::fs::read_to_string(vmx).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("ethernet0.generatedAddress = \""))
@@ -219,6 +212,12 @@ fn lease_world(
     (w, leases, isc, apple)
 }
 
+fn ready_by_lease(w: &World, id: &str, ip: &str) {
+    let vm = w.server.wait_ready(id);
+    assert_eq!(vm["ip_address"], ip);
+    assert_eq!(vm["ip_source"], "dhcp-lease");
+}
+
 #[test]
 fn without_tools_the_newest_valid_isc_lease_of_the_mac_is_the_address() {
     let (w, _leases, isc, _) = lease_world("real-isc");
@@ -237,9 +236,7 @@ fn without_tools_the_newest_valid_isc_lease_of_the_mac_is_the_address() {
         ),
     )
     .unwrap();
-    let vm = w.server.wait_ready(&id);
-    assert_eq!(vm["ip_address"], "192.168.64.21");
-    assert_eq!(vm["ip_source"], "dhcp-lease");
+    ready_by_lease(&w, &id, "192.168.64.21");
 }
 
 #[test]
@@ -264,9 +261,7 @@ fn without_tools_an_apple_lease_of_the_mac_is_the_address() {
         ),
     )
     .unwrap();
-    let vm = w.server.wait_ready(&id);
-    assert_eq!(vm["ip_address"], "192.168.2.10");
-    assert_eq!(vm["ip_source"], "dhcp-lease");
+    ready_by_lease(&w, &id, "192.168.2.10");
 }
 
 #[test]
