@@ -37,6 +37,10 @@ pub struct Config {
     pub max_downloads: usize,
     pub callback_timeout: Duration,
     pub callback_retries: u32,
+    /// ISC-format DHCP leases of VMware's NAT network; empty: none.
+    pub dhcp_leases: PathBuf,
+    /// Apple's bootpd leases (bridged networks on macOS); empty: none.
+    pub dhcp_leases_apple: PathBuf,
     pub reconcile_interval: Duration,
     /// Between the background `vmrun list` calls that keep the running set fresh.
     pub list_interval: Duration,
@@ -190,6 +194,18 @@ const SETTINGS: &[Setting] = &[
         "OSX_BUILDER_IP_POLL_INTERVAL",
         "2",
         "seconds between getGuestIPAddress calls while waiting for the IP"
+    ),
+    setting!(
+        "dhcp-leases",
+        "OSX_BUILDER_DHCP_LEASES",
+        "/var/db/vmware/vmnet-dhcpd-vmnet8.leases",
+        "VMware's DHCP leases (ISC format), read for a VM's address when Tools say nothing; empty for none"
+    ),
+    setting!(
+        "dhcp-leases-apple",
+        "OSX_BUILDER_DHCP_LEASES_APPLE",
+        "/var/db/dhcpd_leases",
+        "macOS's DHCP leases (bridged networks), read likewise; empty for none"
     ),
     setting!(
         "vmrun-timeout-clone",
@@ -634,6 +650,8 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         max_downloads: number(value("max-downloads"), "a whole number (0 for no limit)")?,
         callback_timeout: seconds("callback-timeout")?,
         callback_retries: number(value("callback-retries"), "a whole number")?,
+        dhcp_leases: PathBuf::from(value("dhcp-leases").0),
+        dhcp_leases_apple: PathBuf::from(value("dhcp-leases-apple").0),
         reconcile_interval: seconds("reconcile-interval")?,
         list_interval: seconds("list-interval")?,
         max_vms: number(value("max-vms"), "a whole number (0 for no limit)")?,

@@ -20,6 +20,7 @@ pub mod fd_limit;
 pub mod fsutil;
 pub mod gold;
 pub mod guard;
+pub mod guest_ip;
 pub mod guestinfo;
 pub mod health;
 pub mod image;

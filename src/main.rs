@@ -158,6 +158,10 @@ fn serve(config: &Config) -> Result<(), String> {
         settings: ProvisionSettings {
             ip_wait_timeout: config.ip_wait_timeout,
             ip_poll_interval: config.ip_poll_interval,
+            leases: osx_builder::guest_ip::dhcp::LeaseFiles {
+                isc: Some(config.dhcp_leases.clone()).filter(|p| !p.as_os_str().is_empty()),
+                apple: Some(config.dhcp_leases_apple.clone()).filter(|p| !p.as_os_str().is_empty()),
+            },
             callback: CallbackSettings {
                 timeout: config.callback_timeout,
                 retries: config.callback_retries,

@@ -176,6 +176,7 @@ impl Service {
             vmx_removed: Vec::new(),
             labels: request.labels,
             guestinfo_keys,
+            ip_source: None,
         };
         let json = self.store.insert(vm).map_err(|e| {
             self.tasks.forget(id);
@@ -392,22 +393,34 @@ impl Service {
 
     fn destroy_files(&self, id: VmId) -> Result<(), ApiError> {
         let vmx = self.store.vmx_path(id);
-        if !vmx.exists() {
-            // Failed before the clone: there is nothing of VMware's to remove.
-            return Ok(());
-        }
+        // vmrun knows a running VM by its path even when its VMX was removed behind our
+        // back: always ask it to stop, or such a VM would run on with no record.
         self.vmrun
             .stop(&vmx, true, &crate::cancel::Cancel::new())
             .or_else(tolerate_unopenable)
             .map_err(delete_error)?;
-        // VMware can release its locks a moment after power-off.
+        if !vmx.exists() {
+            // Failed before the clone, or removed: nothing of VMware's is left to delete.
+            return Ok(());
+        }
+        // VMware can release its locks (and its "powered on" state) a moment after
+        // power-off: Packer waits up to 120 s; this waits up to about a minute.
         let mut attempt = 0;
         loop {
             match self.vmrun.delete_vm(&vmx) {
                 Ok(()) => return Ok(()),
-                Err(VmrunError::VmLocked { .. }) if attempt < 5 => {
+                // Still listed as running: the stop did not take, and waiting will not help.
+                Err(err @ VmrunError::AlreadyRunning { .. })
+                    if reconcile::running_set(&self.vmrun)
+                        .is_none_or(|set| set.contains(&reconcile::canonical(&vmx))) =>
+                {
+                    return Err(delete_error(err));
+                }
+                Err(VmrunError::VmLocked { .. } | VmrunError::AlreadyRunning { .. })
+                    if attempt < DELETE_RETRIES =>
+                {
                     attempt += 1;
-                    thread::sleep(Duration::from_secs(1));
+                    thread::sleep(Duration::from_millis(500) * attempt.min(4));
                 }
                 Err(err) => return tolerate_unopenable(err).map_err(delete_error),
             }
@@ -755,6 +768,8 @@ fn store_error(what: &str, e: crate::vm::store::StoreError) -> ApiError {
         ApiError::Internal(format!("{what}: {e}"))
     }
 }
+/// `deleteVM` retries while VMware still holds a VM it just powered off (about a minute).
+const DELETE_RETRIES: u32 = 30;
 
 /// A VMX that vmrun cannot open cannot be running either; its folder is removed all the same.
 fn tolerate_unopenable(err: VmrunError) -> Result<(), VmrunError> {

@@ -316,7 +316,8 @@ fn create_and_fail(w: &World) -> Value {
 
 #[test]
 fn vmrun_failures_fail_the_vm_with_vmruns_message() {
-    let w = World::start("fail", ServerOptions::default());
+    // A failing IP query is retried until --ip-wait-timeout (issue 17), then fails the VM.
+    let w = World::start("fail", options(&[], &["--ip-wait-timeout", "3"]));
     for (fault, code, needle) in [
         (
             "clone fail Insufficient permissions in the host operating system",
@@ -362,6 +363,9 @@ fn hung_vmrun_is_killed_at_its_timeout() {
                 "1",
                 "--vmrun-timeout-ip",
                 "1",
+                // A hung IP query is retried until this deadline (issue 17), then fails.
+                "--ip-wait-timeout",
+                "3",
             ],
         ),
     );

@@ -52,6 +52,12 @@ enum Fault {
     CorruptVmx,
     /// `getGuestIPAddress` keeps answering that VMware Tools are not running.
     ToolsNotRunning,
+    /// Fusion's timestamped noise line before the answer.
+    Stamp,
+    /// The command does its work, then answers `Cannot connect to the virtual machine`.
+    ConnectLost,
+    /// `One of the parameters was invalid`: a product without linked clones.
+    NoLinkedClones,
 }
 
 impl Fault {
@@ -66,6 +72,9 @@ impl Fault {
             Fault::Garbage => "garbage",
             Fault::CorruptVmx => "corrupt VMX",
             Fault::ToolsNotRunning => "Tools not running",
+            Fault::Stamp => "timestamped noise",
+            Fault::ConnectLost => "did it, then Cannot connect",
+            Fault::NoLinkedClones => "One of the parameters was invalid",
         }
     }
 
@@ -80,6 +89,11 @@ impl Fault {
             Fault::Noise => format!("{command} noise"),
             Fault::Garbage => format!("{command} garbage"),
             Fault::ToolsNotRunning => format!("{command} fail {TOOLS_MSG}"),
+            Fault::Stamp => format!("{command} stamp"),
+            Fault::ConnectLost => {
+                format!("{command} after-fail Cannot connect to the virtual machine")
+            }
+            Fault::NoLinkedClones => format!("{command} fail One of the parameters was invalid"),
             Fault::CorruptVmx => return None,
         })
     }
@@ -230,6 +244,7 @@ fn table() -> Vec<Row> {
         row("list", FailExit0, serves_warned),
         row("list", Noise, Serves { warned: false }),
         row("list", Garbage, serves_warned),
+        row("list", Stamp, Serves { warned: false }),
         // `listSnapshots` of a fresh gold VM.
         row("listSnapshots", Fail, failed),
         row("listSnapshots", Hang, timeout),
@@ -238,6 +253,7 @@ fn table() -> Vec<Row> {
         row("listSnapshots", Noise, Ready),
         row("listSnapshots", Garbage, garbage),
         row("listSnapshots", CorruptVmx, corrupt),
+        row("listSnapshots", Stamp, Ready),
         // `snapshot`: the gold VM's base snapshot, made once.
         row("snapshot", Fail, failed),
         row("snapshot", Hang, timeout),
@@ -259,6 +275,11 @@ fn table() -> Vec<Row> {
         row("clone", Noise, Ready),
         row("clone", Garbage, Fails("clone-missing", "does not exist")),
         row("clone", CorruptVmx, corrupt),
+        row(
+            "clone",
+            NoLinkedClones,
+            Fails("clone-unsupported", "Fusion Pro or Workstation Pro"),
+        ),
         // `start` of the configured clone.
         row("start", Fail, failed),
         row("start", Hang, timeout),
@@ -272,6 +293,8 @@ fn table() -> Vec<Row> {
             Fails("vm-not-powered-on", "is not powered on"),
         ),
         row("start", CorruptVmx, corrupt),
+        // The VM did start: `list` says so, and it is not failed behind a running VM.
+        row("start", ConnectLost, Ready),
         // `getGuestIPAddress`, polled until an address or --ip-wait-timeout.
         row("getGuestIPAddress", Fail, failed),
         row("getGuestIPAddress", Hang, timeout),
@@ -281,6 +304,7 @@ fn table() -> Vec<Row> {
         row("getGuestIPAddress", Garbage, garbage),
         row("getGuestIPAddress", ToolsNotRunning, IpTimeout),
         row("getGuestIPAddress", CorruptVmx, corrupt),
+        row("getGuestIPAddress", Stamp, Ready),
         // `stop hard` during DELETE.
         row("stop", Fail, Refused(500, "vm-delete-error", FAIL_MSG)),
         row("stop", Hang, Refused(500, "vm-delete-error", TIMEOUT_MSG)),
@@ -423,6 +447,9 @@ fn run_row(row: &Row, image: &Image) -> (Got, Vec<String>) {
     }
     if row.fault == Fault::ToolsNotRunning {
         args.extend(["--ip-wait-timeout".to_string(), "1".to_string()]);
+    } else if row.command == "getGuestIPAddress" && row.fault != Fault::CorruptVmx {
+        // One failed IP query is retried until the deadline; the row's fault lasts that long.
+        args.extend(["--ip-wait-timeout".to_string(), "4".to_string()]);
     }
     let options = ServerOptions {
         env: Vec::new(),

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use osx_builder::cancel::Cancel;
-use osx_builder::vmrun::{Timeouts, ToolsState, Vmrun, VmrunError, VmrunSettings};
+use osx_builder::vmrun::{IpAnswer, Timeouts, ToolsState, Vmrun, VmrunError, VmrunSettings};
 
 /// A directory under the system temp dir, removed on drop together with any process whose
 /// pid a script left in a `*.pid` file there.
@@ -148,7 +148,7 @@ fn an_error_line_with_exit_zero_is_still_a_failure() {
 }
 
 #[test]
-fn noise_before_the_error_and_on_stderr_is_not_the_message() {
+fn noise_before_the_error_and_on_stderr_follows_the_message() {
     let s = Scratch::new();
     let vmrun = s.vmrun(
         "vmrun",
@@ -159,9 +159,14 @@ fn noise_before_the_error_and_on_stderr_is_not_the_message() {
     );
     let err = vmrun.start(&s.vmx(), false, &Cancel::new()).unwrap_err();
     assert_eq!(err.code(), "vm-open-error");
+    // The Error line leads; the other lines follow in vmrun's words (issue 12).
     assert_eq!(
         err.vmrun_message(),
-        Some("Cannot open VM: /x.vmx, The virtual machine cannot be found")
+        Some(
+            "Cannot open VM: /x.vmx, The virtual machine cannot be found (vmrun also printed: \
+             Warning: program compiled against libxml 212 using older 209 / [AppLoader] Use \
+             shipped Linux kernel AIO access library.)"
+        )
     );
 }
 
@@ -443,23 +448,44 @@ fn guest_ip_answers() {
     let cancel = Cancel::new();
     let ip = |name: &str, body: &str| s.vmrun(name, body).guest_ip(&vmx, &cancel);
 
+    let addr = |text: &str| IpAnswer::Address(text.to_string());
     assert_eq!(
-        ip("v4", "echo 192.168.123.147").unwrap().as_deref(),
-        Some("192.168.123.147")
+        ip("v4", "echo 192.168.123.147").unwrap(),
+        addr("192.168.123.147")
     );
-    assert_eq!(
-        ip("v6", "echo fd00::5").unwrap().as_deref(),
-        Some("fd00::5")
-    );
-    assert_eq!(ip("unknown", "echo unknown").unwrap(), None);
+    assert_eq!(ip("v6", "echo fd00::5").unwrap(), addr("fd00::5"));
+    assert_eq!(ip("unknown", "echo unknown").unwrap(), IpAnswer::NoAddress);
     assert_eq!(
         ip(
             "tools",
             "echo \"Error: The VMware Tools are not running in the virtual machine: $2\"; exit 255"
         )
         .unwrap(),
-        None
+        IpAnswer::NoTools
     );
+    assert_eq!(
+        ip(
+            "ws",
+            "echo \"Error: Unable to get the IP address\"; exit 255"
+        )
+        .unwrap(),
+        IpAnswer::NoTools
+    );
+    // Unusable answers are returned as printed: the IP watch judges them.
+    assert_eq!(
+        ip("zoned", "echo 'fe80::1%en0'").unwrap(),
+        addr("fe80::1%en0")
+    );
+    // -wait past its limit is "no address yet", and the process group is gone.
+    let waiting = s.vmrun("wait", "sleep 30");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        waiting
+            .guest_ip_wait(&vmx, std::time::Duration::from_millis(300), &cancel)
+            .unwrap(),
+        IpAnswer::NoTools
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let err = ip("garbage", "echo 'Please wait'").unwrap_err();
     assert_eq!(err.code(), "vmrun-bad-output");
     assert!(err.to_string().contains("Please wait"), "{err}");

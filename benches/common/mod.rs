@@ -295,6 +295,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             vmx_removed: Vec::new(),
             labels: Default::default(),
             guestinfo_keys: Vec::new(),
+            ip_source: None,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

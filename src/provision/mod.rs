@@ -2,6 +2,7 @@
 //! a running linked clone (gold image, clone, VMX edit, start, IP), then fires the callback.
 
 pub mod gold_locks;
+mod ip_watch;
 pub mod steps;
 pub mod tasks;
 
@@ -37,6 +38,8 @@ pub enum Job {
 pub struct ProvisionSettings {
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
+    /// Where to look for a VM's DHCP lease when Tools report no address.
+    pub leases: crate::guest_ip::dhcp::LeaseFiles,
     pub callback: CallbackSettings,
     /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses.
     pub strict_vmx: bool,

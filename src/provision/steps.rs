@@ -221,7 +221,22 @@ impl Provisioner {
             vm.progress.phase = Phase::Starting;
         });
         crate::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
-        self.vmrun.start(&vmx_path, vm.headless, cancel)?;
+        if let Err(err) = self.vmrun.start(&vmx_path, vm.headless, cancel) {
+            // `Cannot connect to the virtual machine` has come while the VM did start: only
+            // `list` tells, and a running VM behind a failed record would hold a place.
+            let runs = crate::reconcile::running_set(&self.vmrun)
+                .map(|set| set.contains(&crate::reconcile::canonical(&vmx_path)));
+            match (&err, runs) {
+                (VmrunError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
+                (_, Some(true)) => {
+                    crate::warn!("vm={id} {err}; but vmrun lists it running, so it started");
+                }
+                _ => {
+                    let _ = self.vmrun.stop(&vmx_path, true, &Cancel::new());
+                    return Err(Stop::from(err));
+                }
+            }
+        }
         let booted = Instant::now();
         self.record(id, |vm| {
             vm.status = Status::Running;
@@ -265,6 +280,7 @@ impl Provisioner {
         cancel: &Cancel,
     ) -> Result<(), Stop> {
         let mut attempt = 0;
+        let mut remade = false;
         loop {
             match self
                 .vmrun
@@ -275,47 +291,25 @@ impl Provisioner {
                     crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
                     sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel)?;
                 }
+                // Someone deleted the snapshot in Fusion, or restored the gold VM: make it
+                // again (the caller holds the gold lock) rather than failing every clone.
+                Err(err) if crate::vmrun::is_invalid_snapshot(&err) && !remade => {
+                    remade = true;
+                    crate::warn!(
+                        "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
+                    );
+                    self.vmrun.snapshot(gold_vmx, BASE_SNAPSHOT)?;
+                }
+                Err(err) if crate::vmrun::is_invalid_parameters(&err) => {
+                    return Err(Stop::failed(
+                        "clone-unsupported",
+                        format!(
+                            "{err}; linked clones need VMware Fusion Pro or Workstation Pro (Fusion without Pro and Player cannot make them)"
+                        ),
+                    ))
+                }
                 other => return other.map_err(Stop::from),
             }
-        }
-    }
-
-    /// Polls for the guest's IP. `booted` is when `vmrun start` returned, for the
-    /// boot-to-IP histogram.
-    fn watch_ip(&self, vm: &Vm, cancel: &Cancel, booted: Option<Instant>) -> Result<(), Stop> {
-        let id = vm.id;
-        let vmx_path = self.store.vmx_path(id);
-        let deadline = Instant::now() + self.settings.ip_wait_timeout;
-        let started = Instant::now();
-        loop {
-            check(cancel)?;
-            if let Some(ip) = self
-                .vmrun
-                .guest_ip(&vmx_path, cancel)?
-                .filter(|ip| usable_ip(ip))
-            {
-                crate::info!(
-                    "vm={id} has IP {ip} after {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
-                if let Some(booted) = booted {
-                    self.metrics.observe_boot_to_ip(booted.elapsed());
-                }
-                self.record(id, |vm| {
-                    vm.ip_address = ip;
-                    vm.progress.phase = Phase::Ready;
-                });
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                crate::warn!(
-                    "vm={id} no IP address after {:?}; the VM keeps running",
-                    self.settings.ip_wait_timeout
-                );
-                self.set_phase(id, Phase::IpTimeout);
-                return Ok(());
-            }
-            sleep_unless_cancelled(self.settings.ip_poll_interval, cancel)?;
         }
     }
 
@@ -329,11 +323,11 @@ impl Provisioner {
         crate::callback::deliver_in_background(id, url, body, self.settings.callback.clone());
     }
 
-    fn set_phase(&self, id: VmId, phase: Phase) {
+    pub(super) fn set_phase(&self, id: VmId, phase: Phase) {
         self.record(id, |vm| vm.progress.phase = phase);
     }
 
-    fn record(&self, id: VmId, change: impl FnOnce(&mut Vm)) {
+    pub(super) fn record(&self, id: VmId, change: impl FnOnce(&mut Vm)) {
         self.record_with(id, Durability::Disk, change);
     }
 
@@ -386,12 +380,7 @@ fn configure(vmx_path: &Path, vm: &Vm, guestinfo: &GuestInfo) -> Result<String, 
     Ok(vmx.get("guestOS").unwrap_or_default())
 }
 
-/// Some guests report the host's side of the vmnet (`x.x.x.1`) before their own address.
-fn usable_ip(ip: &str) -> bool {
-    !ip.is_empty() && !ip.ends_with(".1")
-}
-
-fn check(cancel: &Cancel) -> Result<(), Stop> {
+pub(super) fn check(cancel: &Cancel) -> Result<(), Stop> {
     if cancel.is_cancelled() {
         Err(Stop::Cancelled)
     } else {
@@ -399,7 +388,7 @@ fn check(cancel: &Cancel) -> Result<(), Stop> {
     }
 }
 
-fn sleep_unless_cancelled(total: Duration, cancel: &Cancel) -> Result<(), Stop> {
+pub(super) fn sleep_unless_cancelled(total: Duration, cancel: &Cancel) -> Result<(), Stop> {
     let end = Instant::now() + total;
     loop {
         check(cancel)?;

@@ -27,6 +27,9 @@ pub struct Vm {
     pub callback_url: Option<String>,
     #[serde(default)]
     pub ip_address: String,
+    /// Where `ip_address` came from: `tools` or `dhcp-lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_source: Option<crate::guest_ip::IpSource>,
     #[serde(default)]
     pub status: Status,
     #[serde(default)]
@@ -226,6 +229,7 @@ pub(crate) mod tests {
             vmx_removed: Vec::new(),
             labels: BTreeMap::new(),
             guestinfo_keys: Vec::new(),
+            ip_source: None,
         }
     }
 

@@ -90,6 +90,17 @@ impl VmrunError {
         }
     }
 
+    pub(crate) fn message_mut(&mut self) -> Option<&mut String> {
+        match self {
+            VmrunError::VmLocked { message, .. }
+            | VmrunError::VmOpenError { message, .. }
+            | VmrunError::NotPoweredOn { message, .. }
+            | VmrunError::AlreadyRunning { message, .. }
+            | VmrunError::Failed { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
     /// vmrun's own error text, for the variants that carry one.
     pub fn vmrun_message(&self) -> Option<&str> {
         match self {

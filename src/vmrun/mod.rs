@@ -9,7 +9,7 @@ mod output;
 mod process;
 
 pub use error::{Call, VmrunError};
-pub use output::ToolsState;
+pub use output::{is_invalid_parameters, is_invalid_snapshot, ToolsState};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -265,26 +265,57 @@ impl Vmrun {
         )
     }
 
-    /// The guest's IP address as VMware Tools report it; `None` while there is none yet
-    /// (`unknown`, or Tools not running, which is normal for a while after boot). Never
-    /// passes `-wait`, which blocks with no limit: callers poll.
-    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<Option<String>, VmrunError> {
+    /// What VMware Tools report as the guest's IP address, as vmrun printed it (the caller
+    /// judges whether it is usable). Never passes `-wait`, which blocks with no limit of its
+    /// own: see [`Vmrun::guest_ip_wait`].
+    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, VmrunError> {
         let timeout = self.settings.timeouts.ip_query;
         let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
-        self.finish(
-            result,
-            |call, stdout| match output::parse_ip(stdout) {
-                Ok(Some(ip)) => Ok((Some(ip), OK)),
-                Ok(None) => Ok((None, "no-address-yet")),
-                Err(problem) => Err(bad_output(call, problem, stdout)),
-            },
-            |err| {
-                if output::is_tools_not_running(&err) {
-                    Ok((None, "tools-not-running"))
-                } else {
-                    Err(err)
-                }
-            },
+        self.finish(result, ip_answer, |err| {
+            if output::is_tools_not_running(&err) {
+                Ok((IpAnswer::NoTools, "tools-not-running"))
+            } else {
+                Err(err)
+            }
+        })
+    }
+
+    /// `getGuestIPAddress -wait`, killed after `limit`: on Fusion, after `start nogui`, the
+    /// call without `-wait` can go on answering that Tools are not running while this one
+    /// gets the address. Running out of time is "no address yet", not a failure.
+    pub fn guest_ip_wait(
+        &self,
+        vmx: &Path,
+        limit: Duration,
+        cancel: &Cancel,
+    ) -> Result<IpAnswer, VmrunError> {
+        let result = self.call_raw(
+            "getGuestIPAddress",
+            Some(vmx),
+            &["-wait".into()],
+            limit,
+            Some(cancel),
+        );
+        self.finish(result, ip_answer, |err| match err {
+            VmrunError::Timeout { .. } => Ok((IpAnswer::NoTools, "no-address-within-limit")),
+            err if output::is_tools_not_running(&err) => {
+                Ok((IpAnswer::NoTools, "tools-not-running"))
+            }
+            other => Err(other),
+        })
+    }
+
+    /// Reboots the VM; `hard` does not need VMware Tools (a guest hung at boot has none).
+    pub fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+        let mode = if hard { "hard" } else { "soft" };
+        let timeout = self.settings.timeouts.start;
+        self.call(
+            "reset",
+            Some(vmx),
+            &[mode.into()],
+            timeout,
+            Some(cancel),
+            no_answer,
         )
     }
 
@@ -461,6 +492,25 @@ struct RawResult {
     started: Instant,
     /// stdout on success.
     outcome: Result<String, VmrunError>,
+}
+
+/// What `getGuestIPAddress` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpAnswer {
+    /// One line as vmrun printed it: an address (usable or not) or a host name.
+    Address(String),
+    /// `unknown`: Tools run but know no address yet.
+    NoAddress,
+    /// Tools are not running (or, on Workstation, `Unable to get the IP address`).
+    NoTools,
+}
+
+fn ip_answer(call: &Call, stdout: &str) -> Result<(IpAnswer, &'static str), VmrunError> {
+    match output::parse_ip(stdout) {
+        Ok(Some(ip)) => Ok((IpAnswer::Address(ip), OK)),
+        Ok(None) => Ok((IpAnswer::NoAddress, "no-address-yet")),
+        Err(problem) => Err(bad_output(call, problem, stdout)),
+    }
 }
 
 /// For commands that print nothing on success.

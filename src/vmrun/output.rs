@@ -1,7 +1,6 @@
 //! Turns what vmrun printed into results: its errors into typed errors, its answers into
 //! values. Pure functions, so every quirk has a unit test.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::error::{Call, VmrunError};
@@ -17,11 +16,20 @@ const MAX_MESSAGE: usize = 500;
 
 /// The verdict on a finished call: vmrun prints its errors as an `Error: ...` line on stdout
 /// (possibly after noise such as libxml warnings) and has been seen to do so with exit code 0,
-/// so that line decides whatever the exit code; stderr only ever holds noise
-/// (`[AppLoader] ...`) and is used only when vmrun failed without saying why.
+/// so that line decides whatever the exit code. The other lines of stdout and stderr (noise,
+/// or the first half of a two-line error) are kept in the message in vmrun's own words.
 pub(crate) fn judge(call: &Call, exit: Exit, stdout: &str, stderr: &str) -> Result<(), VmrunError> {
     if let Some(message) = error_line(stdout) {
-        return Err(classify(call.clone(), message.to_string()));
+        let mut err = classify(call.clone(), message.to_string());
+        // The lines around the `Error:` line often say more than it does (`Unable to connect
+        // to host.` before `The specified version was not found`): the operator reads them all.
+        let others = other_lines(stdout, stderr);
+        if !others.is_empty() {
+            if let Some(text) = err.message_mut() {
+                text.push_str(&format!(" (vmrun also printed: {})", shorten(&others)));
+            }
+        }
+        return Err(err);
     }
     if exit.code == Some(0) {
         return Ok(());
@@ -53,6 +61,23 @@ pub(crate) fn error_line(stdout: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Every non-empty line of stdout but the first `Error:` one, then stderr's, joined by ` / `.
+fn other_lines(stdout: &str, stderr: &str) -> String {
+    let mut skipped = false;
+    let stdout_lines = stdout.lines().map(str::trim).filter(|line| {
+        if !skipped && line.starts_with("Error:") {
+            skipped = true;
+            return false;
+        }
+        !line.is_empty()
+    });
+    let stderr_lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    stdout_lines
+        .chain(stderr_lines)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 fn classify(call: Call, message: String) -> VmrunError {
     // `already in use` first: a locked VM can also be reported as `Cannot open VM: ..., The
     // file is already in use`, and the lock is what the operator must act on.
@@ -72,10 +97,24 @@ fn classify(call: Call, message: String) -> VmrunError {
     }
 }
 
-/// vmrun's answer while the guest has not started VMware Tools yet: no address, not a failure.
+/// vmrun's answers while the guest has not started VMware Tools yet or they have no address
+/// (`The VMware Tools are not running in the virtual machine: VMX`, `VMware Tools are not
+/// running in the guest`, Workstation's `Unable to get the IP address`): not a failure.
 pub(crate) fn is_tools_not_running(err: &VmrunError) -> bool {
     matches!(err, VmrunError::Failed { message, .. }
-        if message.contains("VMware Tools are not running"))
+        if message.contains("VMware Tools are not running")
+            || message.contains("Unable to get the IP address"))
+}
+
+/// `clone` naming a snapshot the parent no longer has (`Invalid snapshot name 'NAME'`).
+pub fn is_invalid_snapshot(err: &VmrunError) -> bool {
+    matches!(err, VmrunError::Failed { message, .. } if message.contains("Invalid snapshot name"))
+}
+
+/// What products without linked clones (Fusion non-Pro, Player) answer a linked `clone`.
+pub fn is_invalid_parameters(err: &VmrunError) -> bool {
+    matches!(err, VmrunError::Failed { message, .. }
+        if message.contains("One of the parameters was invalid"))
 }
 
 /// The lines of an answer, without the noise vmrun on Linux may print first and without
@@ -116,7 +155,13 @@ pub(crate) fn parse_snapshots(stdout: &str) -> Result<Vec<String>, String> {
 
 fn counted_lines<'a>(stdout: &'a str, header: &str) -> Result<Vec<&'a str>, String> {
     let lines = answer_lines(stdout);
-    let Some((first, items)) = lines.split_first() else {
+    // Any line before the header is noise (Fusion's `2017-11-29T00:22:40.719|
+    // ServiceImpl_Opener: PID 77422`, libxml warnings); the header starts the answer.
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(header))
+        .unwrap_or(0);
+    let Some((first, items)) = lines[start..].split_first() else {
         return Err(format!("no {header:?} line"));
     };
     let count: usize = first
@@ -133,20 +178,29 @@ fn counted_lines<'a>(stdout: &'a str, header: &str) -> Result<Vec<&'a str>, Stri
     Ok(items.to_vec())
 }
 
-/// `getGuestIPAddress`: one address, or `unknown` while Tools have none yet.
+/// `getGuestIPAddress`: one line after any noise, as vmrun printed it (an address, usable or
+/// not, or a hostname: `guest_ip` judges it), or `None` for `unknown` (Tools run but have no
+/// address yet). Several lines, or a line no address or hostname looks like, is not an answer.
 pub(crate) fn parse_ip(stdout: &str) -> Result<Option<String>, String> {
-    let lines = answer_lines(stdout);
-    let [line] = lines.as_slice() else {
-        return Err(format!("expected one line, got {}", lines.len()));
+    let plausible = |line: &&str| {
+        !line.is_empty()
+            && line
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '%' | '_'))
     };
-    let answer = line.trim();
-    if answer == "unknown" {
-        return Ok(None);
+    // Noise (Fusion's `2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422`) has spaces
+    // or `|`, which no address or host name has: the one plausible line is the answer.
+    let lines = answer_lines(stdout);
+    let answers: Vec<&str> = lines.iter().map(|l| l.trim()).filter(plausible).collect();
+    match answers.as_slice() {
+        ["unknown"] => Ok(None),
+        [answer] => Ok(Some(answer.to_string())),
+        [] => Err(format!(
+            "no line looks like an IP address or a host name (got {} lines)",
+            lines.iter().filter(|l| !l.trim().is_empty()).count()
+        )),
+        several => Err(format!("expected one answer, got {}", several.len())),
     }
-    answer
-        .parse::<IpAddr>()
-        .map(|ip| Some(ip.to_string()))
-        .map_err(|_| format!("{answer:?} is not an IPv4 or IPv6 address"))
 }
 
 /// What `checkToolsState` reports about VMware Tools in the guest.
@@ -253,13 +307,62 @@ mod tests {
     }
 
     #[test]
-    fn the_error_line_is_found_after_noise_and_stderr_is_ignored() {
+    fn the_error_line_is_found_after_noise_and_the_other_lines_are_kept() {
         let stdout = "Warning: program compiled against libxml 212 using older 209\n\
                       Error: The file is already in use\n";
         let stderr = "[AppLoader] Use shipped Linux kernel AIO access library.\n";
         let err = judge(&call(), FAILED, stdout, stderr).unwrap_err();
         assert_eq!(err.code(), "vm-locked");
-        assert_eq!(err.vmrun_message(), Some("The file is already in use"));
+        assert_eq!(
+            err.vmrun_message(),
+            Some(
+                "The file is already in use (vmrun also printed: Warning: program compiled \
+                 against libxml 212 using older 209 / [AppLoader] Use shipped Linux kernel AIO \
+                 access library.)"
+            )
+        );
+    }
+
+    #[test]
+    fn multi_line_errors_keep_every_line() {
+        let cases = [
+            (
+                "Unable to connect to host.\nError: Service type VIX_SERVICEPROVIDER_VMWARE_WORKSTATION was specified, but not installed\n",
+                "",
+                "Service type VIX_SERVICEPROVIDER_VMWARE_WORKSTATION was specified, but not installed (vmrun also printed: Unable to connect to host.)",
+            ),
+            (
+                "Invalid host type 'player' specified\nError: The operation is not supported\n",
+                "",
+                "The operation is not supported (vmrun also printed: Invalid host type 'player' specified)",
+            ),
+            (
+                "2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422\nError: Unknown error\n",
+                "Unexpected signal: 11.\n",
+                "Unknown error (vmrun also printed: 2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422 / Unexpected signal: 11.)",
+            ),
+        ];
+        for (stdout, stderr, want) in cases {
+            let err = judge(&call(), FAILED, stdout, stderr).unwrap_err();
+            assert_eq!(err.code(), "vmrun-failed");
+            assert_eq!(err.vmrun_message(), Some(want));
+        }
+        // A clone that printed VixDiskLib lines and exited 0 succeeded.
+        let vix = "VixDiskLib: Invalid configuration file parameter.  Failed to read configuration file.\n";
+        assert!(judge(&call(), OK, &vix.repeat(3), "").is_ok());
+    }
+
+    #[test]
+    fn noise_before_a_listing_header_is_skipped() {
+        let stamp = "2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422\n";
+        assert_eq!(
+            parse_list(&format!("{stamp}Total running VMs: 1\n/vms/a/a.vmx\n")),
+            Ok(vec![PathBuf::from("/vms/a/a.vmx")])
+        );
+        assert_eq!(
+            parse_snapshots(&format!("{stamp}Total snapshots: 1\nosx-builder-base\n")),
+            Ok(vec!["osx-builder-base".to_string()])
+        );
     }
 
     #[test]
@@ -367,17 +470,23 @@ mod tests {
 
     #[test]
     fn ip_answers() {
-        let cases: [(&str, Result<Option<&str>, ()>); 9] = [
+        // Whether an answer is a usable address is `guest_ip`'s call, not the parser's.
+        let cases: [(&str, Result<Option<&str>, ()>); 10] = [
             ("192.168.123.147\n", Ok(Some("192.168.123.147"))),
             ("  10.0.0.2  \n", Ok(Some("10.0.0.2"))),
-            ("fe80::1\n", Ok(Some("fe80::1"))),
+            ("fe80::1%en0\n", Ok(Some("fe80::1%en0"))),
             ("unknown\n", Ok(None)),
             ("Warning: libxml\n10.1.1.1\n", Ok(Some("10.1.1.1"))),
             ("", Err(())),
-            ("not-an-ip\n", Err(())),
-            ("10.0.0.300\n", Err(())),
+            ("build-mac.local\n", Ok(Some("build-mac.local"))),
+            ("10.0.0.1 10.0.0.2\n", Err(())),
             ("10.0.0.1\n10.0.0.2\n", Err(())),
+            ("\u{1b}[0m%%#\n", Err(())),
         ];
+        assert_eq!(
+            parse_ip("2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422\n10.0.0.7\n"),
+            Ok(Some("10.0.0.7".into()))
+        );
         for (stdout, want) in cases {
             let got = parse_ip(stdout).map_err(|_| ());
             assert_eq!(got, want.map(|o| o.map(str::to_string)), "{stdout:?}");
@@ -394,6 +503,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(is_tools_not_running(&err));
+        for stdout in [
+            "Error: VMware Tools are not running in the guest\n",
+            "Error: Unable to get the IP address\n",
+        ] {
+            assert!(is_tools_not_running(
+                &judge(&call(), FAILED, stdout, "").unwrap_err()
+            ));
+        }
         let other = judge(&call(), FAILED, "Error: Unknown error\n", "").unwrap_err();
         assert!(!is_tools_not_running(&other));
     }

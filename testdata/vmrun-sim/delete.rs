@@ -3,7 +3,11 @@
 use crate::args::{too_many, vmx_and_rest};
 use crate::error::SimError;
 use crate::paths::{lck_dir, VmPath};
-use crate::state::StateDir;
+use crate::state::{env_ms, now_ms, StateDir};
+
+/// For this long after a `stop`, `deleteVM` still answers that the VM is powered on: VMware
+/// releases the VM a moment after power-off.
+pub const POWEROFF_LAG_ENV: &str = "VMRUN_SIM_POWEROFF_LAG_MS";
 use crate::vmx;
 use std::fs;
 use std::io::ErrorKind;
@@ -17,7 +21,11 @@ pub fn delete_vm(state: &StateDir, args: &[String]) -> Result<String, SimError> 
     let vm = VmPath::new(vmx_arg)?;
     let config = vmx::load(&vm)?;
     let _guard = state.lock_vm(&vm)?;
-    if state.load(&vm)?.is_some_and(|s| s.running) {
+    let lag = env_ms(POWEROFF_LAG_ENV, 0)?;
+    if state
+        .load(&vm)?
+        .is_some_and(|s| s.running || now_ms().saturating_sub(s.stopped_at_ms) < lag)
+    {
         return Err(SimError::PoweredOn);
     }
     let vmx_lock = lck_dir(&vm.abs);

@@ -16,6 +16,8 @@ pub const SLEEP_FOREVER_ARG: &str = "--vmrun-sim-sleep-forever";
 
 pub const NOISE_STDOUT: &str = "Warning: program compiled against libxml 212 using older 209";
 pub const NOISE_STDERR: &str = "[AppLoader] Use shipped Linux kernel AIO access library.";
+/// The line Fusion's vmrun was seen to print before its answer or its `Error:` line.
+pub const NOISE_STAMP: &str = "2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422";
 
 enum Action {
     Fail(String),
@@ -24,6 +26,15 @@ enum Action {
     Noise,
     Delay(u64),
     Garbage,
+    /// Fusion's timestamped noise line on stdout, then go on.
+    Stamp,
+    /// A line on stderr, then go on.
+    Stderr(String),
+    /// Print this text (`\\n` for a line break) on stdout and exit with this code.
+    Print(u8, String),
+    /// Run the command for real, then print `Error: MESSAGE` and exit 255 (a start that
+    /// went through although vmrun said it failed).
+    AfterFail(String),
 }
 
 pub struct Rule {
@@ -79,6 +90,19 @@ fn parse_rule(line: &str) -> Result<Option<Rule>, SimError> {
         "fail" | "fail-exit0" if message.is_empty() => return Err(bad("no message")),
         "fail" => Action::Fail(message),
         "fail-exit0" => Action::FailExit0(message),
+        "after-fail" if message.is_empty() => return Err(bad("no message")),
+        "after-fail" => Action::AfterFail(message),
+        "stamp" => Action::Stamp,
+        "stderr" if message.is_empty() => return Err(bad("no text")),
+        "stderr" => Action::Stderr(message),
+        "print" => match rest.split_first() {
+            Some((code, text)) => Action::Print(
+                code.parse()
+                    .map_err(|_| bad("print wants an exit code, then text"))?,
+                text.join(" ").replace("\\n", "\n"),
+            ),
+            None => return Err(bad("print wants an exit code, then text")),
+        },
         "hang" => Action::Hang,
         "noise" => Action::Noise,
         "garbage" => Action::Garbage,
@@ -90,7 +114,12 @@ fn parse_rule(line: &str) -> Result<Option<Rule>, SimError> {
     };
     if !matches!(
         action,
-        Action::Fail(_) | Action::FailExit0(_) | Action::Delay(_)
+        Action::Fail(_)
+            | Action::FailExit0(_)
+            | Action::Delay(_)
+            | Action::AfterFail(_)
+            | Action::Stderr(_)
+            | Action::Print(..)
     ) && !rest.is_empty()
     {
         return Err(bad("unexpected words after the action"));
@@ -104,16 +133,26 @@ fn parse_rule(line: &str) -> Result<Option<Rule>, SimError> {
     }))
 }
 
-/// Applies the matching rules in order: `noise` and `delay` then let the call go on, the first
-/// matching `fail`, `fail-exit0`, `garbage` or `hang` ends it. `noise` lines go to `stdout`.
-/// `Ok(Some(text))`: print `text`, exit 0 and skip the command.
+/// What the matching rules decided.
+pub enum Verdict {
+    /// Run the command.
+    Run,
+    /// Run the command, then fail with this message whatever it did.
+    RunThenFail(String),
+    /// Print this text, exit with this code, skip the command.
+    Answer(u8, String),
+}
+
+/// Applies the matching rules in order: `noise`, `stamp`, `stderr` and `delay` then let the
+/// call go on, the first matching `fail`, `fail-exit0`, `garbage`, `print`, `after-fail` or
+/// `hang` ends the rule list. Noise lines go to `stdout`.
 pub fn apply(
     rules: &[Rule],
     state: &StateDir,
     command: &str,
     targets: &[&str],
     stdout: &mut String,
-) -> Result<Option<String>, SimError> {
+) -> Result<Verdict, SimError> {
     for rule in rules {
         let command_matches = rule.command == "*" || rule.command == command;
         let target_matches = match &rule.vmx_contains {
@@ -125,8 +164,19 @@ pub fn apply(
         }
         match &rule.action {
             Action::Fail(message) => return Err(SimError::Injected(message.clone())),
-            Action::FailExit0(message) => return Ok(Some(format!("Error: {message}\n"))),
-            Action::Garbage => return Ok(Some(garbage())),
+            Action::FailExit0(message) => {
+                return Ok(Verdict::Answer(0, format!("Error: {message}\n")))
+            }
+            Action::Garbage => return Ok(Verdict::Answer(0, garbage())),
+            Action::Print(code, text) => return Ok(Verdict::Answer(*code, format!("{text}\n"))),
+            Action::AfterFail(message) => return Ok(Verdict::RunThenFail(message.clone())),
+            Action::Stamp => {
+                stdout.push_str(NOISE_STAMP);
+                stdout.push('\n');
+            }
+            Action::Stderr(text) => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
             Action::Hang => hang(state),
             Action::Noise => {
                 stdout.push_str(NOISE_STDOUT);
@@ -136,7 +186,7 @@ pub fn apply(
             Action::Delay(ms) => std::thread::sleep(Duration::from_millis(*ms)),
         }
     }
-    Ok(None)
+    Ok(Verdict::Run)
 }
 
 /// Exactly one process wins `create_new` on the rule's marker, however many run at once.

@@ -30,6 +30,10 @@
 //! | `VMRUN_SIM_IP_DELAY_MS` | after `start`/`reset` (counted from the start, not from Tools), `getGuestIPAddress` answers `unknown` until this long has passed (once Tools run) | 0 |
 //! | `VMRUN_SIM_CLONE_MS` | how long `clone` takes while it holds SRC's clone lock | 0 |
 //! | `VMRUN_SIM_FAULTS` | fault rules (syntax below), separated by `;` or newlines | none |
+//! | `VMRUN_SIM_IP_NEEDS_WAIT` | `1`: Fusion's quirk: after `start nogui`, `getGuestIPAddress` without `-wait` keeps answering that Tools are not running; `-wait` gets the address | off |
+//! | `VMRUN_SIM_DEAD_BOOTS` | the first N boots (`start` or `reset`) of each VM never start VMware Tools (a guest that hangs at boot) | 0 |
+//! | `VMRUN_SIM_POWEROFF_LAG_MS` | for this long after `stop`, `deleteVM` answers `The virtual machine should not be powered on. It is already running.` | 0 |
+//! | `VMRUN_SIM_LIST_REMOVED` | `1`: `list` goes on listing a running VM whose VMX was removed, as the real vmrun does | off |
 //!
 //! Delays are read by the invocation that needs them, so they are the caller's environment at
 //! that call. The guest's IP is `172.16.X.Y`, X and Y derived from the VMX path (Y is never 0,
@@ -48,6 +52,9 @@
 //!
 //! # On-disk effects beside the VMs
 //!
+//! - `start` writes `ethernet0.addressType = "generated"` and `ethernet0.generatedAddress =
+//!   "00:0c:29:XX:YY:ZZ"` (stable per VM) into a VMX that has `ethernet0.present` and no
+//!   address yet, and `start`/`reset` append 60 lines to `vmware.log` beside the VMX.
 //! - `start` makes `<vmx>.lck/M<pid>.lck` and `<disk>.lck/M<pid>.lck` for each disk of the VMX
 //!   (keys ending in `.fileName` whose value ends in `.vmdk`, relative to the VMX's folder);
 //!   `stop`/`suspend` remove them. An existing `.lck` folder of a VM that is not running (a
@@ -87,10 +94,17 @@
 //!     and `[AppLoader] Use shipped Linux kernel AIO access library.` on stderr, then go on.
 //!   - `delay MS`: sleep MS milliseconds, then go on.
 //!   - `garbage`: print text that is not vmrun's protocol, exit 0.
+//!   - `stamp`: print Fusion's timestamped noise line
+//!     `2017-11-29T00:22:40.719| ServiceImpl_Opener: PID 77422` on stdout, then go on.
+//!   - `stderr TEXT…`: print TEXT on stderr, then go on.
+//!   - `print CODE TEXT…`: print TEXT on stdout (`\n` in it is a line break), exit CODE,
+//!     skip the command (multi-line errors such as `Unable to connect to host.\nError: …`).
+//!   - `after-fail MESSAGE…`: run the command for real, then print `Error: MESSAGE` and
+//!     exit 255 (a `start` that answers `Cannot connect to the virtual machine` but runs).
 //!
 //! Rules from the `faults` file come first, then those of `VMRUN_SIM_FAULTS`. All matching
-//! rules apply in order: `noise` and `delay` let the call go on, the first matching `fail`,
-//! `fail-exit0`, `hang` or `garbage` ends it. A malformed rule fails every call with
+//! rules apply in order: `noise`, `stamp`, `stderr` and `delay` let the call go on, the
+//! first matching `fail`, `fail-exit0`, `hang`, `garbage`, `print` or `after-fail` decides it. A malformed rule fails every call with
 //! `Error: vmrun-sim: bad fault rule '…': …`. Example file:
 //!
 //! ```text
@@ -101,6 +115,7 @@
 //! ```
 
 mod args;
+mod boot;
 mod clone;
 mod delete;
 mod error;
@@ -177,10 +192,14 @@ fn run(state: &StateDir, argv: &[String], stdout: &mut String) -> Result<u8, Sim
         _ => args.iter().take(1).map(String::as_str).collect(),
     };
     let rules = faults::load(state)?;
-    if let Some(text) = faults::apply(&rules, state, command, &targets, stdout)? {
-        stdout.push_str(&text);
-        return Ok(0);
-    }
+    let then_fail = match faults::apply(&rules, state, command, &targets, stdout)? {
+        faults::Verdict::Answer(code, text) => {
+            stdout.push_str(&text);
+            return Ok(code);
+        }
+        faults::Verdict::RunThenFail(message) => Some(message),
+        faults::Verdict::Run => None,
+    };
     let handler: Command = match command.as_str() {
         "list" => power::list,
         "start" => power::start,
@@ -197,7 +216,11 @@ fn run(state: &StateDir, argv: &[String], stdout: &mut String) -> Result<u8, Sim
         "writeVariable" => variables::write_variable,
         other => return Err(SimError::UnrecognizedCommand(other.to_string())),
     };
-    stdout.push_str(&handler(state, args)?);
+    let answer = handler(state, args);
+    if let Some(message) = then_fail {
+        return Err(SimError::Injected(message));
+    }
+    stdout.push_str(&answer?);
     Ok(0)
 }
 

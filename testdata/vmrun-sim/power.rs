@@ -1,21 +1,26 @@
 //! Power commands: list, start, stop, reset, suspend.
 
 use crate::args::{optional_word, too_many, vmx_and_rest};
+use crate::boot;
 use crate::error::SimError;
 use crate::paths::{lck_dir, VmPath};
-use crate::state::{now_ms, StateDir, VmState};
+use crate::state::{env_flag, now_ms, StateDir, VmState};
 use crate::vmx;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// The real vmrun goes on listing a running VM whose VMX was removed behind its back.
+pub const LIST_REMOVED_ENV: &str = "VMRUN_SIM_LIST_REMOVED";
 
 pub fn list(state: &StateDir, args: &[String]) -> Result<String, SimError> {
     if !args.is_empty() {
         return Err(too_many("list"));
     }
+    let list_removed = env_flag(LIST_REMOVED_ENV);
     let mut running: Vec<VmState> = state
         .all()?
         .into_iter()
-        .filter(|s| s.running && Path::new(&s.vmx).is_file())
+        .filter(|s| s.running && (list_removed || Path::new(&s.vmx).is_file()))
         .collect();
     running.sort_by(|a, b| (a.started_at_ms, &a.vmx).cmp(&(b.started_at_ms, &b.vmx)));
     let mut out = format!("Total running VMs: {}\n", running.len());
@@ -30,11 +35,13 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
     let (vmx_arg, rest) = vmx_and_rest("start", args)?;
     let mode = optional_word("start", rest, &["gui", "nogui"])?.unwrap_or("gui");
     let vm = VmPath::new(vmx_arg)?;
-    let config = vmx::load(&vm)?;
+    let mut config = vmx::load(&vm)?;
     let _guard = state.lock_vm(&vm)?;
-    if state.load(&vm)?.is_some_and(|s| s.running) {
+    let before = state.load(&vm)?;
+    if before.as_ref().is_some_and(|s| s.running) {
         return Ok(String::new());
     }
+    let boots = before.map_or(0, |s| s.boots) + 1;
     let mut files = vec![vm.abs.clone()];
     let dir = vm.dir();
     files.extend(config.disks().iter().map(|(_, v)| vmx::resolve(&dir, v)));
@@ -60,8 +67,12 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
             locks,
             guest_vars: crate::variables::from_vmx(&config),
             guest_env: Default::default(),
+            boots,
+            stopped_at_ms: 0,
         },
     )?;
+    boot::assign_mac(&vm, &mut config)?;
+    boot::write_log(&vm, boots, "start")?;
     Ok(String::new())
 }
 
@@ -117,6 +128,7 @@ fn power_off(state: &StateDir, vm: &VmPath) -> Result<String, SimError> {
             running.locks.clear();
             running.guest_vars.clear();
             running.guest_env.clear();
+            running.stopped_at_ms = now_ms();
             state.save(vm, &running)?;
             Ok(String::new())
         }
@@ -135,7 +147,9 @@ pub fn reset(state: &StateDir, args: &[String]) -> Result<String, SimError> {
         Some(mut running) if running.running => {
             // A reboot: Tools and the guest's address come back only after the delays again.
             running.started_at_ms = now_ms();
+            running.boots += 1;
             state.save(&vm, &running)?;
+            boot::write_log(&vm, running.boots, "reset")?;
             Ok(String::new())
         }
         _ => Err(SimError::NotPoweredOn(vm.given.clone())),

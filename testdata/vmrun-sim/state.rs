@@ -32,6 +32,17 @@ pub struct VmState {
     pub guest_vars: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub guest_env: BTreeMap<String, String>,
+    /// Power-ons and resets so far (see `VMRUN_SIM_DEAD_BOOTS`).
+    #[serde(default)]
+    pub boots: u32,
+    /// When the last `stop`/`suspend` powered the VM off (see `VMRUN_SIM_POWEROFF_LAG_MS`).
+    #[serde(default)]
+    pub stopped_at_ms: u64,
+}
+
+/// A `VMRUN_SIM_*` switch that is on when set to `1`.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }
 
 pub struct StateDir {

@@ -1,0 +1,167 @@
+//! Waiting for a started VM's IP address. One call's failure is a glitch, not a verdict:
+//! errors and timeouts are retried with backoff until the deadline, and only a VM that
+//! vmrun says is powered off (and `list` agrees) fails at once. Answers that are no usable
+//! address (link-local, loopback, the vmnet's `.1`, a host name) mean "not yet".
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::steps::{check, sleep_unless_cancelled, Stop};
+use super::Provisioner;
+use crate::cancel::Cancel;
+use crate::guest_ip::{self, IpSource};
+use crate::vm::{Phase, Vm};
+use crate::vmrun::{IpAnswer, VmrunError};
+
+/// "Tools not running" answers in a row before falling back to `-wait` (Fusion's quirk after
+/// `start nogui`).
+const WAIT_FALLBACK_AFTER: u32 = 3;
+/// The longest pause between retries after errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Provisioner {
+    /// Polls for the guest's IP. `booted` is when `vmrun start` returned, for the
+    /// boot-to-IP histogram.
+    pub(super) fn watch_ip(
+        &self,
+        vm: &Vm,
+        cancel: &Cancel,
+        booted: Option<Instant>,
+    ) -> Result<(), Stop> {
+        let id = vm.id;
+        let vmx_path = self.store.vmx_path(id);
+        let started = Instant::now();
+        let deadline = started + self.settings.ip_wait_timeout;
+        let mut no_tools = 0u32;
+        let mut last_error: Option<VmrunError>;
+        let mut backoff = self.settings.ip_poll_interval;
+        let mut last_unusable = String::new();
+        let mut mac: Option<String> = None;
+        loop {
+            check(cancel)?;
+            let answer = if no_tools >= WAIT_FALLBACK_AFTER {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let limit = self.vmrun.settings().timeouts.ip_query.min(left);
+                self.vmrun.guest_ip_wait(&vmx_path, limit, cancel)
+            } else {
+                self.vmrun.guest_ip(&vmx_path, cancel)
+            };
+            match answer {
+                Ok(IpAnswer::Address(text)) => {
+                    no_tools = 0;
+                    last_error = None;
+                    match guest_ip::usable(&text) {
+                        Ok(ip) => {
+                            self.found(id, ip.to_string(), IpSource::Tools, started, booted);
+                            return Ok(());
+                        }
+                        Err(why) => {
+                            if last_unusable != text {
+                                crate::info!("vm={id} Tools report {text:?}: {why}; not yet");
+                                last_unusable = text;
+                            }
+                        }
+                    }
+                }
+                Ok(IpAnswer::NoAddress) => {
+                    no_tools = 0;
+                    last_error = None;
+                }
+                Ok(IpAnswer::NoTools) => {
+                    no_tools += 1;
+                    last_error = None;
+                }
+                Err(VmrunError::Cancelled { .. }) => return Err(Stop::Cancelled),
+                Err(err @ VmrunError::NotPoweredOn { .. }) if self.confirmed_off(&vmx_path) => {
+                    return Err(Stop::from(err));
+                }
+                // An unreadable or vanished VMX does not heal by waiting.
+                Err(err @ VmrunError::VmOpenError { .. }) => return Err(Stop::from(err)),
+                Err(err) => {
+                    crate::warn!("vm={id} IP query failed, retrying until the deadline: {err}");
+                    last_error = Some(err);
+                }
+            }
+            // Tools say nothing usable: the DHCP server may know the VM's MAC address.
+            if mac.is_none() {
+                mac = generated_mac(&vmx_path);
+            }
+            if let Some(ip) = mac
+                .as_deref()
+                .and_then(|mac| self.settings.leases.lookup(mac, unix_now()))
+            {
+                self.found(id, ip.to_string(), IpSource::DhcpLease, started, booted);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if let Some(err) = last_error {
+                    // Every call up to the deadline failed: that, not "no IP", is the news.
+                    return Err(Stop::from(err));
+                }
+                crate::warn!(
+                    "vm={id} no IP address after {:?}; the VM keeps running",
+                    self.settings.ip_wait_timeout
+                );
+                self.set_phase(id, Phase::IpTimeout);
+                return Ok(());
+            }
+            backoff = if last_error.is_some() {
+                (backoff * 2).min(MAX_BACKOFF)
+            } else {
+                self.settings.ip_poll_interval
+            };
+            sleep_unless_cancelled(backoff.min(deadline - now), cancel)?;
+        }
+    }
+
+    fn found(
+        &self,
+        id: crate::vm::VmId,
+        ip: String,
+        source: IpSource,
+        started: Instant,
+        booted: Option<Instant>,
+    ) {
+        crate::info!(
+            "vm={id} has IP {ip} ({}) after {:.1}s",
+            match source {
+                IpSource::Tools => "tools",
+                IpSource::DhcpLease => "dhcp-lease",
+            },
+            started.elapsed().as_secs_f64()
+        );
+        if let Some(booted) = booted {
+            self.metrics.observe_boot_to_ip(booted.elapsed());
+        }
+        self.record(id, |vm| {
+            vm.ip_address = ip;
+            vm.ip_source = Some(source);
+            vm.progress.phase = Phase::Ready;
+        });
+    }
+
+    /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
+    /// nothing, so the watch goes on.
+    fn confirmed_off(&self, vmx: &Path) -> bool {
+        crate::reconcile::running_set(&self.vmrun)
+            .is_some_and(|set| !set.contains(&crate::reconcile::canonical(vmx)))
+    }
+}
+
+/// The MAC VMware wrote into the VMX at power-on (`ethernet0.generatedAddress`), or the
+/// static one; `None` until there is one.
+fn generated_mac(vmx: &Path) -> Option<String> {
+    let bytes = std::fs::read(vmx).ok()?;
+    let parsed = crate::vmx::Vmx::parse(&bytes).ok()?;
+    parsed
+        .get("ethernet0.generatedAddress")
+        .or_else(|| parsed.get("ethernet0.address"))
+        .filter(|mac| !mac.is_empty())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
