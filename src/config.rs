@@ -47,6 +47,7 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     pub callback_secret: Option<String>,
     pub callback_secret_file: Option<PathBuf>,
+    pub log_format: crate::log::Format,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -305,11 +306,17 @@ const SETTINGS: &[Setting] = &[
         "",
         "file whose first line is the callback secret"
     ),
+    setting!(
+        "log-format",
+        "OSX_BUILDER_LOG_FORMAT",
+        "text",
+        "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)"
+    ),
 ];
 
 pub fn help_text() -> String {
     let mut text = format!(
-        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [--setting value]...\n\nSettings (flag, environment variable, default):\n",
+        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|drain|undrain|health ...   talk to a running server (osx-builder vm --help)\n\nSettings (flag, environment variable, default):\n",
         env!("CARGO_PKG_VERSION")
     );
     for s in SETTINGS {
@@ -438,6 +445,12 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--default-ttl / OSX_BUILDER_DEFAULT_TTL must be at most {MAX_TTL_SECS} seconds (a year), got {default_ttl}"
         )));
     }
+    let (log_format, _) = value("log-format");
+    let log_format = crate::log::Format::parse(log_format.trim()).ok_or_else(|| {
+        ConfigError(format!(
+            "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
+        ))
+    })?;
     let data_dir = PathBuf::from(value("data-dir").0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -477,6 +490,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         token_file: optional("token-file")?.map(PathBuf::from),
         callback_secret: optional("callback-secret")?,
         callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
+        log_format,
     })))
 }
 
@@ -569,6 +583,7 @@ mod tests {
             (vec!["--nope", "1"], "unknown setting --nope"),
             (vec!["--port"], "--port needs a value"),
             (vec!["stray"], "unexpected argument"),
+            (vec!["--log-format", "xml"], "--log-format"),
         ] {
             let err = serve(&list, &[]).unwrap_err();
             assert!(err.0.contains(needle), "{list:?}: {err}");

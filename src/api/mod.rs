@@ -5,6 +5,7 @@ pub mod answer;
 pub mod create_body;
 pub mod error;
 pub mod images;
+pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod routes;
