@@ -28,6 +28,7 @@ pub fn dispatch(all: &[String], env: &HashMap<String, String>) -> Result<(), Fai
         ("drain", _) => ("drain", NONE, drain),
         ("undrain", _) => ("undrain", NONE, undrain),
         ("health", _) => ("health", NONE, health),
+        // `pool list|get|put|delete` go here with the pools (and "pool" in COMMANDS).
         (_, None | Some("--help" | "-h" | "help")) => {
             print!("{}", super::help_text());
             return Ok(());
