@@ -318,14 +318,19 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
 }
 
 fn vm_delete(context: &Context) -> Result<(), Failure> {
-    let id = path_segment(&one(context, "VM id")?, "VM id")?;
+    delete(context, "VM id", "id", "/vms")
+}
+
+/// `DELETE {collection}/{the positional}`; prints what is gone.
+fn delete(context: &Context, what: &str, key: &str, collection: &str) -> Result<(), Failure> {
+    let name = path_segment(&one(context, what)?, what)?;
     context
         .client
-        .send("DELETE", &format!("/vms/{id}"), None, &[])?;
+        .send("DELETE", &format!("{collection}/{name}"), None, &[])?;
     if context.json {
-        println!("{}", json!({"id": id, "deleted": true}));
+        println!("{}", json!({key: name, "deleted": true}));
     } else {
-        println!("deleted {id}");
+        println!("deleted {name}");
     }
     Ok(())
 }
@@ -395,16 +400,7 @@ fn image_prewarm(context: &Context) -> Result<(), Failure> {
 }
 
 fn image_delete(context: &Context) -> Result<(), Failure> {
-    let checksum = path_segment(&one(context, "checksum")?, "checksum")?;
-    context
-        .client
-        .send("DELETE", &format!("/images/{checksum}"), None, &[])?;
-    if context.json {
-        println!("{}", json!({"checksum": checksum, "deleted": true}));
-    } else {
-        println!("deleted {checksum}");
-    }
-    Ok(())
+    delete(context, "checksum", "checksum", "/images")
 }
 
 fn drain(context: &Context) -> Result<(), Failure> {

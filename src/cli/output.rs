@@ -52,18 +52,7 @@ fn or_dash(text: String) -> String {
 
 /// Powers of 1024, one decimal: `1.5 GiB`.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    crate::image::extract::human_bytes(n)
 }
 
 /// One VM, a field a line.
