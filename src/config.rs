@@ -75,6 +75,7 @@ pub struct Config {
     /// PEM certificate chain and key: the API is served over HTTPS when both are set.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub log_format: crate::log::Format,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -423,6 +424,12 @@ const SETTINGS: &[Setting] = &[
         "",
         "PEM private key (PKCS#8, RSA or EC, unencrypted) of --tls-cert"
     ),
+    setting!(
+        "log-format",
+        "OSX_BUILDER_LOG_FORMAT",
+        "text",
+        "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)"
+    ),
 ];
 
 /// Settings that may be given more than once; their variables hold comma-separated lists.
@@ -433,7 +440,7 @@ const SWITCHES: &[&str] = &["strict-vmx"];
 
 pub fn help_text() -> String {
     let mut text = format!(
-        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [--setting value]...\n\nSettings (flag, environment variable, default):\n",
+        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|drain|undrain|health ...   talk to a running server (osx-builder vm --help)\n\nSettings (flag, environment variable, default):\n",
         env!("CARGO_PKG_VERSION")
     );
     for s in SETTINGS {
@@ -614,6 +621,12 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--failed-retention / OSX_BUILDER_FAILED_RETENTION must be from 0 to {MAX_TTL_SECS} seconds, got {failed_retention}"
         )));
     }
+    let (log_format, _) = value("log-format");
+    let log_format = crate::log::Format::parse(log_format.trim()).ok_or_else(|| {
+        ConfigError(format!(
+            "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
+        ))
+    })?;
     let data_dir = PathBuf::from(value("data-dir").0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -679,6 +692,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         ca_file: optional("ca-file")?.map(PathBuf::from),
         tls_cert: optional("tls-cert")?.map(PathBuf::from),
         tls_key: optional("tls-key")?.map(PathBuf::from),
+        log_format,
     })))
 }
 
@@ -771,6 +785,7 @@ mod tests {
             (vec!["--nope", "1"], "unknown setting --nope"),
             (vec!["--port"], "--port needs a value"),
             (vec!["stray"], "unexpected argument"),
+            (vec!["--log-format", "xml"], "--log-format"),
         ] {
             let err = serve(&list, &[]).unwrap_err();
             assert!(err.0.contains(needle), "{list:?}: {err}");

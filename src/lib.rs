@@ -11,6 +11,7 @@ pub mod auth;
 pub mod callback;
 pub mod cancel;
 pub mod capacity;
+pub mod cli;
 pub mod config;
 pub mod data_lock;
 pub mod dependants;

@@ -1,9 +1,105 @@
-//! One line per event on stderr: `2026-11-24T17:00:00.123Z INFO  vm=<id> what happened`.
+//! One line per event on stderr: `2026-11-24T17:00:00.123Z INFO  vm=<id> what happened`,
+//! or with `--log-format json` one JSON object a line (`ts`, `level`, `msg`, and `vm`,
+//! `image`, `command`, `code`, `duration_ms` where the event has them), which Loki, Elastic
+//! or Vector parse without rules.
 //!
 //! launchd and journald capture stderr; a line per event keeps it greppable by VM id.
 
+use std::fmt::Display;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Set once at start, before the first thread; read by every line.
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
+}
+
+fn format() -> Format {
+    if FORMAT.load(Ordering::Relaxed) == Format::Json as u8 {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
+/// The structured fields of one event. In text the VM id leads the line (`vm=<id>`) as it
+/// always did; the others are already in the message's words and appear only in JSON.
+#[derive(Debug, Default, Serialize)]
+pub struct Fields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+impl Fields {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty value (a call on no VM) leaves the field out.
+    pub fn vm(mut self, id: impl Display) -> Self {
+        self.vm = Some(id.to_string()).filter(|s| !s.is_empty());
+        self
+    }
+
+    pub fn image(mut self, checksum: impl Display) -> Self {
+        self.image = Some(checksum.to_string()).filter(|s| !s.is_empty());
+        self
+    }
+
+    pub fn command(mut self, command: impl Display) -> Self {
+        self.command = Some(command.to_string());
+        self
+    }
+
+    pub fn code(mut self, code: impl Display) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    pub fn duration_ms(mut self, millis: impl TryInto<u64>) -> Self {
+        self.duration_ms = Some(millis.try_into().unwrap_or(u64::MAX));
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    ts: String,
+    level: &'static str,
+    msg: &'a str,
+    #[serde(flatten)]
+    fields: &'a Fields,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -20,12 +116,62 @@ impl Level {
             Level::Error => "ERROR",
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
 }
 
 pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
-    let line = format!("{} {} {}\n", rfc3339_now(), level.label(), message);
+    write_with(level, Fields::default(), message)
+}
+
+pub fn write_with(level: Level, fields: Fields, message: std::fmt::Arguments<'_>) {
+    let mut line = render(
+        format(),
+        &rfc3339_now(),
+        level,
+        fields,
+        &message.to_string(),
+    );
+    line.push('\n');
     // A closed stderr must not take the server down with it.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+fn render(format: Format, ts: &str, level: Level, mut fields: Fields, message: &str) -> String {
+    match format {
+        Format::Text => match &fields.vm {
+            Some(vm) => format!("{ts} {} vm={vm} {message}", level.label()),
+            None => format!("{ts} {} {message}", level.label()),
+        },
+        Format::Json => {
+            // Call sites not yet given fields still name their VM as a `vm=<id>` prefix.
+            let mut msg = message;
+            if fields.vm.is_none() {
+                if let Some((id, rest)) = message
+                    .strip_prefix("vm=")
+                    .and_then(|rest| rest.split_once(' '))
+                {
+                    fields.vm = Some(id.to_string());
+                    msg = rest;
+                }
+            }
+            let line = JsonLine {
+                ts: ts.to_string(),
+                level: level.name(),
+                msg,
+                fields: &fields,
+            };
+            serde_json::to_string(&line).unwrap_or_else(|_| {
+                format!("{{\"ts\":\"{ts}\",\"level\":\"error\",\"msg\":\"unencodable log line\"}}")
+            })
+        }
+    }
 }
 
 /// Current UTC time as RFC 3339 with milliseconds.
@@ -63,24 +209,93 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// `info!("text {x}")`, or with fields first: `info!(vm = id, command = "clone"; "text")`.
+/// A field is a method of [`Fields`], so a misspelt one does not compile.
 #[macro_export]
 macro_rules! info {
+    ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
+        $crate::log::write_with(
+            $crate::log::Level::Info,
+            $crate::log::Fields::new()$(.$key($value))+,
+            format_args!($($arg)*),
+        )
+    };
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! warn {
+    ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
+        $crate::log::write_with(
+            $crate::log::Level::Warn,
+            $crate::log::Fields::new()$(.$key($value))+,
+            format_args!($($arg)*),
+        )
+    };
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! error {
+    ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
+        $crate::log::write_with(
+            $crate::log::Level::Error,
+            $crate::log::Fields::new()$(.$key($value))+,
+            format_args!($($arg)*),
+        )
+    };
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::*;
+
+    #[test]
+    fn renders_text_as_before_and_json_with_fields() {
+        let ts = "2026-11-24T17:00:00.123Z";
+        let fields = || Fields::new().vm("abc").command("clone").duration_ms(12u128);
+        assert_eq!(
+            render(Format::Text, ts, Level::Info, fields(), "clone x: ok"),
+            "2026-11-24T17:00:00.123Z INFO  vm=abc clone x: ok"
+        );
+        let line = render(
+            Format::Json,
+            ts,
+            Level::Warn,
+            fields().code("vmrun-timeout"),
+            "a \"q\"",
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"ts": ts, "level": "warn", "msg": "a \"q\"", "vm": "abc",
+                "command": "clone", "code": "vmrun-timeout", "duration_ms": 12})
+        );
+        let lifted = render(
+            Format::Json,
+            ts,
+            Level::Info,
+            Fields::new(),
+            "vm=abc deleted",
+        );
+        let value: serde_json::Value = serde_json::from_str(&lifted).unwrap();
+        assert_eq!(
+            (value["vm"].as_str(), value["msg"].as_str()),
+            (Some("abc"), Some("deleted"))
+        );
+        let plain = render(
+            Format::Json,
+            ts,
+            Level::Error,
+            Fields::new().vm(""),
+            "stopped",
+        );
+        assert_eq!(
+            plain,
+            format!("{{\"ts\":\"{ts}\",\"level\":\"error\",\"msg\":\"stopped\"}}")
+        );
+    }
 
     #[test]
     fn formats_known_instants() {

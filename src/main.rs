@@ -25,8 +25,18 @@ use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
 use osx_builder::{error, info, shutdown, warn};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     let env: HashMap<String, String> = std::env::vars().collect();
+    // No subcommand runs the server, as the original (which took no arguments) did.
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            args.remove(0);
+        }
+        Some(command) if osx_builder::cli::is_command(command) => {
+            return osx_builder::cli::run(&args, &env);
+        }
+        _ => {}
+    }
     match config::parse(&args, &env) {
         Ok(Command::Help) => {
             print!("{}", config::help_text());
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
+    osx_builder::log::set_format(config.log_format);
     match osx_builder::fd_limit::raise() {
         Ok(limit) if limit < 1024 => warn!(
             "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"

@@ -132,7 +132,7 @@ impl ApiError {
             Self::LengthRequired => "the request has no Content-Length header; send the JSON body with one (curl -d and every HTTP library do)".into(),
             Self::VmNotFound => "The requested virtual machine ID was not found".into(),
             Self::RouteNotFound(path) => format!(
-                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /images, /images/:checksum, /drain, /healthz and /metrics"
+                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /images, /images/:checksum, /drain, /healthz, /metrics and /openapi.json (which describes them all)"
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 format!("method {method} is not allowed here; use {allowed}")

@@ -7,6 +7,7 @@ pub mod create_meta;
 pub mod error;
 pub mod images;
 pub mod list_filter;
+pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod routes;

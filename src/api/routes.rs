@@ -22,6 +22,7 @@ pub enum Route {
     DrainState,
     Drain,
     Undrain,
+    OpenApi,
 }
 
 /// The one path that answers without a token: load balancers and watchdogs probe it.
@@ -59,6 +60,8 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
             _ => Err(not_allowed(method, "GET, POST or DELETE")),
         },
         "/undrain" if method == "POST" => Ok(Route::Undrain),
+        super::openapi::PATH if get => Ok(Route::OpenApi),
+        super::openapi::PATH => Err(not_allowed(method, "GET")),
         "/undrain" => Err(not_allowed(method, "POST")),
         _ => {
             if let Some(rest) = path.strip_prefix("/vms/") {
@@ -199,6 +202,8 @@ mod tests {
         assert_eq!(route("POST", "/undrain"), Ok(Route::Undrain));
         assert_eq!(route("GET", "/undrain").unwrap_err().status(), 405);
         assert_eq!(path("/healthz/?probe=1"), "/healthz");
+        assert_eq!(route("GET", "/openapi.json"), Ok(Route::OpenApi));
+        assert_eq!(route("POST", "/openapi.json").unwrap_err().status(), 405);
     }
 
     #[test]

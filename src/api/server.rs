@@ -290,6 +290,7 @@ fn answer(
         Route::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
         Route::Drain => ops::drain(service).map(Reply::Answer),
         Route::Undrain => ops::undrain(service).map(Reply::Answer),
+        Route::OpenApi => Ok(Reply::Answer(super::openapi::get())),
         Route::DeleteVm(id) => {
             service.delete(id)?;
             Ok(Reply::Empty(204))

@@ -107,6 +107,7 @@ pub fn run(job: &Job) -> Result<GoldImage, ImageError> {
     let restarted = if restarted { ", restarted once" } else { "" };
     match &result {
         Ok(gold) => crate::info!(
+            image = &job.spec.checksum, duration_ms = elapsed.as_millis();
             "image download finished: {url} {} {bytes} bytes in {:.1} s ({}), {} resumes\
              {restarted}, gold {}",
             stats.format.map_or("?", ArchiveFormat::as_str),
@@ -116,6 +117,7 @@ pub fn run(job: &Job) -> Result<GoldImage, ImageError> {
             gold.dir.display()
         ),
         Err(e) => crate::warn!(
+            image = &job.spec.checksum, code = e.code(), duration_ms = elapsed.as_millis();
             "image download failed: {url} after {bytes} bytes in {:.1} s ({}){restarted}: \
              {}: {e}",
             elapsed.as_secs_f64(),
@@ -141,6 +143,7 @@ fn attempt(job: &Job, stats: &mut Stats) -> Result<GoldImage, Stop> {
     let body = job.fetcher.open(job.location, &spec.url)?;
     job.progress.set_total(body.total());
     crate::info!(
+        image = &spec.checksum;
         "image download started: {} ({}) for {} {}",
         spec.url,
         body.total()

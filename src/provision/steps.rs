@@ -85,7 +85,8 @@ impl Provisioner {
                 self.metrics
                     .record_provision(if timed_out { "ip-timeout" } else { "ok" });
                 crate::info!(
-                    "vm={id} provisioned in {:.1}s",
+                    vm = id, duration_ms = started.elapsed().as_millis();
+                    "provisioned in {:.1}s",
                     started.elapsed().as_secs_f64()
                 )
             }
@@ -95,7 +96,7 @@ impl Provisioner {
             }
             Err(Stop::Failed { code, message }) => {
                 self.metrics.record_provision(&code);
-                crate::warn!("vm={id} failed: {code}: {message}");
+                crate::warn!(vm = id, code = &code; "failed: {code}: {message}");
                 self.record(id, |vm| vm.fail(&code, message));
             }
         }

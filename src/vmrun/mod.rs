@@ -389,10 +389,10 @@ impl Vmrun {
         let vm = [vmx, args.first().map(Path::new)]
             .into_iter()
             .flatten()
-            .map(vm_prefix)
-            .find(|prefix| !prefix.is_empty())
+            .map(vm_id)
+            .find(|id| !id.is_empty())
             .unwrap_or_default();
-        crate::info!("{vm}{call}: running (limit {} s)", timeout.as_secs_f64());
+        crate::info!(vm = &vm, command = command; "{call}: running (limit {} s)", timeout.as_secs_f64());
         let started = Instant::now();
         let outcome = match process::run(&self.settings.path, &argv, timeout, cancel) {
             Ok(finished) => {
@@ -400,7 +400,8 @@ impl Vmrun {
                 let stderr = String::from_utf8_lossy(&finished.stderr);
                 if !finished.output_complete {
                     crate::warn!(
-                        "{vm}{call}: exited but a process it started still holds its output open; \
+                        vm = &vm, command = command;
+                        "{call}: exited but a process it started still holds its output open; \
                          judging the output read so far"
                     );
                 }
@@ -459,14 +460,21 @@ impl Vmrun {
         let millis = started.elapsed().as_millis();
         let label = match &result {
             Ok((_, label)) => {
-                crate::info!("{vm}{call}: {label} after {millis} ms");
+                crate::info!(
+                    vm = &vm, command = call.command, duration_ms = millis;
+                    "{call}: {label} after {millis} ms"
+                );
                 *label
             }
             Err(err) => {
                 let text = err.to_string();
                 let prefix = format!("{call}: ");
                 let detail = text.strip_prefix(&prefix).unwrap_or(&text);
-                crate::warn!("{vm}{call}: {} after {millis} ms: {detail}", err.code());
+                crate::warn!(
+                    vm = &vm, command = call.command, code = err.code(), duration_ms = millis;
+                    "{call}: {} after {millis} ms: {detail}",
+                    err.code()
+                );
                 err.code()
             }
         };
@@ -487,7 +495,7 @@ impl Vmrun {
 
 struct RawResult {
     call: Call,
-    /// `vm=<id> ` when the call is about one of our VMs, for the log lines.
+    /// The VM's id when the call is about one of our VMs (empty otherwise), for the log.
     vm: String,
     started: Instant,
     /// stdout on success.
@@ -528,11 +536,11 @@ fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
 
 /// `vm=<id> ` for the VMX of one of our VMs (`vms/<id>/<id>.vmx`), so that a VM's log
 /// lines, its vmrun calls included, can be found by its id; empty for other files.
-fn vm_prefix(vmx: &Path) -> String {
+fn vm_id(vmx: &Path) -> String {
     vmx.file_stem()
         .and_then(|stem| stem.to_str())
         .and_then(crate::vm::VmId::parse)
-        .map(|id| format!("vm={id} "))
+        .map(|id| id.to_string())
         .unwrap_or_default()
 }
 
@@ -543,16 +551,13 @@ mod tests {
     #[test]
     fn calls_on_our_vms_are_logged_with_their_id() {
         let id = "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489";
+        assert_eq!(vm_id(Path::new(&format!("/d/vms/{id}/{id}.vmx"))), id);
+        assert_eq!(vm_id(Path::new("/d/gold/abc/box/gold.vmx")), "");
         assert_eq!(
-            vm_prefix(Path::new(&format!("/d/vms/{id}/{id}.vmx"))),
-            format!("vm={id} ")
-        );
-        assert_eq!(vm_prefix(Path::new("/d/gold/abc/box/gold.vmx")), "");
-        assert_eq!(
-            vm_prefix(Path::new("/d/282ee68a2e4d4bd79c0e7f37e12fc489.vmx")),
+            vm_id(Path::new("/d/282ee68a2e4d4bd79c0e7f37e12fc489.vmx")),
             ""
         );
-        assert_eq!(vm_prefix(Path::new("-snapshot=osx-builder-base")), "");
+        assert_eq!(vm_id(Path::new("-snapshot=osx-builder-base")), "");
     }
 
     #[test]

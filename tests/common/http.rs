@@ -128,11 +128,14 @@ pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    Answer {
+    let answer = Answer {
         status,
         headers,
         body,
-    }
+    };
+    // Every answer a test receives from the server is held to the OpenAPI document.
+    super::contract::check(method, url, &answer);
+    answer
 }
 
 /// Header lines up to the blank line that ends them.

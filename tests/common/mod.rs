@@ -3,6 +3,7 @@
 //! receiver. Everything listens on 127.0.0.1 only.
 #![allow(dead_code)]
 
+pub mod contract;
 pub mod http;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,197 @@
+//! Tables for people. `--json` prints the server's objects instead, untouched.
+
+use serde_json::Value;
+
+/// Columns padded to their widest cell; the last one is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The seed's `""` while provisioning reads badly in a table.
+pub fn status_word(vm: &Value) -> &str {
+    match vm["status"].as_str() {
+        Some("") | None => "provisioning",
+        Some(status) => status,
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
+}
+
+/// Powers of 1024, one decimal: `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    crate::image::extract::human_bytes(n)
+}
+
+/// One VM, a field a line.
+pub fn vm_table(vm: &Value) -> String {
+    let mut rows = vec![
+        ("id", text(&vm["id"])),
+        ("status", status_word(vm).to_string()),
+        ("phase", text(&vm["progress"]["phase"])),
+        ("ip_address", text(&vm["ip_address"])),
+        ("image", text(&vm["image"]["url"])),
+        ("checksum", text(&vm["image"]["checksum"])),
+        ("cpus", text(&vm["cpus"])),
+        ("memory", text(&vm["memory"])),
+        ("network_type", text(&vm["network_type"])),
+        ("guest_os", text(&vm["guest_os"])),
+        ("created_at", text(&vm["created_at"])),
+    ];
+    for key in ["expires_at", "name"] {
+        if vm.get(key).is_some() {
+            rows.push((key, text(&vm[key])));
+        }
+    }
+    if let Some(Value::Object(labels)) = vm.get("labels") {
+        let joined: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        rows.push(("labels", joined.join(",")));
+    }
+    if let Value::Object(error) = &vm["error"] {
+        rows.push((
+            "error",
+            format!("{}: {}", text(&error["code"]), text(&error["message"])),
+        ));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {}\n", or_dash(v.clone())))
+        .collect()
+}
+
+pub fn vm_list_table(vms: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            vec![
+                text(&vm["id"]),
+                status_word(vm).to_string(),
+                text(&vm["progress"]["phase"]),
+                or_dash(text(&vm["ip_address"])),
+                text(&vm["cpus"]),
+                text(&vm["memory"]),
+                or_dash(text(&vm["expires_at"])),
+                text(&vm["created_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "STATUS", "PHASE", "IP", "CPUS", "MEMORY", "EXPIRES", "CREATED",
+        ],
+        &rows,
+    )
+}
+
+pub fn image_list_table(images: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|image| {
+            let progress = match &image["progress"] {
+                Value::Object(p) => format!(
+                    "{} {}",
+                    text(&p["phase"]),
+                    bytes(p["bytes_done"].as_u64().unwrap_or(0))
+                ),
+                _ => bytes(image["size_bytes"].as_u64().unwrap_or(0)),
+            };
+            vec![
+                text(&image["checksum"]),
+                text(&image["state"]),
+                progress,
+                image["vms"].as_array().map_or(0, Vec::len).to_string(),
+                or_dash(text(&image["last_used"])),
+            ]
+        })
+        .collect();
+    table(&["CHECKSUM", "STATE", "SIZE", "VMS", "LAST USED"], &rows)
+}
+
+pub fn health_table(health: &Value) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if let Value::Object(checks) = &health["checks"] {
+        for (name, check) in checks {
+            let ok = if check["ok"] == true { "ok" } else { "FAILING" };
+            rows.push(vec![name.clone(), ok.into(), text(&check["message"])]);
+        }
+    }
+    let mut out = format!("status: {}", text(&health["status"]));
+    if health["draining"] == true {
+        out.push_str(&format!(
+            " (draining since {})",
+            text(&health["draining_since"])
+        ));
+    }
+    out.push('\n');
+    out.push_str(&table(&["CHECK", "STATE", "DETAIL"], &rows));
+    out
+}
+
+pub fn drain_line(state: &Value) -> String {
+    if state["draining"] == true {
+        format!(
+            "draining since {}: new VMs are refused; {} VMs still on the host",
+            text(&state["since"]),
+            text(&state["vms"])
+        )
+    } else {
+        format!(
+            "not draining: new VMs are accepted; {} VMs on the host",
+            text(&state["vms"])
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_and_name_provisioning() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+        let vm =
+            json!({"id": "i", "status": "", "ip_address": "", "progress": {"phase": "queued"}});
+        let text = vm_table(&vm);
+        assert!(text.contains("status        provisioning\n"), "{text}");
+        assert!(text.contains("ip_address    -\n"), "{text}");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+}

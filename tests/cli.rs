@@ -1,0 +1,379 @@
+//! The command line as a person or a script uses it: the same binary as a client of the
+//! real server (against the simulator), with exit status, tables, `--json` and the
+//! `--wait` progress on a pseudo-terminal and without one.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::http::{self, Delivery};
+use common::{gold_tar_gz_padded, sha1_hex, ServerOptions, World, SERVER_BIN};
+use serde_json::Value;
+
+fn client(server: &str, args: &[&str]) -> Output {
+    Command::new(SERVER_BIN)
+        .args(args)
+        .args(["--server", server])
+        .env_remove("OSX_BUILDER_URL")
+        .env_remove("OSX_BUILDER_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+fn create_args<'a>(world: &'a World, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "vm",
+        "create",
+        "--image-url",
+        &world.url,
+        "--checksum",
+        &world.checksum,
+        "--headless",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The value of `key` in the client's key-value table.
+fn field(table: &str, key: &str) -> Option<String> {
+    table.lines().find_map(|line| {
+        let (k, v) = line.split_once(char::is_whitespace)?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn create_wait_exits_0_with_the_ip_and_says_each_phase_once() {
+    let w = World::start("cli-create", ServerOptions::default());
+    let out = client(&w.server.base, &create_args(&w, &["--wait", "--cpus", "3"]));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = text(&out.stdout);
+    let id = field(&stdout, "id").expect("id row");
+    let ip = field(&stdout, "ip_address").expect("ip row");
+    let (_, vm) = w.server.get_vm(&id);
+    assert_eq!(vm["ip_address"], ip.as_str(), "{}", show(&out));
+    assert_eq!(vm["status"], "running");
+    assert_eq!(vm["cpus"], 3);
+    assert_eq!(field(&stdout, "status").as_deref(), Some("running"));
+    // Not a terminal: a line per phase, none repeated, no redrawing.
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let prefix = format!("vm {id}: ");
+    assert!(lines.iter().all(|l| l.starts_with(&prefix)), "{stderr}");
+    assert_eq!(lines.last(), Some(&format!("{prefix}ready {ip}").as_str()));
+    assert!(
+        lines.contains(&format!("{prefix}cloning").as_str()),
+        "{stderr}"
+    );
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "{stderr}");
+    }
+}
+
+#[test]
+fn a_failing_image_exits_1_with_its_code_and_json_parses() {
+    let w = World::start("cli-fail", ServerOptions::default());
+    let wrong = "0".repeat(40);
+    let out = client(
+        &w.server.base,
+        &[
+            "vm",
+            "create",
+            "--image-url",
+            &w.url,
+            "--checksum",
+            &wrong,
+            "--wait",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let vm: Value = serde_json::from_slice(&out.stdout).expect("--json prints the VM");
+    assert_eq!(vm["status"], "failed");
+    assert_eq!(vm["error"]["code"], "checksum-mismatch");
+    assert!(
+        text(&out.stderr).contains("failed: checksum-mismatch:"),
+        "{}",
+        show(&out)
+    );
+    // A refused create: the server's code, exit 1, and its body with --json.
+    let out = client(
+        &w.server.base,
+        &[
+            "vm",
+            "create",
+            "--image-url",
+            "gopher://x",
+            "--checksum",
+            &wrong,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["code"], "invalid-image-url");
+    assert!(text(&out.stderr).contains("400 invalid-image-url"));
+    let out = client(&w.server.base, &["vm", "get", &"a".repeat(20)]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("404 vm-not-found"));
+}
+
+#[test]
+fn json_output_of_every_listing_parses_and_tables_show_the_vm() {
+    let w = World::start("cli-json", ServerOptions::default());
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let json = |args: &[&str]| -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let out = client(&w.server.base, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    assert_eq!(json(&["vm", "get", &id])["id"], id.as_str());
+    let list = json(&["vm", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        json(&["vm", "list", "--status", "failed"]),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        json(&["vm", "list", "--status", "running"])[0]["id"],
+        id.as_str()
+    );
+    let images = json(&["image", "list"]);
+    assert_eq!(images[0]["checksum"], w.checksum.as_str());
+    assert_eq!(json(&["health"])["status"], "ok");
+    assert_eq!(json(&["drain"])["draining"], true);
+    assert_eq!(json(&["undrain"])["draining"], false);
+    let out = client(&w.server.base, &["vm", "list"]);
+    let table = text(&out.stdout);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&id) && table.contains("running"), "{table}");
+    let out = client(&w.server.base, &["image", "delete", &w.checksum]);
+    assert_eq!(out.status.code(), Some(1), "in use: {}", show(&out));
+    assert!(text(&out.stderr).contains("image-in-use"));
+    let out = client(&w.server.base, &["vm", "delete", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(text(&out.stdout), format!("deleted {id}\n"));
+    assert_eq!(w.server.get_vm(&id).0, 404);
+}
+
+#[test]
+fn renew_extends_the_lease() {
+    let w = World::start("cli-renew", ServerOptions::default());
+    let out = client(
+        &w.server.base,
+        &create_args(&w, &["--ttl", "600", "--json"]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let vm: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = vm["id"].as_str().unwrap().to_string();
+    assert_eq!(vm["ttl"], 600);
+    let out = client(
+        &w.server.base,
+        &["vm", "renew", &id, "--ttl", "7200", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let renewed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(renewed["ttl"], 7200);
+    assert!(renewed["expires_at"].as_str() > vm["expires_at"].as_str());
+}
+
+#[test]
+fn an_unreachable_server_exits_3_and_usage_errors_exit_2() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["vm", "list"][..],
+        &["health"],
+        &["vm", "get", "c8a934d72293a7d31baf"],
+    ] {
+        let out = client(&gone, args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", show(&out));
+        assert!(
+            text(&out.stderr).contains("cannot reach the server"),
+            "{}",
+            show(&out)
+        );
+    }
+    for (args, needle) in [
+        (&["vm", "list", "--bogus"][..], "unknown option --bogus"),
+        (&["vm", "get"], "give the VM id"),
+        (&["vm", "get", "../../etc"], "is not a VM id"),
+        (&["vm", "frob"], "unknown command"),
+        (&["vm", "create", "--cpus", "2"], "give the image"),
+        (
+            &[
+                "vm",
+                "create",
+                "--image-url",
+                "http://x/a",
+                "--checksum",
+                "abc",
+            ],
+            "--checksum-type",
+        ),
+    ] {
+        let out = client(&gone, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+    for server in ["https://127.0.0.1:1", "127.0.0.1:12345"] {
+        let out = client(server, &["vm", "list"]);
+        assert_eq!(out.status.code(), Some(2), "{server}: {}", show(&out));
+    }
+    let out = client(&gone, &["vm", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("vm create"), "{}", show(&out));
+}
+
+#[test]
+fn the_token_is_sent_from_the_flag_or_the_environment() {
+    let options = ServerOptions {
+        args: vec!["--token".into(), "cli-test-token-0123".into()],
+        ..ServerOptions::default()
+    };
+    let w = World::start("cli-token", options);
+    let out = client(&w.server.base, &["vm", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("401 unauthorized"),
+        "{}",
+        show(&out)
+    );
+    let out = client(
+        &w.server.base,
+        &["vm", "list", "--token", "cli-test-token-0123"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = Command::new(SERVER_BIN)
+        .args(["vm", "list", "--json"])
+        .env("OSX_BUILDER_URL", &w.server.base)
+        .env("OSX_BUILDER_TOKEN", "cli-test-token-0123")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        Value::Array(vec![])
+    );
+}
+
+/// Runs the client with its stderr on a pseudo-terminal; returns its exit status, stdout
+/// and what the terminal received.
+fn on_terminal(args: &[&str]) -> (Option<i32>, String, String) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the given places.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are ours from here on, each owned once.
+    let (mut master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
+    let mut child = Command::new(SERVER_BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        // Ends with EIO once the child, the last holder of the slave side, exits.
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    });
+    let mut out = Vec::new();
+    stdout.read_to_end(&mut out).unwrap();
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    (status.code(), text(&out), text(&seen))
+}
+
+#[test]
+fn wait_draws_a_progress_bar_on_a_terminal() {
+    let w = World::start("cli-pty", ServerOptions::default());
+    // 1 MiB that cannot be compressed, sent 4 KiB every 10 ms: over two seconds of download.
+    let archive = gold_tar_gz_padded("box", 1 << 20);
+    let checksum = sha1_hex(&archive);
+    let url = w.files.add_with(
+        "/slow.tar.gz",
+        archive,
+        Delivery::Trickle(Duration::from_millis(10)),
+    );
+    let base = w.server.base.clone();
+    let (code, stdout, terminal) = on_terminal(&[
+        "vm",
+        "create",
+        "--server",
+        &base,
+        "--image-url",
+        &url,
+        "--checksum",
+        &checksum,
+        "--wait",
+    ]);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nterminal:\n{terminal:?}");
+    let ip = field(&stdout, "ip_address").unwrap();
+    // Redrawn in place: carriage return and erase-line, a bar, bytes of total, a rate and
+    // the time left; then the phases; then the verdict on its own line.
+    assert!(terminal.contains("\r\x1b[K"), "{terminal:?}");
+    let bar = terminal
+        .split("\r\x1b[K")
+        .find(|frame| frame.contains("downloading [") && frame.contains("/s  ETA "))
+        .unwrap_or_else(|| panic!("no bar with rate and ETA: {terminal:?}"));
+    assert!(
+        bar.contains(" of 1.0 MiB") || bar.contains(" of 1.1 MiB"),
+        "{bar:?}"
+    );
+    assert!(terminal.contains(": cloning"), "{terminal:?}");
+    assert!(
+        terminal.ends_with(&format!(": ready {ip}\r\n")),
+        "{terminal:?}"
+    );
+    // The table on stdout, untouched by the bar.
+    assert!(!stdout.contains('\r'), "{stdout:?}");
+    assert!(http::request("GET", &w.server.url("/vms"), None, &[]).0 == 200);
+}
