@@ -232,7 +232,10 @@ mod tests {
     fn checks_the_server_url_before_any_request() {
         let t = Target::new("http://127.0.0.1:9/", None, None).unwrap();
         assert_eq!(t.base, "http://127.0.0.1:9");
-        for bad in ["127.0.0.1:12345", "ftp://x", "https://x"] {
+        // https is spoken now (with the server's own trust); a missing CA file is a usage error.
+        let https = Target::new("https://127.0.0.1:9", None, None).unwrap();
+        assert!(https.trust.is_some());
+        for bad in ["127.0.0.1:12345", "ftp://x", "file:///etc/passwd"] {
             assert!(
                 matches!(Target::new(bad, None, None), Err(Failure::Usage(_))),
                 "{bad}"
