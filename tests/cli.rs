@@ -247,10 +247,13 @@ fn an_unreachable_server_exits_3_and_usage_errors_exit_2() {
             show(&out)
         );
     }
-    for server in ["https://127.0.0.1:1", "127.0.0.1:12345"] {
+    for server in ["ftp://127.0.0.1:1", "127.0.0.1:12345"] {
         let out = client(server, &["vm", "list"]);
         assert_eq!(out.status.code(), Some(2), "{server}: {}", show(&out));
     }
+    // https is spoken: an https server that is not there is unreachable (3), not a usage error.
+    let out = client("https://127.0.0.1:1", &["vm", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let out = client(&gone, &["vm", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("vm create"), "{}", show(&out));
