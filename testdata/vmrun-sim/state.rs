@@ -190,6 +190,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), now_ms()));
     fs::write(&tmp, bytes).map_err(|e| SimError::io("write", &tmp, e))?;
+    // VMware rewrites a running VM's VMX in place: the file keeps its mode (a 0600 VMX that
+    // holds guestinfo secrets stays 0600).
+    if let Ok(meta) = fs::metadata(path) {
+        let _ = fs::set_permissions(&tmp, meta.permissions());
+    }
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         SimError::io("replace", path, e)
