@@ -38,6 +38,13 @@ fn show(out: &Output) -> String {
     )
 }
 
+fn slow_clone() -> ServerOptions {
+    ServerOptions {
+        env: vec![("VMRUN_SIM_CLONE_MS".into(), "300".into())],
+        args: Vec::new(),
+    }
+}
+
 fn create_args<'a>(world: &'a World, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "vm",
@@ -62,7 +69,8 @@ fn field(table: &str, key: &str) -> Option<String> {
 
 #[test]
 fn create_wait_exits_0_with_the_ip_and_says_each_phase_once() {
-    let w = World::start("cli-create", ServerOptions::default());
+    // A clone that takes as long as a real one does, so that `cloning` is a phase to see.
+    let w = World::start("cli-create", slow_clone());
     let out = client(&w.server.base, &create_args(&w, &["--wait", "--cpus", "3"]));
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let stdout = text(&out.stdout);
@@ -337,7 +345,7 @@ fn on_terminal(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn wait_draws_a_progress_bar_on_a_terminal() {
-    let w = World::start("cli-pty", ServerOptions::default());
+    let w = World::start("cli-pty", slow_clone());
     // 1 MiB that cannot be compressed, sent 4 KiB every 10 ms: over two seconds of download.
     let archive = gold_tar_gz_padded("box", 1 << 20);
     let checksum = sha1_hex(&archive);

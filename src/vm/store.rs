@@ -73,9 +73,9 @@ struct Slot {
     /// Held across the record's disk write, so that writes reach the disk in order; readers
     /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
-    /// With the hash of what a long poll waits for ([`crate::long_poll::state_of`]),
+    /// With the hashes a long poll compares ([`crate::long_poll::key_of`]),
     /// computed once per change rather than on every GET.
-    json: RwLock<(Arc<[u8]>, u64)>,
+    json: RwLock<(Arc<[u8]>, crate::long_poll::PollKey)>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
 }
@@ -211,7 +211,7 @@ impl VmStore {
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
         }
         *record = next.clone();
-        let state = crate::long_poll::state_of(&next);
+        let state = crate::long_poll::key_of(&next);
         *slot.json.write().unwrap_or_else(|p| p.into_inner()) = (json, state);
         drop(record);
         self.bump();
@@ -274,7 +274,7 @@ impl VmStore {
     }
 
     /// The JSON and its long-poll state hash, read together.
-    pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, u64)> {
+    pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, crate::long_poll::PollKey)> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
         Some(json.clone())
@@ -332,7 +332,7 @@ impl VmStore {
 
 impl Slot {
     fn new(vm: Vm, json: Arc<[u8]>) -> Self {
-        let state = crate::long_poll::state_of(&vm);
+        let state = crate::long_poll::key_of(&vm);
         Self {
             created_at: vm.created_at.clone(),
             record: Mutex::new(vm),
