@@ -221,13 +221,12 @@ impl GoldCache {
     /// Records that a VM is being cloned from `gold` (for least-recently-used eviction) and
     /// where the image came from (for `GET /images`).
     pub fn touch(&self, gold: &GoldImage, spec: &ImageSpec) {
-        let usage = Usage {
-            url: Some(spec.url.clone()),
-            checksum_type: Some(spec.checksum_type.as_str().to_string()),
-            last_used: Some(crate::log::rfc3339_now()),
-            ..read_usage(&gold.dir)
-        };
-        if let Err(err) = write_usage(&gold.dir, &usage) {
+        let written = update_usage(&gold.dir, |usage| {
+            usage.url = Some(spec.url.clone());
+            usage.checksum_type = Some(spec.checksum_type.as_str().to_string());
+            usage.last_used = Some(crate::log::rfc3339_now());
+        });
+        if let Err(err) = written {
             // Only the eviction order suffers: the folder's time stands in.
             crate::warn!("cannot record the use of {}: {err}", gold.dir.display());
         }
@@ -709,9 +708,16 @@ fn last_used_ms(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
-fn write_usage(dir: &Path, usage: &Usage) -> Result<(), String> {
+/// Changes an image's usage file. Its writers (a clone's `touch`, the first measurement of
+/// its size) run on different threads; without the lock one's read-then-write dropped the
+/// other's fields (a listing without the image's URL).
+fn update_usage(dir: &Path, change: impl FnOnce(&mut Usage)) -> Result<(), String> {
+    static USAGE_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_writer = USAGE_WRITES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut usage = read_usage(dir);
+    change(&mut usage);
     let path = dir.join(USAGE_FILE);
-    let bytes = serde_json::to_vec(usage).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&usage).map_err(|e| e.to_string())?;
     crate::fsutil::write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -723,12 +729,11 @@ fn size_of(dir: &Path) -> u64 {
     }
     match crate::disk::dir_usage(dir) {
         Ok((bytes, files)) => {
-            let usage = Usage {
-                size_bytes: Some(bytes),
-                file_count: Some(files),
-                ..usage
-            };
-            if let Err(err) = write_usage(dir, &usage) {
+            let written = update_usage(dir, |usage| {
+                usage.size_bytes = Some(bytes);
+                usage.file_count = Some(files);
+            });
+            if let Err(err) = written {
                 crate::warn!("cannot keep the size of {}: {err}", dir.display());
             }
             bytes

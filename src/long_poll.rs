@@ -1,8 +1,7 @@
 //! Long polls: `GET /vms/:id?wait=N` answers as soon as what a coordinator acts on
 //! changes (status, IP address, error, lease, or the VM going), so one request replaces
 //! sixty polls. Provisioning progress (phase, bytes) does not end a wait unless the client
-//! asks for it with `progress=true`; then a new phase answers at once (a person watching
-//! `--wait` sees `cloning` when it begins) and bytes alone at most once a second.
+//! asks for it with `progress=true`, and then at most once a second.
 //!
 //! A waiting request holds one HTTP thread (tiny_http has no way to park a request), so
 //! the waiters are counted and capped below the number of HTTP threads: past the cap a
@@ -27,7 +26,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// finishes the requests in flight, and must not wait a minute for idle long polls.
 const SLICE: Duration = Duration::from_millis(250);
 
-/// A `progress=true` wait answers a change of bytes alone no sooner than this after
+/// A `progress=true` wait answers a change of progress alone no sooner than this after
 /// the request came: a download moves every 250 ms, and a client in a loop would
 /// otherwise get four answers a second.
 pub const PROGRESS_GAP: Duration = Duration::from_secs(1);
@@ -47,75 +46,48 @@ fn fnv(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// What of a VM a long poll compares, computed once per change of the record: the hash
-/// of what a coordinator acts on ([`key_of`]) and the hash of the provisioning phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PollKey {
-    state: u64,
-    phase: u64,
-}
-
-/// A VM object's tag in three parts, `"<object>-<state>-<phase>"`: the hash of the whole
-/// object, of what a coordinator acts on, and of the phase. From the tag a client sends
-/// back, a long poll tells "behind on bytes only" from "behind on the phase" from "behind
-/// on the state".
+/// A VM object's tag in two halves, `"<object>-<state>"`: the hash of the whole object,
+/// and the hash of what a coordinator acts on. From the tag a client sends back, a long
+/// poll tells "the client is behind on progress only" from "behind on the state".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct VmTag {
     object: u64,
-    key: PollKey,
+    state: u64,
 }
 
 impl VmTag {
-    fn of(json: &[u8], key: PollKey) -> Self {
+    fn of(json: &[u8], state: u64) -> Self {
         Self {
             object: fnv(json),
-            key,
+            state,
         }
     }
 
     fn header(self) -> String {
-        format!(
-            "\"{:016x}-{:016x}-{:016x}\"",
-            self.object, self.key.state, self.key.phase
-        )
+        format!("\"{:016x}-{:016x}\"", self.object, self.state)
     }
 
     fn parse(text: &str) -> Option<Self> {
         let inner = text.strip_prefix("W/").unwrap_or(text);
         let inner = inner.strip_prefix('"')?.strip_suffix('"')?;
-        let mut parts = inner
-            .split('-')
-            .map(|part| u64::from_str_radix(part, 16).ok());
-        let tag = Self {
-            object: parts.next()??,
-            key: PollKey {
-                state: parts.next()??,
-                phase: parts.next()??,
-            },
-        };
-        parts.next().is_none().then_some(tag)
+        let (object, state) = inner.split_once('-')?;
+        Some(Self {
+            object: u64::from_str_radix(object, 16).ok()?,
+            state: u64::from_str_radix(state, 16).ok()?,
+        })
     }
 }
 
-/// The `ETag` of a VM object whose [`key_of`] is `key`.
-pub fn vm_etag(json: &[u8], key: PollKey) -> String {
-    VmTag::of(json, key).header()
-}
-
-/// The state and phase hashes of a VM, for its tag.
-pub fn key_of(vm: &Vm) -> PollKey {
-    let phase = serde_json::to_vec(&vm.progress.phase);
-    PollKey {
-        state: state_of(vm),
-        phase: fnv(&phase.unwrap_or_default()),
-    }
+/// The `ETag` of a VM object whose [`state_of`] is `state`.
+pub fn vm_etag(json: &[u8], state: u64) -> String {
+    VmTag::of(json, state).header()
 }
 
 /// The hash of the fields whose change ends a wait. `status` counts once provisioning has
 /// settled: before that, `running` only means "booted, still waiting for an IP", and a
 /// coordinator waiting for the VM to be ready has nothing to do with it. The phase counts
 /// where it ends provisioning without an IP (`ip-timeout`) or begins a delete.
-fn state_of(vm: &Vm) -> u64 {
+pub fn state_of(vm: &Vm) -> u64 {
     let settled = vm.is_settled();
     let status = if settled {
         vm.status
@@ -140,8 +112,7 @@ fn state_of(vm: &Vm) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Change {
     None,
-    Bytes,
-    Phase,
+    Progress,
     State,
 }
 
@@ -151,12 +122,10 @@ fn change(known: Option<&str>, first: VmTag, now: VmTag) -> Change {
     let compare = |had: VmTag| {
         if had == now {
             Change::None
-        } else if had.key.state != now.key.state {
-            Change::State
-        } else if had.key.phase != now.key.phase {
-            Change::Phase
+        } else if had.state == now.state {
+            Change::Progress
         } else {
-            Change::Bytes
+            Change::State
         }
     };
     match known {
@@ -214,7 +183,7 @@ impl Waiters {
     }
 
     /// The VM's object once what a coordinator acts on differs from what the client has
-    /// (with `progress`, any difference, but bytes alone not before [`PROGRESS_GAP`]),
+    /// (with `progress`, any difference, but progress alone not before [`PROGRESS_GAP`]),
     /// or when `wait` is over. What the client has is the object whose tag is in `known`
     /// (`If-None-Match`), or else the object as it is now. A deleted VM is a change:
     /// `VmNotFound`.
@@ -236,8 +205,7 @@ impl Waiters {
         let (first_tag, first) = read()?;
         let answer_now = |tag: VmTag, now: Instant| match change(known, first_tag, tag) {
             Change::State => true,
-            Change::Phase => progress,
-            Change::Bytes => progress && now >= started + PROGRESS_GAP,
+            Change::Progress => progress && now >= started + PROGRESS_GAP,
             Change::None => false,
         };
         let polled = |tag: VmTag, json| {
@@ -262,7 +230,7 @@ impl Waiters {
                 return polled(tag, json);
             }
             let mut until = deadline;
-            if progress && change(known, first_tag, tag) == Change::Bytes {
+            if progress && change(known, first_tag, tag) == Change::Progress {
                 // Held back until the gap is over, unless the state changes first.
                 until = until.min(started + PROGRESS_GAP);
             }
@@ -423,7 +391,6 @@ mod tests {
         let waiters = Arc::new(Waiters::new(4));
 
         // Without progress=true: a download moving does not answer; the IP does.
-        set_bytes(&store, id, 0);
         let plain = poll_in_background(&store, &waiters, id, None, false);
         let with_progress = poll_in_background(&store, &waiters, id, None, true);
         for n in 1..=8 {
@@ -472,7 +439,7 @@ mod tests {
             .poll(
                 &store,
                 id,
-                Some("\"0000000000000000-0000000000000000-0000000000000000\""),
+                Some("\"0000000000000000-0000000000000000\""),
                 Duration::from_secs(20),
                 true,
             )
@@ -482,49 +449,14 @@ mod tests {
     }
 
     #[test]
-    fn a_new_phase_answers_a_progress_wait_at_once() {
-        let (store, id, root) = store("phase");
-        let waiters = Arc::new(Waiters::new(4));
-        set_bytes(&store, id, 10);
-        let plain = poll_in_background(&store, &waiters, id, None, false);
-        let with_progress = poll_in_background(&store, &waiters, id, None, true);
-        store
-            .update(id, Durability::MemoryOnly, |vm| {
-                vm.progress.phase = crate::vm::Phase::Cloning
-            })
-            .unwrap();
-        let (json, took) = with_progress.join().unwrap();
-        assert!(String::from_utf8_lossy(&json).contains("cloning"));
-        assert!(took < PROGRESS_GAP, "{took:?}");
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(!plain.is_finished(), "a phase alone ended a plain wait");
-        store
-            .update(id, Durability::MemoryOnly, |vm| {
-                vm.status = Status::Failed;
-                vm.progress.phase = crate::vm::Phase::Failed;
-            })
-            .unwrap();
-        plain.join().unwrap();
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
     fn vm_tags_parse_back() {
         let vm = sample();
         let json = serde_json::to_vec(&vm).unwrap();
-        let tag = vm_etag(&json, key_of(&vm));
-        let parsed = VmTag::of(&json, key_of(&vm));
+        let tag = vm_etag(&json, state_of(&vm));
+        let parsed = VmTag::of(&json, state_of(&vm));
         assert_eq!(VmTag::parse(&tag), Some(parsed));
         assert_eq!(VmTag::parse(&format!("W/{tag}")), Some(parsed));
-        for bad in [
-            "",
-            "\"abc\"",
-            "\"1-x\"",
-            "abc-def",
-            "\"1-2\"",
-            "\"1-2-x\"",
-            "\"1-2-3-4\"",
-        ] {
+        for bad in ["", "\"abc\"", "\"1-x\"", "abc-def"] {
             assert_eq!(VmTag::parse(bad), None, "{bad}");
         }
     }

@@ -40,7 +40,7 @@ fn show(out: &Output) -> String {
 
 fn slow_clone() -> ServerOptions {
     ServerOptions {
-        env: vec![("VMRUN_SIM_CLONE_MS".into(), "300".into())],
+        env: vec![("VMRUN_SIM_CLONE_MS".into(), "2500".into())],
         args: Vec::new(),
     }
 }
@@ -69,7 +69,8 @@ fn field(table: &str, key: &str) -> Option<String> {
 
 #[test]
 fn create_wait_exits_0_with_the_ip_and_says_each_phase_once() {
-    // A clone that takes as long as a real one does, so that `cloning` is a phase to see.
+    // A clone that takes as long as a real one on a busy Mac: longer than the 1 s between
+    // progress answers, so that `cloning` is a phase the client is shown.
     let w = World::start("cli-create", slow_clone());
     let out = client(&w.server.base, &create_args(&w, &["--wait", "--cpus", "3"]));
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));

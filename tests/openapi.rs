@@ -17,7 +17,10 @@ fn the_server_serves_the_document_and_the_check_catches_broken_answers() {
     let w = World::start("openapi", ServerOptions::default());
     let answer = http::call("GET", &w.server.url("/openapi.json"), None, &[]);
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("application/json; charset=utf-8")
+    );
     let served: Value = answer.json();
     let file: Value = serde_json::from_str(include_str!("../src/api/openapi.json")).unwrap();
     assert_eq!(served, file);

@@ -73,9 +73,9 @@ struct Slot {
     /// Held across the record's disk write, so that writes reach the disk in order; readers
     /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
-    /// With the hashes a long poll compares ([`crate::long_poll::key_of`]),
+    /// With the hash of what a long poll waits for ([`crate::long_poll::state_of`]),
     /// computed once per change rather than on every GET.
-    json: RwLock<(Arc<[u8]>, crate::long_poll::PollKey)>,
+    json: RwLock<(Arc<[u8]>, u64)>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
 }
@@ -211,7 +211,7 @@ impl VmStore {
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
         }
         *record = next.clone();
-        let state = crate::long_poll::key_of(&next);
+        let state = crate::long_poll::state_of(&next);
         *slot.json.write().unwrap_or_else(|p| p.into_inner()) = (json, state);
         drop(record);
         self.bump();
@@ -232,10 +232,11 @@ impl VmStore {
             Err(e) => return Err(StoreError::io(&dir, e)),
         }
         fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
-        self.write_slots().remove(&id);
+        // The files go before the VM leaves the map: whoever reads a 404 finds no folder.
         if let Err(err) = remove_if_there(&trash) {
             crate::warn!("vm={id} is deleted but {err}; it is removed at the next start");
         }
+        self.write_slots().remove(&id);
         self.bump();
         Ok(())
     }
@@ -274,7 +275,7 @@ impl VmStore {
     }
 
     /// The JSON and its long-poll state hash, read together.
-    pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, crate::long_poll::PollKey)> {
+    pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, u64)> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
         Some(json.clone())
@@ -332,7 +333,7 @@ impl VmStore {
 
 impl Slot {
     fn new(vm: Vm, json: Arc<[u8]>) -> Self {
-        let state = crate::long_poll::key_of(&vm);
+        let state = crate::long_poll::state_of(&vm);
         Self {
             created_at: vm.created_at.clone(),
             record: Mutex::new(vm),
