@@ -8,6 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -22,9 +23,16 @@ use serde_json::{json, Value};
 /// a worker would be held by a slow client.
 const PROMPT: Duration = Duration::from_secs(10);
 
-fn two_workers(tag: &str) -> (TempDir, Server) {
+/// How a test starts the server: its plain listener, or its TLS one behind a relay
+/// ([`common::tls_relay`]), so that each slow client runs against both.
+type Start = fn(&Path, ServerOptions) -> Server;
+
+const PLAIN: Start = Server::start_with;
+const TLS: Start = common::tls_relay::start_behind_tls;
+
+fn two_workers(tag: &str, start: Start) -> (TempDir, Server) {
     let dir = TempDir::new(tag);
-    let server = Server::start_with(
+    let server = start(
         dir.path(),
         ServerOptions {
             args: vec!["--http-threads".into(), "2".into()],
@@ -142,7 +150,16 @@ fn parse_answer(answer: &[u8]) -> (u16, Value) {
 
 #[test]
 fn a_head_sent_a_byte_a_second_holds_no_worker_and_times_out() {
-    let (_dir, server) = two_workers("slow-head");
+    slow_head(PLAIN, "slow-head");
+}
+
+#[test]
+fn over_tls_a_head_sent_a_byte_a_second_holds_no_worker() {
+    slow_head(TLS, "slow-head-tls");
+}
+
+fn slow_head(start: Start, tag: &str) {
+    let (_dir, server) = two_workers(tag, start);
     let addr = addr(&server);
     let clients: Vec<SlowClient> = (0..8)
         .map(|_| SlowClient::start(&addr, b"GET /vms HTTP/1.1\r\nX-Slow: ", b"a"))
@@ -161,7 +178,16 @@ fn a_head_sent_a_byte_a_second_holds_no_worker_and_times_out() {
 
 #[test]
 fn a_body_sent_a_byte_a_second_holds_no_worker_and_times_out() {
-    let (_dir, server) = two_workers("slow-body");
+    slow_body(PLAIN, "slow-body");
+}
+
+#[test]
+fn over_tls_a_body_sent_a_byte_a_second_holds_no_worker() {
+    slow_body(TLS, "slow-body-tls");
+}
+
+fn slow_body(start: Start, tag: &str) {
+    let (_dir, server) = two_workers(tag, start);
     let addr = addr(&server);
     let post = |extra: &str| {
         format!("POST /vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}\r\n")
@@ -219,7 +245,16 @@ fn a_body_sent_a_byte_a_second_holds_no_worker_and_times_out() {
 
 #[test]
 fn clients_that_never_read_their_answers_hold_no_worker() {
-    let (_dir, server) = two_workers("no-read");
+    never_reading(PLAIN, "no-read");
+}
+
+#[test]
+fn over_tls_clients_that_never_read_hold_no_worker() {
+    never_reading(TLS, "no-read-tls");
+}
+
+fn never_reading(start: Start, tag: &str) {
+    let (_dir, server) = two_workers(tag, start);
     // Enough VMs (failing at once: nothing listens at their image URL) that the list is
     // bigger than a socket buffer.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -253,8 +288,17 @@ fn clients_that_never_read_their_answers_hold_no_worker() {
 
 #[test]
 fn pipelined_requests_are_all_answered_in_order() {
-    let dir = TempDir::new("pipeline");
-    let server = Server::start(dir.path());
+    pipelined(PLAIN, "pipeline");
+}
+
+#[test]
+fn over_tls_pipelined_requests_are_all_answered_in_order() {
+    pipelined(TLS, "pipeline-tls");
+}
+
+fn pipelined(start: Start, tag: &str) {
+    let dir = TempDir::new(tag);
+    let server = start(dir.path(), ServerOptions::default());
     let mut stream = TcpStream::connect(addr(&server)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))

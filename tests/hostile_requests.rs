@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
-use common::{Server, TempDir};
+use common::{Server, ServerOptions, TempDir};
 use serde_json::{json, Value};
 
 const UNKNOWN_ID: &str = "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489";
@@ -419,8 +419,18 @@ fn table(image_url: &str) -> Vec<Case> {
 
 #[test]
 fn hostile_requests_get_clear_errors_and_leave_no_trace() {
-    let dir = TempDir::new("hostile-req");
-    let server = Server::start(dir.path());
+    hostile_requests("hostile-req", Server::start_with);
+}
+
+/// The same bytes inside TLS: the TLS listener keeps every limit of the plain one.
+#[test]
+fn hostile_requests_over_tls_get_the_same_answers() {
+    hostile_requests("hostile-req-tls", common::tls_relay::start_behind_tls);
+}
+
+fn hostile_requests(tag: &str, start: fn(&Path, ServerOptions) -> Server) {
+    let dir = TempDir::new(tag);
+    let server = start(dir.path(), ServerOptions::default());
     let addr = server.base.strip_prefix("http://").unwrap().to_string();
 
     // Accepted creates point at a loopback port nobody listens on: they fail at once,

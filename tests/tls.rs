@@ -12,64 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::pki::{Leaf, Pki};
 use common::{image_body, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir};
 use serde_json::Value;
-
-struct Pki {
-    ca_pem: String,
-    ca_cert: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A leaf certificate and its key, PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self::named("osx-builder test CA")
-    }
-
-    fn named(name: &str) -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca_cert = params.self_signed(&ca_key).unwrap();
-        Self {
-            ca_pem: ca_cert.pem(),
-            ca_cert,
-            ca_key,
-        }
-    }
-
-    fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn local(&self) -> Leaf {
-        self.leaf(&["127.0.0.1", "localhost"], false)
-    }
-}
 
 fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
     use rustls_pki_types::pem::PemObject;
@@ -875,4 +820,35 @@ fn a_tls_head_sent_a_byte_a_second_holds_no_worker_and_times_out() {
             "{body}"
         );
     }
+}
+
+#[test]
+fn the_command_line_client_speaks_to_the_api_over_tls_with_the_ca_it_is_given() {
+    let (dir, server, _agent, _pki) = tls_api("tls-cli");
+    let ca = dir.path().join("ca.pem");
+    let client = |ca: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_osx-builder"));
+        command
+            .args(["vm", "list", "--json", "--server", &server.base])
+            .env_remove("OSX_BUILDER_CA_FILE")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        command.output().unwrap()
+    };
+    let trusted = client(Some(&ca));
+    let said = String::from_utf8_lossy(&trusted.stderr).into_owned();
+    assert_eq!(trusted.status.code(), Some(0), "{said}");
+    let listed: Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(listed, Value::Array(Vec::new()));
+    // Without the test CA the server's certificate has an unknown issuer: said, not hidden.
+    let untrusted = client(None);
+    let said = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert_ne!(untrusted.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("issuer") || said.contains("certificate"),
+        "{said}"
+    );
 }

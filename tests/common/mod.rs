@@ -5,6 +5,8 @@
 
 pub mod contract;
 pub mod http;
+pub mod pki;
+pub mod tls_relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
