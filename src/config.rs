@@ -808,6 +808,8 @@ mod tests {
                 "--min-free-disk",
                 "1.5 GiB",
                 "--cache-budget=2TB",
+                "--max-unpacked-bytes",
+                "100MiB",
                 "--default-ttl",
                 "3600",
                 "--token-file",
@@ -821,6 +823,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.min_free_disk, 3 << 29);
         assert_eq!(config.cache_budget, 2_000_000_000_000);
+        assert_eq!(config.max_unpacked_bytes, 100 << 20);
         assert_eq!(config.default_ttl, Some(3600));
         assert_eq!(config.max_vms, 0);
         assert_eq!(config.token_file, Some(PathBuf::from("/etc/osxb-token")));

@@ -1,7 +1,8 @@
 //! No work that nobody wants: a download whose VMs are all gone stops (connection closed,
 //! staging removed), DELETE /images of a download in progress cancels it for its waiters,
 //! a dribbling server trips the minimum rate, bytes after the archive's end are bounded,
-//! a decompression bomb stops with its last VM, and downloads queue past --max-downloads.
+//! a decompression bomb (tar.gz, tar.bz2, zip) stops with its last VM, a pre-warm that is
+//! the only waiter is cancelled by DELETE /images too, and downloads queue past --max-downloads.
 
 mod common;
 
@@ -274,20 +275,16 @@ fn bytes_after_the_archive_end_are_bounded() {
     server.wait_ready(&id);
 }
 
-/// A tar.gz whose one entry unpacks to `gib` GiB of zeros: gzip members each holding
-/// 16 MiB of zeros, compressed once and repeated.
-fn gzip_bomb(gib: u64) -> Vec<u8> {
+/// A tar whose one entry unpacks to `gib` GiB of zeros, compressed as members of a
+/// multi-member stream (gzip or bzip2): the header, then one member of 16 MiB of zeros,
+/// compressed once and repeated.
+fn tar_bomb(gib: u64, member: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let size = gib << 30;
     let mut header = tar::Header::new_gnu();
     header.set_path("bomb/zeros.bin").unwrap();
     header.set_size(size);
     header.set_mode(0o644);
     header.set_cksum();
-    let member = |bytes: &[u8]| {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(bytes).unwrap();
-        gz.finish().unwrap()
-    };
     let piece = 16u64 << 20;
     let mut out = member(header.as_bytes());
     let zeros = member(&vec![0u8; piece as usize]);
@@ -295,6 +292,118 @@ fn gzip_bomb(gib: u64) -> Vec<u8> {
         out.extend_from_slice(&zeros);
     }
     out
+}
+
+fn gzip_member(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn bzip2_member(bytes: &[u8]) -> Vec<u8> {
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+    bz.write_all(bytes).unwrap();
+    bz.finish().unwrap()
+}
+
+/// A zip (zip64) of one deflated entry of `gib` GiB of zeros. A raw deflate stream is a
+/// sequence of blocks: 16 MiB of zeros compressed with a sync flush ends byte-aligned and not
+/// final, and its back-references (to zeros) mean the same after more zeros, so it is
+/// repeated, then closed by an empty final block. The CRC is the real one.
+fn zip_bomb(gib: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    let piece = 16usize << 20;
+    let zeros = vec![0u8; piece];
+    let mut chunk = Vec::with_capacity(4 << 20);
+    let mut deflate = Compress::new(Compression::best(), false);
+    deflate
+        .compress_vec(&zeros, &mut chunk, FlushCompress::Sync)
+        .unwrap();
+    assert_eq!(
+        deflate.total_in(),
+        piece as u64,
+        "one call compresses the piece"
+    );
+    let mut last = Vec::with_capacity(64);
+    Compress::new(Compression::best(), false)
+        .compress_vec(&[], &mut last, FlushCompress::Finish)
+        .unwrap();
+    let mut piece_crc = Crc::new();
+    piece_crc.update(&zeros);
+    let pieces = (gib << 30) / piece as u64;
+    let mut crc = Crc::new();
+    let mut data = Vec::with_capacity(chunk.len() * pieces as usize + last.len());
+    for _ in 0..pieces {
+        data.extend_from_slice(&chunk);
+        crc.combine(&piece_crc);
+    }
+    data.extend_from_slice(&last);
+    let (size, packed, crc) = (gib << 30, data.len() as u64, crc.sum());
+    let name = b"bomb/zeros.bin";
+    let u16le = |v: u16| v.to_le_bytes();
+    let u32le = |v: u32| v.to_le_bytes();
+    let u64le = |v: u64| v.to_le_bytes();
+    // What the local and the central header share: version 4.5 (zip64), deflate, the CRC,
+    // sizes deferred to the zip64 field, the name's length and that field's (20).
+    let entry_fields = |zip: &mut Vec<u8>| {
+        for v in [45u16, 0, 8, 0, 0x5821] {
+            zip.extend(u16le(v));
+        }
+        zip.extend(u32le(crc));
+        zip.extend(u32le(u32::MAX));
+        zip.extend(u32le(u32::MAX));
+        zip.extend(u16le(name.len() as u16));
+        zip.extend(u16le(20));
+    };
+    let zip64_sizes = |zip: &mut Vec<u8>| {
+        zip.extend(u16le(1));
+        zip.extend(u16le(16));
+        zip.extend(u64le(size));
+        zip.extend(u64le(packed));
+    };
+    let mut zip = Vec::with_capacity(data.len() + 512);
+    // Local header: sizes in the zip64 extra field.
+    zip.extend(u32le(0x0403_4b50));
+    entry_fields(&mut zip);
+    zip.extend_from_slice(name);
+    zip64_sizes(&mut zip);
+    zip.extend_from_slice(&data);
+    let central_at = zip.len() as u64;
+    zip.extend(u32le(0x0201_4b50));
+    zip.extend(u16le((3 << 8) | 45));
+    entry_fields(&mut zip);
+    zip.extend(u16le(0));
+    zip.extend(u16le(0));
+    zip.extend(u16le(0));
+    zip.extend(u32le(0o100644 << 16));
+    zip.extend(u32le(0));
+    zip.extend_from_slice(name);
+    zip64_sizes(&mut zip);
+    let central_len = zip.len() as u64 - central_at;
+    let end64_at = zip.len() as u64;
+    zip.extend(u32le(0x0606_4b50));
+    zip.extend(u64le(44));
+    zip.extend(u16le(45));
+    zip.extend(u16le(45));
+    zip.extend(u32le(0));
+    zip.extend(u32le(0));
+    zip.extend(u64le(1));
+    zip.extend(u64le(1));
+    zip.extend(u64le(central_len));
+    zip.extend(u64le(central_at));
+    zip.extend(u32le(0x0706_4b50));
+    zip.extend(u32le(0));
+    zip.extend(u64le(end64_at));
+    zip.extend(u32le(1));
+    zip.extend(u32le(0x0605_4b50));
+    zip.extend(u16le(0));
+    zip.extend(u16le(0));
+    zip.extend(u16le(1));
+    zip.extend(u16le(1));
+    zip.extend(u32le(central_len as u32));
+    zip.extend(u32le(u32::MAX));
+    zip.extend(u16le(0));
+    zip
 }
 
 /// utime + stime of the process, in clock ticks.
@@ -305,27 +414,37 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-#[test]
-fn a_decompression_bomb_stops_with_its_last_vm() {
-    let dir = TempDir::new("bomb");
+/// Creates a VM of `bomb`, waits until its image is in `phase` (the decompression is
+/// running), deletes the VM, and checks that the server's CPU is back to idle within
+/// seconds, the download failed `image-cancelled`, and no staging or part file is left.
+fn a_bomb_stops_with_its_last_vm(tag: &str, name: &str, bomb: Vec<u8>, phase_running: &str) {
+    let dir = TempDir::new(tag);
     let files = FileServer::start();
-    let bomb = gzip_bomb(64);
     let checksum = sha1_hex(&bomb);
-    let url = files.add("/bomb.tar.gz", bomb);
+    let url = files.add(name, bomb);
     let server = Server::start(dir.path());
     let id = create(&server, &url, &checksum);
     until(
-        "the bomb downloading",
+        "the bomb decompressing",
         &server,
-        Duration::from_secs(20),
-        || phase(&server, &id) == "downloading",
+        Duration::from_secs(30),
+        || phase(&server, &id) == phase_running,
     );
     thread::sleep(Duration::from_millis(500));
+    // Busy before the DELETE (5% of a core at least: the machine may be loaded), so that
+    // idle after it means something.
+    let busy = cpu_ticks(server.pid());
+    thread::sleep(Duration::from_secs(1));
     assert_eq!(server.delete_vm(&id).0, 204);
-    let Some(_) = cpu_ticks(server.pid()) else {
+    let Some(busy) = busy else {
         println!("skipped the CPU check: no /proc");
         return;
     };
+    assert!(
+        cpu_ticks(server.pid()).unwrap() - busy >= 5,
+        "the bomb was not decompressing before the DELETE\n{}",
+        server.log()
+    );
     // Idle within seconds: less than 10% of a core over a second.
     let idle = until(
         "the server's CPU idle",
@@ -337,10 +456,100 @@ fn a_decompression_bomb_stops_with_its_last_vm() {
             cpu_ticks(server.pid()).unwrap() - before < 10
         },
     );
-    println!("idle {idle:?} after the DELETE");
+    println!("{name}: idle {idle:?} after the DELETE");
     until("staging gone", &server, Duration::from_secs(5), || {
         staging_left(&server.data_dir).is_empty()
     });
+    until(
+        "the download's end logged",
+        &server,
+        Duration::from_secs(5),
+        || {
+            server
+                .log()
+                .lines()
+                .any(|l| l.contains("image download failed") && l.contains("image-cancelled"))
+        },
+    );
+}
+
+#[test]
+fn a_decompression_bomb_stops_with_its_last_vm() {
+    a_bomb_stops_with_its_last_vm(
+        "bomb",
+        "/bomb.tar.gz",
+        tar_bomb(64, gzip_member),
+        "downloading",
+    );
+}
+
+#[test]
+fn a_bzip2_bomb_stops_with_its_last_vm() {
+    // 157 KB of bzip2 once unpacked to 200 GiB of zeros and burnt a core for half an hour.
+    a_bomb_stops_with_its_last_vm(
+        "bomb-bz2",
+        "/bomb.tar.bz2",
+        tar_bomb(64, bzip2_member),
+        "downloading",
+    );
+}
+
+#[test]
+fn a_zip_bomb_stops_with_its_last_vm() {
+    // A zip is unpacked from its file after the download: no download read is left to
+    // notice the cancellation, so the unpacker itself must.
+    a_bomb_stops_with_its_last_vm("bomb-zip", "/bomb.zip", zip_bomb(64), "unpacking");
+}
+
+/// The one waiter is a pre-warm: `DELETE /images/:checksum` cancels the download, the
+/// pre-warm fails `image-cancelled` (shown in `GET /images` until deleted again), and the
+/// connection and the staging folder go.
+#[test]
+fn delete_image_cancels_a_download_only_a_prewarm_waits_for() {
+    let dir = TempDir::new("delprewarm");
+    let archive = gold_tar_gz_padded("box", 4 << 20);
+    let checksum = sha1_hex(&archive);
+    let dribble = Dribble::start(archive, 4096, Duration::from_millis(20));
+    let server = Server::start(dir.path());
+    let body = format!(
+        r#"{{"url":"{}","checksum":"{checksum}","checksum_type":"sha1"}}"#,
+        dribble.url
+    );
+    let answer = call("POST", &server.url("/images"), Some(body.as_bytes()), &[]);
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let image = server.url(&format!("/images/{checksum}"));
+    until(
+        "the pre-warm downloading",
+        &server,
+        Duration::from_secs(20),
+        || {
+            call("GET", &image, None, &[]).json()["progress"]["bytes_done"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        },
+    );
+    let answer = call("DELETE", &image, None, &[]);
+    assert_eq!(answer.status, 204, "{}", answer.text());
+    until(
+        "the pre-warm failed image-cancelled",
+        &server,
+        Duration::from_secs(5),
+        || {
+            let entry = call("GET", &image, None, &[]).json();
+            entry["state"] == "failed" && entry["error"]["code"] == "image-cancelled"
+        },
+    );
+    until(
+        "connection closed, staging gone",
+        &server,
+        Duration::from_secs(5),
+        || dribble.open.load(Ordering::SeqCst) == 0 && staging_left(&server.data_dir).is_empty(),
+    );
+    // The failed pre-warm is forgotten by the next DELETE; then nothing is left.
+    assert_eq!(call("DELETE", &image, None, &[]).status, 204);
+    assert_eq!(call("GET", &image, None, &[]).status, 404);
+    assert_eq!(call("DELETE", &image, None, &[]).status, 404);
 }
 
 #[test]

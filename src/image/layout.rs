@@ -210,6 +210,12 @@ mod tests {
         let e = layout.find_gold(sum).unwrap_err();
         assert_eq!(e.code(), "gold-invalid");
         assert!(e.to_string().contains("second.vmx"), "{e}");
+        // Clones may read it: removing is advised only once none does.
+        assert!(
+            e.to_string()
+                .contains("remove it once no VM is a linked clone of it"),
+            "{e}"
+        );
 
         assert!(layout
             .find_gold("0000000000000000000000000000000a")

@@ -187,8 +187,14 @@ fn fill_and_unpack(
         verify(job, source)?;
         job.progress.set_phase(ImagePhase::Unpacking);
         let staging = Staging::create(job.layout.new_staging_dir(&job.spec.checksum))?;
-        let unpacked = extract::unpack_zip(&part.path, &staging.path, &job.limits)
-            .map_err(|e| extract_error(job, e))?;
+        // Cancelled mid-unpack, the unpacker's error is only a symptom.
+        let unpacked =
+            extract::unpack_zip(&part.path, &staging.path, &job.limits).map_err(|e| {
+                match job.cancel.is_cancelled() {
+                    true => ImageError::Cancelled,
+                    false => extract_error(job, e),
+                }
+            })?;
         drop(part);
         Ok((staging, unpacked))
     } else {

@@ -67,7 +67,7 @@ struct Decoded<D> {
 impl<D: Read> Read for Decoded<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-            return Err(io::Error::other("the download was cancelled"));
+            return Err(io::Error::other(super::tree::CANCELLED));
         }
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {

@@ -1,10 +1,14 @@
 //! The staging folder as it fills: every rule about what may be created where.
 //!
-//! The folder starts empty and only this type writes into it, so it knows every name in it
-//! without asking the file system. Symlinks are created last, after every file and hard link:
-//! while entries are written no symlink exists below the folder, so no write can be
-//! redirected through one, whatever order the archive lists things in, and whatever names the
-//! file system (case-insensitive on most Macs) considers equal.
+//! The folder starts empty and only this type writes into it. Symlinks are created last, after
+//! every file and hard link: while entries are written no symlink exists below the folder, so
+//! no write can be redirected through one, whatever order the archive lists things in, and
+//! whatever names the file system (case-insensitive on most Macs) considers equal.
+//!
+//! Folders and symlinks are remembered in memory; regular files are not: an image of a
+//! million files would hold a million paths (86.7 MB peak RSS once). With no symlink on the
+//! disk until the end, the folder itself says truthfully which files exist, so an
+//! exclusive create and a `lstat` answer what the set did.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -28,7 +32,6 @@ const DIR_OWNER_BITS: u32 = 0o700;
 pub(super) struct Tree {
     dest: PathBuf,
     dirs: HashSet<PathBuf>,
-    files: HashSet<PathBuf>,
     symlinks: HashSet<PathBuf>,
     pending_symlinks: Vec<PendingSymlink>,
     dir_modes: Vec<(PathBuf, u32)>,
@@ -39,7 +42,29 @@ pub(super) struct Tree {
     files_created: u64,
     budget: Budget,
     buf: Vec<u8>,
+    /// Checked before every read of entry data: a zip is unpacked from its file after the
+    /// download, so no download read notices that its VMs are gone.
+    cancel: Option<crate::cancel::Cancel>,
 }
+
+/// Entry data that stops being read once the unpack is cancelled (one flag load a read of up
+/// to `COPY_BUF_LEN` bytes).
+struct Cancellable<'a, 'c> {
+    inner: &'a mut dyn Read,
+    cancel: Option<&'c crate::cancel::Cancel>,
+}
+
+impl Read for Cancellable<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(io::Error::other(CANCELLED));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// What a cancelled unpack's read error says.
+pub(super) const CANCELLED: &str = "the download was cancelled";
 
 struct PendingSymlink {
     path: PathBuf,
@@ -67,7 +92,6 @@ impl Tree {
         Ok(Tree {
             dest: dest.to_path_buf(),
             dirs: HashSet::new(),
-            files: HashSet::new(),
             symlinks: HashSet::new(),
             pending_symlinks: Vec::new(),
             dir_modes: Vec::new(),
@@ -80,6 +104,7 @@ impl Tree {
                 limit: limits.max_unpacked_bytes,
             },
             buf: vec![0; COPY_BUF_LEN],
+            cancel: limits.cancel.clone(),
         })
     }
 
@@ -173,14 +198,7 @@ impl Tree {
                 file.set_permissions(Permissions::from_mode(permissions))?;
                 Ok(file)
             })
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    same_name_on_disk(entry)
-                } else {
-                    ExtractError::from_write(e, &path, &self.dest, entry)
-                }
-            })?;
-        self.files.insert(rel.to_path_buf());
+            .map_err(|e| self.create_error(e, rel, entry))?;
         Ok(NewFile { file, path })
     }
 
@@ -192,7 +210,11 @@ impl Tree {
         offset: u64,
         len: u64,
     ) -> Result<Copied, CopyError> {
-        copy::copy_at(src, file, offset, len, &mut self.buf, &mut self.budget)
+        let mut src = Cancellable {
+            inner: src,
+            cancel: self.cancel.as_ref(),
+        };
+        copy::copy_at(&mut src, file, offset, len, &mut self.buf, &mut self.budget)
     }
 
     /// Scratch space for reading small structures out of entries (sparse maps).
@@ -218,7 +240,7 @@ impl Tree {
             Ok(None) => return Err(refuse("the target is the image folder itself")),
             Err(bad) => return Err(refuse(&format!("the target {}", bad.reason()))),
         };
-        if !self.files.contains(&target_rel) {
+        if !self.is_unpacked_file(&target_rel) {
             return Err(refuse(
                 "the target is not a regular file unpacked earlier from this archive",
             ));
@@ -228,9 +250,43 @@ impl Tree {
         self.note_file(rel, entry)?;
         let path = self.dest.join(rel);
         fs::hard_link(self.dest.join(&target_rel), &path)
-            .map_err(|e| ExtractError::from_write(e, &path, &self.dest, entry))?;
-        self.files.insert(rel.to_path_buf());
+            .map_err(|e| self.create_error(e, rel, entry))?;
         Ok(())
+    }
+
+    /// A regular file this archive created: every file in the folder is one (only this type
+    /// writes here), and no path on the disk can pass through a symlink yet. A path through a
+    /// symlink still to be created names nothing on the disk, but is refused by name as well.
+    fn is_unpacked_file(&self, rel: &Path) -> bool {
+        let through_symlink = rel.ancestors().skip(1).any(|a| self.symlinks.contains(a));
+        !through_symlink
+            && !self.symlinks.contains(rel)
+            && fs::symlink_metadata(self.dest.join(rel)).is_ok_and(|m| m.file_type().is_file())
+    }
+
+    /// An exclusive create that failed: a name an earlier entry took (byte for byte, or
+    /// equal to the file system only), or a write error.
+    fn create_error(&self, e: io::Error, rel: &Path, entry: &str) -> ExtractError {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return ExtractError::from_write(e, &self.dest.join(rel), &self.dest, entry);
+        }
+        match self.taken_on_disk(rel) {
+            Some(taken_by) => already_unpacked(entry, taken_by),
+            None => same_name_on_disk(entry),
+        }
+    }
+
+    /// What an earlier entry made at exactly `rel` (not at a name the file system only
+    /// considers equal): the parent is listed, which happens on this error path only.
+    fn taken_on_disk(&self, rel: &Path) -> Option<&'static str> {
+        let name = rel.file_name()?;
+        let parent = self.dest.join(rel.parent().unwrap_or(Path::new("")));
+        let found = fs::read_dir(parent)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name() == name)?;
+        let kind = found.file_type().ok()?;
+        Some(if kind.is_dir() { "a folder" } else { "a file" })
     }
 
     /// Records a symlink, created by `finish`. Targets that are absolute or climb out are
@@ -250,6 +306,9 @@ impl Tree {
         self.check_symlink_target(&rel, entry, target)?;
         self.ensure_parent(&rel, entry)?;
         self.ensure_unclaimed(&rel, entry)?;
+        if fs::symlink_metadata(self.dest.join(&rel)).is_ok() {
+            return Err(already_unpacked(entry, "a file"));
+        }
         self.symlinks.insert(rel.clone());
         self.pending_symlinks.push(PendingSymlink {
             path: rel,
@@ -367,43 +426,40 @@ impl Tree {
                     reason: format!("it passes through the symlink `{}`", at.display()),
                 });
             }
-            if self.files.contains(&at) {
-                return Err(ExtractError::DuplicateEntry {
-                    entry: entry.to_owned(),
-                    reason: format!("`{}` is a file, not a folder", at.display()),
-                });
-            }
             self.mkdir(&at, entry)?;
         }
         Ok(())
     }
 
+    /// Folders and symlinks by name; a file is found by the exclusive create that follows.
     fn ensure_unclaimed(&self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
-        let taken_by = if self.files.contains(rel) {
-            "a file"
-        } else if self.symlinks.contains(rel) {
+        let taken_by = if self.symlinks.contains(rel) {
             "a symlink"
         } else if self.dirs.contains(rel) {
             "a folder"
         } else {
             return Ok(());
         };
-        Err(ExtractError::DuplicateEntry {
-            entry: entry.to_owned(),
-            reason: format!("{taken_by} of that name was already unpacked"),
-        })
+        Err(already_unpacked(entry, taken_by))
     }
 
     fn mkdir(&mut self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
         let path = self.dest.join(rel);
         match DirBuilder::new().mode(0o755).create(&path) {
             Ok(()) => {}
-            // Only this type writes here, so this is someone else's doing; accept it only if
-            // it is a real folder, never a symlink.
+            // A file an earlier entry made (files are not remembered), or a folder of a name
+            // the file system considers equal; never accept a symlink.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
-                if !is_dir {
-                    return Err(ExtractError::from_write(e, &path, &self.dest, entry));
+                let kind = fs::symlink_metadata(&path).map(|m| m.file_type());
+                match kind {
+                    Ok(kind) if kind.is_dir() => {}
+                    Ok(kind) if kind.is_file() => {
+                        return Err(ExtractError::DuplicateEntry {
+                            entry: entry.to_owned(),
+                            reason: format!("`{}` is a file, not a folder", rel.display()),
+                        })
+                    }
+                    _ => return Err(ExtractError::from_write(e, &path, &self.dest, entry)),
                 }
             }
             Err(e) => return Err(ExtractError::from_write(e, &path, &self.dest, entry)),
@@ -426,6 +482,13 @@ impl Tree {
         }
         self.vmx = Some((rel.to_path_buf(), entry.to_owned()));
         Ok(())
+    }
+}
+
+fn already_unpacked(entry: &str, taken_by: &str) -> ExtractError {
+    ExtractError::DuplicateEntry {
+        entry: entry.to_owned(),
+        reason: format!("{taken_by} of that name was already unpacked"),
     }
 }
 
