@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::reconcile;
-use crate::vm::{Phase, Status, Vm, VmStore};
+use crate::vm::{Phase, Status, VmStore};
 use crate::vmrun::Vmrun;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,43 +63,42 @@ fn gib(bytes: u64) -> String {
 /// Whether one of our records holds a place: a VM being provisioned (it is about to run)
 /// or running. Stopped and failed VMs do not, unless vmrun lists them as running, which
 /// [`used`] adds; a VM being destroyed frees its place as soon as vmrun stops listing it.
-pub fn holds_a_place(vm: &Vm) -> bool {
-    matches!(vm.status, Status::Provisioning | Status::Running)
-        && vm.progress.phase != Phase::Deleting
+fn holds_a_place(status: Status, phase: Phase) -> bool {
+    matches!(status, Status::Provisioning | Status::Running) && phase != Phase::Deleting
 }
 
 /// VMs in use. With `running` (what vmrun lists, ours or not: a failed VM of ours still
 /// running, a VM someone started by hand in Fusion, a VM of ours that runs again), those
-/// plus our VMs being provisioned: a record that says running but that vmrun no longer
-/// lists was stopped behind our back and holds no place. Without it (vmrun cannot tell),
-/// the records that hold a place.
+/// plus our VMs being provisioned that it does not list: a record that says running but
+/// that vmrun no longer lists was stopped behind our back and holds no place. Without it
+/// (vmrun cannot tell), the records that hold a place.
 pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
-    let counts = |vm: &Vm| match running {
-        Some(_) => vm.status == Status::Provisioning && vm.progress.phase != Phase::Deleting,
-        None => holds_a_place(vm),
-    };
-    let mut in_use: HashSet<PathBuf> = store
-        .ids()
-        .into_iter()
-        .filter(|id| store.get(*id).is_some_and(|vm| counts(&vm)))
-        .map(|id| reconcile::canonical(&store.vmx_path(id)))
-        .collect();
-    if let Some(running) = running {
-        in_use.extend(running.iter().cloned());
-    }
-    in_use.len() as u64
+    let mut used = running.map_or(0, |set| set.len() as u64);
+    store.for_each_state(|vmx, status, phase| {
+        let counts = match running {
+            Some(set) => {
+                status == Status::Provisioning && phase != Phase::Deleting && !set.contains(vmx)
+            }
+            None => holds_a_place(status, phase),
+        };
+        used += u64::from(counts);
+    });
+    used
 }
 
 /// Checks both limits for one more VM; returns the VMs in use. Runs no process: which VMs
-/// run comes from [`Vmrun::running`], kept fresh in the background.
+/// run comes from [`Vmrun::running`], kept fresh in the background. `recording`: creates
+/// admitted whose records are still being written, which no record shows yet and each of
+/// which holds a place.
 pub fn check(
     limits: Limits,
     store: &VmStore,
     vmrun: &Vmrun,
     data_dir: &Path,
+    recording: u64,
 ) -> Result<u64, Shortage> {
     check_disk(limits, data_dir)?;
-    let used = used(store, vmrun.running().snapshot().as_ref());
+    let used = used(store, vmrun.running().snapshot().as_ref()) + recording;
     if limits.max_vms == 0 {
         return Ok(used);
     }
@@ -134,6 +132,7 @@ pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile;
     use crate::vm::model::tests::sample;
     use crate::vm::VmId;
 

@@ -2,9 +2,9 @@
 //! answer from memory, deletes wait for the VM to be gone; `recover` makes the records agree
 //! with the disk and with vmrun after a restart.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,11 @@ pub struct Service {
     jobs: Sender<Job>,
     /// Taken by creates, adoption and gold image removal: see [`Fleet::admission`].
     creating: Arc<Mutex<()>>,
+    /// Admitted creates whose records are being written, not yet in the store: admission
+    /// counts them, their idempotency keys find them, adoption leaves their folders alone.
+    recording: Mutex<HashMap<VmId, Vm>>,
+    /// Signalled, with `creating` held, when a VM leaves `recording`.
+    recorded: Condvar,
     reported: Mutex<HashSet<PathBuf>>,
     fleet: Fleet,
 }
@@ -60,6 +65,11 @@ pub struct Fleet {
     pub guard: Arc<crate::guard::Guard>,
     /// VM records at once, of any status; 0 for no limit.
     pub max_records: u64,
+}
+
+enum Admitted {
+    New(Box<Vm>),
+    Existing(Arc<[u8]>),
 }
 
 /// What a create did.
@@ -89,6 +99,8 @@ impl Service {
             tasks,
             jobs,
             creating: fleet.admission.clone(),
+            recording: Mutex::new(HashMap::new()),
+            recorded: Condvar::new(),
             reported: Mutex::new(HashSet::new()),
             fleet,
         }
@@ -106,22 +118,71 @@ impl Service {
         self.vmrun
             .check_available()
             .map_err(|e| ApiError::VmrunMissing(e.to_string()))?;
-        // Held across lookup and insert so that two retries racing each other make one VM.
-        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let vm = match self.admit(request)? {
+            Admitted::Existing(json) => return Ok(Created::Existing(json)),
+            Admitted::New(vm) => *vm,
+        };
+        let id = vm.id;
+        // Outside `creating`: creates at once wait on their fsyncs side by side (the file
+        // system commits them together) instead of each behind all the others'.
+        let persisted = self.store.persist(&vm);
+        let published = {
+            // The VM leaves `recording` and enters the store in one step that admission
+            // cannot see half done: it is counted once, never twice or not at all.
+            let _creating = self.lock_creating();
+            self.recording().remove(&id);
+            let published = persisted.inspect(|json| self.store.publish(vm, json.clone()));
+            self.recorded.notify_all();
+            published
+        };
+        let json = published.map_err(|e| {
+            self.tasks.forget(id);
+            store_error("the VM could not be recorded", e)
+        })?;
+        crate::info!("vm={id} created");
+        self.jobs
+            .send(Job::Provision(id))
+            .map_err(|_| ApiError::Internal("the provisioning pool has stopped".into()))?;
+        Ok(Created::New(json))
+    }
+
+    /// The decisions of a create, under `creating`: the idempotency key, the limits, drain.
+    /// An admitted VM holds its place in `recording` until it is recorded or refused.
+    fn admit(&self, request: CreateVm) -> Result<Admitted, ApiError> {
+        let mut creating = self.lock_creating();
         if let Some(key) = &request.name {
-            if let Some(vm) = self.find_by_name(key) {
-                let differ = crate::guard::idempotency::differing_fields(&vm, &request);
+            loop {
+                if let Some(vm) = self.store.find_by_name(key) {
+                    let differ = crate::guard::idempotency::differing_fields(&vm, &request);
+                    if !differ.is_empty() {
+                        return Err(ApiError::IdempotencyKeyReused(differ));
+                    }
+                    return self
+                        .store
+                        .json(vm.id)
+                        .map(Admitted::Existing)
+                        .ok_or(ApiError::VmNotFound);
+                }
+                let first = self
+                    .recording()
+                    .values()
+                    .find(|vm| vm.name.as_deref() == Some(key.as_str()))
+                    .cloned();
+                let Some(first) = first else { break };
+                let differ = crate::guard::idempotency::differing_fields(&first, &request);
                 if !differ.is_empty() {
                     return Err(ApiError::IdempotencyKeyReused(differ));
                 }
-                return self
-                    .store
-                    .json(vm.id)
-                    .map(Created::Existing)
-                    .ok_or(ApiError::VmNotFound);
+                // The first create with this key is still being recorded: its answer is
+                // this one's once it is durable (or, if its write fails, this one tries).
+                creating = self
+                    .recorded
+                    .wait(creating)
+                    .unwrap_or_else(|p| p.into_inner());
             }
         }
-        let records = self.store.ids().len() as u64;
+        let recording = self.recording().len() as u64;
+        let records = self.store.len() as u64 + recording;
         if self.fleet.max_records > 0 && records >= self.fleet.max_records {
             let shortage = capacity::Shortage::Records {
                 count: records,
@@ -138,6 +199,7 @@ impl Service {
             &self.store,
             &self.vmrun,
             &self.fleet.data_dir,
+            recording,
         );
         if let Err(shortage) = admitted {
             if matches!(shortage, capacity::Shortage::Disk { .. }) {
@@ -178,22 +240,18 @@ impl Service {
             guestinfo_keys,
             ip_source: None,
         };
-        let json = self.store.insert(vm).map_err(|e| {
-            self.tasks.forget(id);
-            store_error("the VM could not be recorded", e)
-        })?;
-        crate::info!("vm={id} created");
-        self.jobs
-            .send(Job::Provision(id))
-            .map_err(|_| ApiError::Internal("the provisioning pool has stopped".into()))?;
-        Ok(Created::New(json))
+        self.recording().insert(id, vm.clone());
+        drop(creating);
+        Ok(Admitted::New(Box::new(vm)))
     }
 
-    fn find_by_name(&self, key: &str) -> Option<Vm> {
-        self.store.ids().into_iter().find_map(|id| {
-            let vm = self.store.get(id)?;
-            (vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting).then_some(vm)
-        })
+    fn lock_creating(&self) -> MutexGuard<'_, ()> {
+        self.creating.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taken only under `creating`.
+    fn recording(&self) -> MutexGuard<'_, HashMap<VmId, Vm>> {
+        self.recording.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Failed VMs last changed before `cutoff_ms` (Unix milliseconds), not being destroyed.
@@ -661,9 +719,9 @@ impl Service {
         let Ok(entries) = std::fs::read_dir(self.store.root()) else {
             return;
         };
-        // A create makes the folder, then the record, then the map entry: without this lock
-        // a folder caught in between would look like an orphan.
-        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        // A create's folder appears before its map entry: under this lock such a folder's
+        // VM is in `recording` until the store has it.
+        let _creating = self.lock_creating();
         for entry in entries.flatten() {
             let dir = entry.path();
             // A delete on its way out (creates hold `creating`, as this does).
@@ -675,7 +733,9 @@ impl Service {
                 .and_then(|n| n.to_str())
                 .and_then(VmId::parse);
             // Checked now, not from a list taken before: a create may have just added it.
-            if id.is_some_and(|id| self.store.get(id).is_some()) {
+            if id.is_some_and(|id| {
+                self.store.get(id).is_some() || self.recording().contains_key(&id)
+            }) {
                 continue;
             }
             if dir.join(RECORD_FILE).exists() {

@@ -223,3 +223,69 @@ fn wait_capacity_used(w: &World, want: u64) {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
+
+/// `count` POST /vms of `body` released together; their status codes and bodies.
+fn creates_at_once(w: &World, body: &Value, count: usize) -> Vec<(u16, Value)> {
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let (url, body) = (w.server.url("/vms"), body.to_string());
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (gate, url, body) = (gate.clone(), url.clone(), body.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                let answer = call("POST", &url, Some(&body), &[]);
+                (answer.status, answer.json())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Creates record their VMs outside the admission lock, side by side: the places they
+/// took must still be counted, so a burst fills the limit exactly, never past it.
+#[test]
+fn creates_at_once_fill_the_vm_limit_exactly() {
+    let w = World::start("cap-burst", options(&["--max-vms", "3"]));
+    // Slow vmrun: the admitted VMs stay provisioning, holding their places.
+    w.server.set_faults("* delay 300\n");
+    let answers = creates_at_once(&w, &w.body(), 16);
+    let admitted = answers.iter().filter(|(status, _)| *status == 202).count();
+    assert_eq!(admitted, 3, "{answers:?}");
+    for (status, body) in &answers {
+        if *status != 202 {
+            assert_eq!(*status, 503, "{body}");
+            assert_eq!(body["code"], "capacity-exhausted", "{body}");
+        }
+    }
+    assert_eq!(w.vm_count(), 3);
+    let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    assert_eq!(
+        metric(&metrics, "osx_builder_capacity_used "),
+        Some(3.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn creates_at_once_fill_the_record_limit_exactly() {
+    let w = World::start("cap-burst-records", options(&["--max-records", "5"]));
+    w.server.set_faults("* delay 300\n");
+    let first = w.create(&w.body());
+    let answers = creates_at_once(&w, &w.body(), 16);
+    let admitted = answers.iter().filter(|(status, _)| *status == 202).count();
+    assert_eq!(admitted, 4, "{answers:?}");
+    assert!(answers
+        .iter()
+        .all(|(status, body)| *status == 202 || body["code"] == "capacity-exhausted"));
+    assert_eq!(w.vm_count(), 5);
+    // A delete frees a record's place for the next create.
+    w.server.set_faults("");
+    let (status, _) = w.server.delete_vm(&first);
+    assert_eq!(status, 204);
+    let answers = creates_at_once(&w, &w.body(), 4);
+    assert_eq!(
+        answers.iter().filter(|(status, _)| *status == 202).count(),
+        1,
+        "{answers:?}"
+    );
+}

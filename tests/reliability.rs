@@ -61,6 +61,40 @@ fn a_retried_create_with_the_same_key_gets_the_same_vm() {
     assert_eq!((status, err["code"].as_str()), (400, Some("invalid-name")));
 }
 
+/// Retries that race the first create (its record is written outside the admission lock)
+/// wait for it and get its VM: one VM, one id, every answer for a durable record.
+#[test]
+fn retries_at_once_with_one_key_make_one_vm() {
+    let world = World::start("idem-burst", ServerOptions::default());
+    let server = &world.server;
+    server.set_faults("* delay 300\n");
+    let text = body(&world.url, &world.checksum).to_string();
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (gate, url, text) = (gate.clone(), server.url("/vms"), text.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                request("POST", &url, Some(&text), &[("Idempotency-Key", "build-7")])
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let first = &answers[0].1;
+    for (status, vm) in &answers {
+        assert_eq!(*status, 202, "{vm}");
+        assert_eq!(vm["id"], first["id"], "{answers:?}");
+    }
+    assert_eq!(count_vms(server), 1);
+    let id = first["id"].as_str().unwrap();
+    assert!(server
+        .data_dir
+        .join("vms")
+        .join(id)
+        .join("osx-builder.json")
+        .is_file());
+}
+
 #[test]
 fn vms_of_the_original_go_server_are_adopted_and_strangers_left_alone() {
     let dir = TempDir::new("adopt");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::vm::VmId;
 
-use super::model::Vm;
+use super::model::{Phase, Status, Vm};
 use crate::fsutil;
 
 pub const RECORD_FILE: &str = "osx-builder.json";
@@ -73,15 +73,40 @@ struct Slot {
     /// Held across the record's disk write, so that writes reach the disk in order; readers
     /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
-    /// With the hash of what a long poll waits for ([`crate::long_poll::state_of`]),
-    /// computed once per change rather than on every GET.
-    json: RwLock<(Arc<[u8]>, u64)>,
+    json: RwLock<Visible>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
+    /// The idempotency key; never changes.
+    name: Option<String>,
+}
+
+/// A VM as reads see it: changed once its record is written.
+struct Visible {
+    json: Arc<[u8]>,
+    /// The hash of what a long poll waits for ([`crate::long_poll::state_of`]), computed
+    /// once per change rather than on every GET.
+    state: u64,
+    /// What admission counts.
+    status: Status,
+    phase: Phase,
+}
+
+impl Visible {
+    fn of(vm: &Vm, json: Arc<[u8]>) -> Self {
+        Self {
+            json,
+            state: crate::long_poll::state_of(vm),
+            status: vm.status,
+            phase: vm.progress.phase,
+        }
+    }
 }
 
 pub struct VmStore {
     root: PathBuf,
+    /// `root` with symlinks resolved, once: admission compares VMX paths with those vmrun
+    /// lists without a `realpath` per VM.
+    canonical_root: PathBuf,
     slots: RwLock<HashMap<VmId, Arc<Slot>>>,
     /// Counts visible changes (insert, update, remove), so that long polls can sleep on
     /// `changed` instead of re-reading records in a loop.
@@ -133,6 +158,7 @@ impl VmStore {
         }
         let store = Self {
             root: root.to_path_buf(),
+            canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
             slots: RwLock::new(slots),
             generation: Mutex::new(0),
             changed: Condvar::new(),
@@ -157,8 +183,17 @@ impl VmStore {
     /// Persists a new VM and makes it visible. The record is on disk before this returns, so
     /// a 202 is never sent for a VM that a crash could lose.
     pub fn insert(&self, vm: Vm) -> Result<Arc<[u8]>, StoreError> {
+        let json = self.persist(&vm)?;
+        self.publish(vm, json.clone());
+        Ok(json)
+    }
+
+    /// The disk half of [`insert`](Self::insert): the record is durable when this returns,
+    /// and nothing in memory knows the VM yet. Takes no lock of the store's, so that
+    /// creates at once wait on their fsyncs side by side, not one after another.
+    pub fn persist(&self, vm: &Vm) -> Result<Arc<[u8]>, StoreError> {
         let dir = self.vm_dir(vm.id);
-        let json = encode(&vm)?;
+        let json = encode(vm)?;
         if dir.is_dir() {
             // Adopting a folder that is already there (the original server's VM).
             let path = dir.join(RECORD_FILE);
@@ -180,11 +215,15 @@ impl VmStore {
             }
         }
         fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
-        let id = vm.id;
-        self.write_slots()
-            .insert(id, Arc::new(Slot::new(vm, json.clone())));
-        self.bump();
         Ok(json)
+    }
+
+    /// The memory half of [`insert`](Self::insert), for a VM that [`persist`](Self::persist)
+    /// recorded: from now on reads see it.
+    pub fn publish(&self, vm: Vm, json: Arc<[u8]>) {
+        self.write_slots()
+            .insert(vm.id, Arc::new(Slot::new(vm, json)));
+        self.bump();
     }
 
     /// Applies `change` to the VM's record; returns the new record, or `None` when the VM is
@@ -211,8 +250,7 @@ impl VmStore {
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
         }
         *record = next.clone();
-        let state = crate::long_poll::state_of(&next);
-        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = (json, state);
+        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = Visible::of(&next, json);
         drop(record);
         self.bump();
         Ok(Some(next))
@@ -271,14 +309,14 @@ impl VmStore {
     pub fn json(&self, id: VmId) -> Option<Arc<[u8]>> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
-        Some(json.0.clone())
+        Some(json.json.clone())
     }
 
     /// The JSON and its long-poll state hash, read together.
     pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, u64)> {
         let slot = self.slot(id)?;
         let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
-        Some(json.clone())
+        Some((json.json.clone(), json.state))
     }
 
     pub fn get(&self, id: VmId) -> Option<Vm> {
@@ -309,13 +347,43 @@ impl VmStore {
                     .json
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .0
+                    .json
                     .clone();
                 (slot.created_at.clone(), json)
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.into_iter().map(|(_, json)| json).collect()
+    }
+
+    /// Each VM's canonical VMX path, status and phase as reads see them: what admission
+    /// counts, without waiting on a record's disk write or copying a record.
+    pub fn for_each_state(&self, mut visit: impl FnMut(&Path, Status, Phase)) {
+        for (id, slot) in self.read_slots().iter() {
+            let (status, phase) = {
+                let visible = slot.json.read().unwrap_or_else(|p| p.into_inner());
+                (visible.status, visible.phase)
+            };
+            visit(&self.canonical_vmx(*id), status, phase);
+        }
+    }
+
+    /// The VM that carries idempotency key `name` and is not being deleted.
+    pub fn find_by_name(&self, name: &str) -> Option<Vm> {
+        let id = self.read_slots().iter().find_map(|(id, slot)| {
+            let deleting =
+                || slot.json.read().unwrap_or_else(|p| p.into_inner()).phase == Phase::Deleting;
+            (slot.name.as_deref() == Some(name) && !deleting()).then_some(*id)
+        })?;
+        self.get(id)
+    }
+
+    /// [`vmx_path`](Self::vmx_path) with the data folder's symlinks resolved, as
+    /// [`crate::reconcile::canonical`] gives it for the VMX of a VM folder that is no link.
+    fn canonical_vmx(&self, id: VmId) -> PathBuf {
+        self.canonical_root
+            .join(id.to_string())
+            .join(format!("{id}.vmx"))
     }
 
     fn slot(&self, id: VmId) -> Option<Arc<Slot>> {
@@ -333,11 +401,11 @@ impl VmStore {
 
 impl Slot {
     fn new(vm: Vm, json: Arc<[u8]>) -> Self {
-        let state = crate::long_poll::state_of(&vm);
         Self {
+            json: RwLock::new(Visible::of(&vm, json)),
             created_at: vm.created_at.clone(),
+            name: vm.name.clone(),
             record: Mutex::new(vm),
-            json: RwLock::new((json, state)),
         }
     }
 }
