@@ -19,6 +19,12 @@ pub struct Config {
     pub provision_threads: usize,
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
+    /// No Tools and no DHCP lease this long after a start: reset the VM once, then fail it.
+    pub boot_timeout: Duration,
+    /// The boot watchdog retries a headless VM with a stop and a `start gui` instead.
+    pub headless_retry_gui: bool,
+    /// How long a VM that failed while running is left running; `None`: stopped at once.
+    pub keep_failed: Option<Duration>,
     pub timeout_clone: Duration,
     pub timeout_start: Duration,
     pub timeout_stop: Duration,
@@ -195,6 +201,24 @@ const SETTINGS: &[Setting] = &[
         "OSX_BUILDER_IP_POLL_INTERVAL",
         "2",
         "seconds between getGuestIPAddress calls while waiting for the IP"
+    ),
+    setting!(
+        "boot-timeout",
+        "OSX_BUILDER_BOOT_TIMEOUT",
+        "300",
+        "seconds a started VM may go without VMware Tools and without a DHCP lease before it is reset hard once (boot watchdog); as long again after the reset, and it fails boot-timeout"
+    ),
+    setting!(
+        "headless-retry-gui",
+        "OSX_BUILDER_HEADLESS_RETRY_GUI",
+        "false",
+        "the boot watchdog retries a headless VM with vmrun stop hard then start gui (Fusion's headless VMs that never boot) instead of reset hard"
+    ),
+    setting!(
+        "keep-failed",
+        "OSX_BUILDER_KEEP_FAILED",
+        "0",
+        "seconds a VM that failed while running (start, IP wait, boot watchdog) is left running for inspection, then destroyed as by its lease; 0 stops it hard at once (as ?keep=true asks for one VM)"
     ),
     setting!(
         "dhcp-leases",
@@ -436,7 +460,7 @@ const SETTINGS: &[Setting] = &[
 const REPEATABLE: &[&str] = &["file-image-dir", "callback-allow"];
 
 /// Settings that are switches: `--strict-vmx` alone means true.
-const SWITCHES: &[&str] = &["strict-vmx"];
+const SWITCHES: &[&str] = &["strict-vmx", "headless-retry-gui"];
 
 pub fn help_text() -> String {
     let mut text = format!(
@@ -606,15 +630,24 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let strict_vmx = match value("strict-vmx").0.trim() {
-        "true" | "1" | "yes" => true,
-        "false" | "0" | "no" | "" => false,
-        other => {
-            return Err(ConfigError(format!(
-                "--strict-vmx / OSX_BUILDER_STRICT_VMX must be true or false, got {other:?}"
-            )))
+    let switch = |flag: &str| -> Result<bool, ConfigError> {
+        let (v, name) = value(flag);
+        match v.trim() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            other => Err(ConfigError(format!(
+                "{name} must be true or false, got {other:?}"
+            ))),
         }
     };
+    let strict_vmx = switch("strict-vmx")?;
+    let headless_retry_gui = switch("headless-retry-gui")?;
+    let keep_failed: f64 = number(value("keep-failed"), "a number of seconds")?;
+    if !keep_failed.is_finite() || !(0.0..=MAX_TTL_SECS as f64).contains(&keep_failed) {
+        return Err(ConfigError(format!(
+            "--keep-failed / OSX_BUILDER_KEEP_FAILED must be from 0 to {MAX_TTL_SECS} seconds, got {keep_failed}"
+        )));
+    }
     let failed_retention: f64 = number(value("failed-retention"), "a number of seconds")?;
     if !failed_retention.is_finite() || !(0.0..=MAX_TTL_SECS as f64).contains(&failed_retention) {
         return Err(ConfigError(format!(
@@ -643,6 +676,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         provision_threads: positive("provision-threads")?,
         ip_wait_timeout: seconds("ip-wait-timeout")?,
         ip_poll_interval: seconds("ip-poll-interval")?,
+        boot_timeout: seconds("boot-timeout")?,
+        headless_retry_gui,
+        keep_failed: (keep_failed > 0.0).then(|| Duration::from_secs_f64(keep_failed)),
         timeout_clone: seconds("vmrun-timeout-clone")?,
         timeout_start: seconds("vmrun-timeout-start")?,
         timeout_stop: seconds("vmrun-timeout-stop")?,
@@ -896,6 +932,36 @@ mod tests {
         assert_eq!(config.callback_allow.len(), 2);
         let err = serve(&["--callback-allow", "10.0.0.0/40"], &[]).unwrap_err();
         assert!(err.0.contains("--callback-allow"), "{err}");
+    }
+
+    #[test]
+    fn boot_watchdog_and_keep_settings() {
+        let config = serve(&[], &[("HOME", "/h")]).unwrap();
+        assert_eq!(config.boot_timeout, Duration::from_secs(300));
+        assert!(!config.headless_retry_gui);
+        assert_eq!(config.keep_failed, None);
+        let config = serve(
+            &["--boot-timeout", "2.5", "--headless-retry-gui"],
+            &[("OSX_BUILDER_KEEP_FAILED", "600")],
+        )
+        .unwrap();
+        assert_eq!(config.boot_timeout, Duration::from_millis(2500));
+        assert!(config.headless_retry_gui);
+        assert_eq!(config.keep_failed, Some(Duration::from_secs(600)));
+        let config = serve(
+            &["--keep-failed", "0"],
+            &[("OSX_BUILDER_HEADLESS_RETRY_GUI", "1")],
+        )
+        .unwrap();
+        assert_eq!(config.keep_failed, None);
+        assert!(config.headless_retry_gui);
+        for bad in [
+            &["--boot-timeout", "0"][..],
+            &["--keep-failed", "-1"],
+            &["--headless-retry-gui=maybe"],
+        ] {
+            assert!(serve(bad, &[]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -301,6 +301,7 @@ impl GoldCache {
                 let error = VmError {
                     code: err.code().to_string(),
                     message: err.to_string(),
+                    log_tail: None,
                 };
                 prewarms.insert(spec.checksum.clone(), Prewarm::Failed(spec, error));
             }

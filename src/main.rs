@@ -180,6 +180,11 @@ fn serve(config: &Config) -> Result<(), String> {
                 trust,
             },
             strict_vmx: config.strict_vmx,
+            boot: osx_builder::provision::BootSettings {
+                timeout: config.boot_timeout,
+                headless_retry_gui: config.headless_retry_gui,
+                keep_failed: config.keep_failed,
+            },
         },
         metrics: metrics.clone(),
         gold: gold.clone(),

@@ -125,6 +125,7 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         // Never given by a client of ours, and the original had no guestinfo to report.
         labels: Default::default(),
         guestinfo_keys: Vec::new(),
+        keep: false,
         ip_source: None,
     })
 }

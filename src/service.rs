@@ -238,6 +238,7 @@ impl Service {
             vmx_removed: Vec::new(),
             labels: request.labels,
             guestinfo_keys,
+            keep: request.keep,
             ip_source: None,
         };
         self.recording().insert(id, vm.clone());
@@ -264,6 +265,20 @@ impl Service {
             .filter(|vm| leases::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms))
             .map(|vm| vm.id)
             .collect()
+    }
+
+    /// The VM's `vmware.log`, opened, with its length.
+    pub fn vm_log(&self, id: VmId) -> Result<(std::fs::File, u64), ApiError> {
+        if self.store.get(id).is_none() {
+            return Err(ApiError::VmNotFound);
+        }
+        match crate::vm::vmware_log::open(&self.store.vm_dir(id)) {
+            Ok(Some(opened)) => Ok(opened),
+            Ok(None) => Err(ApiError::VmLogNotFound(id)),
+            Err(err) => Err(ApiError::Internal(format!(
+                "cannot read the vmware.log of VM {id}: {err}"
+            ))),
+        }
     }
 
     pub fn get(&self, id: VmId) -> Result<Arc<[u8]>, ApiError> {
@@ -703,6 +718,10 @@ impl Service {
             let _ = self.jobs.send(Job::WatchIp(id));
             return;
         }
+        if vm.keep {
+            // Kept on purpose (`?keep=true`, `--keep-failed`): someone is to look at it.
+            return;
+        }
         let task = self.tasks.get(id);
         let _busy = task.lock();
         let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
@@ -794,6 +813,7 @@ impl Service {
                 message: format!(
                     "{err}; until it can be written, this state is known to this server only"
                 ),
+                log_tail: None,
             });
         });
         if let Err(err) = noted {

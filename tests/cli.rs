@@ -389,3 +389,31 @@ fn wait_draws_a_progress_bar_on_a_terminal() {
     assert!(!stdout.contains('\r'), "{stdout:?}");
     assert!(http::request("GET", &w.server.url("/vms"), None, &[]).0 == 200);
 }
+
+#[test]
+fn vm_log_prints_the_vmware_log_and_says_when_there_is_none() {
+    let w = World::start("cli-log", ServerOptions::default());
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let out = client(&w.server.base, &["vm", "log", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let path = w.server.data_dir.join("vms").join(&id).join("vmware.log");
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(!on_disk.is_empty());
+    assert_eq!(out.stdout, on_disk);
+    // A VM that has not started has no log: the server's 404 and its code, exit 1.
+    std::fs::remove_file(&path).unwrap();
+    let out = client(&w.server.base, &["vm", "log", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("vm-log-not-found"),
+        "{}",
+        show(&out)
+    );
+    let out = client(
+        &w.server.base,
+        &["vm", "log", "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("vm-not-found"), "{}", show(&out));
+}

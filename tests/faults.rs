@@ -58,6 +58,8 @@ enum Fault {
     ConnectLost,
     /// `One of the parameters was invalid`: a product without linked clones.
     NoLinkedClones,
+    /// VMware Tools never run, on any boot, with `--boot-timeout 1`: the boot watchdog.
+    NeverBoots,
 }
 
 impl Fault {
@@ -75,6 +77,7 @@ impl Fault {
             Fault::Stamp => "timestamped noise",
             Fault::ConnectLost => "did it, then Cannot connect",
             Fault::NoLinkedClones => "One of the parameters was invalid",
+            Fault::NeverBoots => "guest never boots (watchdog)",
         }
     }
 
@@ -88,7 +91,7 @@ impl Fault {
             Fault::FailExit0 => format!("{command} fail-exit0 {EXIT0_MSG}"),
             Fault::Noise => format!("{command} noise"),
             Fault::Garbage => format!("{command} garbage"),
-            Fault::ToolsNotRunning => format!("{command} fail {TOOLS_MSG}"),
+            Fault::ToolsNotRunning | Fault::NeverBoots => format!("{command} fail {TOOLS_MSG}"),
             Fault::Stamp => format!("{command} stamp"),
             Fault::ConnectLost => {
                 format!("{command} after-fail Cannot connect to the virtual machine")
@@ -235,6 +238,7 @@ fn table() -> Vec<Row> {
     let garbage = Fails("vmrun-bad-output", "does not understand");
     let corrupt = Fails("vm-open-error", CORRUPT_MSG);
     let serves_warned = Serves { warned: true };
+    let never_booted = Fails("boot-timeout", "nor within 1 s after a hard reset");
     vec![
         // `list`: at start (reconcile), every --reconcile-interval, and before each start
         // (stale lock check). None of these may keep the server from serving.
@@ -305,6 +309,15 @@ fn table() -> Vec<Row> {
         row("getGuestIPAddress", ToolsNotRunning, IpTimeout),
         row("getGuestIPAddress", CorruptVmx, corrupt),
         row("getGuestIPAddress", Stamp, Ready),
+        // No Tools and no lease within --boot-timeout: one reset hard, then boot-timeout.
+        row("getGuestIPAddress", NeverBoots, never_booted),
+        // `reset hard` of a guest that never boots (Tools never run in these rows).
+        row("reset", Fail, Fails("boot-timeout", FAIL_MSG)),
+        row("reset", Hang, Fails("boot-timeout", TIMEOUT_MSG)),
+        row("reset", InUse, Fails("boot-timeout", IN_USE_MSG)),
+        row("reset", FailExit0, Fails("boot-timeout", EXIT0_MSG)),
+        row("reset", Noise, never_booted),
+        row("reset", Stamp, never_booted),
         // `stop hard` during DELETE.
         row("stop", Fail, Refused(500, "vm-delete-error", FAIL_MSG)),
         row("stop", Hang, Refused(500, "vm-delete-error", TIMEOUT_MSG)),
@@ -437,7 +450,7 @@ fn run_row(row: &Row, image: &Image) -> (Got, Vec<String>) {
             "list" => "--vmrun-timeout-list",
             "listSnapshots" | "snapshot" => "--vmrun-timeout-snapshot",
             "clone" => "--vmrun-timeout-clone",
-            "start" => "--vmrun-timeout-start",
+            "start" | "reset" => "--vmrun-timeout-start",
             "getGuestIPAddress" => "--vmrun-timeout-ip",
             "stop" => "--vmrun-timeout-stop",
             "deleteVM" => "--vmrun-timeout-delete",
@@ -445,7 +458,9 @@ fn run_row(row: &Row, image: &Image) -> (Got, Vec<String>) {
         };
         args.extend([flag.to_string(), HANG_LIMIT.to_string()]);
     }
-    if row.fault == Fault::ToolsNotRunning {
+    if row.fault == Fault::NeverBoots || row.command == "reset" {
+        args.extend(["--boot-timeout", "1", "--ip-wait-timeout", "30"].map(String::from));
+    } else if row.fault == Fault::ToolsNotRunning {
         args.extend(["--ip-wait-timeout".to_string(), "1".to_string()]);
     } else if row.command == "getGuestIPAddress" && row.fault != Fault::CorruptVmx {
         // One failed IP query is retried until the deadline; the row's fault lasts that long.
@@ -635,6 +650,11 @@ fn provision_row(
             server.set_faults("");
             id
         }
+        ("reset", fault) => {
+            let tools = Fault::NeverBoots.rule("getGuestIPAddress").unwrap();
+            server.set_faults(&format!("{}\n{tools}", fault.rule("reset").unwrap()));
+            create(&server, image)
+        }
         (command, fault) => {
             server.set_faults(&fault.rule(command).unwrap());
             create(&server, image)
@@ -649,6 +669,9 @@ fn provision_row(
         ));
     }
     let got = Got::Vm(vm_got(&vm));
+    if vm["status"] == "failed" {
+        failed_vm_checks(&server, &id, &vm, &mut problems);
+    }
     server_answers(&server, &mut problems);
 
     server.set_faults("");
@@ -665,6 +688,32 @@ fn provision_row(
     }
     server_answers(&server, &mut problems);
     (got, problems)
+}
+
+/// A failed VM is never left running, and one that has a vmware.log carries its last 40
+/// lines (or all, when fewer) in `error.log_tail`.
+fn failed_vm_checks(server: &Server, id: &str, vm: &Value, problems: &mut Vec<String>) {
+    if sim_runs(server, id) {
+        problems.push("the failed VM still runs".into());
+    }
+    let Ok(log) = fs::read_to_string(vm_dir(server, id).join("vmware.log")) else {
+        if !vm["error"]["log_tail"].is_null() {
+            problems.push(format!("a log_tail without a vmware.log: {vm}"));
+        }
+        return;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let want = &lines[lines.len().saturating_sub(40)..];
+    let tail: Vec<&str> = vm["error"]["log_tail"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if tail != want {
+        problems.push(format!(
+            "error.log_tail is not the last lines of vmware.log: {:?}",
+            vm["error"]["log_tail"]
+        ));
+    }
 }
 
 /// A fault while deleting a ready VM: the DELETE's answer; a refused DELETE must leave the VM

@@ -135,6 +135,16 @@ fn a_failed_vm_that_runs_is_stopped_by_the_reconcile() {
     let id = world.create(&world.body());
     let vm = world.server.wait_failed(&id);
     assert!(vm["error"]["code"].is_string(), "{vm}");
+    // The failure itself stops it (issue 12); someone then starts it behind our back.
+    assert!(!sim_running(&world.server).contains(&id));
+    let vmx = world
+        .server
+        .data_dir
+        .join("vms")
+        .join(&id)
+        .join(format!("{id}.vmx"));
+    world.server.sim(&["start", vmx.to_str().unwrap(), "nogui"]);
+    assert!(sim_running(&world.server).contains(&id));
     poll("the failed VM to be stopped", &world.server, || {
         !sim_running(&world.server).contains(&id)
     });

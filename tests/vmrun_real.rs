@@ -271,3 +271,300 @@ fn an_address_from_tools_says_so() {
     let vm = w.server.wait_ready(&id);
     assert_eq!(vm["ip_source"], "tools");
 }
+
+/// The VM's `vmware.log` as the simulator (VMware) wrote it, line by line.
+fn vmware_log(w: &World, id: &str) -> Vec<String> {
+    let path = w.server.data_dir.join("vms").join(id).join("vmware.log");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn log_tail(vm: &Value) -> Vec<String> {
+    vm["error"]["log_tail"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no error.log_tail: {vm}"))
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A guest whose first boot hangs: one Tools-less, lease-less `--boot-timeout`, one
+/// `reset hard`, and the second boot comes up.
+#[test]
+fn the_boot_watchdog_resets_a_hung_guest_once_and_it_boots() {
+    let w = world(
+        "boot-reset",
+        &[("VMRUN_SIM_DEAD_BOOTS", "1")],
+        &["--boot-timeout", "1"],
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], sim_ip(&w, &id));
+    assert_eq!(calls_with(&w, &["reset", "hard"]), 1);
+    assert_eq!(calls_with(&w, &["start"]), 1);
+    assert!(w.server.wait_log("retrying once with vmrun reset hard"));
+    assert!(vmware_log(&w, &id)
+        .iter()
+        .any(|l| l.contains("VMX_PowerOn: boot 2 (reset, nogui)")));
+}
+
+/// Both boots hang: `boot-timeout`, the VM stopped (the simulator has it off) and its
+/// place freed under `--max-vms 1`; the last 40 lines of its vmware.log in the VM, the
+/// callback and the server log.
+#[test]
+fn a_guest_that_never_boots_fails_boot_timeout_stopped_with_its_log_tail() {
+    let callbacks = common::CallbackReceiver::start();
+    let w = world(
+        "boot-fail",
+        &[("VMRUN_SIM_DEAD_BOOTS", "9")],
+        &[
+            "--boot-timeout",
+            "1",
+            "--ip-wait-timeout",
+            "60",
+            "--max-vms",
+            "1",
+        ],
+    );
+    let mut body = w.body();
+    body["callback_url"] = callbacks.url.clone().into();
+    let id = w.create(&body);
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "boot-timeout", "{vm}");
+    let message = vm["error"]["message"].as_str().unwrap();
+    assert!(message.contains("after a hard reset"), "{message}");
+    assert!(message.contains("--headless-retry-gui"), "{message}");
+    assert_eq!(calls_with(&w, &["reset", "hard"]), 1);
+    assert!(calls_with(&w, &["stop", "hard"]) >= 1);
+    assert!(!w.server.sim(&["list"]).contains(&id));
+    assert!(vm.get("keep").is_none(), "{vm}");
+    let tail = log_tail(&vm);
+    let lines = vmware_log(&w, &id);
+    assert_eq!(tail.len(), 40);
+    assert_eq!(tail[..], lines[lines.len() - 40..]);
+    // Read after the stop: VMware's power-off lines are its end.
+    assert!(tail[39].ends_with("| vmx| I005: VMX exit (0)."), "{tail:?}");
+    let posted = callbacks.wait_for(1);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0]["error"]["log_tail"], vm["error"]["log_tail"]);
+    assert!(w.server.wait_log(&format!("vmware.log| {}", tail[39])));
+    // Its place is free: the next create is admitted, not refused capacity-exhausted.
+    let (status, answer) = w.server.create(&w.body());
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// Fusion's headless caveat: a VM powered on nogui never boots, a reset does not help, a
+/// start with a window does (`--headless-retry-gui`).
+#[test]
+fn headless_retry_gui_boots_a_headless_vm_with_a_window() {
+    let w = world(
+        "boot-gui",
+        &[("VMRUN_SIM_NOGUI_NEVER_BOOTS", "1")],
+        &["--boot-timeout", "1", "--headless-retry-gui"],
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["ip_address"], sim_ip(&w, &id));
+    assert_eq!(calls_with(&w, &["start", "nogui"]), 1);
+    assert_eq!(calls_with(&w, &["start", "gui"]), 1);
+    assert_eq!(calls_with(&w, &["stop", "hard"]), 1);
+    assert_eq!(calls_with(&w, &["reset"]), 0);
+    assert!(w
+        .server
+        .wait_log("stop hard then start gui (--headless-retry-gui)"));
+}
+
+#[test]
+fn without_headless_retry_gui_a_reset_does_not_help_a_headless_vm() {
+    let w = world(
+        "boot-nogui",
+        &[("VMRUN_SIM_NOGUI_NEVER_BOOTS", "1")],
+        &["--boot-timeout", "1"],
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "boot-timeout", "{vm}");
+    assert_eq!(calls_with(&w, &["reset", "hard"]), 1);
+    assert_eq!(calls_with(&w, &["start", "gui"]), 0);
+    assert!(!w.server.sim(&["list"]).contains(&id));
+}
+
+/// `?keep=true`: the failed VM is left running as it is, and holds its place.
+#[test]
+fn keep_true_leaves_a_failed_vm_running() {
+    let w = world(
+        "boot-keep",
+        &[("VMRUN_SIM_DEAD_BOOTS", "9")],
+        &[
+            "--boot-timeout",
+            "1",
+            "--max-vms",
+            "1",
+            "--reconcile-interval",
+            "0.2",
+        ],
+    );
+    let (status, vm) = common::http::request(
+        "POST",
+        &w.server.url("/vms?keep=true"),
+        Some(&w.body().to_string()),
+        &[],
+    );
+    assert_eq!(status, 202, "{vm}");
+    assert_eq!(vm["keep"], true);
+    let id = vm["id"].as_str().unwrap().to_string();
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "boot-timeout");
+    assert_eq!(vm["keep"], true);
+    assert_eq!(log_tail(&vm).len(), 40);
+    assert_eq!(calls_with(&w, &["stop"]), 0);
+    assert!(w.server.sim(&["list"]).contains(&id));
+    assert!(w.server.wait_log("left running for inspection (keep=true)"));
+    let (status, answer) = w.server.create(&w.body());
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["code"], "capacity-exhausted");
+    // A later reconcile leaves it running too.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(w.server.sim(&["list"]).contains(&id));
+    let (status, body) = w.server.delete_vm(&id);
+    assert_eq!(status, 204, "{body}");
+    assert!(!w.server.sim(&["list"]).contains(&id));
+    let (status, body) = common::http::request(
+        "POST",
+        &w.server.url("/vms?keep=maybe"),
+        Some(&w.body().to_string()),
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid-keep");
+}
+
+/// `--keep-failed 2`: a VM that fails while running stays running, with a lease that ends
+/// it two seconds after its failure.
+#[test]
+fn keep_failed_keeps_a_failed_vm_running_until_its_lease_ends() {
+    let w = world(
+        "boot-keep-failed",
+        &[("VMRUN_SIM_DEAD_BOOTS", "9")],
+        &[
+            "--boot-timeout",
+            "1",
+            "--keep-failed",
+            "2",
+            "--reconcile-interval",
+            "0.2",
+        ],
+    );
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "boot-timeout");
+    assert_eq!(vm["keep"], true);
+    assert!(vm["expires_at"].is_string(), "{vm}");
+    assert!(w.server.sim(&["list"]).contains(&id));
+    assert!(w
+        .server
+        .wait_log("left running for inspection for 2 s (--keep-failed)"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while w.server.get_vm(&id).0 != 404 {
+        assert!(std::time::Instant::now() < deadline, "never destroyed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!w.server.sim(&["list"]).contains(&id));
+}
+
+/// A VM that fails in the IP wait (every query fails) is stopped and carries its log too.
+#[test]
+fn a_vm_failing_its_ip_wait_is_stopped_with_its_log_tail() {
+    let w = world("ip-fail-stop", &[], &["--ip-wait-timeout", "1.5"]);
+    w.server
+        .set_faults("getGuestIPAddress fail Insufficient permissions in the host operating system");
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "vmrun-failed", "{vm}");
+    assert!(!w.server.sim(&["list"]).contains(&id));
+    let lines = vmware_log(&w, &id);
+    assert_eq!(log_tail(&vm)[..], lines[lines.len() - 40..]);
+}
+
+#[test]
+fn get_vm_log_streams_the_whole_vmware_log() {
+    let w = world("vm-log", &[], &[]);
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let url = w.server.url(&format!("/vms/{id}/log"));
+    let answer = common::http::call("GET", &url, None, &[]);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let path = w.server.data_dir.join("vms").join(&id).join("vmware.log");
+    assert_eq!(answer.body, std::fs::read(&path).unwrap());
+    let head = common::http::call("HEAD", &url, None, &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("Content-Length"),
+        Some(answer.body.len().to_string().as_str())
+    );
+
+    // Large: streamed from the file, so the server's peak memory stays far below its size.
+    let big: u64 = 128 << 20;
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        let line = b"2024-05-01T10:00:00.123Z| vmx| I005: Tools: [AppStatus] Last heartbeat value 0 (never)\n";
+        let block: Vec<u8> = line.iter().copied().cycle().take(1 << 20).collect();
+        for _ in 0..(big >> 20) {
+            file.write_all(&block).unwrap();
+        }
+    }
+    let answer = common::http::call("GET", &url, None, &[]);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len() as u64, big);
+    let peak_kib = peak_rss_kib(w.server.pid());
+    println!(
+        "server peak RSS {peak_kib} KiB after answering a {} KiB vmware.log",
+        big >> 10
+    );
+    assert!(
+        peak_kib < (big >> 10) / 2,
+        "the server peaked at {peak_kib} KiB answering a {} KiB log",
+        big >> 10
+    );
+    drop(answer);
+
+    // A link is not VMware's log; a VM with none is 404 with a code; unknown VMs are 404.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(w.dir.path().join("secret"), "not for you\n").unwrap();
+    std::os::unix::fs::symlink(w.dir.path().join("secret"), &path).unwrap();
+    let (status, body) = common::http::request("GET", &url, None, &[]);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "vm-log-not-found");
+    std::fs::remove_file(&path).unwrap();
+    let (status, body) = common::http::request("GET", &url, None, &[]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("vm-log-not-found"))
+    );
+    let (status, body) = common::http::request(
+        "GET",
+        &w.server
+            .url("/vms/282ee68a-2e4d-4bd7-9c0e-7f37e12fc489/log"),
+        None,
+        &[],
+    );
+    assert_eq!((status, body["code"].as_str()), (404, Some("vm-not-found")));
+}
+
+/// The process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}

@@ -296,6 +296,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             labels: Default::default(),
             guestinfo_keys: Vec::new(),
             ip_source: None,
+            keep: false,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

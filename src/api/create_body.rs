@@ -32,6 +32,8 @@ pub struct CreateVm {
     /// Secret: never recorded; see [`crate::guestinfo`].
     pub guestinfo: GuestInfo,
     pub labels: Labels,
+    /// `?keep=true`: a failure leaves the VM running for inspection.
+    pub keep: bool,
 }
 
 /// Longest idempotency key accepted.
@@ -120,6 +122,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         ttl,
         guestinfo,
         labels,
+        keep: false,
     })
 }
 

@@ -22,6 +22,8 @@ pub enum ApiError {
     VmNotFound,
     /// 404
     RouteNotFound(String),
+    /// 404: the VM exists but has no `vmware.log` (never started, or its files are gone).
+    VmLogNotFound(crate::vm::VmId),
     /// 405
     MethodNotAllowed {
         method: String,
@@ -76,7 +78,7 @@ impl ApiError {
             Self::InvalidJson(_) | Self::UnsupportedMediaType(_) => 415,
             Self::BodyTooLarge { .. } => 413,
             Self::LengthRequired => 411,
-            Self::VmNotFound | Self::RouteNotFound(_) => 404,
+            Self::VmNotFound | Self::RouteNotFound(_) | Self::VmLogNotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::VmLocked(_) | Self::VmOpenError(_) => 409,
             Self::VmrunMissing(_) | Self::VmDeleteError(_) | Self::Internal(_) => 500,
@@ -99,6 +101,7 @@ impl ApiError {
             Self::LengthRequired => "length-required",
             Self::VmNotFound => "vm-not-found",
             Self::RouteNotFound(_) => "not-found",
+            Self::VmLogNotFound(_) => "vm-log-not-found",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::VmLocked(_) => "vm-locked",
             Self::VmOpenError(_) => "vm-open-error",
@@ -131,8 +134,11 @@ impl ApiError {
             }
             Self::LengthRequired => "the request has no Content-Length header; send the JSON body with one (curl -d and every HTTP library do)".into(),
             Self::VmNotFound => "The requested virtual machine ID was not found".into(),
+            Self::VmLogNotFound(id) => format!(
+                "VM {id} has no vmware.log: VMware writes it when the VM starts, so this VM has not started yet (or its files are gone); GET /vms/{id} says where it is"
+            ),
             Self::RouteNotFound(path) => format!(
-                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /images, /images/:checksum, /drain, /healthz, /metrics and /openapi.json (which describes them all)"
+                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /vms/:id/log, /images, /images/:checksum, /drain, /healthz, /metrics and /openapi.json (which describes them all)"
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 format!("method {method} is not allowed here; use {allowed}")

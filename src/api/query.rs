@@ -44,12 +44,17 @@ pub fn wait(url: &str) -> Result<Duration, ApiError> {
 
 /// `?name=true|false` (also `1`, `0`, or the bare name for true); absent is false.
 pub fn flag(url: &str, name: &str) -> Result<bool, ApiError> {
+    flag_or(url, name, "invalid-query")
+}
+
+/// As [`flag`], refused with `code`.
+pub fn flag_or(url: &str, name: &str, code: &'static str) -> Result<bool, ApiError> {
     match param(url, name) {
         None => Ok(false),
         Some("" | "true" | "1") => Ok(true),
         Some("false" | "0") => Ok(false),
         Some(other) => Err(ApiError::invalid(
-            "invalid-query",
+            code,
             format!(
                 "{name} must be true or false, got {:?}",
                 other.chars().take(40).collect::<String>()
@@ -72,6 +77,9 @@ mod tests {
         let err = flag("/vms/x?progress=yes", "progress").unwrap_err();
         assert_eq!(err.code(), "invalid-query");
         assert!(err.message().contains("progress"), "{}", err.message());
+        assert_eq!(flag_or("/vms?keep=1", "keep", "invalid-keep"), Ok(true));
+        let err = flag_or("/vms?keep=yes", "keep", "invalid-keep").unwrap_err();
+        assert_eq!(err.code(), "invalid-keep");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum Route {
     GetVm(VmId),
     DeleteVm(VmId),
     RenewVm(VmId),
+    /// The VM's `vmware.log`, as text.
+    VmLog(VmId),
     ListImages,
     PrewarmImage,
     /// A lowercase hex digest: safe as a path component.
@@ -75,7 +77,7 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
     }
 }
 
-/// `/vms/:id` and `/vms/:id/renew`.
+/// `/vms/:id`, `/vms/:id/renew` and `/vms/:id/log`.
 fn vm_route(method: &str, rest: &str) -> Result<Route, ApiError> {
     let (id, action) = match rest.split_once('/') {
         Some((id, action)) => (id, Some(action)),
@@ -87,6 +89,8 @@ fn vm_route(method: &str, rest: &str) -> Result<Route, ApiError> {
         (None, _) => return Err(not_allowed(method, "GET or DELETE")),
         (Some("renew"), "POST") => Route::RenewVm,
         (Some("renew"), _) => return Err(not_allowed(method, "POST")),
+        (Some("log"), "GET" | "HEAD") => Route::VmLog,
+        (Some("log"), _) => return Err(not_allowed(method, "GET")),
         (Some(_), _) => return Err(ApiError::RouteNotFound(truncate(rest))),
     };
     parse_id(id).map(route).ok_or(ApiError::VmNotFound)
@@ -171,6 +175,23 @@ mod tests {
             404
         );
         assert_eq!(route("POST", "/vms/nope/renew"), Err(ApiError::VmNotFound));
+        assert_eq!(
+            route("GET", &format!("/vms/{ID}/log")),
+            Ok(Route::VmLog(id))
+        );
+        assert_eq!(
+            route("DELETE", &format!("/vms/{ID}/log"))
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(route("GET", "/vms/../log"), Err(ApiError::VmNotFound));
+        assert_eq!(
+            route("GET", &format!("/vms/{ID}/log/x"))
+                .unwrap_err()
+                .status(),
+            404
+        );
         assert_eq!(route("GET", "/images"), Ok(Route::ListImages));
         assert_eq!(route("POST", "/images/"), Ok(Route::PrewarmImage));
         assert_eq!(

@@ -152,6 +152,7 @@ fn answers_from_memory(request: &Request) -> bool {
     let url = request.url();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     (path == "/vms" || path.starts_with("/vms/"))
+        && !path.trim_end_matches('/').ends_with("/log")
         && !query.split('&').any(|p| p.starts_with("wait="))
 }
 
@@ -174,6 +175,25 @@ fn handle(mut request: Request, service: &Service) {
         ))
     });
     let response = match result {
+        Ok(Reply::File(file, length)) => {
+            // Streamed from the file, never read whole: a vmware.log can be large. Only
+            // what it held when opened is sent, though VMware may still append to it.
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            let content_type =
+                Header::from_bytes(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])
+                    .map(|h| vec![h])
+                    .unwrap_or_default();
+            let response = Response::new(
+                StatusCode(200),
+                content_type,
+                file.take(length as u64),
+                Some(length),
+                None,
+            )
+            // The length is known: announce it rather than switch to chunks.
+            .with_chunked_threshold(usize::MAX);
+            return send(request, response, &method, &url, service);
+        }
         Ok(Reply::Json(status, body)) => json(status, body),
         Ok(Reply::Empty(status)) => Response::new(
             StatusCode(status),
@@ -198,16 +218,26 @@ fn handle(mut request: Request, service: &Service) {
             response
         }
     };
+    send(request, response, &method, &url, service);
+}
+
+fn send<R: Read + Send + 'static>(
+    request: Request,
+    response: Response<R>,
+    method: &Method,
+    url: &str,
+    service: &Service,
+) {
     service
         .fleet()
         .metrics
         .record_http_request(method.as_str(), response.status_code().0);
-    let response = if method == Method::Head {
+    if *method == Method::Head {
         let length = response.data_length();
-        response.with_data(Cursor::new(Arc::from(&[][..])), length)
-    } else {
-        response
-    };
+        let response = response.with_data(Cursor::new(Arc::from(&[][..])), length);
+        let _ = request.respond(response);
+        return;
+    }
     if response.data_length().unwrap_or(0) > INLINE_ANSWER_BYTES {
         let spawned = thread::Builder::new()
             .name("http-answer".into())
@@ -225,6 +255,8 @@ fn handle(mut request: Request, service: &Service) {
 
 enum Reply {
     Json(u16, Arc<[u8]>),
+    /// 200 with a text file's first `u64` bytes.
+    File(std::fs::File, u64),
     Empty(u16),
     Answer(Answer),
 }
@@ -255,6 +287,9 @@ fn answer(
         Route::GetVm(id) => {
             vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
         }
+        Route::VmLog(id) => service
+            .vm_log(id)
+            .map(|(file, length)| Reply::File(file, length)),
         Route::RenewVm(id) => {
             check_content_type(request)?;
             // `curl -X POST .../renew` sends no body and no length: the VM's own ttl.
@@ -299,6 +334,7 @@ fn answer(
             check_content_type(request)?;
             let body = read_body(request)?;
             let mut create = create_body::parse(&body)?;
+            create.keep = super::query::flag_or(url, "keep", "invalid-keep")?;
             let guard = &service.fleet().guard;
             guard.check_image_url(&create.image.url)?;
             if let Some(url) = &create.callback_url {

@@ -31,7 +31,12 @@ impl Provisioner {
         let id = vm.id;
         let vmx_path = self.store.vmx_path(id);
         let started = Instant::now();
-        let deadline = started + self.settings.ip_wait_timeout;
+        let mut deadline = started + self.settings.ip_wait_timeout;
+        let boot_timeout = self.settings.boot.timeout;
+        // The boot watchdog: armed until Tools answer once (or a lease is found).
+        let mut boot_deadline = started + boot_timeout;
+        let mut tools_seen = false;
+        let mut rebooted = false;
         let mut no_tools = 0u32;
         let mut last_error: Option<VmrunError>;
         let mut backoff = self.settings.ip_poll_interval;
@@ -40,8 +45,19 @@ impl Provisioner {
         loop {
             check(cancel)?;
             let answer = if no_tools >= WAIT_FALLBACK_AFTER {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let limit = self.vmrun.settings().timeouts.ip_query.min(left);
+                let now = Instant::now();
+                let mut left = deadline.saturating_duration_since(now);
+                if !tools_seen {
+                    left = left.min(boot_deadline.saturating_duration_since(now));
+                }
+                // A zero limit would kill the call before it could answer at all.
+                let limit = self
+                    .vmrun
+                    .settings()
+                    .timeouts
+                    .ip_query
+                    .min(left)
+                    .max(Duration::from_millis(100));
                 self.vmrun.guest_ip_wait(&vmx_path, limit, cancel)
             } else {
                 self.vmrun.guest_ip(&vmx_path, cancel)
@@ -49,6 +65,7 @@ impl Provisioner {
             match answer {
                 Ok(IpAnswer::Address(text)) => {
                     no_tools = 0;
+                    tools_seen = true;
                     last_error = None;
                     match guest_ip::usable(&text) {
                         Ok(ip) => {
@@ -65,6 +82,7 @@ impl Provisioner {
                 }
                 Ok(IpAnswer::NoAddress) => {
                     no_tools = 0;
+                    tools_seen = true;
                     last_error = None;
                 }
                 Ok(IpAnswer::NoTools) => {
@@ -94,6 +112,19 @@ impl Provisioner {
                 return Ok(());
             }
             let now = Instant::now();
+            if !tools_seen && now >= boot_deadline {
+                if rebooted {
+                    return Err(Stop::failed("boot-timeout", self.boot_timeout_message(vm)));
+                }
+                rebooted = true;
+                self.reboot(vm, &vmx_path, cancel)?;
+                // The second boot gets a whole window, even past the IP deadline.
+                boot_deadline = Instant::now() + boot_timeout;
+                deadline = deadline.max(boot_deadline);
+                no_tools = 0;
+                backoff = self.settings.ip_poll_interval;
+                continue;
+            }
             if now >= deadline {
                 if let Some(err) = last_error {
                     // Every call up to the deadline failed: that, not "no IP", is the news.
@@ -111,8 +142,64 @@ impl Provisioner {
             } else {
                 self.settings.ip_poll_interval
             };
-            sleep_unless_cancelled(backoff.min(deadline - now), cancel)?;
+            let mut pause = backoff.min(deadline - now);
+            if !tools_seen {
+                pause = pause.min(boot_deadline.saturating_duration_since(now));
+            }
+            sleep_unless_cancelled(pause, cancel)?;
         }
+    }
+
+    /// The boot watchdog's one retry: `reset hard`, or for a headless VM with
+    /// `--headless-retry-gui` a `stop hard` and a `start gui` (Fusion's headless VMs that
+    /// never boot may boot with a window).
+    fn reboot(&self, vm: &Vm, vmx: &Path, cancel: &Cancel) -> Result<(), Stop> {
+        let id = vm.id;
+        let waited = self.settings.boot.timeout.as_secs_f64();
+        let gui = vm.headless && self.settings.boot.headless_retry_gui;
+        let how = if gui {
+            "vmrun stop hard then start gui (--headless-retry-gui)"
+        } else {
+            "vmrun reset hard"
+        };
+        crate::warn!(
+            "vm={id} no VMware Tools and no DHCP lease {waited} s after its start: the guest did not boot; retrying once with {how}"
+        );
+        let result = if gui {
+            self.vmrun
+                .stop(vmx, true, cancel)
+                .and_then(|()| self.vmrun.start(vmx, false, cancel))
+        } else {
+            self.vmrun.reset(vmx, true, cancel)
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(VmrunError::Cancelled { .. }) => Err(Stop::Cancelled),
+            Err(err) => Err(Stop::failed(
+                "boot-timeout",
+                format!(
+                    "the guest did not boot: no VMware Tools and no DHCP lease within {waited} s of its start (--boot-timeout), and the retry ({how}) failed: {err}"
+                ),
+            )),
+        }
+    }
+
+    fn boot_timeout_message(&self, vm: &Vm) -> String {
+        let waited = self.settings.boot.timeout.as_secs_f64();
+        let retry = if vm.headless && self.settings.boot.headless_retry_gui {
+            "a stop and a start with a window (--headless-retry-gui)"
+        } else {
+            "a hard reset"
+        };
+        let hint = if vm.headless && !self.settings.boot.headless_retry_gui {
+            "; a headless VM that never boots may boot with a window: see --headless-retry-gui"
+        } else {
+            ""
+        };
+        format!(
+            "the guest did not boot: no VMware Tools and no DHCP lease within {waited} s of its start, nor within {waited} s after {retry} (--boot-timeout); its vmware.log is in error.log_tail and at GET /vms/{}/log{hint}",
+            vm.id
+        )
     }
 
     fn found(

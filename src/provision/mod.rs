@@ -1,6 +1,7 @@
 //! Provisioning: a fixed pool of threads fed by a crossbeam channel turns a recorded VM into
 //! a running linked clone (gold image, clone, VMX edit, start, IP), then fires the callback.
 
+mod failure;
 pub mod gold_locks;
 mod ip_watch;
 pub mod steps;
@@ -43,6 +44,18 @@ pub struct ProvisionSettings {
     pub callback: CallbackSettings,
     /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses.
     pub strict_vmx: bool,
+    pub boot: BootSettings,
+}
+
+/// The boot watchdog and what becomes of a VM that fails while it runs.
+#[derive(Clone, Debug)]
+pub struct BootSettings {
+    /// No Tools and no DHCP lease this long after a (re)boot: retry once, then fail.
+    pub timeout: Duration,
+    /// Retry a headless VM with `stop hard` + `start gui` rather than `reset hard`.
+    pub headless_retry_gui: bool,
+    /// `--keep-failed`: a VM that fails while running stays running this long.
+    pub keep_failed: Option<Duration>,
 }
 
 /// Everything a worker needs, shared by all workers.

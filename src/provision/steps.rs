@@ -29,7 +29,7 @@ pub enum Stop {
 }
 
 impl Stop {
-    fn failed(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn failed(code: &str, message: impl Into<String>) -> Self {
         Self::Failed {
             code: code.to_string(),
             message: message.into(),
@@ -97,7 +97,7 @@ impl Provisioner {
             Err(Stop::Failed { code, message }) => {
                 self.metrics.record_provision(&code);
                 crate::warn!(vm = id, code = &code; "failed: {code}: {message}");
-                self.record(id, |vm| vm.fail(&code, message));
+                self.fail_vm(id, &code, message);
             }
         }
         self.fire_callback(id);
@@ -232,10 +232,8 @@ impl Provisioner {
                 (_, Some(true)) => {
                     crate::warn!("vm={id} {err}; but vmrun lists it running, so it started");
                 }
-                _ => {
-                    let _ = self.vmrun.stop(&vmx_path, true, &Cancel::new());
-                    return Err(Stop::from(err));
-                }
+                // `fail_vm` stops it (phase `starting`), unless it is to be kept.
+                _ => return Err(Stop::from(err)),
             }
         }
         let booted = Instant::now();

@@ -3,6 +3,7 @@
 pub mod id;
 pub mod model;
 pub mod store;
+pub mod vmware_log;
 
 pub use id::VmId;
 pub use model::{NetworkType, Phase, Progress, Status, Vm, VmError};

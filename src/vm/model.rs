@@ -57,6 +57,10 @@ pub struct Vm {
     /// The keys of the guestinfo given at create; the values are never recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guestinfo_keys: Vec<String>,
+    /// A failure leaves this VM as it is, running, for someone to look at (`?keep=true` on
+    /// create, or `--keep-failed` when it failed); without it a failed VM is stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -177,6 +181,9 @@ pub struct Progress {
 pub struct VmError {
     pub code: String,
     pub message: String,
+    /// The last lines of the VM's `vmware.log`, for a VM that failed after its clone existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<Vec<String>>,
 }
 
 impl Vm {
@@ -186,6 +193,7 @@ impl Vm {
         self.error = Some(VmError {
             code: code.to_string(),
             message: message.into(),
+            log_tail: None,
         });
     }
 
@@ -230,6 +238,7 @@ pub(crate) mod tests {
             labels: BTreeMap::new(),
             guestinfo_keys: Vec::new(),
             ip_source: None,
+            keep: false,
         }
     }
 

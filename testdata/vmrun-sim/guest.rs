@@ -13,6 +13,9 @@ pub const IP_DELAY_ENV: &str = "VMRUN_SIM_IP_DELAY_MS";
 pub const NEEDS_WAIT_ENV: &str = "VMRUN_SIM_IP_NEEDS_WAIT";
 /// The first N boots (start or reset) of each VM never start VMware Tools.
 pub const DEAD_BOOTS_ENV: &str = "VMRUN_SIM_DEAD_BOOTS";
+/// Fusion's headless caveat: a VM powered on `nogui` never starts VMware Tools, however
+/// often it is reset; started `gui`, it boots.
+pub const NOGUI_DEAD_ENV: &str = "VMRUN_SIM_NOGUI_NEVER_BOOTS";
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
 enum Guest {
@@ -30,6 +33,7 @@ fn observe(state: &StateDir, vm: &VmPath, wait: bool) -> Result<Guest, SimError>
         return Ok(Guest::Off);
     };
     if u64::from(vm_state.boots) <= dead_boots
+        || (vm_state.mode == "nogui" && env_flag(NOGUI_DEAD_ENV))
         || (!wait && vm_state.mode == "nogui" && env_flag(NEEDS_WAIT_ENV))
     {
         return Ok(Guest::Booting);

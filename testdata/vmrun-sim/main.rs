@@ -32,6 +32,7 @@
 //! | `VMRUN_SIM_FAULTS` | fault rules (syntax below), separated by `;` or newlines | none |
 //! | `VMRUN_SIM_IP_NEEDS_WAIT` | `1`: Fusion's quirk: after `start nogui`, `getGuestIPAddress` without `-wait` keeps answering that Tools are not running; `-wait` gets the address | off |
 //! | `VMRUN_SIM_DEAD_BOOTS` | the first N boots (`start` or `reset`) of each VM never start VMware Tools (a guest that hangs at boot) | 0 |
+//! | `VMRUN_SIM_NOGUI_NEVER_BOOTS` | `1`: a VM powered on `nogui` never starts VMware Tools, reset or not (Fusion's headless VMs that never boot); started `gui`, it boots | off |
 //! | `VMRUN_SIM_POWEROFF_LAG_MS` | for this long after `stop`, `deleteVM` answers `The virtual machine should not be powered on. It is already running.` | 0 |
 //! | `VMRUN_SIM_LIST_REMOVED` | `1`: `list` goes on listing a running VM whose VMX was removed, as the real vmrun does | off |
 //!
@@ -54,7 +55,10 @@
 //!
 //! - `start` writes `ethernet0.addressType = "generated"` and `ethernet0.generatedAddress =
 //!   "00:0c:29:XX:YY:ZZ"` (stable per VM) into a VMX that has `ethernet0.present` and no
-//!   address yet, and `start`/`reset` append 60 lines to `vmware.log` beside the VMX.
+//!   address yet, and `start`/`reset` append 60 lines to `vmware.log` beside the VMX, in
+//!   Fusion's shape (`2024-05-01T10:00:00.123Z| vmx| I005: …`, one millisecond apart, a
+//!   `VMX_PowerOn: boot N (start|reset, gui|nogui)` line among them); `stop`/`suspend` append
+//!   `Stopping VCPU threads...` and `VMX exit (0).`.
 //! - `start` makes `<vmx>.lck/M<pid>.lck` and `<disk>.lck/M<pid>.lck` for each disk of the VMX
 //!   (keys ending in `.fileName` whose value ends in `.vmdk`, relative to the VMX's folder);
 //!   `stop`/`suspend` remove them. An existing `.lck` folder of a VM that is not running (a

@@ -72,7 +72,7 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
         },
     )?;
     boot::assign_mac(&vm, &mut config)?;
-    boot::write_log(&vm, boots, "start")?;
+    boot::write_log(&vm, boots, "start", mode)?;
     Ok(String::new())
 }
 
@@ -130,6 +130,9 @@ fn power_off(state: &StateDir, vm: &VmPath) -> Result<String, SimError> {
             running.guest_env.clear();
             running.stopped_at_ms = now_ms();
             state.save(vm, &running)?;
+            if vm.is_file() {
+                boot::write_power_off(vm)?;
+            }
             Ok(String::new())
         }
         _ if !vm.is_file() => Err(SimError::NotFound(vm.given.clone())),
@@ -149,7 +152,7 @@ pub fn reset(state: &StateDir, args: &[String]) -> Result<String, SimError> {
             running.started_at_ms = now_ms();
             running.boots += 1;
             state.save(&vm, &running)?;
-            boot::write_log(&vm, running.boots, "reset")?;
+            boot::write_log(&vm, running.boots, "reset", &running.mode)?;
             Ok(String::new())
         }
         _ => Err(SimError::NotPoweredOn(vm.given.clone())),
