@@ -80,10 +80,10 @@ pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
         None => holds_a_place(vm),
     };
     let mut in_use: HashSet<PathBuf> = store
-        .ids()
-        .into_iter()
-        .filter(|id| store.get(*id).is_some_and(|vm| counts(&vm)))
-        .map(|id| reconcile::canonical(&store.vmx_path(id)))
+        .records()
+        .iter()
+        .filter(|vm| counts(vm))
+        .map(|vm| reconcile::canonical(&store.vmx_path(vm.id)))
         .collect();
     if let Some(running) = running {
         in_use.extend(running.iter().cloned());

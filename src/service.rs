@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, Snapshot, VmsByStatus};
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::reconcile;
+use crate::sync::LockUnpoisoned;
 use crate::vm::store::{Durability, RECORD_FILE};
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use crate::vmrun::{Vmrun, VmrunError};
@@ -107,7 +108,7 @@ impl Service {
             .check_available()
             .map_err(|e| ApiError::VmrunMissing(e.to_string()))?;
         // Held across lookup and insert so that two retries racing each other make one VM.
-        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let _creating = self.creating.lock_unpoisoned();
         if let Some(key) = &request.name {
             if let Some(vm) = self.find_by_name(key) {
                 let differ = crate::guard::idempotency::differing_fields(&vm, &request);
@@ -121,7 +122,7 @@ impl Service {
                     .ok_or(ApiError::VmNotFound);
             }
         }
-        let records = self.store.ids().len() as u64;
+        let records = self.store.len() as u64;
         if self.fleet.max_records > 0 && records >= self.fleet.max_records {
             let shortage = capacity::Shortage::Records {
                 count: records,
@@ -190,18 +191,17 @@ impl Service {
     }
 
     fn find_by_name(&self, key: &str) -> Option<Vm> {
-        self.store.ids().into_iter().find_map(|id| {
-            let vm = self.store.get(id)?;
-            (vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting).then_some(vm)
-        })
+        self.store
+            .records()
+            .into_iter()
+            .find(|vm| vm.name.as_deref() == Some(key) && vm.progress.phase != Phase::Deleting)
     }
 
     /// Failed VMs last changed before `cutoff_ms` (Unix milliseconds), not being destroyed.
     pub fn failed_before(&self, cutoff_ms: i64) -> Vec<VmId> {
         self.store
-            .ids()
+            .records()
             .into_iter()
-            .filter_map(|id| self.store.get(id))
             .filter(|vm| vm.status == Status::Failed && vm.progress.phase != Phase::Deleting)
             .filter(|vm| leases::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms))
             .map(|vm| vm.id)
@@ -264,9 +264,8 @@ impl Service {
     /// VMs whose lease is over and that are not being destroyed, with their expiry.
     pub fn expired_leases(&self, now_ms: i64) -> Vec<(VmId, String)> {
         self.store
-            .ids()
+            .records()
             .into_iter()
-            .filter_map(|id| self.store.get(id))
             .filter(|vm| vm.progress.phase != Phase::Deleting && leases::is_expired(vm, now_ms))
             .map(|vm| (vm.id, vm.expires_at.unwrap_or_default()))
             .collect()
@@ -332,12 +331,7 @@ impl Service {
     /// `GET /metrics`: the counters, and the state in memory (no vmrun call).
     pub fn metrics_text(&self) -> String {
         let mut vms = VmsByStatus::default();
-        for vm in self
-            .store
-            .ids()
-            .into_iter()
-            .filter_map(|id| self.store.get(id))
-        {
+        for vm in self.store.records() {
             match vm.status {
                 Status::Provisioning => vms.provisioning += 1,
                 Status::Running => vms.running += 1,
@@ -663,7 +657,7 @@ impl Service {
         };
         // A create makes the folder, then the record, then the map entry: without this lock
         // a folder caught in between would look like an orphan.
-        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let _creating = self.creating.lock_unpoisoned();
         for entry in entries.flatten() {
             let dir = entry.path();
             // A delete on its way out (creates hold `creating`, as this does).
@@ -715,7 +709,7 @@ impl Service {
 
     /// True if `dir` was reported before; remembers it otherwise.
     fn already_reported(&self, dir: &Path) -> bool {
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reported = self.reported.lock_unpoisoned();
         !reported.insert(dir.to_path_buf())
     }
 

@@ -17,6 +17,7 @@ use crate::vm::VmId;
 
 use super::model::Vm;
 use crate::fsutil;
+use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
 
 pub const RECORD_FILE: &str = "osx-builder.json";
 /// `vms/.creating-<id>`: a new VM's folder until its record is in it.
@@ -198,7 +199,7 @@ impl VmStore {
         let Some(slot) = self.slot(id) else {
             return Ok(None);
         };
-        let mut record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = slot.record.lock_unpoisoned();
         let mut next = record.clone();
         change(&mut next);
         if next == *record {
@@ -212,7 +213,7 @@ impl VmStore {
         }
         *record = next.clone();
         let state = crate::long_poll::key_of(&next);
-        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = (json, state);
+        *slot.json.write_unpoisoned() = (json, state);
         drop(record);
         self.bump();
         Ok(Some(next))
@@ -254,7 +255,7 @@ impl VmStore {
         let (generation, _) = self
             .changed
             .wait_timeout_while(generation, timeout, |now| *now == seen)
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *generation
     }
 
@@ -264,26 +265,35 @@ impl VmStore {
     }
 
     fn lock_generation(&self) -> MutexGuard<'_, u64> {
-        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        self.generation.lock_unpoisoned()
     }
 
     pub fn json(&self, id: VmId) -> Option<Arc<[u8]>> {
         let slot = self.slot(id)?;
-        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        let json = slot.json.read_unpoisoned();
         Some(json.0.clone())
     }
 
     /// The JSON and its long-poll state hash, read together.
     pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, crate::long_poll::PollKey)> {
         let slot = self.slot(id)?;
-        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        let json = slot.json.read_unpoisoned();
         Some(json.clone())
     }
 
     pub fn get(&self, id: VmId) -> Option<Vm> {
         let slot = self.slot(id)?;
-        let record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        let record = slot.record.lock_unpoisoned();
         Some(record.clone())
+    }
+
+    /// A copy of every record, each read under its own lock: one VM's change does not wait
+    /// for a walk over all of them.
+    pub fn records(&self) -> Vec<Vm> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.get(id))
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<VmId> {
@@ -304,12 +314,7 @@ impl VmStore {
         let mut rows: Vec<(String, Arc<[u8]>)> = slots
             .iter()
             .map(|slot| {
-                let json = slot
-                    .json
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-                    .clone();
+                let json = slot.json.read_unpoisoned().0.clone();
                 (slot.created_at.clone(), json)
             })
             .collect();
@@ -322,11 +327,11 @@ impl VmStore {
     }
 
     fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<VmId, Arc<Slot>>> {
-        self.slots.read().unwrap_or_else(|p| p.into_inner())
+        self.slots.read_unpoisoned()
     }
 
     fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<VmId, Arc<Slot>>> {
-        self.slots.write().unwrap_or_else(|p| p.into_inner())
+        self.slots.write_unpoisoned()
     }
 }
 
