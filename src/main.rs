@@ -62,6 +62,7 @@ fn main() -> ExitCode {
 
 fn serve(config: &Config) -> Result<(), String> {
     osx_builder::log::set_format(config.log_format);
+    osx_builder::log::install_bridge();
     match osx_builder::fd_limit::raise() {
         Ok(limit) if limit < 1024 => warn!(
             "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"
