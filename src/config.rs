@@ -84,6 +84,26 @@ pub struct Config {
     pub log_format: crate::log::Format,
 }
 
+impl Config {
+    /// How the server runs vmrun: its path, host type and the deadline of each command.
+    pub fn vmrun_settings(&self) -> crate::vmrun::VmrunSettings {
+        crate::vmrun::VmrunSettings {
+            path: self.vmrun_path.clone(),
+            host_type: self.vmrun_host_type.clone(),
+            timeouts: crate::vmrun::Timeouts {
+                clone: self.timeout_clone,
+                start: self.timeout_start,
+                stop: self.timeout_stop,
+                delete: self.timeout_delete,
+                list: self.timeout_list,
+                ip_query: self.timeout_ip_query,
+                snapshot: self.timeout_snapshot,
+                ..crate::vmrun::Timeouts::DEFAULT
+            },
+        }
+    }
+}
+
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
 /// number is a typo (milliseconds for seconds, say).
 pub const MAX_TTL_SECS: u64 = 365 * 86_400;
@@ -107,360 +127,544 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-struct Setting {
-    flag: &'static str,
-    env: &'static str,
-    default: fn() -> String,
-    help: &'static str,
+/// One setting: its flag (`--flag`), its environment variable, its default with the kind of
+/// value it takes, and the line `--help` prints. The parser, `--help`, the defaults the
+/// library's own settings types start from, and (through a test) the README's table all read
+/// these rows, so a default is written once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: Typed,
+    pub help: &'static str,
 }
 
-macro_rules! setting {
-    ($flag:literal, $env:literal, $default:expr, $help:literal) => {
-        Setting {
-            flag: $flag,
-            env: $env,
-            default: || String::from($default),
-            help: $help,
+/// A setting's default, and with it the kind of value the setting takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Typed {
+    /// Seconds; the setting may take decimals (`0.5`).
+    Seconds(u64),
+    /// Bytes; the setting may take units (`10GiB`, `1.5 TB`).
+    Bytes(u64),
+    /// A whole number.
+    Count(u64),
+    /// `true` or `false`; the flag alone means true.
+    Switch(bool),
+    /// Text (an address, a path, a name).
+    Text(&'static str),
+    /// Text whose default depends on the platform: macOS, and the others (Linux).
+    Platform {
+        macos: &'static str,
+        other: &'static str,
+    },
+    /// A path below `$HOME` (the path itself when `HOME` is unset).
+    Home(&'static str),
+    /// Text with no default (a secret or a file); set but empty is refused.
+    Unset,
+    /// Repeatable; the variable takes a comma-separated list. None by default.
+    List,
+}
+
+impl Setting {
+    /// The default as `--help` shows it and the parser reads it when nothing is given.
+    pub fn default_text(&self) -> String {
+        match self.default {
+            Typed::Seconds(n) | Typed::Count(n) => n.to_string(),
+            Typed::Bytes(n) => bytes_text(n),
+            Typed::Switch(on) => on.to_string(),
+            Typed::Text(text) => text.to_string(),
+            Typed::Platform { macos, other } => if cfg!(target_os = "macos") {
+                macos
+            } else {
+                other
+            }
+            .to_string(),
+            Typed::Home(path) => match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home)
+                    .join(path)
+                    .to_string_lossy()
+                    .into_owned(),
+                None => path.to_string(),
+            },
+            Typed::Unset | Typed::List => String::new(),
         }
-    };
-}
+    }
 
-fn default_data_dir() -> String {
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home)
-            .join(".osx-builder")
-            .to_string_lossy()
-            .into_owned(),
-        None => ".osx-builder".into(),
+    /// The default of a duration setting; not one is a mistake caught where it is used
+    /// in a constant, at compile time.
+    pub const fn seconds(&self) -> Duration {
+        match self.default {
+            Typed::Seconds(n) => Duration::from_secs(n),
+            _ => panic!("not a setting in seconds"),
+        }
+    }
+
+    pub const fn bytes(&self) -> u64 {
+        match self.default {
+            Typed::Bytes(n) => n,
+            _ => panic!("not a setting in bytes"),
+        }
+    }
+
+    pub const fn count(&self) -> u64 {
+        match self.default {
+            Typed::Count(n) => n,
+            _ => panic!("not a count"),
+        }
+    }
+
+    /// A platform default; empty is none.
+    pub const fn platform(&self) -> Option<&'static str> {
+        let text = match self.default {
+            Typed::Platform { macos, other } => {
+                if cfg!(target_os = "macos") {
+                    macos
+                } else {
+                    other
+                }
+            }
+            _ => panic!("not a platform setting"),
+        };
+        if text.is_empty() {
+            None
+        } else {
+            Some(text)
+        }
+    }
+
+    /// How errors name it: `--flag / ENV`.
+    fn name(&self) -> String {
+        format!("--{} / {}", self.flag, self.env)
     }
 }
 
-fn default_vmrun_path() -> String {
-    if cfg!(target_os = "macos") {
-        "/Applications/VMware Fusion.app/Contents/Library/vmrun".into()
-    } else {
-        "/usr/bin/vmrun".into()
+/// Sizes as `--help` shows them: the largest binary unit that divides them (`512GiB`).
+fn bytes_text(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n != 0 && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
     }
+    n.to_string()
 }
 
-fn default_host_type() -> String {
-    // Fusion needs no -T; Workstation on Linux does, as Packer passes it.
-    if cfg!(target_os = "macos") {
-        String::new()
-    } else {
-        "ws".into()
-    }
-}
+pub const PORT: Setting = Setting {
+    flag: "port",
+    env: "PORT",
+    default: Typed::Count(12345),
+    help: "TCP port to listen on",
+};
 
-const SETTINGS: &[Setting] = &[
-    setting!("port", "PORT", "12345", "TCP port to listen on"),
-    setting!(
-        "bind",
-        "OSX_BUILDER_BIND",
-        "0.0.0.0",
-        "address to listen on (all interfaces by default, as the original)"
-    ),
-    Setting {
-        flag: "data-dir",
-        env: "OSX_BUILDER_DATA_DIR",
-        default: default_data_dir,
-        help: "folder holding images/, gold/ and vms/",
+pub const BIND: Setting = Setting {
+    flag: "bind",
+    env: "OSX_BUILDER_BIND",
+    default: Typed::Text("0.0.0.0"),
+    help: "address to listen on (all interfaces by default, as the original)",
+};
+
+pub const DATA_DIR: Setting = Setting {
+    flag: "data-dir",
+    env: "OSX_BUILDER_DATA_DIR",
+    default: Typed::Home(".osx-builder"),
+    help: "folder holding images/, gold/ and vms/",
+};
+
+pub const VMRUN_PATH: Setting = Setting {
+    flag: "vmrun-path",
+    env: "VMWARE_VMRUN_PATH",
+    default: Typed::Platform {
+        macos: "/Applications/VMware Fusion.app/Contents/Library/vmrun",
+        other: "/usr/bin/vmrun",
     },
-    Setting {
-        flag: "vmrun-path",
-        env: "VMWARE_VMRUN_PATH",
-        default: default_vmrun_path,
-        help: "path of VMware's vmrun",
+    help: "path of VMware's vmrun",
+};
+
+pub const VMRUN_HOST_TYPE: Setting = Setting {
+    flag: "vmrun-host-type",
+    env: "OSX_BUILDER_VMRUN_HOST_TYPE",
+    default: Typed::Platform {
+        macos: "",
+        other: "ws",
     },
-    Setting {
-        flag: "vmrun-host-type",
-        env: "OSX_BUILDER_VMRUN_HOST_TYPE",
-        default: default_host_type,
-        help: "vmrun -T value (fusion, ws, player); empty for none",
-    },
-    setting!(
-        "http-threads",
-        "OSX_BUILDER_HTTP_THREADS",
-        "16",
-        "threads for HTTP calls that wait on the disk or vmrun (POST, DELETE); GETs use one per core"
-    ),
-    setting!(
-        "provision-threads",
-        "OSX_BUILDER_PROVISION_THREADS",
-        "4",
-        "VMs provisioned at once (download, clone, start, IP wait)"
-    ),
-    setting!(
-        "ip-wait-timeout",
-        "OSX_BUILDER_IP_WAIT_TIMEOUT",
-        "600",
-        "seconds to wait for a started VM's IP address before the callback fires without it"
-    ),
-    setting!(
-        "ip-poll-interval",
-        "OSX_BUILDER_IP_POLL_INTERVAL",
-        "2",
-        "seconds between getGuestIPAddress calls while waiting for the IP"
-    ),
-    setting!(
-        "boot-timeout",
-        "OSX_BUILDER_BOOT_TIMEOUT",
-        "300",
-        "seconds a started VM may go without VMware Tools and without a DHCP lease before it is reset hard once (boot watchdog); as long again after the reset, and it fails boot-timeout"
-    ),
-    setting!(
-        "headless-retry-gui",
-        "OSX_BUILDER_HEADLESS_RETRY_GUI",
-        "false",
-        "the boot watchdog retries a headless VM with vmrun stop hard then start gui (Fusion's headless VMs that never boot) instead of reset hard"
-    ),
-    setting!(
-        "keep-failed",
-        "OSX_BUILDER_KEEP_FAILED",
-        "0",
-        "seconds a VM that failed while running (start, IP wait, boot watchdog) is left running for inspection, then destroyed as by its lease; 0 stops it hard at once (as ?keep=true asks for one VM)"
-    ),
-    setting!(
-        "dhcp-leases",
-        "OSX_BUILDER_DHCP_LEASES",
-        "/var/db/vmware/vmnet-dhcpd-vmnet8.leases",
-        "VMware's DHCP leases (ISC format), read for a VM's address when Tools say nothing; empty for none"
-    ),
-    setting!(
-        "dhcp-leases-apple",
-        "OSX_BUILDER_DHCP_LEASES_APPLE",
-        "/var/db/dhcpd_leases",
-        "macOS's DHCP leases (bridged networks), read likewise; empty for none"
-    ),
-    setting!(
-        "vmrun-timeout-clone",
-        "OSX_BUILDER_VMRUN_TIMEOUT_CLONE",
-        "120",
-        "seconds before a vmrun clone is killed"
-    ),
-    setting!(
-        "vmrun-timeout-start",
-        "OSX_BUILDER_VMRUN_TIMEOUT_START",
-        "300",
-        "seconds before a vmrun start is killed"
-    ),
-    setting!(
-        "vmrun-timeout-stop",
-        "OSX_BUILDER_VMRUN_TIMEOUT_STOP",
-        "60",
-        "seconds before a vmrun stop is killed"
-    ),
-    setting!(
-        "vmrun-timeout-delete",
-        "OSX_BUILDER_VMRUN_TIMEOUT_DELETE",
-        "30",
-        "seconds before a vmrun deleteVM is killed"
-    ),
-    setting!(
-        "vmrun-timeout-list",
-        "OSX_BUILDER_VMRUN_TIMEOUT_LIST",
-        "10",
-        "seconds before a vmrun list is killed"
-    ),
-    setting!(
-        "vmrun-timeout-ip",
-        "OSX_BUILDER_VMRUN_TIMEOUT_IP",
-        "15",
-        "seconds before one vmrun getGuestIPAddress is killed"
-    ),
-    setting!(
-        "vmrun-timeout-snapshot",
-        "OSX_BUILDER_VMRUN_TIMEOUT_SNAPSHOT",
-        "60",
-        "seconds before a vmrun snapshot or listSnapshots is killed"
-    ),
-    setting!(
-        "max-unpacked-bytes",
-        "OSX_BUILDER_MAX_UNPACKED_BYTES",
-        "512GiB",
-        "largest total size an image may unpack to (decompression bomb guard; units as --min-free-disk)"
-    ),
-    setting!(
-        "download-connect-timeout",
-        "OSX_BUILDER_DOWNLOAD_CONNECT_TIMEOUT",
-        "30",
-        "seconds to connect to an image server"
-    ),
-    setting!(
-        "download-read-timeout",
-        "OSX_BUILDER_DOWNLOAD_READ_TIMEOUT",
-        "60",
-        "seconds without a byte before an image download counts as stalled"
-    ),
-    setting!(
-        "download-max-resumes",
-        "OSX_BUILDER_DOWNLOAD_MAX_RESUMES",
-        "5",
-        "times a dropped image download is resumed"
-    ),
-    setting!(
-        "download-min-rate",
-        "OSX_BUILDER_DOWNLOAD_MIN_RATE",
-        "0",
-        "bytes a second (units as --min-free-disk, e.g. 64KiB) an image download must average over each --download-min-rate-window, else it fails image-timeout; 0 for no minimum"
-    ),
-    setting!(
-        "download-min-rate-window",
-        "OSX_BUILDER_DOWNLOAD_MIN_RATE_WINDOW",
-        "60",
-        "seconds over which --download-min-rate is measured"
-    ),
-    setting!(
-        "max-downloads",
-        "OSX_BUILDER_MAX_DOWNLOADS",
-        "2",
-        "image downloads that run at once; the others wait in phase queued-download (0 for no limit)"
-    ),
-    setting!(
-        "callback-timeout",
-        "OSX_BUILDER_CALLBACK_TIMEOUT",
-        "10",
-        "seconds for one callback POST"
-    ),
-    setting!(
-        "callback-retries",
-        "OSX_BUILDER_CALLBACK_RETRIES",
-        "3",
-        "retries of a callback after a connection error or a 5xx"
-    ),
-    setting!(
-        "reconcile-interval",
-        "OSX_BUILDER_RECONCILE_INTERVAL",
-        "60",
-        "seconds between checks of every VM's state against vmrun list and the disk"
-    ),
-    setting!(
-        "list-interval",
-        "OSX_BUILDER_LIST_INTERVAL",
-        "3",
-        "seconds between background vmrun list calls that tell admission, /healthz and /metrics which VMs run (no request runs vmrun)"
-    ),
-    setting!(
-        "max-vms",
-        "OSX_BUILDER_MAX_VMS",
-        "0",
-        "VMs this host runs at once, ours and others vmrun lists; 0 for no limit, as the original had (for macOS guests set 2: Apple's licence allows 2 macOS VMs per Mac)"
-    ),
-    setting!(
-        "min-free-disk",
-        "OSX_BUILDER_MIN_FREE_DISK",
-        "1GiB",
-        "free space to keep on the data folder's disk (bytes, or with KiB/MiB/GiB/TiB); creates are refused and unused gold images evicted below it; 0 for no floor"
-    ),
-    setting!(
-        "default-ttl",
-        "OSX_BUILDER_DEFAULT_TTL",
-        "0",
-        "lease in seconds of a VM created without ttl: it is destroyed when it expires unless renewed; 0 for none"
-    ),
-    setting!(
-        "cache-budget",
-        "OSX_BUILDER_CACHE_BUDGET",
-        "0",
-        "most bytes gold images may take (bytes, or with KiB/MiB/GiB/TiB); least recently used images no VM needs are evicted above it; 0 for no budget"
-    ),
-    setting!(
-        "max-waiters",
-        "OSX_BUILDER_MAX_WAITERS",
-        "8",
-        "long polls (GET /vms/:id?wait=) that may wait at once, each holding an HTTP thread; further ones answer at once; at most --http-threads minus 1 are used"
-    ),
-    setting!(
-        "token",
-        "OSX_BUILDER_TOKEN",
-        "",
-        "bearer token every request but /healthz must carry (Authorization: Bearer <token>); none for a trusted network"
-    ),
-    setting!(
-        "token-file",
-        "OSX_BUILDER_TOKEN_FILE",
-        "",
-        "file whose first line is the bearer token (keeps it out of ps and plists)"
-    ),
-    setting!(
-        "callback-secret",
-        "OSX_BUILDER_CALLBACK_SECRET",
-        "",
-        "secret (at least 16 characters) that signs each callback (HMAC-SHA256 headers X-OSX-Builder-Timestamp and X-OSX-Builder-Signature)"
-    ),
-    setting!(
-        "callback-secret-file",
-        "OSX_BUILDER_CALLBACK_SECRET_FILE",
-        "",
-        "file whose first line is the callback secret"
-    ),
-    setting!(
-        "file-image-dir",
-        "OSX_BUILDER_FILE_IMAGE_DIR",
-        "",
-        "folder file:// image URLs may read from (repeatable; the variable takes a comma-separated list); without it file:// URLs are refused"
-    ),
-    setting!(
-        "callback-allow",
-        "OSX_BUILDER_CALLBACK_ALLOW",
-        "",
-        "network callbacks may reach, as 10.0.0.0/8 (repeatable; the variable takes a comma-separated list); without it any host but this server"
-    ),
-    setting!(
-        "strict-vmx",
-        "OSX_BUILDER_STRICT_VMX",
-        "false",
-        "refuse an image whose VMX names files outside the VM, shared folders, host ports or passthrough devices (image-vmx-unsafe) instead of removing those lines from each clone"
-    ),
-    setting!(
-        "failed-retention",
-        "OSX_BUILDER_FAILED_RETENTION",
-        "86400",
-        "seconds a failed VM is kept for inspection before it is destroyed as a DELETE does; 0 to keep failed VMs until deleted"
-    ),
-    setting!(
-        "max-records",
-        "OSX_BUILDER_MAX_RECORDS",
-        "1000",
-        "VM records this host keeps at once, of any status; creates past it get 503 capacity-exhausted; 0 for no limit"
-    ),
-    setting!(
-        "max-connections-per-ip",
-        "OSX_BUILDER_MAX_CONNECTIONS_PER_IP",
-        "256",
-        "HTTP connections open at once from one client address (of 1024 in all); more are answered 503; 0 for no limit"
-    ),
-    setting!(
-        "ca-file",
-        "OSX_BUILDER_CA_FILE",
-        "",
-        "PEM bundle of CAs trusted for https:// images and callbacks, besides the system store (or SSL_CERT_FILE / SSL_CERT_DIR when set, as curl and OpenSSL use them)"
-    ),
-    setting!(
-        "tls-cert",
-        "OSX_BUILDER_TLS_CERT",
-        "",
-        "PEM certificate chain: with --tls-key, the API is served over HTTPS only"
-    ),
-    setting!(
-        "tls-key",
-        "OSX_BUILDER_TLS_KEY",
-        "",
-        "PEM private key (PKCS#8, RSA or EC, unencrypted) of --tls-cert"
-    ),
-    setting!(
-        "log-format",
-        "OSX_BUILDER_LOG_FORMAT",
-        "text",
-        "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)"
-    ),
+    help: "vmrun -T value (fusion, ws, player); empty for none",
+};
+
+pub const HTTP_THREADS: Setting = Setting {
+    flag: "http-threads",
+    env: "OSX_BUILDER_HTTP_THREADS",
+    default: Typed::Count(16),
+    help: "threads for HTTP calls that wait on the disk or vmrun (POST, DELETE); GETs use one per core",
+};
+
+pub const PROVISION_THREADS: Setting = Setting {
+    flag: "provision-threads",
+    env: "OSX_BUILDER_PROVISION_THREADS",
+    default: Typed::Count(4),
+    help: "VMs provisioned at once (download, clone, start, IP wait)",
+};
+
+pub const IP_WAIT_TIMEOUT: Setting = Setting {
+    flag: "ip-wait-timeout",
+    env: "OSX_BUILDER_IP_WAIT_TIMEOUT",
+    default: Typed::Seconds(600),
+    help: "seconds to wait for a started VM's IP address before the callback fires without it",
+};
+
+pub const IP_POLL_INTERVAL: Setting = Setting {
+    flag: "ip-poll-interval",
+    env: "OSX_BUILDER_IP_POLL_INTERVAL",
+    default: Typed::Seconds(2),
+    help: "seconds between getGuestIPAddress calls while waiting for the IP",
+};
+
+pub const BOOT_TIMEOUT: Setting = Setting {
+    flag: "boot-timeout",
+    env: "OSX_BUILDER_BOOT_TIMEOUT",
+    default: Typed::Seconds(300),
+    help: "seconds a started VM may go without VMware Tools and without a DHCP lease before it is reset hard once (boot watchdog); as long again after the reset, and it fails boot-timeout",
+};
+
+pub const HEADLESS_RETRY_GUI: Setting = Setting {
+    flag: "headless-retry-gui",
+    env: "OSX_BUILDER_HEADLESS_RETRY_GUI",
+    default: Typed::Switch(false),
+    help: "the boot watchdog retries a headless VM with vmrun stop hard then start gui (Fusion's headless VMs that never boot) instead of reset hard",
+};
+
+pub const KEEP_FAILED: Setting = Setting {
+    flag: "keep-failed",
+    env: "OSX_BUILDER_KEEP_FAILED",
+    default: Typed::Seconds(0),
+    help: "seconds a VM that failed while running (start, IP wait, boot watchdog) is left running for inspection, then destroyed as by its lease; 0 stops it hard at once (as ?keep=true asks for one VM)",
+};
+
+pub const DHCP_LEASES: Setting = Setting {
+    flag: "dhcp-leases",
+    env: "OSX_BUILDER_DHCP_LEASES",
+    default: Typed::Text("/var/db/vmware/vmnet-dhcpd-vmnet8.leases"),
+    help: "VMware's DHCP leases (ISC format), read for a VM's address when Tools say nothing; empty for none",
+};
+
+pub const DHCP_LEASES_APPLE: Setting = Setting {
+    flag: "dhcp-leases-apple",
+    env: "OSX_BUILDER_DHCP_LEASES_APPLE",
+    default: Typed::Text("/var/db/dhcpd_leases"),
+    help: "macOS's DHCP leases (bridged networks), read likewise; empty for none",
+};
+
+pub const VMRUN_TIMEOUT_CLONE: Setting = Setting {
+    flag: "vmrun-timeout-clone",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_CLONE",
+    default: Typed::Seconds(120),
+    help: "seconds before a vmrun clone is killed",
+};
+
+pub const VMRUN_TIMEOUT_START: Setting = Setting {
+    flag: "vmrun-timeout-start",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_START",
+    default: Typed::Seconds(300),
+    help: "seconds before a vmrun start is killed",
+};
+
+pub const VMRUN_TIMEOUT_STOP: Setting = Setting {
+    flag: "vmrun-timeout-stop",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_STOP",
+    default: Typed::Seconds(60),
+    help: "seconds before a vmrun stop is killed",
+};
+
+pub const VMRUN_TIMEOUT_DELETE: Setting = Setting {
+    flag: "vmrun-timeout-delete",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_DELETE",
+    default: Typed::Seconds(30),
+    help: "seconds before a vmrun deleteVM is killed",
+};
+
+pub const VMRUN_TIMEOUT_LIST: Setting = Setting {
+    flag: "vmrun-timeout-list",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_LIST",
+    default: Typed::Seconds(10),
+    help: "seconds before a vmrun list is killed",
+};
+
+pub const VMRUN_TIMEOUT_IP: Setting = Setting {
+    flag: "vmrun-timeout-ip",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_IP",
+    default: Typed::Seconds(15),
+    help: "seconds before one vmrun getGuestIPAddress is killed",
+};
+
+pub const VMRUN_TIMEOUT_SNAPSHOT: Setting = Setting {
+    flag: "vmrun-timeout-snapshot",
+    env: "OSX_BUILDER_VMRUN_TIMEOUT_SNAPSHOT",
+    default: Typed::Seconds(60),
+    help: "seconds before a vmrun snapshot or listSnapshots is killed",
+};
+
+pub const MAX_UNPACKED_BYTES: Setting = Setting {
+    flag: "max-unpacked-bytes",
+    env: "OSX_BUILDER_MAX_UNPACKED_BYTES",
+    default: Typed::Bytes(512 << 30),
+    help: "largest total size an image may unpack to (decompression bomb guard; units as --min-free-disk)",
+};
+
+pub const DOWNLOAD_CONNECT_TIMEOUT: Setting = Setting {
+    flag: "download-connect-timeout",
+    env: "OSX_BUILDER_DOWNLOAD_CONNECT_TIMEOUT",
+    default: Typed::Seconds(30),
+    help: "seconds to connect to an image server",
+};
+
+pub const DOWNLOAD_READ_TIMEOUT: Setting = Setting {
+    flag: "download-read-timeout",
+    env: "OSX_BUILDER_DOWNLOAD_READ_TIMEOUT",
+    default: Typed::Seconds(60),
+    help: "seconds without a byte before an image download counts as stalled",
+};
+
+pub const DOWNLOAD_MAX_RESUMES: Setting = Setting {
+    flag: "download-max-resumes",
+    env: "OSX_BUILDER_DOWNLOAD_MAX_RESUMES",
+    default: Typed::Count(5),
+    help: "times a dropped image download is resumed",
+};
+
+pub const DOWNLOAD_MIN_RATE: Setting = Setting {
+    flag: "download-min-rate",
+    env: "OSX_BUILDER_DOWNLOAD_MIN_RATE",
+    default: Typed::Bytes(0),
+    help: "bytes a second (units as --min-free-disk, e.g. 64KiB) an image download must average over each --download-min-rate-window, else it fails image-timeout; 0 for no minimum",
+};
+
+pub const DOWNLOAD_MIN_RATE_WINDOW: Setting = Setting {
+    flag: "download-min-rate-window",
+    env: "OSX_BUILDER_DOWNLOAD_MIN_RATE_WINDOW",
+    default: Typed::Seconds(60),
+    help: "seconds over which --download-min-rate is measured",
+};
+
+pub const MAX_DOWNLOADS: Setting = Setting {
+    flag: "max-downloads",
+    env: "OSX_BUILDER_MAX_DOWNLOADS",
+    default: Typed::Count(2),
+    help: "image downloads that run at once; the others wait in phase queued-download (0 for no limit)",
+};
+
+pub const CALLBACK_TIMEOUT: Setting = Setting {
+    flag: "callback-timeout",
+    env: "OSX_BUILDER_CALLBACK_TIMEOUT",
+    default: Typed::Seconds(10),
+    help: "seconds for one callback POST",
+};
+
+pub const CALLBACK_RETRIES: Setting = Setting {
+    flag: "callback-retries",
+    env: "OSX_BUILDER_CALLBACK_RETRIES",
+    default: Typed::Count(3),
+    help: "retries of a callback after a connection error or a 5xx",
+};
+
+pub const RECONCILE_INTERVAL: Setting = Setting {
+    flag: "reconcile-interval",
+    env: "OSX_BUILDER_RECONCILE_INTERVAL",
+    default: Typed::Seconds(60),
+    help: "seconds between checks of every VM's state against vmrun list and the disk",
+};
+
+pub const LIST_INTERVAL: Setting = Setting {
+    flag: "list-interval",
+    env: "OSX_BUILDER_LIST_INTERVAL",
+    default: Typed::Seconds(3),
+    help: "seconds between background vmrun list calls that tell admission, /healthz and /metrics which VMs run (no request runs vmrun)",
+};
+
+pub const MAX_VMS: Setting = Setting {
+    flag: "max-vms",
+    env: "OSX_BUILDER_MAX_VMS",
+    default: Typed::Count(0),
+    help: "VMs this host runs at once, ours and others vmrun lists; 0 for no limit, as the original had (for macOS guests set 2: Apple's licence allows 2 macOS VMs per Mac)",
+};
+
+pub const MIN_FREE_DISK: Setting = Setting {
+    flag: "min-free-disk",
+    env: "OSX_BUILDER_MIN_FREE_DISK",
+    default: Typed::Bytes(1 << 30),
+    help: "free space to keep on the data folder's disk (bytes, or with KiB/MiB/GiB/TiB); creates are refused and unused gold images evicted below it; 0 for no floor",
+};
+
+pub const DEFAULT_TTL: Setting = Setting {
+    flag: "default-ttl",
+    env: "OSX_BUILDER_DEFAULT_TTL",
+    default: Typed::Seconds(0),
+    help: "lease in seconds of a VM created without ttl: it is destroyed when it expires unless renewed; 0 for none",
+};
+
+pub const CACHE_BUDGET: Setting = Setting {
+    flag: "cache-budget",
+    env: "OSX_BUILDER_CACHE_BUDGET",
+    default: Typed::Bytes(0),
+    help: "most bytes gold images may take (bytes, or with KiB/MiB/GiB/TiB); least recently used images no VM needs are evicted above it; 0 for no budget",
+};
+
+pub const MAX_WAITERS: Setting = Setting {
+    flag: "max-waiters",
+    env: "OSX_BUILDER_MAX_WAITERS",
+    default: Typed::Count(8),
+    help: "long polls (GET /vms/:id?wait=) that may wait at once, each holding an HTTP thread; further ones answer at once; at most --http-threads minus 1 are used",
+};
+
+pub const TOKEN: Setting = Setting {
+    flag: "token",
+    env: "OSX_BUILDER_TOKEN",
+    default: Typed::Unset,
+    help: "bearer token every request but /healthz must carry (Authorization: Bearer <token>); none for a trusted network",
+};
+
+pub const TOKEN_FILE: Setting = Setting {
+    flag: "token-file",
+    env: "OSX_BUILDER_TOKEN_FILE",
+    default: Typed::Unset,
+    help: "file whose first line is the bearer token (keeps it out of ps and plists)",
+};
+
+pub const CALLBACK_SECRET: Setting = Setting {
+    flag: "callback-secret",
+    env: "OSX_BUILDER_CALLBACK_SECRET",
+    default: Typed::Unset,
+    help: "secret (at least 16 characters) that signs each callback (HMAC-SHA256 headers X-OSX-Builder-Timestamp and X-OSX-Builder-Signature)",
+};
+
+pub const CALLBACK_SECRET_FILE: Setting = Setting {
+    flag: "callback-secret-file",
+    env: "OSX_BUILDER_CALLBACK_SECRET_FILE",
+    default: Typed::Unset,
+    help: "file whose first line is the callback secret",
+};
+
+pub const FILE_IMAGE_DIR: Setting = Setting {
+    flag: "file-image-dir",
+    env: "OSX_BUILDER_FILE_IMAGE_DIR",
+    default: Typed::List,
+    help: "folder file:// image URLs may read from (repeatable; the variable takes a comma-separated list); without it file:// URLs are refused",
+};
+
+pub const CALLBACK_ALLOW: Setting = Setting {
+    flag: "callback-allow",
+    env: "OSX_BUILDER_CALLBACK_ALLOW",
+    default: Typed::List,
+    help: "network callbacks may reach, as 10.0.0.0/8 (repeatable; the variable takes a comma-separated list); without it any host but this server",
+};
+
+pub const STRICT_VMX: Setting = Setting {
+    flag: "strict-vmx",
+    env: "OSX_BUILDER_STRICT_VMX",
+    default: Typed::Switch(false),
+    help: "refuse an image whose VMX names files outside the VM, shared folders, host ports or passthrough devices (image-vmx-unsafe) instead of removing those lines from each clone",
+};
+
+pub const FAILED_RETENTION: Setting = Setting {
+    flag: "failed-retention",
+    env: "OSX_BUILDER_FAILED_RETENTION",
+    default: Typed::Seconds(86400),
+    help: "seconds a failed VM is kept for inspection before it is destroyed as a DELETE does; 0 to keep failed VMs until deleted",
+};
+
+pub const MAX_RECORDS: Setting = Setting {
+    flag: "max-records",
+    env: "OSX_BUILDER_MAX_RECORDS",
+    default: Typed::Count(1000),
+    help: "VM records this host keeps at once, of any status; creates past it get 503 capacity-exhausted; 0 for no limit",
+};
+
+pub const MAX_CONNECTIONS_PER_IP: Setting = Setting {
+    flag: "max-connections-per-ip",
+    env: "OSX_BUILDER_MAX_CONNECTIONS_PER_IP",
+    default: Typed::Count(256),
+    help: "HTTP connections open at once from one client address (of 1024 in all); more are answered 503; 0 for no limit",
+};
+
+pub const CA_FILE: Setting = Setting {
+    flag: "ca-file",
+    env: "OSX_BUILDER_CA_FILE",
+    default: Typed::Unset,
+    help: "PEM bundle of CAs trusted for https:// images and callbacks, besides the system store (or SSL_CERT_FILE / SSL_CERT_DIR when set, as curl and OpenSSL use them)",
+};
+
+pub const TLS_CERT: Setting = Setting {
+    flag: "tls-cert",
+    env: "OSX_BUILDER_TLS_CERT",
+    default: Typed::Unset,
+    help: "PEM certificate chain: with --tls-key, the API is served over HTTPS only",
+};
+
+pub const TLS_KEY: Setting = Setting {
+    flag: "tls-key",
+    env: "OSX_BUILDER_TLS_KEY",
+    default: Typed::Unset,
+    help: "PEM private key (PKCS#8, RSA or EC, unencrypted) of --tls-cert",
+};
+
+pub const LOG_FORMAT: Setting = Setting {
+    flag: "log-format",
+    env: "OSX_BUILDER_LOG_FORMAT",
+    default: Typed::Text("text"),
+    help: "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)",
+};
+
+/// Every setting, in the order `--help` and the README list them.
+pub const SETTINGS: &[Setting] = &[
+    PORT,
+    BIND,
+    DATA_DIR,
+    VMRUN_PATH,
+    VMRUN_HOST_TYPE,
+    HTTP_THREADS,
+    PROVISION_THREADS,
+    IP_WAIT_TIMEOUT,
+    IP_POLL_INTERVAL,
+    BOOT_TIMEOUT,
+    HEADLESS_RETRY_GUI,
+    KEEP_FAILED,
+    DHCP_LEASES,
+    DHCP_LEASES_APPLE,
+    VMRUN_TIMEOUT_CLONE,
+    VMRUN_TIMEOUT_START,
+    VMRUN_TIMEOUT_STOP,
+    VMRUN_TIMEOUT_DELETE,
+    VMRUN_TIMEOUT_LIST,
+    VMRUN_TIMEOUT_IP,
+    VMRUN_TIMEOUT_SNAPSHOT,
+    MAX_UNPACKED_BYTES,
+    DOWNLOAD_CONNECT_TIMEOUT,
+    DOWNLOAD_READ_TIMEOUT,
+    DOWNLOAD_MAX_RESUMES,
+    DOWNLOAD_MIN_RATE,
+    DOWNLOAD_MIN_RATE_WINDOW,
+    MAX_DOWNLOADS,
+    CALLBACK_TIMEOUT,
+    CALLBACK_RETRIES,
+    RECONCILE_INTERVAL,
+    LIST_INTERVAL,
+    MAX_VMS,
+    MIN_FREE_DISK,
+    DEFAULT_TTL,
+    CACHE_BUDGET,
+    MAX_WAITERS,
+    TOKEN,
+    TOKEN_FILE,
+    CALLBACK_SECRET,
+    CALLBACK_SECRET_FILE,
+    FILE_IMAGE_DIR,
+    CALLBACK_ALLOW,
+    STRICT_VMX,
+    FAILED_RETENTION,
+    MAX_RECORDS,
+    MAX_CONNECTIONS_PER_IP,
+    CA_FILE,
+    TLS_CERT,
+    TLS_KEY,
+    LOG_FORMAT,
 ];
-
-/// Settings that may be given more than once; their variables hold comma-separated lists.
-const REPEATABLE: &[&str] = &["file-image-dir", "callback-allow"];
-
-/// Settings that are switches: `--strict-vmx` alone means true.
-const SWITCHES: &[&str] = &["strict-vmx", "headless-retry-gui"];
 
 pub fn help_text() -> String {
     let mut text = format!(
@@ -468,7 +672,7 @@ pub fn help_text() -> String {
         env!("CARGO_PKG_VERSION")
     );
     for s in SETTINGS {
-        let default = (s.default)();
+        let default = s.default_text();
         let shown = if default.is_empty() {
             "(none)".to_string()
         } else {
@@ -511,7 +715,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             .filter(|v| matches!(v.as_str(), "true" | "false" | "1" | "0"));
         let value = match inline {
             Some(value) => value,
-            None if SWITCHES.contains(&setting.flag) => match switch_value {
+            None if matches!(setting.default, Typed::Switch(_)) => match switch_value {
                 Some(v) => {
                     i += 1;
                     v.clone()
@@ -525,26 +729,22 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
                     .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?
             }
         };
-        if REPEATABLE.contains(&setting.flag) {
+        if setting.default == Typed::List {
             lists.entry(setting.flag).or_default().push(value.clone());
         }
         flags.insert(setting.flag, value);
         i += 1;
     }
-    let value = |flag: &str| -> (String, String) {
-        let setting = SETTINGS.iter().find(|s| s.flag == flag);
-        let Some(setting) = setting else {
-            return (String::new(), flag.to_string());
-        };
+    let value = |setting: &Setting| -> (String, String) {
         let v = flags
             .get(setting.flag)
             .cloned()
             .or_else(|| env.get(setting.env).cloned())
-            .unwrap_or_else(setting.default);
-        (v, format!("--{} / {}", setting.flag, setting.env))
+            .unwrap_or_else(|| setting.default_text());
+        (v, setting.name())
     };
-    let seconds = |flag: &str| -> Result<Duration, ConfigError> {
-        let (v, name) = value(flag);
+    let seconds = |setting: &Setting| -> Result<Duration, ConfigError> {
+        let (v, name) = value(setting);
         let secs: f64 = v
             .trim()
             .parse()
@@ -564,17 +764,17 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             .parse()
             .map_err(|_| ConfigError(format!("{name} must be {what}, got {v:?}")))
     }
-    let positive = |flag: &str| -> Result<usize, ConfigError> {
-        let n: usize = number(value(flag), "a whole number from 1 to 1024")?;
+    let positive = |setting: &Setting| -> Result<usize, ConfigError> {
+        let n: usize = number(value(setting), "a whole number from 1 to 1024")?;
         if n == 0 || n > 1024 {
             return Err(ConfigError(format!(
                 "{} must be a whole number from 1 to 1024, got {n}",
-                value(flag).1
+                setting.name()
             )));
         }
         Ok(n)
     };
-    let host_type = value("vmrun-host-type").0;
+    let host_type = value(&VMRUN_HOST_TYPE).0;
     let host_type = host_type.trim();
     let vmrun_host_type = match host_type {
         "" => None,
@@ -587,13 +787,12 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
     };
     // Secrets: unset means none. Set but empty is refused: it is how a failed variable
     // substitution looks, and running without the token then would open the API silently.
-    let optional = |flag: &str| -> Result<Option<String>, ConfigError> {
-        let (v, name) = value(flag);
+    let optional = |setting: &Setting| -> Result<Option<String>, ConfigError> {
+        let (v, name) = value(setting);
         if !v.trim().is_empty() {
             return Ok(Some(v));
         }
-        let setting = SETTINGS.iter().find(|s| s.flag == flag);
-        let given = setting.is_some_and(|s| flags.contains_key(s.flag) || env.contains_key(s.env));
+        let given = flags.contains_key(setting.flag) || env.contains_key(setting.env);
         if given {
             return Err(ConfigError(format!(
                 "{name} is set but empty; give it a value or unset it"
@@ -601,17 +800,17 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         }
         Ok(None)
     };
-    let default_ttl: u64 = number(value("default-ttl"), "a whole number of seconds")?;
+    let default_ttl: u64 = number(value(&DEFAULT_TTL), "a whole number of seconds")?;
     if default_ttl > MAX_TTL_SECS {
         return Err(ConfigError(format!(
             "--default-ttl / OSX_BUILDER_DEFAULT_TTL must be at most {MAX_TTL_SECS} seconds (a year), got {default_ttl}"
         )));
     }
     // Flags replace the variable's list rather than add to it, as for other settings.
-    let list = |flag: &'static str| -> Vec<String> {
-        match lists.get(flag) {
+    let list = |setting: &Setting| -> Vec<String> {
+        match lists.get(setting.flag) {
             Some(given) => given.clone(),
-            None => value(flag)
+            None => value(setting)
                 .0
                 .split(',')
                 .map(str::trim)
@@ -620,7 +819,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
                 .collect(),
         }
     };
-    let callback_allow = list("callback-allow")
+    let callback_allow = list(&CALLBACK_ALLOW)
         .iter()
         .map(|v| {
             crate::guard::cidr::Cidr::parse(v).map_err(|e| {
@@ -630,8 +829,8 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let switch = |flag: &str| -> Result<bool, ConfigError> {
-        let (v, name) = value(flag);
+    let switch = |setting: &Setting| -> Result<bool, ConfigError> {
+        let (v, name) = value(setting);
         match v.trim() {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" | "" => Ok(false),
@@ -640,79 +839,79 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             ))),
         }
     };
-    let strict_vmx = switch("strict-vmx")?;
-    let headless_retry_gui = switch("headless-retry-gui")?;
-    let keep_failed: f64 = number(value("keep-failed"), "a number of seconds")?;
+    let strict_vmx = switch(&STRICT_VMX)?;
+    let headless_retry_gui = switch(&HEADLESS_RETRY_GUI)?;
+    let keep_failed: f64 = number(value(&KEEP_FAILED), "a number of seconds")?;
     if !keep_failed.is_finite() || !(0.0..=MAX_TTL_SECS as f64).contains(&keep_failed) {
         return Err(ConfigError(format!(
             "--keep-failed / OSX_BUILDER_KEEP_FAILED must be from 0 to {MAX_TTL_SECS} seconds, got {keep_failed}"
         )));
     }
-    let failed_retention: f64 = number(value("failed-retention"), "a number of seconds")?;
+    let failed_retention: f64 = number(value(&FAILED_RETENTION), "a number of seconds")?;
     if !failed_retention.is_finite() || !(0.0..=MAX_TTL_SECS as f64).contains(&failed_retention) {
         return Err(ConfigError(format!(
             "--failed-retention / OSX_BUILDER_FAILED_RETENTION must be from 0 to {MAX_TTL_SECS} seconds, got {failed_retention}"
         )));
     }
-    let (log_format, _) = value("log-format");
+    let (log_format, _) = value(&LOG_FORMAT);
     let log_format = crate::log::Format::parse(log_format.trim()).ok_or_else(|| {
         ConfigError(format!(
             "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
         ))
     })?;
-    let data_dir = PathBuf::from(value("data-dir").0);
+    let data_dir = PathBuf::from(value(&DATA_DIR).0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
             "--data-dir / OSX_BUILDER_DATA_DIR must not be empty".into(),
         ));
     }
     Ok(Command::Serve(Box::new(Config {
-        port: number(value("port"), "a port number from 0 to 65535")?,
-        bind: number(value("bind"), "an IP address such as 0.0.0.0 or 127.0.0.1")?,
+        port: number(value(&PORT), "a port number from 0 to 65535")?,
+        bind: number(value(&BIND), "an IP address such as 0.0.0.0 or 127.0.0.1")?,
         data_dir,
-        vmrun_path: PathBuf::from(value("vmrun-path").0),
+        vmrun_path: PathBuf::from(value(&VMRUN_PATH).0),
         vmrun_host_type,
-        http_threads: positive("http-threads")?,
-        provision_threads: positive("provision-threads")?,
-        ip_wait_timeout: seconds("ip-wait-timeout")?,
-        ip_poll_interval: seconds("ip-poll-interval")?,
-        boot_timeout: seconds("boot-timeout")?,
+        http_threads: positive(&HTTP_THREADS)?,
+        provision_threads: positive(&PROVISION_THREADS)?,
+        ip_wait_timeout: seconds(&IP_WAIT_TIMEOUT)?,
+        ip_poll_interval: seconds(&IP_POLL_INTERVAL)?,
+        boot_timeout: seconds(&BOOT_TIMEOUT)?,
         headless_retry_gui,
         keep_failed: (keep_failed > 0.0).then(|| Duration::from_secs_f64(keep_failed)),
-        timeout_clone: seconds("vmrun-timeout-clone")?,
-        timeout_start: seconds("vmrun-timeout-start")?,
-        timeout_stop: seconds("vmrun-timeout-stop")?,
-        timeout_delete: seconds("vmrun-timeout-delete")?,
-        timeout_list: seconds("vmrun-timeout-list")?,
-        timeout_ip_query: seconds("vmrun-timeout-ip")?,
-        timeout_snapshot: seconds("vmrun-timeout-snapshot")?,
-        max_unpacked_bytes: bytes(value("max-unpacked-bytes"))?,
-        download_connect_timeout: seconds("download-connect-timeout")?,
-        download_read_timeout: seconds("download-read-timeout")?,
-        download_max_resumes: number(value("download-max-resumes"), "a whole number")?,
+        timeout_clone: seconds(&VMRUN_TIMEOUT_CLONE)?,
+        timeout_start: seconds(&VMRUN_TIMEOUT_START)?,
+        timeout_stop: seconds(&VMRUN_TIMEOUT_STOP)?,
+        timeout_delete: seconds(&VMRUN_TIMEOUT_DELETE)?,
+        timeout_list: seconds(&VMRUN_TIMEOUT_LIST)?,
+        timeout_ip_query: seconds(&VMRUN_TIMEOUT_IP)?,
+        timeout_snapshot: seconds(&VMRUN_TIMEOUT_SNAPSHOT)?,
+        max_unpacked_bytes: bytes(value(&MAX_UNPACKED_BYTES))?,
+        download_connect_timeout: seconds(&DOWNLOAD_CONNECT_TIMEOUT)?,
+        download_read_timeout: seconds(&DOWNLOAD_READ_TIMEOUT)?,
+        download_max_resumes: number(value(&DOWNLOAD_MAX_RESUMES), "a whole number")?,
         // `64KiB/s` reads as meant.
         download_min_rate: bytes({
-            let (v, name) = value("download-min-rate");
+            let (v, name) = value(&DOWNLOAD_MIN_RATE);
             (v.trim().trim_end_matches("/s").to_string(), name)
         })?,
-        download_min_rate_window: seconds("download-min-rate-window")?,
-        max_downloads: number(value("max-downloads"), "a whole number (0 for no limit)")?,
-        callback_timeout: seconds("callback-timeout")?,
-        callback_retries: number(value("callback-retries"), "a whole number")?,
-        dhcp_leases: PathBuf::from(value("dhcp-leases").0),
-        dhcp_leases_apple: PathBuf::from(value("dhcp-leases-apple").0),
-        reconcile_interval: seconds("reconcile-interval")?,
-        list_interval: seconds("list-interval")?,
-        max_vms: number(value("max-vms"), "a whole number (0 for no limit)")?,
-        min_free_disk: bytes(value("min-free-disk"))?,
+        download_min_rate_window: seconds(&DOWNLOAD_MIN_RATE_WINDOW)?,
+        max_downloads: number(value(&MAX_DOWNLOADS), "a whole number (0 for no limit)")?,
+        callback_timeout: seconds(&CALLBACK_TIMEOUT)?,
+        callback_retries: number(value(&CALLBACK_RETRIES), "a whole number")?,
+        dhcp_leases: PathBuf::from(value(&DHCP_LEASES).0),
+        dhcp_leases_apple: PathBuf::from(value(&DHCP_LEASES_APPLE).0),
+        reconcile_interval: seconds(&RECONCILE_INTERVAL)?,
+        list_interval: seconds(&LIST_INTERVAL)?,
+        max_vms: number(value(&MAX_VMS), "a whole number (0 for no limit)")?,
+        min_free_disk: bytes(value(&MIN_FREE_DISK))?,
         default_ttl: (default_ttl > 0).then_some(default_ttl),
-        cache_budget: bytes(value("cache-budget"))?,
-        max_waiters: number(value("max-waiters"), "a whole number")?,
-        token: optional("token")?,
-        token_file: optional("token-file")?.map(PathBuf::from),
-        callback_secret: optional("callback-secret")?,
-        callback_secret_file: optional("callback-secret-file")?.map(PathBuf::from),
-        file_image_dirs: list("file-image-dir")
+        cache_budget: bytes(value(&CACHE_BUDGET))?,
+        max_waiters: number(value(&MAX_WAITERS), "a whole number")?,
+        token: optional(&TOKEN)?,
+        token_file: optional(&TOKEN_FILE)?.map(PathBuf::from),
+        callback_secret: optional(&CALLBACK_SECRET)?,
+        callback_secret_file: optional(&CALLBACK_SECRET_FILE)?.map(PathBuf::from),
+        file_image_dirs: list(&FILE_IMAGE_DIR)
             .into_iter()
             .map(PathBuf::from)
             .collect(),
@@ -720,14 +919,14 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         strict_vmx,
         failed_retention: (failed_retention > 0.0)
             .then(|| Duration::from_secs_f64(failed_retention)),
-        max_records: number(value("max-records"), "a whole number (0 for no limit)")?,
+        max_records: number(value(&MAX_RECORDS), "a whole number (0 for no limit)")?,
         max_connections_per_ip: number(
-            value("max-connections-per-ip"),
+            value(&MAX_CONNECTIONS_PER_IP),
             "a whole number (0 for no limit)",
         )?,
-        ca_file: optional("ca-file")?.map(PathBuf::from),
-        tls_cert: optional("tls-cert")?.map(PathBuf::from),
-        tls_key: optional("tls-key")?.map(PathBuf::from),
+        ca_file: optional(&CA_FILE)?.map(PathBuf::from),
+        tls_cert: optional(&TLS_CERT)?.map(PathBuf::from),
+        tls_key: optional(&TLS_KEY)?.map(PathBuf::from),
         log_format,
     })))
 }
@@ -935,6 +1134,15 @@ mod tests {
     }
 
     #[test]
+    fn help_lists_every_setting() {
+        let text = help_text();
+        for s in SETTINGS {
+            assert!(text.contains(&format!("--{}", s.flag)));
+            assert!(text.contains(s.env));
+        }
+    }
+
+    #[test]
     fn boot_watchdog_and_keep_settings() {
         let config = serve(&[], &[("HOME", "/h")]).unwrap();
         assert_eq!(config.boot_timeout, Duration::from_secs(300));
@@ -961,15 +1169,6 @@ mod tests {
             &["--headless-retry-gui=maybe"],
         ] {
             assert!(serve(bad, &[]).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn help_lists_every_setting() {
-        let text = help_text();
-        for s in SETTINGS {
-            assert!(text.contains(&format!("--{}", s.flag)));
-            assert!(text.contains(s.env));
         }
     }
 }

@@ -8,6 +8,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::sync::LockUnpoisoned;
+
 /// `<data>/draining`; its content is the time the drain began.
 pub const MARKER: &str = "draining";
 
@@ -79,7 +81,7 @@ impl Drain {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<String>> {
-        self.since.lock().unwrap_or_else(|p| p.into_inner())
+        self.since.lock_unpoisoned()
     }
 }
 

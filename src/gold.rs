@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,6 +25,7 @@ use crate::dependants::{self, Dependant};
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
 use crate::provision::gold_locks::GoldLocks;
+use crate::sync::LockUnpoisoned;
 use crate::vm::{VmError, VmStore};
 
 /// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
@@ -189,7 +190,7 @@ impl GoldCache {
                 .entry(checksum.clone())
                 .or_insert_with(|| self.downloading_entry(&checksum, progress, &users));
         }
-        for (checksum, prewarm) in lock(&self.prewarms).iter() {
+        for (checksum, prewarm) in self.prewarms.lock_unpoisoned().iter() {
             if let Prewarm::Failed(spec, error) = prewarm {
                 entries
                     .entry(checksum.clone())
@@ -243,7 +244,7 @@ impl GoldCache {
         capacity::check_disk(self.limits(), &self.data_dir).map_err(ApiError::CapacityExhausted)?;
         let checksum = spec.checksum.clone();
         {
-            let mut prewarms = lock(&self.prewarms);
+            let mut prewarms = self.prewarms.lock_unpoisoned();
             let running = prewarms
                 .values()
                 .filter(|p| matches!(p, Prewarm::Running(_)))
@@ -284,7 +285,7 @@ impl GoldCache {
 
     fn run_prewarm(&self, spec: ImageSpec) {
         let result = self.images.ensure(&spec, &Cancel::new(), &mut |_| {});
-        let mut prewarms = lock(&self.prewarms);
+        let mut prewarms = self.prewarms.lock_unpoisoned();
         match result {
             Ok(gold) => {
                 self.touch(&gold, &spec);
@@ -315,11 +316,11 @@ impl GoldCache {
             return Err(ApiError::ImageNotFound);
         }
         let retired = {
-            let _admission = lock(&self.admission);
+            let _admission = self.admission.lock_unpoisoned();
             let published = self.images.gold_root().join(checksum).is_dir();
             if !published {
                 // A failed pre-warm is forgotten; anything else is unknown.
-                let mut prewarms = lock(&self.prewarms);
+                let mut prewarms = self.prewarms.lock_unpoisoned();
                 return match prewarms.get(checksum) {
                     Some(Prewarm::Failed(..)) => {
                         prewarms.remove(checksum);
@@ -339,7 +340,7 @@ impl GoldCache {
             if !dependent.is_empty() {
                 return Err(ApiError::ImageInUse(in_use_message(checksum, &dependent)));
             }
-            lock(&self.prewarms).remove(checksum);
+            self.prewarms.lock_unpoisoned().remove(checksum);
             match self.unpublish(checksum)? {
                 Some(retired) => retired,
                 None => return Err(ApiError::ImageNotFound),
@@ -364,7 +365,7 @@ impl GoldCache {
         let mut evicted = Vec::new();
         let mut retired = Vec::new();
         {
-            let _admission = lock(&self.admission);
+            let _admission = self.admission.lock_unpoisoned();
             let users = self.users();
             if !users.unknown.is_empty() {
                 crate::warn!(
@@ -474,10 +475,10 @@ impl GoldCache {
     fn kept_for_dependants(&self, checksum: &str, users: &Users) -> bool {
         let dependants = users.dependants(checksum);
         if dependants.is_empty() {
-            lock(&self.kept).remove(checksum);
+            self.kept.lock_unpoisoned().remove(checksum);
             return false;
         }
-        if lock(&self.kept).insert(checksum.to_string()) {
+        if self.kept.lock_unpoisoned().insert(checksum.to_string()) {
             crate::info!(
                 "gold image {checksum} is not evicted: linked clones read it ({})",
                 names(&dependants)
@@ -496,7 +497,7 @@ impl GoldCache {
         if published {
             // Measured here, on the download thread, once: never again by a request.
             size_of(&self.images.gold_root().join(checksum));
-            let mut prewarms = lock(&self.prewarms);
+            let mut prewarms = self.prewarms.lock_unpoisoned();
             if matches!(prewarms.get(checksum), Some(Prewarm::Failed(..))) {
                 prewarms.remove(checksum);
             }
@@ -535,7 +536,7 @@ impl GoldCache {
     /// next one makes the base snapshot afresh on a new download).
     fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, ApiError> {
         let gold_lock = self.locks.get(checksum);
-        let mut state = gold_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = gold_lock.lock_unpoisoned();
         let retired = self
             .images
             .unpublish(checksum)
@@ -558,17 +559,14 @@ impl GoldCache {
             unknown: Vec::new(),
             on_disk,
         };
-        for id in self.store.ids() {
-            let Some(vm) = self.store.get(id) else {
-                continue;
-            };
+        for vm in self.store.records() {
             match vm.image {
                 Some(image) => users
                     .by_checksum
                     .entry(image.checksum)
                     .or_default()
-                    .push(id),
-                None => users.unknown.push(id),
+                    .push(vm.id),
+                None => users.unknown.push(vm.id),
             }
         }
         for list in users.by_checksum.values_mut() {
@@ -613,7 +611,7 @@ impl GoldCache {
         progress: ImageProgress,
         users: &Users,
     ) -> ImageEntry {
-        let spec = match lock(&self.prewarms).get(checksum) {
+        let spec = match self.prewarms.lock_unpoisoned().get(checksum) {
             Some(Prewarm::Running(spec)) => Some(spec.clone()),
             _ => users.by_checksum.get(checksum).and_then(|ids| {
                 ids.iter()
@@ -754,10 +752,6 @@ fn remove_retired(path: &Path) {
             path.display()
         );
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

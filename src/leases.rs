@@ -11,6 +11,7 @@ use crate::vm::VmId;
 
 use crate::api::error::ApiError;
 use crate::service::Service;
+use crate::sync::LockUnpoisoned;
 use crate::vm::Vm;
 
 /// How often the reaper looks for expired leases: a lease ends within this of its time.
@@ -126,8 +127,8 @@ struct Reaper {
 impl Reaper {
     fn tick(self: &Arc<Self>) {
         for (id, expires_at) in self.service.expired_leases(now_ms()) {
-            let due = !matches!(lock(&self.retry_at).get(&id), Some(at) if Instant::now() < *at);
-            if !due || !lock(&self.busy).insert(id) {
+            let due = !matches!(self.retry_at.lock_unpoisoned().get(&id), Some(at) if Instant::now() < *at);
+            if !due || !self.busy.lock_unpoisoned().insert(id) {
                 continue;
             }
             let reaper = self.clone();
@@ -135,11 +136,11 @@ impl Reaper {
                 .name(format!("reap-{id}"))
                 .spawn(move || {
                     reaper.reap(id, &expires_at);
-                    lock(&reaper.busy).remove(&id);
+                    reaper.busy.lock_unpoisoned().remove(&id);
                 });
             if let Err(err) = spawned {
                 crate::error!("vm={id} cannot start a thread to destroy it: {err}");
-                lock(&self.busy).remove(&id);
+                self.busy.lock_unpoisoned().remove(&id);
             }
         }
     }
@@ -148,15 +149,17 @@ impl Reaper {
         crate::info!("vm={id} lease expired at {expires_at}; destroying it");
         match self.service.reap(id, now_ms()) {
             Ok(true) => {
-                lock(&self.retry_at).remove(&id);
+                self.retry_at.lock_unpoisoned().remove(&id);
                 crate::info!("vm={id} destroyed: its lease expired");
             }
             Ok(false) => crate::info!("vm={id} was renewed meanwhile; kept"),
             Err(ApiError::VmNotFound) => {
-                lock(&self.retry_at).remove(&id);
+                self.retry_at.lock_unpoisoned().remove(&id);
             }
             Err(err) => {
-                lock(&self.retry_at).insert(id, Instant::now() + RETRY_AFTER_FAILURE);
+                self.retry_at
+                    .lock_unpoisoned()
+                    .insert(id, Instant::now() + RETRY_AFTER_FAILURE);
                 crate::warn!(
                     "vm={id} destroying the expired VM failed: {err}; retrying in {} s",
                     RETRY_AFTER_FAILURE.as_secs()
@@ -164,10 +167,6 @@ impl Reaper {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod running;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+mod sync;
 pub mod tls;
 pub mod tls_server;
 pub mod vm;

@@ -209,6 +209,50 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Forwards the records of the `log` crate into this log, in the chosen format. The vendored
+/// tiny_http reports through it what its patches keep alive: accept() failing (out of file
+/// descriptors) and connections it could not set up. Without a logger those lines vanish.
+struct Bridge;
+
+static BRIDGE: Bridge = Bridge;
+
+/// Installs the bridge once; a second call (tests, a library user with its own logger)
+/// leaves the first logger in place.
+pub fn install_bridge() {
+    if ::log::set_logger(&BRIDGE).is_ok() {
+        ::log::set_max_level(::log::LevelFilter::Warn);
+    }
+}
+
+/// The level a record is written at, or `None` for records left out: tiny_http's warnings
+/// and errors, and only errors from other crates (rustls warns of every alert a bad client
+/// causes, which a scan of the port would turn into a flood).
+fn bridged_level(target: &str, level: ::log::Level) -> Option<Level> {
+    let ours = target == "tiny_http" || target.starts_with("tiny_http::");
+    match level {
+        ::log::Level::Error => Some(Level::Error),
+        ::log::Level::Warn if ours => Some(Level::Warn),
+        _ => None,
+    }
+}
+
+impl ::log::Log for Bridge {
+    fn enabled(&self, metadata: &::log::Metadata<'_>) -> bool {
+        bridged_level(metadata.target(), metadata.level()).is_some()
+    }
+
+    fn log(&self, record: &::log::Record<'_>) {
+        if let Some(level) = bridged_level(record.target(), record.level()) {
+            write(
+                level,
+                format_args!("{}: {}", record.target(), record.args()),
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// `info!("text {x}")`, or with fields first: `info!(vm = id, command = "clone"; "text")`.
 /// A field is a method of [`Fields`], so a misspelt one does not compile.
 #[macro_export]
@@ -295,6 +339,17 @@ mod tests {
             plain,
             format!("{{\"ts\":\"{ts}\",\"level\":\"error\",\"msg\":\"stopped\"}}")
         );
+    }
+
+    #[test]
+    fn the_bridge_keeps_tiny_http_warnings_and_every_error() {
+        use ::log::Level as L;
+        assert_eq!(bridged_level("tiny_http", L::Error), Some(Level::Error));
+        assert_eq!(bridged_level("tiny_http::util", L::Warn), Some(Level::Warn));
+        assert_eq!(bridged_level("tiny_http", L::Debug), None);
+        assert_eq!(bridged_level("rustls::common_state", L::Warn), None);
+        assert_eq!(bridged_level("rustls::conn", L::Error), Some(Level::Error));
+        assert_eq!(bridged_level("tiny_httpx", L::Warn), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use osx_builder::provision::{
 use osx_builder::running;
 use osx_builder::service::{start_reconciler, Fleet, Reconcile, Service};
 use osx_builder::vm::VmStore;
-use osx_builder::vmrun::{Timeouts, Vmrun, VmrunSettings};
+use osx_builder::vmrun::Vmrun;
 use osx_builder::{error, info, shutdown, warn};
 
 fn main() -> ExitCode {
@@ -62,6 +62,7 @@ fn main() -> ExitCode {
 
 fn serve(config: &Config) -> Result<(), String> {
     osx_builder::log::set_format(config.log_format);
+    osx_builder::log::install_bridge();
     match osx_builder::fd_limit::raise() {
         Ok(limit) if limit < 1024 => warn!(
             "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"
@@ -98,20 +99,7 @@ fn serve(config: &Config) -> Result<(), String> {
     // Held until the process exits: a second server on this folder refuses to start.
     let _data_lock =
         osx_builder::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
-    let vmrun = Vmrun::new(VmrunSettings {
-        path: config.vmrun_path.clone(),
-        host_type: config.vmrun_host_type.clone(),
-        timeouts: Timeouts {
-            clone: config.timeout_clone,
-            start: config.timeout_start,
-            stop: config.timeout_stop,
-            delete: config.timeout_delete,
-            list: config.timeout_list,
-            ip_query: config.timeout_ip_query,
-            snapshot: config.timeout_snapshot,
-            ..Timeouts::default()
-        },
-    });
+    let vmrun = Vmrun::new(config.vmrun_settings());
     if let Err(err) = vmrun.check_available() {
         warn!("{err}; every create will fail until vmrun is there");
     }

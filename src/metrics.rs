@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::sync::LockUnpoisoned;
 
 /// Image downloads are multi-gigabyte archives over whatever link a build Mac has: seconds on
 /// a LAN mirror, hours over the internet.
@@ -112,7 +114,9 @@ impl Metrics {
 
     /// One provisioning finished: `ok`, or the error code it failed with.
     pub fn record_provision(&self, outcome: &str) {
-        *lock(&self.provisions)
+        *self
+            .provisions
+            .lock_unpoisoned()
             .entry(outcome.to_string())
             .or_default() += 1;
     }
@@ -123,22 +127,28 @@ impl Metrics {
             .find(|known| known.eq_ignore_ascii_case(method))
             .copied()
             .unwrap_or("other");
-        *lock(&self.http_requests)
+        *self
+            .http_requests
+            .lock_unpoisoned()
             .entry((method.to_string(), status))
             .or_default() += 1;
     }
 
     pub fn observe_image_download(&self, took: Duration) {
-        lock(&self.image_download).observe(took.as_secs_f64());
+        self.image_download
+            .lock_unpoisoned()
+            .observe(took.as_secs_f64());
     }
 
     pub fn observe_clone(&self, took: Duration) {
-        lock(&self.clone).observe(took.as_secs_f64());
+        self.clone.lock_unpoisoned().observe(took.as_secs_f64());
     }
 
     /// From `vmrun start` returning to the first IP address seen.
     pub fn observe_boot_to_ip(&self, took: Duration) {
-        lock(&self.boot_to_ip).observe(took.as_secs_f64());
+        self.boot_to_ip
+            .lock_unpoisoned()
+            .observe(took.as_secs_f64());
     }
 
     pub fn render(&self, snapshot: &Snapshot) -> String {
@@ -199,7 +209,7 @@ impl Metrics {
             "counter",
             "Provisionings finished, by outcome (ok or the error code).",
         );
-        for (outcome, count) in lock(&self.provisions).iter() {
+        for (outcome, count) in self.provisions.lock_unpoisoned().iter() {
             sample(&mut out, name, &[("outcome", outcome)], count);
         }
 
@@ -229,7 +239,7 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by method and status code.",
         );
-        for ((method, status), count) in lock(&self.http_requests).iter() {
+        for ((method, status), count) in self.http_requests.lock_unpoisoned().iter() {
             let status = status.to_string();
             sample(
                 &mut out,
@@ -258,18 +268,10 @@ impl Metrics {
         ];
         for (name, help, histogram) in histograms {
             header(&mut out, name, "histogram", help);
-            render_histogram(&mut out, name, &lock(histogram));
+            render_histogram(&mut out, name, &histogram.lock_unpoisoned());
         }
         out
     }
-}
-
-/// A panic in another thread while it held a lock leaves plain numbers behind, still worth
-/// reporting: metrics must not take `/metrics` down with them.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

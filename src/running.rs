@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::reconcile::canonical;
+use crate::sync::LockUnpoisoned;
 
 #[derive(Debug, Default)]
 pub struct RunningVms {
@@ -151,7 +152,7 @@ impl RunningVms {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_unpoisoned()
     }
 }
 

@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, Snapshot, VmsByStatus};
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::reconcile;
+use crate::sync::LockUnpoisoned;
 use crate::vm::store::{Durability, RECORD_FILE};
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use crate::vmrun::{Vmrun, VmrunError};
@@ -247,20 +248,19 @@ impl Service {
     }
 
     fn lock_creating(&self) -> MutexGuard<'_, ()> {
-        self.creating.lock().unwrap_or_else(|p| p.into_inner())
+        self.creating.lock_unpoisoned()
     }
 
     /// Taken only under `creating`.
     fn recording(&self) -> MutexGuard<'_, HashMap<VmId, Vm>> {
-        self.recording.lock().unwrap_or_else(|p| p.into_inner())
+        self.recording.lock_unpoisoned()
     }
 
     /// Failed VMs last changed before `cutoff_ms` (Unix milliseconds), not being destroyed.
     pub fn failed_before(&self, cutoff_ms: i64) -> Vec<VmId> {
         self.store
-            .ids()
+            .records()
             .into_iter()
-            .filter_map(|id| self.store.get(id))
             .filter(|vm| vm.status == Status::Failed && vm.progress.phase != Phase::Deleting)
             .filter(|vm| leases::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms))
             .map(|vm| vm.id)
@@ -337,9 +337,8 @@ impl Service {
     /// VMs whose lease is over and that are not being destroyed, with their expiry.
     pub fn expired_leases(&self, now_ms: i64) -> Vec<(VmId, String)> {
         self.store
-            .ids()
+            .records()
             .into_iter()
-            .filter_map(|id| self.store.get(id))
             .filter(|vm| vm.progress.phase != Phase::Deleting && leases::is_expired(vm, now_ms))
             .map(|vm| (vm.id, vm.expires_at.unwrap_or_default()))
             .collect()
@@ -405,12 +404,7 @@ impl Service {
     /// `GET /metrics`: the counters, and the state in memory (no vmrun call).
     pub fn metrics_text(&self) -> String {
         let mut vms = VmsByStatus::default();
-        for vm in self
-            .store
-            .ids()
-            .into_iter()
-            .filter_map(|id| self.store.get(id))
-        {
+        for vm in self.store.records() {
             match vm.status {
                 Status::Provisioning => vms.provisioning += 1,
                 Status::Running => vms.running += 1,
@@ -794,7 +788,7 @@ impl Service {
 
     /// True if `dir` was reported before; remembers it otherwise.
     fn already_reported(&self, dir: &Path) -> bool {
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reported = self.reported.lock_unpoisoned();
         !reported.insert(dir.to_path_buf())
     }
 

@@ -23,65 +23,46 @@
 //! The `case` line comes first because shell arithmetic on an unchecked header can run
 //! commands in bash. `-r` makes openssl (and macOS's LibreSSL) print `<hex> *stdin`.
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::fmt;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 pub const TIMESTAMP_HEADER: &str = "X-OSX-Builder-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-OSX-Builder-Signature";
 const SIGNATURE_PREFIX: &str = "sha256=";
 
-/// SHA-256's block size: keys are padded (or first hashed) to this length.
-const BLOCK_LEN: usize = 64;
+type HmacSha256 = Hmac<Sha256>;
 
 /// HMAC-SHA256 of `message` under `key` (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    hmac_sha256_parts(key, &[message])
+    mac_of(key, &[message]).finalize().into_bytes().into()
 }
 
 /// HMAC over the concatenation of `parts`, so that `<timestamp>.<body>` need not be copied
 /// into one buffer (bodies can be large VM objects with progress and errors).
-fn hmac_sha256_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block_key = [0u8; BLOCK_LEN];
-    if key.len() > BLOCK_LEN {
-        block_key[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let mut inner_pad = [0x36u8; BLOCK_LEN];
-    let mut outer_pad = [0x5cu8; BLOCK_LEN];
-    for ((inner, outer), key_byte) in inner_pad.iter_mut().zip(&mut outer_pad).zip(block_key) {
-        *inner ^= key_byte;
-        *outer ^= key_byte;
-    }
-    let mut inner = Sha256::new();
-    inner.update(inner_pad);
+fn mac_of(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed first), so this cannot fail.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     for part in parts {
-        inner.update(part);
+        mac.update(part);
     }
-    let mut outer = Sha256::new();
-    outer.update(outer_pad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    mac
 }
 
 /// Equality whose running time depends only on the lengths, not on where the first
-/// difference is: an early exit would let an attacker guess a signature byte by byte.
+/// difference is: an early exit would let an attacker guess a secret byte by byte.
 /// Lengths are not secret here (digests have a fixed length).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // black_box keeps the optimiser from turning the fold back into an early-exit compare.
-    std::hint::black_box(difference) == 0
+    a.ct_eq(b).into()
 }
 
 /// The value of the signature header: `sha256=<hex>`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     let timestamp = timestamp.to_string();
-    let mac = hmac_sha256_parts(secret, &[timestamp.as_bytes(), b".", body]);
-    format!("{SIGNATURE_PREFIX}{}", to_hex(&mac))
+    let mac = mac_of(secret, &[timestamp.as_bytes(), b".", body]);
+    format!("{SIGNATURE_PREFIX}{:x}", mac.finalize().into_bytes())
 }
 
 /// The two headers to add to a callback POST, as (name, value).
@@ -186,8 +167,9 @@ pub fn verify(
             tolerance,
         });
     }
-    let expected = hmac_sha256_parts(secret, &[timestamp.to_string().as_bytes(), b".", body]);
-    if constant_time_eq(&expected, &claimed) {
+    let mac = mac_of(secret, &[timestamp.to_string().as_bytes(), b".", body]);
+    // verify_slice compares in constant time (subtle), so a forger learns nothing from timing.
+    if mac.verify_slice(&claimed).is_ok() {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
@@ -225,20 +207,15 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        hex.push(DIGITS[usize::from(byte >> 4)] as char);
-        hex.push(DIGITS[usize::from(byte & 0x0f)] as char);
-    }
-    hex
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
     use std::path::PathBuf;
+
+    fn to_hex(mac: &[u8; 32]) -> String {
+        format!("{:x}", sha2::digest::Output::<Sha256>::from(*mac))
+    }
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const SECRET: &[u8] = b"s3cret-for-callbacks";

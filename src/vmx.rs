@@ -419,8 +419,6 @@ pub struct CloneSettings<'a> {
     pub network_type: &'a str,
 }
 
-pub const NETWORK_TYPES: [&str; 3] = ["bridged", "nat", "hostonly"];
-
 /// VMware refuses memory sizes that are not a multiple of 4 MB.
 pub fn round_memory_mb(memory_mb: u32) -> u32 {
     memory_mb.saturating_add(3) / 4 * 4
@@ -429,7 +427,7 @@ pub fn round_memory_mb(memory_mb: u32) -> u32 {
 /// Applies `s` to a freshly cloned VMX: size, name, exactly one NIC, and the answers that let
 /// it boot unattended.
 pub fn configure_clone(vmx: &mut Vmx, s: &CloneSettings<'_>) -> Result<(), VmxError> {
-    if !NETWORK_TYPES.contains(&s.network_type) {
+    if crate::vm::NetworkType::parse(s.network_type).is_none() {
         return Err(VmxError::InvalidNetworkType {
             value: s.network_type.to_string(),
         });

@@ -417,3 +417,94 @@ fn vm_log_prints_the_vmware_log_and_says_when_there_is_none() {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(text(&out.stderr).contains("vm-not-found"), "{}", show(&out));
 }
+
+/// The README's settings table against `--help`: the same settings in the same order, each
+/// with its variable and its default. A default that differs by platform is written
+/// `<macOS> (macOS), <Linux> (Linux)`; `~` is the home folder; `none` is no default.
+#[test]
+fn the_readme_lists_every_setting_with_the_default_help_shows() {
+    let home = "/home/someone";
+    let help = Command::new(SERVER_BIN)
+        .arg("--help")
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    // `  --flag   ENV   default`, each followed by an indented line of help.
+    let from_help: Vec<(String, String, String)> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Settings"))
+        .filter_map(|line| {
+            let rest = line.strip_prefix("  --")?;
+            let (flag, rest) = rest.split_once(' ')?;
+            let (env, default) = rest.trim_start().split_once(' ')?;
+            // `--help` and `--version` have no variable.
+            if !env.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                return None;
+            }
+            Some((
+                format!("--{flag}"),
+                env.to_string(),
+                default.trim().to_string(),
+            ))
+        })
+        .collect();
+    assert!(from_help.len() > 40, "{help}");
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("\n## Settings\n")
+        .nth(1)
+        .expect("README has a Settings section");
+    let platform = if cfg!(target_os = "macos") {
+        "(macOS)"
+    } else {
+        "(Linux)"
+    };
+    let from_readme: Vec<(String, String, String)> = table
+        .lines()
+        .skip_while(|line| !line.starts_with("| flag"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line
+                .split(" | ")
+                .map(|c| c.trim_matches(['|', ' ']))
+                .collect();
+            let mut default = cells[2].to_string();
+            if default.contains(" (macOS), ") {
+                default = default
+                    .split(", ")
+                    .find_map(|part| part.strip_suffix(platform))
+                    .unwrap_or_else(|| panic!("{line}: no {platform} default"))
+                    .trim()
+                    .to_string();
+            }
+            let mut default = default.replace('`', "");
+            if default == "none" {
+                default = "(none)".into();
+            }
+            if let Some(rest) = default.strip_prefix("~/") {
+                default = format!("{home}/{rest}");
+            }
+            (
+                cells[0].replace('`', ""),
+                cells[1].replace('`', ""),
+                default,
+            )
+        })
+        .collect();
+    assert_eq!(
+        from_readme.iter().map(|row| &row.0).collect::<Vec<_>>(),
+        from_help.iter().map(|row| &row.0).collect::<Vec<_>>(),
+        "the README's settings are not --help's"
+    );
+    for (readme_row, help_row) in from_readme.iter().zip(&from_help) {
+        assert_eq!(
+            readme_row, help_row,
+            "README (left) and --help (right) differ"
+        );
+    }
+}

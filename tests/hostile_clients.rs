@@ -441,6 +441,8 @@ fn a_flood_of_connections_gets_errors_then_the_server_answers_again() {
 struct FdLimitedServer {
     child: Child,
     addr: String,
+    /// Every line the server wrote to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl FdLimitedServer {
@@ -474,18 +476,21 @@ impl FdLimitedServer {
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not start");
-        Self { child, addr }
+        Self { child, addr, log }
     }
 }
 
@@ -538,5 +543,15 @@ fn running_out_of_file_descriptors_does_not_make_the_server_deaf() {
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "the server exited"
+    );
+    // tiny_http reports the failed accept() (or the connection it could not set up) through
+    // the `log` crate: the server's own log must carry it, not drop it.
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(
+        log.lines().any(|line| line.contains("ERROR")
+            && line.contains("tiny_http: Error")
+            && line.contains("new client")
+            && line.contains("os error 24")),
+        "no accept error in the server's log:\n{log}"
     );
 }

@@ -67,7 +67,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             ))
         }
         // VMware wants a multiple of 4 MB, and macOS will not boot in less than 512.
-        Some(n) => (n as u32).max(MIN_MEMORY_MB).div_ceil(4) * 4,
+        Some(n) => crate::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
     };
     let network_type = match optional_str(&fields, "network_type", "invalid-network-type")? {
         None | Some("") => NetworkType::default(),

@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::config;
 use crate::image::checksum;
 use crate::image::download::{Fetcher, Location};
 use crate::image::error::ImageError;
@@ -21,6 +22,7 @@ use crate::image::layout::{GoldImage, Layout};
 use crate::image::pipeline::{self, Job};
 use crate::image::progress::{ImagePhase, ImageProgress, ProgressCell};
 use crate::image::spec::ImageSpec;
+use crate::sync::LockUnpoisoned;
 
 /// How often a waiter wakes to check its cancel flag.
 const WAKE_INTERVAL: Duration = Duration::from_millis(100);
@@ -49,11 +51,12 @@ pub struct ImageSettings {
 }
 
 impl ImageSettings {
-    pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 512 << 30;
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const DEFAULT_MAX_RESUMES: u32 = 5;
-    pub const DEFAULT_MAX_DOWNLOADS: usize = 2;
+    // The settings' defaults, from their one table.
+    pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = config::MAX_UNPACKED_BYTES.bytes();
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = config::DOWNLOAD_CONNECT_TIMEOUT.seconds();
+    pub const DEFAULT_READ_TIMEOUT: Duration = config::DOWNLOAD_READ_TIMEOUT.seconds();
+    pub const DEFAULT_MAX_RESUMES: u32 = config::DOWNLOAD_MAX_RESUMES.count() as u32;
+    pub const DEFAULT_MAX_DOWNLOADS: usize = config::MAX_DOWNLOADS.count() as usize;
 
     /// The defaults, under `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -116,7 +119,7 @@ struct Slots {
 impl Slots {
     /// Blocks until a slot is free; `false` when `cancel` came first.
     fn acquire(&self, cancel: &Cancel) -> bool {
-        let mut busy = lock(&self.busy);
+        let mut busy = self.busy.lock_unpoisoned();
         while self.max != 0 && *busy >= self.max {
             if cancel.is_cancelled() {
                 return false;
@@ -132,16 +135,10 @@ impl Slots {
     }
 
     fn release(&self) {
-        let mut busy = lock(&self.busy);
+        let mut busy = self.busy.lock_unpoisoned();
         *busy = busy.saturating_sub(1);
         self.freed.notify_one();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks stays consistent even if a holder panicked: each update
-    // is a single assignment.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ImageCache {
@@ -210,7 +207,7 @@ impl ImageCache {
 
     /// Downloads in progress, by checksum, with their progress.
     pub fn in_flight(&self) -> Vec<(String, ImageProgress)> {
-        let flights = lock(&self.shared.flights);
+        let flights = self.shared.flights.lock_unpoisoned();
         let mut list: Vec<_> = flights
             .iter()
             .map(|(checksum, flight)| (checksum.clone(), flight.progress.snapshot()))
@@ -222,7 +219,7 @@ impl ImageCache {
     /// Cancels the download of `checksum` for everyone waiting for it (they fail
     /// `image-cancelled`); false when none is in progress.
     pub fn cancel_download(&self, checksum: &str) -> bool {
-        let flights = lock(&self.shared.flights);
+        let flights = self.shared.flights.lock_unpoisoned();
         match flights.get(checksum) {
             Some(flight) => {
                 crate::info!("image {checksum}: download cancelled by DELETE /images");
@@ -244,7 +241,7 @@ impl ImageCache {
         }
         // Under the flights lock: `join_or_start` decides between a published folder and a
         // new download under it.
-        let _flights = lock(&self.shared.flights);
+        let _flights = self.shared.flights.lock_unpoisoned();
         let dir = self.shared.layout.gold_dir(checksum);
         if !dir.is_dir() {
             return Ok(None);
@@ -316,7 +313,7 @@ impl ImageCache {
     }
 
     fn join_or_start(&self, spec: &ImageSpec) -> Result<Joined, ImageError> {
-        let mut flights = lock(&self.shared.flights);
+        let mut flights = self.shared.flights.lock_unpoisoned();
         if let Some(flight) = flights.get(&spec.checksum) {
             // A cancelled one is on its way out: this caller wants the image, so it gets a
             // download of its own (`fly` removes only its own entry).
@@ -389,8 +386,8 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
     let published = result.is_ok();
     // Result first, then out of the map, both under the map's lock: a caller that finds no
     // flight then finds either the gold folder or nothing (and starts a new download).
-    let mut flights = lock(&shared.flights);
-    *lock(&flight.outcome) = Some(result);
+    let mut flights = shared.flights.lock_unpoisoned();
+    *flight.outcome.lock_unpoisoned() = Some(result);
     if flights
         .get(&spec.checksum)
         .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), flight))
@@ -413,7 +410,7 @@ fn wait(
     let mut last_report = Instant::now();
     loop {
         {
-            let outcome = lock(&flight.outcome);
+            let outcome = flight.outcome.lock_unpoisoned();
             if let Some(result) = outcome.as_ref() {
                 return result.clone();
             }

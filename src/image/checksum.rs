@@ -39,22 +39,12 @@ impl Hasher {
     /// The digest as lowercase hex, the form create requests use.
     pub fn finish_hex(self) -> String {
         match self {
-            Self::Md5(h) => hex(&h.finalize()),
-            Self::Sha1(h) => hex(&h.finalize()),
-            Self::Sha256(h) => hex(&h.finalize()),
-            Self::Sha512(h) => hex(&h.finalize()),
+            Self::Md5(h) => format!("{:x}", h.finalize()),
+            Self::Sha1(h) => format!("{:x}", h.finalize()),
+            Self::Sha256(h) => format!("{:x}", h.finalize()),
+            Self::Sha512(h) => format!("{:x}", h.finalize()),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
 }
 
 /// True when `checksum` is a digest of `kind` written as the cache names folders: lowercase

@@ -19,7 +19,7 @@ pub struct MinRate {
 impl MinRate {
     pub const OFF: Self = Self {
         bytes_per_sec: 0,
-        window: Duration::from_secs(60),
+        window: crate::config::DOWNLOAD_MIN_RATE_WINDOW.seconds(),
     };
 }
 

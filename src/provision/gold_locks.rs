@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::LockUnpoisoned;
+
 /// What is known about one gold VM while holding its lock.
 #[derive(Default)]
 pub struct GoldState {
@@ -18,7 +20,7 @@ pub struct GoldLocks {
 
 impl GoldLocks {
     pub fn get(&self, checksum: &str) -> Arc<Mutex<GoldState>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock_unpoisoned();
         map.entry(checksum.to_string()).or_default().clone()
     }
 }

@@ -13,6 +13,7 @@ use crate::cancel::Cancel;
 use crate::fsutil;
 use crate::guestinfo::GuestInfo;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
+use crate::sync::LockUnpoisoned;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm};
 use crate::vmrun::VmrunError;
@@ -159,7 +160,7 @@ impl Provisioner {
         let vmx_path = self.store.vmx_path(id);
         {
             let lock = self.gold_locks.get(&gold.checksum);
-            let mut gold_state = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut gold_state = lock.lock_unpoisoned();
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
                 let snapshots = self.vmrun.list_snapshots(&gold.vmx)?;

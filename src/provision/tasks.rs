@@ -9,6 +9,7 @@ use crate::vm::VmId;
 
 use crate::cancel::Cancel;
 use crate::guestinfo::GuestInfo;
+use crate::sync::LockUnpoisoned;
 
 #[derive(Default)]
 pub struct Task {
@@ -22,18 +23,15 @@ pub struct Task {
 
 impl Task {
     pub fn lock(&self) -> MutexGuard<'_, ()> {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+        self.busy.lock_unpoisoned()
     }
 
     pub fn hold_guestinfo(&self, guestinfo: GuestInfo) {
-        *self.guestinfo.lock().unwrap_or_else(|p| p.into_inner()) = Some(guestinfo);
+        *self.guestinfo.lock_unpoisoned() = Some(guestinfo);
     }
 
     pub fn take_guestinfo(&self) -> Option<GuestInfo> {
-        self.guestinfo
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.guestinfo.lock_unpoisoned().take()
     }
 }
 
@@ -44,7 +42,7 @@ pub struct Tasks {
 
 impl Tasks {
     pub fn get(&self, id: VmId) -> Arc<Task> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock_unpoisoned();
         map.entry(id).or_default().clone()
     }
 
@@ -57,7 +55,7 @@ impl Tasks {
     }
 
     pub fn forget(&self, id: VmId) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock_unpoisoned();
         map.remove(&id);
     }
 }

@@ -74,18 +74,14 @@ pub enum NetworkType {
 
 impl NetworkType {
     pub const NAMES: &'static str = "bridged, nat, hostonly";
+    pub const ALL: [Self; 3] = [Self::Bridged, Self::Nat, Self::Hostonly];
 
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "bridged" => Some(Self::Bridged),
-            "nat" => Some(Self::Nat),
-            "hostonly" => Some(Self::Hostonly),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 
     /// The value of `ethernet0.connectionType` in the VMX.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Bridged => "bridged",
             Self::Nat => "nat",
@@ -209,6 +205,18 @@ impl Vm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn network_types_have_one_list() {
+        let names: Vec<&str> = NetworkType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names.join(", "), NetworkType::NAMES);
+        for kind in NetworkType::ALL {
+            assert_eq!(NetworkType::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str());
+        }
+        assert_eq!(NetworkType::parse("custom"), None);
+    }
     use crate::image::ChecksumType;
 
     pub(crate) fn sample() -> Vm {

@@ -17,6 +17,7 @@ use crate::vm::VmId;
 
 use super::model::{Phase, Status, Vm};
 use crate::fsutil;
+use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
 
 pub const RECORD_FILE: &str = "osx-builder.json";
 /// `vms/.creating-<id>`: a new VM's folder until its record is in it.
@@ -237,7 +238,7 @@ impl VmStore {
         let Some(slot) = self.slot(id) else {
             return Ok(None);
         };
-        let mut record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = slot.record.lock_unpoisoned();
         let mut next = record.clone();
         change(&mut next);
         if next == *record {
@@ -250,7 +251,7 @@ impl VmStore {
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
         }
         *record = next.clone();
-        *slot.json.write().unwrap_or_else(|p| p.into_inner()) = Visible::of(&next, json);
+        *slot.json.write_unpoisoned() = Visible::of(&next, json);
         drop(record);
         self.bump();
         Ok(Some(next))
@@ -293,7 +294,7 @@ impl VmStore {
         let (generation, _) = self
             .changed
             .wait_timeout_while(generation, timeout, |now| *now == seen)
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *generation
     }
 
@@ -303,26 +304,35 @@ impl VmStore {
     }
 
     fn lock_generation(&self) -> MutexGuard<'_, u64> {
-        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        self.generation.lock_unpoisoned()
     }
 
     pub fn json(&self, id: VmId) -> Option<Arc<[u8]>> {
         let slot = self.slot(id)?;
-        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        let json = slot.json.read_unpoisoned();
         Some(json.json.clone())
     }
 
     /// The JSON and its long-poll state hash, read together.
     pub fn json_with_state(&self, id: VmId) -> Option<(Arc<[u8]>, u64)> {
         let slot = self.slot(id)?;
-        let json = slot.json.read().unwrap_or_else(|p| p.into_inner());
+        let json = slot.json.read_unpoisoned();
         Some((json.json.clone(), json.state))
     }
 
     pub fn get(&self, id: VmId) -> Option<Vm> {
         let slot = self.slot(id)?;
-        let record = slot.record.lock().unwrap_or_else(|p| p.into_inner());
+        let record = slot.record.lock_unpoisoned();
         Some(record.clone())
+    }
+
+    /// A copy of every record, each read under its own lock: one VM's change does not wait
+    /// for a walk over all of them.
+    pub fn records(&self) -> Vec<Vm> {
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.get(id))
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<VmId> {
@@ -343,12 +353,7 @@ impl VmStore {
         let mut rows: Vec<(String, Arc<[u8]>)> = slots
             .iter()
             .map(|slot| {
-                let json = slot
-                    .json
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .json
-                    .clone();
+                let json = slot.json.read_unpoisoned().json.clone();
                 (slot.created_at.clone(), json)
             })
             .collect();
@@ -361,7 +366,7 @@ impl VmStore {
     pub fn for_each_state(&self, mut visit: impl FnMut(&Path, Status, Phase)) {
         for (id, slot) in self.read_slots().iter() {
             let (status, phase) = {
-                let visible = slot.json.read().unwrap_or_else(|p| p.into_inner());
+                let visible = slot.json.read_unpoisoned();
                 (visible.status, visible.phase)
             };
             visit(&self.canonical_vmx(*id), status, phase);
@@ -371,8 +376,7 @@ impl VmStore {
     /// The VM that carries idempotency key `name` and is not being deleted.
     pub fn find_by_name(&self, name: &str) -> Option<Vm> {
         let id = self.read_slots().iter().find_map(|(id, slot)| {
-            let deleting =
-                || slot.json.read().unwrap_or_else(|p| p.into_inner()).phase == Phase::Deleting;
+            let deleting = || slot.json.read_unpoisoned().phase == Phase::Deleting;
             (slot.name.as_deref() == Some(name) && !deleting()).then_some(*id)
         })?;
         self.get(id)
@@ -391,11 +395,11 @@ impl VmStore {
     }
 
     fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<VmId, Arc<Slot>>> {
-        self.slots.read().unwrap_or_else(|p| p.into_inner())
+        self.slots.read_unpoisoned()
     }
 
     fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<VmId, Arc<Slot>>> {
-        self.slots.write().unwrap_or_else(|p| p.into_inner())
+        self.slots.write_unpoisoned()
     }
 }
 

@@ -19,20 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::config;
 use crate::running::RunningVms;
+use crate::sync::LockUnpoisoned;
 use output::Exit;
 use process::RunError;
 
-#[cfg(target_os = "macos")]
-pub const DEFAULT_VMRUN_PATH: &str = "/Applications/VMware Fusion.app/Contents/Library/vmrun";
-#[cfg(not(target_os = "macos"))]
-pub const DEFAULT_VMRUN_PATH: &str = "/usr/bin/vmrun";
+pub const DEFAULT_VMRUN_PATH: &str = match config::VMRUN_PATH.platform() {
+    Some(path) => path,
+    None => panic!("--vmrun-path has a default on every platform"),
+};
 
 /// Packer passes `-T ws` on Linux; on macOS vmrun works out the host itself.
-#[cfg(target_os = "macos")]
-pub const DEFAULT_HOST_TYPE: Option<&str> = None;
-#[cfg(not(target_os = "macos"))]
-pub const DEFAULT_HOST_TYPE: Option<&str> = Some("ws");
+pub const DEFAULT_HOST_TYPE: Option<&str> = config::VMRUN_HOST_TYPE.platform();
 
 /// Deadlines per command: vmrun can hang, and these are what tools in the field use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +49,24 @@ pub struct Timeouts {
     pub other: Duration,
 }
 
+impl Timeouts {
+    /// The settings' defaults (`--vmrun-timeout-*`).
+    pub const DEFAULT: Timeouts = Timeouts {
+        clone: config::VMRUN_TIMEOUT_CLONE.seconds(),
+        start: config::VMRUN_TIMEOUT_START.seconds(),
+        stop: config::VMRUN_TIMEOUT_STOP.seconds(),
+        delete: config::VMRUN_TIMEOUT_DELETE.seconds(),
+        list: config::VMRUN_TIMEOUT_LIST.seconds(),
+        ip_query: config::VMRUN_TIMEOUT_IP.seconds(),
+        snapshot: config::VMRUN_TIMEOUT_SNAPSHOT.seconds(),
+        // checkToolsState has no setting of its own: it answers at once or hangs.
+        other: Duration::from_secs(60),
+    };
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            clone: Duration::from_secs(120),
-            start: Duration::from_secs(300),
-            stop: Duration::from_secs(60),
-            delete: Duration::from_secs(30),
-            list: Duration::from_secs(10),
-            ip_query: Duration::from_secs(15),
-            snapshot: Duration::from_secs(60),
-            other: Duration::from_secs(60),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -338,10 +343,7 @@ impl Vmrun {
     /// Calls so far, by command and outcome (`ok`, another success label such as
     /// `not-powered-on`, or an error code), sorted.
     pub fn call_counts(&self) -> Vec<(String, String, u64)> {
-        let counts = match self.counts.lock() {
-            Ok(counts) => counts,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let counts = self.counts.lock_unpoisoned();
         counts
             .iter()
             .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
@@ -483,10 +485,7 @@ impl Vmrun {
     }
 
     fn count(&self, command: &str, outcome: &str) {
-        let mut counts = match self.counts.lock() {
-            Ok(counts) => counts,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut counts = self.counts.lock_unpoisoned();
         *counts
             .entry((command.to_string(), outcome.to_string()))
             .or_insert(0) += 1;
@@ -568,15 +567,39 @@ mod tests {
 
     #[test]
     fn default_timeouts_match_the_contract() {
-        let t = Timeouts::default();
-        assert_eq!(t.clone, Duration::from_secs(120));
-        assert_eq!(t.start, Duration::from_secs(300));
-        assert_eq!(t.stop, Duration::from_secs(60));
-        assert_eq!(t.delete, Duration::from_secs(30));
-        assert_eq!(t.list, Duration::from_secs(10));
-        assert_eq!(t.ip_query, Duration::from_secs(15));
-        assert_eq!(t.snapshot, Duration::from_secs(60));
-        assert_eq!(t.other, Duration::from_secs(60));
+        // What the server runs with when no setting is given, not the constants themselves.
+        let parsed = crate::config::parse(&[], &std::collections::HashMap::new()).unwrap();
+        let crate::config::Command::Serve(config) = parsed else {
+            panic!("no arguments must serve, got {parsed:?}");
+        };
+        let settings = config.vmrun_settings();
+        let t = settings.timeouts;
+        let secs = Duration::from_secs;
+        // vmrun-contract.md, "Timeouts seen in the field": clone 120 s, start 120-300 s,
+        // stop soft 15-60 s, deleteVM 30 s, list 10 s.
+        assert_eq!(t.clone, secs(120));
+        assert!((secs(120)..=secs(300)).contains(&t.start), "{t:?}");
+        assert_eq!(t.start, secs(300));
+        assert!((secs(15)..=secs(60)).contains(&t.stop), "{t:?}");
+        assert_eq!(t.delete, secs(30));
+        assert_eq!(t.list, secs(10));
+        // getGuestIPAddress -wait has no deadline of its own: ours must be finite and short
+        // beside the IP wait it is one attempt of.
+        assert!(t.ip_query > Duration::ZERO && t.ip_query < config.ip_wait_timeout);
+        assert_eq!(t.ip_query, secs(15));
+        assert_eq!(t.snapshot, secs(60));
+        // The contract's host type: none on macOS, `ws` on Linux, and its default path.
+        let (host_type, path) = if cfg!(target_os = "macos") {
+            (
+                None,
+                "/Applications/VMware Fusion.app/Contents/Library/vmrun",
+            )
+        } else {
+            (Some("ws"), "/usr/bin/vmrun")
+        };
+        assert_eq!(settings.host_type.as_deref(), host_type);
+        assert_eq!(settings.path, PathBuf::from(path));
+        assert_eq!(settings, VmrunSettings::default());
     }
 
     #[test]

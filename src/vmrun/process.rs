@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::sync::LockUnpoisoned;
 
 /// How often a running call is checked for exit, cancellation and its deadline: often at
 /// first, as most vmrun calls (`getGuestIPAddress`, `list`) end within milliseconds and a
@@ -194,10 +195,7 @@ impl Collector {
             self.done.recv_timeout(left),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
-        let bytes = match self.buffer.lock() {
-            Ok(buf) => buf.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let bytes = self.buffer.lock_unpoisoned().clone();
         (bytes, complete)
     }
 }

@@ -124,16 +124,12 @@ ethernet1.connectionType = \"hostonly\"
 
 pub fn sha1_hex(bytes: &[u8]) -> String {
     use sha1::Digest;
-    hex(&sha1::Sha1::digest(bytes))
+    format!("{:x}", sha1::Sha1::digest(bytes))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// The real osx-builder binary, running against the simulator.
