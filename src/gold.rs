@@ -396,15 +396,7 @@ impl GoldCache {
             });
             images.sort_by_key(|(_, _, last_used)| *last_used);
             for (checksum, size, _) in images {
-                let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
-                let reason = if budget > 0 && total > budget {
-                    format!("the cache holds {total} bytes, over its budget of {budget} (--cache-budget)")
-                } else if floor > 0 && free.as_ref().is_ok_and(|free| *free < floor) {
-                    format!(
-                        "the disk has {} bytes free, under the floor of {floor} (--min-free-disk)",
-                        free.unwrap_or(0)
-                    )
-                } else {
+                let Some(reason) = self.over_limit(total, freed, "") else {
                     break;
                 };
                 match self.unpublish(&checksum) {
@@ -427,13 +419,32 @@ impl GoldCache {
         evicted
     }
 
-    /// The original server's archives of published images go first: nothing reads them
-    /// again. Counted in the budget with the gold images; returns the bytes freed.
-    fn evict_original_archives(&self, golds: &[(String, u64, i64)], gold_total: u64) -> u64 {
+    /// Why the cache must shrink, when it must: `total` bytes held (`counted` says what they
+    /// include) over the budget, or the disk (plus `freed`, not yet returned by removals in
+    /// flight) under the floor.
+    fn over_limit(&self, total: u64, freed: u64, counted: &str) -> Option<String> {
         let GoldSettings {
             budget,
             min_free_disk: floor,
         } = self.settings;
+        let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
+        if budget > 0 && total > budget {
+            Some(format!(
+                "the cache holds {total} bytes{counted}, over its budget of {budget} (--cache-budget)"
+            ))
+        } else if floor > 0 && free.as_ref().is_ok_and(|free| *free < floor) {
+            Some(format!(
+                "the disk has {} bytes free, under the floor of {floor} (--min-free-disk)",
+                free.unwrap_or(0)
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The original server's archives of published images go first: nothing reads them
+    /// again. Counted in the budget with the gold images; returns the bytes freed.
+    fn evict_original_archives(&self, golds: &[(String, u64, i64)], gold_total: u64) -> u64 {
         let archives: Vec<OriginalArchive> = self
             .original_archives()
             .into_iter()
@@ -442,15 +453,9 @@ impl GoldCache {
         let mut total = gold_total + archives.iter().map(|a| a.bytes).sum::<u64>();
         let mut freed = 0;
         for archive in archives {
-            let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
-            let reason = if budget > 0 && total > budget {
-                format!("the cache holds {total} bytes with the original server's archives, over its budget of {budget} (--cache-budget)")
-            } else if floor > 0 && free.as_ref().is_ok_and(|free| *free < floor) {
-                format!(
-                    "the disk has {} bytes free, under the floor of {floor} (--min-free-disk)",
-                    free.unwrap_or(0)
-                )
-            } else {
+            let Some(reason) =
+                self.over_limit(total, freed, " with the original server's archives")
+            else {
                 break;
             };
             match std::fs::remove_dir_all(&archive.dir) {
