@@ -590,6 +590,8 @@ impl GoldCache {
 
     fn ready_entry(&self, checksum: &str, users: &Users) -> ImageEntry {
         let dir = self.images.gold_root().join(checksum);
+        // Measured first: a first measurement writes the file count into the usage file.
+        let size_bytes = size_of(&dir);
         let usage = read_usage(&dir);
         let reclaimable = self
             .original_archives()
@@ -599,9 +601,9 @@ impl GoldCache {
         ImageEntry {
             url: usage.url,
             checksum_type: usage.checksum_type,
-            size_bytes: size_of(&dir),
+            size_bytes,
             reclaimable_bytes: reclaimable,
-            file_count: read_usage(&dir).file_count,
+            file_count: usage.file_count,
             last_used: usage.last_used.or_else(|| {
                 let ms = last_used_ms(&dir);
                 (ms > 0).then(|| crate::log::rfc3339(ms / 1000, (ms % 1000) as u32))
