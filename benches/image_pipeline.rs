@@ -38,8 +38,8 @@ mod common;
 #[path = "image_pipeline/many_files.rs"]
 mod many_files;
 
-use osx_builder::cancel::Cancel;
 use osx_builder::image::{ChecksumType, ImageCache, ImageSettings, ImageSpec};
+use osx_builder::sys::cancel::Cancel;
 use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;

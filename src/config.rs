@@ -81,16 +81,16 @@ pub struct Config {
     /// PEM certificate chain and key: the API is served over HTTPS when both are set.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    pub log_format: crate::log::Format,
+    pub log_format: crate::sys::log::Format,
 }
 
 impl Config {
     /// How the server runs vmrun: its path, host type and the deadline of each command.
-    pub fn vmrun_settings(&self) -> crate::vmrun::VmrunSettings {
-        crate::vmrun::VmrunSettings {
+    pub fn vmrun_settings(&self) -> crate::hypervisor::vmrun::VmrunSettings {
+        crate::hypervisor::vmrun::VmrunSettings {
             path: self.vmrun_path.clone(),
             host_type: self.vmrun_host_type.clone(),
-            timeouts: crate::vmrun::Timeouts {
+            timeouts: crate::hypervisor::vmrun::Timeouts {
                 clone: self.timeout_clone,
                 start: self.timeout_start,
                 stop: self.timeout_stop,
@@ -98,7 +98,7 @@ impl Config {
                 list: self.timeout_list,
                 ip_query: self.timeout_ip_query,
                 snapshot: self.timeout_snapshot,
-                ..crate::vmrun::Timeouts::DEFAULT
+                ..crate::hypervisor::vmrun::Timeouts::DEFAULT
             },
         }
     }
@@ -854,7 +854,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         )));
     }
     let (log_format, _) = value(&LOG_FORMAT);
-    let log_format = crate::log::Format::parse(log_format.trim()).ok_or_else(|| {
+    let log_format = crate::sys::log::Format::parse(log_format.trim()).ok_or_else(|| {
         ConfigError(format!(
             "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
         ))

@@ -4,25 +4,25 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use osx_builder::api::auth::Auth;
 use osx_builder::api::server::HttpServer;
-use osx_builder::auth::Auth;
 use osx_builder::callback::{self, CallbackSettings};
-use osx_builder::capacity::Limits;
 use osx_builder::config::{self, Command, Config};
-use osx_builder::drain::Drain;
-use osx_builder::gold::{GoldCache, GoldSettings};
 use osx_builder::guard::Guard;
+use osx_builder::hypervisor::running;
+use osx_builder::hypervisor::vmrun::Vmrun;
+use osx_builder::image::gold::{GoldCache, GoldSettings};
+use osx_builder::image::gold_locks::GoldLocks;
 use osx_builder::image::{ImageCache, ImageSettings};
-use osx_builder::long_poll::Waiters;
-use osx_builder::metrics::Metrics;
-use osx_builder::provision::{
-    self, gold_locks::GoldLocks, tasks::Tasks, ProvisionSettings, Provisioner,
-};
-use osx_builder::running;
+use osx_builder::provision::{self, tasks::Tasks, ProvisionSettings, Provisioner};
+use osx_builder::service::capacity::Limits;
+use osx_builder::service::drain::Drain;
+use osx_builder::service::long_poll::Waiters;
+use osx_builder::service::metrics::Metrics;
 use osx_builder::service::{start_reconciler, Fleet, Reconcile, Service};
+use osx_builder::sys::shutdown;
 use osx_builder::vm::VmStore;
-use osx_builder::vmrun::Vmrun;
-use osx_builder::{error, info, shutdown, warn};
+use osx_builder::{error, info, warn};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,9 +61,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
-    osx_builder::log::set_format(config.log_format);
-    osx_builder::log::install_bridge();
-    match osx_builder::fd_limit::raise() {
+    osx_builder::sys::log::set_format(config.log_format);
+    osx_builder::sys::log::install_bridge();
+    match osx_builder::sys::fd_limit::raise() {
         Ok(limit) if limit < 1024 => warn!(
             "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"
         ),
@@ -81,7 +81,7 @@ fn serve(config: &Config) -> Result<(), String> {
     )?);
     let trust = osx_builder::tls::client_trust(config.ca_file.as_deref())?;
     info!("https images and callbacks trust {}", trust.summary());
-    let identity = osx_builder::tls_server::load_identity(
+    let identity = osx_builder::tls::server::load_identity(
         config.tls_cert.as_deref(),
         config.tls_key.as_deref(),
     )?;
@@ -98,7 +98,7 @@ fn serve(config: &Config) -> Result<(), String> {
     })?;
     // Held until the process exits: a second server on this folder refuses to start.
     let _data_lock =
-        osx_builder::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+        osx_builder::sys::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
     let vmrun = Vmrun::new(config.vmrun_settings());
     if let Err(err) = vmrun.check_available() {
         warn!("{err}; every create will fail until vmrun is there");
@@ -157,7 +157,7 @@ fn serve(config: &Config) -> Result<(), String> {
         settings: ProvisionSettings {
             ip_wait_timeout: config.ip_wait_timeout,
             ip_poll_interval: config.ip_poll_interval,
-            leases: osx_builder::guest_ip::dhcp::LeaseFiles {
+            leases: osx_builder::hypervisor::guest_ip::dhcp::LeaseFiles {
                 isc: Some(config.dhcp_leases.clone()).filter(|p| !p.as_os_str().is_empty()),
                 apple: Some(config.dhcp_leases_apple.clone()).filter(|p| !p.as_os_str().is_empty()),
             },
@@ -227,9 +227,9 @@ fn serve(config: &Config) -> Result<(), String> {
         );
     }
     start_reconciler(service.clone(), config.reconcile_interval);
-    osx_builder::leases::start_reaper(service.clone());
+    osx_builder::service::leases::start_reaper(service.clone());
     if let Some(retention) = config.failed_retention {
-        osx_builder::guard::retention::start(service.clone(), retention);
+        osx_builder::service::retention::start(service.clone(), retention);
     }
     gold.start_housekeeper(config.reconcile_interval);
     gold.request_eviction();

@@ -373,7 +373,7 @@ impl Lab {
                 other => panic!("VM {id} still shows status {other:?} after the restart: {vm}"),
             }
             if let Ok(bytes) = fs::read(&vmx) {
-                if let Err(e) = osx_builder::vmx::Vmx::parse(&bytes) {
+                if let Err(e) = osx_builder::hypervisor::vmx::Vmx::parse(&bytes) {
                     panic!("VM {id}'s VMX is torn: {e}");
                 }
             }
@@ -486,7 +486,7 @@ fn check_images(data: &Path) {
             "gold folder {name} has no disk beside its VMX"
         );
         let bytes = fs::read(&vmx[0]).unwrap();
-        osx_builder::vmx::Vmx::parse(&bytes).expect("gold VMX whole");
+        osx_builder::hypervisor::vmx::Vmx::parse(&bytes).expect("gold VMX whole");
     }
 }
 

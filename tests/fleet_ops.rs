@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Server, ServerOptions, TempDir};
 use fleet_support::{call, options, RawReceiver, World};
-use osx_builder::signing;
+use osx_builder::callback::signing;
 use serde_json::{json, Value};
 
 /// The value of the sample whose line starts with `prefix` (name and labels).
@@ -385,7 +385,7 @@ fn log_lines_name_the_vm() {
         let mut parts = line.split_whitespace();
         let time = parts.next().unwrap();
         assert!(
-            osx_builder::leases::parse_rfc3339_ms(time).is_some(),
+            osx_builder::service::leases::parse_rfc3339_ms(time).is_some(),
             "{line}"
         );
         assert!(

@@ -14,11 +14,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use osx_builder::cancel::Cancel;
 use osx_builder::image::{
     ChecksumType, GoldImage, ImageCache, ImageError, ImagePhase, ImageProgress, ImageSettings,
     ImageSpec,
 };
+use osx_builder::sys::cancel::Cancel;
 use sha2::Digest;
 
 /// Long enough for a loaded 2-core machine; tests poll for conditions and only fail when a

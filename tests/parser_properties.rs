@@ -5,7 +5,7 @@
 
 use osx_builder::api::create_body::{self, CreateVm, MAX_CPUS, MAX_MEMORY_MB, MIN_MEMORY_MB};
 use osx_builder::api::error::ApiError;
-use osx_builder::vmx::{Vmx, VmxError};
+use osx_builder::hypervisor::vmx::{Vmx, VmxError};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::Config;

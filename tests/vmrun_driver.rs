@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use osx_builder::cancel::Cancel;
-use osx_builder::vmrun::{IpAnswer, Timeouts, ToolsState, Vmrun, VmrunError, VmrunSettings};
+use osx_builder::hypervisor::vmrun::{
+    IpAnswer, Timeouts, ToolsState, Vmrun, VmrunError, VmrunSettings,
+};
+use osx_builder::sys::cancel::Cancel;
 
 /// A directory under the system temp dir, removed on drop together with any process whose
 /// pid a script left in a `*.pid` file there.

@@ -5,9 +5,9 @@ use serde_json::{Map, Value};
 
 use super::create_meta;
 use super::error::ApiError;
-use crate::guestinfo::GuestInfo;
 use crate::image::{ChecksumType, ImageSpec};
-use crate::labels::Labels;
+use crate::vm::guestinfo::GuestInfo;
+use crate::vm::labels::Labels;
 use crate::vm::NetworkType;
 
 pub const DEFAULT_CPUS: u32 = 2;
@@ -29,7 +29,7 @@ pub struct CreateVm {
     pub name: Option<String>,
     /// Lease in seconds; `None` (field absent or 0) means the server's default.
     pub ttl: Option<u64>,
-    /// Secret: never recorded; see [`crate::guestinfo`].
+    /// Secret: never recorded; see [`crate::vm::guestinfo`].
     pub guestinfo: GuestInfo,
     pub labels: Labels,
     /// `?keep=true`: a failure leaves the VM running for inspection.
@@ -67,7 +67,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             ))
         }
         // VMware wants a multiple of 4 MB, and macOS will not boot in less than 512.
-        Some(n) => crate::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
+        Some(n) => crate::hypervisor::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
     };
     let network_type = match optional_str(&fields, "network_type", "invalid-network-type")? {
         None | Some("") => NetworkType::default(),

@@ -1,12 +1,12 @@
 //! The `guestinfo` and `labels` fields of a create: objects of strings, checked by the
-//! rules of [`crate::guestinfo::check`]. A guestinfo value never appears in an error
+//! rules of [`crate::vm::guestinfo::check`]. A guestinfo value never appears in an error
 //! message: only its key and size do.
 
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::guestinfo::GuestInfo;
-use crate::labels::{self, Labels};
+use crate::vm::guestinfo::GuestInfo;
+use crate::vm::labels::{self, Labels};
 
 pub fn guestinfo(fields: &Map<String, Value>) -> Result<GuestInfo, ApiError> {
     let invalid = |why: String| ApiError::invalid("invalid-guestinfo", format!("guestinfo: {why}"));

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::capacity::Shortage;
+use crate::service::capacity::Shortage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -187,7 +187,7 @@ impl ApiError {
             Self::Draining { .. } => RETRY_AFTER_DRAINING_SECS,
             Self::TooManyPrewarms { .. } => RETRY_AFTER_PREWARM_SECS,
             Self::Unauthorized(_) => {
-                return vec![("WWW-Authenticate", crate::auth::CHALLENGE.to_string())]
+                return vec![("WWW-Authenticate", crate::api::auth::CHALLENGE.to_string())]
             }
             _ => return Vec::new(),
         };

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::answer::Answer;
 use super::create_body::parse_image;
 use super::error::ApiError;
-use crate::gold::{GoldCache, Prewarmed};
+use crate::image::gold::{GoldCache, Prewarmed};
 
 pub fn list(gold: &GoldCache) -> Answer {
     Answer::json_value(200, &gold.list())

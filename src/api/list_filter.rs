@@ -4,7 +4,7 @@
 //! `curl --data-urlencode -G` sends them.
 
 use super::error::ApiError;
-use crate::labels::VmFilter;
+use crate::vm::labels::VmFilter;
 use crate::vm::Status;
 
 const STATUSES: &str = "provisioning, running, stopped, failed";

@@ -2,6 +2,7 @@
 //! HTTP types.
 
 pub mod answer;
+pub mod auth;
 pub mod create_body;
 pub mod create_meta;
 pub mod error;

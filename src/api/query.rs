@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::error::ApiError;
-use crate::long_poll::MAX_WAIT;
+use crate::service::long_poll::MAX_WAIT;
 
 /// The raw value of `name` in the URL's query, if present.
 pub fn param<'u>(url: &'u str, name: &str) -> Option<&'u str> {

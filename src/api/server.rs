@@ -58,7 +58,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves HTTPS only when `tls` is given (see `crate::tls_server`), with the same limits.
+    /// Serves HTTPS only when `tls` is given (see `crate::tls::server`), with the same limits.
     pub fn bind(
         addr: SocketAddr,
         tls: Option<tiny_http::SslConfig>,

@@ -7,12 +7,12 @@ use super::answer::Answer;
 use super::create_body::parse_ttl;
 use super::error::ApiError;
 use super::query;
-use crate::long_poll::if_none_match;
+use crate::service::long_poll::if_none_match;
 use crate::service::Service;
 
 /// 200 with the object and its `ETag`, or 304 when `If-None-Match` names it still. With
 /// `?wait=`, waits for the state to differ from the one named (or the current one); with
-/// `&progress=true` as well, for any difference (see [`crate::long_poll`]).
+/// `&progress=true` as well, for any difference (see [`crate::service::long_poll`]).
 pub fn get(
     service: &Service,
     id: VmId,

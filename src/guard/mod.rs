@@ -6,14 +6,13 @@ pub mod callback_url;
 pub mod cidr;
 pub mod idempotency;
 pub mod image_url;
-pub mod retention;
 pub mod vmx_policy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::vmx::Vmx;
+use crate::hypervisor::vmx::Vmx;
 use cidr::Cidr;
 
 /// The operator's answers to "what may a client reach".
@@ -102,7 +101,7 @@ pub fn enforce_vmx(
         return Ok(VmxVerdict::Refused(lines));
     }
     vmx_policy::remove(&mut vmx, &findings);
-    crate::fsutil::write_atomic(vmx_path, &vmx.to_bytes()).map_err(|e| e.to_string())?;
+    crate::sys::fsutil::write_atomic(vmx_path, &vmx.to_bytes()).map_err(|e| e.to_string())?;
     Ok(VmxVerdict::Cleaned(lines))
 }
 

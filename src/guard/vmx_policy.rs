@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::vmx::Vmx;
+use crate::hypervisor::vmx::Vmx;
 
 /// One line that may not reach VMware, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
 use crate::config;
 use crate::image::checksum;
 use crate::image::download::{Fetcher, Location};
@@ -22,7 +21,8 @@ use crate::image::layout::{GoldImage, Layout};
 use crate::image::pipeline::{self, Job};
 use crate::image::progress::{ImagePhase, ImageProgress, ProgressCell};
 use crate::image::spec::ImageSpec;
-use crate::sync::LockUnpoisoned;
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
 
 /// How often a waiter wakes to check its cancel flag.
 const WAKE_INTERVAL: Duration = Duration::from_millis(100);

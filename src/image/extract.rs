@@ -26,7 +26,7 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Stops decompression and unpacking when set: a bomb whose VMs are gone must not burn
     /// a core for half an hour (its few compressed bytes are read too rarely to notice).
-    pub cancel: Option<crate::cancel::Cancel>,
+    pub cancel: Option<crate::sys::cancel::Cancel>,
 }
 
 /// What an archive unpacked to.

@@ -6,8 +6,8 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
 use crate::image::error::ImageError;
+use crate::sys::cancel::Cancel;
 
 /// `--download-min-rate` over `--download-min-rate-window`; a rate of 0 is off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,8 @@ mod checksum;
 pub mod download;
 pub mod error;
 pub mod extract;
+pub mod gold;
+pub mod gold_locks;
 pub mod guard;
 mod layout;
 pub mod originals;

@@ -28,7 +28,7 @@ pub fn list(images_root: &Path) -> Vec<OriginalArchive> {
                 return None;
             }
             let dir = entry.path();
-            let bytes = crate::disk::dir_size(&dir).unwrap_or(0);
+            let bytes = crate::sys::disk::dir_size(&dir).unwrap_or(0);
             Some(OriginalArchive {
                 checksum,
                 dir,

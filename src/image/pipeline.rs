@@ -38,7 +38,7 @@ pub struct Job<'a> {
     pub progress: &'a ProgressCell,
     /// Set when nobody waits for the image any more (or DELETE /images asked): the
     /// download, its decompression and its unpacking stop.
-    pub cancel: &'a crate::cancel::Cancel,
+    pub cancel: &'a crate::sys::cancel::Cancel,
     pub min_rate: MinRate,
 }
 
@@ -328,7 +328,7 @@ fn write_error(path: &Path, e: io::Error) -> ImageError {
     let disk_full = matches!(e.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT);
     if disk_full {
         let dir = path.parent().unwrap_or(path).to_path_buf();
-        let available = crate::disk::free_bytes(&dir).unwrap_or(0);
+        let available = crate::sys::disk::free_bytes(&dir).unwrap_or(0);
         return ImageError::DiskFull {
             dir,
             needed: None,
@@ -356,7 +356,7 @@ fn check_free_space(
         total
     };
     let dir = job.layout.gold_root();
-    let available = crate::disk::free_bytes(dir).map_err(|e| ImageError::io(dir, e))?;
+    let available = crate::sys::disk::free_bytes(dir).map_err(|e| ImageError::io(dir, e))?;
     if available < needed {
         return Err(ImageError::DiskFull {
             dir: dir.to_path_buf(),
@@ -371,7 +371,7 @@ fn check_free_space(
 fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage, Stop> {
     let gold_dir = job.layout.gold_dir(&job.spec.checksum);
     check_vmx(job, &staging.path, &staging.path.join(&unpacked.vmx))?;
-    crate::fsutil::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
+    crate::sys::fsutil::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
     if let Err(e) = fs::rename(&staging.path, &gold_dir) {
         // Another process sharing the data folder may have published the same image.
         if gold_dir.is_dir() {
@@ -389,7 +389,7 @@ fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage
         return Err(ImageError::io(&gold_dir, e).into());
     }
     staging.keep();
-    crate::fsutil::sync_dir(job.layout.gold_root())
+    crate::sys::fsutil::sync_dir(job.layout.gold_root())
         .map_err(|e| ImageError::io(job.layout.gold_root(), e))?;
     Ok(GoldImage {
         checksum: job.spec.checksum.clone(),

@@ -3,8 +3,9 @@
 //! the operator asked to keep it (`?keep=true`, `--keep-failed`); and a VM whose clone
 //! exists carries the tail of its `vmware.log`, which is what an operator reads first.
 
-use crate::cancel::Cancel;
-use crate::vm::{vmware_log, Phase, Status, VmId};
+use crate::hypervisor::vmware_log;
+use crate::sys::cancel::Cancel;
+use crate::vm::{Phase, Status, VmId};
 
 use super::Provisioner;
 
@@ -62,7 +63,7 @@ impl Provisioner {
         let lease_end = match kept {
             Some(Kept::BySetting(length)) => {
                 let ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
-                Some(crate::leases::now_ms().saturating_add(ms))
+                Some(crate::service::leases::now_ms().saturating_add(ms))
             }
             _ => None,
         };
@@ -83,9 +84,9 @@ impl Provisioner {
                 let current = vm
                     .expires_at
                     .as_deref()
-                    .and_then(crate::leases::parse_rfc3339_ms);
+                    .and_then(crate::service::leases::parse_rfc3339_ms);
                 if current.is_none_or(|at| end < at) {
-                    vm.expires_at = Some(crate::log::rfc3339(
+                    vm.expires_at = Some(crate::sys::log::rfc3339(
                         end.div_euclid(1000),
                         end.rem_euclid(1000) as u32,
                     ));

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::steps::{check, sleep_unless_cancelled, Stop};
 use super::Provisioner;
-use crate::cancel::Cancel;
-use crate::guest_ip::{self, IpSource};
+use crate::hypervisor::guest_ip::{self, IpSource};
+use crate::hypervisor::vmrun::{IpAnswer, VmrunError};
+use crate::sys::cancel::Cancel;
 use crate::vm::{Phase, Vm};
-use crate::vmrun::{IpAnswer, VmrunError};
 
 /// "Tools not running" answers in a row before falling back to `-wait` (Fusion's quirk after
 /// `start nogui`).
@@ -231,8 +231,8 @@ impl Provisioner {
     /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
     /// nothing, so the watch goes on.
     fn confirmed_off(&self, vmx: &Path) -> bool {
-        crate::reconcile::running_set(&self.vmrun)
-            .is_some_and(|set| !set.contains(&crate::reconcile::canonical(vmx)))
+        crate::service::reconcile::running_set(&self.vmrun)
+            .is_some_and(|set| !set.contains(&crate::service::reconcile::canonical(vmx)))
     }
 }
 
@@ -240,7 +240,7 @@ impl Provisioner {
 /// static one; `None` until there is one.
 fn generated_mac(vmx: &Path) -> Option<String> {
     let bytes = std::fs::read(vmx).ok()?;
-    let parsed = crate::vmx::Vmx::parse(&bytes).ok()?;
+    let parsed = crate::hypervisor::vmx::Vmx::parse(&bytes).ok()?;
     parsed
         .get("ethernet0.generatedAddress")
         .or_else(|| parsed.get("ethernet0.address"))

@@ -2,7 +2,6 @@
 //! a running linked clone (gold image, clone, VMX edit, start, IP), then fires the callback.
 
 mod failure;
-pub mod gold_locks;
 mod ip_watch;
 pub mod steps;
 pub mod tasks;
@@ -15,12 +14,12 @@ use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::callback::CallbackSettings;
-use crate::gold::GoldCache;
+use crate::hypervisor::vmrun::Vmrun;
+use crate::image::gold::GoldCache;
+use crate::image::gold_locks::GoldLocks;
 use crate::image::ImageCache;
-use crate::metrics::Metrics;
+use crate::service::metrics::Metrics;
 use crate::vm::VmStore;
-use crate::vmrun::Vmrun;
-use gold_locks::GoldLocks;
 use tasks::Tasks;
 
 /// The name of the one snapshot made on every gold VM, which every linked clone names.
@@ -40,7 +39,7 @@ pub struct ProvisionSettings {
     pub ip_wait_timeout: Duration,
     pub ip_poll_interval: Duration,
     /// Where to look for a VM's DHCP lease when Tools report no address.
-    pub leases: crate::guest_ip::dhcp::LeaseFiles,
+    pub leases: crate::hypervisor::guest_ip::dhcp::LeaseFiles,
     pub callback: CallbackSettings,
     /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses.
     pub strict_vmx: bool,

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use crate::vm::VmId;
 
 use super::{Job, Provisioner, BASE_SNAPSHOT};
-use crate::cancel::Cancel;
-use crate::fsutil;
-use crate::guestinfo::GuestInfo;
+use crate::hypervisor::vmrun::VmrunError;
+use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
 use crate::image::{ImageError, ImagePhase, ImageProgress};
-use crate::sync::LockUnpoisoned;
+use crate::sys::cancel::Cancel;
+use crate::sys::fsutil;
+use crate::sys::sync::LockUnpoisoned;
+use crate::vm::guestinfo::GuestInfo;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm};
-use crate::vmrun::VmrunError;
-use crate::vmx::{self, CloneSettings, Vmx};
 
 /// Why provisioning stopped early.
 pub enum Stop {
@@ -222,12 +222,12 @@ impl Provisioner {
             vm.guest_os = guest_os;
             vm.progress.phase = Phase::Starting;
         });
-        crate::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
+        crate::service::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
         if let Err(err) = self.vmrun.start(&vmx_path, vm.headless, cancel) {
             // `Cannot connect to the virtual machine` has come while the VM did start: only
             // `list` tells, and a running VM behind a failed record would hold a place.
-            let runs = crate::reconcile::running_set(&self.vmrun)
-                .map(|set| set.contains(&crate::reconcile::canonical(&vmx_path)));
+            let runs = crate::service::reconcile::running_set(&self.vmrun)
+                .map(|set| set.contains(&crate::service::reconcile::canonical(&vmx_path)));
             match (&err, runs) {
                 (VmrunError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {
@@ -293,14 +293,14 @@ impl Provisioner {
                 }
                 // Someone deleted the snapshot in Fusion, or restored the gold VM: make it
                 // again (the caller holds the gold lock) rather than failing every clone.
-                Err(err) if crate::vmrun::is_invalid_snapshot(&err) && !remade => {
+                Err(err) if crate::hypervisor::vmrun::is_invalid_snapshot(&err) && !remade => {
                     remade = true;
                     crate::warn!(
                         "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
                     );
                     self.vmrun.snapshot(gold_vmx, BASE_SNAPSHOT)?;
                 }
-                Err(err) if crate::vmrun::is_invalid_parameters(&err) => {
+                Err(err) if crate::hypervisor::vmrun::is_invalid_parameters(&err) => {
                     return Err(Stop::failed(
                         "clone-unsupported",
                         format!(

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::vm::VmId;
 
-use crate::cancel::Cancel;
-use crate::guestinfo::GuestInfo;
-use crate::sync::LockUnpoisoned;
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
+use crate::vm::guestinfo::GuestInfo;
 
 #[derive(Default)]
 pub struct Task {

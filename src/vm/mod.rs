@@ -1,9 +1,10 @@
 //! VMs as the API shows them and as they are kept on disk.
 
+pub mod guestinfo;
 pub mod id;
+pub mod labels;
 pub mod model;
 pub mod store;
-pub mod vmware_log;
 
 pub use id::VmId;
 pub use model::{NetworkType, Phase, Progress, Status, Vm, VmError};

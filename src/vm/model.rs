@@ -29,7 +29,7 @@ pub struct Vm {
     pub ip_address: String,
     /// Where `ip_address` came from: `tools` or `dhcp-lease`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_source: Option<crate::guest_ip::IpSource>,
+    pub ip_source: Option<crate::hypervisor::guest_ip::IpSource>,
     #[serde(default)]
     pub status: Status,
     #[serde(default)]

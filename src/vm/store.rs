@@ -16,8 +16,8 @@ use std::time::Duration;
 use crate::vm::VmId;
 
 use super::model::{Phase, Status, Vm};
-use crate::fsutil;
-use crate::sync::{LockUnpoisoned, RwLockUnpoisoned};
+use crate::sys::fsutil;
+use crate::sys::sync::{LockUnpoisoned, RwLockUnpoisoned};
 
 pub const RECORD_FILE: &str = "osx-builder.json";
 /// `vms/.creating-<id>`: a new VM's folder until its record is in it.
@@ -84,7 +84,7 @@ struct Slot {
 /// A VM as reads see it: changed once its record is written.
 struct Visible {
     json: Arc<[u8]>,
-    /// The hash of what a long poll waits for ([`crate::long_poll::state_of`]), computed
+    /// The hash of what a long poll waits for ([`crate::service::long_poll::state_of`]), computed
     /// once per change rather than on every GET.
     state: u64,
     /// What admission counts.
@@ -96,7 +96,7 @@ impl Visible {
     fn of(vm: &Vm, json: Arc<[u8]>) -> Self {
         Self {
             json,
-            state: crate::long_poll::state_of(vm),
+            state: crate::service::long_poll::state_of(vm),
             status: vm.status,
             phase: vm.progress.phase,
         }
@@ -244,7 +244,7 @@ impl VmStore {
         if next == *record {
             return Ok(Some(next));
         }
-        next.updated_at = crate::log::rfc3339_now();
+        next.updated_at = crate::sys::log::rfc3339_now();
         let json = encode(&next)?;
         if durability == Durability::Disk {
             let path = self.vm_dir(id).join(RECORD_FILE);
@@ -383,7 +383,7 @@ impl VmStore {
     }
 
     /// [`vmx_path`](Self::vmx_path) with the data folder's symlinks resolved, as
-    /// [`crate::reconcile::canonical`] gives it for the VMX of a VM folder that is no link.
+    /// [`crate::service::reconcile::canonical`] gives it for the VMX of a VM folder that is no link.
     fn canonical_vmx(&self, id: VmId) -> PathBuf {
         self.canonical_root
             .join(id.to_string())

@@ -61,7 +61,7 @@ impl<R: Read> Read for SourceTap<R> {
 struct Decoded<D> {
     inner: D,
     state: Rc<StreamState>,
-    cancel: Option<crate::cancel::Cancel>,
+    cancel: Option<crate::sys::cancel::Cancel>,
 }
 
 impl<D: Read> Read for Decoded<D> {
@@ -135,7 +135,7 @@ struct Run {
     format: ArchiveFormat,
     tree: Tree,
     state: Rc<StreamState>,
-    cancel: Option<crate::cancel::Cancel>,
+    cancel: Option<crate::sys::cancel::Cancel>,
 }
 
 impl Run {

@@ -44,14 +44,14 @@ pub(super) struct Tree {
     buf: Vec<u8>,
     /// Checked before every read of entry data: a zip is unpacked from its file after the
     /// download, so no download read notices that its VMs are gone.
-    cancel: Option<crate::cancel::Cancel>,
+    cancel: Option<crate::sys::cancel::Cancel>,
 }
 
 /// Entry data that stops being read once the unpack is cancelled (one flag load a read of up
 /// to `COPY_BUF_LEN` bytes).
 struct Cancellable<'a, 'c> {
     inner: &'a mut dyn Read,
-    cancel: Option<&'c crate::cancel::Cancel>,
+    cancel: Option<&'c crate::sys::cancel::Cancel>,
 }
 
 impl Read for Cancellable<'_, '_> {

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
 use crate::config;
-use crate::running::RunningVms;
-use crate::sync::LockUnpoisoned;
+use crate::hypervisor::running::RunningVms;
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
 use output::Exit;
 use process::RunError;
 

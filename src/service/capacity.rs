@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::hypervisor::vmrun::Vmrun;
 use crate::vm::{Phase, Status, VmStore};
-use crate::vmrun::Vmrun;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -116,7 +116,7 @@ pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
     if limits.min_free_disk == 0 {
         return Ok(());
     }
-    match crate::disk::free_bytes(data_dir) {
+    match crate::sys::disk::free_bytes(data_dir) {
         Ok(free) if free < limits.min_free_disk => Err(Shortage::Disk {
             free,
             floor: limits.min_free_disk,
@@ -132,7 +132,7 @@ pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile;
+    use crate::service::reconcile;
     use crate::vm::model::tests::sample;
     use crate::vm::VmId;
 

@@ -10,7 +10,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::sync::LockUnpoisoned;
+use crate::sys::sync::LockUnpoisoned;
 
 /// Image downloads are multi-gigabyte archives over whatever link a build Mac has: seconds on
 /// a LAN mirror, hours over the internet.

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::vm::VmId;
 
+use crate::hypervisor::vmrun::Vmrun;
+use crate::hypervisor::vmx::{self, Vmx};
 use crate::image::{ChecksumType, ImageSpec};
 use crate::vm::{NetworkType, Phase, Progress, Status, Vm};
-use crate::vmrun::Vmrun;
-use crate::vmx::{self, Vmx};
 
 /// Absolute, symlink-free form, so that `/var/...` and `/private/var/...` (macOS) compare
 /// equal whichever vmrun prints.
@@ -89,7 +89,7 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
     let vmx = Vmx::parse(&bytes).map_err(|e| format!("{}: {e}", vmx_path.display()))?;
     let number = |key: &str| vmx.get(key).and_then(|v| v.trim().parse::<u32>().ok());
     let is_running = running.map(|set| set.contains(&canonical(&vmx_path)));
-    let now = crate::log::rfc3339_now();
+    let now = crate::sys::log::rfc3339_now();
     Ok(Vm {
         id,
         image: vmx::decode_annotation_image(&vmx).and_then(image_from_annotation),

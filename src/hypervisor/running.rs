@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::reconcile::canonical;
-use crate::sync::LockUnpoisoned;
+use crate::service::reconcile::canonical;
+use crate::sys::sync::LockUnpoisoned;
 
 #[derive(Debug, Default)]
 pub struct RunningVms {

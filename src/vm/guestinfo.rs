@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::vmx::{Vmx, VmxError};
+use crate::hypervisor::vmx::{Vmx, VmxError};
 
 /// At most this many keys.
 pub const MAX_KEYS: usize = 64;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::leases::now_ms;
+use crate::service::leases::now_ms;
 use crate::service::Service;
 
 pub fn start(service: Arc<Service>, retention: Duration) {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::sync::LockUnpoisoned;
+use crate::sys::sync::LockUnpoisoned;
 
 /// What is known about one gold VM while holding its lock.
 #[derive(Default)]

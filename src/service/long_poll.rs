@@ -226,7 +226,7 @@ impl Waiters {
             let seen = store.generation();
             let (tag, json) = read()?;
             let now = Instant::now();
-            if answer_now(tag, now) || now >= deadline || crate::shutdown::requested() {
+            if answer_now(tag, now) || now >= deadline || crate::sys::shutdown::requested() {
                 return polled(tag, json);
             }
             let mut until = deadline;

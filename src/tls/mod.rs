@@ -7,6 +7,8 @@
 //! bundle of `--ca-file`. Every connection verifies with rustls' own (webpki) verifier, so a
 //! failure has the same reasons on a Mac and on Linux.
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

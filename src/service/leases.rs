@@ -11,7 +11,7 @@ use crate::vm::VmId;
 
 use crate::api::error::ApiError;
 use crate::service::Service;
-use crate::sync::LockUnpoisoned;
+use crate::sys::sync::LockUnpoisoned;
 use crate::vm::Vm;
 
 /// How often the reaper looks for expired leases: a lease ends within this of its time.
@@ -31,7 +31,7 @@ pub fn now_ms() -> i64 {
 /// `expires_at` for a lease of `ttl_secs` beginning at `from_ms`.
 pub fn expiry(from_ms: i64, ttl_secs: u64) -> String {
     let at = from_ms.saturating_add((ttl_secs as i64).saturating_mul(1000));
-    crate::log::rfc3339(at.div_euclid(1000), at.rem_euclid(1000) as u32)
+    crate::sys::log::rfc3339(at.div_euclid(1000), at.rem_euclid(1000) as u32)
 }
 
 /// True once the VM's lease has run out.
@@ -42,7 +42,7 @@ pub fn is_expired(vm: &Vm, now_ms: i64) -> bool {
         .is_some_and(|at| at <= now_ms)
 }
 
-/// Reads back what [`crate::log::rfc3339`] writes (`2026-11-24T17:00:00.123Z`, the
+/// Reads back what [`crate::sys::log::rfc3339`] writes (`2026-11-24T17:00:00.123Z`, the
 /// fraction optional) as milliseconds since the epoch. A record edited by hand into
 /// another shape reads as `None`: no lease, never a surprise destroy.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn reads_back_what_the_log_writes() {
         for ms in [0i64, 951_782_400_005, 1_795_539_600_123, 4_102_444_799_999] {
-            let text = crate::log::rfc3339(ms / 1000, (ms % 1000) as u32);
+            let text = crate::sys::log::rfc3339(ms / 1000, (ms % 1000) as u32);
             assert_eq!(parse_rfc3339_ms(&text), Some(ms), "{text}");
         }
         assert_eq!(

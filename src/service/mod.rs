@@ -2,6 +2,15 @@
 //! answer from memory, deletes wait for the VM to be gone; `recover` makes the records agree
 //! with the disk and with vmrun after a restart.
 
+pub mod capacity;
+pub mod drain;
+pub mod health;
+pub mod leases;
+pub mod long_poll;
+pub mod metrics;
+pub mod reconcile;
+pub mod retention;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -11,24 +20,22 @@ use std::time::{Duration, Instant};
 use crate::vm::VmId;
 use crossbeam_channel::Sender;
 
+use crate::api::auth::Auth;
 use crate::api::create_body::CreateVm;
 use crate::api::error::ApiError;
-use crate::auth::Auth;
-use crate::capacity::{self, Limits};
-use crate::drain::Drain;
-use crate::gold::GoldCache;
-use crate::health::{self, Health};
-use crate::labels::VmFilter;
-use crate::leases;
-use crate::long_poll::Waiters;
-use crate::metrics::{Metrics, Snapshot, VmsByStatus};
+use crate::hypervisor::vmrun::{Vmrun, VmrunError};
+use crate::image::gold::GoldCache;
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
-use crate::reconcile;
-use crate::sync::LockUnpoisoned;
+use crate::sys::sync::LockUnpoisoned;
+use crate::vm::labels::VmFilter;
 use crate::vm::store::{Durability, RECORD_FILE};
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
-use crate::vmrun::{Vmrun, VmrunError};
+use capacity::Limits;
+use drain::Drain;
+use health::Health;
+use long_poll::Waiters;
+use metrics::{Metrics, Snapshot, VmsByStatus};
 
 pub struct Service {
     store: Arc<VmStore>,
@@ -211,7 +218,7 @@ impl Service {
             return Err(ApiError::CapacityExhausted(shortage));
         }
         let ttl = request.ttl.or(self.fleet.default_ttl);
-        let now = crate::log::rfc3339_now();
+        let now = crate::sys::log::rfc3339_now();
         let id = VmId::new();
         let guestinfo_keys = request.guestinfo.keys();
         if !request.guestinfo.is_empty() {
@@ -272,7 +279,7 @@ impl Service {
         if self.store.get(id).is_none() {
             return Err(ApiError::VmNotFound);
         }
-        match crate::vm::vmware_log::open(&self.store.vm_dir(id)) {
+        match crate::hypervisor::vmware_log::open(&self.store.vm_dir(id)) {
             Ok(Some(opened)) => Ok(opened),
             Ok(None) => Err(ApiError::VmLogNotFound(id)),
             Err(err) => Err(ApiError::Internal(format!(
@@ -386,7 +393,7 @@ impl Service {
         known: Option<&str>,
         wait: Duration,
         progress: bool,
-    ) -> Result<crate::long_poll::Polled, ApiError> {
+    ) -> Result<crate::service::long_poll::Polled, ApiError> {
         self.fleet
             .waiters
             .poll(&self.store, id, known, wait, progress)
@@ -463,7 +470,7 @@ impl Service {
         // vmrun knows a running VM by its path even when its VMX was removed behind our
         // back: always ask it to stop, or such a VM would run on with no record.
         self.vmrun
-            .stop(&vmx, true, &crate::cancel::Cancel::new())
+            .stop(&vmx, true, &crate::sys::cancel::Cancel::new())
             .or_else(tolerate_unopenable)
             .map_err(delete_error)?;
         if !vmx.exists() {
@@ -720,7 +727,10 @@ impl Service {
         let _busy = task.lock();
         let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
         crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
-        match self.vmrun.stop(vmx, true, &crate::cancel::Cancel::new()) {
+        match self
+            .vmrun
+            .stop(vmx, true, &crate::sys::cancel::Cancel::new())
+        {
             Ok(()) => crate::info!("vm={id} stopped"),
             Err(err) => crate::warn!("vm={id} failed and still runs: stop hard failed: {err}"),
         }

@@ -1,7 +1,7 @@
 //! Optional bearer token: with none configured every request passes (a trusted build network,
 //! as the original server); with one, a request must send `Authorization: Bearer <token>`.
 
-use crate::signing::constant_time_eq;
+use crate::callback::signing::constant_time_eq;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};

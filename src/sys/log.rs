@@ -258,37 +258,37 @@ impl ::log::Log for Bridge {
 #[macro_export]
 macro_rules! info {
     ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
-        $crate::log::write_with(
-            $crate::log::Level::Info,
-            $crate::log::Fields::new()$(.$key($value))+,
+        $crate::sys::log::write_with(
+            $crate::sys::log::Level::Info,
+            $crate::sys::log::Fields::new()$(.$key($value))+,
             format_args!($($arg)*),
         )
     };
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::sys::log::write($crate::sys::log::Level::Info, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! warn {
     ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
-        $crate::log::write_with(
-            $crate::log::Level::Warn,
-            $crate::log::Fields::new()$(.$key($value))+,
+        $crate::sys::log::write_with(
+            $crate::sys::log::Level::Warn,
+            $crate::sys::log::Fields::new()$(.$key($value))+,
             format_args!($($arg)*),
         )
     };
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::sys::log::write($crate::sys::log::Level::Warn, format_args!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! error {
     ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
-        $crate::log::write_with(
-            $crate::log::Level::Error,
-            $crate::log::Fields::new()$(.$key($value))+,
+        $crate::sys::log::write_with(
+            $crate::sys::log::Level::Error,
+            $crate::sys::log::Fields::new()$(.$key($value))+,
             format_args!($($arg)*),
         )
     };
-    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::sys::log::write($crate::sys::log::Level::Error, format_args!($($arg)*)) };
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::running::ListState;
-use crate::vmrun::Vmrun;
+use crate::hypervisor::running::ListState;
+use crate::hypervisor::vmrun::Vmrun;
 
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -140,7 +140,7 @@ fn check_writable(data_dir: &Path) -> Result<String, String> {
 }
 
 fn check_disk(data_dir: &Path, floor: u64) -> Check {
-    let free = crate::disk::free_bytes(data_dir);
+    let free = crate::sys::disk::free_bytes(data_dir);
     let result = match &free {
         Err(err) => Err(err.to_string()),
         Ok(free) if *free < floor => Err(format!(
@@ -158,7 +158,7 @@ fn check_disk(data_dir: &Path, floor: u64) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmrun::VmrunSettings;
+    use crate::hypervisor::vmrun::VmrunSettings;
 
     #[test]
     fn names_each_failing_check() {

@@ -3,6 +3,8 @@
 //! Each delivery runs on a thread of its own, so a slow or dead receiver never holds a
 //! provisioning worker.
 
+pub mod signing;
+
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -15,7 +17,7 @@ pub struct CallbackSettings {
     pub timeout: Duration,
     /// Further attempts after a connection error or a 5xx.
     pub retries: u32,
-    /// Signs each attempt (see `crate::signing`) when set.
+    /// Signs each attempt (see `crate::callback::signing`) when set.
     pub secret: Option<Arc<[u8]>>,
     /// The roots an https:// receiver is verified against.
     pub trust: crate::tls::ClientTrust,
@@ -101,7 +103,7 @@ fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            for (name, value) in crate::signing::signature_headers(secret, now, body) {
+            for (name, value) in crate::callback::signing::signature_headers(secret, now, body) {
                 request = request.header(name, value);
             }
         }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::guestinfo::{check, EntryError, Values};
+use crate::vm::guestinfo::{check, EntryError, Values};
 use crate::vm::Status;
 
 pub type Labels = BTreeMap<String, String>;
 
-/// Labels under the rules of guestinfo keys (see [`crate::guestinfo::check`]), with values
+/// Labels under the rules of guestinfo keys (see [`crate::vm::guestinfo::check`]), with values
 /// that are shown and so carry no control characters.
 pub fn new(entries: Vec<(String, String)>) -> Result<Labels, EntryError> {
     check(&entries, Values::Shown)?;

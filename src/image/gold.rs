@@ -19,13 +19,13 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
-use crate::cancel::Cancel;
-use crate::capacity::{self, Limits};
-use crate::dependants::{self, Dependant};
+use crate::hypervisor::dependants::{self, Dependant};
+use crate::image::gold_locks::GoldLocks;
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
-use crate::provision::gold_locks::GoldLocks;
-use crate::sync::LockUnpoisoned;
+use crate::service::capacity::{self, Limits};
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
 use crate::vm::{VmError, VmStore};
 
 /// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
@@ -225,7 +225,7 @@ impl GoldCache {
         let written = update_usage(&gold.dir, |usage| {
             usage.url = Some(spec.url.clone());
             usage.checksum_type = Some(spec.checksum_type.as_str().to_string());
-            usage.last_used = Some(crate::log::rfc3339_now());
+            usage.last_used = Some(crate::sys::log::rfc3339_now());
         });
         if let Err(err) = written {
             // Only the eviction order suffers: the folder's time stands in.
@@ -427,7 +427,7 @@ impl GoldCache {
             budget,
             min_free_disk: floor,
         } = self.settings;
-        let free = crate::disk::free_bytes(&self.data_dir).map(|f| f + freed);
+        let free = crate::sys::disk::free_bytes(&self.data_dir).map(|f| f + freed);
         if budget > 0 && total > budget {
             Some(format!(
                 "the cache holds {total} bytes{counted}, over its budget of {budget} (--cache-budget)"
@@ -606,7 +606,7 @@ impl GoldCache {
             file_count: usage.file_count,
             last_used: usage.last_used.or_else(|| {
                 let ms = last_used_ms(&dir);
-                (ms > 0).then(|| crate::log::rfc3339(ms / 1000, (ms % 1000) as u32))
+                (ms > 0).then(|| crate::sys::log::rfc3339(ms / 1000, (ms % 1000) as u32))
             }),
             ..blank(checksum, "ready", None, users)
         }
@@ -702,7 +702,7 @@ fn last_used_ms(dir: &Path) -> i64 {
     if let Some(ms) = read_usage(dir)
         .last_used
         .as_deref()
-        .and_then(crate::leases::parse_rfc3339_ms)
+        .and_then(crate::service::leases::parse_rfc3339_ms)
     {
         return ms;
     }
@@ -724,7 +724,7 @@ fn update_usage(dir: &Path, change: impl FnOnce(&mut Usage)) -> Result<(), Strin
     change(&mut usage);
     let path = dir.join(USAGE_FILE);
     let bytes = serde_json::to_vec(&usage).map_err(|e| e.to_string())?;
-    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+    crate::sys::fsutil::write_atomic(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The image's size from its usage file, measured (and kept there) when it is not known.
@@ -733,7 +733,7 @@ fn size_of(dir: &Path) -> u64 {
     if let Some(size) = usage.size_bytes {
         return size;
     }
-    match crate::disk::dir_usage(dir) {
+    match crate::sys::disk::dir_usage(dir) {
         Ok((bytes, files)) => {
             let written = update_usage(dir, |usage| {
                 usage.size_bytes = Some(bytes);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cancel::Cancel;
-use crate::sync::LockUnpoisoned;
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
 
 /// How often a running call is checked for exit, cancellation and its deadline: often at
 /// first, as most vmrun calls (`getGuestIPAddress`, `list`) end within milliseconds and a

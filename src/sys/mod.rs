@@ -1,0 +1,11 @@
+//! What the rest of the crate needs from the operating system and nothing of the domain:
+//! logging, time, files written crash-safely, free disk, locks, signals, cancellation.
+
+pub mod cancel;
+pub mod data_lock;
+pub mod disk;
+pub mod fd_limit;
+pub mod fsutil;
+pub mod log;
+pub mod shutdown;
+pub(crate) mod sync;
