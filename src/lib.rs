@@ -5,6 +5,7 @@
 //! integration tests and benchmarks can drive the same code the server runs.
 
 pub mod api;
+pub mod app;
 pub mod callback;
 pub mod cli;
 pub mod config;

@@ -3,9 +3,10 @@
 //! every `cargo test`, a few thousand generated inputs per property: arbitrary bytes,
 //! arbitrary JSON, and valid inputs with one part broken.
 
-use osx_builder::api::create_body::{self, CreateVm, MAX_CPUS, MAX_MEMORY_MB, MIN_MEMORY_MB};
+use osx_builder::api::create_body::{self, MAX_CPUS, MAX_MEMORY_MB, MIN_MEMORY_MB};
 use osx_builder::api::error::ApiError;
 use osx_builder::hypervisor::vmx::{Vmx, VmxError};
+use osx_builder::vm::CreateVm;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::Config;

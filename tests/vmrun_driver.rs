@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use osx_builder::hypervisor::vmrun::{
-    IpAnswer, Timeouts, ToolsState, Vmrun, VmrunError, VmrunSettings,
+    HypervisorError, IpAnswer, Timeouts, ToolsState, Vmrun, VmrunSettings,
 };
 use osx_builder::sys::cancel::Cancel;
 
@@ -283,7 +283,7 @@ fn a_hung_vmrun_times_out_and_its_whole_process_group_is_killed() {
     let elapsed = started.elapsed();
 
     assert_eq!(err.code(), "vmrun-timeout");
-    assert!(matches!(err, VmrunError::Timeout { limit: l, .. } if l == limit));
+    assert!(matches!(err, HypervisorError::Timeout { limit: l, .. } if l == limit));
     assert!(err.to_string().contains("3 s"), "{err}");
     assert!(elapsed >= limit, "returned after {elapsed:?}");
     assert!(

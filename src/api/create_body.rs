@@ -1,4 +1,4 @@
-//! `POST /vms` body → a validated [`CreateVm`]. Every rejection names the field and the
+//! `POST /vms` body → a validated [`CreateVm`] (the domain's create request). Every rejection names the field and the
 //! values it accepts.
 
 use serde_json::{Map, Value};
@@ -6,9 +6,7 @@ use serde_json::{Map, Value};
 use super::create_meta;
 use super::error::ApiError;
 use crate::image::{ChecksumType, ImageSpec};
-use crate::vm::guestinfo::GuestInfo;
-use crate::vm::labels::Labels;
-use crate::vm::NetworkType;
+use crate::vm::{CreateVm, NetworkType};
 
 pub const DEFAULT_CPUS: u32 = 2;
 pub const MAX_CPUS: u32 = 64;
@@ -16,25 +14,6 @@ pub const DEFAULT_MEMORY_MB: u32 = 1024;
 pub const MIN_MEMORY_MB: u32 = 512;
 /// 1 TiB: more than any Mac has; a larger value is a typo.
 pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CreateVm {
-    pub image: ImageSpec,
-    pub cpus: u32,
-    pub memory: u32,
-    pub network_type: NetworkType,
-    pub headless: bool,
-    pub callback_url: Option<String>,
-    /// Idempotency key, from the `name` field or the `Idempotency-Key` header.
-    pub name: Option<String>,
-    /// Lease in seconds; `None` (field absent or 0) means the server's default.
-    pub ttl: Option<u64>,
-    /// Secret: never recorded; see [`crate::vm::guestinfo`].
-    pub guestinfo: GuestInfo,
-    pub labels: Labels,
-    /// `?keep=true`: a failure leaves the VM running for inspection.
-    pub keep: bool,
-}
 
 /// Longest idempotency key accepted.
 pub const MAX_NAME_LEN: usize = 200;

@@ -2,7 +2,7 @@
 //! another body is a client bug or a collision of keys, and answering it with the first VM
 //! would hand the client a VM it did not ask for.
 
-use crate::api::create_body::CreateVm;
+use crate::vm::CreateVm;
 use crate::vm::Vm;
 
 /// The fields of `request` that differ from what `vm` was created with. The lease is not

@@ -98,7 +98,7 @@ impl Provisioner {
     /// Hard, since a guest that failed may have no Tools; a fresh cancel flag, since a
     /// failed VM must stop whatever else is going on.
     fn stop_failed(&self, id: VmId, vmx: &std::path::Path) {
-        match self.vmrun.stop(vmx, true, &Cancel::new()) {
+        match self.hypervisor.stop(vmx, true, &Cancel::new()) {
             Ok(()) => crate::info!("vm={id} stopped hard: a failed VM holds no place"),
             Err(err) => crate::warn!(
                 "vm={id} failed, and stopping it hard failed too: {err}; the reconcile tries again"

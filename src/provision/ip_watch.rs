@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::steps::{check, sleep_unless_cancelled, Stop};
 use super::Provisioner;
 use crate::hypervisor::guest_ip::{self, IpSource};
-use crate::hypervisor::vmrun::{IpAnswer, VmrunError};
+use crate::hypervisor::{HypervisorError, IpAnswer};
 use crate::sys::cancel::Cancel;
 use crate::vm::{Phase, Vm};
 
@@ -38,7 +38,7 @@ impl Provisioner {
         let mut tools_seen = false;
         let mut rebooted = false;
         let mut no_tools = 0u32;
-        let mut last_error: Option<VmrunError>;
+        let mut last_error: Option<HypervisorError>;
         let mut backoff = self.settings.ip_poll_interval;
         let mut last_unusable = String::new();
         let mut mac: Option<String> = None;
@@ -52,15 +52,13 @@ impl Provisioner {
                 }
                 // A zero limit would kill the call before it could answer at all.
                 let limit = self
-                    .vmrun
-                    .settings()
-                    .timeouts
-                    .ip_query
+                    .hypervisor
+                    .ip_query_timeout()
                     .min(left)
                     .max(Duration::from_millis(100));
-                self.vmrun.guest_ip_wait(&vmx_path, limit, cancel)
+                self.hypervisor.guest_ip_wait(&vmx_path, limit, cancel)
             } else {
-                self.vmrun.guest_ip(&vmx_path, cancel)
+                self.hypervisor.guest_ip(&vmx_path, cancel)
             };
             match answer {
                 Ok(IpAnswer::Address(text)) => {
@@ -89,12 +87,14 @@ impl Provisioner {
                     no_tools += 1;
                     last_error = None;
                 }
-                Err(VmrunError::Cancelled { .. }) => return Err(Stop::Cancelled),
-                Err(err @ VmrunError::NotPoweredOn { .. }) if self.confirmed_off(&vmx_path) => {
+                Err(HypervisorError::Cancelled { .. }) => return Err(Stop::Cancelled),
+                Err(err @ HypervisorError::NotPoweredOn { .. })
+                    if self.confirmed_off(&vmx_path) =>
+                {
                     return Err(Stop::from(err));
                 }
                 // An unreadable or vanished VMX does not heal by waiting.
-                Err(err @ VmrunError::VmOpenError { .. }) => return Err(Stop::from(err)),
+                Err(err @ HypervisorError::VmOpenError { .. }) => return Err(Stop::from(err)),
                 Err(err) => {
                     crate::warn!("vm={id} IP query failed, retrying until the deadline: {err}");
                     last_error = Some(err);
@@ -166,15 +166,15 @@ impl Provisioner {
             "vm={id} no VMware Tools and no DHCP lease {waited} s after its start: the guest did not boot; retrying once with {how}"
         );
         let result = if gui {
-            self.vmrun
+            self.hypervisor
                 .stop(vmx, true, cancel)
-                .and_then(|()| self.vmrun.start(vmx, false, cancel))
+                .and_then(|()| self.hypervisor.start(vmx, false, cancel))
         } else {
-            self.vmrun.reset(vmx, true, cancel)
+            self.hypervisor.reset(vmx, true, cancel)
         };
         match result {
             Ok(()) => Ok(()),
-            Err(VmrunError::Cancelled { .. }) => Err(Stop::Cancelled),
+            Err(HypervisorError::Cancelled { .. }) => Err(Stop::Cancelled),
             Err(err) => Err(Stop::failed(
                 "boot-timeout",
                 format!(
@@ -231,7 +231,7 @@ impl Provisioner {
     /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
     /// nothing, so the watch goes on.
     fn confirmed_off(&self, vmx: &Path) -> bool {
-        crate::service::reconcile::running_set(&self.vmrun)
+        crate::service::reconcile::running_set(self.hypervisor.as_ref())
             .is_some_and(|set| !set.contains(&crate::service::reconcile::canonical(vmx)))
     }
 }

@@ -14,7 +14,7 @@ use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::callback::CallbackSettings;
-use crate::hypervisor::vmrun::Vmrun;
+use crate::hypervisor::Hypervisor;
 use crate::image::gold::GoldCache;
 use crate::image::gold_locks::GoldLocks;
 use crate::image::ImageCache;
@@ -61,7 +61,7 @@ pub struct BootSettings {
 pub struct Provisioner {
     pub store: Arc<VmStore>,
     pub images: Arc<ImageCache>,
-    pub vmrun: Vmrun,
+    pub hypervisor: Arc<dyn Hypervisor>,
     pub tasks: Arc<Tasks>,
     /// Shared with the image cache API, which takes a gold image out under its lock.
     pub gold_locks: Arc<GoldLocks>,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::vm::VmId;
 
 use super::{Job, Provisioner, BASE_SNAPSHOT};
-use crate::hypervisor::vmrun::VmrunError;
 use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
+use crate::hypervisor::HypervisorError;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
 use crate::sys::fsutil;
@@ -38,10 +38,10 @@ impl Stop {
     }
 }
 
-impl From<VmrunError> for Stop {
-    fn from(err: VmrunError) -> Self {
+impl From<HypervisorError> for Stop {
+    fn from(err: HypervisorError) -> Self {
         match err {
-            VmrunError::Cancelled { .. } => Stop::Cancelled,
+            HypervisorError::Cancelled { .. } => Stop::Cancelled,
             other => Stop::failed(other.code(), other.to_string()),
         }
     }
@@ -124,7 +124,7 @@ impl Provisioner {
                 "this VM has no image to provision from; delete it",
             ));
         };
-        self.vmrun.check_available()?;
+        self.hypervisor.check_available()?;
         // A cached image is not downloaded: recording that phase would cost a durable
         // write (two fsyncs) for a step that takes microseconds.
         if self.images.lookup(&image.checksum).is_none() {
@@ -163,13 +163,13 @@ impl Provisioner {
             let mut gold_state = lock.lock_unpoisoned();
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
-                let snapshots = self.vmrun.list_snapshots(&gold.vmx)?;
+                let snapshots = self.hypervisor.list_snapshots(&gold.vmx)?;
                 if !snapshots.iter().any(|s| s == BASE_SNAPSHOT) {
-                    self.vmrun.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
+                    self.hypervisor.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
                     // Trusting a `snapshot` that printed something odd and did nothing would
                     // mark the gold VM ready and fail every clone of it until a restart.
                     if !self
-                        .vmrun
+                        .hypervisor
                         .list_snapshots(&gold.vmx)?
                         .iter()
                         .any(|s| s == BASE_SNAPSHOT)
@@ -222,14 +222,14 @@ impl Provisioner {
             vm.guest_os = guest_os;
             vm.progress.phase = Phase::Starting;
         });
-        crate::service::reconcile::remove_stale_locks(&self.vmrun, &vmx_path);
-        if let Err(err) = self.vmrun.start(&vmx_path, vm.headless, cancel) {
+        crate::service::reconcile::remove_stale_locks(self.hypervisor.as_ref(), &vmx_path);
+        if let Err(err) = self.hypervisor.start(&vmx_path, vm.headless, cancel) {
             // `Cannot connect to the virtual machine` has come while the VM did start: only
             // `list` tells, and a running VM behind a failed record would hold a place.
-            let runs = crate::service::reconcile::running_set(&self.vmrun)
+            let runs = crate::service::reconcile::running_set(self.hypervisor.as_ref())
                 .map(|set| set.contains(&crate::service::reconcile::canonical(&vmx_path)));
             match (&err, runs) {
-                (VmrunError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
+                (HypervisorError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {
                     crate::warn!("vm={id} {err}; but vmrun lists it running, so it started");
                 }
@@ -283,10 +283,10 @@ impl Provisioner {
         let mut remade = false;
         loop {
             match self
-                .vmrun
+                .hypervisor
                 .clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, cancel)
             {
-                Err(VmrunError::VmLocked { .. }) if attempt < 3 => {
+                Err(HypervisorError::VmLocked { .. }) if attempt < 3 => {
                     attempt += 1;
                     crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
                     sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel)?;
@@ -298,7 +298,7 @@ impl Provisioner {
                     crate::warn!(
                         "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
                     );
-                    self.vmrun.snapshot(gold_vmx, BASE_SNAPSHOT)?;
+                    self.hypervisor.snapshot(gold_vmx, BASE_SNAPSHOT)?;
                 }
                 Err(err) if crate::hypervisor::vmrun::is_invalid_parameters(&err) => {
                     return Err(Stop::failed(

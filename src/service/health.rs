@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::hypervisor::running::ListState;
-use crate::hypervisor::vmrun::Vmrun;
+use crate::hypervisor::Hypervisor;
 
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -70,13 +70,13 @@ impl Health {
 /// Runs every check: vmrun is there and `vmrun list` answered last time; the data folder takes a file;
 /// the disk is above the floor.
 pub fn check(
-    vmrun: &Vmrun,
+    hypervisor: &dyn Hypervisor,
     data_dir: &Path,
     min_free_disk: u64,
     draining_since: Option<String>,
 ) -> Health {
     let mut checks = BTreeMap::new();
-    checks.insert("vmrun", Check::new(check_vmrun(vmrun)));
+    checks.insert("vmrun", Check::new(check_vmrun(hypervisor)));
     checks.insert("data_dir", Check::new(check_writable(data_dir)));
     checks.insert("disk", check_disk(data_dir, min_free_disk));
     let failing: Vec<&'static str> = checks
@@ -104,9 +104,9 @@ pub fn check(
 
 /// From what the last `vmrun list` said (kept fresh in the background): a health check runs
 /// no process, so a load balancer probing it often costs nothing and never waits on vmrun.
-fn check_vmrun(vmrun: &Vmrun) -> Result<String, String> {
-    vmrun.check_available().map_err(|e| e.to_string())?;
-    match vmrun.running().state() {
+fn check_vmrun(hypervisor: &dyn Hypervisor) -> Result<String, String> {
+    hypervisor.check_available().map_err(|e| e.to_string())?;
+    match hypervisor.running().state() {
         ListState::Answered { running, age } => Ok(format!(
             "vmrun list answered {} s ago: {running} VMs running",
             age.as_secs()
@@ -158,7 +158,7 @@ fn check_disk(data_dir: &Path, floor: u64) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::vmrun::VmrunSettings;
+    use crate::hypervisor::vmrun::{Vmrun, VmrunSettings};
 
     #[test]
     fn names_each_failing_check() {

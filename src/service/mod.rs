@@ -21,15 +21,15 @@ use crate::vm::VmId;
 use crossbeam_channel::Sender;
 
 use crate::api::auth::Auth;
-use crate::api::create_body::CreateVm;
 use crate::api::error::ApiError;
-use crate::hypervisor::vmrun::{Vmrun, VmrunError};
+use crate::hypervisor::{Hypervisor, HypervisorError};
 use crate::image::gold::GoldCache;
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::labels::VmFilter;
 use crate::vm::store::{Durability, RECORD_FILE};
+use crate::vm::CreateVm;
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use capacity::Limits;
 use drain::Drain;
@@ -39,7 +39,7 @@ use metrics::{Metrics, Snapshot, VmsByStatus};
 
 pub struct Service {
     store: Arc<VmStore>,
-    vmrun: Vmrun,
+    hypervisor: Arc<dyn Hypervisor>,
     tasks: Arc<Tasks>,
     jobs: Sender<Job>,
     /// Taken by creates, adoption and gold image removal: see [`Fleet::admission`].
@@ -96,14 +96,14 @@ pub enum Reconcile {
 impl Service {
     pub fn new(
         store: Arc<VmStore>,
-        vmrun: Vmrun,
+        hypervisor: Arc<dyn Hypervisor>,
         tasks: Arc<Tasks>,
         jobs: Sender<Job>,
         fleet: Fleet,
     ) -> Self {
         Self {
             store,
-            vmrun,
+            hypervisor,
             tasks,
             jobs,
             creating: fleet.admission.clone(),
@@ -123,7 +123,7 @@ impl Service {
     /// its POST can retry without leaking a second VM. A new VM is refused while draining
     /// or over capacity, before anything is recorded or downloaded.
     pub fn create(&self, request: CreateVm) -> Result<Created, ApiError> {
-        self.vmrun
+        self.hypervisor
             .check_available()
             .map_err(|e| ApiError::VmrunMissing(e.to_string()))?;
         let vm = match self.admit(request)? {
@@ -205,7 +205,7 @@ impl Service {
         let admitted = capacity::check(
             self.fleet.limits,
             &self.store,
-            &self.vmrun,
+            self.hypervisor.as_ref(),
             &self.fleet.data_dir,
             recording,
         );
@@ -401,7 +401,7 @@ impl Service {
 
     pub fn health(&self) -> Health {
         health::check(
-            &self.vmrun,
+            self.hypervisor.as_ref(),
             &self.fleet.data_dir,
             self.fleet.limits.min_free_disk,
             self.fleet.drain.since(),
@@ -419,7 +419,7 @@ impl Service {
                 Status::Failed => vms.failed += 1,
             }
         }
-        let running = self.vmrun.running().snapshot();
+        let running = self.hypervisor.running().snapshot();
         let snapshot = Snapshot {
             vms,
             capacity_used: capacity::used(&self.store, running.as_ref()),
@@ -427,7 +427,7 @@ impl Service {
             image_cache_bytes: self.fleet.gold.total_bytes(),
             draining: self.fleet.drain.is_draining(),
             long_polls_waiting: self.fleet.waiters.active() as u64,
-            vmrun_calls: self.vmrun.call_counts(),
+            vmrun_calls: self.hypervisor.call_counts(),
         };
         self.fleet.metrics.render(&snapshot)
     }
@@ -445,7 +445,8 @@ impl Service {
             // The VM is still there: show it as it was, not half-deleted, but powered on or
             // off as it now is: the stop may have gone through before deleteVM failed.
             let vmx = reconcile::canonical(&self.store.vmx_path(id));
-            let running = reconcile::running_set(&self.vmrun).map(|set| set.contains(&vmx));
+            let running =
+                reconcile::running_set(self.hypervisor.as_ref()).map(|set| set.contains(&vmx));
             self.update_or_remember(id, |vm| {
                 vm.progress.phase = before.progress.phase;
                 match (vm.status, running) {
@@ -469,7 +470,7 @@ impl Service {
         let vmx = self.store.vmx_path(id);
         // vmrun knows a running VM by its path even when its VMX was removed behind our
         // back: always ask it to stop, or such a VM would run on with no record.
-        self.vmrun
+        self.hypervisor
             .stop(&vmx, true, &crate::sys::cancel::Cancel::new())
             .or_else(tolerate_unopenable)
             .map_err(delete_error)?;
@@ -481,16 +482,16 @@ impl Service {
         // power-off: Packer waits up to 120 s; this waits up to about a minute.
         let mut attempt = 0;
         loop {
-            match self.vmrun.delete_vm(&vmx) {
+            match self.hypervisor.delete_vm(&vmx) {
                 Ok(()) => return Ok(()),
                 // Still listed as running: the stop did not take, and waiting will not help.
-                Err(err @ VmrunError::AlreadyRunning { .. })
-                    if reconcile::running_set(&self.vmrun)
+                Err(err @ HypervisorError::AlreadyRunning { .. })
+                    if reconcile::running_set(self.hypervisor.as_ref())
                         .is_none_or(|set| set.contains(&reconcile::canonical(&vmx))) =>
                 {
                     return Err(delete_error(err));
                 }
-                Err(VmrunError::VmLocked { .. } | VmrunError::AlreadyRunning { .. })
+                Err(HypervisorError::VmLocked { .. } | HypervisorError::AlreadyRunning { .. })
                     if attempt < DELETE_RETRIES =>
                 {
                     attempt += 1;
@@ -508,7 +509,7 @@ impl Service {
     /// running/stopped, a record whose folder vanished is failed, a VM folder no record
     /// knows is adopted or reported.
     pub fn reconcile(self: &Arc<Self>, when: Reconcile) {
-        let running = reconcile::running_set(&self.vmrun);
+        let running = reconcile::running_set(self.hypervisor.as_ref());
         for id in self.store.ids() {
             if self.tasks.is_busy(id) {
                 continue;
@@ -641,7 +642,7 @@ impl Service {
             return None;
         }
         let began_ms = leases::parse_rfc3339_ms(&vm.updated_at)?;
-        let timeout = self.vmrun.settings().timeouts.start + START_GRACE;
+        let timeout = self.hypervisor.start_timeout() + START_GRACE;
         let left_ms = began_ms + timeout.as_millis() as i64 - leases::now_ms();
         (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
     }
@@ -672,7 +673,7 @@ impl Service {
             if task.cancel.is_cancelled() || self.store.get(id).is_none() {
                 return;
             }
-            let running = reconcile::running_set(&self.vmrun);
+            let running = reconcile::running_set(self.hypervisor.as_ref());
             if let Some(set) = &running {
                 if set.contains(&reconcile::canonical(&vmx)) {
                     crate::warn!(
@@ -728,7 +729,7 @@ impl Service {
         let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
         crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
         match self
-            .vmrun
+            .hypervisor
             .stop(vmx, true, &crate::sys::cancel::Cancel::new())
         {
             Ok(()) => crate::info!("vm={id} stopped"),
@@ -856,17 +857,17 @@ fn store_error(what: &str, e: crate::vm::store::StoreError) -> ApiError {
 const DELETE_RETRIES: u32 = 30;
 
 /// A VMX that vmrun cannot open cannot be running either; its folder is removed all the same.
-fn tolerate_unopenable(err: VmrunError) -> Result<(), VmrunError> {
+fn tolerate_unopenable(err: HypervisorError) -> Result<(), HypervisorError> {
     match err {
-        VmrunError::VmOpenError { .. } => Ok(()),
+        HypervisorError::VmOpenError { .. } => Ok(()),
         other => Err(other),
     }
 }
 
-fn delete_error(err: VmrunError) -> ApiError {
+fn delete_error(err: HypervisorError) -> ApiError {
     match err {
-        VmrunError::VmLocked { .. } => ApiError::VmLocked(err.to_string()),
-        VmrunError::NotFound { .. } => ApiError::VmrunMissing(err.to_string()),
+        HypervisorError::VmLocked { .. } => ApiError::VmLocked(err.to_string()),
+        HypervisorError::NotFound { .. } => ApiError::VmrunMissing(err.to_string()),
         other => ApiError::VmDeleteError(other.to_string()),
     }
 }

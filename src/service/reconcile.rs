@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::vm::VmId;
 
-use crate::hypervisor::vmrun::Vmrun;
 use crate::hypervisor::vmx::{self, Vmx};
+use crate::hypervisor::Hypervisor;
 use crate::image::{ChecksumType, ImageSpec};
 use crate::vm::{NetworkType, Phase, Progress, Status, Vm};
 
@@ -20,8 +20,8 @@ pub fn canonical(path: &Path) -> PathBuf {
 }
 
 /// The VMX paths vmrun says are running, canonical; `None` when vmrun cannot tell.
-pub fn running_set(vmrun: &Vmrun) -> Option<HashSet<PathBuf>> {
-    match vmrun.list() {
+pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
+    match hypervisor.list_running() {
         Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
         Err(err) => {
             crate::warn!("cannot tell which VMs run: {err}");
@@ -33,8 +33,8 @@ pub fn running_set(vmrun: &Vmrun) -> Option<HashSet<PathBuf>> {
 /// Before starting a VM: removes lock folders that no running VM can own. VMware leaves
 /// them behind when the host or its process dies, and then refuses to start the VM with
 /// "The file is already in use".
-pub fn remove_stale_locks(vmrun: &Vmrun, vmx_path: &Path) {
-    if let Some(running) = running_set(vmrun) {
+pub fn remove_stale_locks(hypervisor: &dyn Hypervisor, vmx_path: &Path) {
+    if let Some(running) = running_set(hypervisor) {
         if let Some(dir) = vmx_path.parent() {
             remove_locks_in(dir, &running);
         }

@@ -4,11 +4,10 @@
 //! cancellation), is logged when it starts and ends, is counted by outcome, and has its
 //! output turned into values or typed errors by `output`.
 
-mod error;
 mod output;
 mod process;
 
-pub use error::{Call, VmrunError};
+pub use crate::hypervisor::{Call, HypervisorError, IpAnswer};
 pub use output::{is_invalid_parameters, is_invalid_snapshot, ToolsState};
 
 use std::collections::BTreeMap;
@@ -127,9 +126,9 @@ impl Vmrun {
 
     /// Checks that the configured vmrun is an executable file, so a missing VMware install
     /// is reported once at startup rather than on every VM.
-    pub fn check_available(&self) -> Result<(), VmrunError> {
+    pub fn check_available(&self) -> Result<(), HypervisorError> {
         let path = &self.settings.path;
-        let not_found = |problem: String| VmrunError::NotFound {
+        let not_found = |problem: String| HypervisorError::NotFound {
             path: path.clone(),
             problem,
         };
@@ -147,7 +146,7 @@ impl Vmrun {
     }
 
     /// VMX paths of the running VMs.
-    pub fn list(&self) -> Result<Vec<PathBuf>, VmrunError> {
+    pub fn list(&self) -> Result<Vec<PathBuf>, HypervisorError> {
         let timeout = self.settings.timeouts.list;
         let ticket = self.running.begin();
         let listed = self.call("list", None, &[], timeout, None, |call, stdout| {
@@ -163,7 +162,12 @@ impl Vmrun {
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
-    pub fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+    pub fn start(
+        &self,
+        vmx: &Path,
+        headless: bool,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
         let mode = if headless { "nogui" } else { "gui" };
         let timeout = self.settings.timeouts.start;
         self.call(
@@ -180,7 +184,7 @@ impl Vmrun {
 
     /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
     /// them). A VM that is already off counts as stopped.
-    pub fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+    pub fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         let mode = if hard { "hard" } else { "soft" };
         let timeout = self.settings.timeouts.stop;
         let result = self.call_raw("stop", Some(vmx), &[mode.into()], timeout, Some(cancel));
@@ -188,7 +192,7 @@ impl Vmrun {
             result,
             |_, _| Ok(((), OK)),
             |err| match err {
-                VmrunError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
+                HypervisorError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
                 other => Err(other),
             },
         )?;
@@ -197,7 +201,7 @@ impl Vmrun {
     }
 
     /// Deletes VMware's files of the VM (not other files in its folder).
-    pub fn delete_vm(&self, vmx: &Path) -> Result<(), VmrunError> {
+    pub fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
         let timeout = self.settings.timeouts.delete;
         self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)?;
         self.running.changed(vmx, false);
@@ -213,13 +217,13 @@ impl Vmrun {
         snapshot: &str,
         clone_name: &str,
         cancel: &Cancel,
-    ) -> Result<(), VmrunError> {
+    ) -> Result<(), HypervisorError> {
         let call = Call {
             command: "clone",
             vmx: Some(src.to_path_buf()),
         };
         if snapshot.trim().is_empty() {
-            return Err(VmrunError::InvalidArgument {
+            return Err(HypervisorError::InvalidArgument {
                 call,
                 problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
                           the parent on every clone"
@@ -227,7 +231,7 @@ impl Vmrun {
             });
         }
         if clone_name.trim().is_empty() {
-            return Err(VmrunError::InvalidArgument {
+            return Err(HypervisorError::InvalidArgument {
                 call,
                 problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
             });
@@ -242,7 +246,7 @@ impl Vmrun {
         self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
     }
 
-    pub fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), VmrunError> {
+    pub fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
         let timeout = self.settings.timeouts.snapshot;
         self.call(
             "snapshot",
@@ -254,7 +258,7 @@ impl Vmrun {
         )
     }
 
-    pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, VmrunError> {
+    pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
         let timeout = self.settings.timeouts.snapshot;
         self.call(
             "listSnapshots",
@@ -273,7 +277,7 @@ impl Vmrun {
     /// What VMware Tools report as the guest's IP address, as vmrun printed it (the caller
     /// judges whether it is usable). Never passes `-wait`, which blocks with no limit of its
     /// own: see [`Vmrun::guest_ip_wait`].
-    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, VmrunError> {
+    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
         let timeout = self.settings.timeouts.ip_query;
         let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
         self.finish(result, ip_answer, |err| {
@@ -293,7 +297,7 @@ impl Vmrun {
         vmx: &Path,
         limit: Duration,
         cancel: &Cancel,
-    ) -> Result<IpAnswer, VmrunError> {
+    ) -> Result<IpAnswer, HypervisorError> {
         let result = self.call_raw(
             "getGuestIPAddress",
             Some(vmx),
@@ -302,7 +306,7 @@ impl Vmrun {
             Some(cancel),
         );
         self.finish(result, ip_answer, |err| match err {
-            VmrunError::Timeout { .. } => Ok((IpAnswer::NoTools, "no-address-within-limit")),
+            HypervisorError::Timeout { .. } => Ok((IpAnswer::NoTools, "no-address-within-limit")),
             err if output::is_tools_not_running(&err) => {
                 Ok((IpAnswer::NoTools, "tools-not-running"))
             }
@@ -311,7 +315,7 @@ impl Vmrun {
     }
 
     /// Reboots the VM; `hard` does not need VMware Tools (a guest hung at boot has none).
-    pub fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), VmrunError> {
+    pub fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         let mode = if hard { "hard" } else { "soft" };
         let timeout = self.settings.timeouts.start;
         self.call(
@@ -324,7 +328,7 @@ impl Vmrun {
         )
     }
 
-    pub fn tools_state(&self, vmx: &Path) -> Result<ToolsState, VmrunError> {
+    pub fn tools_state(&self, vmx: &Path) -> Result<ToolsState, HypervisorError> {
         let timeout = self.settings.timeouts.other;
         self.call(
             "checkToolsState",
@@ -357,8 +361,8 @@ impl Vmrun {
         args: &[OsString],
         timeout: Duration,
         cancel: Option<&Cancel>,
-        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), VmrunError>,
-    ) -> Result<T, VmrunError> {
+        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), HypervisorError>,
+    ) -> Result<T, HypervisorError> {
         let result = self.call_raw(command, vmx, args, timeout, cancel);
         self.finish(result, on_success, Err)
     }
@@ -414,25 +418,25 @@ impl Vmrun {
                 output::judge(&call, exit, &stdout, &stderr).map(|()| stdout)
             }
             Err(RunError::Spawn(source)) => Err(match source.kind() {
-                std::io::ErrorKind::NotFound => VmrunError::NotFound {
+                std::io::ErrorKind::NotFound => HypervisorError::NotFound {
                     path: self.settings.path.clone(),
                     problem: "no such file".to_string(),
                 },
-                _ => VmrunError::Spawn {
+                _ => HypervisorError::Spawn {
                     call: call.clone(),
                     path: self.settings.path.clone(),
                     source,
                 },
             }),
-            Err(RunError::Wait(source)) => Err(VmrunError::Failed {
+            Err(RunError::Wait(source)) => Err(HypervisorError::Failed {
                 call: call.clone(),
                 message: format!("could not wait for vmrun to finish: {source}"),
             }),
-            Err(RunError::TimedOut) => Err(VmrunError::Timeout {
+            Err(RunError::TimedOut) => Err(HypervisorError::Timeout {
                 call: call.clone(),
                 limit: timeout,
             }),
-            Err(RunError::Cancelled) => Err(VmrunError::Cancelled { call: call.clone() }),
+            Err(RunError::Cancelled) => Err(HypervisorError::Cancelled { call: call.clone() }),
         };
         RawResult {
             call,
@@ -446,9 +450,9 @@ impl Vmrun {
     fn finish<T>(
         &self,
         raw: RawResult,
-        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), VmrunError>,
-        on_error: impl FnOnce(VmrunError) -> Result<(T, &'static str), VmrunError>,
-    ) -> Result<T, VmrunError> {
+        on_success: impl FnOnce(&Call, &str) -> Result<(T, &'static str), HypervisorError>,
+        on_error: impl FnOnce(HypervisorError) -> Result<(T, &'static str), HypervisorError>,
+    ) -> Result<T, HypervisorError> {
         let RawResult {
             call,
             vm,
@@ -498,21 +502,10 @@ struct RawResult {
     vm: String,
     started: Instant,
     /// stdout on success.
-    outcome: Result<String, VmrunError>,
+    outcome: Result<String, HypervisorError>,
 }
 
-/// What `getGuestIPAddress` answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IpAnswer {
-    /// One line as vmrun printed it: an address (usable or not) or a host name.
-    Address(String),
-    /// `unknown`: Tools run but know no address yet.
-    NoAddress,
-    /// Tools are not running (or, on Workstation, `Unable to get the IP address`).
-    NoTools,
-}
-
-fn ip_answer(call: &Call, stdout: &str) -> Result<(IpAnswer, &'static str), VmrunError> {
+fn ip_answer(call: &Call, stdout: &str) -> Result<(IpAnswer, &'static str), HypervisorError> {
     match output::parse_ip(stdout) {
         Ok(Some(ip)) => Ok((IpAnswer::Address(ip), OK)),
         Ok(None) => Ok((IpAnswer::NoAddress, "no-address-yet")),
@@ -521,12 +514,12 @@ fn ip_answer(call: &Call, stdout: &str) -> Result<(IpAnswer, &'static str), Vmru
 }
 
 /// For commands that print nothing on success.
-fn no_answer(_: &Call, _: &str) -> Result<((), &'static str), VmrunError> {
+fn no_answer(_: &Call, _: &str) -> Result<((), &'static str), HypervisorError> {
     Ok(((), OK))
 }
 
-fn bad_output(call: &Call, problem: String, stdout: &str) -> VmrunError {
-    VmrunError::BadOutput {
+fn bad_output(call: &Call, problem: String, stdout: &str) -> HypervisorError {
+    HypervisorError::BadOutput {
         call: call.clone(),
         problem,
         output: output::shorten(stdout),
@@ -541,6 +534,80 @@ fn vm_id(vmx: &Path) -> String {
         .and_then(crate::vm::VmId::parse)
         .map(|id| id.to_string())
         .unwrap_or_default()
+}
+
+impl super::Hypervisor for Vmrun {
+    fn check_available(&self) -> Result<(), HypervisorError> {
+        Vmrun::check_available(self)
+    }
+
+    fn running(&self) -> &RunningVms {
+        Vmrun::running(self)
+    }
+
+    fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
+        self.list()
+    }
+
+    fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
+        Vmrun::list_snapshots(self, vmx)
+    }
+
+    fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
+        Vmrun::snapshot(self, vmx, name)
+    }
+
+    fn clone_linked(
+        &self,
+        src: &Path,
+        dst: &Path,
+        snapshot: &str,
+        clone_name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        Vmrun::clone_linked(self, src, dst, snapshot, clone_name, cancel)
+    }
+
+    fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        Vmrun::start(self, vmx, headless, cancel)
+    }
+
+    fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        Vmrun::stop(self, vmx, hard, cancel)
+    }
+
+    fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        Vmrun::reset(self, vmx, hard, cancel)
+    }
+
+    fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
+        Vmrun::delete_vm(self, vmx)
+    }
+
+    fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+        Vmrun::guest_ip(self, vmx, cancel)
+    }
+
+    fn guest_ip_wait(
+        &self,
+        vmx: &Path,
+        limit: Duration,
+        cancel: &Cancel,
+    ) -> Result<IpAnswer, HypervisorError> {
+        Vmrun::guest_ip_wait(self, vmx, limit, cancel)
+    }
+
+    fn start_timeout(&self) -> Duration {
+        self.settings.timeouts.start
+    }
+
+    fn ip_query_timeout(&self) -> Duration {
+        self.settings.timeouts.ip_query
+    }
+
+    fn call_counts(&self) -> Vec<(String, String, u64)> {
+        Vmrun::call_counts(self)
+    }
 }
 
 #[cfg(test)]

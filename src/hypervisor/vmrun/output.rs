@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::error::{Call, VmrunError};
+use crate::hypervisor::{Call, HypervisorError};
 
 /// How the process ended, as far as judging it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,12 @@ const MAX_MESSAGE: usize = 500;
 /// (possibly after noise such as libxml warnings) and has been seen to do so with exit code 0,
 /// so that line decides whatever the exit code. The other lines of stdout and stderr (noise,
 /// or the first half of a two-line error) are kept in the message in vmrun's own words.
-pub(crate) fn judge(call: &Call, exit: Exit, stdout: &str, stderr: &str) -> Result<(), VmrunError> {
+pub(crate) fn judge(
+    call: &Call,
+    exit: Exit,
+    stdout: &str,
+    stderr: &str,
+) -> Result<(), HypervisorError> {
     if let Some(message) = error_line(stdout) {
         let mut err = classify(call.clone(), message.to_string());
         // The lines around the `Error:` line often say more than it does (`Unable to connect
@@ -46,7 +51,7 @@ pub(crate) fn judge(call: &Call, exit: Exit, stdout: &str, stderr: &str) -> Resu
         Some(detail) => format!("{status} without an Error line: {}", shorten(detail)),
         None => format!("{status} and printed nothing"),
     };
-    Err(VmrunError::Failed {
+    Err(HypervisorError::Failed {
         call: call.clone(),
         message,
     })
@@ -78,42 +83,42 @@ fn other_lines(stdout: &str, stderr: &str) -> String {
         .join(" / ")
 }
 
-fn classify(call: Call, message: String) -> VmrunError {
+fn classify(call: Call, message: String) -> HypervisorError {
     // `already in use` first: a locked VM can also be reported as `Cannot open VM: ..., The
     // file is already in use`, and the lock is what the operator must act on.
     if message.contains("The file is already in use") {
-        VmrunError::VmLocked { call, message }
+        HypervisorError::VmLocked { call, message }
     } else if message.contains("should not be powered on") {
-        VmrunError::AlreadyRunning { call, message }
+        HypervisorError::AlreadyRunning { call, message }
     } else if message.contains("is not powered on") {
-        VmrunError::NotPoweredOn { call, message }
+        HypervisorError::NotPoweredOn { call, message }
     } else if message.contains("Cannot open VM")
         || message.contains("virtual machine cannot be found")
         || message.contains("Cannot read the virtual machine configuration file")
     {
-        VmrunError::VmOpenError { call, message }
+        HypervisorError::VmOpenError { call, message }
     } else {
-        VmrunError::Failed { call, message }
+        HypervisorError::Failed { call, message }
     }
 }
 
 /// vmrun's answers while the guest has not started VMware Tools yet or they have no address
 /// (`The VMware Tools are not running in the virtual machine: VMX`, `VMware Tools are not
 /// running in the guest`, Workstation's `Unable to get the IP address`): not a failure.
-pub(crate) fn is_tools_not_running(err: &VmrunError) -> bool {
-    matches!(err, VmrunError::Failed { message, .. }
+pub(crate) fn is_tools_not_running(err: &HypervisorError) -> bool {
+    matches!(err, HypervisorError::Failed { message, .. }
         if message.contains("VMware Tools are not running")
             || message.contains("Unable to get the IP address"))
 }
 
 /// `clone` naming a snapshot the parent no longer has (`Invalid snapshot name 'NAME'`).
-pub fn is_invalid_snapshot(err: &VmrunError) -> bool {
-    matches!(err, VmrunError::Failed { message, .. } if message.contains("Invalid snapshot name"))
+pub fn is_invalid_snapshot(err: &HypervisorError) -> bool {
+    matches!(err, HypervisorError::Failed { message, .. } if message.contains("Invalid snapshot name"))
 }
 
 /// What products without linked clones (Fusion non-Pro, Player) answer a linked `clone`.
-pub fn is_invalid_parameters(err: &VmrunError) -> bool {
-    matches!(err, VmrunError::Failed { message, .. }
+pub fn is_invalid_parameters(err: &HypervisorError) -> bool {
+    matches!(err, HypervisorError::Failed { message, .. }
         if message.contains("One of the parameters was invalid"))
 }
 

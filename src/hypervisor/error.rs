@@ -21,7 +21,7 @@ impl fmt::Display for Call {
 }
 
 #[derive(Debug)]
-pub enum VmrunError {
+pub enum HypervisorError {
     /// The configured vmrun is missing or not an executable file.
     NotFound { path: PathBuf, problem: String },
     /// vmrun exists but could not be started.
@@ -56,47 +56,47 @@ pub enum VmrunError {
     InvalidArgument { call: Call, problem: String },
 }
 
-impl VmrunError {
+impl HypervisorError {
     pub fn code(&self) -> &'static str {
         match self {
-            VmrunError::NotFound { .. } => "vmrun-not-found",
-            VmrunError::Spawn { .. } => "vmrun-spawn-failed",
-            VmrunError::Timeout { .. } => "vmrun-timeout",
-            VmrunError::Cancelled { .. } => "vmrun-cancelled",
-            VmrunError::VmLocked { .. } => "vm-locked",
-            VmrunError::VmOpenError { .. } => "vm-open-error",
-            VmrunError::NotPoweredOn { .. } => "vm-not-powered-on",
-            VmrunError::AlreadyRunning { .. } => "vm-already-running",
-            VmrunError::Failed { .. } => "vmrun-failed",
-            VmrunError::BadOutput { .. } => "vmrun-bad-output",
-            VmrunError::InvalidArgument { .. } => "vmrun-invalid-argument",
+            HypervisorError::NotFound { .. } => "vmrun-not-found",
+            HypervisorError::Spawn { .. } => "vmrun-spawn-failed",
+            HypervisorError::Timeout { .. } => "vmrun-timeout",
+            HypervisorError::Cancelled { .. } => "vmrun-cancelled",
+            HypervisorError::VmLocked { .. } => "vm-locked",
+            HypervisorError::VmOpenError { .. } => "vm-open-error",
+            HypervisorError::NotPoweredOn { .. } => "vm-not-powered-on",
+            HypervisorError::AlreadyRunning { .. } => "vm-already-running",
+            HypervisorError::Failed { .. } => "vmrun-failed",
+            HypervisorError::BadOutput { .. } => "vmrun-bad-output",
+            HypervisorError::InvalidArgument { .. } => "vmrun-invalid-argument",
         }
     }
 
     /// The call that failed (`None` for a missing vmrun found before any call).
     pub fn call(&self) -> Option<&Call> {
         match self {
-            VmrunError::NotFound { .. } => None,
-            VmrunError::Spawn { call, .. }
-            | VmrunError::Timeout { call, .. }
-            | VmrunError::Cancelled { call }
-            | VmrunError::VmLocked { call, .. }
-            | VmrunError::VmOpenError { call, .. }
-            | VmrunError::NotPoweredOn { call, .. }
-            | VmrunError::AlreadyRunning { call, .. }
-            | VmrunError::Failed { call, .. }
-            | VmrunError::BadOutput { call, .. }
-            | VmrunError::InvalidArgument { call, .. } => Some(call),
+            HypervisorError::NotFound { .. } => None,
+            HypervisorError::Spawn { call, .. }
+            | HypervisorError::Timeout { call, .. }
+            | HypervisorError::Cancelled { call }
+            | HypervisorError::VmLocked { call, .. }
+            | HypervisorError::VmOpenError { call, .. }
+            | HypervisorError::NotPoweredOn { call, .. }
+            | HypervisorError::AlreadyRunning { call, .. }
+            | HypervisorError::Failed { call, .. }
+            | HypervisorError::BadOutput { call, .. }
+            | HypervisorError::InvalidArgument { call, .. } => Some(call),
         }
     }
 
     pub(crate) fn message_mut(&mut self) -> Option<&mut String> {
         match self {
-            VmrunError::VmLocked { message, .. }
-            | VmrunError::VmOpenError { message, .. }
-            | VmrunError::NotPoweredOn { message, .. }
-            | VmrunError::AlreadyRunning { message, .. }
-            | VmrunError::Failed { message, .. } => Some(message),
+            HypervisorError::VmLocked { message, .. }
+            | HypervisorError::VmOpenError { message, .. }
+            | HypervisorError::NotPoweredOn { message, .. }
+            | HypervisorError::AlreadyRunning { message, .. }
+            | HypervisorError::Failed { message, .. } => Some(message),
             _ => None,
         }
     }
@@ -104,63 +104,63 @@ impl VmrunError {
     /// vmrun's own error text, for the variants that carry one.
     pub fn vmrun_message(&self) -> Option<&str> {
         match self {
-            VmrunError::VmLocked { message, .. }
-            | VmrunError::VmOpenError { message, .. }
-            | VmrunError::NotPoweredOn { message, .. }
-            | VmrunError::AlreadyRunning { message, .. }
-            | VmrunError::Failed { message, .. } => Some(message),
+            HypervisorError::VmLocked { message, .. }
+            | HypervisorError::VmOpenError { message, .. }
+            | HypervisorError::NotPoweredOn { message, .. }
+            | HypervisorError::AlreadyRunning { message, .. }
+            | HypervisorError::Failed { message, .. } => Some(message),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for VmrunError {
+impl fmt::Display for HypervisorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VmrunError::NotFound { path, problem } => write!(
+            HypervisorError::NotFound { path, problem } => write!(
                 f,
                 "vmrun not found at {}: {problem}; install VMware Fusion (or Workstation) or set \
                  VMWARE_VMRUN_PATH to the full path of its vmrun executable",
                 path.display()
             ),
-            VmrunError::Spawn { call, path, source } => write!(
+            HypervisorError::Spawn { call, path, source } => write!(
                 f,
                 "{call}: could not run {}: {source}; check that VMWARE_VMRUN_PATH names vmrun and \
                  that this user may execute it",
                 path.display()
             ),
-            VmrunError::Timeout { call, limit } => write!(
+            HypervisorError::Timeout { call, limit } => write!(
                 f,
                 "{call}: no answer within {}, so vmrun and its child processes were killed; \
                  VMware may be hung: check the VM in VMware and retry",
                 seconds(*limit)
             ),
-            VmrunError::Cancelled { call } => write!(
+            HypervisorError::Cancelled { call } => write!(
                 f,
                 "{call}: cancelled; vmrun, if it had started, was killed with its child processes"
             ),
-            VmrunError::VmLocked { call, message } => write!(
+            HypervisorError::VmLocked { call, message } => write!(
                 f,
                 "{call}: the VM's files are in use by another process (vmrun: {message:?}); close \
                  the VM in the VMware GUI or stop the process that holds it (after a crash, a \
                  stale .lck folder beside the VMX), then retry"
             ),
-            VmrunError::VmOpenError { call, message } => write!(
+            HypervisorError::VmOpenError { call, message } => write!(
                 f,
                 "{call}: VMware cannot open the VM (vmrun: {message:?}); check that the VMX file \
                  exists and is not corrupt"
             ),
-            VmrunError::NotPoweredOn { call, message } => write!(
+            HypervisorError::NotPoweredOn { call, message } => write!(
                 f,
                 "{call}: the VM is not powered on (vmrun: {message:?}); start it first"
             ),
-            VmrunError::AlreadyRunning { call, message } => write!(
+            HypervisorError::AlreadyRunning { call, message } => write!(
                 f,
                 "{call}: the VM is powered on and must be off for this (vmrun: {message:?}); stop \
                  it first"
             ),
-            VmrunError::Failed { call, message } => write!(f, "{call}: failed: {message}"),
-            VmrunError::BadOutput {
+            HypervisorError::Failed { call, message } => write!(f, "{call}: failed: {message}"),
+            HypervisorError::BadOutput {
                 call,
                 problem,
                 output,
@@ -169,17 +169,17 @@ impl fmt::Display for VmrunError {
                 "{call}: printed output this server does not understand ({problem}): {output:?}; \
                  this VMware version may behave differently from the ones it was built for"
             ),
-            VmrunError::InvalidArgument { call, problem } => {
+            HypervisorError::InvalidArgument { call, problem } => {
                 write!(f, "{call}: not run: {problem}")
             }
         }
     }
 }
 
-impl std::error::Error for VmrunError {
+impl std::error::Error for HypervisorError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            VmrunError::Spawn { source, .. } => Some(source),
+            HypervisorError::Spawn { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -1,0 +1,202 @@
+//! The server assembled from its settings: every part built and connected, with the
+//! hypervisor given from outside so that the binary passes vmrun and unit tests pass the
+//! in-memory fake. The binary adds the listener, the data-folder lock and the signals.
+
+use std::sync::{Arc, Mutex};
+
+use crate::api::auth::Auth;
+use crate::callback::{self, CallbackSettings};
+use crate::config::Config;
+use crate::guard::Guard;
+use crate::hypervisor::guest_ip::dhcp::LeaseFiles;
+use crate::hypervisor::{running, Hypervisor};
+use crate::image::gold::{GoldCache, GoldSettings};
+use crate::image::gold_locks::GoldLocks;
+use crate::image::{ImageCache, ImageSettings};
+use crate::provision::{self, tasks::Tasks, BootSettings, ProvisionSettings, Provisioner};
+use crate::service::capacity::Limits;
+use crate::service::drain::Drain;
+use crate::service::long_poll::Waiters;
+use crate::service::metrics::Metrics;
+use crate::service::{start_reconciler, Fleet, Reconcile, Service};
+use crate::tls::ClientTrust;
+use crate::vm::VmStore;
+
+pub struct App {
+    pub service: Arc<Service>,
+    pub gold: Arc<GoldCache>,
+    pub guard: Arc<Guard>,
+    pub hypervisor: Arc<dyn Hypervisor>,
+}
+
+/// The settings that read files, checked before anything starts: a typo in a secret's path
+/// must stop the server, not run it open or unsigned.
+pub struct Checked {
+    auth: Auth,
+    guard: Arc<Guard>,
+    callback_secret: Option<Arc<[u8]>>,
+}
+
+pub fn check(config: &Config) -> Result<Checked, String> {
+    let auth = Auth::from_settings(config.token.clone(), config.token_file.clone())
+        .map_err(|e| e.to_string())?;
+    let guard = Arc::new(Guard::new(
+        &config.file_image_dirs,
+        config.callback_allow.clone(),
+        config.strict_vmx,
+    )?);
+    let callback_secret = callback::load_secret(
+        config.callback_secret.as_deref(),
+        config.callback_secret_file.as_deref(),
+    )?;
+    Ok(Checked {
+        auth,
+        guard,
+        callback_secret,
+    })
+}
+
+/// Builds every part; starts the provisioning workers and nothing else (see
+/// [`App::start_background`]).
+pub fn build(
+    config: &Config,
+    checked: Checked,
+    hypervisor: Arc<dyn Hypervisor>,
+    trust: ClientTrust,
+) -> Result<App, String> {
+    let Checked {
+        auth,
+        guard,
+        callback_secret,
+    } = checked;
+    let images = ImageCache::new(ImageSettings {
+        data_dir: config.data_dir.clone(),
+        max_unpacked_bytes: config.max_unpacked_bytes,
+        connect_timeout: config.download_connect_timeout,
+        read_timeout: config.download_read_timeout,
+        max_resumes: config.download_max_resumes,
+        strict_vmx: config.strict_vmx,
+        trust: trust.clone(),
+        min_rate: crate::image::guard::MinRate {
+            bytes_per_sec: config.download_min_rate,
+            window: config.download_min_rate_window,
+        },
+        max_downloads: config.max_downloads,
+    })
+    .map_err(|e| format!("cannot open the image cache: {e}"))?;
+    let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
+        .map_err(|e| format!("cannot open the VM records: {e}"))?;
+    // Folders that did not load are adopted or reported by the first reconcile.
+    drop(unloaded);
+    let store = Arc::new(store);
+    let tasks = Arc::new(Tasks::default());
+    let images = Arc::new(images);
+    let gold_locks = Arc::new(GoldLocks::default());
+    let admission = Arc::new(Mutex::new(()));
+    let metrics = Arc::new(Metrics::new());
+    let gold = Arc::new(GoldCache::new(
+        images.clone(),
+        store.clone(),
+        gold_locks.clone(),
+        admission.clone(),
+        config.data_dir.clone(),
+        GoldSettings {
+            budget: config.cache_budget,
+            min_free_disk: config.min_free_disk,
+        },
+    ));
+    {
+        let (metrics, gold) = (metrics.clone(), gold.clone());
+        images.set_download_hook(Box::new(move |checksum, took, published| {
+            if published {
+                metrics.observe_image_download(took);
+            }
+            gold.download_finished(checksum, published);
+        }));
+    }
+    let provisioner = Arc::new(Provisioner {
+        store: store.clone(),
+        images,
+        hypervisor: hypervisor.clone(),
+        tasks: tasks.clone(),
+        gold_locks,
+        settings: ProvisionSettings {
+            ip_wait_timeout: config.ip_wait_timeout,
+            ip_poll_interval: config.ip_poll_interval,
+            leases: LeaseFiles {
+                isc: Some(config.dhcp_leases.clone()).filter(|p| !p.as_os_str().is_empty()),
+                apple: Some(config.dhcp_leases_apple.clone()).filter(|p| !p.as_os_str().is_empty()),
+            },
+            callback: CallbackSettings {
+                timeout: config.callback_timeout,
+                retries: config.callback_retries,
+                secret: callback_secret,
+                trust,
+            },
+            strict_vmx: config.strict_vmx,
+            boot: BootSettings {
+                timeout: config.boot_timeout,
+                headless_retry_gui: config.headless_retry_gui,
+                keep_failed: config.keep_failed,
+            },
+        },
+        metrics: metrics.clone(),
+        gold: gold.clone(),
+    });
+    let jobs = provision::start_pool(provisioner, config.provision_threads);
+    let drain = Drain::load(&config.data_dir);
+    if let Some(since) = drain.since() {
+        crate::warn!("draining since {since}: new VMs are refused until POST /undrain");
+    }
+    // Each waiter holds an HTTP thread; one is always left for everything else.
+    let max_waiters = config
+        .max_waiters
+        .min(config.http_threads.saturating_sub(1));
+    let fleet = Fleet {
+        data_dir: config.data_dir.clone(),
+        limits: Limits {
+            max_vms: config.max_vms,
+            min_free_disk: config.min_free_disk,
+        },
+        default_ttl: config.default_ttl,
+        drain,
+        auth,
+        metrics,
+        gold: gold.clone(),
+        waiters: Waiters::new(max_waiters),
+        admission,
+        guard: guard.clone(),
+        max_records: config.max_records,
+    };
+    let service = Arc::new(Service::new(store, hypervisor.clone(), tasks, jobs, fleet));
+    Ok(App {
+        service,
+        gold,
+        guard,
+        hypervisor,
+    })
+}
+
+impl App {
+    /// The startup reconcile, then the threads that keep state fresh: the running-set
+    /// refresher, the reconciler, the lease reaper, failed-VM retention, the cache's
+    /// housekeeping.
+    pub fn start_background(&self, config: &Config) {
+        self.service.reconcile(Reconcile::Startup);
+        let hypervisor = self.hypervisor.clone();
+        running::start_refresher(
+            Arc::new(move || {
+                // A failure is logged once by the running set and shown in /healthz.
+                let _ = hypervisor.list_running();
+            }),
+            config.list_interval,
+        );
+        start_reconciler(self.service.clone(), config.reconcile_interval);
+        crate::service::leases::start_reaper(self.service.clone());
+        if let Some(retention) = config.failed_retention {
+            crate::service::retention::start(self.service.clone(), retention);
+        }
+        self.gold.start_housekeeper(config.reconcile_interval);
+        self.gold.request_eviction();
+    }
+}
