@@ -1,4 +1,5 @@
-//! Errors the API answers with: each variant has one HTTP status and one code.
+//! Errors the API answers with: each variant has one HTTP status and one code. The core's
+//! errors ([`crate::service::Error`]) become these here, and only here.
 
 use std::fmt;
 
@@ -208,6 +209,29 @@ impl ApiError {
         Self::InvalidField {
             code,
             message: message.into(),
+        }
+    }
+}
+
+impl From<crate::service::Error> for ApiError {
+    fn from(err: crate::service::Error) -> Self {
+        use crate::service::Error;
+        match err {
+            Error::Invalid { code, message } => Self::InvalidField { code, message },
+            Error::VmNotFound => Self::VmNotFound,
+            Error::VmLogNotFound(id) => Self::VmLogNotFound(id),
+            Error::VmLocked(detail) => Self::VmLocked(detail),
+            Error::HypervisorMissing(detail) => Self::VmrunMissing(detail),
+            Error::DeleteFailed(detail) => Self::VmDeleteError(detail),
+            Error::Internal(detail) => Self::Internal(detail),
+            Error::CapacityExhausted(shortage) => Self::CapacityExhausted(shortage),
+            Error::Draining { since } => Self::Draining { since },
+            Error::VmDeleting => Self::VmDeleting,
+            Error::ImageNotFound => Self::ImageNotFound,
+            Error::ImageInUse(detail) => Self::ImageInUse(detail),
+            Error::TooManyPrewarms { limit } => Self::TooManyPrewarms { limit },
+            Error::IdempotencyKeyReused(fields) => Self::IdempotencyKeyReused(fields),
+            Error::DiskFull(detail) => Self::DiskFull(detail),
         }
     }
 }

@@ -287,9 +287,9 @@ fn answer(
         Route::GetVm(id) => {
             vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
         }
-        Route::VmLog(id) => service
+        Route::VmLog(id) => Ok(service
             .vm_log(id)
-            .map(|(file, length)| Reply::File(file, length)),
+            .map(|(file, length)| Reply::File(file, length))?),
         Route::RenewVm(id) => {
             check_content_type(request)?;
             // `curl -X POST .../renew` sends no body and no length: the VM's own ttl.

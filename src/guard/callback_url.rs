@@ -6,10 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
 use super::Guard;
-use crate::api::error::ApiError;
+use crate::service::Error;
 
-fn refuse(why: String) -> ApiError {
-    ApiError::invalid("invalid-callback-url", why)
+fn refuse(why: String) -> Error {
+    Error::invalid("invalid-callback-url", why)
 }
 
 /// Host and port of an http(s) URL that `create_body` has already checked the shape of.
@@ -57,7 +57,7 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 impl Guard {
-    pub fn check_callback_url(&self, url: &str) -> Result<(), ApiError> {
+    pub fn check_callback_url(&self, url: &str) -> Result<(), Error> {
         let Some((host, port)) = host_port(url) else {
             return Err(refuse(
                 "callback_url has no host and port that can be used".into(),
@@ -102,7 +102,7 @@ impl Guard {
         self.check_allowed(&host, &ips)
     }
 
-    fn check_allowed(&self, host: &str, ips: &[IpAddr]) -> Result<(), ApiError> {
+    fn check_allowed(&self, host: &str, ips: &[IpAddr]) -> Result<(), Error> {
         if self.callback_allow.is_empty() {
             return Ok(());
         }

@@ -3,18 +3,18 @@
 use std::path::Path;
 
 use super::Guard;
-use crate::api::error::ApiError;
 use crate::image::Location;
+use crate::service::Error;
 
 impl Guard {
     /// Refuses a local image outside the allowed folders (after `..` and symlinks are
     /// resolved). The message is the same whether the file exists or not.
-    pub fn check_image_url(&self, url: &str) -> Result<(), ApiError> {
+    pub fn check_image_url(&self, url: &str) -> Result<(), Error> {
         let Ok(Location::File(path)) = Location::parse(url) else {
             return Ok(());
         };
         if self.file_image_dirs.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "invalid-image-url",
                 "file:// image URLs are off on this server: serve the image over http://, or start the server with --file-image-dir DIR (OSX_BUILDER_FILE_IMAGE_DIR) to allow local images under DIR",
             ));
@@ -32,7 +32,7 @@ impl Guard {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
-        Err(ApiError::invalid(
+        Err(Error::invalid(
             "invalid-image-url",
             format!(
                 "image.url names a local file outside the folders --file-image-dir allows ({}); move the image there or add its folder with --file-image-dir",

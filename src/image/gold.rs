@@ -18,12 +18,12 @@ use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
-use crate::api::error::ApiError;
 use crate::hypervisor::dependants::{self, Dependant};
 use crate::image::gold_locks::GoldLocks;
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
 use crate::service::capacity::{self, Limits};
+use crate::service::Error;
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::{VmError, VmStore};
@@ -204,11 +204,11 @@ impl GoldCache {
     }
 
     /// One image, as in [`list`](Self::list).
-    pub fn get(&self, checksum: &str) -> Result<ImageEntry, ApiError> {
+    pub fn get(&self, checksum: &str) -> Result<ImageEntry, Error> {
         self.list()
             .into_iter()
             .find(|entry| entry.checksum == checksum)
-            .ok_or(ApiError::ImageNotFound)
+            .ok_or(Error::ImageNotFound)
     }
 
     /// Bytes taken by the published gold images.
@@ -235,13 +235,13 @@ impl GoldCache {
 
     /// Downloads an image in the background, through the same single flight as creates.
     /// Refused below the free-disk floor, and when [`MAX_PREWARMS`] run already.
-    pub fn prewarm(self: &Arc<Self>, spec: ImageSpec) -> Result<Prewarmed, ApiError> {
+    pub fn prewarm(self: &Arc<Self>, spec: ImageSpec) -> Result<Prewarmed, Error> {
         if let Some(gold) = self.images.lookup(&spec.checksum) {
             // Asking for it is a sign it is wanted: it moves to the back of the eviction queue.
             self.touch(&gold, &spec);
             return Ok(Prewarmed::Ready(self.get(&spec.checksum)?));
         }
-        capacity::check_disk(self.limits(), &self.data_dir).map_err(ApiError::CapacityExhausted)?;
+        capacity::check_disk(self.limits(), &self.data_dir).map_err(Error::CapacityExhausted)?;
         let checksum = spec.checksum.clone();
         {
             let mut prewarms = self.prewarms.lock_unpoisoned();
@@ -252,7 +252,7 @@ impl GoldCache {
             match prewarms.get(&checksum) {
                 Some(Prewarm::Running(_)) => {}
                 _ if running >= MAX_PREWARMS => {
-                    return Err(ApiError::TooManyPrewarms {
+                    return Err(Error::TooManyPrewarms {
                         limit: MAX_PREWARMS,
                     })
                 }
@@ -263,7 +263,7 @@ impl GoldCache {
                         .name(format!("prewarm-{}", &checksum[..12.min(checksum.len())]))
                         .spawn(move || cache.run_prewarm(job))
                         .map_err(|e| {
-                            ApiError::Internal(format!("cannot start a download thread: {e}"))
+                            Error::Internal(format!("cannot start a download thread: {e}"))
                         })?;
                     prewarms.insert(checksum.clone(), Prewarm::Running(spec.clone()));
                     crate::info!("pre-warming gold image {checksum} from {}", spec.url);
@@ -311,9 +311,9 @@ impl GoldCache {
 
     /// `DELETE /images/:checksum`: refused while any VM depends on the image; a download in
     /// progress is cancelled.
-    pub fn remove(&self, checksum: &str) -> Result<(), ApiError> {
+    pub fn remove(&self, checksum: &str) -> Result<(), Error> {
         if !is_any_digest(checksum) {
-            return Err(ApiError::ImageNotFound);
+            return Err(Error::ImageNotFound);
         }
         let retired = {
             let _admission = self.admission.lock_unpoisoned();
@@ -329,7 +329,7 @@ impl GoldCache {
                     // Its waiters (VMs, the pre-warm) fail `image-cancelled`.
                     _ if self.images.cancel_download(checksum) => Ok(()),
                     Some(Prewarm::Running(_)) => Err(downloading(checksum)),
-                    None => Err(ApiError::ImageNotFound),
+                    None => Err(Error::ImageNotFound),
                 };
             }
             if self.images.in_flight().iter().any(|(c, _)| c == checksum) {
@@ -338,12 +338,12 @@ impl GoldCache {
             let users = self.users();
             let dependent = users.dependants(checksum);
             if !dependent.is_empty() {
-                return Err(ApiError::ImageInUse(in_use_message(checksum, &dependent)));
+                return Err(Error::ImageInUse(in_use_message(checksum, &dependent)));
             }
             self.prewarms.lock_unpoisoned().remove(checksum);
             match self.unpublish(checksum)? {
                 Some(retired) => retired,
-                None => return Err(ApiError::ImageNotFound),
+                None => return Err(Error::ImageNotFound),
             }
         };
         let size = size_of(&retired);
@@ -539,13 +539,13 @@ impl GoldCache {
 
     /// Takes the image out under its gold lock (no clone of it is running then, and the
     /// next one makes the base snapshot afresh on a new download).
-    fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, ApiError> {
+    fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, Error> {
         let gold_lock = self.locks.get(checksum);
         let mut state = gold_lock.lock_unpoisoned();
         let retired = self
             .images
             .unpublish(checksum)
-            .map_err(|e| ApiError::Internal(format!("cannot remove gold image {checksum}: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot remove gold image {checksum}: {e}")))?;
         state.snapshot_ready = false;
         Ok(retired)
     }
@@ -660,8 +660,8 @@ fn blank(
     }
 }
 
-fn downloading(checksum: &str) -> ApiError {
-    ApiError::ImageInUse(format!(
+fn downloading(checksum: &str) -> Error {
+    Error::ImageInUse(format!(
         "gold image {checksum} is being downloaded; delete it once GET /images shows it ready"
     ))
 }
@@ -838,10 +838,11 @@ mod tests {
         vm.image = None;
         store.insert(vm).unwrap();
         assert!(gold.evict().is_empty());
+        let code = |err| crate::api::error::ApiError::from(err).code();
         let err = gold.remove(SUMS[0]).unwrap_err();
-        assert_eq!(err.code(), "image-in-use");
+        assert_eq!(code(err), "image-in-use");
         assert_eq!(gold.list().len(), 1);
-        assert_eq!(gold.remove(SUMS[1]).unwrap_err().code(), "image-not-found");
+        assert_eq!(code(gold.remove(SUMS[1]).unwrap_err()), "image-not-found");
         std::fs::remove_dir_all(&data).unwrap();
     }
 

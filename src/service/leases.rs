@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::vm::VmId;
 
-use crate::api::error::ApiError;
+use crate::service::Error;
 use crate::service::Service;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::Vm;
@@ -153,7 +153,7 @@ impl Reaper {
                 crate::info!("vm={id} destroyed: its lease expired");
             }
             Ok(false) => crate::info!("vm={id} was renewed meanwhile; kept"),
-            Err(ApiError::VmNotFound) => {
+            Err(Error::VmNotFound) => {
                 self.retry_at.lock_unpoisoned().remove(&id);
             }
             Err(err) => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::vm::VmId;
 
-use crate::api::error::ApiError;
+use crate::service::Error;
 use crate::vm::{Status, Vm, VmStore};
 
 /// The longest wait; longer asks are shortened to it. Under the idle timeouts of common
@@ -194,13 +194,13 @@ impl Waiters {
         known: Option<&str>,
         wait: Duration,
         progress: bool,
-    ) -> Result<Polled, ApiError> {
+    ) -> Result<Polled, Error> {
         let started = Instant::now();
         let read = || {
             store
                 .json_with_state(id)
                 .map(|(json, state)| (VmTag::of(&json, state), json))
-                .ok_or(ApiError::VmNotFound)
+                .ok_or(Error::VmNotFound)
         };
         let (first_tag, first) = read()?;
         let answer_now = |tag: VmTag, now: Instant| match change(known, first_tag, tag) {
@@ -510,7 +510,7 @@ mod tests {
             waiters
                 .poll(&store, unknown, None, Duration::from_secs(1), false)
                 .err(),
-            Some(ApiError::VmNotFound)
+            Some(Error::VmNotFound)
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

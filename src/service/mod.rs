@@ -4,12 +4,17 @@
 
 pub mod capacity;
 pub mod drain;
+mod error;
 pub mod health;
 pub mod leases;
 pub mod long_poll;
 pub mod metrics;
 pub mod reconcile;
 pub mod retention;
+#[cfg(test)]
+mod tests;
+
+pub use error::Error;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,7 +26,6 @@ use crate::vm::VmId;
 use crossbeam_channel::Sender;
 
 use crate::api::auth::Auth;
-use crate::api::error::ApiError;
 use crate::hypervisor::{Hypervisor, HypervisorError};
 use crate::image::gold::GoldCache;
 use crate::provision::tasks::{Task, Tasks};
@@ -122,10 +126,10 @@ impl Service {
     /// returns that VM instead (`Created::Existing`): a coordinator that lost the answer to
     /// its POST can retry without leaking a second VM. A new VM is refused while draining
     /// or over capacity, before anything is recorded or downloaded.
-    pub fn create(&self, request: CreateVm) -> Result<Created, ApiError> {
+    pub fn create(&self, request: CreateVm) -> Result<Created, Error> {
         self.hypervisor
             .check_available()
-            .map_err(|e| ApiError::VmrunMissing(e.to_string()))?;
+            .map_err(|e| Error::HypervisorMissing(e.to_string()))?;
         let vm = match self.admit(request)? {
             Admitted::Existing(json) => return Ok(Created::Existing(json)),
             Admitted::New(vm) => *vm,
@@ -150,26 +154,26 @@ impl Service {
         crate::info!("vm={id} created");
         self.jobs
             .send(Job::Provision(id))
-            .map_err(|_| ApiError::Internal("the provisioning pool has stopped".into()))?;
+            .map_err(|_| Error::Internal("the provisioning pool has stopped".into()))?;
         Ok(Created::New(json))
     }
 
     /// The decisions of a create, under `creating`: the idempotency key, the limits, drain.
     /// An admitted VM holds its place in `recording` until it is recorded or refused.
-    fn admit(&self, request: CreateVm) -> Result<Admitted, ApiError> {
+    fn admit(&self, request: CreateVm) -> Result<Admitted, Error> {
         let mut creating = self.lock_creating();
         if let Some(key) = &request.name {
             loop {
                 if let Some(vm) = self.store.find_by_name(key) {
                     let differ = crate::guard::idempotency::differing_fields(&vm, &request);
                     if !differ.is_empty() {
-                        return Err(ApiError::IdempotencyKeyReused(differ));
+                        return Err(Error::IdempotencyKeyReused(differ));
                     }
                     return self
                         .store
                         .json(vm.id)
                         .map(Admitted::Existing)
-                        .ok_or(ApiError::VmNotFound);
+                        .ok_or(Error::VmNotFound);
                 }
                 let first = self
                     .recording()
@@ -179,7 +183,7 @@ impl Service {
                 let Some(first) = first else { break };
                 let differ = crate::guard::idempotency::differing_fields(&first, &request);
                 if !differ.is_empty() {
-                    return Err(ApiError::IdempotencyKeyReused(differ));
+                    return Err(Error::IdempotencyKeyReused(differ));
                 }
                 // The first create with this key is still being recorded: its answer is
                 // this one's once it is durable (or, if its write fails, this one tries).
@@ -197,10 +201,10 @@ impl Service {
                 limit: self.fleet.max_records,
             };
             crate::info!("create refused: {shortage}");
-            return Err(ApiError::CapacityExhausted(shortage));
+            return Err(Error::CapacityExhausted(shortage));
         }
         if let Some(since) = self.fleet.drain.since() {
-            return Err(ApiError::Draining { since });
+            return Err(Error::Draining { since });
         }
         let admitted = capacity::check(
             self.fleet.limits,
@@ -215,7 +219,7 @@ impl Service {
                 self.fleet.gold.request_eviction();
             }
             crate::info!("create refused: {shortage}");
-            return Err(ApiError::CapacityExhausted(shortage));
+            return Err(Error::CapacityExhausted(shortage));
         }
         let ttl = request.ttl.or(self.fleet.default_ttl);
         let now = crate::sys::log::rfc3339_now();
@@ -275,21 +279,21 @@ impl Service {
     }
 
     /// The VM's `vmware.log`, opened, with its length.
-    pub fn vm_log(&self, id: VmId) -> Result<(std::fs::File, u64), ApiError> {
+    pub fn vm_log(&self, id: VmId) -> Result<(std::fs::File, u64), Error> {
         if self.store.get(id).is_none() {
-            return Err(ApiError::VmNotFound);
+            return Err(Error::VmNotFound);
         }
         match crate::hypervisor::vmware_log::open(&self.store.vm_dir(id)) {
             Ok(Some(opened)) => Ok(opened),
-            Ok(None) => Err(ApiError::VmLogNotFound(id)),
-            Err(err) => Err(ApiError::Internal(format!(
+            Ok(None) => Err(Error::VmLogNotFound(id)),
+            Err(err) => Err(Error::Internal(format!(
                 "cannot read the vmware.log of VM {id}: {err}"
             ))),
         }
     }
 
-    pub fn get(&self, id: VmId) -> Result<Arc<[u8]>, ApiError> {
-        self.store.json(id).ok_or(ApiError::VmNotFound)
+    pub fn get(&self, id: VmId) -> Result<Arc<[u8]>, Error> {
+        self.store.json(id).ok_or(Error::VmNotFound)
     }
 
     pub fn list(&self) -> Vec<Arc<[u8]>> {
@@ -308,9 +312,9 @@ impl Service {
 
     /// Cancels provisioning, powers the VM off, has vmrun delete its files, removes its
     /// folder. Returns once all that is done.
-    pub fn delete(&self, id: VmId) -> Result<(), ApiError> {
+    pub fn delete(&self, id: VmId) -> Result<(), Error> {
         if self.store.get(id).is_none() {
-            return Err(ApiError::VmNotFound);
+            return Err(Error::VmNotFound);
         }
         let task = self.tasks.get(id);
         task.cancel.cancel();
@@ -321,9 +325,9 @@ impl Service {
     /// is taken; `Ok(false)` when a renew came first. The decision (setting the VM's cancel
     /// flag) is made under the record's lock, as a renew's check of that flag is, so a
     /// renew and a reap never both succeed.
-    pub fn reap(&self, id: VmId, now_ms: i64) -> Result<bool, ApiError> {
+    pub fn reap(&self, id: VmId, now_ms: i64) -> Result<bool, Error> {
         if self.store.get(id).is_none() {
-            return Err(ApiError::VmNotFound);
+            return Err(Error::VmNotFound);
         }
         let task = self.tasks.get(id);
         let mut claimed = false;
@@ -334,7 +338,7 @@ impl Service {
                     claimed = true;
                 }
             })
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         if !claimed {
             return Ok(false);
         }
@@ -353,10 +357,10 @@ impl Service {
 
     /// Extends the VM's lease to `ttl` seconds from now: the `ttl` given, else the VM's own,
     /// else the default. A VM without a lease gets one.
-    pub fn renew(&self, id: VmId, ttl: Option<u64>) -> Result<Arc<[u8]>, ApiError> {
-        let vm = self.store.get(id).ok_or(ApiError::VmNotFound)?;
+    pub fn renew(&self, id: VmId, ttl: Option<u64>) -> Result<Arc<[u8]>, Error> {
+        let vm = self.store.get(id).ok_or(Error::VmNotFound)?;
         let ttl = ttl.or(vm.ttl).or(self.fleet.default_ttl).ok_or_else(|| {
-            ApiError::invalid(
+            Error::invalid(
                 "invalid-ttl",
                 "this VM has no lease and the server no --default-ttl: send {\"ttl\": <seconds>}",
             )
@@ -375,15 +379,15 @@ impl Service {
                 }
             })
             .map_err(|e| store_error("the lease could not be recorded", e))?
-            .ok_or(ApiError::VmNotFound)?;
+            .ok_or(Error::VmNotFound)?;
         if deleting {
-            return Err(ApiError::VmDeleting);
+            return Err(Error::VmDeleting);
         }
         crate::info!(
             "vm={id} lease renewed for {ttl} s, until {}",
             renewed.expires_at.unwrap_or_default()
         );
-        self.store.json(id).ok_or(ApiError::VmNotFound)
+        self.store.json(id).ok_or(Error::VmNotFound)
     }
 
     /// `GET /vms/:id?wait=`: see [`Waiters::poll`].
@@ -393,7 +397,7 @@ impl Service {
         known: Option<&str>,
         wait: Duration,
         progress: bool,
-    ) -> Result<crate::service::long_poll::Polled, ApiError> {
+    ) -> Result<crate::service::long_poll::Polled, Error> {
         self.fleet
             .waiters
             .poll(&self.store, id, known, wait, progress)
@@ -433,11 +437,11 @@ impl Service {
     }
 
     /// Powers off and removes a VM whose cancel flag is set; waits for its worker first.
-    fn destroy(&self, id: VmId, task: &Task) -> Result<(), ApiError> {
+    fn destroy(&self, id: VmId, task: &Task) -> Result<(), Error> {
         let _busy = task.lock();
         let Some(before) = self.store.get(id) else {
             // Another DELETE finished first.
-            return Err(ApiError::VmNotFound);
+            return Err(Error::VmNotFound);
         };
         crate::info!("vm={id} deleting");
         self.update(id, |vm| vm.progress.phase = Phase::Deleting);
@@ -460,13 +464,13 @@ impl Service {
         }
         self.store
             .remove(id)
-            .map_err(|e| ApiError::VmDeleteError(format!("the VM's files are gone but {e}")))?;
+            .map_err(|e| Error::DeleteFailed(format!("the VM's files are gone but {e}")))?;
         self.tasks.forget(id);
         crate::info!("vm={id} deleted");
         Ok(())
     }
 
-    fn destroy_files(&self, id: VmId) -> Result<(), ApiError> {
+    fn destroy_files(&self, id: VmId) -> Result<(), Error> {
         let vmx = self.store.vmx_path(id);
         // vmrun knows a running VM by its path even when its VMX was removed behind our
         // back: always ask it to stop, or such a VM would run on with no record.
@@ -846,11 +850,11 @@ fn interrupted_message(phase: Phase) -> String {
 }
 
 /// A full disk is the operator's to fix (507 `disk-full`), anything else is ours.
-fn store_error(what: &str, e: crate::vm::store::StoreError) -> ApiError {
+fn store_error(what: &str, e: crate::vm::store::StoreError) -> Error {
     if e.code() == "disk-full" {
-        ApiError::DiskFull(format!("{what}: {e}"))
+        Error::DiskFull(format!("{what}: {e}"))
     } else {
-        ApiError::Internal(format!("{what}: {e}"))
+        Error::Internal(format!("{what}: {e}"))
     }
 }
 /// `deleteVM` retries while VMware still holds a VM it just powered off (about a minute).
@@ -864,11 +868,11 @@ fn tolerate_unopenable(err: HypervisorError) -> Result<(), HypervisorError> {
     }
 }
 
-fn delete_error(err: HypervisorError) -> ApiError {
+fn delete_error(err: HypervisorError) -> Error {
     match err {
-        HypervisorError::VmLocked { .. } => ApiError::VmLocked(err.to_string()),
-        HypervisorError::NotFound { .. } => ApiError::VmrunMissing(err.to_string()),
-        other => ApiError::VmDeleteError(other.to_string()),
+        HypervisorError::VmLocked { .. } => Error::VmLocked(err.to_string()),
+        HypervisorError::NotFound { .. } => Error::HypervisorMissing(err.to_string()),
+        other => Error::DeleteFailed(other.to_string()),
     }
 }
 
