@@ -18,7 +18,8 @@ use crate::service::capacity::Limits;
 use crate::service::drain::Drain;
 use crate::service::long_poll::Waiters;
 use crate::service::metrics::Metrics;
-use crate::service::{start_reconciler, Fleet, Reconcile, Service};
+use crate::service::reconcile::{start_reconciler, Reconcile};
+use crate::service::{Fleet, Service};
 use crate::tls::ClientTrust;
 use crate::vm::VmStore;
 
@@ -192,7 +193,7 @@ impl App {
             config.list_interval,
         );
         start_reconciler(self.service.clone(), config.reconcile_interval);
-        crate::service::leases::start_reaper(self.service.clone());
+        crate::service::reaper::start(self.service.clone());
         if let Some(retention) = config.failed_retention {
             crate::service::retention::start(self.service.clone(), retention);
         }

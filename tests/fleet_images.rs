@@ -37,7 +37,7 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
     assert!(image["size_bytes"].as_u64().unwrap() > 0, "{image}");
     let last_used = image["last_used"].as_str().unwrap();
     assert!(
-        osx_builder::service::leases::parse_rfc3339_ms(last_used).is_some(),
+        osx_builder::sys::time::parse_rfc3339_ms(last_used).is_some(),
         "{image}"
     );
     let one = call(

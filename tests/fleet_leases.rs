@@ -7,7 +7,7 @@ mod fleet_support;
 use std::time::{Duration, Instant};
 
 use fleet_support::{call, eventually, options, World};
-use osx_builder::service::leases::parse_rfc3339_ms;
+use osx_builder::sys::time::parse_rfc3339_ms;
 use serde_json::{json, Value};
 
 fn ms(value: &Value) -> i64 {

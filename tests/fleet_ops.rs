@@ -385,7 +385,7 @@ fn log_lines_name_the_vm() {
         let mut parts = line.split_whitespace();
         let time = parts.next().unwrap();
         assert!(
-            osx_builder::service::leases::parse_rfc3339_ms(time).is_some(),
+            osx_builder::sys::time::parse_rfc3339_ms(time).is_some(),
             "{line}"
         );
         assert!(

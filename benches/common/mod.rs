@@ -281,7 +281,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let id = VmId::new();
-        let created = osx_builder::sys::log::rfc3339(1_795_539_600 + i as i64, 0);
+        let created = osx_builder::sys::time::rfc3339(1_795_539_600 + i as i64, 0);
         let vm = Vm {
             id,
             image: Some(ImageSpec {

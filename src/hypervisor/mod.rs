@@ -11,6 +11,7 @@ pub mod dependants;
 mod error;
 pub mod fake;
 pub mod guest_ip;
+pub mod locks;
 pub mod running;
 pub mod vmrun;
 pub mod vmware_log;

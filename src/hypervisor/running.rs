@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::service::reconcile::canonical;
+use crate::hypervisor::locks::canonical;
 use crate::sys::sync::LockUnpoisoned;
 
 #[derive(Debug, Default)]

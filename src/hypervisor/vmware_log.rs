@@ -80,7 +80,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "osxb-vmware-log-{tag}-{}-{}",
             std::process::id(),
-            crate::service::leases::now_ms()
+            crate::sys::time::now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

@@ -225,7 +225,7 @@ impl GoldCache {
         let written = update_usage(&gold.dir, |usage| {
             usage.url = Some(spec.url.clone());
             usage.checksum_type = Some(spec.checksum_type.as_str().to_string());
-            usage.last_used = Some(crate::sys::log::rfc3339_now());
+            usage.last_used = Some(crate::sys::time::rfc3339_now());
         });
         if let Err(err) = written {
             // Only the eviction order suffers: the folder's time stands in.
@@ -606,7 +606,7 @@ impl GoldCache {
             file_count: usage.file_count,
             last_used: usage.last_used.or_else(|| {
                 let ms = last_used_ms(&dir);
-                (ms > 0).then(|| crate::sys::log::rfc3339(ms / 1000, (ms % 1000) as u32))
+                (ms > 0).then(|| crate::sys::time::rfc3339(ms / 1000, (ms % 1000) as u32))
             }),
             ..blank(checksum, "ready", None, users)
         }
@@ -702,7 +702,7 @@ fn last_used_ms(dir: &Path) -> i64 {
     if let Some(ms) = read_usage(dir)
         .last_used
         .as_deref()
-        .and_then(crate::service::leases::parse_rfc3339_ms)
+        .and_then(crate::sys::time::parse_rfc3339_ms)
     {
         return ms;
     }

@@ -63,7 +63,7 @@ impl Provisioner {
         let lease_end = match kept {
             Some(Kept::BySetting(length)) => {
                 let ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
-                Some(crate::service::leases::now_ms().saturating_add(ms))
+                Some(crate::sys::time::now_ms().saturating_add(ms))
             }
             _ => None,
         };
@@ -84,9 +84,9 @@ impl Provisioner {
                 let current = vm
                     .expires_at
                     .as_deref()
-                    .and_then(crate::service::leases::parse_rfc3339_ms);
+                    .and_then(crate::sys::time::parse_rfc3339_ms);
                 if current.is_none_or(|at| end < at) {
-                    vm.expires_at = Some(crate::sys::log::rfc3339(
+                    vm.expires_at = Some(crate::sys::time::rfc3339(
                         end.div_euclid(1000),
                         end.rem_euclid(1000) as u32,
                     ));

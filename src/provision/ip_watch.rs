@@ -231,8 +231,8 @@ impl Provisioner {
     /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
     /// nothing, so the watch goes on.
     fn confirmed_off(&self, vmx: &Path) -> bool {
-        crate::service::reconcile::running_set(self.hypervisor.as_ref())
-            .is_some_and(|set| !set.contains(&crate::service::reconcile::canonical(vmx)))
+        crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
+            .is_some_and(|set| !set.contains(&crate::hypervisor::locks::canonical(vmx)))
     }
 }
 

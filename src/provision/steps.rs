@@ -222,12 +222,12 @@ impl Provisioner {
             vm.guest_os = guest_os;
             vm.progress.phase = Phase::Starting;
         });
-        crate::service::reconcile::remove_stale_locks(self.hypervisor.as_ref(), &vmx_path);
+        crate::hypervisor::locks::remove_stale_locks(self.hypervisor.as_ref(), &vmx_path);
         if let Err(err) = self.hypervisor.start(&vmx_path, vm.headless, cancel) {
             // `Cannot connect to the virtual machine` has come while the VM did start: only
             // `list` tells, and a running VM behind a failed record would hold a place.
-            let runs = crate::service::reconcile::running_set(self.hypervisor.as_ref())
-                .map(|set| set.contains(&crate::service::reconcile::canonical(&vmx_path)));
+            let runs = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
+                .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx_path)));
             match (&err, runs) {
                 (HypervisorError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {

@@ -132,7 +132,6 @@ pub fn check_disk(limits: Limits, data_dir: &Path) -> Result<(), Shortage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::reconcile;
     use crate::vm::model::tests::sample;
     use crate::vm::VmId;
 
@@ -160,8 +159,8 @@ mod tests {
         // The running VM of ours is not counted twice; the failed one that still runs and
         // a stranger's VM are.
         let running: HashSet<PathBuf> = [
-            reconcile::canonical(&store.vmx_path(ids[1])),
-            reconcile::canonical(&store.vmx_path(ids[3])),
+            crate::hypervisor::locks::canonical(&store.vmx_path(ids[1])),
+            crate::hypervisor::locks::canonical(&store.vmx_path(ids[3])),
             PathBuf::from("/Users/someone/Virtual Machines/other.vmx"),
         ]
         .into();

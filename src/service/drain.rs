@@ -27,7 +27,7 @@ impl Drain {
             Ok(text) => {
                 let since = text.trim().to_string();
                 Some(if since.is_empty() {
-                    crate::sys::log::rfc3339_now()
+                    crate::sys::time::rfc3339_now()
                 } else {
                     since
                 })
@@ -37,7 +37,7 @@ impl Drain {
                 // Refusing creates on a marker we cannot read is the safe side of a
                 // maintenance someone started.
                 crate::warn!("cannot read {}: {e}; draining", marker.display());
-                Some(crate::sys::log::rfc3339_now())
+                Some(crate::sys::time::rfc3339_now())
             }
         };
         Self {
@@ -62,7 +62,7 @@ impl Drain {
         if let Some(since) = since.as_ref() {
             return Ok(since.clone());
         }
-        let now = crate::sys::log::rfc3339_now();
+        let now = crate::sys::time::rfc3339_now();
         crate::sys::fsutil::write_atomic(&self.marker, format!("{now}\n").as_bytes())?;
         *since = Some(now.clone());
         Ok(now)

@@ -2,6 +2,7 @@
 //! answer from memory, deletes wait for the VM to be gone; `recover` makes the records agree
 //! with the disk and with vmrun after a restart.
 
+mod adopt;
 pub mod capacity;
 pub mod drain;
 mod error;
@@ -9,6 +10,7 @@ pub mod health;
 pub mod leases;
 pub mod long_poll;
 pub mod metrics;
+pub mod reaper;
 pub mod reconcile;
 pub mod retention;
 #[cfg(test)]
@@ -17,10 +19,10 @@ mod tests;
 pub use error::Error;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::vm::VmId;
 use crossbeam_channel::Sender;
@@ -32,7 +34,7 @@ use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::labels::VmFilter;
-use crate::vm::store::{Durability, RECORD_FILE};
+use crate::vm::store::Durability;
 use crate::vm::CreateVm;
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use capacity::Limits;
@@ -89,12 +91,6 @@ pub enum Created {
     New(Arc<[u8]>),
     /// The idempotency key named a VM that exists: this is its object.
     Existing(Arc<[u8]>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reconcile {
-    Startup,
-    Periodic,
 }
 
 impl Service {
@@ -222,7 +218,7 @@ impl Service {
             return Err(Error::CapacityExhausted(shortage));
         }
         let ttl = request.ttl.or(self.fleet.default_ttl);
-        let now = crate::sys::log::rfc3339_now();
+        let now = crate::sys::time::rfc3339_now();
         let id = VmId::new();
         let guestinfo_keys = request.guestinfo.keys();
         if !request.guestinfo.is_empty() {
@@ -246,7 +242,7 @@ impl Service {
             created_at: now.clone(),
             updated_at: now,
             ttl,
-            expires_at: ttl.map(|ttl| leases::expiry(leases::now_ms(), ttl)),
+            expires_at: ttl.map(|ttl| leases::expiry(crate::sys::time::now_ms(), ttl)),
             vmx_removed: Vec::new(),
             labels: request.labels,
             guestinfo_keys,
@@ -273,7 +269,9 @@ impl Service {
             .records()
             .into_iter()
             .filter(|vm| vm.status == Status::Failed && vm.progress.phase != Phase::Deleting)
-            .filter(|vm| leases::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms))
+            .filter(|vm| {
+                crate::sys::time::parse_rfc3339_ms(&vm.updated_at).is_some_and(|t| t < cutoff_ms)
+            })
             .map(|vm| vm.id)
             .collect()
     }
@@ -366,7 +364,7 @@ impl Service {
             )
         })?;
         let task = self.tasks.get(id);
-        let now = leases::now_ms();
+        let now = crate::sys::time::now_ms();
         let mut deleting = false;
         let renewed = self
             .store
@@ -448,9 +446,9 @@ impl Service {
         if let Err(err) = self.destroy_files(id) {
             // The VM is still there: show it as it was, not half-deleted, but powered on or
             // off as it now is: the stop may have gone through before deleteVM failed.
-            let vmx = reconcile::canonical(&self.store.vmx_path(id));
-            let running =
-                reconcile::running_set(self.hypervisor.as_ref()).map(|set| set.contains(&vmx));
+            let vmx = crate::hypervisor::locks::canonical(&self.store.vmx_path(id));
+            let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
+                .map(|set| set.contains(&vmx));
             self.update_or_remember(id, |vm| {
                 vm.progress.phase = before.progress.phase;
                 match (vm.status, running) {
@@ -490,8 +488,10 @@ impl Service {
                 Ok(()) => return Ok(()),
                 // Still listed as running: the stop did not take, and waiting will not help.
                 Err(err @ HypervisorError::AlreadyRunning { .. })
-                    if reconcile::running_set(self.hypervisor.as_ref())
-                        .is_none_or(|set| set.contains(&reconcile::canonical(&vmx))) =>
+                    if crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
+                        .is_none_or(|set| {
+                            set.contains(&crate::hypervisor::locks::canonical(&vmx))
+                        }) =>
                 {
                     return Err(delete_error(err));
                 }
@@ -504,307 +504,6 @@ impl Service {
                 Err(err) => return tolerate_unopenable(err).map_err(delete_error),
             }
         }
-    }
-
-    /// Brings the records in line with the machine. At start (`Startup`), also deals with
-    /// what a stop left half done: provisioning that was interrupted is reported (not
-    /// silently retried), a VM waiting for its IP is watched again, an acknowledged delete is
-    /// finished, stale VMware locks are removed. Every time: one `vmrun list` updates
-    /// running/stopped, a record whose folder vanished is failed, a VM folder no record
-    /// knows is adopted or reported.
-    pub fn reconcile(self: &Arc<Self>, when: Reconcile) {
-        let running = reconcile::running_set(self.hypervisor.as_ref());
-        for id in self.store.ids() {
-            if self.tasks.is_busy(id) {
-                continue;
-            }
-            let Some(mut vm) = self.store.get(id) else {
-                continue;
-            };
-            let vmx = self.store.vmx_path(id);
-            let runs = running
-                .as_ref()
-                .map(|set| set.contains(&reconcile::canonical(&vmx)));
-            if when == Reconcile::Startup {
-                if let Some(deadline) = self.start_in_flight_until(&vm, runs) {
-                    // Its locks are the start's own, and whether it runs is not known yet.
-                    self.wait_out_start(id, deadline);
-                    continue;
-                }
-                // First, before any recovery runs vmrun against the VM: locks VMware left
-                // when it died with the host make start and deleteVM answer "in use", and a
-                // VM interrupted mid-provisioning or mid-delete has them as much as any.
-                if let (Some(false), Some(running)) = (runs, &running) {
-                    reconcile::remove_locks_in(&self.store.vm_dir(id), running);
-                }
-                self.recover_interrupted(&vm, runs);
-                match self.store.get(id) {
-                    Some(now) => vm = now,
-                    None => continue,
-                }
-            }
-            if vm.progress.phase == Phase::Deleting || vm.status == Status::Provisioning {
-                continue;
-            }
-            let has_vm = matches!(vm.status, Status::Running | Status::Stopped);
-            if has_vm && !vmx.exists() {
-                if vm.error.is_none() {
-                    self.files_missing(id, &vmx);
-                }
-                continue;
-            }
-            let Some(is_running) = runs else { continue };
-            match (vm.status, is_running) {
-                (Status::Running, false) => {
-                    crate::warn!("vm={id} is no longer running");
-                    self.update(id, |vm| vm.status = Status::Stopped);
-                }
-                (Status::Stopped, true) => {
-                    crate::info!("vm={id} is running again");
-                    self.update(id, |vm| vm.status = Status::Running);
-                }
-                (Status::Failed, true) => self.failed_but_running(&vm, &vmx),
-                _ => {}
-            }
-        }
-        self.adopt_orphans(running.as_ref());
-        if when == Reconcile::Startup {
-            crate::info!("recovered {} VMs", self.store.len());
-        }
-    }
-
-    /// Someone removed the VM's files (Fusion's "Move to Trash", a clean-up script). The
-    /// record says so until the VM is deleted; if the whole folder went, the record went
-    /// with it and the change lives in memory only.
-    fn files_missing(&self, id: VmId, vmx: &Path) {
-        crate::warn!("vm={id} its VMX {} is gone", vmx.display());
-        let durability = if self.store.vm_dir(id).exists() {
-            Durability::Disk
-        } else {
-            Durability::MemoryOnly
-        };
-        let message = format!(
-            "the VM's files are gone ({} is missing): someone removed them outside osx-builder; delete this VM",
-            vmx.display()
-        );
-        if let Err(err) = self
-            .store
-            .update(id, durability, |vm| vm.fail("files-missing", message))
-        {
-            crate::error!("vm={id} {err}");
-        }
-    }
-
-    /// `runs`: whether `vmrun list` shows the VM running (`None`: vmrun could not tell).
-    fn recover_interrupted(self: &Arc<Self>, vm: &Vm, runs: Option<bool>) {
-        let id = vm.id;
-        if vm.progress.phase == Phase::Deleting {
-            let service = self.clone();
-            thread::spawn(move || {
-                if let Err(err) = service.delete(id) {
-                    crate::warn!("vm={id} finishing an interrupted delete failed: {err}");
-                }
-            });
-        } else if vm.status == Status::Provisioning
-            && runs == Some(true)
-            && vm.progress.phase == Phase::Starting
-        {
-            // vmrun outlived the server and the start went through: the VM is configured
-            // and runs, so it is running (not a failed VM that runs unseen) and its IP is
-            // watched as if the server had never stopped.
-            crate::warn!("vm={id} was interrupted at step starting but runs; watching for its IP");
-            self.update(id, |vm| {
-                vm.status = Status::Running;
-                vm.progress.phase = Phase::WaitingForIp;
-            });
-            let _ = self.jobs.send(Job::WatchIp(id));
-        } else if vm.status == Status::Provisioning {
-            let phase = vm.progress.phase;
-            crate::warn!(
-                "vm={id} provisioning was interrupted at step {}",
-                phase.as_str()
-            );
-            self.update(id, |vm| vm.fail(INTERRUPTED, interrupted_message(phase)));
-        } else if vm.status == Status::Running
-            && vm.progress.phase == Phase::WaitingForIp
-            && runs != Some(false)
-        {
-            // Not when it was powered off meanwhile: the IP query would fail the VM, which
-            // the reconcile shows as stopped instead.
-            let _ = self.jobs.send(Job::WatchIp(id));
-        }
-    }
-
-    /// When a VM's record says its `vmrun start` was under way at the stop and vmrun does
-    /// not list it running: until when that start, outliving the server, may still run (the
-    /// record was written just before the start began; vmrun kills it at its timeout).
-    fn start_in_flight_until(&self, vm: &Vm, runs: Option<bool>) -> Option<Instant> {
-        if vm.status != Status::Provisioning
-            || vm.progress.phase != Phase::Starting
-            || runs == Some(true)
-        {
-            return None;
-        }
-        let began_ms = leases::parse_rfc3339_ms(&vm.updated_at)?;
-        let timeout = self.hypervisor.start_timeout() + START_GRACE;
-        let left_ms = began_ms + timeout.as_millis() as i64 - leases::now_ms();
-        (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
-    }
-
-    /// Watches a start that may still be in flight until vmrun lists the VM (then it runs
-    /// and is watched for its IP, as if the server had never stopped) or the start's time
-    /// is up (then it failed: its locks are stale and go, and the VM is `interrupted`).
-    /// Holds the VM's task meanwhile: the reconcile leaves it alone, a DELETE takes over.
-    fn wait_out_start(self: &Arc<Self>, id: VmId, deadline: Instant) {
-        let service = self.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("start-wait-{id}"))
-            .spawn(move || service.await_start(id, deadline));
-        if let Err(err) = spawned {
-            crate::error!("vm={id} cannot wait for its start: {err}");
-        }
-    }
-
-    fn await_start(&self, id: VmId, deadline: Instant) {
-        let task = self.tasks.get(id);
-        let busy = task.lock();
-        let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
-        crate::warn!(
-            "vm={id} was at step starting when the server stopped and vmrun does not list it yet: waiting up to {secs} s for its start to end"
-        );
-        let vmx = self.store.vmx_path(id);
-        let running = loop {
-            if task.cancel.is_cancelled() || self.store.get(id).is_none() {
-                return;
-            }
-            let running = reconcile::running_set(self.hypervisor.as_ref());
-            if let Some(set) = &running {
-                if set.contains(&reconcile::canonical(&vmx)) {
-                    crate::warn!(
-                        "vm={id} its interrupted start went through: running, watching for its IP"
-                    );
-                    self.update(id, |vm| {
-                        vm.status = Status::Running;
-                        vm.progress.phase = Phase::WaitingForIp;
-                    });
-                    drop(busy);
-                    let _ = self.jobs.send(Job::WatchIp(id));
-                    return;
-                }
-            }
-            if Instant::now() >= deadline {
-                break running;
-            }
-            thread::sleep(START_POLL);
-        };
-        if let Some(running) = &running {
-            reconcile::remove_locks_in(&self.store.vm_dir(id), running);
-        }
-        crate::warn!("vm={id} provisioning was interrupted at step starting and it never ran");
-        self.update(id, |vm| {
-            vm.fail(INTERRUPTED, interrupted_message(Phase::Starting))
-        });
-    }
-
-    /// vmrun runs a VM whose record says it failed. A start that a stop of the server cut
-    /// short and that went through after all is ours: the VM is running again. Anything
-    /// else is stopped: a failed VM must not run on unseen, holding a slot and memory.
-    fn failed_but_running(&self, vm: &Vm, vmx: &Path) {
-        let id = vm.id;
-        let interrupted_start = vm.error.as_ref().is_some_and(|e| {
-            e.code == INTERRUPTED && e.message == interrupted_message(Phase::Starting)
-        });
-        if interrupted_start {
-            crate::warn!("vm={id} failed as interrupted at step starting, but runs: its start went through; running, watching for its IP");
-            self.update(id, |vm| {
-                vm.status = Status::Running;
-                vm.progress.phase = Phase::WaitingForIp;
-                vm.error = None;
-            });
-            let _ = self.jobs.send(Job::WatchIp(id));
-            return;
-        }
-        if vm.keep {
-            // Kept on purpose (`?keep=true`, `--keep-failed`): someone is to look at it.
-            return;
-        }
-        let task = self.tasks.get(id);
-        let _busy = task.lock();
-        let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
-        crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
-        match self
-            .hypervisor
-            .stop(vmx, true, &crate::sys::cancel::Cancel::new())
-        {
-            Ok(()) => crate::info!("vm={id} stopped"),
-            Err(err) => crate::warn!("vm={id} failed and still runs: stop hard failed: {err}"),
-        }
-    }
-
-    /// Folders in `vms/` without a record: adopted when they hold `<id>.vmx`, otherwise
-    /// reported once. Never deleted: they may be someone's work.
-    fn adopt_orphans(&self, running: Option<&HashSet<PathBuf>>) {
-        let Ok(entries) = std::fs::read_dir(self.store.root()) else {
-            return;
-        };
-        // A create's folder appears before its map entry: under this lock such a folder's
-        // VM is in `recording` until the store has it.
-        let _creating = self.lock_creating();
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            // A delete on its way out (creates hold `creating`, as this does).
-            if !dir.is_dir() || crate::vm::store::is_transient(&entry.file_name()) {
-                continue;
-            }
-            let id = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(VmId::parse);
-            // Checked now, not from a list taken before: a create may have just added it.
-            if id.is_some_and(|id| {
-                self.store.get(id).is_some() || self.recording().contains_key(&id)
-            }) {
-                continue;
-            }
-            if dir.join(RECORD_FILE).exists() {
-                if !self.already_reported(&dir) {
-                    crate::warn!(
-                        "left alone: {} (its {RECORD_FILE} is not a valid record); fix or remove it by hand",
-                        dir.display()
-                    );
-                }
-                continue;
-            }
-            match reconcile::adopt(&dir, running) {
-                Ok(vm) => {
-                    let id = vm.id;
-                    let watch = vm.progress.phase == Phase::WaitingForIp;
-                    match self.store.insert(vm) {
-                        Ok(_) => {
-                            crate::info!("vm={id} adopted from {}", dir.display());
-                            if watch {
-                                let _ = self.jobs.send(Job::WatchIp(id));
-                            }
-                        }
-                        Err(err) => crate::error!("vm={id} cannot adopt: {err}"),
-                    }
-                }
-                Err(reason) => {
-                    if !self.already_reported(&dir) {
-                        crate::warn!(
-                            "left alone: {} ({reason}); remove it by hand if it is not a VM you need",
-                            dir.display()
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// True if `dir` was reported before; remembers it otherwise.
-    fn already_reported(&self, dir: &Path) -> bool {
-        let mut reported = self.reported.lock_unpoisoned();
-        !reported.insert(dir.to_path_buf())
     }
 
     /// As `update`, but a record that cannot be written (read-only or damaged folder) is
@@ -837,18 +536,6 @@ impl Service {
     }
 }
 
-const INTERRUPTED: &str = "interrupted";
-/// Past the start timeout: vmrun's deadline kills the call a moment after it expires.
-const START_GRACE: Duration = Duration::from_secs(2);
-const START_POLL: Duration = Duration::from_millis(250);
-
-fn interrupted_message(phase: Phase) -> String {
-    format!(
-        "the server stopped while this VM was at step {}; delete it and create another",
-        phase.as_str()
-    )
-}
-
 /// A full disk is the operator's to fix (507 `disk-full`), anything else is ours.
 fn store_error(what: &str, e: crate::vm::store::StoreError) -> Error {
     if e.code() == "disk-full" {
@@ -873,18 +560,5 @@ fn delete_error(err: HypervisorError) -> Error {
         HypervisorError::VmLocked { .. } => Error::VmLocked(err.to_string()),
         HypervisorError::NotFound { .. } => Error::HypervisorMissing(err.to_string()),
         other => Error::DeleteFailed(other.to_string()),
-    }
-}
-
-/// Runs `reconcile(Periodic)` every `interval` on a thread of its own.
-pub fn start_reconciler(service: Arc<Service>, interval: Duration) {
-    let spawned = thread::Builder::new()
-        .name("reconcile".into())
-        .spawn(move || loop {
-            thread::sleep(interval);
-            service.reconcile(Reconcile::Periodic);
-        });
-    if let Err(err) = spawned {
-        crate::error!("cannot start the reconcile thread: {err}; states are checked only at start");
     }
 }

@@ -1,208 +1,282 @@
-//! Keeping records true to the machine: VMs powered off or on behind our back, folders that
-//! vanished, folders no record knows (the original Go server's VMs), and VMware lock folders
-//! left by a crash.
+//! Keeping records true to the machine, at start and every `--reconcile-interval`: VMs
+//! powered off or on behind our back, folders that vanished, what a stop of the server left
+//! half done (a start in flight, a delete acknowledged, provisioning interrupted), stale
+//! VMware locks, folders no record knows (see `adopt.rs`).
 
-use std::collections::HashSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crate::vm::VmId;
+use super::Service;
+use crate::provision::Job;
+use crate::vm::store::Durability;
+use crate::vm::{Phase, Status, Vm, VmId};
 
-use crate::hypervisor::vmx::{self, Vmx};
-use crate::hypervisor::Hypervisor;
-use crate::image::{ChecksumType, ImageSpec};
-use crate::vm::{NetworkType, Phase, Progress, Status, Vm};
-
-/// Absolute, symlink-free form, so that `/var/...` and `/private/var/...` (macOS) compare
-/// equal whichever vmrun prints.
-pub fn canonical(path: &Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconcile {
+    Startup,
+    Periodic,
 }
 
-/// The VMX paths vmrun says are running, canonical; `None` when vmrun cannot tell.
-pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
-    match hypervisor.list_running() {
-        Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
-        Err(err) => {
-            crate::warn!("cannot tell which VMs run: {err}");
-            None
-        }
-    }
-}
-
-/// Before starting a VM: removes lock folders that no running VM can own. VMware leaves
-/// them behind when the host or its process dies, and then refuses to start the VM with
-/// "The file is already in use".
-pub fn remove_stale_locks(hypervisor: &dyn Hypervisor, vmx_path: &Path) {
-    if let Some(running) = running_set(hypervisor) {
-        if let Some(dir) = vmx_path.parent() {
-            remove_locks_in(dir, &running);
-        }
-    }
-}
-
-/// Removes `*.lck` folders directly in `dir` unless a running VM's VMX lives there.
-pub fn remove_locks_in(dir: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
-    let dir = canonical(dir);
-    if running
-        .iter()
-        .any(|vmx| vmx.parent() == Some(dir.as_path()))
-    {
-        return Vec::new();
-    }
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_lock = path.extension().is_some_and(|ext| ext == "lck")
-            && entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_lock {
-            continue;
-        }
-        match fs::remove_dir_all(&path) {
-            Ok(()) => {
-                crate::warn!(
-                    "removed stale VMware lock {} (its VM is not running)",
-                    path.display()
-                );
-                removed.push(path);
+impl Service {
+    /// Brings the records in line with the machine. At start (`Startup`), also deals with
+    /// what a stop left half done: provisioning that was interrupted is reported (not
+    /// silently retried), a VM waiting for its IP is watched again, an acknowledged delete is
+    /// finished, stale VMware locks are removed. Every time: one `vmrun list` updates
+    /// running/stopped, a record whose folder vanished is failed, a VM folder no record
+    /// knows is adopted or reported.
+    pub fn reconcile(self: &Arc<Self>, when: Reconcile) {
+        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+        for id in self.store.ids() {
+            if self.tasks.is_busy(id) {
+                continue;
             }
-            Err(err) => crate::warn!("cannot remove stale lock {}: {err}", path.display()),
+            let Some(mut vm) = self.store.get(id) else {
+                continue;
+            };
+            let vmx = self.store.vmx_path(id);
+            let runs = running
+                .as_ref()
+                .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx)));
+            if when == Reconcile::Startup {
+                if let Some(deadline) = self.start_in_flight_until(&vm, runs) {
+                    // Its locks are the start's own, and whether it runs is not known yet.
+                    self.wait_out_start(id, deadline);
+                    continue;
+                }
+                // First, before any recovery runs vmrun against the VM: locks VMware left
+                // when it died with the host make start and deleteVM answer "in use", and a
+                // VM interrupted mid-provisioning or mid-delete has them as much as any.
+                if let (Some(false), Some(running)) = (runs, &running) {
+                    crate::hypervisor::locks::remove_locks_in(&self.store.vm_dir(id), running);
+                }
+                self.recover_interrupted(&vm, runs);
+                match self.store.get(id) {
+                    Some(now) => vm = now,
+                    None => continue,
+                }
+            }
+            if vm.progress.phase == Phase::Deleting || vm.status == Status::Provisioning {
+                continue;
+            }
+            let has_vm = matches!(vm.status, Status::Running | Status::Stopped);
+            if has_vm && !vmx.exists() {
+                if vm.error.is_none() {
+                    self.files_missing(id, &vmx);
+                }
+                continue;
+            }
+            let Some(is_running) = runs else { continue };
+            match (vm.status, is_running) {
+                (Status::Running, false) => {
+                    crate::warn!("vm={id} is no longer running");
+                    self.update(id, |vm| vm.status = Status::Stopped);
+                }
+                (Status::Stopped, true) => {
+                    crate::info!("vm={id} is running again");
+                    self.update(id, |vm| vm.status = Status::Running);
+                }
+                (Status::Failed, true) => self.failed_but_running(&vm, &vmx),
+                _ => {}
+            }
+        }
+        self.adopt_orphans(running.as_ref());
+        if when == Reconcile::Startup {
+            crate::info!("recovered {} VMs", self.store.len());
         }
     }
-    removed
-}
 
-/// Builds a record for a VM folder that has a VMX but no record of ours: a VM of the
-/// original Go server (its image is base64 JSON in the VMX `annotation`), or one whose
-/// record was lost.
-pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, String> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("the folder name is not UTF-8")?;
-    let id = VmId::parse(name).ok_or_else(|| "the folder name is not a VM id".to_string())?;
-    let vmx_path = dir.join(format!("{id}.vmx"));
-    let bytes = fs::read(&vmx_path).map_err(|e| format!("no readable {id}.vmx: {e}"))?;
-    let vmx = Vmx::parse(&bytes).map_err(|e| format!("{}: {e}", vmx_path.display()))?;
-    let number = |key: &str| vmx.get(key).and_then(|v| v.trim().parse::<u32>().ok());
-    let is_running = running.map(|set| set.contains(&canonical(&vmx_path)));
-    let now = crate::sys::log::rfc3339_now();
-    Ok(Vm {
-        id,
-        image: vmx::decode_annotation_image(&vmx).and_then(image_from_annotation),
-        name: None,
-        cpus: number("numvcpus").unwrap_or(1),
-        memory: number("memsize").unwrap_or(0),
-        network_type: vmx
-            .get("ethernet0.connectionType")
-            .and_then(|t| NetworkType::parse(&t))
-            .unwrap_or_default(),
-        headless: false,
-        callback_url: None,
-        ip_address: String::new(),
-        status: match is_running {
-            Some(true) => Status::Running,
-            _ => Status::Stopped,
-        },
-        guest_os: vmx.get("guestOS").unwrap_or_default(),
-        error: None,
-        progress: Progress {
-            phase: if is_running == Some(true) {
-                Phase::WaitingForIp
-            } else {
-                Phase::Ready
-            },
-            ..Progress::default()
-        },
-        created_at: now.clone(),
-        updated_at: now,
-        ttl: None,
-        expires_at: None,
-        vmx_removed: Vec::new(),
-        // Never given by a client of ours, and the original had no guestinfo to report.
-        labels: Default::default(),
-        guestinfo_keys: Vec::new(),
-        keep: false,
-        ip_source: None,
-    })
-}
-
-fn image_from_annotation(value: serde_json::Value) -> Option<ImageSpec> {
-    let field = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    let checksum_type = ChecksumType::parse(&field("checksum_type")?)?;
-    Some(ImageSpec {
-        url: field("url")?,
-        checksum: field("checksum")?.to_ascii_lowercase(),
-        checksum_type,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("osxb-reconcile-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn adopts_a_go_server_vm_with_its_annotation() {
-        let root = temp("adopt");
-        let id = "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489";
-        let dir = root.join(id);
-        fs::create_dir_all(&dir).unwrap();
-        let image = r#"{"url":"http://h/i.tar.gz","checksum":"5CF00D380E28D02F30EFACEAFEF7C7C8BDEDAE33","checksum_type":"sha1"}"#;
-        let vmx = format!(
-            ".encoding = \"UTF-8\"\ndisplayName = \"{id}\"\nnumvcpus = \"4\"\nmemsize = \"2048\"\nguestOS = \"darwin14-64\"\nethernet0.connectionType = \"bridged\"\nannotation = \"{}\"\n",
-            vmx::base64_encode(image.as_bytes())
+    /// Someone removed the VM's files (Fusion's "Move to Trash", a clean-up script). The
+    /// record says so until the VM is deleted; if the whole folder went, the record went
+    /// with it and the change lives in memory only.
+    fn files_missing(&self, id: VmId, vmx: &Path) {
+        crate::warn!("vm={id} its VMX {} is gone", vmx.display());
+        let durability = if self.store.vm_dir(id).exists() {
+            Durability::Disk
+        } else {
+            Durability::MemoryOnly
+        };
+        let message = format!(
+            "the VM's files are gone ({} is missing): someone removed them outside osx-builder; delete this VM",
+            vmx.display()
         );
-        fs::write(dir.join(format!("{id}.vmx")), vmx).unwrap();
-        let vm = adopt(&dir, Some(&HashSet::new())).unwrap();
-        assert_eq!(vm.id.to_string(), id);
-        assert_eq!((vm.cpus, vm.memory), (4, 2048));
-        assert_eq!(vm.network_type, NetworkType::Bridged);
-        assert_eq!(vm.status, Status::Stopped);
-        let image = vm.image.unwrap();
-        assert_eq!(image.checksum, "5cf00d380e28d02f30efaceafef7c7c8bdedae33");
-
-        let running: HashSet<PathBuf> = [canonical(&dir.join(format!("{id}.vmx")))].into();
-        let vm = adopt(&dir, Some(&running)).unwrap();
-        assert_eq!(vm.status, Status::Running);
-        fs::remove_dir_all(&root).unwrap();
+        if let Err(err) = self
+            .store
+            .update(id, durability, |vm| vm.fail("files-missing", message))
+        {
+            crate::error!("vm={id} {err}");
+        }
     }
 
-    #[test]
-    fn refuses_folders_that_are_not_vms() {
-        let root = temp("refuse");
-        let dir = root.join("not-an-id");
-        fs::create_dir_all(&dir).unwrap();
-        assert!(adopt(&dir, None).unwrap_err().contains("not a VM id"));
-        let dir = root.join("282ee68a-2e4d-4bd7-9c0e-7f37e12fc489");
-        fs::create_dir_all(&dir).unwrap();
-        assert!(adopt(&dir, None).unwrap_err().contains("no readable"));
-        fs::remove_dir_all(&root).unwrap();
+    /// `runs`: whether `vmrun list` shows the VM running (`None`: vmrun could not tell).
+    fn recover_interrupted(self: &Arc<Self>, vm: &Vm, runs: Option<bool>) {
+        let id = vm.id;
+        if vm.progress.phase == Phase::Deleting {
+            let service = self.clone();
+            thread::spawn(move || {
+                if let Err(err) = service.delete(id) {
+                    crate::warn!("vm={id} finishing an interrupted delete failed: {err}");
+                }
+            });
+        } else if vm.status == Status::Provisioning
+            && runs == Some(true)
+            && vm.progress.phase == Phase::Starting
+        {
+            // vmrun outlived the server and the start went through: the VM is configured
+            // and runs, so it is running (not a failed VM that runs unseen) and its IP is
+            // watched as if the server had never stopped.
+            crate::warn!("vm={id} was interrupted at step starting but runs; watching for its IP");
+            self.update(id, |vm| {
+                vm.status = Status::Running;
+                vm.progress.phase = Phase::WaitingForIp;
+            });
+            let _ = self.jobs.send(Job::WatchIp(id));
+        } else if vm.status == Status::Provisioning {
+            let phase = vm.progress.phase;
+            crate::warn!(
+                "vm={id} provisioning was interrupted at step {}",
+                phase.as_str()
+            );
+            self.update(id, |vm| vm.fail(INTERRUPTED, interrupted_message(phase)));
+        } else if vm.status == Status::Running
+            && vm.progress.phase == Phase::WaitingForIp
+            && runs != Some(false)
+        {
+            // Not when it was powered off meanwhile: the IP query would fail the VM, which
+            // the reconcile shows as stopped instead.
+            let _ = self.jobs.send(Job::WatchIp(id));
+        }
     }
 
-    #[test]
-    fn stale_locks_go_unless_the_vm_runs() {
-        let root = temp("locks");
-        fs::create_dir_all(root.join("a.vmx.lck")).unwrap();
-        fs::write(root.join("a.vmx.lck/M1.lck"), "").unwrap();
-        fs::create_dir_all(root.join("disk.vmdk.lck")).unwrap();
-        fs::write(root.join("notes.lck"), "a file, not a lock folder").unwrap();
-        let running: HashSet<PathBuf> = [canonical(&root).join("a.vmx")].into();
-        assert!(remove_locks_in(&root, &running).is_empty());
-        assert!(root.join("a.vmx.lck").exists());
-        let removed = remove_locks_in(&root, &HashSet::new());
-        assert_eq!(removed.len(), 2);
-        assert!(!root.join("a.vmx.lck").exists());
-        assert!(root.join("notes.lck").exists());
-        fs::remove_dir_all(&root).unwrap();
+    /// When a VM's record says its `vmrun start` was under way at the stop and vmrun does
+    /// not list it running: until when that start, outliving the server, may still run (the
+    /// record was written just before the start began; vmrun kills it at its timeout).
+    fn start_in_flight_until(&self, vm: &Vm, runs: Option<bool>) -> Option<Instant> {
+        if vm.status != Status::Provisioning
+            || vm.progress.phase != Phase::Starting
+            || runs == Some(true)
+        {
+            return None;
+        }
+        let began_ms = crate::sys::time::parse_rfc3339_ms(&vm.updated_at)?;
+        let timeout = self.hypervisor.start_timeout() + START_GRACE;
+        let left_ms = began_ms + timeout.as_millis() as i64 - crate::sys::time::now_ms();
+        (left_ms > 0).then(|| Instant::now() + Duration::from_millis(left_ms as u64))
+    }
+
+    /// Watches a start that may still be in flight until vmrun lists the VM (then it runs
+    /// and is watched for its IP, as if the server had never stopped) or the start's time
+    /// is up (then it failed: its locks are stale and go, and the VM is `interrupted`).
+    /// Holds the VM's task meanwhile: the reconcile leaves it alone, a DELETE takes over.
+    fn wait_out_start(self: &Arc<Self>, id: VmId, deadline: Instant) {
+        let service = self.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("start-wait-{id}"))
+            .spawn(move || service.await_start(id, deadline));
+        if let Err(err) = spawned {
+            crate::error!("vm={id} cannot wait for its start: {err}");
+        }
+    }
+
+    fn await_start(&self, id: VmId, deadline: Instant) {
+        let task = self.tasks.get(id);
+        let busy = task.lock();
+        let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
+        crate::warn!(
+            "vm={id} was at step starting when the server stopped and vmrun does not list it yet: waiting up to {secs} s for its start to end"
+        );
+        let vmx = self.store.vmx_path(id);
+        let running = loop {
+            if task.cancel.is_cancelled() || self.store.get(id).is_none() {
+                return;
+            }
+            let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+            if let Some(set) = &running {
+                if set.contains(&crate::hypervisor::locks::canonical(&vmx)) {
+                    crate::warn!(
+                        "vm={id} its interrupted start went through: running, watching for its IP"
+                    );
+                    self.update(id, |vm| {
+                        vm.status = Status::Running;
+                        vm.progress.phase = Phase::WaitingForIp;
+                    });
+                    drop(busy);
+                    let _ = self.jobs.send(Job::WatchIp(id));
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                break running;
+            }
+            thread::sleep(START_POLL);
+        };
+        if let Some(running) = &running {
+            crate::hypervisor::locks::remove_locks_in(&self.store.vm_dir(id), running);
+        }
+        crate::warn!("vm={id} provisioning was interrupted at step starting and it never ran");
+        self.update(id, |vm| {
+            vm.fail(INTERRUPTED, interrupted_message(Phase::Starting))
+        });
+    }
+
+    /// vmrun runs a VM whose record says it failed. A start that a stop of the server cut
+    /// short and that went through after all is ours: the VM is running again. Anything
+    /// else is stopped: a failed VM must not run on unseen, holding a slot and memory.
+    fn failed_but_running(&self, vm: &Vm, vmx: &Path) {
+        let id = vm.id;
+        let interrupted_start = vm.error.as_ref().is_some_and(|e| {
+            e.code == INTERRUPTED && e.message == interrupted_message(Phase::Starting)
+        });
+        if interrupted_start {
+            crate::warn!("vm={id} failed as interrupted at step starting, but runs: its start went through; running, watching for its IP");
+            self.update(id, |vm| {
+                vm.status = Status::Running;
+                vm.progress.phase = Phase::WaitingForIp;
+                vm.error = None;
+            });
+            let _ = self.jobs.send(Job::WatchIp(id));
+            return;
+        }
+        if vm.keep {
+            // Kept on purpose (`?keep=true`, `--keep-failed`): someone is to look at it.
+            return;
+        }
+        let task = self.tasks.get(id);
+        let _busy = task.lock();
+        let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
+        crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
+        match self
+            .hypervisor
+            .stop(vmx, true, &crate::sys::cancel::Cancel::new())
+        {
+            Ok(()) => crate::info!("vm={id} stopped"),
+            Err(err) => crate::warn!("vm={id} failed and still runs: stop hard failed: {err}"),
+        }
+    }
+}
+
+const INTERRUPTED: &str = "interrupted";
+/// Past the start timeout: vmrun's deadline kills the call a moment after it expires.
+const START_GRACE: Duration = Duration::from_secs(2);
+const START_POLL: Duration = Duration::from_millis(250);
+
+fn interrupted_message(phase: Phase) -> String {
+    format!(
+        "the server stopped while this VM was at step {}; delete it and create another",
+        phase.as_str()
+    )
+}
+
+/// Runs `reconcile(Periodic)` every `interval` on a thread of its own.
+pub fn start_reconciler(service: Arc<Service>, interval: Duration) {
+    let spawned = thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || loop {
+            thread::sleep(interval);
+            service.reconcile(Reconcile::Periodic);
+        });
+    if let Err(err) = spawned {
+        crate::error!("cannot start the reconcile thread: {err}; states are checked only at start");
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::service::leases::now_ms;
 use crate::service::Service;
+use crate::sys::time::now_ms;
 
 pub fn start(service: Arc<Service>, retention: Duration) {
     // Often enough that a VM outlives its retention by a small part of it.

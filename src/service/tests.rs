@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{Created, Reconcile, Service};
+use super::reconcile::Reconcile;
+use super::{Created, Service};
 use crate::app::{self, App};
 use crate::config::{self, Command};
 use crate::hypervisor::fake::FakeHypervisor;
@@ -228,7 +229,7 @@ fn a_reap_and_a_renew_at_once_never_both_succeed() {
     for id in &ids {
         h.running(*id);
     }
-    let later = crate::service::leases::now_ms() + 60_000;
+    let later = crate::sys::time::now_ms() + 60_000;
     let (mut reaped, mut renewed) = (0, 0);
     for id in ids {
         let barrier = Arc::new(Barrier::new(2));

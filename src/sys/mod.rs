@@ -9,3 +9,4 @@ pub mod fsutil;
 pub mod log;
 pub mod shutdown;
 pub(crate) mod sync;
+pub mod time;

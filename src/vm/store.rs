@@ -244,7 +244,7 @@ impl VmStore {
         if next == *record {
             return Ok(Some(next));
         }
-        next.updated_at = crate::sys::log::rfc3339_now();
+        next.updated_at = crate::sys::time::rfc3339_now();
         let json = encode(&next)?;
         if durability == Durability::Disk {
             let path = self.vm_dir(id).join(RECORD_FILE);
@@ -383,7 +383,7 @@ impl VmStore {
     }
 
     /// [`vmx_path`](Self::vmx_path) with the data folder's symlinks resolved, as
-    /// [`crate::service::reconcile::canonical`] gives it for the VMX of a VM folder that is no link.
+    /// [`crate::hypervisor::locks::canonical`] gives it for the VMX of a VM folder that is no link.
     fn canonical_vmx(&self, id: VmId) -> PathBuf {
         self.canonical_root
             .join(id.to_string())
