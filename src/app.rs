@@ -25,6 +25,8 @@ use crate::vm::VmStore;
 
 pub struct App {
     pub service: Arc<Service>,
+    /// The API's token check: HTTP's business, not the service's.
+    pub auth: Auth,
     pub gold: Arc<GoldCache>,
     pub guard: Arc<Guard>,
     pub hypervisor: Arc<dyn Hypervisor>,
@@ -161,7 +163,6 @@ pub fn build(
         },
         default_ttl: config.default_ttl,
         drain,
-        auth,
         metrics,
         gold: gold.clone(),
         waiters: Waiters::new(max_waiters),
@@ -172,6 +173,7 @@ pub fn build(
     let service = Arc::new(Service::new(store, hypervisor.clone(), tasks, jobs, fleet));
     Ok(App {
         service,
+        auth,
         gold,
         guard,
         hypervisor,

@@ -92,13 +92,13 @@ fn serve(config: &Config) -> Result<(), String> {
         app.guard.set_listening(bound);
     }
     app.start_background(config);
-    if service.fleet().auth.enabled() {
+    if app.auth.enabled() {
         info!("requests need a bearer token (Authorization: Bearer ...), except /healthz");
     } else {
         info!("no token set: any client that reaches this port may use the API; fine on a trusted build network only");
     }
     shutdown::install_handlers();
-    let server = HttpServer::start(listener, config.http_threads, service);
+    let server = HttpServer::start(listener, config.http_threads, service, app.auth.clone());
     info!(
         "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()

@@ -1,6 +1,7 @@
 //! HTTP: routing, request parsing and the error contract. The core (`service`) never sees
 //! HTTP types.
 
+pub mod action;
 pub mod answer;
 pub mod auth;
 pub mod create_body;

@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use tiny_http::{Header, Limits, Method, Request, Response, Server, StatusCode};
 
+use super::action::{self, header, Action};
 use super::answer::Answer;
+use super::auth::Auth;
 use super::error::ApiError;
-use super::routes::{route, Route};
-use super::{create_body, images, list_filter, ops, vms};
+use super::{images, ops, vms};
 use crate::service::{Created, Service};
 
-/// A create request is a few hundred bytes; anything near this is not one.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use super::action::MAX_BODY_BYTES;
 
 /// What one client may cost. tiny_http (vendored, see src/vendor/tiny_http/PATCHES.md) reads
 /// each request's head and body in the connection's own thread under these limits, so
@@ -49,6 +49,12 @@ pub fn limits() -> Limits {
         max_drain: MAX_BODY_BYTES,
         max_connections: 1024,
     }
+}
+
+/// What the threads answering requests share: the service, and the API's own token check.
+struct Front {
+    service: Arc<Service>,
+    auth: Auth,
 }
 
 pub struct HttpServer {
@@ -76,25 +82,26 @@ impl HttpServer {
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by
     /// one taker thread per core (at least 2).
-    pub fn start(server: Server, threads: usize, service: Arc<Service>) -> Self {
+    pub fn start(server: Server, threads: usize, service: Arc<Service>, auth: Auth) -> Self {
         let server = Arc::new(server);
+        let front = Arc::new(Front { service, auth });
         let (slow, slow_queue) = crossbeam_channel::unbounded::<Request>();
         let workers = (0..threads)
             .map(|n| {
                 let queue = slow_queue.clone();
-                let service = service.clone();
+                let front = front.clone();
                 spawn(format!("http-{n}"), move || {
                     for request in queue {
-                        handle(request, &service);
+                        handle(request, &front);
                     }
                 })
             })
             .collect();
         let takers = (0..taker_count())
             .map(|n| {
-                let (server, service, slow) = (server.clone(), service.clone(), slow.clone());
+                let (server, front, slow) = (server.clone(), front.clone(), slow.clone());
                 spawn(format!("http-get-{n}"), move || {
-                    take(&server, &service, &slow)
+                    take(&server, &front, &slow)
                 })
             })
             .collect();
@@ -131,14 +138,14 @@ fn taker_count() -> usize {
     thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
-fn take(server: &Server, service: &Service, slow: &crossbeam_channel::Sender<Request>) {
+fn take(server: &Server, front: &Front, slow: &crossbeam_channel::Sender<Request>) {
     // recv() fails only when the listener is gone or unblocked for shutdown.
     while let Ok(request) = server.recv() {
         if answers_from_memory(&request) {
-            handle(request, service);
+            handle(request, front);
         } else if let Err(unsent) = slow.send(request) {
             // Only if every worker is gone; answer here rather than drop the client.
-            handle(unsent.into_inner(), service);
+            handle(unsent.into_inner(), front);
         }
     }
 }
@@ -161,13 +168,13 @@ fn answers_from_memory(request: &Request) -> bool {
 /// Smaller ones fit in the socket's send buffer and never wait on the client.
 const INLINE_ANSWER_BYTES: usize = 16 * 1024;
 
-fn handle(mut request: Request, service: &Service) {
+fn handle(mut request: Request, front: &Front) {
     let method = request.method().clone();
     let url = request.url().to_string();
     // A bug behind one request must not cost a worker thread: the pool would shrink with
     // each, until nothing answers.
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        authorize(&request, &url, service).and_then(|()| answer(&mut request, &method, &url, service))
+        authorize(&request, &url, &front.auth).and_then(|()| answer(&mut request, front))
     }))
     .unwrap_or_else(|_| {
         Err(ApiError::Internal(
@@ -192,7 +199,7 @@ fn handle(mut request: Request, service: &Service) {
             )
             // The length is known: announce it rather than switch to chunks.
             .with_chunked_threshold(usize::MAX);
-            return send(request, response, &method, &url, service);
+            return send(request, response, &method, &url, &front.service);
         }
         Ok(Reply::Json(status, body)) => json(status, body),
         Ok(Reply::Empty(status)) => Response::new(
@@ -218,7 +225,7 @@ fn handle(mut request: Request, service: &Service) {
             response
         }
     };
-    send(request, response, &method, &url, service);
+    send(request, response, &method, &url, &front.service);
 }
 
 fn send<R: Read + Send + 'static>(
@@ -228,10 +235,7 @@ fn send<R: Read + Send + 'static>(
     url: &str,
     service: &Service,
 ) {
-    service
-        .fleet()
-        .metrics
-        .record_http_request(method.as_str(), response.status_code().0);
+    service.record_http_request(method.as_str(), response.status_code().0);
     if *method == Method::Head {
         let length = response.data_length();
         let response = response.with_data(Cursor::new(Arc::from(&[][..])), length);
@@ -262,160 +266,56 @@ enum Reply {
 }
 
 /// With a token configured, every endpoint but `/healthz` wants it.
-fn authorize(request: &Request, url: &str, service: &Service) -> Result<(), ApiError> {
+fn authorize(request: &Request, url: &str, auth: &Auth) -> Result<(), ApiError> {
     if super::routes::path(url) == super::routes::HEALTH_PATH {
         return Ok(());
     }
-    service
-        .fleet()
-        .auth
-        .check(header(request, "Authorization"))
+    auth.check(header(request, "Authorization"))
         .map_err(|e| ApiError::Unauthorized(e.to_string()))
 }
 
-fn answer(
-    request: &mut Request,
-    method: &Method,
-    url: &str,
-    service: &Service,
-) -> Result<Reply, ApiError> {
-    match route(method.as_str(), url)? {
-        Route::ListVms => {
-            let filter = list_filter::parse(url)?;
-            Ok(Reply::Json(200, join_array(&service.list_where(&filter))))
-        }
-        Route::GetVm(id) => {
-            vms::get(service, id, url, header(request, "If-None-Match")).map(Reply::Answer)
-        }
-        Route::VmLog(id) => Ok(service
+fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
+    let (service, auth) = (front.service.as_ref(), &front.auth);
+    match action::parse(request)? {
+        Action::ListVms(filter) => Ok(Reply::Json(200, join_array(&service.list_where(&filter)))),
+        Action::GetVm {
+            id,
+            known,
+            wait,
+            progress,
+        } => vms::get(service, id, known.as_deref(), wait, progress).map(Reply::Answer),
+        Action::VmLog(id) => Ok(service
             .vm_log(id)
             .map(|(file, length)| Reply::File(file, length))?),
-        Route::RenewVm(id) => {
-            check_content_type(request)?;
-            // `curl -X POST .../renew` sends no body and no length: the VM's own ttl.
-            let body = if has_body(request) {
-                read_body(request)?
-            } else {
-                Vec::new()
-            };
-            vms::renew(service, id, &body).map(Reply::Answer)
+        Action::RenewVm { id, ttl } => {
+            Ok(Reply::Answer(Answer::json(200, service.renew(id, ttl)?)))
         }
-        Route::ListImages => Ok(Reply::Answer(images::list(&service.fleet().gold))),
-        Route::GetImage(checksum) => {
-            images::get(&service.fleet().gold, &checksum).map(Reply::Answer)
-        }
-        Route::PrewarmImage => {
-            check_content_type(request)?;
-            let body = read_body(request)?;
-            images::prewarm(&service.fleet().gold, &service.fleet().guard, &body).map(Reply::Answer)
-        }
-        Route::DeleteImage(checksum) => {
-            images::delete(&service.fleet().gold, &checksum).map(Reply::Answer)
-        }
-        Route::Health => {
+        Action::ListImages => Ok(Reply::Answer(images::list(service))),
+        Action::GetImage(checksum) => images::get(service, &checksum).map(Reply::Answer),
+        Action::PrewarmImage(spec) => images::prewarm(service, spec).map(Reply::Answer),
+        Action::DeleteImage(checksum) => images::delete(service, &checksum).map(Reply::Answer),
+        Action::Health => {
             // Without the token a client learns only whether the host is up.
-            let detailed = service
-                .fleet()
-                .auth
-                .check(header(request, "Authorization"))
-                .is_ok();
+            let detailed = auth.check(header(request, "Authorization")).is_ok();
             Ok(Reply::Answer(ops::health(service, detailed)))
         }
-        Route::Metrics => Ok(Reply::Answer(ops::metrics(service))),
-        Route::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
-        Route::Drain => ops::drain(service).map(Reply::Answer),
-        Route::Undrain => ops::undrain(service).map(Reply::Answer),
-        Route::OpenApi => Ok(Reply::Answer(super::openapi::get())),
-        Route::DeleteVm(id) => {
+        Action::Metrics => Ok(Reply::Answer(ops::metrics(service))),
+        Action::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
+        Action::Drain => ops::drain(service).map(Reply::Answer),
+        Action::Undrain => ops::undrain(service).map(Reply::Answer),
+        Action::OpenApi => Ok(Reply::Answer(super::openapi::get())),
+        Action::DeleteVm(id) => {
             service.delete(id)?;
             Ok(Reply::Empty(204))
         }
-        Route::CreateVm => {
-            check_content_type(request)?;
-            let body = read_body(request)?;
-            let mut create = create_body::parse(&body)?;
-            create.keep = super::query::flag_or(url, "keep", "invalid-keep")?;
-            let guard = &service.fleet().guard;
-            guard.check_image_url(&create.image.url)?;
-            if let Some(url) = &create.callback_url {
-                guard.check_callback_url(url)?;
-            }
-            if let Some(key) = header(request, "Idempotency-Key") {
-                create.name = Some(create_body::check_name(key.trim())?);
-            }
+        Action::CreateVm(create) => {
             // A replay answers as the first create did, so a retrying client needs no
             // special case; the VM object shows the state it has reached since.
-            match service.create(create)? {
+            match service.create(*create)? {
                 Created::New(json) | Created::Existing(json) => Ok(Reply::Json(202, json)),
             }
         }
     }
-}
-
-fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
-}
-
-fn check_content_type(request: &Request) -> Result<(), ApiError> {
-    let Some(value) = header(request, "Content-Type") else {
-        return Ok(());
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    // `curl -d@create.json` sends the form type: the seed's own example must work.
-    match essence.as_str() {
-        "application/json"
-        | "application/x-www-form-urlencoded"
-        | "text/json"
-        | "text/plain"
-        | "" => Ok(()),
-        _ if essence.ends_with("+json") => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType(
-            value.chars().take(100).collect(),
-        )),
-    }
-}
-
-fn has_body(request: &Request) -> bool {
-    request.body_length().is_some()
-        || request
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Transfer-Encoding"))
-}
-
-/// The connection's thread has already read any body up to `MAX_BODY_BYTES` (see
-/// `limits`), chunked ones too; a larger one is refused here unread. So this never waits
-/// on the client.
-fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
-    if request.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(ApiError::BodyTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
-    }
-    if !has_body(request) {
-        return Err(ApiError::LengthRequired);
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::InvalidJson(format!("cannot read the request body: {e}")))?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::BodyTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
-    }
-    Ok(body)
 }
 
 fn join_array(items: &[Arc<[u8]>]) -> Arc<[u8]> {

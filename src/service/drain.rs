@@ -13,6 +13,16 @@ use crate::sys::sync::LockUnpoisoned;
 /// `<data>/draining`; its content is the time the drain began.
 pub const MARKER: &str = "draining";
 
+/// Whether the host drains, since when, and how many VMs are still on it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DrainState {
+    pub draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// VMs still on the host: maintenance can begin when it reaches 0.
+    pub vms: usize,
+}
+
 pub struct Drain {
     marker: PathBuf,
     /// `Some(time it began)` while draining.

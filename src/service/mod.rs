@@ -27,9 +27,10 @@ use std::time::Duration;
 use crate::vm::VmId;
 use crossbeam_channel::Sender;
 
-use crate::api::auth::Auth;
 use crate::hypervisor::{Hypervisor, HypervisorError};
 use crate::image::gold::GoldCache;
+use crate::image::gold::{ImageEntry, Prewarmed};
+use crate::image::ImageSpec;
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
@@ -38,7 +39,7 @@ use crate::vm::store::Durability;
 use crate::vm::CreateVm;
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
 use capacity::Limits;
-use drain::Drain;
+use drain::{Drain, DrainState};
 use health::Health;
 use long_poll::Waiters;
 use metrics::{Metrics, Snapshot, VmsByStatus};
@@ -60,14 +61,13 @@ pub struct Service {
 }
 
 /// What running one host of a fleet adds to the VM API: admission (capacity, drain),
-/// leases, long polls, the image cache, health, metrics and auth.
+/// leases, long polls, the image cache, health and metrics.
 pub struct Fleet {
     pub data_dir: PathBuf,
     pub limits: Limits,
     /// Lease in seconds of a VM created without `ttl`.
     pub default_ttl: Option<u64>,
     pub drain: Drain,
-    pub auth: Auth,
     pub metrics: Arc<Metrics>,
     pub gold: Arc<GoldCache>,
     pub waiters: Waiters,
@@ -114,15 +114,16 @@ impl Service {
         }
     }
 
-    pub fn fleet(&self) -> &Fleet {
-        &self.fleet
-    }
-
     /// Records the VM and queues it. With an idempotency key that an existing VM carries,
     /// returns that VM instead (`Created::Existing`): a coordinator that lost the answer to
     /// its POST can retry without leaking a second VM. A new VM is refused while draining
     /// or over capacity, before anything is recorded or downloaded.
     pub fn create(&self, request: CreateVm) -> Result<Created, Error> {
+        let guard = &self.fleet.guard;
+        guard.check_image_url(&request.image.url)?;
+        if let Some(url) = &request.callback_url {
+            guard.check_callback_url(url)?;
+        }
         self.hypervisor
             .check_available()
             .map_err(|e| Error::HypervisorMissing(e.to_string()))?;
@@ -408,6 +409,64 @@ impl Service {
             self.fleet.limits.min_free_disk,
             self.fleet.drain.since(),
         )
+    }
+
+    /// Counts an answered request for `/metrics`.
+    pub fn record_http_request(&self, method: &str, status: u16) {
+        self.fleet.metrics.record_http_request(method, status);
+    }
+
+    /// The gold images: cached, downloading, and the original's archives.
+    pub fn images(&self) -> Vec<ImageEntry> {
+        self.fleet.gold.list()
+    }
+
+    pub fn image(&self, checksum: &str) -> Result<ImageEntry, Error> {
+        self.fleet.gold.get(checksum)
+    }
+
+    /// Downloads an image before any VM needs it (a local one only from allowed folders).
+    pub fn prewarm(&self, spec: ImageSpec) -> Result<Prewarmed, Error> {
+        self.fleet.guard.check_image_url(&spec.url)?;
+        self.fleet.gold.prewarm(spec)
+    }
+
+    /// Removes a gold image no VM depends on (or cancels its download).
+    pub fn remove_image(&self, checksum: &str) -> Result<(), Error> {
+        self.fleet.gold.remove(checksum)
+    }
+
+    pub fn drain_state(&self) -> DrainState {
+        DrainState {
+            draining: self.fleet.drain.is_draining(),
+            since: self.fleet.drain.since(),
+            vms: self.store.len(),
+        }
+    }
+
+    /// New VMs are refused from now on (the state survives a restart); existing ones run on.
+    pub fn drain(&self) -> Result<DrainState, Error> {
+        let drain = &self.fleet.drain;
+        let was = drain.is_draining();
+        let since = drain
+            .start()
+            .map_err(|e| Error::Internal(format!("cannot record the drain: {e}")))?;
+        if !was {
+            crate::warn!("draining since {since}: new VMs are refused, existing ones keep running");
+        }
+        Ok(self.drain_state())
+    }
+
+    pub fn undrain(&self) -> Result<DrainState, Error> {
+        let drain = &self.fleet.drain;
+        let was = drain.is_draining();
+        drain
+            .stop()
+            .map_err(|e| Error::Internal(format!("cannot end the drain: {e}")))?;
+        if was {
+            crate::info!("drain ended: new VMs are accepted again");
+        }
+        Ok(self.drain_state())
     }
 
     /// `GET /metrics`: the counters, and the state in memory (no vmrun call).
