@@ -19,15 +19,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::harness::{gold_tar_gz, http::FileServer, sha1_hex};
+use common::harness::http::{Delivery, FileServer};
+use common::harness::{gold_tar_gz, sha1_hex, tar_gz_of, DISK_DESCRIPTOR, GOLD_VMX};
 use common::{fmt_duration, percentile, BenchServer, TempDir};
 use serde_json::{json, Value};
 
@@ -58,12 +59,16 @@ fn main() {
 
     let floor_idle = record_floor(&root.join("floor-idle"), posts);
 
-    let trickle = Trickle::start();
+    let trickle = FileServer::start();
     let mut slow_images = Vec::new();
     for n in 0..DOWNLOADS {
         let archive = padded_gold_tar_gz(n as u64 + 1, IMAGE_BYTES);
         let checksum = sha1_hex(&archive);
-        let url = trickle.add(&format!("/slow-{n}.tar.gz"), archive);
+        let url = trickle.add_with(
+            &format!("/slow-{n}.tar.gz"),
+            archive,
+            Delivery::Rate(TRICKLE_BYTES_PER_SEC),
+        );
         slow_images.push(image_json(&url, &checksum));
     }
     let files = FileServer::start();
@@ -73,7 +78,7 @@ fn main() {
         &sha1_hex(&archive),
     );
 
-    let server = BenchServer::start(
+    let server = common::start_server(
         &data,
         &sim,
         &[
@@ -241,7 +246,7 @@ fn slow_vmrun(root: &Path, floor_idle: &[Duration]) {
         &files.add("/gold.tar.gz", archive.clone()),
         &sha1_hex(&archive),
     );
-    let server = BenchServer::start(
+    let server = common::start_server(
         &data,
         &sim,
         &["--max-vms", "1000"],
@@ -460,92 +465,12 @@ fn padded_gold_tar_gz(seed: u64, padding: usize) -> Vec<u8> {
         let bytes = state.to_le_bytes();
         chunk.copy_from_slice(&bytes[..chunk.len()]);
     }
-    let vmx = "config.version = \"8\"\nvirtualHW.version = \"19\"\ndisplayName = \"gold\"\n\
-               guestOS = \"darwin21-64\"\nscsi0:0.fileName = \"disk.vmdk\"\n";
-    let disk = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicSparse\"\n";
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(gz);
-    for (name, body) in [
-        ("box/gold.vmx", vmx.as_bytes()),
-        ("box/disk.vmdk", disk.as_bytes()),
-        ("box/disk-s001.vmdk", &noise[..]),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, name, body).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
-/// Serves files over loopback at a fixed rate per connection, so downloads last.
-struct Trickle {
-    base: String,
-    files: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>>,
-}
-
-impl Trickle {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let files: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>> =
-            Arc::default();
-        let served = files.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let served = served.clone();
-                thread::spawn(move || trickle(stream, &served));
-            }
-        });
-        Self { base, files }
-    }
-
-    fn add(&self, path: &str, bytes: Vec<u8>) -> String {
-        self.files
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), Arc::new(bytes));
-        format!("{}{path}", self.base)
-    }
-}
-
-fn trickle(
-    mut stream: TcpStream,
-    files: &std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>,
-) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
-            break;
-        }
-    }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let Some(bytes) = files.lock().unwrap().get(path).cloned() else {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-        return;
-    };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-        bytes.len()
-    );
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    let chunk = TRICKLE_BYTES_PER_SEC / 50;
-    let started = Instant::now();
-    for (n, part) in bytes.chunks(chunk).enumerate() {
-        // Paced against the start, so that slow writes do not slow the rate further.
-        let due = started + Duration::from_millis(20 * n as u64);
-        thread::sleep(due.saturating_duration_since(Instant::now()));
-        if stream.write_all(part).is_err() {
-            return;
-        }
-    }
+    tar_gz_of(
+        "box",
+        &[
+            ("gold.vmx", GOLD_VMX.as_bytes()),
+            ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
+            ("disk-s001.vmdk", &noise[..]),
+        ],
+    )
 }

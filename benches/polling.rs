@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fmt_duration, mib, BenchServer, LoadResult, Nginx, TempDir};
+use common::{fmt_duration, mib, Bench, LoadResult, Nginx, TempDir};
 
 const VMS: usize = 1000;
 const CONNECTIONS: usize = 32;
@@ -35,7 +35,7 @@ fn main() {
     let root = dir.path().canonicalize().unwrap();
     let (data, sim) = (root.join("data"), root.join("sim"));
     let ids = common::write_fleet(&data, &sim, VMS);
-    let server = BenchServer::start(&data, &sim, &[], &[]);
+    let server = common::start_server(&data, &sim, &[], &[]);
 
     let (status, list) = common::get(server.addr, "/vms").expect("GET /vms");
     assert_eq!(status, 200);

@@ -29,7 +29,7 @@ fn main() {
     let archive = gold_tar_gz("box");
     let checksum = sha1_hex(&archive);
     let url = files.add("/gold.tar.gz", archive);
-    let server = BenchServer::start(&data, &sim, &[], &[]);
+    let server = common::start_server(&data, &sim, &[], &[]);
     let ip_poll = setting("--ip-poll-interval");
     println!("server settings: defaults (--ip-poll-interval {ip_poll}), simulator delays 0");
     let body = json!({

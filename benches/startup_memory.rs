@@ -10,7 +10,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{fmt_duration, mib, BenchServer, TempDir};
+use common::{fmt_duration, mib, Bench, TempDir};
 use osx_builder::vm::Vm;
 
 const VMS: usize = 1000;
@@ -26,7 +26,7 @@ fn main() {
     // Idle: no records at all.
     let dir = TempDir::new("bench-idle");
     let root = dir.path().canonicalize().unwrap();
-    let idle = BenchServer::start(&root.join("data"), &root.join("sim"), &[], &[]);
+    let idle = common::start_server(&root.join("data"), &root.join("sim"), &[], &[]);
     idle.first_ok("/vms", Duration::from_secs(30));
     thread::sleep(Duration::from_secs(1));
     let (idle_rss, idle_hwm) = idle.rss_kib();
@@ -44,7 +44,7 @@ fn main() {
     let mut list_ms = Vec::new();
     let mut loaded = None;
     for n in 0..starts {
-        let server = BenchServer::start(&data, &sim, &[], &[]);
+        let server = common::start_server(&data, &sim, &[], &[]);
         let first = server.first_ok(&path, Duration::from_secs(30));
         listening.push(server.listening_after);
         serving.push(first);

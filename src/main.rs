@@ -8,6 +8,7 @@ use osx_builder::api::server::HttpServer;
 use osx_builder::app;
 use osx_builder::config::{self, Command, Config};
 use osx_builder::hypervisor::vmrun::Vmrun;
+use osx_builder::hypervisor::Hypervisor;
 use osx_builder::sys::shutdown;
 use osx_builder::{error, info, warn};
 

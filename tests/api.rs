@@ -20,13 +20,12 @@ fn create_body(url: &str, checksum: &str) -> Value {
 }
 
 fn options(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
-    ServerOptions {
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-    }
+    let mut options = common::options(args);
+    options.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    options
 }
 
 #[test]

@@ -3,14 +3,13 @@
 //! answer, and labels to find its VMs by, after a restart too.
 
 mod common;
-mod fleet_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::Delivery;
 use common::{gold_tar_gz_padded, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir};
-use fleet_support::{call, options, World};
+use common::{http::call_str, options, World};
 use serde_json::{json, Value};
 
 /// A secret shaped like what the coordinator sends: a PEM key, with characters VMX quoting
@@ -19,8 +18,8 @@ const KEY: &str =
     "-----BEGIN PRIVATE KEY-----\nMIIEv9Zq\"quoted\"|piped|Xk41\n-----END PRIVATE KEY-----\n";
 const NAME: &str = "host-darwin-amd64-13-s3cretname";
 
-fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> fleet_support::Answer {
-    call("GET", &server.url(path), None, headers)
+fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> common::http::Answer {
+    call_str("GET", &server.url(path), None, headers)
 }
 
 fn list(server: &Server, query: &str) -> Vec<String> {

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::http::{call, read_headers, FileServer};
-use common::{gold_tar_gz, gold_tar_gz_padded, sha1_hex, Server, ServerOptions, TempDir};
+use common::{gold_tar_gz, gold_tar_gz_padded, options, sha1_hex, Server, TempDir};
 use serde_json::Value;
 
 /// Serves one body, `chunk` bytes every `pause`, and notices when the client hangs up.
@@ -75,13 +75,6 @@ impl Dribble {
 impl Drop for Dribble {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn options(args: &[&str]) -> ServerOptions {
-    ServerOptions {
-        env: Vec::new(),
-        args: args.iter().map(|s| s.to_string()).collect(),
     }
 }
 

@@ -3,10 +3,9 @@
 //! no download, no vmrun clone.
 
 mod common;
-mod fleet_support;
 
 use common::sha1_hex;
-use fleet_support::{call, eventually, image_body, options, World};
+use common::{eventually, http::call_str, image_body, options, World};
 use serde_json::Value;
 
 fn clone_calls(world: &World) -> usize {
@@ -36,7 +35,7 @@ fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
     let other_sum = sha1_hex(&other);
     let other_url = w.files.add("/other.tar.gz", other);
     let clones = clone_calls(&w);
-    let answer = call(
+    let answer = call_str(
         "POST",
         &w.server.url("/vms"),
         Some(&image_body(&other_url, &other_sum).to_string()),
@@ -56,7 +55,7 @@ fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
     assert_eq!(clone_calls(&w), clones, "nothing cloned");
     assert!(!w.server.data_dir.join("gold").join(&other_sum).exists());
 
-    let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
     assert_eq!(
         metric(&metrics, "osx_builder_capacity_used "),
         Some(1.0),
@@ -89,7 +88,7 @@ fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
     let first = w.create(&w.body());
     w.server.wait_ready(&first);
     wait_capacity_used(&w, 2);
-    let answer = call(
+    let answer = call_str(
         "POST",
         &w.server.url("/vms"),
         Some(&w.body().to_string()),
@@ -112,7 +111,7 @@ fn a_vm_vmrun_runs_that_is_not_ours_takes_a_place() {
 fn under_the_disk_floor_creates_are_refused_and_health_says_why() {
     // No disk has 1 EiB free.
     let w = World::start("cap-disk", options(&["--min-free-disk", "1048576TiB"]));
-    let answer = call(
+    let answer = call_str(
         "POST",
         &w.server.url("/vms"),
         Some(&w.body().to_string()),
@@ -129,7 +128,7 @@ fn under_the_disk_floor_creates_are_refused_and_health_says_why() {
     assert_eq!(w.vm_count(), 0);
     assert_eq!(w.files.hits("/gold.tar.gz"), 0);
 
-    let health = call("GET", &w.server.url("/healthz"), None, &[]);
+    let health = call_str("GET", &w.server.url("/healthz"), None, &[]);
     assert_eq!(health.status, 503);
     let body = health.json();
     assert_eq!(body["failing"], serde_json::json!(["disk"]), "{body}");
@@ -149,21 +148,21 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
     let id = vm["id"].as_str().unwrap().to_string();
     server.wait_ready(&id);
 
-    let drained = call("POST", &server.url("/drain"), None, &[]);
+    let drained = call_str("POST", &server.url("/drain"), None, &[]);
     assert_eq!(drained.status, 200, "{}", drained.text());
     assert_eq!(drained.json()["draining"], true);
     assert_eq!(drained.json()["vms"], 1);
     let since = drained.json()["since"].clone();
     assert!(since.is_string());
 
-    let refused = call("POST", &server.url("/vms"), Some(&body), &[]);
+    let refused = call_str("POST", &server.url("/vms"), Some(&body), &[]);
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["code"], "draining");
     assert_eq!(refused.header("Retry-After"), Some("300"));
     // The VM there keeps running and answering.
     let vm = server.wait_ready(&id);
     assert_eq!(vm["status"], "running");
-    let health = call("GET", &server.url("/healthz"), None, &[]);
+    let health = call_str("GET", &server.url("/healthz"), None, &[]);
     assert_eq!(
         health.status,
         200,
@@ -171,32 +170,32 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
         health.text()
     );
     assert_eq!(health.json()["draining"], true);
-    let metrics = call("GET", &server.url("/metrics"), None, &[]).text();
+    let metrics = call_str("GET", &server.url("/metrics"), None, &[]).text();
     assert_eq!(metric(&metrics, "osx_builder_draining "), Some(1.0));
 
     // A restart (the maintenance reboots the Mac) keeps the drain.
     assert!(server.terminate().success());
     let server = common::Server::start(dir.path());
     assert!(server.wait_log("draining since"));
-    let state = call("GET", &server.url("/drain"), None, &[]);
+    let state = call_str("GET", &server.url("/drain"), None, &[]);
     assert_eq!(state.json()["draining"], true);
     assert_eq!(state.json()["since"], since);
-    let refused = call("POST", &server.url("/vms"), Some(&body), &[]);
+    let refused = call_str("POST", &server.url("/vms"), Some(&body), &[]);
     assert_eq!(refused.json()["code"], "draining");
 
-    let undrained = call("POST", &server.url("/undrain"), None, &[]);
+    let undrained = call_str("POST", &server.url("/undrain"), None, &[]);
     assert_eq!(undrained.status, 200);
     assert_eq!(undrained.json()["draining"], false);
-    let again = call("DELETE", &server.url("/drain"), None, &[]);
+    let again = call_str("DELETE", &server.url("/drain"), None, &[]);
     assert_eq!(again.json()["draining"], false);
-    let created = call("POST", &server.url("/vms"), Some(&body), &[]);
+    let created = call_str("POST", &server.url("/vms"), Some(&body), &[]);
     assert_eq!(created.status, 202, "{}", created.text());
     let new_id = created.json()["id"].as_str().unwrap().to_string();
     server.wait_ready(&new_id);
-    let metrics = call("GET", &server.url("/metrics"), None, &[]).text();
+    let metrics = call_str("GET", &server.url("/metrics"), None, &[]).text();
     assert_eq!(metric(&metrics, "osx_builder_draining "), Some(0.0));
     eventually("two VMs listed", || {
-        let list: Value = call("GET", &server.url("/vms"), None, &[]).json();
+        let list: Value = call_str("GET", &server.url("/vms"), None, &[]).json();
         (list.as_array().map_or(0, Vec::len) == 2).then_some(())
     });
 }
@@ -205,7 +204,7 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
 fn wait_capacity_used(w: &World, want: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+        let text = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
         let used = text.lines().find_map(|l| {
             l.strip_prefix("osx_builder_capacity_used ")?
                 .trim()
@@ -233,7 +232,7 @@ fn creates_at_once(w: &World, body: &Value, count: usize) -> Vec<(u16, Value)> {
             let (gate, url, body) = (gate.clone(), url.clone(), body.clone());
             std::thread::spawn(move || {
                 gate.wait();
-                let answer = call("POST", &url, Some(&body), &[]);
+                let answer = call_str("POST", &url, Some(&body), &[]);
                 (answer.status, answer.json())
             })
         })
@@ -258,7 +257,7 @@ fn creates_at_once_fill_the_vm_limit_exactly() {
         }
     }
     assert_eq!(w.vm_count(), 3);
-    let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
     assert_eq!(
         metric(&metrics, "osx_builder_capacity_used "),
         Some(3.0),

@@ -3,14 +3,13 @@
 //! least-recently-used eviction under a budget.
 
 mod common;
-mod fleet_support;
 
+use common::{eventually, http::call_str, image_body, options, World};
 use common::{gold_tar_gz, sha1_hex};
-use fleet_support::{call, eventually, image_body, options, World};
 use serde_json::{json, Value};
 
 fn images(world: &World) -> Vec<Value> {
-    let answer = call("GET", &world.server.url("/images"), None, &[]);
+    let answer = call_str("GET", &world.server.url("/images"), None, &[]);
     assert_eq!(answer.status, 200, "{}", answer.text());
     answer.json().as_array().cloned().unwrap_or_default()
 }
@@ -40,7 +39,7 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
         osx_builder::sys::time::parse_rfc3339_ms(last_used).is_some(),
         "{image}"
     );
-    let one = call(
+    let one = call_str(
         "GET",
         &w.server
             .url(&format!("/images/{}", w.checksum.to_uppercase())),
@@ -51,7 +50,7 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
     assert_eq!(one.json()["checksum"], w.checksum.as_str());
 
     let image_url = w.server.url(&format!("/images/{}", w.checksum));
-    let refused = call("DELETE", &image_url, None, &[]);
+    let refused = call_str("DELETE", &image_url, None, &[]);
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert_eq!(refused.json()["code"], "image-in-use");
     assert!(refused.json()["message"].as_str().unwrap().contains(&id));
@@ -60,7 +59,7 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
     assert_eq!(w.server.wait_ready(&id)["status"], "running");
 
     assert_eq!(w.server.delete_vm(&id).0, 204);
-    let deleted = call("DELETE", &image_url, None, &[]);
+    let deleted = call_str("DELETE", &image_url, None, &[]);
     assert_eq!(deleted.status, 204, "{}", deleted.text());
     assert!(!w.server.data_dir.join("gold").join(&w.checksum).exists());
     assert!(images(&w).is_empty());
@@ -69,7 +68,7 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
         (w.server.url("/images/not-a-checksum"), "image-not-found"),
         (w.server.url("/images/..%2Fvms"), "image-not-found"),
     ] {
-        let answer = call("DELETE", &url, None, &[]);
+        let answer = call_str("DELETE", &url, None, &[]);
         assert_eq!(answer.status, 404, "{url}");
         assert_eq!(answer.json()["code"], code);
     }
@@ -88,12 +87,12 @@ fn list_then_refuse_to_delete_an_image_clones_depend_on() {
 fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
     let w = World::start("images-prewarm", options(&[]));
     let body = prewarm_body(&w.url, &w.checksum);
-    let started = call("POST", &w.server.url("/images"), Some(&body), &[]);
+    let started = call_str("POST", &w.server.url("/images"), Some(&body), &[]);
     assert_eq!(started.status, 202, "{}", started.text());
     assert_eq!(started.json()["checksum"], w.checksum.as_str());
     assert_eq!(started.json()["state"], "downloading");
     eventually("the pre-warmed image to be ready", || {
-        let answer = call(
+        let answer = call_str(
             "GET",
             &w.server.url(&format!("/images/{}", w.checksum)),
             None,
@@ -108,7 +107,7 @@ fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
             .then_some(())
     });
     // Asked again: it is there.
-    let again = call("POST", &w.server.url("/images"), Some(&body), &[]);
+    let again = call_str("POST", &w.server.url("/images"), Some(&body), &[]);
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json()["state"], "ready");
     assert_eq!(again.json()["vms"], json!([]));
@@ -125,7 +124,7 @@ fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
     let broken = gold_tar_gz("broken");
     let wrong_sum = sha1_hex(b"something else");
     let broken_url = w.files.add("/broken.tar.gz", broken);
-    let answer = call(
+    let answer = call_str(
         "POST",
         &w.server.url("/images"),
         Some(&prewarm_body(&broken_url, &wrong_sum)),
@@ -139,7 +138,7 @@ fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
     });
     assert_eq!(failed["error"]["code"], "checksum-mismatch", "{failed}");
     // Forgetting a failure is a delete too.
-    let forgot = call(
+    let forgot = call_str(
         "DELETE",
         &w.server.url(&format!("/images/{wrong_sum}")),
         None,
@@ -155,7 +154,7 @@ fn a_prewarmed_image_is_downloaded_once_and_used_by_creates() {
         ("[1]".to_string(), "invalid-image"),
         ("{".to_string(), "invalid-json"),
     ] {
-        let answer = call("POST", &w.server.url("/images"), Some(&body), &[]);
+        let answer = call_str("POST", &w.server.url("/images"), Some(&body), &[]);
         assert_eq!(answer.json()["code"], code, "{body}: {}", answer.text());
     }
 }
@@ -194,7 +193,7 @@ fn over_the_budget_the_least_recently_used_unused_image_is_evicted() {
     );
     // The VM made from B is untouched.
     assert_eq!(w.server.wait_ready(&b)["status"], "running");
-    let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
     let cache_bytes: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("osx_builder_image_cache_bytes "))

@@ -2,11 +2,10 @@
 //! `POST /vms/:id/renew`, and the reaper destroying expired VMs as DELETE does.
 
 mod common;
-mod fleet_support;
 
 use std::time::{Duration, Instant};
 
-use fleet_support::{call, eventually, options, World};
+use common::{eventually, http::call_str, options, World};
 use osx_builder::sys::time::parse_rfc3339_ms;
 use serde_json::{json, Value};
 
@@ -59,7 +58,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
     let created = Instant::now();
 
     // Renewed at once, while it is still being provisioned.
-    let renewed = call(
+    let renewed = call_str(
         "POST",
         &w.server.url(&format!("/vms/{id}/renew")),
         Some(r#"{"ttl": 3600}"#),
@@ -89,7 +88,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
     assert_eq!(w.server.get_vm(&plain).0, 200);
 
     // A renew without a body uses the VM's own ttl again.
-    let again = call(
+    let again = call_str(
         "POST",
         &w.server.url(&format!("/vms/{id}/renew")),
         None,
@@ -99,7 +98,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
     assert!(ms(&again.json()["expires_at"]) >= ms(&vm["expires_at"]));
 
     // A VM without a lease, and no default: the client must say how long.
-    let refused = call(
+    let refused = call_str(
         "POST",
         &w.server.url(&format!("/vms/{plain}/renew")),
         None,
@@ -107,7 +106,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
     );
     assert_eq!(refused.status, 400);
     assert_eq!(refused.json()["code"], "invalid-ttl");
-    let given = call(
+    let given = call_str(
         "POST",
         &w.server.url(&format!("/vms/{plain}/renew")),
         Some(r#"{"ttl": 60}"#),
@@ -122,7 +121,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
         (r#"[60]"#, "invalid-body"),
         (r#"{"#, "invalid-json"),
     ] {
-        let answer = call(
+        let answer = call_str(
             "POST",
             &w.server.url(&format!("/vms/{id}/renew")),
             Some(body),
@@ -130,7 +129,7 @@ fn a_renewed_vm_outlives_its_first_lease_and_a_vm_without_one_is_kept() {
         );
         assert_eq!(answer.json()["code"], code, "{body}: {}", answer.text());
     }
-    let unknown = call(
+    let unknown = call_str(
         "POST",
         &w.server
             .url("/vms/282ee68a-2e4d-4bd7-9c0e-7f37e12fc489/renew"),
@@ -180,7 +179,7 @@ fn a_vm_still_provisioning_when_its_lease_ends_is_cancelled_and_destroyed() {
         common::http::Delivery::Trickle(Duration::from_millis(50)),
     );
     let server = common::Server::start(dir.path());
-    let mut body = fleet_support::image_body(&url, &checksum);
+    let mut body = common::image_body(&url, &checksum);
     body["ttl"] = json!(1);
     let (status, vm) = server.create(&body);
     assert_eq!(status, 202, "{vm}");

@@ -2,16 +2,15 @@
 //! end of the wait, with `ETag` / `If-None-Match`, and never takes every HTTP thread.
 
 mod common;
-mod fleet_support;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::ServerOptions;
-use fleet_support::{call, options, World};
+use common::{http::call_str, options, World};
 
-fn get(world: &World, id: &str, query: &str, headers: &[(&str, &str)]) -> fleet_support::Answer {
-    call(
+fn get(world: &World, id: &str, query: &str, headers: &[(&str, &str)]) -> common::http::Answer {
+    call_str(
         "GET",
         &world.server.url(&format!("/vms/{id}{query}")),
         None,
@@ -96,12 +95,12 @@ fn etags_answer_304_and_a_wait_on_a_settled_vm_runs_out() {
         let tag = tag.clone();
         thread::spawn(move || {
             let started = Instant::now();
-            let answer = call("GET", &url, None, &[("If-None-Match", &tag)]);
+            let answer = call_str("GET", &url, None, &[("If-None-Match", &tag)]);
             (answer.status, answer.json(), started.elapsed())
         })
     };
     thread::sleep(Duration::from_millis(300));
-    let renewed = call(
+    let renewed = call_str(
         "POST",
         &w.server.url(&format!("/vms/{id}/renew")),
         Some(r#"{"ttl": 600}"#),
@@ -116,7 +115,7 @@ fn etags_answer_304_and_a_wait_on_a_settled_vm_runs_out() {
     // A delete ends a wait: the waiter sees the VM being destroyed (or already gone).
     let waiter = {
         let url = w.server.url(&format!("/vms/{id}?wait=60"));
-        thread::spawn(move || call("GET", &url, None, &[]))
+        thread::spawn(move || call_str("GET", &url, None, &[]))
     };
     thread::sleep(Duration::from_millis(300));
     assert_eq!(w.server.delete_vm(&id).0, 204);
@@ -142,18 +141,18 @@ fn waiters_never_take_every_http_thread() {
     let waiters: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
-            thread::spawn(move || call("GET", &url, None, &[]))
+            thread::spawn(move || call_str("GET", &url, None, &[]))
         })
         .collect();
-    fleet_support::eventually("two long polls waiting", || {
-        let metrics = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    common::eventually("two long polls waiting", || {
+        let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
         metrics
             .lines()
             .any(|l| l == "osx_builder_long_polls_waiting 2")
             .then_some(())
     });
     let started = Instant::now();
-    let third = call("GET", &url, None, &[]);
+    let third = call_str("GET", &url, None, &[]);
     assert_eq!(third.status, 200);
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -171,7 +170,7 @@ fn waiters_never_take_every_http_thread() {
     }
 }
 
-fn assert_deleting_or_gone(answer: &fleet_support::Answer) {
+fn assert_deleting_or_gone(answer: &common::http::Answer) {
     let vm = answer.json();
     match answer.status {
         200 => assert_eq!(vm["progress"]["phase"], "deleting", "{vm}"),

@@ -2,14 +2,13 @@
 //! `promtool` when it is installed), the bearer token, signed callbacks and the log lines.
 
 mod common;
-mod fleet_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{http::call_str, options, CallbackReceiver, World};
 use common::{Server, ServerOptions, TempDir};
-use fleet_support::{call, options, RawReceiver, World};
 use osx_builder::callback::signing;
 use serde_json::{json, Value};
 
@@ -24,7 +23,7 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 #[test]
 fn healthz_is_ok_with_vmrun_and_names_vmrun_when_it_is_missing() {
     let w = World::start("ops-health", options(&[]));
-    let health = call("GET", &w.server.url("/healthz"), None, &[]);
+    let health = call_str("GET", &w.server.url("/healthz"), None, &[]);
     assert_eq!(health.status, 200, "{}", health.text());
     let body = health.json();
     assert_eq!(body["status"], "ok");
@@ -34,7 +33,7 @@ fn healthz_is_ok_with_vmrun_and_names_vmrun_when_it_is_missing() {
     }
     assert!(body["checks"]["disk"]["free_bytes"].as_u64().unwrap() > 0);
     assert_eq!(body["draining"], false);
-    let head = call("HEAD", &w.server.url("/healthz"), None, &[]);
+    let head = call_str("HEAD", &w.server.url("/healthz"), None, &[]);
     assert_eq!(head.status, 200);
 
     let dir = TempDir::new("ops-health-novmrun");
@@ -45,7 +44,7 @@ fn healthz_is_ok_with_vmrun_and_names_vmrun_when_it_is_missing() {
             args: vec!["--vmrun-path".into(), "/nonexistent/vmrun".into()],
         },
     );
-    let health = call("GET", &broken.url("/healthz"), None, &[]);
+    let health = call_str("GET", &broken.url("/healthz"), None, &[]);
     assert_eq!(health.status, 503, "{}", health.text());
     let body = health.json();
     assert_eq!(body["status"], "failing");
@@ -71,14 +70,14 @@ fn metrics_count_what_happened_and_pass_promtool() {
     bad["image"]["checksum"] = json!(common::sha1_hex(b"no such image"));
     let failed = w.create(&bad);
     w.server.wait_failed(&failed);
-    let _ = call("GET", &w.server.url("/nope"), None, &[]);
+    let _ = call_str("GET", &w.server.url("/nope"), None, &[]);
     // An outcome is counted just after the VM's record shows it: wait rather than race.
-    fleet_support::eventually("both outcomes counted", || {
-        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    common::eventually("both outcomes counted", || {
+        let text = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
         (text.matches("osx_builder_provisions_total{").count() == 2).then_some(())
     });
 
-    let answer = call("GET", &w.server.url("/metrics"), None, &[]);
+    let answer = call_str("GET", &w.server.url("/metrics"), None, &[]);
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.header("Content-Type"),
@@ -166,8 +165,8 @@ fn a_vm_without_an_ip_in_time_is_its_own_provisioning_outcome() {
         vm["progress"]["phase"] == "ip-timeout"
     });
     // Counted just after the phase is recorded: wait for it rather than race it.
-    let text = fleet_support::eventually("the ip-timeout outcome", || {
-        let text = call("GET", &w.server.url("/metrics"), None, &[]).text();
+    let text = common::eventually("the ip-timeout outcome", || {
+        let text = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
         sample(
             &text,
             r#"osx_builder_provisions_total{outcome="ip-timeout"}"#,
@@ -217,7 +216,7 @@ fn with_a_token_every_endpoint_but_healthz_wants_it() {
             vec![("Authorization", "Bearer wrong")],
             vec![("Authorization", "Basic czNjcmV0")],
         ] {
-            let answer = call(method, &w.server.url(path), Some("{}"), &headers);
+            let answer = call_str(method, &w.server.url(path), Some("{}"), &headers);
             assert_eq!(answer.status, 401, "{method} {path} {headers:?}");
             assert_eq!(answer.json()["code"], "unauthorized");
             assert_eq!(
@@ -227,18 +226,18 @@ fn with_a_token_every_endpoint_but_healthz_wants_it() {
         }
     }
     assert_eq!(w.vm_count(), 0, "and the count itself needs the token");
-    let draining = call("GET", &w.server.url("/drain"), None, &good);
+    let draining = call_str("GET", &w.server.url("/drain"), None, &good);
     assert_eq!(
         draining.json()["draining"],
         false,
         "the refused POST /drain did nothing"
     );
     assert_eq!(
-        call("GET", &w.server.url("/healthz"), None, &[]).status,
+        call_str("GET", &w.server.url("/healthz"), None, &[]).status,
         200
     );
 
-    let created = call(
+    let created = call_str(
         "POST",
         &w.server.url("/vms"),
         Some(&w.body().to_string()),
@@ -246,10 +245,10 @@ fn with_a_token_every_endpoint_but_healthz_wants_it() {
     );
     assert_eq!(created.status, 202, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_string();
-    let listed = call("GET", &w.server.url("/vms"), None, &good);
+    let listed = call_str("GET", &w.server.url("/vms"), None, &good);
     assert_eq!(listed.status, 200);
     assert_eq!(listed.json().as_array().unwrap().len(), 1);
-    let fetched = call("GET", &w.server.url(&format!("/vms/{id}")), None, &good);
+    let fetched = call_str("GET", &w.server.url(&format!("/vms/{id}")), None, &good);
     assert_eq!(fetched.status, 200);
     assert!(!w.server.log().contains("s3cret-token-for-tests"));
 }
@@ -282,11 +281,11 @@ fn a_token_setting_that_cannot_work_stops_the_server() {
 fn callbacks_are_signed_and_verify_with_the_shared_secret() {
     let secret = "a-callback-secret-of-32-characters";
     let w = World::start("ops-signed", options(&["--callback-secret", secret]));
-    let receiver = RawReceiver::start();
+    let receiver = CallbackReceiver::start();
     let mut body = w.body();
     body["callback_url"] = json!(receiver.url);
     let id = w.create(&body);
-    let received = receiver.wait_for(1);
+    let received = receiver.wait_for_raw(1);
     let callback = &received[0];
     let vm: Value = serde_json::from_slice(&callback.body).unwrap();
     assert_eq!(vm["id"], id.as_str());

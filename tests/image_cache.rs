@@ -3,6 +3,8 @@
 //! fail in the ways real mirrors do (error statuses, dropped connections, no Range support,
 //! stalls), and `ImageCache::ensure` must publish exactly the verified image or nothing.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Cursor, Write};
@@ -14,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::TempDir;
 use osx_builder::image::{
     ChecksumType, GoldImage, ImageCache, ImageError, ImagePhase, ImageProgress, ImageSettings,
     ImageSpec,
@@ -29,24 +32,18 @@ const DEADLINE: Duration = Duration::from_secs(60);
 // Scratch data folders
 
 struct Scratch {
-    root: PathBuf,
+    root: TempDir,
 }
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "osxb-cache-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        Scratch { root }
+        Scratch {
+            root: TempDir::new(&format!("cache-{tag}")),
+        }
     }
 
     fn data(&self) -> PathBuf {
-        self.root.join("data")
+        self.root.path().join("data")
     }
 
     fn settings(&self) -> ImageSettings {
@@ -69,12 +66,6 @@ impl Scratch {
             }
         }
         found
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -519,7 +510,7 @@ fn every_format_and_checksum_type_publishes_the_gold_image() {
 #[test]
 fn archives_made_by_the_system_tools_publish() {
     let scratch = Scratch::new("tools");
-    let source = scratch.root.join("src");
+    let source = scratch.root.path().join("src");
     let files = vm_files(Some("Big Sur.vmwarevm"));
     for (name, data) in &files {
         let path = source.join(name);
@@ -536,7 +527,7 @@ fn archives_made_by_the_system_tools_publish() {
             if flag == "-cjf" && !have("bzip2") {
                 continue;
             }
-            let out = scratch.root.join(name);
+            let out = scratch.root.path().join(name);
             let status = Command::new("tar")
                 .arg(flag)
                 .arg(&out)
@@ -550,7 +541,7 @@ fn archives_made_by_the_system_tools_publish() {
         }
     }
     if have("zip") {
-        let out = scratch.root.join("info.zip");
+        let out = scratch.root.path().join("info.zip");
         let status = Command::new("zip")
             .arg("-qr")
             .arg(&out)
@@ -601,7 +592,7 @@ fn local_files_go_through_the_same_pipeline() {
     for format in [Format::TarGz, Format::Zip] {
         let files = vm_files(Some("vm"));
         let data = archive(format, &files);
-        let path = scratch.root.join(format!("image {format:?}.bin"));
+        let path = scratch.root.path().join(format!("image {format:?}.bin"));
         fs::write(&path, &data).unwrap();
         let url = format!("file://{}", path.display().to_string().replace(' ', "%20"));
         let gold = ensure(&cache, &spec(url, ChecksumType::Md5, &data)).unwrap();
@@ -618,7 +609,7 @@ fn local_files_go_through_the_same_pipeline() {
     let e = ensure(
         &cache,
         &spec(
-            format!("file://{}/missing.tar", scratch.root.display()),
+            format!("file://{}/missing.tar", scratch.root.path().display()),
             ChecksumType::Md5,
             b"x",
         ),

@@ -8,8 +8,10 @@ use std::io::{self, Cursor, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod common;
+
+use common::TempDir;
 use osx_builder::image::archive::{detect, ArchiveFormat, DETECT_LEN};
 use osx_builder::image::extract::{unpack_tar, unpack_zip, ExtractError, Limits, Unpacked};
 use tar::{EntryType, Header};
@@ -25,33 +27,20 @@ const GENEROUS: Limits = Limits {
 /// A unique folder under the system temp dir holding `staging/` (the extraction target) and
 /// whatever the test puts next to it; removed on drop.
 struct Scratch {
-    root: PathBuf,
+    dir: TempDir,
     dest: PathBuf,
 }
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "osxb-extract-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        let dest = root.join("staging");
+        let dir = TempDir::new(&format!("extract-{tag}"));
+        let dest = dir.path().join("staging");
         fs::create_dir(&dest).unwrap();
-        Scratch { root, dest }
+        Scratch { dir, dest }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
+        self.dir.path().join(name)
     }
 }
 
@@ -308,7 +297,7 @@ fn expect_refused(
     let scratch = Scratch::new(code);
     fs::create_dir(scratch.path("outside")).unwrap();
     fs::write(scratch.path("outside/keep"), b"precious").unwrap();
-    let before = snapshot(&scratch.root, &scratch.dest);
+    let before = snapshot(scratch.dir.path(), &scratch.dest);
     let err = unpack_tar(format, Cursor::new(archive), &scratch.dest, limits)
         .expect_err("a hostile archive must be refused");
     eprintln!("{}: {err}", err.code());
@@ -316,7 +305,7 @@ fn expect_refused(
     assert_eq!(err.entry(), Some(entry), "{err}");
     assert!(err.to_string().contains(entry), "{err}");
     assert_eq!(
-        snapshot(&scratch.root, &scratch.dest),
+        snapshot(scratch.dir.path(), &scratch.dest),
         before,
         "something changed outside the staging folder"
     );
@@ -1086,7 +1075,7 @@ fn a_zip_bomb_is_stopped_at_the_limit() {
     }
     let archive = writer.finish().unwrap().into_inner();
     fs::write(scratch.path("bomb.zip"), &archive).unwrap();
-    let before = snapshot(&scratch.root, &scratch.dest);
+    let before = snapshot(scratch.dir.path(), &scratch.dest);
     let limits = Limits {
         max_unpacked_bytes: 10 << 20,
         cancel: None,
@@ -1094,7 +1083,7 @@ fn a_zip_bomb_is_stopped_at_the_limit() {
     let err = unpack_zip(&scratch.path("bomb.zip"), &scratch.dest, &limits).unwrap_err();
     assert_eq!(err.code(), "unpack-limit", "{err}");
     assert_eq!(err.entry(), Some("vm/disk.vmdk"));
-    assert_eq!(snapshot(&scratch.root, &scratch.dest), before);
+    assert_eq!(snapshot(scratch.dir.path(), &scratch.dest), before);
 }
 
 #[test]
@@ -1166,11 +1155,15 @@ fn hostile_zip_names_and_links_are_refused() {
     for (name, link, code) in cases {
         let scratch = Scratch::new("zip-hostile");
         fs::write(scratch.path("bad.zip"), build(name, link)).unwrap();
-        let before = snapshot(&scratch.root, &scratch.dest);
+        let before = snapshot(scratch.dir.path(), &scratch.dest);
         let err = unpack_zip(&scratch.path("bad.zip"), &scratch.dest, &GENEROUS).unwrap_err();
         assert_eq!(err.code(), code, "{name}: {err}");
         assert_eq!(err.entry(), Some(name), "{err}");
-        assert_eq!(snapshot(&scratch.root, &scratch.dest), before, "{name}");
+        assert_eq!(
+            snapshot(scratch.dir.path(), &scratch.dest),
+            before,
+            "{name}"
+        );
     }
     assert!(!Path::new("/abs/evil").exists());
 }

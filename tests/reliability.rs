@@ -4,18 +4,11 @@
 mod common;
 
 use common::http::{request, Delivery, FileServer};
-use common::{gold_tar_gz_padded, sha1_hex, Server, ServerOptions, TempDir, World};
+use common::{gold_tar_gz_padded, options, sha1_hex, Server, ServerOptions, TempDir, World};
 use serde_json::{json, Value};
 
 fn body(url: &str, checksum: &str) -> Value {
     json!({"image": {"url": url, "checksum": checksum, "checksum_type": "sha1"}, "headless": true})
-}
-
-fn options(args: &[&str]) -> ServerOptions {
-    ServerOptions {
-        env: Vec::new(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-    }
 }
 
 fn count_vms(server: &Server) -> usize {

@@ -14,15 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{request, FileServer};
-use common::{gold_tar_gz, sha1_hex, Server, ServerOptions, TempDir, World};
+use common::{gold_tar_gz, options, sha1_hex, Server, ServerOptions, TempDir, World};
 use serde_json::{json, Value};
-
-fn options(args: &[&str]) -> ServerOptions {
-    ServerOptions {
-        env: Vec::new(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-    }
-}
 
 /// The ids of the VMs the simulator runs.
 fn sim_running(server: &Server) -> BTreeSet<String> {

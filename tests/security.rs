@@ -12,17 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::http::{call, request, FileServer};
 use common::{
-    file_images_under, image_body, sha1_hex, tar_gz_of, Server, ServerOptions, TempDir, World,
-    DISK_DESCRIPTOR, GOLD_VMX,
+    file_images_under, image_body, options, sha1_hex, tar_gz_of, Server, ServerOptions, TempDir,
+    World, DISK_DESCRIPTOR, GOLD_VMX,
 };
 use serde_json::{json, Value};
-
-fn options(args: &[&str]) -> ServerOptions {
-    ServerOptions {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..ServerOptions::default()
-    }
-}
 
 fn post(server: &Server, body: &Value) -> (u16, Value) {
     server.create(body)

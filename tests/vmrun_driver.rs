@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use osx_builder::hypervisor::vmrun::{
     HypervisorError, IpAnswer, Timeouts, ToolsState, Vmrun, VmrunSettings,
 };
+use osx_builder::hypervisor::Hypervisor;
 use osx_builder::sys::cancel::Cancel;
 
 /// A directory under the system temp dir, removed on drop together with any process whose
@@ -245,7 +246,7 @@ fn arguments_follow_the_contract() {
     bare.delete_vm(dst).unwrap();
     assert_eq!(args(), ["deleteVM", "/vms/id 1/id 1.vmx"]);
     // The script prints nothing, which is no valid answer to these.
-    assert_eq!(bare.list().unwrap_err().code(), "vmrun-bad-output");
+    assert_eq!(bare.list_running().unwrap_err().code(), "vmrun-bad-output");
     assert_eq!(args(), ["list"]);
     assert_eq!(
         bare.guest_ip(dst, &cancel).unwrap_err().code(),
@@ -374,7 +375,7 @@ fn a_process_left_holding_the_output_open_does_not_hang_the_call() {
     );
     let vmrun = with_timeouts(&vmrun, |t| t.list = Duration::from_secs(120));
     let started = Instant::now();
-    let running = vmrun.list().unwrap();
+    let running = vmrun.list_running().unwrap();
     assert_eq!(running, [PathBuf::from("/vms/a/a.vmx")]);
     assert!(
         started.elapsed() < Duration::from_secs(40),
@@ -408,21 +409,24 @@ fn list_output() {
         "printf 'Total running VMs: 2\\n/vms/a/a.vmx\\n/Users/ci/Virtual Machines/b.vmx\\n'",
     );
     assert_eq!(
-        two.list().unwrap(),
+        two.list_running().unwrap(),
         [
             PathBuf::from("/vms/a/a.vmx"),
             PathBuf::from("/Users/ci/Virtual Machines/b.vmx")
         ]
     );
     let none = s.vmrun("none", "echo 'Total running VMs: 0'");
-    assert!(none.list().unwrap().is_empty());
+    assert!(none.list_running().unwrap().is_empty());
 
     let short = s.vmrun("short", "printf 'Total running VMs: 2\\n/vms/a/a.vmx\\n'");
-    let err = short.list().unwrap_err();
+    let err = short.list_running().unwrap_err();
     assert_eq!(err.code(), "vmrun-bad-output");
     assert!(err.to_string().contains("/vms/a/a.vmx"), "{err}");
     let header = s.vmrun("header", "printf 'Running: 0\\n'");
-    assert_eq!(header.list().unwrap_err().code(), "vmrun-bad-output");
+    assert_eq!(
+        header.list_running().unwrap_err().code(),
+        "vmrun-bad-output"
+    );
 }
 
 #[test]
@@ -575,7 +579,7 @@ fn availability_check_names_the_path_and_the_setting() {
 fn calling_a_missing_vmrun_is_a_not_found_error() {
     let s = Scratch::new();
     let vmrun = Vmrun::new(VmrunSettings::new(s.dir.join("no-such-vmrun")));
-    let err = vmrun.list().unwrap_err();
+    let err = vmrun.list_running().unwrap_err();
     assert_eq!(err.code(), "vmrun-not-found");
     assert_eq!(
         vmrun.call_counts(),
@@ -595,8 +599,8 @@ fn calls_are_counted_by_command_and_outcome_across_clones() {
          esac",
     );
     let shared = vmrun.clone();
-    vmrun.list().unwrap();
-    shared.list().unwrap();
+    vmrun.list_running().unwrap();
+    shared.list_running().unwrap();
     assert!(vmrun.start(&vmx, true, &Cancel::new()).is_err());
     thread::spawn(move || shared.delete_vm(&vmx).unwrap())
         .join()

@@ -9,12 +9,12 @@
 #[path = "../../tests/common/mod.rs"]
 pub mod harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use osx_builder::image::{ChecksumType, ImageSpec};
 use osx_builder::vm::VmId;
 use osx_builder::vm::{NetworkType, Phase, Progress, Status, Vm};
 
-pub use harness::{TempDir, SERVER_BIN, SIM_BIN};
+pub use harness::{TempDir, SERVER_BIN};
 
 /// The machine the figures were taken on, printed first by every benchmark.
 pub fn print_machine() {
@@ -58,95 +58,41 @@ pub fn print_machine() {
 }
 
 /// The osx-builder binary, running against the simulator.
-pub struct BenchServer {
-    child: Child,
-    pub addr: SocketAddr,
-    pub log: Arc<Mutex<String>>,
-    /// From spawn to the "listening on" log line.
-    pub listening_after: Duration,
-    pub spawned_at: Instant,
+/// The benchmarks' server is the integration tests' server, started with its own defaults.
+pub type BenchServer = harness::Server;
+
+/// What a benchmark starts and reads of a server beyond what the tests need.
+pub trait Bench {
+    /// (VmRSS, VmHWM) in KiB, from /proc.
+    fn rss_kib(&self) -> (u64, u64);
+    fn threads(&self) -> u64;
+    /// Waits for the first 200 to `GET path`, polling as fast as a client could; returns the
+    /// time since the spawn.
+    fn first_ok(&self, path: &str, deadline: Duration) -> Duration;
 }
 
-impl BenchServer {
-    /// `--port 0 --bind 127.0.0.1 --data-dir <data>`, vmrun = the simulator with its state
-    /// in `sim`, then `args` (a later flag wins) and `env`.
-    pub fn start(data: &Path, sim: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        std::fs::create_dir_all(sim).expect("create the simulator's state folder");
-        let mut command = Command::new(SERVER_BIN);
-        command
-            .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-            .arg(data)
-            .args(args)
-            .args(extra_server_args())
-            .env("VMWARE_VMRUN_PATH", SIM_BIN)
-            .env("VMRUN_SIM_STATE", sim)
-            .env("OSX_BUILDER_VMRUN_HOST_TYPE", "ws")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let spawned_at = Instant::now();
-        let mut child = command.spawn().expect("start osx-builder");
-        let stderr = child.stderr.take().expect("server stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if std::env::var_os("OSXB_BENCH_LOG").is_some() {
-                        eprintln!("[server] {line}");
-                    }
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send((addr, spawned_at.elapsed()));
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let Ok((addr, listening_after)) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!("server did not start: {}", log.lock().unwrap());
-        };
-        Self {
-            child,
-            addr: addr.parse().expect("listening address"),
-            log,
-            listening_after,
-            spawned_at,
-        }
-    }
+/// `--port 0 --bind 127.0.0.1 --data-dir <data>`, vmrun = the simulator with its state in
+/// `sim`, then `args` (a later flag wins), `OSXB_BENCH_SERVER_ARGS` and `env`.
+pub fn start_server(data: &Path, sim: &Path, args: &[&str], env: &[(&str, &str)]) -> BenchServer {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(extra_server_args());
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    harness::Server::launch(data, sim, &all, &env)
+}
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// (VmRSS, VmHWM) in KiB, from /proc.
-    pub fn rss_kib(&self) -> (u64, u64) {
+impl Bench for harness::Server {
+    fn rss_kib(&self) -> (u64, u64) {
         rss_kib(self.pid())
     }
 
-    pub fn threads(&self) -> u64 {
+    fn threads(&self) -> u64 {
         proc_status_field(self.pid(), "Threads:").unwrap_or(0)
     }
 
-    /// Waits for the first 200 to `GET path`, polling as fast as a client could; returns the
-    /// time since the spawn.
-    pub fn first_ok(&self, path: &str, deadline: Duration) -> Duration {
+    fn first_ok(&self, path: &str, deadline: Duration) -> Duration {
         let end = Instant::now() + deadline;
         loop {
             if let Ok((200, _)) = get(self.addr, path) {
@@ -155,13 +101,6 @@ impl BenchServer {
             assert!(Instant::now() < end, "no 200 for {path}:\n{}", self.log());
             thread::sleep(Duration::from_micros(200));
         }
-    }
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -194,63 +133,16 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     request(addr, "GET", path, None)
 }
 
-/// One request on a fresh connection (`Connection: close`): status and body.
+/// One request on a fresh connection (`Connection: close`): status and body; a server that
+/// is not there yet is an error, not a panic.
 pub fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.set_nodelay(true)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(body) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body.unwrap_or_default());
-    stream.write_all(&out)?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply)?;
-    parse_reply(&reply)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP reply"))
-}
-
-fn parse_reply(reply: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let end = find(reply, b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&reply[..end]).ok()?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = &reply[end + 4..];
-    let chunked = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    if !chunked {
-        return Some((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = find(rest, b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some((status, out));
-        }
-        let chunk = rest.get(line_end + 2..line_end + 2 + size)?;
-        out.extend_from_slice(chunk);
-        rest = rest.get(line_end + 4 + size..)?;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let answer = harness::http::try_call(method, &format!("http://{addr}{path}"), body, &[])?;
+    Ok((answer.status, answer.body))
 }
 
 /// FNV-1a, as the simulator keys its per-VM state files.
@@ -660,7 +552,7 @@ fn read_one_response(stream: &mut TcpStream, buf: &mut [u8]) -> Option<u16> {
             return None;
         }
         filled += n;
-        if let Some(end) = find(&buf[..filled], b"\r\n\r\n") {
+        if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end]).ok()?;
             let status = head.split_whitespace().nth(1)?.parse().ok()?;
             let length: usize = head

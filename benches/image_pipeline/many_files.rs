@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{self, BenchServer};
+use crate::common::{self, Bench};
 use crate::{append_file as append, HashingWriter};
 
 /// Files per folder: a VM bundle's deepest folders hold thousands.
@@ -40,7 +40,7 @@ pub fn run(dir: &Path, base: &str, files: u64, keep: bool) -> io::Result<()> {
     let root = dir.join("many-files-ours");
     let _ = fs::remove_dir_all(&root);
     let (data, sim) = (root.join("data"), root.join("sim"));
-    let server = BenchServer::start(&data, &sim, &[], &[]);
+    let server = common::start_server(&data, &sim, &[], &[]);
     let (_, idle_hwm) = server.rss_kib();
     let url = format!(
         "{base}/{}",

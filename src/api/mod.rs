@@ -1,17 +1,17 @@
 //! HTTP: routing, request parsing and the error contract. The core (`service`) never sees
 //! HTTP types.
 
-pub mod action;
-pub mod answer;
-pub mod auth;
+pub(crate) mod action;
+pub(crate) mod answer;
+pub(crate) mod auth;
 pub mod create_body;
-pub mod create_meta;
+pub(crate) mod create_meta;
 pub mod error;
-pub mod images;
-pub mod list_filter;
-pub mod openapi;
-pub mod ops;
-pub mod query;
-pub mod routes;
+pub(crate) mod images;
+pub(crate) mod list_filter;
+pub(crate) mod openapi;
+pub(crate) mod ops;
+pub(crate) mod query;
+pub(crate) mod routes;
 pub mod server;
-pub mod vms;
+pub(crate) mod vms;

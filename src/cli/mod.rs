@@ -5,11 +5,11 @@
 //! scripts. Exit status: 0 done (a VM running with an IP), 1 the server said no or the VM
 //! failed, 2 usage error, 3 the server could not be reached.
 
-pub mod args;
-pub mod client;
+pub(crate) mod args;
+pub(crate) mod client;
 mod commands;
-pub mod output;
-pub mod progress;
+pub(crate) mod output;
+pub(crate) mod progress;
 mod wait;
 
 use std::collections::HashMap;

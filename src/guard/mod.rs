@@ -2,11 +2,11 @@
 //! files an image may come from, where a callback may go, what a VMX may reach. The
 //! request parsers check syntax; this module checks what the host allows.
 
-pub mod callback_url;
-pub mod cidr;
-pub mod idempotency;
-pub mod image_url;
-pub mod vmx_policy;
+pub(crate) mod callback_url;
+pub(crate) mod cidr;
+pub(crate) mod idempotency;
+pub(crate) mod image_url;
+pub(crate) mod vmx_policy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -225,14 +225,6 @@ mod tests {
 
     const CHECKSUM: &str = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
 
-    fn temp(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("osxb-dependants-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn descriptor(parent: &str) -> String {
         format!("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=2\ncreateType=\"monolithicSparse\"\nparentFileNameHint=\"{parent}\"\n")
     }
@@ -258,7 +250,7 @@ mod tests {
 
     #[test]
     fn finds_clones_of_gold_and_clones_of_clones_whatever_their_folder_name() {
-        let root = temp("scan");
+        let root = crate::sys::scratch::dir("dependants-scan");
         let (vms, gold) = (root.join("vms"), root.join("gold"));
         fs::create_dir_all(gold.join(CHECKSUM).join("box")).unwrap();
         fs::write(gold.join(CHECKSUM).join("box/disk.vmdk"), "base").unwrap();

@@ -90,17 +90,6 @@ impl HypervisorError {
         }
     }
 
-    pub(crate) fn message_mut(&mut self) -> Option<&mut String> {
-        match self {
-            HypervisorError::VmLocked { message, .. }
-            | HypervisorError::VmOpenError { message, .. }
-            | HypervisorError::NotPoweredOn { message, .. }
-            | HypervisorError::AlreadyRunning { message, .. }
-            | HypervisorError::Failed { message, .. } => Some(message),
-            _ => None,
-        }
-    }
-
     /// vmrun's own error text, for the variants that carry one.
     pub fn vmrun_message(&self) -> Option<&str> {
         match self {

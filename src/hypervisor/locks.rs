@@ -74,16 +74,9 @@ pub fn remove_locks_in(dir: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("osxb-locks-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn stale_locks_go_unless_the_vm_runs() {
-        let root = temp("locks");
+        let root = crate::sys::scratch::dir("locks-locks");
         fs::create_dir_all(root.join("a.vmx.lck")).unwrap();
         fs::write(root.join("a.vmx.lck/M1.lck"), "").unwrap();
         fs::create_dir_all(root.join("disk.vmdk.lck")).unwrap();

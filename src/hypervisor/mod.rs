@@ -7,14 +7,15 @@
 //! its VMs elsewhere (tart keeps them in its own folder, by name) maps that path to its name:
 //! the VM's folder under `vms/` is still where the server keeps its record.
 
-pub mod dependants;
+pub(crate) mod dependants;
 mod error;
-pub mod fake;
-pub mod guest_ip;
-pub mod locks;
-pub mod running;
+#[cfg(test)]
+pub(crate) mod fake;
+pub(crate) mod guest_ip;
+pub(crate) mod locks;
+pub(crate) mod running;
 pub mod vmrun;
-pub mod vmware_log;
+pub(crate) mod vmware_log;
 pub mod vmx;
 
 use std::fmt;

@@ -76,19 +76,9 @@ fn last_lines(bytes: &[u8], lines: usize, cut: bool) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn scratch(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "osxb-vmware-log-{tag}-{}-{}",
-            std::process::id(),
-            crate::sys::time::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn tail_is_the_last_lines() {
-        let dir = scratch("tail");
+        let dir = crate::sys::scratch::dir("vmware-log-tail");
         let text: String = (1..=100).map(|n| format!("line {n}\n")).collect();
         std::fs::write(dir.join(FILE_NAME), text).unwrap();
         let tail = tail(&dir, 40).unwrap();
@@ -113,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_large_log_is_read_from_its_end_only() {
-        let dir = scratch("large");
+        let dir = crate::sys::scratch::dir("vmware-log-large");
         let mut text = "y".repeat(3 * TAIL_MAX_BYTES as usize);
         text.push('\n');
         for n in 1..=50 {
@@ -128,7 +118,7 @@ mod tests {
 
     #[test]
     fn no_log_and_links_are_none() {
-        let dir = scratch("none");
+        let dir = crate::sys::scratch::dir("vmware-log-none");
         assert!(tail(&dir, 40).is_none());
         std::fs::write(dir.join("elsewhere"), "secret\n").unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join(FILE_NAME)).unwrap();

@@ -179,19 +179,9 @@ fn is_vmx(path: &Path, root: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "osx-builder-layout-{tag}-{}-{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn finds_the_one_vmx_anywhere_and_ignores_companions() {
-        let data = temp_dir("find");
+        let data = crate::sys::scratch::dir("layout-find");
         let layout = Layout::new(&data);
         layout.create().unwrap();
         let sum = "9e107d9d372bb6826bd81d3542a419d6";
@@ -226,7 +216,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_ours_only() {
-        let data = temp_dir("leftovers");
+        let data = crate::sys::scratch::dir("layout-leftovers");
         let layout = Layout::new(&data);
         layout.create().unwrap();
         let staging = layout.new_staging_dir("abc");

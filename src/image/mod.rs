@@ -3,19 +3,19 @@
 //! Public entry point: `ImageCache::ensure`. Everything else is the pipeline behind it.
 
 pub mod archive;
-pub mod cache;
+pub(crate) mod cache;
 mod checksum;
-pub mod download;
-pub mod error;
+pub(crate) mod download;
+pub(crate) mod error;
 pub mod extract;
-pub mod gold;
-pub mod gold_locks;
-pub mod guard;
+pub(crate) mod gold;
+pub(crate) mod gold_locks;
+pub(crate) mod guard;
 mod layout;
-pub mod originals;
+pub(crate) mod originals;
 mod pipeline;
-pub mod progress;
-pub mod spec;
+pub(crate) mod progress;
+pub(crate) mod spec;
 
 pub use cache::{DownloadHook, ImageCache, ImageSettings};
 pub use checksum::is_any_digest;

@@ -3,8 +3,8 @@
 
 mod failure;
 mod ip_watch;
-pub mod steps;
-pub mod tasks;
+pub(crate) mod steps;
+pub(crate) mod tasks;
 
 use std::sync::Arc;
 use std::thread;

@@ -152,16 +152,9 @@ impl Service {
 mod tests {
     use super::*;
 
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("osxb-adopt-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn adopts_a_go_server_vm_with_its_annotation() {
-        let root = temp("adopt");
+        let root = crate::sys::scratch::dir("adopt-adopt");
         let id = "282ee68a-2e4d-4bd7-9c0e-7f37e12fc489";
         let dir = root.join(id);
         fs::create_dir_all(&dir).unwrap();
@@ -187,7 +180,7 @@ mod tests {
 
     #[test]
     fn refuses_folders_that_are_not_vms() {
-        let root = temp("refuse");
+        let root = crate::sys::scratch::dir("adopt-refuse");
         let dir = root.join("not-an-id");
         fs::create_dir_all(&dir).unwrap();
         assert!(adopt(&dir, None).unwrap_err().contains("not a VM id"));

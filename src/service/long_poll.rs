@@ -31,12 +31,8 @@ const SLICE: Duration = Duration::from_millis(250);
 /// otherwise get four answers a second.
 pub const PROGRESS_GAP: Duration = Duration::from_secs(1);
 
-/// The entity tag of a JSON body: FNV-1a of it. Equal objects have equal tags; a 64-bit
-/// hash makes a collision between two states of one VM negligible.
-pub fn etag(json: &[u8]) -> String {
-    format!("\"{:016x}\"", fnv(json))
-}
-
+/// FNV-1a: equal objects have equal tags; a 64-bit hash makes a collision between two
+/// states of one VM negligible.
 fn fnv(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
@@ -76,11 +72,6 @@ impl VmTag {
             state: u64::from_str_radix(state, 16).ok()?,
         })
     }
-}
-
-/// The `ETag` of a VM object whose [`state_of`] is `state`.
-pub fn vm_etag(json: &[u8], state: u64) -> String {
-    VmTag::of(json, state).header()
 }
 
 /// The hash of the fields whose change ends a wait. `status` counts once provisioning has
@@ -277,9 +268,9 @@ mod tests {
 
     #[test]
     fn tags_and_preconditions() {
-        let a = etag(b"{\"a\":1}");
-        assert_eq!(a.len(), 18);
-        assert_ne!(a, etag(b"{\"a\":2}"));
+        let a = VmTag::of(b"{\"a\":1}", 7).header();
+        assert_eq!(a.len(), 35);
+        assert_ne!(a, VmTag::of(b"{\"a\":2}", 7).header());
         assert!(if_none_match(&a, &a));
         assert!(if_none_match(&format!("\"x\", W/{a}"), &a));
         assert!(if_none_match("*", &a));
@@ -415,7 +406,7 @@ mod tests {
         // A tag behind on progress only: a plain wait holds, a progress wait answers
         // after the gap; a tag behind on the state answers at once.
         let (json, state) = store.json_with_state(id).unwrap();
-        let old = vm_etag(&json, state);
+        let old = VmTag::of(&json, state).header();
         set_bytes(&store, id, 99_000);
         store
             .update(id, Durability::MemoryOnly, |vm| {
@@ -452,7 +443,7 @@ mod tests {
     fn vm_tags_parse_back() {
         let vm = sample();
         let json = serde_json::to_vec(&vm).unwrap();
-        let tag = vm_etag(&json, state_of(&vm));
+        let tag = VmTag::of(&json, state_of(&vm)).header();
         let parsed = VmTag::of(&json, state_of(&vm));
         assert_eq!(VmTag::parse(&tag), Some(parsed));
         assert_eq!(VmTag::parse(&format!("W/{tag}")), Some(parsed));

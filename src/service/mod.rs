@@ -3,16 +3,16 @@
 //! with the disk and with vmrun after a restart.
 
 mod adopt;
-pub mod capacity;
-pub mod drain;
+pub(crate) mod capacity;
+pub(crate) mod drain;
 mod error;
-pub mod health;
-pub mod leases;
-pub mod long_poll;
-pub mod metrics;
-pub mod reaper;
-pub mod reconcile;
-pub mod retention;
+pub(crate) mod health;
+pub(crate) mod leases;
+pub(crate) mod long_poll;
+pub(crate) mod metrics;
+pub(crate) mod reaper;
+pub(crate) mod reconcile;
+pub(crate) mod retention;
 #[cfg(test)]
 mod tests;
 

@@ -14,7 +14,7 @@ use super::reconcile::Reconcile;
 use super::{Created, Service};
 use crate::app::{self, App};
 use crate::config::{self, Command};
-use crate::hypervisor::fake::FakeHypervisor;
+use crate::hypervisor::fake::{FakeHypervisor, Fault};
 use crate::image::{ChecksumType, ImageSpec};
 use crate::service::Error;
 use crate::vm::guestinfo::GuestInfo;
@@ -208,10 +208,7 @@ fn the_reconcile_follows_a_running_set_that_changes_behind_the_servers_back() {
     }
     // A listing that fails changes nothing: the record keeps what was last known.
     h.fake.set_running_behind_the_back(&vmx, false);
-    h.fake.fail_next(
-        "list",
-        crate::hypervisor::fake::Fault::Failed("boom".into()),
-    );
+    h.fake.fail_next("list", Fault::Failed("boom".into()));
     h.service().reconcile(Reconcile::Periodic);
     assert_eq!(h.status(id).as_deref(), Some("running"));
 }
@@ -304,4 +301,51 @@ fn concurrent_creates_fill_the_capacity_exactly() {
 
 fn list_calls(fake: &FakeHypervisor) -> usize {
     fake.calls().iter().filter(|c| *c == "list").count()
+}
+
+#[test]
+fn without_the_tool_a_create_is_refused_before_anything_is_recorded() {
+    let h = Harness::new(&[]);
+    h.fake.set_unavailable(true);
+    assert!(matches!(
+        h.service().create(h.request()),
+        Err(Error::HypervisorMissing(_))
+    ));
+    assert!(
+        h.service().list().is_empty(),
+        "a refused create was recorded"
+    );
+    h.fake.set_unavailable(false);
+    let id = h.create(h.request());
+    h.running(id);
+}
+
+#[test]
+fn a_delete_outlasts_vmware_holding_the_vm_and_a_vmx_it_cannot_open() {
+    let h = Harness::new(&[]);
+    let held = h.create(h.request());
+    let unopenable = h.create(h.request());
+    h.running(held);
+    h.running(unopenable);
+    // VMware still holds a VM it just powered off: the delete waits and tries again.
+    h.fake.fail_next("deleteVM", Fault::Locked);
+    h.service()
+        .delete(held)
+        .expect("delete of a VM VMware held for a moment");
+    // A VMX vmrun cannot open cannot run either: its folder goes all the same.
+    h.fake.fail_next("deleteVM", Fault::CannotOpen);
+    h.service()
+        .delete(unopenable)
+        .expect("delete of an unopenable VM");
+    for id in [held, unopenable] {
+        assert_eq!(h.status(id), None);
+        assert!(!h.dir.join("data/vms").join(id.to_string()).exists());
+    }
+    let deletes = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("deleteVM"))
+        .count();
+    assert_eq!(deletes, 3, "one retry of the held VM: {:?}", h.fake.calls());
 }

@@ -3,10 +3,12 @@
 
 pub mod cancel;
 pub mod data_lock;
-pub mod disk;
+pub(crate) mod disk;
 pub mod fd_limit;
-pub mod fsutil;
+pub(crate) mod fsutil;
 pub mod log;
+#[cfg(test)]
+pub(crate) mod scratch;
 pub mod shutdown;
 pub(crate) mod sync;
 pub mod time;

@@ -1,11 +1,11 @@
 //! VMs as the API shows them and as they are kept on disk.
 
-pub mod create;
-pub mod guestinfo;
-pub mod id;
-pub mod labels;
-pub mod model;
-pub mod store;
+pub(crate) mod create;
+pub(crate) mod guestinfo;
+pub(crate) mod id;
+pub(crate) mod labels;
+pub(crate) mod model;
+pub(crate) mod store;
 
 pub use create::CreateVm;
 pub use id::VmId;

@@ -466,12 +466,6 @@ mod tests {
     use crate::vm::model::tests::sample;
     use std::time::Instant;
 
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("osxb-store-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     fn vm(id: VmId) -> Vm {
         Vm { id, ..sample() }
     }
@@ -487,7 +481,7 @@ mod tests {
 
     #[test]
     fn insert_and_remove_leave_only_whole_vm_folders() {
-        let root = temp("whole");
+        let root = crate::sys::scratch::dir("store-whole");
         let (store, _) = VmStore::open(&root).unwrap();
         let id = VmId::new();
         store.insert(vm(id)).unwrap();
@@ -502,7 +496,7 @@ mod tests {
 
     #[test]
     fn open_removes_what_an_interrupted_create_or_delete_left() {
-        let root = temp("leftovers");
+        let root = crate::sys::scratch::dir("store-leftovers");
         let kept = VmId::new();
         {
             let (store, _) = VmStore::open(&root).unwrap();
@@ -524,7 +518,7 @@ mod tests {
 
     #[test]
     fn adopting_writes_the_record_into_the_existing_folder() {
-        let root = temp("adopt");
+        let root = crate::sys::scratch::dir("store-adopt");
         let (store, _) = VmStore::open(&root).unwrap();
         let id = VmId::new();
         let dir = root.join(id.to_string());

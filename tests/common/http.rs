@@ -60,18 +60,36 @@ impl Answer {
     }
 }
 
-/// One HTTP/1.1 call (`Connection: close`). A body without a `Content-Type` in `headers` is
-/// sent as JSON.
+/// One HTTP/1.1 call (`Connection: close`), held to the OpenAPI document. A body without
+/// a `Content-Type` in `headers` is sent as JSON.
 pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Answer {
-    let rest = url.strip_prefix("http://").expect("http URL");
+    let answer =
+        try_call(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    // Every answer a test receives from the server is held to the OpenAPI document.
+    super::contract::check(method, url, &answer);
+    answer
+}
+
+/// The same call for callers that must survive a server that is not (yet) there, as a
+/// benchmark's load loop does: I/O errors and unreadable answers are errors, not panics,
+/// and the answer is not checked against the document.
+pub fn try_call(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Answer> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad(format!("not an http URL: {url}")))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut stream = TcpStream::connect(authority).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
+    let mut stream = TcpStream::connect(authority)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    stream.set_nodelay(true)?;
     let mut head =
         format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
     let mut has_type = false;
@@ -86,18 +104,19 @@ pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    if let Some(body) = body {
-        let _ = stream.write_all(body);
-    }
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.unwrap_or_default());
+    // A server may answer (and close) before reading a body it refuses; the answer is
+    // what the test wants, so a failed write is not the end.
+    let _ = stream.write_all(&out);
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
+    reader.read_line(&mut status_line)?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
     let headers = read_headers(&mut reader);
     let value = |name: &str| {
         headers
@@ -113,29 +132,33 @@ pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str
     } else if chunked {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).unwrap();
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad(format!("bad chunk size {size:?}")))?;
             if n == 0 {
                 break;
             }
             let mut chunk = vec![0; n + 2];
-            reader.read_exact(&mut chunk).unwrap();
+            reader.read_exact(&mut chunk)?;
             body.extend_from_slice(&chunk[..n]);
         }
     } else if let Some(n) = length {
         body.resize(n, 0);
-        reader.read_exact(&mut body).unwrap();
+        reader.read_exact(&mut body)?;
     } else {
+        // Without a length the answer ends when the server closes, however it closes.
         let _ = reader.read_to_end(&mut body);
     }
-    let answer = Answer {
+    Ok(Answer {
         status,
         headers,
         body,
-    };
-    // Every answer a test receives from the server is held to the OpenAPI document.
-    super::contract::check(method, url, &answer);
-    answer
+    })
+}
+
+/// One HTTP/1.1 call with a JSON text body, keeping the answer's headers.
+pub fn call_str(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    call(method, url, body.map(str::as_bytes), headers)
 }
 
 /// Header lines up to the blank line that ends them.
@@ -157,30 +180,26 @@ pub fn read_headers(reader: &mut impl BufRead) -> Vec<(String, String)> {
     headers
 }
 
-/// Reads one request from `stream` and returns its body.
-pub fn read_request_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
+/// Reads one request from `stream`: its headers and its body.
+pub fn read_request(stream: &mut TcpStream) -> Option<super::Received> {
     let mut reader = BufReader::new(stream);
-    let mut length = 0;
-    let mut first = true;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() && !first {
-            break;
-        }
-        first = false;
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok()?;
-            }
-        }
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).ok()? == 0 {
+        return None;
     }
+    let headers = read_headers(&mut reader);
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map_or(Some(0), |(_, v)| v.parse::<usize>().ok())?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    Some(body)
+    Some(super::Received { headers, body })
+}
+
+/// Reads one request from `stream` and returns its body.
+pub fn read_request_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    read_request(stream).map(|request| request.body)
 }
 
 /// How a file is sent.
@@ -190,6 +209,9 @@ pub enum Delivery {
     /// 4 KiB at a time with this pause between chunks, for tests that must catch a
     /// download in progress.
     Trickle(Duration),
+    /// At this many bytes a second, paced against the start so that slow writes do not
+    /// slow the rate further: a server far away, for benchmarks.
+    Rate(usize),
     /// Announces this Content-Length (a huge image), then sends what it has.
     ClaimLength(u64),
 }
@@ -286,6 +308,16 @@ fn serve_file(
                             return;
                         }
                         thread::sleep(pause);
+                    }
+                }
+                Delivery::Rate(bytes_per_sec) => {
+                    let started = std::time::Instant::now();
+                    for (n, part) in bytes.chunks((bytes_per_sec / 50).max(1)).enumerate() {
+                        let due = started + Duration::from_millis(20 * n as u64);
+                        thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                        if stream.write_all(part).is_err() {
+                            return;
+                        }
                     }
                 }
                 _ => {

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod tls_relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,15 +137,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Server {
     child: Child,
     pub base: String,
+    pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub sim_state: PathBuf,
     pub log: Arc<Mutex<String>>,
+    pub spawned_at: Instant,
+    /// From spawn to the "listening on" log line.
+    pub listening_after: Duration,
 }
 
 #[derive(Default)]
 pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+}
+
+/// Server options of command-line flags only.
+pub fn options(args: &[&str]) -> ServerOptions {
+    ServerOptions {
+        env: Vec::new(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 impl Server {
@@ -155,44 +168,69 @@ impl Server {
     /// Starts the server with its data under `root/data` and the simulator's state under
     /// `root/sim`; both survive a restart with the same root.
     pub fn start_with(root: &Path, options: ServerOptions) -> Self {
-        let data_dir = root.join("data");
-        let sim_state = root.join("sim");
-        std::fs::create_dir_all(&sim_state).unwrap();
+        let mut args: Vec<String> = [
+            "--ip-poll-interval",
+            "0.05",
+            "--provision-threads",
+            "8",
+            // No capacity limits unless a test sets them (a later flag wins): CI disks can
+            // have less free space than the floor.
+            "--max-vms",
+            "0",
+            "--min-free-disk",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(options.args);
+        Self::launch(&root.join("data"), &root.join("sim"), &args, &options.env)
+    }
+
+    /// Starts the server as an operator would, with its own defaults: only
+    /// `--port 0 --bind 127.0.0.1 --data-dir <data_dir>`, vmrun = the simulator with its
+    /// state in `sim_state`, then `args` (a later flag wins) and `env`. The benchmarks start
+    /// it this way.
+    pub fn launch(
+        data_dir: &Path,
+        sim_state: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Self {
+        std::fs::create_dir_all(sim_state).unwrap();
         let mut command = Command::new(SERVER_BIN);
         command
             .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--ip-poll-interval", "0.05", "--provision-threads", "8"])
-            // No capacity limits unless a test sets them (a later flag wins): tests make
-            // more than the default 2 VMs, and CI disks can have less than 10 GiB free.
-            .args(["--max-vms", "0", "--min-free-disk", "0"])
-            .args(&options.args)
+            .arg(data_dir)
+            .args(args)
             .env("VMWARE_VMRUN_PATH", SIM_BIN)
-            .env("VMRUN_SIM_STATE", &sim_state)
+            .env("VMRUN_SIM_STATE", sim_state)
             .env("OSX_BUILDER_VMRUN_HOST_TYPE", "ws")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (key, value) in &options.env {
+        for (key, value) in env {
             command.env(key, value);
         }
+        let spawned_at = Instant::now();
         let mut child = command.spawn().expect("start osx-builder");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         {
             let log = log.clone();
+            let echo = std::env::var_os("OSXB_TEST_LOG").is_some()
+                || std::env::var_os("OSXB_BENCH_LOG").is_some();
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if std::env::var_os("OSXB_TEST_LOG").is_some() {
+                    if echo {
                         eprintln!("[server] {line}");
                     }
                     for scheme in ["http", "https"] {
                         let marker = format!("listening on {scheme}://");
                         if let Some(rest) = line.split(&marker).nth(1) {
-                            let addr = rest.split_whitespace().next().unwrap_or("");
-                            let _ = tx.send(format!("{scheme}://{addr}"));
+                            let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                            let _ = tx.send((scheme, addr, spawned_at.elapsed()));
                         }
                     }
                     let mut log = log.lock().unwrap();
@@ -201,19 +239,24 @@ impl Server {
                 }
             });
         }
-        let base = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
+        let started = rx.recv_timeout(Duration::from_secs(60));
+        let Some((scheme, addr, listening_after, parsed)) =
+            started.ok().and_then(|(scheme, addr, after)| {
+                Some((scheme, addr.clone(), after, addr.parse().ok()?))
+            })
+        else {
+            let _ = child.kill();
+            panic!("server did not start: {}", log.lock().unwrap());
         };
         Self {
             child,
-            base,
-            data_dir,
-            sim_state,
+            base: format!("{scheme}://{addr}"),
+            addr: parsed,
+            data_dir: data_dir.to_path_buf(),
+            sim_state: sim_state.to_path_buf(),
             log,
+            spawned_at,
+            listening_after,
         }
     }
 
@@ -380,10 +423,38 @@ pub fn image_body(url: &str, checksum: &str) -> Value {
     })
 }
 
-/// Records the bodies POSTed to it.
+/// Polls `check` until it returns `Some`, or panics with `what` after a minute.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A received request (a callback): its headers and the body byte for byte (for signatures).
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// Keeps every POST it receives.
 pub struct CallbackReceiver {
     pub url: String,
-    pub bodies: Arc<Mutex<Vec<Value>>>,
+    pub received: Arc<Mutex<Vec<Received>>>,
     /// Every POST seen, answered or refused.
     pub attempts: Arc<AtomicU64>,
 }
@@ -393,19 +464,19 @@ impl CallbackReceiver {
         Self::start_failing(0)
     }
 
-    /// Answers the first `failures` POSTs with 503, then 200.
+    /// Answers the first `failures` POSTs with 503 (not kept), then 200.
     pub fn start_failing(failures: u64) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/callback", listener.local_addr().unwrap());
-        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let attempts = Arc::new(AtomicU64::new(0));
-        let (sink, seen) = (bodies.clone(), attempts.clone());
+        let (sink, seen) = (received.clone(), attempts.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let (sink, seen) = (sink.clone(), seen.clone());
                 thread::spawn(move || {
-                    let Some(body) = http::read_request_body(&mut stream) else {
+                    let Some(request) = http::read_request(&mut stream) else {
                         return;
                     };
                     if seen.fetch_add(1, Ordering::SeqCst) < failures {
@@ -414,9 +485,7 @@ impl CallbackReceiver {
                         );
                         return;
                     }
-                    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-                        sink.lock().unwrap().push(value);
-                    }
+                    sink.lock().unwrap().push(request);
                     let _ = stream.write_all(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                     );
@@ -425,20 +494,35 @@ impl CallbackReceiver {
         });
         Self {
             url,
-            bodies,
+            received,
             attempts,
         }
     }
 
+    /// The JSON bodies received so far, once there are `count` or after 30 s.
     pub fn wait_for(&self, count: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let bodies = self.bodies.lock().unwrap().clone();
+            let bodies: Vec<Value> = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .collect();
             if bodies.len() >= count || Instant::now() > deadline {
                 return bodies;
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The callbacks as received, headers and bytes, once there are `count`.
+    pub fn wait_for_raw(&self, count: usize) -> Vec<Received> {
+        eventually("callbacks", || {
+            let received = self.received.lock().unwrap().clone();
+            (received.len() >= count).then_some(received)
+        })
     }
 }
 

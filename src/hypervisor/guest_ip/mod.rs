@@ -1,7 +1,7 @@
 //! Finding a guest's IP address the way Packer and Vagrant do: VMware Tools' answer when it
 //! is an address a client can reach, else the DHCP lease of the VM's MAC address.
 
-pub mod dhcp;
+pub(crate) mod dhcp;
 
 use std::net::IpAddr;
 

@@ -115,217 +115,8 @@ impl Vmrun {
         }
     }
 
-    /// Which VMs run, as the last `vmrun list` and our own starts and stops since say.
-    pub fn running(&self) -> &RunningVms {
-        &self.running
-    }
-
     pub fn settings(&self) -> &VmrunSettings {
         &self.settings
-    }
-
-    /// Checks that the configured vmrun is an executable file, so a missing VMware install
-    /// is reported once at startup rather than on every VM.
-    pub fn check_available(&self) -> Result<(), HypervisorError> {
-        let path = &self.settings.path;
-        let not_found = |problem: String| HypervisorError::NotFound {
-            path: path.clone(),
-            problem,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => not_found("no such file".to_string()),
-            _ => not_found(format!("cannot inspect it: {e}")),
-        })?;
-        if !meta.is_file() {
-            return Err(not_found("it is not a file".to_string()));
-        }
-        if meta.permissions().mode() & 0o111 == 0 {
-            return Err(not_found("it is not executable".to_string()));
-        }
-        Ok(())
-    }
-
-    /// VMX paths of the running VMs.
-    pub fn list(&self) -> Result<Vec<PathBuf>, HypervisorError> {
-        let timeout = self.settings.timeouts.list;
-        let ticket = self.running.begin();
-        let listed = self.call("list", None, &[], timeout, None, |call, stdout| {
-            output::parse_list(stdout)
-                .map(|paths| (paths, OK))
-                .map_err(|problem| bad_output(call, problem, stdout))
-        });
-        match &listed {
-            Ok(paths) => self.running.listed(ticket, paths),
-            Err(err) => self.running.failed(ticket, &err.to_string()),
-        }
-        listed
-    }
-
-    /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
-    pub fn start(
-        &self,
-        vmx: &Path,
-        headless: bool,
-        cancel: &Cancel,
-    ) -> Result<(), HypervisorError> {
-        let mode = if headless { "nogui" } else { "gui" };
-        let timeout = self.settings.timeouts.start;
-        self.call(
-            "start",
-            Some(vmx),
-            &[mode.into()],
-            timeout,
-            Some(cancel),
-            no_answer,
-        )?;
-        self.running.changed(vmx, true);
-        Ok(())
-    }
-
-    /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
-    /// them). A VM that is already off counts as stopped.
-    pub fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        let mode = if hard { "hard" } else { "soft" };
-        let timeout = self.settings.timeouts.stop;
-        let result = self.call_raw("stop", Some(vmx), &[mode.into()], timeout, Some(cancel));
-        self.finish(
-            result,
-            |_, _| Ok(((), OK)),
-            |err| match err {
-                HypervisorError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
-                other => Err(other),
-            },
-        )?;
-        self.running.changed(vmx, false);
-        Ok(())
-    }
-
-    /// Deletes VMware's files of the VM (not other files in its folder).
-    pub fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
-        let timeout = self.settings.timeouts.delete;
-        self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)?;
-        self.running.changed(vmx, false);
-        Ok(())
-    }
-
-    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always
-    /// named: without one vmrun adds a new `Clone` snapshot to the parent on every call.
-    pub fn clone_linked(
-        &self,
-        src: &Path,
-        dst: &Path,
-        snapshot: &str,
-        clone_name: &str,
-        cancel: &Cancel,
-    ) -> Result<(), HypervisorError> {
-        let call = Call {
-            command: "clone",
-            vmx: Some(src.to_path_buf()),
-        };
-        if snapshot.trim().is_empty() {
-            return Err(HypervisorError::InvalidArgument {
-                call,
-                problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
-                          the parent on every clone"
-                    .to_string(),
-            });
-        }
-        if clone_name.trim().is_empty() {
-            return Err(HypervisorError::InvalidArgument {
-                call,
-                problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
-            });
-        }
-        let args: [OsString; 4] = [
-            dst.into(),
-            "linked".into(),
-            format!("-snapshot={snapshot}").into(),
-            format!("-cloneName={clone_name}").into(),
-        ];
-        let timeout = self.settings.timeouts.clone;
-        self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
-    }
-
-    pub fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
-        let timeout = self.settings.timeouts.snapshot;
-        self.call(
-            "snapshot",
-            Some(vmx),
-            &[name.into()],
-            timeout,
-            None,
-            no_answer,
-        )
-    }
-
-    pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
-        let timeout = self.settings.timeouts.snapshot;
-        self.call(
-            "listSnapshots",
-            Some(vmx),
-            &[],
-            timeout,
-            None,
-            |call, stdout| {
-                output::parse_snapshots(stdout)
-                    .map(|names| (names, OK))
-                    .map_err(|problem| bad_output(call, problem, stdout))
-            },
-        )
-    }
-
-    /// What VMware Tools report as the guest's IP address, as vmrun printed it (the caller
-    /// judges whether it is usable). Never passes `-wait`, which blocks with no limit of its
-    /// own: see [`Vmrun::guest_ip_wait`].
-    pub fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
-        let timeout = self.settings.timeouts.ip_query;
-        let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
-        self.finish(result, ip_answer, |err| {
-            if output::is_tools_not_running(&err) {
-                Ok((IpAnswer::NoTools, "tools-not-running"))
-            } else {
-                Err(err)
-            }
-        })
-    }
-
-    /// `getGuestIPAddress -wait`, killed after `limit`: on Fusion, after `start nogui`, the
-    /// call without `-wait` can go on answering that Tools are not running while this one
-    /// gets the address. Running out of time is "no address yet", not a failure.
-    pub fn guest_ip_wait(
-        &self,
-        vmx: &Path,
-        limit: Duration,
-        cancel: &Cancel,
-    ) -> Result<IpAnswer, HypervisorError> {
-        let result = self.call_raw(
-            "getGuestIPAddress",
-            Some(vmx),
-            &["-wait".into()],
-            limit,
-            Some(cancel),
-        );
-        self.finish(result, ip_answer, |err| match err {
-            HypervisorError::Timeout { .. } => Ok((IpAnswer::NoTools, "no-address-within-limit")),
-            err if output::is_tools_not_running(&err) => {
-                Ok((IpAnswer::NoTools, "tools-not-running"))
-            }
-            other => Err(other),
-        })
-    }
-
-    /// Reboots the VM; `hard` does not need VMware Tools (a guest hung at boot has none).
-    pub fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        let mode = if hard { "hard" } else { "soft" };
-        let timeout = self.settings.timeouts.start;
-        self.call(
-            "reset",
-            Some(vmx),
-            &[mode.into()],
-            timeout,
-            Some(cancel),
-            no_answer,
-        )
     }
 
     pub fn tools_state(&self, vmx: &Path) -> Result<ToolsState, HypervisorError> {
@@ -342,16 +133,6 @@ impl Vmrun {
                     .map_err(|problem| bad_output(call, problem, stdout))
             },
         )
-    }
-
-    /// Calls so far, by command and outcome (`ok`, another success label such as
-    /// `not-powered-on`, or an error code), sorted.
-    pub fn call_counts(&self) -> Vec<(String, String, u64)> {
-        let counts = self.counts.lock_unpoisoned();
-        counts
-            .iter()
-            .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
-            .collect()
     }
 
     fn call<T>(
@@ -537,26 +318,78 @@ fn vm_id(vmx: &Path) -> String {
 }
 
 impl super::Hypervisor for Vmrun {
+    /// Checks that the configured vmrun is an executable file, so a missing VMware install
+    /// is reported once at startup rather than on every VM.
     fn check_available(&self) -> Result<(), HypervisorError> {
-        Vmrun::check_available(self)
+        let path = &self.settings.path;
+        let not_found = |problem: String| HypervisorError::NotFound {
+            path: path.clone(),
+            problem,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_found("no such file".to_string()),
+            _ => not_found(format!("cannot inspect it: {e}")),
+        })?;
+        if !meta.is_file() {
+            return Err(not_found("it is not a file".to_string()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(not_found("it is not executable".to_string()));
+        }
+        Ok(())
     }
 
+    /// Which VMs run, as the last `vmrun list` and our own starts and stops since say.
     fn running(&self) -> &RunningVms {
-        Vmrun::running(self)
+        &self.running
     }
 
+    /// VMX paths of the running VMs.
     fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
-        self.list()
+        let timeout = self.settings.timeouts.list;
+        let ticket = self.running.begin();
+        let listed = self.call("list", None, &[], timeout, None, |call, stdout| {
+            output::parse_list(stdout)
+                .map(|paths| (paths, OK))
+                .map_err(|problem| bad_output(call, problem, stdout))
+        });
+        match &listed {
+            Ok(paths) => self.running.listed(ticket, paths),
+            Err(err) => self.running.failed(ticket, &err.to_string()),
+        }
+        listed
     }
 
     fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
-        Vmrun::list_snapshots(self, vmx)
+        let timeout = self.settings.timeouts.snapshot;
+        self.call(
+            "listSnapshots",
+            Some(vmx),
+            &[],
+            timeout,
+            None,
+            |call, stdout| {
+                output::parse_snapshots(stdout)
+                    .map(|names| (names, OK))
+                    .map_err(|problem| bad_output(call, problem, stdout))
+            },
+        )
     }
 
     fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
-        Vmrun::snapshot(self, vmx, name)
+        let timeout = self.settings.timeouts.snapshot;
+        self.call(
+            "snapshot",
+            Some(vmx),
+            &[name.into()],
+            timeout,
+            None,
+            no_answer,
+        )
     }
 
+    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always
+    /// named: without one vmrun adds a new `Clone` snapshot to the parent on every call.
     fn clone_linked(
         &self,
         src: &Path,
@@ -565,36 +398,128 @@ impl super::Hypervisor for Vmrun {
         clone_name: &str,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
-        Vmrun::clone_linked(self, src, dst, snapshot, clone_name, cancel)
+        let call = Call {
+            command: "clone",
+            vmx: Some(src.to_path_buf()),
+        };
+        if snapshot.trim().is_empty() {
+            return Err(HypervisorError::InvalidArgument {
+                call,
+                problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
+                          the parent on every clone"
+                    .to_string(),
+            });
+        }
+        if clone_name.trim().is_empty() {
+            return Err(HypervisorError::InvalidArgument {
+                call,
+                problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
+            });
+        }
+        let args: [OsString; 4] = [
+            dst.into(),
+            "linked".into(),
+            format!("-snapshot={snapshot}").into(),
+            format!("-cloneName={clone_name}").into(),
+        ];
+        let timeout = self.settings.timeouts.clone;
+        self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
     }
 
+    /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        Vmrun::start(self, vmx, headless, cancel)
+        let mode = if headless { "nogui" } else { "gui" };
+        let timeout = self.settings.timeouts.start;
+        self.call(
+            "start",
+            Some(vmx),
+            &[mode.into()],
+            timeout,
+            Some(cancel),
+            no_answer,
+        )?;
+        self.running.changed(vmx, true);
+        Ok(())
     }
 
+    /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
+    /// them). A VM that is already off counts as stopped.
     fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        Vmrun::stop(self, vmx, hard, cancel)
+        let mode = if hard { "hard" } else { "soft" };
+        let timeout = self.settings.timeouts.stop;
+        let result = self.call_raw("stop", Some(vmx), &[mode.into()], timeout, Some(cancel));
+        self.finish(
+            result,
+            |_, _| Ok(((), OK)),
+            |err| match err {
+                HypervisorError::NotPoweredOn { .. } => Ok(((), "not-powered-on")),
+                other => Err(other),
+            },
+        )?;
+        self.running.changed(vmx, false);
+        Ok(())
     }
 
+    /// Reboots the VM; `hard` does not need VMware Tools (a guest hung at boot has none).
     fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        Vmrun::reset(self, vmx, hard, cancel)
+        let mode = if hard { "hard" } else { "soft" };
+        let timeout = self.settings.timeouts.start;
+        self.call(
+            "reset",
+            Some(vmx),
+            &[mode.into()],
+            timeout,
+            Some(cancel),
+            no_answer,
+        )
     }
 
+    /// Deletes VMware's files of the VM (not other files in its folder).
     fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
-        Vmrun::delete_vm(self, vmx)
+        let timeout = self.settings.timeouts.delete;
+        self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)?;
+        self.running.changed(vmx, false);
+        Ok(())
     }
 
+    /// What VMware Tools report as the guest's IP address, as vmrun printed it (the caller
+    /// judges whether it is usable). Never passes `-wait`, which blocks with no limit of its
+    /// own: see [`Vmrun::guest_ip_wait`].
     fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
-        Vmrun::guest_ip(self, vmx, cancel)
+        let timeout = self.settings.timeouts.ip_query;
+        let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
+        self.finish(result, ip_answer, |err| {
+            if output::is_tools_not_running(&err) {
+                Ok((IpAnswer::NoTools, "tools-not-running"))
+            } else {
+                Err(err)
+            }
+        })
     }
 
+    /// `getGuestIPAddress -wait`, killed after `limit`: on Fusion, after `start nogui`, the
+    /// call without `-wait` can go on answering that Tools are not running while this one
+    /// gets the address. Running out of time is "no address yet", not a failure.
     fn guest_ip_wait(
         &self,
         vmx: &Path,
         limit: Duration,
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError> {
-        Vmrun::guest_ip_wait(self, vmx, limit, cancel)
+        let result = self.call_raw(
+            "getGuestIPAddress",
+            Some(vmx),
+            &["-wait".into()],
+            limit,
+            Some(cancel),
+        );
+        self.finish(result, ip_answer, |err| match err {
+            HypervisorError::Timeout { .. } => Ok((IpAnswer::NoTools, "no-address-within-limit")),
+            err if output::is_tools_not_running(&err) => {
+                Ok((IpAnswer::NoTools, "tools-not-running"))
+            }
+            other => Err(other),
+        })
     }
 
     fn start_timeout(&self) -> Duration {
@@ -605,14 +530,21 @@ impl super::Hypervisor for Vmrun {
         self.settings.timeouts.ip_query
     }
 
+    /// Calls so far, by command and outcome (`ok`, another success label such as
+    /// `not-powered-on`, or an error code), sorted.
     fn call_counts(&self) -> Vec<(String, String, u64)> {
-        Vmrun::call_counts(self)
+        let counts = self.counts.lock_unpoisoned();
+        counts
+            .iter()
+            .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::Hypervisor;
 
     #[test]
     fn calls_on_our_vms_are_logged_with_their_id() {

@@ -25,16 +25,15 @@ pub(crate) fn judge(
     stderr: &str,
 ) -> Result<(), HypervisorError> {
     if let Some(message) = error_line(stdout) {
-        let mut err = classify(call.clone(), message.to_string());
         // The lines around the `Error:` line often say more than it does (`Unable to connect
-        // to host.` before `The specified version was not found`): the operator reads them all.
+        // to host.` before `The specified version was not found`): the operator reads them
+        // all. The `Error:` line alone decides what kind of failure it is.
         let others = other_lines(stdout, stderr);
+        let mut text = message.to_string();
         if !others.is_empty() {
-            if let Some(text) = err.message_mut() {
-                text.push_str(&format!(" (vmrun also printed: {})", shorten(&others)));
-            }
+            text.push_str(&format!(" (vmrun also printed: {})", shorten(&others)));
         }
-        return Err(err);
+        return Err(classify(call.clone(), message, text));
     }
     if exit.code == Some(0) {
         return Ok(());
@@ -83,18 +82,20 @@ fn other_lines(stdout: &str, stderr: &str) -> String {
         .join(" / ")
 }
 
-fn classify(call: Call, message: String) -> HypervisorError {
+/// The error an `Error:` line `line` names, carrying `message` (the line and what else
+/// vmrun printed).
+fn classify(call: Call, line: &str, message: String) -> HypervisorError {
     // `already in use` first: a locked VM can also be reported as `Cannot open VM: ..., The
     // file is already in use`, and the lock is what the operator must act on.
-    if message.contains("The file is already in use") {
+    if line.contains("The file is already in use") {
         HypervisorError::VmLocked { call, message }
-    } else if message.contains("should not be powered on") {
+    } else if line.contains("should not be powered on") {
         HypervisorError::AlreadyRunning { call, message }
-    } else if message.contains("is not powered on") {
+    } else if line.contains("is not powered on") {
         HypervisorError::NotPoweredOn { call, message }
-    } else if message.contains("Cannot open VM")
-        || message.contains("virtual machine cannot be found")
-        || message.contains("Cannot read the virtual machine configuration file")
+    } else if line.contains("Cannot open VM")
+        || line.contains("virtual machine cannot be found")
+        || line.contains("Cannot read the virtual machine configuration file")
     {
         HypervisorError::VmOpenError { call, message }
     } else {
