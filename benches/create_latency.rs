@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::harness::http::{Delivery, FileServer};
-use common::harness::{gold_tar_gz, sha1_hex, tar_gz_of, DISK_DESCRIPTOR, GOLD_VMX};
+use common::harness::{gold_tar_gz, noise, sha1_hex, tar_gz_of, DISK_DESCRIPTOR, GOLD_VMX};
 use common::{fmt_duration, percentile, BenchServer, TempDir};
 use serde_json::{json, Value};
 
@@ -84,6 +84,9 @@ fn main() {
         &[
             "--provision-threads",
             &(DOWNLOADS + PROVISIONING).to_string(),
+            // All of them at once, not the default 2 with the others queued.
+            "--max-downloads",
+            &DOWNLOADS.to_string(),
         ],
         &[
             ("VMRUN_SIM_CLONE_MS", "200"),
@@ -456,15 +459,7 @@ fn record_floor(root: &Path, n: usize) -> Vec<Duration> {
 /// A gold VM as a tar.gz with `padding` bytes of noise (incompressible, like a real disk
 /// image's compressed blocks); `seed` makes each archive, and so its checksum, different.
 fn padded_gold_tar_gz(seed: u64, padding: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut noise = vec![0u8; padding];
-    for chunk in noise.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let bytes = state.to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
+    let noise = noise(padding, seed);
     tar_gz_of(
         "box",
         &[

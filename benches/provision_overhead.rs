@@ -215,7 +215,15 @@ impl Steps {
         else {
             return Steps::default();
         };
-        let segment = &lines[first..=last];
+        // vmrun calls on the clone are logged as `vm=<id> vmrun ...`; the clone itself names
+        // the gold VM and has no prefix.
+        let vm_prefix = format!("vm={id} ");
+        let strip = |m: &str| -> String { m.strip_prefix(&vm_prefix).unwrap_or(m).to_string() };
+        let lines: Vec<(f64, String)> = lines[first..=last]
+            .iter()
+            .map(|(t, m)| (*t, strip(m)))
+            .collect();
+        let segment = &lines[..];
         let at = |pred: &dyn Fn(&str) -> bool| segment.iter().find(|(_, m)| pred(m)).map(|l| l.0);
         let after = |msg: &str| -> f64 {
             msg.rsplit_once(" after ")
@@ -233,7 +241,7 @@ impl Steps {
             .iter()
             .find(|(_, m)| m.starts_with("vmrun start") && m.contains(": ok after"));
         let ip_run = at(&|m| m.starts_with("vmrun getGuestIPAddress") && m.contains(": running"));
-        let ip_calls: Vec<&(f64, &str)> = segment
+        let ip_calls: Vec<&(f64, String)> = segment
             .iter()
             .filter(|(_, m)| m.starts_with("vmrun getGuestIPAddress") && m.contains(" after "))
             .collect();
@@ -251,10 +259,7 @@ impl Steps {
             calls
                 .iter()
                 .filter(|c| {
-                    let args: Vec<&str> = c["args"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
+                    let args = common::harness::sim_call_args(c);
                     args.contains(&command) && args.iter().any(|a| a.contains(id.as_str()))
                 })
                 .map(|c| {
@@ -269,10 +274,10 @@ impl Steps {
             calls: 2 + ip_calls.len(),
             post_ms,
             queue_ms: clone_run - created,
-            clone_ms: after(clone_ok.1),
+            clone_ms: after(&clone_ok.1),
             clone_own_ms: own("clone"),
             edit_ms: start_run - clone_ok.0,
-            start_ms: after(start_ok.1),
+            start_ms: after(&start_ok.1),
             start_own_ms: own("start"),
             after_start_ms: ip_run - start_ok.0,
             ip_ms: ip_calls.iter().map(|(_, m)| after(m)).sum(),

@@ -20,12 +20,7 @@ fn create_body(url: &str, checksum: &str) -> Value {
 }
 
 fn options(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
-    let mut options = common::options(args);
-    options.env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    options
+    common::options_env(env, args)
 }
 
 #[test]

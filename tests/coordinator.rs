@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::Delivery;
-use common::{gold_tar_gz_padded, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir};
+use common::{gold_tar_gz_padded, sha1_hex, CallbackReceiver, Server, TempDir};
 use common::{http::call_str, options, World};
 use serde_json::{json, Value};
 
@@ -268,16 +268,7 @@ fn bad_guestinfo_and_labels_are_refused_naming_the_key() {
 /// A gold image of 3 MiB served 4 KiB every 5 ms: the download reports progress for about
 /// four seconds.
 fn slow_world(tag: &str, env: &[(&str, &str)]) -> World {
-    World::start(
-        tag,
-        ServerOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            args: Vec::new(),
-        },
-    )
+    World::start(tag, common::options_env(env, &[]))
 }
 
 fn slow_body(w: &World, path: &str) -> Value {

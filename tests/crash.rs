@@ -588,7 +588,7 @@ fn kill_simulators(sim_state: &Path, data: &Path) {
         );
     }
     for pid in pids {
-        if is_simulator(pid) {
+        if common::is_simulator(pid) {
             unsafe {
                 libc::kill(-pid, libc::SIGKILL);
                 libc::kill(pid, libc::SIGKILL);
@@ -596,18 +596,6 @@ fn kill_simulators(sim_state: &Path, data: &Path) {
         }
     }
     let _ = fs::remove_file(sim_state.join("hang.pids"));
-}
-
-fn is_simulator(pid: i32) -> bool {
-    let out = std::process::Command::new("ps")
-        .args(["-o", "command=", "-p", &pid.to_string()])
-        .output();
-    match out {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).contains("vmrun-sim"),
-        Err(_) => fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("vmrun-sim"))
-            .unwrap_or(false),
-    }
 }
 
 /// The server died, vmrun did not: waits for its calls to end.

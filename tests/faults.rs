@@ -847,24 +847,11 @@ fn kill_hung_simulators(sim_state: &Path) {
         .split_whitespace()
         .filter_map(|p| p.parse::<i32>().ok())
     {
-        if is_simulator(pid) {
+        if common::is_simulator(pid) {
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
         }
-    }
-}
-
-/// True if `pid` is a live vmrun-sim (a pid may have been reused since it was written).
-fn is_simulator(pid: i32) -> bool {
-    let out = std::process::Command::new("ps")
-        .args(["-o", "command=", "-p", &pid.to_string()])
-        .output();
-    match out {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).contains("vmrun-sim"),
-        Err(_) => fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("vmrun-sim"))
-            .unwrap_or(false),
     }
 }
 

@@ -76,7 +76,7 @@ impl Scratch {
 /// enough that a transfer spans many reads and decompressor buffers) and an nvram file.
 fn vm_files(top: Option<&str>) -> Vec<(String, Vec<u8>)> {
     let prefix = top.map_or_else(String::new, |t| format!("{t}/"));
-    let mut disk = pseudo_random(700 * 1024, 7);
+    let mut disk = common::noise(700 * 1024, 7);
     disk.extend(std::iter::repeat_n(0u8, 300 * 1024));
     vec![
         (
@@ -84,20 +84,8 @@ fn vm_files(top: Option<&str>) -> Vec<(String, Vec<u8>)> {
             b".encoding = \"UTF-8\"\nguestOS = \"darwin19-64\"\n".to_vec(),
         ),
         (format!("{prefix}macOS-disk1.vmdk"), disk),
-        (format!("{prefix}macOS.nvram"), pseudo_random(8 * 1024, 3)),
+        (format!("{prefix}macOS.nvram"), common::noise(8 * 1024, 3)),
     ]
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -102,24 +102,11 @@ fn run(command: &mut Command) {
     );
 }
 
-/// Deterministic bytes that do not compress away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 /// A small VMware VM folder: relative path, content, mode.
 fn vm_files() -> Vec<(&'static str, Vec<u8>, u32)> {
-    let mut disk = noise(300_000, 1);
+    let mut disk = common::noise(300_000, 1);
     disk.extend(vec![0u8; 400_000]);
-    disk.extend(noise(100_000, 2));
+    disk.extend(common::noise(100_000, 2));
     vec![
         (
             "macOS.vmx",
@@ -133,7 +120,7 @@ fn vm_files() -> Vec<(&'static str, Vec<u8>, u32)> {
             0o644,
         ),
         ("macOS-s001.vmdk", disk, 0o600),
-        ("macOS.nvram", noise(8192, 3), 0o644),
+        ("macOS.nvram", common::noise(8192, 3), 0o644),
         ("tools/start.sh", b"#!/bin/sh\necho hi\n".to_vec(), 0o755),
         ("empty.log", Vec::new(), 0o644),
     ]
@@ -537,7 +524,7 @@ fn write_sparse(path: &Path) -> Vec<u8> {
     let mut content = vec![0u8; 10 << 20];
     for i in 0..12u64 {
         let offset = 5000 + i * 800_000;
-        let data = noise(1000 + 300 * i as usize, 20 + i);
+        let data = common::noise(1000 + 300 * i as usize, 20 + i);
         std::os::unix::fs::FileExt::write_all_at(&file, &data, offset).unwrap();
         content[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
     }
@@ -778,9 +765,9 @@ fn multi_member_gzip_and_multi_stream_bzip2() {
 #[test]
 fn zero_runs_in_plain_files_read_back_the_same() {
     let scratch = Scratch::new("zeros");
-    let mut data = noise(1000, 5);
+    let mut data = common::noise(1000, 5);
     data.extend(vec![0u8; 3 << 20]);
-    data.extend(noise(70_000, 6));
+    data.extend(common::noise(70_000, 6));
     data.extend(vec![0u8; 2 << 20]);
     let archive = RawTar::new()
         .vmx()
@@ -819,7 +806,7 @@ fn reads_only_as_far_as_the_archive_goes() {
     let archive = gzip(&RawTar::new().vmx().finish());
     let archive_len = archive.len() as u64;
     let mut stream = archive;
-    stream.extend(noise(4 << 20, 9));
+    stream.extend(common::noise(4 << 20, 9));
     let scratch = Scratch::new("partial-read");
     let mut counting = Counting {
         inner: Cursor::new(stream),
@@ -1097,7 +1084,7 @@ fn a_zip_member_larger_than_its_header_says_is_still_counted() {
     writer.start_file("vm/macOS.vmx", options).unwrap();
     writer.write_all(b"x\n").unwrap();
     writer.start_file("vm/disk.vmdk", options).unwrap();
-    writer.write_all(&noise(4 << 20, 11)).unwrap();
+    writer.write_all(&common::noise(4 << 20, 11)).unwrap();
     let mut archive = writer.finish().unwrap().into_inner();
     // Rewrite disk.vmdk's uncompressed size to 1000 in its local and central headers.
     let mut patched = 0;
@@ -1259,7 +1246,7 @@ fn truncated_archives_are_errors_not_partial_successes() {
     // Cut in the middle of an entry's data.
     let archive = RawTar::new()
         .vmx()
-        .file("vm/disk.vmdk", 0o644, &noise(10_000, 4))
+        .file("vm/disk.vmdk", 0o644, &common::noise(10_000, 4))
         .finish();
     let dest = scratch.path("out-mid");
     fs::create_dir(&dest).unwrap();

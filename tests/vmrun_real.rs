@@ -3,20 +3,11 @@
 
 mod common;
 
-use common::{ServerOptions, World};
+use common::World;
 use serde_json::Value;
 
 fn world(tag: &str, env: &[(&str, &str)], args: &[&str]) -> World {
-    World::start(
-        tag,
-        ServerOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        },
-    )
+    World::start(tag, common::options_env(env, args))
 }
 
 /// The simulator's calls whose arguments include every one of `words`.
@@ -25,10 +16,7 @@ fn calls_with(w: &World, words: &[&str]) -> usize {
         .sim_calls()
         .iter()
         .filter(|c| {
-            let args: Vec<&str> = c["args"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let args = common::sim_call_args(c);
             words.iter().all(|word| args.contains(word))
         })
         .count()

@@ -92,35 +92,29 @@ ethernet1.present = \"TRUE\"
 ethernet1.connectionType = \"hostonly\"
 "
     );
-    let disk = DISK_DESCRIPTOR;
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(gz);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let padding: Vec<u8> = (0..pad)
+    let padding = noise(pad, 1);
+    let mut files = vec![
+        ("gold.vmx", vmx.as_bytes()),
+        ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
+    ];
+    if pad > 0 {
+        files.push(("padding.bin", &padding));
+    }
+    tar_gz_of(top, &files)
+}
+
+/// Deterministic bytes that do not compress away (as a real disk image's compressed blocks
+/// do not); `seed` makes each run of them, and so an archive's checksum, different.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            state as u8
+            (state >> 24) as u8
         })
-        .collect();
-    let mut files = vec![("gold.vmx", vmx.as_bytes()), ("disk.vmdk", disk.as_bytes())];
-    if pad > 0 {
-        files.push(("padding.bin", &padding));
-    }
-    for (name, body) in files {
-        let path = if top.is_empty() {
-            name.to_string()
-        } else {
-            format!("{top}/{name}")
-        };
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, body).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
+        .collect()
 }
 
 pub fn sha1_hex(bytes: &[u8]) -> String {
@@ -154,9 +148,38 @@ pub struct ServerOptions {
 
 /// Server options of command-line flags only.
 pub fn options(args: &[&str]) -> ServerOptions {
+    options_env(&[], args)
+}
+
+/// Server options of environment variables (the simulator's switches among them) and flags.
+pub fn options_env(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
     ServerOptions {
-        env: Vec::new(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         args: args.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The arguments of one call in the simulator's `calls.log`.
+pub fn sim_call_args(call: &Value) -> Vec<&str> {
+    call["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// True if `pid` is a live vmrun-sim (a pid may have been reused since it was written).
+pub fn is_simulator(pid: i32) -> bool {
+    let out = Command::new("ps")
+        .args(["-o", "command=", "-p", &pid.to_string()])
+        .output();
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).contains("vmrun-sim"),
+        Err(_) => std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("vmrun-sim"))
+            .unwrap_or(false),
     }
 }
 
@@ -541,7 +564,8 @@ pub fn file_images_under(dir: &Path) -> ServerOptions {
     }
 }
 
-/// A gold VM as a tar.gz of `files` (name, contents) under `top/`.
+/// A gold VM as a tar.gz of `files` (name, contents) under `top/` (at the root when `top`
+/// is empty).
 pub fn tar_gz_of(top: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
@@ -550,9 +574,12 @@ pub fn tar_gz_of(top: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
         header.set_size(body.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        builder
-            .append_data(&mut header, format!("{top}/{name}"), *body)
-            .unwrap();
+        let path = if top.is_empty() {
+            name.to_string()
+        } else {
+            format!("{top}/{name}")
+        };
+        builder.append_data(&mut header, path, *body).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
