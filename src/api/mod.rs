@@ -11,6 +11,8 @@ pub mod images;
 pub mod list_filter;
 pub mod openapi;
 pub mod ops;
+pub mod pool_body;
+pub mod pools;
 pub mod query;
 pub mod routes;
 pub mod server;
