@@ -59,7 +59,9 @@ pub fn start_keeper(service: Arc<Service>) {
         .name("pool-keeper".into())
         .spawn(move || {
             let mut memory = Memory::default();
-            loop {
+            // Ends with the server: when nothing but this thread holds the service (a
+            // test's server dropped), there is nothing left to keep warm.
+            while Arc::strong_count(&service) > 1 {
                 service.keep_pools(&mut memory);
                 service.fleet.pools.sleep(TICK);
             }
