@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::harness::http::FileServer;
-use common::harness::{gold_tar_gz, sha1_hex, TempDir};
-use common::{fmt_duration, percentile, print_machine, request, BenchServer};
+use common::harness::{gold_tar_gz, sha1_hex};
+use common::{fmt_duration, percentile, print_machine, request, BenchServer, TempDir};
 use serde_json::{json, Value};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -122,6 +122,29 @@ fn main() {
         }
     }
 
+    // The server's own account of each hand-out, by step: what the outliers waited on.
+    let log = server.log();
+    let mut steps: Vec<(&str, Vec<Duration>)> = ["in", "choice", "record", "guestinfo"]
+        .iter()
+        .map(|name| (*name, Vec::new()))
+        .collect();
+    for entry in log
+        .lines()
+        .filter(|l| l.contains("handed out from warm pool"))
+    {
+        for (name, values) in &mut steps {
+            let needle = format!("{name} ");
+            let value = entry
+                .split(needle.as_str())
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|v| v.parse::<f64>().ok());
+            if let Some(ms) = value {
+                values.push(Duration::from_secs_f64(ms / 1000.0));
+            }
+        }
+    }
+
     // Cold: another shape, so no pool serves it; all at once, as a burst.
     let mut cold_body = create.clone();
     cold_body["cpus"] = json!(4);
@@ -150,7 +173,12 @@ fn main() {
         .map(|t| t.join().expect("cold create"))
         .collect();
 
-    println!("POST /vms -> running with an IP");
+    println!("hand-out as the server timed it (log lines):");
+    for (name, values) in &mut steps {
+        let label = if *name == "in" { "total" } else { name };
+        line(label, values);
+    }
+    println!("\nPOST /vms -> running with an IP");
     let (pool_p50, pool_p99) = line("warm pool", &mut from_pool);
     let (cold_p50, cold_p99) = line("cold", &mut cold);
     println!(

@@ -38,6 +38,7 @@ impl Service {
             .iter()
             .find(|(_, spec)| spec.matches(&request))
             .map(|(name, _)| name.clone());
+        let entered = Instant::now();
         let creating = self.lock_creating();
         let (creating, existing) = self.keyed(creating, &request)?;
         if let Some(json) = existing {
@@ -66,6 +67,7 @@ impl Service {
         take_over(&mut after, &request, ttl, now_ms);
         self.handing().insert(id, after);
         drop(creating);
+        let chosen = Instant::now();
 
         let written = self.store.update(id, Durability::Disk, |vm| {
             take_over(vm, &request, ttl, now_ms)
@@ -83,6 +85,7 @@ impl Service {
             self.end_hand_out(id);
             return self.hand_out(request, asked);
         };
+        let recorded = Instant::now();
         let vmx = self.store.vmx_path(id);
         let failed = request
             .guestinfo
@@ -94,15 +97,22 @@ impl Service {
             pools.count_miss(&pool);
             return Ok(HandOut::Cold(Box::new(request)));
         }
+        let told = Instant::now();
         self.end_hand_out(id);
         pools.count_hit(&pool);
         pools.kick();
         let took = asked.elapsed();
         self.fleet.metrics.observe_hand_out(took);
+        // Where a slow hand-out spent its time: waiting for `creating`, the record's fsync,
+        // or vmrun writing the guestinfo.
+        let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1000.0;
         crate::info!(
             vm = id, duration_ms = took.as_millis();
-            "handed out from warm pool {pool} in {:.1} ms",
-            took.as_secs_f64() * 1000.0
+            "handed out from warm pool {pool} in {:.1} ms (choice {:.1} ms, record {:.1} ms, guestinfo {:.1} ms)",
+            took.as_secs_f64() * 1000.0,
+            ms(entered, chosen),
+            ms(chosen, recorded),
+            ms(recorded, told)
         );
         if let Some(url) = request.callback_url {
             crate::callback::deliver_in_background(id, url, json.clone(), pools.callback.clone());
