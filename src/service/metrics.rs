@@ -34,6 +34,14 @@ const HAND_OUT_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// A per-pool family of `/metrics`: name, type, help, and the number it shows.
+type PoolFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::service::pools::PoolCounts) -> u64,
+);
+
 /// HTTP methods we label as themselves; anything else is `other`, so that a client inventing
 /// methods cannot create unbounded series.
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
@@ -249,12 +257,7 @@ impl Metrics {
             );
         }
 
-        let pool_families: [(
-            &str,
-            &str,
-            &str,
-            fn(&crate::service::pools::PoolCounts) -> u64,
-        ); 5] = [
+        let pool_families: [PoolFamily; 5] = [
             (
                 "osx_builder_pool_size",
                 "gauge",

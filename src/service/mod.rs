@@ -88,6 +88,9 @@ pub struct Fleet {
     pub pools: Arc<pools::Pools>,
 }
 
+/// `creating`, still held, and the object of the VM an idempotency key names, if any.
+type Keyed<'a> = (MutexGuard<'a, ()>, Option<Arc<[u8]>>);
+
 enum Admitted {
     New(Box<Vm>),
     Existing(Arc<[u8]>),
@@ -187,7 +190,7 @@ impl Service {
         &'a self,
         mut creating: MutexGuard<'a, ()>,
         request: &CreateVm,
-    ) -> Result<(MutexGuard<'a, ()>, Option<Arc<[u8]>>), Error> {
+    ) -> Result<Keyed<'a>, Error> {
         let Some(key) = &request.name else {
             return Ok((creating, None));
         };
