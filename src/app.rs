@@ -18,6 +18,8 @@ use crate::service::capacity::Limits;
 use crate::service::drain::Drain;
 use crate::service::long_poll::Waiters;
 use crate::service::metrics::Metrics;
+use crate::service::pools::spec::PoolSpec;
+use crate::service::pools::Pools;
 use crate::service::reconcile::{start_reconciler, Reconcile};
 use crate::service::{Fleet, Service};
 use crate::tls::ClientTrust;
@@ -117,6 +119,17 @@ pub fn build(
             gold.download_finished(checksum, published);
         }));
     }
+    let callback = CallbackSettings {
+        timeout: config.callback_timeout,
+        retries: config.callback_retries,
+        secret: callback_secret,
+        trust,
+    };
+    let pools = Arc::new(Pools::load(
+        &config.data_dir,
+        settings_pools(config, &guard)?,
+        callback.clone(),
+    ));
     let provisioner = Arc::new(Provisioner {
         store: store.clone(),
         images,
@@ -130,12 +143,7 @@ pub fn build(
                 isc: Some(config.dhcp_leases.clone()).filter(|p| !p.as_os_str().is_empty()),
                 apple: Some(config.dhcp_leases_apple.clone()).filter(|p| !p.as_os_str().is_empty()),
             },
-            callback: CallbackSettings {
-                timeout: config.callback_timeout,
-                retries: config.callback_retries,
-                secret: callback_secret,
-                trust,
-            },
+            callback,
             strict_vmx: config.strict_vmx,
             boot: BootSettings {
                 timeout: config.boot_timeout,
@@ -169,6 +177,7 @@ pub fn build(
         admission,
         guard: guard.clone(),
         max_records: config.max_records,
+        pools,
     };
     let service = Arc::new(Service::new(store, hypervisor.clone(), tasks, jobs, fleet));
     Ok(App {
@@ -180,10 +189,28 @@ pub fn build(
     })
 }
 
+/// The pools of `--pool`: each file read and checked as `PUT /pools/:name` checks a body; a
+/// bad one stops the server, naming the file, rather than leaving a host cold unseen.
+fn settings_pools(config: &Config, guard: &Guard) -> Result<Vec<(String, PoolSpec)>, String> {
+    config
+        .pools
+        .iter()
+        .map(|(name, file)| {
+            let bad = |why: String| format!("--pool {name}={}: {why}", file.display());
+            let body = std::fs::read(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+            let spec = crate::api::pool_body::parse(&body).map_err(|e| bad(e.message()))?;
+            guard
+                .check_image_url(&spec.image.url)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((name.clone(), spec))
+        })
+        .collect()
+}
+
 impl App {
     /// The startup reconcile, then the threads that keep state fresh: the running-set
-    /// refresher, the reconciler, the lease reaper, failed-VM retention, the cache's
-    /// housekeeping.
+    /// refresher, the reconciler, the warm pools' keeper, the lease reaper, failed-VM
+    /// retention, the cache's housekeeping.
     pub fn start_background(&self, config: &Config) {
         self.service.reconcile(Reconcile::Startup);
         let hypervisor = self.hypervisor.clone();
@@ -195,6 +222,7 @@ impl App {
             config.list_interval,
         );
         start_reconciler(self.service.clone(), config.reconcile_interval);
+        crate::service::pools::start_keeper(self.service.clone());
         crate::service::reaper::start(self.service.clone());
         if let Some(retention) = config.failed_retention {
             crate::service::retention::start(self.service.clone(), retention);

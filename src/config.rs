@@ -82,6 +82,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub log_format: crate::sys::log::Format,
+    /// Warm pools of the settings: each name and the file of its spec.
+    pub pools: Vec<(String, PathBuf)>,
 }
 
 impl Config {
@@ -611,6 +613,13 @@ pub const LOG_FORMAT: Setting = Setting {
     help: "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)",
 };
 
+pub const POOL: Setting = Setting {
+    flag: "pool",
+    env: "OSX_BUILDER_POOL",
+    default: Typed::List,
+    help: "warm pool NAME=FILE, FILE holding its spec as PUT /pools/NAME takes it (repeatable; the variable takes a comma-separated list); such a pool cannot be changed or deleted through the API",
+};
+
 /// Every setting, in the order `--help` and the README list them.
 pub const SETTINGS: &[Setting] = &[
     PORT,
@@ -664,6 +673,7 @@ pub const SETTINGS: &[Setting] = &[
     TLS_CERT,
     TLS_KEY,
     LOG_FORMAT,
+    POOL,
 ];
 
 pub fn help_text() -> String {
@@ -859,6 +869,21 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
         ))
     })?;
+    let mut pools: Vec<(String, PathBuf)> = Vec::new();
+    for given in list(&POOL) {
+        let bad = |why: String| ConfigError(format!("--pool / OSX_BUILDER_POOL {given:?}: {why}"));
+        let (name, file) = given
+            .split_once('=')
+            .ok_or_else(|| bad("give NAME=FILE, FILE holding the pool's spec".into()))?;
+        crate::service::pools::spec::check_name(name).map_err(bad)?;
+        if file.trim().is_empty() {
+            return Err(bad("the spec's file is missing after '='".into()));
+        }
+        if pools.iter().any(|(other, _)| other == name) {
+            return Err(bad(format!("the pool {name} is given twice")));
+        }
+        pools.push((name.to_string(), PathBuf::from(file)));
+    }
     let data_dir = PathBuf::from(value(&DATA_DIR).0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -928,6 +953,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         tls_cert: optional(&TLS_CERT)?.map(PathBuf::from),
         tls_key: optional(&TLS_KEY)?.map(PathBuf::from),
         log_format,
+        pools,
     })))
 }
 
@@ -1139,6 +1165,38 @@ mod tests {
         for s in SETTINGS {
             assert!(text.contains(&format!("--{}", s.flag)));
             assert!(text.contains(s.env));
+        }
+    }
+
+    #[test]
+    fn pools_repeat_and_name_a_file() {
+        assert!(serve(&[], &[("HOME", "/h")]).unwrap().pools.is_empty());
+        let config = serve(
+            &[
+                "--pool",
+                "macos-13=/etc/osxb/m13.json",
+                "--pool=linux=/l.json",
+            ],
+            &[("OSX_BUILDER_POOL", "ignored=/x.json")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.pools,
+            [
+                ("macos-13".to_string(), PathBuf::from("/etc/osxb/m13.json")),
+                ("linux".to_string(), PathBuf::from("/l.json")),
+            ]
+        );
+        let config = serve(&[], &[("OSX_BUILDER_POOL", "a=/a.json, b=/b.json")]).unwrap();
+        assert_eq!(config.pools.len(), 2);
+        for bad in [
+            &["--pool", "nofile"][..],
+            &["--pool", "a/b=/x.json"],
+            &["--pool", "a="],
+            &["--pool", "a=/x", "--pool", "a=/y"],
+        ] {
+            let err = serve(bad, &[]).unwrap_err();
+            assert!(err.0.contains("--pool"), "{bad:?}: {err}");
         }
     }
 

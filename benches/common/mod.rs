@@ -189,6 +189,7 @@ pub fn write_fleet(data: &Path, sim: &Path, n: usize) -> Vec<VmId> {
             guestinfo_keys: Vec::new(),
             ip_source: None,
             keep: false,
+            pool: None,
             cpus: 2,
             memory: 1024,
             network_type: NetworkType::Nat,

@@ -9,8 +9,9 @@ use tiny_http::Request;
 
 use super::error::ApiError;
 use super::routes::{route, Route};
-use super::{create_body, list_filter, query};
+use super::{create_body, list_filter, pool_body, query};
 use crate::image::ImageSpec;
+use crate::service::pools::spec::PoolSpec;
 use crate::vm::labels::VmFilter;
 use crate::vm::{CreateVm, VmId};
 
@@ -45,6 +46,13 @@ pub enum Action {
     Drain,
     Undrain,
     OpenApi,
+    ListPools,
+    GetPool(String),
+    PutPool {
+        name: String,
+        spec: PoolSpec,
+    },
+    DeletePool(String),
 }
 
 pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
@@ -88,6 +96,17 @@ pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
         Route::Undrain => Action::Undrain,
         Route::OpenApi => Action::OpenApi,
         Route::DeleteVm(id) => Action::DeleteVm(id),
+        Route::ListPools => Action::ListPools,
+        Route::GetPool(name) => Action::GetPool(name),
+        Route::DeletePool(name) => Action::DeletePool(name),
+        Route::PutPool(name) => {
+            check_content_type(request)?;
+            let body = read_body(request)?;
+            Action::PutPool {
+                name,
+                spec: pool_body::parse(&body)?,
+            }
+        }
         Route::CreateVm => {
             check_content_type(request)?;
             let body = read_body(request)?;

@@ -19,6 +19,11 @@ pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
 pub const MAX_NAME_LEN: usize = 200;
 
 pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
+    parse_fields(&parse_object(body)?)
+}
+
+/// The body as a JSON object; anything else is refused as a create's body is.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(json_error)?;
     let Value::Object(fields) = value else {
         return Err(ApiError::invalid(
@@ -26,8 +31,13 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             "the request body must be a JSON object with at least an \"image\" field",
         ));
     };
+    Ok(fields)
+}
+
+/// A create's fields, validated: also what a warm pool's spec is made of.
+pub fn parse_fields(fields: &Map<String, Value>) -> Result<CreateVm, ApiError> {
     let image = parse_image(fields.get("image"))?;
-    let cpus = match optional_u64(&fields, "cpus")? {
+    let cpus = match optional_u64(fields, "cpus")? {
         None | Some(0) => DEFAULT_CPUS,
         Some(n) if n > u64::from(MAX_CPUS) => {
             return Err(ApiError::invalid(
@@ -37,7 +47,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         }
         Some(n) => n as u32,
     };
-    let memory = match optional_u64(&fields, "memory")? {
+    let memory = match optional_u64(fields, "memory")? {
         None | Some(0) => DEFAULT_MEMORY_MB,
         Some(n) if n > u64::from(MAX_MEMORY_MB) => {
             return Err(ApiError::invalid(
@@ -48,7 +58,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
         // VMware wants a multiple of 4 MB, and macOS will not boot in less than 512.
         Some(n) => crate::hypervisor::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
     };
-    let network_type = match optional_str(&fields, "network_type", "invalid-network-type")? {
+    let network_type = match optional_str(fields, "network_type", "invalid-network-type")? {
         None | Some("") => NetworkType::default(),
         Some(name) => NetworkType::parse(name).ok_or_else(|| {
             ApiError::invalid(
@@ -71,7 +81,7 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             ))
         }
     };
-    let callback_url = match optional_str(&fields, "callback_url", "invalid-callback-url")? {
+    let callback_url = match optional_str(fields, "callback_url", "invalid-callback-url")? {
         None | Some("") => None,
         Some(url) => {
             check_url(url, &["http", "https"]).map_err(|why| {
@@ -83,13 +93,13 @@ pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
             Some(url.to_string())
         }
     };
-    let name = match optional_str(&fields, "name", "invalid-name")? {
+    let name = match optional_str(fields, "name", "invalid-name")? {
         None | Some("") => None,
         Some(name) => Some(check_name(name)?),
     };
-    let ttl = parse_ttl(&fields)?;
-    let guestinfo = create_meta::guestinfo(&fields)?;
-    let labels = create_meta::labels(&fields)?;
+    let ttl = parse_ttl(fields)?;
+    let guestinfo = create_meta::guestinfo(fields)?;
+    let labels = create_meta::labels(fields)?;
     Ok(CreateVm {
         image,
         cpus,
@@ -230,10 +240,14 @@ fn optional_str<'a>(
 
 /// A non-negative whole number. Negative, fractional or non-numeric values are errors;
 /// the code is `invalid-<key>`.
-fn optional_u64(fields: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ApiError> {
+pub fn optional_u64(
+    fields: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<u64>, ApiError> {
     let code = match key {
         "cpus" => "invalid-cpus",
         "ttl" => "invalid-ttl",
+        "size" => "invalid-size",
         _ => "invalid-memory",
     };
     match fields.get(key) {

@@ -58,6 +58,10 @@ pub enum ApiError {
     IdempotencyKeyReused(Vec<&'static str>),
     /// 507: the data folder's disk is full (ENOSPC, or the quota): nothing was recorded.
     DiskFull(String),
+    /// 404: no warm pool has this name.
+    PoolNotFound(String),
+    /// 409: the pool comes from the settings (`--pool`).
+    PoolFromSettings(String),
 }
 
 /// Seconds a client should wait before retrying a refused create. VMs are freed when
@@ -90,6 +94,8 @@ impl ApiError {
             Self::TooManyPrewarms { .. } => 429,
             Self::IdempotencyKeyReused(_) => 409,
             Self::DiskFull(_) => 507,
+            Self::PoolNotFound(_) => 404,
+            Self::PoolFromSettings(_) => 409,
         }
     }
 
@@ -118,6 +124,8 @@ impl ApiError {
             Self::TooManyPrewarms { .. } => "too-many-prewarms",
             Self::IdempotencyKeyReused(_) => "idempotency-key-reused",
             Self::DiskFull(_) => "disk-full",
+            Self::PoolNotFound(_) => "pool-not-found",
+            Self::PoolFromSettings(_) => "pool-from-settings",
         }
     }
 
@@ -139,7 +147,7 @@ impl ApiError {
                 "VM {id} has no vmware.log: VMware writes it when the VM starts, so this VM has not started yet (or its files are gone); GET /vms/{id} says where it is"
             ),
             Self::RouteNotFound(path) => format!(
-                "no such endpoint {path:?}; the API has /vms, /vms/:id, /vms/:id/renew, /vms/:id/log, /images, /images/:checksum, /drain, /healthz, /metrics and /openapi.json (which describes them all)"
+                "no such endpoint {path:?}; the API has /vms, /images, /pools (each with /:id, /:checksum or /:name below it), /drain, /healthz, /metrics and /openapi.json (which describes every path)"
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 format!("method {method} is not allowed here; use {allowed}")
@@ -173,6 +181,12 @@ impl ApiError {
             Self::IdempotencyKeyReused(fields) => format!(
                 "a VM with this idempotency key exists and was created with another request ({} differ); use a new key for a different VM, or resend the first request unchanged",
                 fields.join(", ")
+            ),
+            Self::PoolNotFound(name) => format!(
+                "no warm pool is named {name:?}; GET /pools lists them, PUT /pools/{name} declares it"
+            ),
+            Self::PoolFromSettings(name) => format!(
+                "the warm pool {name:?} is defined by the server's settings (--pool / OSX_BUILDER_POOL) and cannot be changed or deleted through the API; change the settings and restart the server"
             ),
             Self::DiskFull(detail) => format!(
                 "{detail}; the disk of the data folder is full: free space there (GET /images lists cached gold images that DELETE /images/:checksum removes), then retry"
@@ -232,6 +246,8 @@ impl From<crate::service::Error> for ApiError {
             Error::TooManyPrewarms { limit } => Self::TooManyPrewarms { limit },
             Error::IdempotencyKeyReused(fields) => Self::IdempotencyKeyReused(fields),
             Error::DiskFull(detail) => Self::DiskFull(detail),
+            Error::PoolNotFound(name) => Self::PoolNotFound(name),
+            Error::PoolFromSettings(name) => Self::PoolFromSettings(name),
         }
     }
 }

@@ -11,6 +11,8 @@ pub(crate) mod images;
 pub(crate) mod list_filter;
 pub(crate) mod openapi;
 pub(crate) mod ops;
+pub(crate) mod pool_body;
+pub(crate) mod pools;
 pub(crate) mod query;
 pub(crate) mod routes;
 pub mod server;

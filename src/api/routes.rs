@@ -25,6 +25,11 @@ pub enum Route {
     Drain,
     Undrain,
     OpenApi,
+    ListPools,
+    /// A checked pool name (safe as a file name).
+    GetPool(String),
+    PutPool(String),
+    DeletePool(String),
 }
 
 /// The one path that answers without a token: load balancers and watchdogs probe it.
@@ -61,6 +66,8 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
             "DELETE" => Ok(Route::Undrain),
             _ => Err(not_allowed(method, "GET, POST or DELETE")),
         },
+        "/pools" if get => Ok(Route::ListPools),
+        "/pools" => Err(not_allowed(method, "GET")),
         "/undrain" if method == "POST" => Ok(Route::Undrain),
         super::openapi::PATH if get => Ok(Route::OpenApi),
         super::openapi::PATH => Err(not_allowed(method, "GET")),
@@ -71,6 +78,9 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
             }
             if let Some(checksum) = path.strip_prefix("/images/") {
                 return image_route(method, checksum);
+            }
+            if let Some(name) = path.strip_prefix("/pools/") {
+                return pool_route(method, name);
             }
             Err(ApiError::RouteNotFound(truncate(path)))
         }
@@ -108,6 +118,17 @@ fn image_route(method: &str, checksum: &str) -> Result<Route, ApiError> {
         return Err(ApiError::ImageNotFound);
     }
     Ok(route(checksum))
+}
+
+/// `/pools/:name`.
+fn pool_route(method: &str, name: &str) -> Result<Route, ApiError> {
+    let route = match method {
+        "GET" | "HEAD" => Route::GetPool,
+        "PUT" => Route::PutPool,
+        "DELETE" => Route::DeletePool,
+        _ => return Err(not_allowed(method, "GET, PUT or DELETE")),
+    };
+    super::pool_body::name(name).map(route)
 }
 
 /// The canonical UUID form this server hands out, or the original's 20 hex digits.
@@ -225,6 +246,22 @@ mod tests {
         assert_eq!(path("/healthz/?probe=1"), "/healthz");
         assert_eq!(route("GET", "/openapi.json"), Ok(Route::OpenApi));
         assert_eq!(route("POST", "/openapi.json").unwrap_err().status(), 405);
+        assert_eq!(route("GET", "/pools/"), Ok(Route::ListPools));
+        assert_eq!(
+            route("PUT", "/pools/macos-13"),
+            Ok(Route::PutPool("macos-13".into()))
+        );
+        assert_eq!(route("HEAD", "/pools/a"), Ok(Route::GetPool("a".into())));
+        assert_eq!(
+            route("DELETE", "/pools/a"),
+            Ok(Route::DeletePool("a".into()))
+        );
+        assert_eq!(route("POST", "/pools/a").unwrap_err().status(), 405);
+        assert_eq!(route("POST", "/pools").unwrap_err().status(), 405);
+        for bad in ["..", ".x", "a%2Fb", "a/b", "é"] {
+            let err = route("GET", &format!("/pools/{bad}")).unwrap_err();
+            assert_eq!(err.code(), "invalid-pool-name", "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::action::{self, header, Action};
 use super::answer::Answer;
 use super::auth::Auth;
 use super::error::ApiError;
-use super::{images, ops, vms};
+use super::{images, ops, pools, vms};
 use crate::service::{Created, Service};
 
 use super::action::MAX_BODY_BYTES;
@@ -304,6 +304,10 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
         Action::Drain => ops::drain(service).map(Reply::Answer),
         Action::Undrain => ops::undrain(service).map(Reply::Answer),
         Action::OpenApi => Ok(Reply::Answer(super::openapi::get())),
+        Action::ListPools => Ok(Reply::Answer(pools::list(service))),
+        Action::GetPool(name) => pools::get(service, &name).map(Reply::Answer),
+        Action::PutPool { name, spec } => pools::put(service, &name, spec).map(Reply::Answer),
+        Action::DeletePool(name) => pools::delete(service, &name).map(Reply::Answer),
         Action::DeleteVm(id) => {
             service.delete(id)?;
             Ok(Reply::Empty(204))

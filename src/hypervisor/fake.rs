@@ -48,6 +48,9 @@ struct State {
     calls: Vec<String>,
     counts: BTreeMap<(String, String), u64>,
     addresses: HashMap<PathBuf, String>,
+    /// `writeVariable guestVar` of each running VM, as the guest would read them; gone at
+    /// power-off, as VMware's are.
+    guest_vars: HashMap<PathBuf, BTreeMap<String, String>>,
     unavailable: bool,
 }
 
@@ -104,6 +107,20 @@ impl FakeHypervisor {
 
     pub fn is_running(&self, vmx: &Path) -> bool {
         self.state().running.contains(vmx)
+    }
+
+    /// The guest variables written to the VM at `vmx` since it last started.
+    pub fn guest_vars(&self, vmx: &Path) -> BTreeMap<String, String> {
+        self.state()
+            .guest_vars
+            .get(vmx)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The VM's guest no longer reports an address (its network went away).
+    pub fn forget_address(&self, vmx: &Path) {
+        self.state().addresses.remove(vmx);
     }
 
     /// Every call so far, as `command path`.
@@ -283,7 +300,10 @@ impl Hypervisor for FakeHypervisor {
 
     fn stop(&self, vmx: &Path, _hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         self.enter("stop", Some(vmx), Some(cancel))?;
-        self.state().running.remove(vmx);
+        let mut state = self.state();
+        state.running.remove(vmx);
+        state.guest_vars.remove(vmx);
+        drop(state);
         self.running.changed(vmx, false);
         Ok(())
     }
@@ -345,6 +365,26 @@ impl Hypervisor for FakeHypervisor {
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError> {
         self.guest_ip(vmx, cancel)
+    }
+
+    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+        self.enter("writeVariable", Some(vmx), None)?;
+        let mut state = self.state();
+        if !state.running.contains(vmx) {
+            return Err(HypervisorError::NotPoweredOn {
+                call: Call {
+                    command: "writeVariable",
+                    vmx: Some(vmx.to_path_buf()),
+                },
+                message: "The virtual machine is not powered on".into(),
+            });
+        }
+        state
+            .guest_vars
+            .entry(vmx.to_path_buf())
+            .or_default()
+            .insert(name.to_string(), value.to_string());
+        Ok(())
     }
 
     fn start_timeout(&self) -> Duration {

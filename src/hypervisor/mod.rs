@@ -94,6 +94,11 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError>;
 
+    /// Sets the running guest's variable `guestinfo.NAME` (`vmrun writeVariable VMX guestVar
+    /// NAME VALUE`), which the guest reads with `vmware-rpctool "info-get guestinfo.NAME"`;
+    /// it lasts until the VM powers off. `value` is a secret: implementations never log it.
+    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError>;
+
     /// How long a start may take: a restart waits this long for a start still in flight.
     fn start_timeout(&self) -> Duration;
 

@@ -67,6 +67,8 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
         guestinfo_keys: Vec::new(),
         keep: false,
         ip_source: None,
+        // A folder without a record was never one of a pool's: its spec is unknown.
+        pool: None,
     })
 }
 

@@ -40,6 +40,11 @@ pub enum Error {
     IdempotencyKeyReused(Vec<&'static str>),
     /// The data folder's disk is full: nothing was recorded.
     DiskFull(String),
+    /// No warm pool has this name.
+    PoolNotFound(String),
+    /// The pool is defined by the server's settings (`--pool`), which only a restart with
+    /// other settings changes.
+    PoolFromSettings(String),
 }
 
 impl Error {
@@ -68,6 +73,10 @@ impl fmt::Display for Error {
             Self::VmDeleting => write!(f, "the VM is being destroyed"),
             Self::ImageNotFound => write!(f, "no such gold image"),
             Self::TooManyPrewarms { limit } => write!(f, "{limit} pre-warm downloads run already"),
+            Self::PoolNotFound(name) => write!(f, "no warm pool is named {name:?}"),
+            Self::PoolFromSettings(name) => {
+                write!(f, "the warm pool {name:?} comes from the settings (--pool)")
+            }
             Self::IdempotencyKeyReused(fields) => write!(
                 f,
                 "the idempotency key names a VM created with another request ({} differ)",

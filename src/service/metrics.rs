@@ -28,6 +28,20 @@ const BOOT_TO_IP_BUCKETS: &[f64] = &[
     5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0,
 ];
 
+/// A hand-out answers from memory and one record write: milliseconds; a second means
+/// something waited (the disk, a lock) that must not.
+const HAND_OUT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A per-pool family of `/metrics`: name, type, help, and the number it shows.
+type PoolFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::service::pools::PoolCounts) -> u64,
+);
+
 /// HTTP methods we label as themselves; anything else is `other`, so that a client inventing
 /// methods cannot create unbounded series.
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
@@ -43,6 +57,7 @@ pub struct Metrics {
     image_download: Mutex<Histogram>,
     clone: Mutex<Histogram>,
     boot_to_ip: Mutex<Histogram>,
+    hand_out: Mutex<Histogram>,
 }
 
 /// State owned by other parts of the server, read when `/metrics` is asked for.
@@ -57,6 +72,10 @@ pub struct Snapshot {
     pub long_polls_waiting: u64,
     /// `Vmrun::call_counts()`: (command, outcome, count).
     pub vmrun_calls: Vec<(String, String, u64)>,
+    /// Each warm pool's size, idle VMs and creates served or not.
+    pub pools: Vec<crate::service::pools::PoolCounts>,
+    /// Creates that matched no pool while pools were declared.
+    pub pool_unmatched: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -109,6 +128,7 @@ impl Metrics {
             image_download: Mutex::new(Histogram::new(DOWNLOAD_BUCKETS)),
             clone: Mutex::new(Histogram::new(CLONE_BUCKETS)),
             boot_to_ip: Mutex::new(Histogram::new(BOOT_TO_IP_BUCKETS)),
+            hand_out: Mutex::new(Histogram::new(HAND_OUT_BUCKETS)),
         }
     }
 
@@ -149,6 +169,11 @@ impl Metrics {
         self.boot_to_ip
             .lock_unpoisoned()
             .observe(took.as_secs_f64());
+    }
+
+    /// From a create's arrival to its answer with a warm pool's VM.
+    pub fn observe_hand_out(&self, took: Duration) {
+        self.hand_out.lock_unpoisoned().observe(took.as_secs_f64());
     }
 
     pub fn render(&self, snapshot: &Snapshot) -> String {
@@ -232,6 +257,53 @@ impl Metrics {
             );
         }
 
+        let pool_families: [PoolFamily; 5] = [
+            (
+                "osx_builder_pool_size",
+                "gauge",
+                "Idle VMs each warm pool keeps.",
+                |p| u64::from(p.size),
+            ),
+            (
+                "osx_builder_pool_ready",
+                "gauge",
+                "Idle VMs of each warm pool booted with an IP, ready to hand out.",
+                |p| p.ready,
+            ),
+            (
+                "osx_builder_pool_warming",
+                "gauge",
+                "VMs being provisioned for each warm pool.",
+                |p| p.warming,
+            ),
+            (
+                "osx_builder_pool_hits_total",
+                "counter",
+                "Creates served from each warm pool.",
+                |p| p.hits,
+            ),
+            (
+                "osx_builder_pool_misses_total",
+                "counter",
+                "Creates that matched a warm pool's spec but found no idle VM.",
+                |p| p.misses,
+            ),
+        ];
+        for (name, kind, help, value) in pool_families {
+            header(&mut out, name, kind, help);
+            for pool in &snapshot.pools {
+                sample(&mut out, name, &[("pool", &pool.name)], value(pool));
+            }
+        }
+        let name = "osx_builder_pool_unmatched_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Creates that matched no warm pool while pools were declared (provisioned from the start).",
+        );
+        sample(&mut out, name, &[], snapshot.pool_unmatched);
+
         let name = "osx_builder_http_requests_total";
         header(
             &mut out,
@@ -264,6 +336,11 @@ impl Metrics {
                 "osx_builder_boot_to_ip_seconds",
                 "Time from starting a VM to its first IP address.",
                 &self.boot_to_ip,
+            ),
+            (
+                "osx_builder_pool_hand_out_seconds",
+                "Time from a create's arrival to its answer with a warm pool's VM, guestinfo written.",
+                &self.hand_out,
             ),
         ];
         for (name, help, histogram) in histograms {
@@ -662,7 +739,17 @@ mod tests {
                 ("list".into(), "ok".into(), 10),
                 ("stop".into(), "not-powered-on".into(), 1),
             ],
+            pools: vec![crate::service::pools::PoolCounts {
+                name: "macos-13".into(),
+                size: 2,
+                ready: 1,
+                warming: 1,
+                hits: 5,
+                misses: 2,
+            }],
+            pool_unmatched: 3,
         };
+        metrics.observe_hand_out(Duration::from_millis(3));
         (metrics, snapshot)
     }
 
@@ -707,9 +794,16 @@ mod tests {
             ("osx_builder_provisions_total", "counter"),
             ("osx_builder_vmrun_calls_total", "counter"),
             ("osx_builder_http_requests_total", "counter"),
+            ("osx_builder_pool_size", "gauge"),
+            ("osx_builder_pool_ready", "gauge"),
+            ("osx_builder_pool_warming", "gauge"),
+            ("osx_builder_pool_hits_total", "counter"),
+            ("osx_builder_pool_misses_total", "counter"),
+            ("osx_builder_pool_unmatched_total", "counter"),
             ("osx_builder_image_download_seconds", "histogram"),
             ("osx_builder_clone_seconds", "histogram"),
             ("osx_builder_boot_to_ip_seconds", "histogram"),
+            ("osx_builder_pool_hand_out_seconds", "histogram"),
         ];
         assert_eq!(
             exposition.types.len(),
@@ -773,6 +867,28 @@ mod tests {
                 Some(count)
             );
         }
+        let pool = [("pool", "macos-13")];
+        for (name, want) in [
+            ("osx_builder_pool_size", 2.0),
+            ("osx_builder_pool_ready", 1.0),
+            ("osx_builder_pool_warming", 1.0),
+            ("osx_builder_pool_hits_total", 5.0),
+            ("osx_builder_pool_misses_total", 2.0),
+        ] {
+            assert_eq!(value_of(&e, name, &pool), Some(want), "{name}");
+        }
+        assert_eq!(
+            value_of(&e, "osx_builder_pool_unmatched_total", &[]),
+            Some(3.0)
+        );
+        assert_eq!(
+            value_of(
+                &e,
+                "osx_builder_pool_hand_out_seconds_bucket",
+                &[("le", "0.005")]
+            ),
+            Some(1.0)
+        );
         assert_eq!(value_of(&e, "osx_builder_capacity_used", &[]), Some(3.0));
         assert_eq!(value_of(&e, "osx_builder_capacity_limit", &[]), Some(2.0));
         assert_eq!(

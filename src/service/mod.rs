@@ -10,6 +10,7 @@ pub(crate) mod health;
 pub(crate) mod leases;
 pub(crate) mod long_poll;
 pub(crate) mod metrics;
+pub(crate) mod pools;
 pub(crate) mod reaper;
 pub(crate) mod reconcile;
 pub(crate) mod retention;
@@ -54,7 +55,11 @@ pub struct Service {
     /// Admitted creates whose records are being written, not yet in the store: admission
     /// counts them, their idempotency keys find them, adoption leaves their folders alone.
     recording: Mutex<HashMap<VmId, Vm>>,
-    /// Signalled, with `creating` held, when a VM leaves `recording`.
+    /// Warm pool VMs being handed out, with their records to be: taken under `creating`,
+    /// so that a create with the same idempotency key waits for the hand-out's answer
+    /// instead of taking a second VM. Not counted by admission: they hold their places.
+    handing: Mutex<HashMap<VmId, Vm>>,
+    /// Signalled, with `creating` held, when a VM leaves `recording` or `handing`.
     recorded: Condvar,
     reported: Mutex<HashSet<PathBuf>>,
     fleet: Fleet,
@@ -79,7 +84,12 @@ pub struct Fleet {
     pub guard: Arc<crate::guard::Guard>,
     /// VM records at once, of any status; 0 for no limit.
     pub max_records: u64,
+    /// The warm pools and what their keeper and hand-outs share.
+    pub pools: Arc<pools::Pools>,
 }
+
+/// `creating`, still held, and the object of the VM an idempotency key names, if any.
+type Keyed<'a> = (MutexGuard<'a, ()>, Option<Arc<[u8]>>);
 
 enum Admitted {
     New(Box<Vm>),
@@ -108,17 +118,20 @@ impl Service {
             jobs,
             creating: fleet.admission.clone(),
             recording: Mutex::new(HashMap::new()),
+            handing: Mutex::new(HashMap::new()),
             recorded: Condvar::new(),
             reported: Mutex::new(HashSet::new()),
             fleet,
         }
     }
 
-    /// Records the VM and queues it. With an idempotency key that an existing VM carries,
-    /// returns that VM instead (`Created::Existing`): a coordinator that lost the answer to
-    /// its POST can retry without leaking a second VM. A new VM is refused while draining
-    /// or over capacity, before anything is recorded or downloaded.
+    /// Hands out an idle VM of a warm pool that matches the request, or records the VM and
+    /// queues it. With an idempotency key that an existing VM carries, returns that VM
+    /// instead (`Created::Existing`): a coordinator that lost the answer to its POST can
+    /// retry without leaking a second VM. A new VM is refused while draining or over
+    /// capacity, before anything is recorded or downloaded.
     pub fn create(&self, request: CreateVm) -> Result<Created, Error> {
+        let asked = std::time::Instant::now();
         let guard = &self.fleet.guard;
         guard.check_image_url(&request.image.url)?;
         if let Some(url) = &request.callback_url {
@@ -127,11 +140,22 @@ impl Service {
         self.hypervisor
             .check_available()
             .map_err(|e| Error::HypervisorMissing(e.to_string()))?;
-        let vm = match self.admit(request)? {
+        let request = match self.hand_out(request, asked)? {
+            pools::HandOut::Done(created) => return Ok(created),
+            pools::HandOut::Cold(request) => *request,
+        };
+        self.create_cold(request, None)
+    }
+
+    /// A create provisioned from the start: a client's that no pool served, or (`pool`) a
+    /// warm pool's own VM, recorded as belonging to it.
+    fn create_cold(&self, request: CreateVm, pool: Option<&str>) -> Result<Created, Error> {
+        let vm = match self.admit(request, pool)? {
             Admitted::Existing(json) => return Ok(Created::Existing(json)),
             Admitted::New(vm) => *vm,
         };
         let id = vm.id;
+        let pooled = vm.pool.is_some();
         // Outside `creating`: creates at once wait on their fsyncs side by side (the file
         // system commits them together) instead of each behind all the others'.
         let persisted = self.store.persist(&vm);
@@ -148,47 +172,60 @@ impl Service {
             self.tasks.forget(id);
             store_error("the VM could not be recorded", e)
         })?;
-        crate::info!("vm={id} created");
+        if pooled {
+            crate::info!("vm={id} created for warm pool {}", pool.unwrap_or_default());
+        } else {
+            crate::info!("vm={id} created");
+        }
         self.jobs
             .send(Job::Provision(id))
             .map_err(|_| Error::Internal("the provisioning pool has stopped".into()))?;
         Ok(Created::New(json))
     }
 
-    /// The decisions of a create, under `creating`: the idempotency key, the limits, drain.
-    /// An admitted VM holds its place in `recording` until it is recorded or refused.
-    fn admit(&self, request: CreateVm) -> Result<Admitted, Error> {
-        let mut creating = self.lock_creating();
-        if let Some(key) = &request.name {
-            loop {
-                if let Some(vm) = self.store.find_by_name(key) {
-                    let differ = crate::guard::idempotency::differing_fields(&vm, &request);
-                    if !differ.is_empty() {
-                        return Err(Error::IdempotencyKeyReused(differ));
-                    }
-                    return self
-                        .store
-                        .json(vm.id)
-                        .map(Admitted::Existing)
-                        .ok_or(Error::VmNotFound);
-                }
-                let first = self
-                    .recording()
-                    .values()
-                    .find(|vm| vm.name.as_deref() == Some(key.as_str()))
-                    .cloned();
-                let Some(first) = first else { break };
-                let differ = crate::guard::idempotency::differing_fields(&first, &request);
+    /// Under `creating`: the VM the request's idempotency key already names, if any. A
+    /// create or hand-out with the key that is still being recorded is waited for: its
+    /// answer is this one's once it is durable (or, if its write fails, this one goes on).
+    fn keyed<'a>(
+        &'a self,
+        mut creating: MutexGuard<'a, ()>,
+        request: &CreateVm,
+    ) -> Result<Keyed<'a>, Error> {
+        let Some(key) = &request.name else {
+            return Ok((creating, None));
+        };
+        loop {
+            if let Some(vm) = self.store.find_by_name(key) {
+                let differ = crate::guard::idempotency::differing_fields(&vm, request);
                 if !differ.is_empty() {
                     return Err(Error::IdempotencyKeyReused(differ));
                 }
-                // The first create with this key is still being recorded: its answer is
-                // this one's once it is durable (or, if its write fails, this one tries).
-                creating = self
-                    .recorded
-                    .wait(creating)
-                    .unwrap_or_else(|p| p.into_inner());
+                let json = self.store.json(vm.id).ok_or(Error::VmNotFound)?;
+                return Ok((creating, Some(json)));
             }
+            let is_key = |vm: &&Vm| vm.name.as_deref() == Some(key.as_str());
+            let first = self.recording().values().find(is_key).cloned();
+            let first = first.or_else(|| self.handing().values().find(is_key).cloned());
+            let Some(first) = first else {
+                return Ok((creating, None));
+            };
+            let differ = crate::guard::idempotency::differing_fields(&first, request);
+            if !differ.is_empty() {
+                return Err(Error::IdempotencyKeyReused(differ));
+            }
+            creating = self
+                .recorded
+                .wait(creating)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The decisions of a create, under `creating`: the idempotency key, the limits, drain.
+    /// An admitted VM holds its place in `recording` until it is recorded or refused.
+    fn admit(&self, request: CreateVm, pool: Option<&str>) -> Result<Admitted, Error> {
+        let (creating, existing) = self.keyed(self.lock_creating(), &request)?;
+        if let Some(json) = existing {
+            return Ok(Admitted::Existing(json));
         }
         let recording = self.recording().len() as u64;
         let records = self.store.len() as u64 + recording;
@@ -249,6 +286,7 @@ impl Service {
             guestinfo_keys,
             keep: request.keep,
             ip_source: None,
+            pool: pool.map(str::to_string),
         };
         self.recording().insert(id, vm.clone());
         drop(creating);
@@ -262,6 +300,11 @@ impl Service {
     /// Taken only under `creating`.
     fn recording(&self) -> MutexGuard<'_, HashMap<VmId, Vm>> {
         self.recording.lock_unpoisoned()
+    }
+
+    /// Taken only under `creating`.
+    fn handing(&self) -> MutexGuard<'_, HashMap<VmId, Vm>> {
+        self.handing.lock_unpoisoned()
     }
 
     /// Failed VMs last changed before `cutoff_ms` (Unix milliseconds), not being destroyed.
@@ -489,6 +532,8 @@ impl Service {
             draining: self.fleet.drain.is_draining(),
             long_polls_waiting: self.fleet.waiters.active() as u64,
             vmrun_calls: self.hypervisor.call_counts(),
+            pools: self.pool_counts(),
+            pool_unmatched: self.fleet.pools.unmatched(),
         };
         self.fleet.metrics.render(&snapshot)
     }

@@ -16,6 +16,8 @@ use crate::app::{self, App};
 use crate::config::{self, Command};
 use crate::hypervisor::fake::{FakeHypervisor, Fault};
 use crate::image::{ChecksumType, ImageSpec};
+use crate::service::pools::spec::PoolSpec;
+use crate::service::pools::view::PoolView;
 use crate::service::Error;
 use crate::vm::guestinfo::GuestInfo;
 use crate::vm::labels::Labels;
@@ -301,6 +303,127 @@ fn concurrent_creates_fill_the_capacity_exactly() {
 
 fn list_calls(fake: &FakeHypervisor) -> usize {
     fake.calls().iter().filter(|c| *c == "list").count()
+}
+
+impl Harness {
+    /// Declares pool `name` of `size` VMs shaped as [`Harness::request`], keeps it warm,
+    /// and waits until all of them are ready.
+    fn warm_pool(&self, name: &str, size: u32) {
+        crate::service::pools::start_keeper(self.service().clone());
+        let spec = PoolSpec::from_create(&self.request(), size);
+        self.service().put_pool(name, spec).expect("pool declared");
+        self.pool_ready(name, u64::from(size));
+    }
+
+    fn pool_ready(&self, name: &str, ready: u64) -> PoolView {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.service().pool(name).expect("the pool exists");
+            if view.ready == ready && view.warming == 0 {
+                return view;
+            }
+            assert!(
+                Instant::now() < end,
+                "pool never had {ready} ready: {view:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn vm_of(json: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(json).expect("JSON")
+}
+
+#[test]
+fn concurrent_hand_outs_give_each_create_its_own_running_vm_and_guestinfo() {
+    let h = Harness::new(&[]);
+    h.warm_pool("p", 2);
+    let barrier = Arc::new(Barrier::new(2));
+    let answers: Vec<serde_json::Value> = (0..2)
+        .map(|n| {
+            let (service, gate, mut request) = (h.service().clone(), barrier.clone(), h.request());
+            request.guestinfo =
+                GuestInfo::new(vec![("name".into(), format!("secret-{n}"))]).expect("guestinfo");
+            request.name = Some(format!("key-{n}"));
+            thread::spawn(move || {
+                gate.wait();
+                match service.create(request) {
+                    Ok(Created::New(json)) => vm_of(&json),
+                    Ok(Created::Existing(_)) => panic!("a new key answered an existing VM"),
+                    Err(err) => panic!("create refused: {err}"),
+                }
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("create thread"))
+        .collect();
+    let mut ids = Vec::new();
+    for vm in &answers {
+        assert_eq!(vm["status"], "running", "{vm}");
+        assert_ne!(vm["ip_address"], "", "{vm}");
+        assert!(vm.get("pool").is_none(), "{vm}");
+        assert_eq!(vm["guestinfo_keys"], serde_json::json!(["name"]));
+        let id = id_of(vm.to_string().as_bytes());
+        let n = &vm["name"].as_str().unwrap()["key-".len()..];
+        let vars = h.fake.guest_vars(&h.vmx(id));
+        assert_eq!(
+            vars.get("name").map(String::as_str),
+            Some(&*format!("secret-{n}"))
+        );
+        assert!(!vm.to_string().contains("secret-"), "{vm}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "one VM was handed out twice");
+    let view = h.service().pool("p").expect("pool");
+    assert_eq!((view.hits, view.misses), (2, 0));
+    // The pool refills with new VMs; the handed-out ones are no longer its.
+    let view = h.pool_ready("p", 2);
+    assert!(ids.iter().all(|id| !view.vms.contains(id)), "{view:?}");
+    // A retry with a key gets its VM back, and takes none from the pool.
+    let mut retry = h.request();
+    retry.name = Some("key-0".into());
+    match h.service().create(retry) {
+        Ok(Created::Existing(json)) => assert!(ids.contains(&id_of(&json))),
+        _ => panic!("the retry did not answer its VM"),
+    }
+    assert_eq!(h.service().pool("p").expect("pool").hits, 2);
+}
+
+#[test]
+fn a_create_that_fits_no_pool_is_provisioned_and_counted() {
+    let h = Harness::new(&[]);
+    h.warm_pool("p", 1);
+    let mut other = h.request();
+    other.cpus = 4;
+    let json = match h.service().create(other) {
+        Ok(Created::New(json)) => json,
+        _ => panic!("create refused"),
+    };
+    let vm = vm_of(&json);
+    assert_eq!(vm["status"], "", "provisioned from the start: {vm}");
+    assert_eq!(h.service().fleet.pools.unmatched(), 1);
+    let view = h.service().pool("p").expect("pool");
+    assert_eq!((view.hits, view.misses, view.ready), (0, 0, 1));
+}
+
+#[test]
+fn an_idle_vm_that_loses_its_address_is_replaced() {
+    let h = Harness::new(&[]);
+    h.warm_pool("p", 1);
+    let first = h.service().pool("p").expect("pool").vms[0];
+    h.fake.forget_address(&h.vmx(first));
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = h.service().pool("p").expect("pool");
+        if view.ready == 1 && !view.vms.contains(&first) {
+            break;
+        }
+        assert!(Instant::now() < end, "never replaced: {view:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(h.status(first), None, "the broken VM is destroyed");
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct Vm {
     /// create, or `--keep-failed` when it failed); without it a failed VM is stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep: bool,
+    /// The warm pool this VM waits in, idle, booted, until a matching create takes it.
+    /// Cleared at hand-out: from then on the VM is the client's like any other (the log
+    /// and `/metrics` say where it came from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,6 +252,7 @@ pub(crate) mod tests {
             guestinfo_keys: Vec::new(),
             ip_source: None,
             keep: false,
+            pool: None,
         }
     }
 

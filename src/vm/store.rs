@@ -77,8 +77,6 @@ struct Slot {
     json: RwLock<Visible>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
-    /// The idempotency key; never changes.
-    name: Option<String>,
 }
 
 /// A VM as reads see it: changed once its record is written.
@@ -90,6 +88,10 @@ struct Visible {
     /// What admission counts.
     status: Status,
     phase: Phase,
+    /// The idempotency key: set at create, or at a warm pool's hand-out.
+    name: Option<Arc<str>>,
+    /// The warm pool the VM waits in, idle.
+    pool: Option<Arc<str>>,
 }
 
 impl Visible {
@@ -99,6 +101,8 @@ impl Visible {
             state: crate::service::long_poll::state_of(vm),
             status: vm.status,
             phase: vm.progress.phase,
+            name: vm.name.as_deref().map(Arc::from),
+            pool: vm.pool.as_deref().map(Arc::from),
         }
     }
 }
@@ -376,10 +380,22 @@ impl VmStore {
     /// The VM that carries idempotency key `name` and is not being deleted.
     pub fn find_by_name(&self, name: &str) -> Option<Vm> {
         let id = self.read_slots().iter().find_map(|(id, slot)| {
-            let deleting = || slot.json.read_unpoisoned().phase == Phase::Deleting;
-            (slot.name.as_deref() == Some(name) && !deleting()).then_some(*id)
+            let visible = slot.json.read_unpoisoned();
+            (visible.name.as_deref() == Some(name) && visible.phase != Phase::Deleting)
+                .then_some(*id)
         })?;
         self.get(id)
+    }
+
+    /// Each VM that waits in a warm pool, with its pool, status and phase as reads see
+    /// them: what a hand-out chooses from, without copying a record.
+    pub fn for_each_pooled(&self, mut visit: impl FnMut(VmId, &str, Status, Phase)) {
+        for (id, slot) in self.read_slots().iter() {
+            let visible = slot.json.read_unpoisoned();
+            if let Some(pool) = &visible.pool {
+                visit(*id, pool, visible.status, visible.phase);
+            }
+        }
     }
 
     /// [`vmx_path`](Self::vmx_path) with the data folder's symlinks resolved, as
@@ -408,7 +424,6 @@ impl Slot {
         Self {
             json: RwLock::new(Visible::of(&vm, json)),
             created_at: vm.created_at.clone(),
-            name: vm.name.clone(),
             record: Mutex::new(vm),
         }
     }

@@ -42,7 +42,8 @@
 //!
 //! # The state folder
 //!
-//! - `vms/<hash>.json`: `{"vmx", "running", "started_at_ms", "mode", "locks"}` per VM, keyed
+//! - `vms/<hash>.json`: `{"vmx", "running", "started_at_ms", "mode", "locks", "guest_vars",
+//!   "writes", ...}` per VM (`writes`: each `writeVariable` since power-on, in order), keyed
 //!   by a hash of the canonical VMX path, replaced atomically (temp + rename).
 //! - `calls.log`: one JSON line per finished invocation,
 //!   `{"t_start_ms":…,"t_end_ms":…,"pid":…,"args":[…all arguments…],"exit":…}`, appended in

@@ -67,6 +67,7 @@ pub fn start(state: &StateDir, args: &[String]) -> Result<String, SimError> {
             locks,
             guest_vars: crate::variables::from_vmx(&config),
             guest_env: Default::default(),
+            writes: Vec::new(),
             boots,
             stopped_at_ms: 0,
         },

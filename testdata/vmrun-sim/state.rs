@@ -32,12 +32,25 @@ pub struct VmState {
     pub guest_vars: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub guest_env: BTreeMap<String, String>,
+    /// Every `writeVariable` since power-on, in order, values included: this is the
+    /// guest's side, where a test checks what reached the guest and when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<VariableWrite>,
     /// Power-ons and resets so far (see `VMRUN_SIM_DEAD_BOOTS`).
     #[serde(default)]
     pub boots: u32,
     /// When the last `stop`/`suspend` powered the VM off (see `VMRUN_SIM_POWEROFF_LAG_MS`).
     #[serde(default)]
     pub stopped_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct VariableWrite {
+    /// `guestVar`, `guestEnv` or `runtimeConfig`.
+    pub kind: String,
+    pub name: String,
+    pub value: String,
+    pub at_ms: u64,
 }
 
 /// A `VMRUN_SIM_*` switch that is on when set to `1`.

@@ -5,7 +5,9 @@
 //! (`|XX` decoded), so an edit of the VMX after `start` does not reach the guest; a
 //! `writeVariable guestVar` adds to them, and all are gone at power-off. `runtimeConfig`
 //! reads the VMX as it is on disk (written back too: the VM is running, as VMware
-//! does). `guestEnv` is kept beside the guest variables.
+//! does). `guestEnv` is kept beside the guest variables. Each write is also appended to the
+//! VM's `writes` in its state file (kind, name, value, time), so a test can tell a variable
+//! written at runtime from one the VMX gave at power-on.
 
 use crate::args::{too_many, vmx_and_rest};
 use crate::error::SimError;
@@ -122,6 +124,12 @@ pub fn write_variable(state: &StateDir, args: &[String]) -> Result<String, SimEr
             crate::state::write_atomic(&vm.abs, &config.to_bytes())?;
         }
     }
+    running.writes.push(crate::state::VariableWrite {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        value: value.clone(),
+        at_ms: crate::state::now_ms(),
+    });
     state.save(&vm, &running)?;
     Ok(String::new())
 }

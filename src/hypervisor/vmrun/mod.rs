@@ -44,7 +44,7 @@ pub struct Timeouts {
     /// `snapshot` and `listSnapshots`: both work on the gold VM's snapshot file, and
     /// `--vmrun-timeout-snapshot` is documented to cover both.
     pub snapshot: Duration,
-    /// `checkToolsState`.
+    /// `checkToolsState` and `writeVariable`.
     pub other: Duration,
 }
 
@@ -58,7 +58,8 @@ impl Timeouts {
         list: config::VMRUN_TIMEOUT_LIST.seconds(),
         ip_query: config::VMRUN_TIMEOUT_IP.seconds(),
         snapshot: config::VMRUN_TIMEOUT_SNAPSHOT.seconds(),
-        // checkToolsState has no setting of its own: it answers at once or hangs.
+        // checkToolsState and writeVariable have no setting of their own: they answer at
+        // once or hang.
         other: Duration::from_secs(60),
     };
 }
@@ -520,6 +521,14 @@ impl super::Hypervisor for Vmrun {
             }
             other => Err(other),
         })
+    }
+
+    /// `writeVariable VMX guestVar NAME VALUE`. The value reaches vmrun's argument list only:
+    /// the log line of the call names the command and the VM, never its arguments.
+    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+        let timeout = self.settings.timeouts.other;
+        let args: [OsString; 3] = ["guestVar".into(), name.into(), value.into()];
+        self.call("writeVariable", Some(vmx), &args, timeout, None, no_answer)
     }
 
     fn start_timeout(&self) -> Duration {
