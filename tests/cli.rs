@@ -188,6 +188,58 @@ fn json_output_of_every_listing_parses_and_tables_show_the_vm() {
 }
 
 #[test]
+fn pool_commands_declare_show_and_delete_a_warm_pool() {
+    let w = World::start("cli-pool", ServerOptions::default());
+    let spec = w.dir.path().join("pool.json");
+    std::fs::write(&spec, w.body().to_string()).unwrap();
+    let spec = spec.display().to_string();
+    let run = |args: &[&str]| {
+        let out = client(&w.server.base, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", show(&out));
+        text(&out.stdout)
+    };
+    // The spec file is a create's body; --size and the shape options lay over it.
+    let declared: Value = serde_json::from_str(&run(&[
+        "pool", "put", "ci", "-f", &spec, "--size", "1", "--cpus", "2", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (declared["name"].as_str(), declared["size"].as_u64()),
+        (Some("ci"), Some(1))
+    );
+    assert_eq!(declared["cpus"], 2);
+    let ready = common::eventually("the pool's VM ready", || {
+        let pool: Value = serde_json::from_str(&run(&["pool", "get", "ci", "--json"])).ok()?;
+        (pool["ready"] == 1).then_some(pool)
+    });
+    assert_eq!(ready["image"]["checksum"], w.checksum.as_str());
+    let table = run(&["pool", "list"]);
+    assert!(table.starts_with("NAME "), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("ci "))
+        .unwrap_or_default();
+    assert!(row.contains(&w.checksum), "{table}");
+    let listed: Value = serde_json::from_str(&run(&["pool", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    // Refusals keep the server's code, and a spec without an image is a usage error.
+    let out = client(
+        &w.server.base,
+        &["pool", "put", "ci", "-f", &spec, "--size", "65"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("invalid-size"), "{}", show(&out));
+    let out = client(&w.server.base, &["pool", "put", "ci", "--size", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(run(&["pool", "delete", "ci"]), "deleted ci\n");
+    let out = client(&w.server.base, &["pool", "get", "ci"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    common::eventually("the idle VM destroyed", || {
+        (w.vm_count() == 0).then_some(())
+    });
+}
+
+#[test]
 fn renew_extends_the_lease() {
     let w = World::start("cli-renew", ServerOptions::default());
     let out = client(

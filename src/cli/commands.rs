@@ -28,7 +28,10 @@ pub fn dispatch(all: &[String], env: &HashMap<String, String>) -> Result<(), Fai
         ("drain", _) => ("drain", NONE, drain),
         ("undrain", _) => ("undrain", NONE, undrain),
         ("health", _) => ("health", NONE, health),
-        // `pool list|get|put|delete` go here with the pools (and "pool" in COMMANDS).
+        ("pool", Some("list")) => ("pool list", NONE, pool_list),
+        ("pool", Some("get")) => ("pool get", NONE, pool_get),
+        ("pool", Some("put")) => ("pool put", POOL_PUT, pool_put),
+        ("pool", Some("delete")) => ("pool delete", NONE, pool_delete),
         (_, None | Some("--help" | "-h" | "help")) => {
             print!("{}", super::help_text());
             return Ok(());
@@ -89,6 +92,20 @@ const CREATE: Spec = Spec {
         "idempotency-key",
     ],
     flags: &["headless", "wait"],
+};
+
+const POOL_PUT: Spec = Spec {
+    values: &[
+        "file",
+        "image-url",
+        "checksum",
+        "checksum-type",
+        "cpus",
+        "memory",
+        "network",
+        "size",
+    ],
+    flags: &["headless"],
 };
 
 /// The one positional a command like `vm get ID` takes.
@@ -154,6 +171,39 @@ fn vm_create(context: &Context) -> Result<(), Failure> {
 /// override its fields.
 fn create_body(context: &Context) -> Result<Value, Failure> {
     let a = &context.args;
+    let mut body = shape_body(context, "create.json", &["ttl"])?;
+    if let Some(url) = a.value("callback-url") {
+        body.insert("callback_url".into(), json!(url));
+    }
+    for (option, field) in [("label", "labels"), ("guestinfo", "guestinfo")] {
+        let given = pairs(a, option)?;
+        if given.is_empty() {
+            continue;
+        }
+        let map = body
+            .entry(field)
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(map) = map else {
+            return Err(Failure::Usage(format!(
+                "{field} in the file is not an object"
+            )));
+        };
+        for (k, v) in given {
+            map.insert(k, json!(v));
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// What a create and a pool spec share: the object of `-f FILE` (`-` for stdin) with the
+/// image, `--cpus`, `--memory`, `--network`, `--headless` and the `numbers` options laid
+/// over it (an option given with a file overrides its field).
+fn shape_body(
+    context: &Context,
+    example: &str,
+    numbers: &[&str],
+) -> Result<Map<String, Value>, Failure> {
+    let a = &context.args;
     let mut body = match a.value("file") {
         Some(path) => {
             let text = if path == "-" {
@@ -178,42 +228,22 @@ fn create_body(context: &Context) -> Result<Value, Failure> {
         body.insert("image".into(), image);
     }
     if !body.contains_key("image") {
-        return Err(Failure::Usage(
-            "give the image: -f create.json, or --image-url and --checksum".into(),
-        ));
+        return Err(Failure::Usage(format!(
+            "give the image: -f {example}, or --image-url and --checksum"
+        )));
     }
-    for (option, field) in [("cpus", "cpus"), ("memory", "memory"), ("ttl", "ttl")] {
+    for option in ["cpus", "memory"].iter().chain(numbers) {
         if let Some(n) = a.number(option)? {
-            body.insert(field.into(), json!(n));
+            body.insert(option.to_string(), json!(n));
         }
     }
     if let Some(network) = a.value("network") {
         body.insert("network_type".into(), json!(network));
     }
-    if let Some(url) = a.value("callback-url") {
-        body.insert("callback_url".into(), json!(url));
-    }
     if a.flag("headless") {
         body.insert("headless".into(), json!(true));
     }
-    for (option, field) in [("label", "labels"), ("guestinfo", "guestinfo")] {
-        let given = pairs(a, option)?;
-        if given.is_empty() {
-            continue;
-        }
-        let map = body
-            .entry(field)
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(map) = map else {
-            return Err(Failure::Usage(format!(
-                "{field} in the file is not an object"
-            )));
-        };
-        for (k, v) in given {
-            map.insert(k, json!(v));
-        }
-    }
-    Ok(Value::Object(body))
+    Ok(body)
 }
 
 /// `image` from `--image-url`, `--checksum` and `--checksum-type` (guessed from the
@@ -401,6 +431,49 @@ fn image_prewarm(context: &Context) -> Result<(), Failure> {
 
 fn image_delete(context: &Context) -> Result<(), Failure> {
     delete(context, "checksum", "checksum", "/images")
+}
+
+fn pool_list(context: &Context) -> Result<(), Failure> {
+    none(context)?;
+    let list = context.client.get_json("/pools")?;
+    if context.json {
+        println!("{list}");
+    } else {
+        let empty = Vec::new();
+        print!("{}", output::pool_table(list.as_array().unwrap_or(&empty)));
+    }
+    Ok(())
+}
+
+fn pool_get(context: &Context) -> Result<(), Failure> {
+    let name = path_segment(&one(context, "pool name")?, "pool name")?;
+    let pool = context.client.get_json(&format!("/pools/{name}"))?;
+    print_pool(context, &pool);
+    Ok(())
+}
+
+/// `PUT /pools/NAME`: declares the pool, or changes it (a new image rolls its idle VMs).
+fn pool_put(context: &Context) -> Result<(), Failure> {
+    let name = path_segment(&one(context, "pool name")?, "pool name")?;
+    let body = Value::Object(shape_body(context, "pool.json", &["size"])?);
+    let pool = context
+        .client
+        .send("PUT", &format!("/pools/{name}"), Some(&body), &[])?
+        .json()?;
+    print_pool(context, &pool);
+    Ok(())
+}
+
+fn pool_delete(context: &Context) -> Result<(), Failure> {
+    delete(context, "pool name", "name", "/pools")
+}
+
+fn print_pool(context: &Context, pool: &Value) {
+    if context.json {
+        println!("{pool}");
+    } else {
+        print!("{}", output::pool_table(std::slice::from_ref(pool)));
+    }
 }
 
 fn drain(context: &Context) -> Result<(), Failure> {

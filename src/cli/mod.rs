@@ -1,7 +1,7 @@
 //! The command line for people: the same binary as a client of a running server.
 //!
 //! `osx-builder vm create ... --wait`, `vm get|list|delete|renew|log`, `image
-//! list|prewarm|delete`, `drain`, `undrain`, `health`. Tables for people, `--json` for
+//! list|prewarm|delete`, `pool list|get|put|delete`, `drain`, `undrain`, `health`. Tables for people, `--json` for
 //! scripts. Exit status: 0 done (a VM running with an IP), 1 the server said no or the VM
 //! failed, 2 usage error, 3 the server could not be reached.
 
@@ -21,8 +21,8 @@ use serde_json::Value;
 use args::Parsed;
 use client::{Client, Target, DEFAULT_SERVER};
 
-/// The first words that make the binary a client. (`pool` joins them with the pools.)
-pub const COMMANDS: &[&str] = &["vm", "image", "drain", "undrain", "health"];
+/// The first words that make the binary a client.
+pub const COMMANDS: &[&str] = &["vm", "image", "pool", "drain", "undrain", "health"];
 
 pub fn is_command(word: &str) -> bool {
     COMMANDS.contains(&word)
@@ -131,6 +131,12 @@ Usage: osx-builder COMMAND [options]
   image list
   image prewarm --image-url URL --checksum HEX [--checksum-type T] [--wait]
   image delete CHECKSUM
+  pool list
+  pool get NAME
+  pool put NAME (-f pool.json | --image-url URL --checksum HEX [--checksum-type T])
+           [--cpus N] [--memory MB] [--network bridged|nat|hostonly] [--headless] [--size N]
+                                declares or changes a warm pool (a new image rolls it)
+  pool delete NAME              its idle VMs are destroyed; VMs handed out are kept
   drain | undrain               stop or resume taking new VMs (maintenance)
   health                        the server's checks; exit 1 when one fails
 

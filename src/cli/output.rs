@@ -142,6 +142,38 @@ pub fn image_list_table(images: &[Value]) -> String {
     table(&["CHECKSUM", "STATE", "SIZE", "VMS", "LAST USED"], &rows)
 }
 
+/// One row a pool: how many VMs it keeps and how many are ready now, its image, and why it
+/// is short when it waits.
+pub fn pool_table(pools: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|pool| {
+            let number = |field: &str| pool[field].as_u64().unwrap_or(0).to_string();
+            vec![
+                text(&pool["name"]),
+                number("size"),
+                number("ready"),
+                number("warming"),
+                format!("{}/{}", number("hits"), number("misses")),
+                text(&pool["image"]["checksum"]),
+                or_dash(text(&pool["waiting"])),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "SIZE",
+            "READY",
+            "WARMING",
+            "HITS/MISSES",
+            "IMAGE",
+            "WAITING",
+        ],
+        &rows,
+    )
+}
+
 pub fn health_table(health: &Value) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     if let Value::Object(checks) = &health["checks"] {
