@@ -193,18 +193,9 @@ fn parse_signature(value: &str) -> Option<[u8; 32]> {
     }
     let mut bytes = [0u8; 32];
     for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        *byte = crate::sys::hex::digit(pair[0])? << 4 | crate::sys::hex::digit(pair[1])?;
     }
     Some(bytes)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -379,7 +379,10 @@ fn decode_value_bytes(raw: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'|' && i + 2 < raw.len() {
-            if let (Some(hi), Some(lo)) = (hex_digit(raw[i + 1]), hex_digit(raw[i + 2])) {
+            if let (Some(hi), Some(lo)) = (
+                crate::sys::hex::digit(raw[i + 1]),
+                crate::sys::hex::digit(raw[i + 2]),
+            ) {
                 out.push(hi << 4 | lo);
                 i += 3;
                 continue;
@@ -389,15 +392,6 @@ fn decode_value_bytes(raw: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Text for the `annotation` key: line breaks of any style become CR LF, which

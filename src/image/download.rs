@@ -66,7 +66,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+            if let (Some(hi), Some(lo)) = (
+                crate::sys::hex::digit(bytes[i + 1]),
+                crate::sys::hex::digit(bytes[i + 2]),
+            ) {
                 out.push(hi << 4 | lo);
                 i += 3;
                 continue;
@@ -76,10 +79,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// What the HTTP client needs to know; one per cache, shared by its downloads.

@@ -719,7 +719,7 @@ fn last_used_ms(dir: &Path) -> i64 {
 /// other's fields (a listing without the image's URL).
 fn update_usage(dir: &Path, change: impl FnOnce(&mut Usage)) -> Result<(), String> {
     static USAGE_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_writer = USAGE_WRITES.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_writer = USAGE_WRITES.lock_unpoisoned();
     let mut usage = read_usage(dir);
     change(&mut usage);
     let path = dir.join(USAGE_FILE);

@@ -6,6 +6,7 @@ pub mod data_lock;
 pub(crate) mod disk;
 pub mod fd_limit;
 pub(crate) mod fsutil;
+pub(crate) mod hex;
 pub mod log;
 #[cfg(test)]
 pub(crate) mod scratch;
