@@ -36,25 +36,6 @@ fn list(server: &Server, query: &str) -> Vec<String> {
     ids
 }
 
-/// Every file under `root` whose bytes contain `needle`.
-fn files_containing(root: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
-}
-
 /// Stops the world's server cleanly; its folder and file server stay for a restart.
 fn stop(w: World) -> (TempDir, common::http::FileServer) {
     let World {
@@ -139,7 +120,7 @@ fn guestinfo_reaches_the_guest_and_nothing_else() {
                 "{what}: log:\n{}",
                 server.log()
             );
-            let holders: Vec<String> = files_containing(&server.data_dir, secret)
+            let holders: Vec<String> = common::files_containing(&server.data_dir, secret)
                 .into_iter()
                 .filter(|f| !f.ends_with(&format!("{id}.vmx")))
                 .collect();
@@ -502,6 +483,6 @@ fn a_restart_before_the_clone_fails_the_vm_and_loses_its_guestinfo() {
     let vm = server.wait_failed(&id);
     assert_eq!(vm["error"]["code"], "interrupted", "{vm}");
     assert_eq!(vm["guestinfo_keys"], json!(["name"]));
-    assert!(files_containing(&server.data_dir, NAME).is_empty());
+    assert!(common::files_containing(&server.data_dir, NAME).is_empty());
     assert!(!server.log().contains(NAME));
 }

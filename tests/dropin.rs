@@ -388,15 +388,7 @@ fn a_clone_folder_no_record_knows_protects_the_gold_it_reads() {
 }
 
 fn list_calls(server: &Server) -> usize {
-    server
-        .sim_calls()
-        .iter()
-        .filter(|c| {
-            c["args"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "list"))
-        })
-        .count()
+    server.sim_calls_of("list")
 }
 
 #[test]

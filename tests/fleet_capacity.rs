@@ -17,13 +17,6 @@ fn clone_calls(world: &World) -> usize {
         .count()
 }
 
-fn metric(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
     let w = World::start("cap-limit", options(&["--max-vms", "1"]));
@@ -57,11 +50,14 @@ fn over_the_vm_limit_a_create_is_refused_at_once_and_costs_nothing() {
 
     let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
     assert_eq!(
-        metric(&metrics, "osx_builder_capacity_used "),
+        common::metric(&metrics, "osx_builder_capacity_used "),
         Some(1.0),
         "{metrics}"
     );
-    assert_eq!(metric(&metrics, "osx_builder_capacity_limit "), Some(1.0));
+    assert_eq!(
+        common::metric(&metrics, "osx_builder_capacity_limit "),
+        Some(1.0)
+    );
 
     // A delete frees the place.
     let (status, _) = w.server.delete_vm(&first);
@@ -171,7 +167,7 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
     );
     assert_eq!(health.json()["draining"], true);
     let metrics = call_str("GET", &server.url("/metrics"), None, &[]).text();
-    assert_eq!(metric(&metrics, "osx_builder_draining "), Some(1.0));
+    assert_eq!(common::metric(&metrics, "osx_builder_draining "), Some(1.0));
 
     // A restart (the maintenance reboots the Mac) keeps the drain.
     assert!(server.terminate().success());
@@ -193,7 +189,7 @@ fn drain_refuses_creates_keeps_vms_and_survives_a_restart() {
     let new_id = created.json()["id"].as_str().unwrap().to_string();
     server.wait_ready(&new_id);
     let metrics = call_str("GET", &server.url("/metrics"), None, &[]).text();
-    assert_eq!(metric(&metrics, "osx_builder_draining "), Some(0.0));
+    assert_eq!(common::metric(&metrics, "osx_builder_draining "), Some(0.0));
     eventually("two VMs listed", || {
         let list: Value = call_str("GET", &server.url("/vms"), None, &[]).json();
         (list.as_array().map_or(0, Vec::len) == 2).then_some(())
@@ -259,7 +255,7 @@ fn creates_at_once_fill_the_vm_limit_exactly() {
     assert_eq!(w.vm_count(), 3);
     let metrics = call_str("GET", &w.server.url("/metrics"), None, &[]).text();
     assert_eq!(
-        metric(&metrics, "osx_builder_capacity_used "),
+        common::metric(&metrics, "osx_builder_capacity_used "),
         Some(3.0),
         "{metrics}"
     );

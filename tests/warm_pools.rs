@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -101,30 +100,9 @@ fn guest_writes(server: &Server, id: &str) -> Vec<(String, String)> {
     Vec::new()
 }
 
-fn files_containing(root: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
-}
-
 fn metric(server: &Server, line_start: &str) -> Option<f64> {
     let text = call_str("GET", &server.url("/metrics"), None, &[]).text();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    common::metric(&text, line_start)
 }
 
 #[test]
@@ -210,7 +188,7 @@ fn a_pool_fills_and_concurrent_creates_each_get_a_running_vm_with_their_guestinf
     }
     assert!(!w.server.log().contains(SECRET), "{}", w.server.log());
     assert_eq!(
-        files_containing(&w.server.data_dir, SECRET),
+        common::files_containing(&w.server.data_dir, SECRET),
         Vec::<String>::new()
     );
 
@@ -279,17 +257,7 @@ fn after_a_restart_idle_vms_are_still_the_pools() {
     let w = World::start("pool-restart", options(&[]));
     assert_eq!(put_pool(&w.server, "p", &spec(&w, 2)).0, 201);
     let before = ids(&wait_ready(&w.server, "p", 2));
-    let clones = |server: &Server| {
-        server
-            .sim_calls()
-            .iter()
-            .filter(|c| {
-                c["args"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == "clone"))
-            })
-            .count()
-    };
+    let clones = |server: &Server| server.sim_calls_of("clone");
     let cloned = clones(&w.server);
     let create = w.body();
     let World {

@@ -162,6 +162,33 @@ pub fn options_env(env: &[(&str, &str)], args: &[&str]) -> ServerOptions {
     }
 }
 
+/// Every file under `root` whose bytes contain `needle`.
+pub fn files_containing(root: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The value of the first `/metrics` line of `text` that starts with `line_start`.
+pub fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The arguments of one call in the simulator's `calls.log`.
 pub fn sim_call_args(call: &Value) -> Vec<&str> {
     call["args"]
@@ -343,6 +370,14 @@ impl Server {
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// How many of the simulator's calls so far have `command` among their arguments.
+    pub fn sim_calls_of(&self, command: &str) -> usize {
+        self.sim_calls()
+            .iter()
+            .filter(|c| sim_call_args(c).contains(&command))
+            .count()
     }
 
     pub fn create(&self, body: &Value) -> (u16, Value) {
