@@ -10,7 +10,7 @@
 //!
 //! A second case: every vmrun call takes 300 ms; 30 sequential creates and bursts of 16 at
 //! once of a cached image must each be answered within 5 ms, because admission runs no
-//! process and creates record their VMs side by side, not one after another; its references
+//! process and creates at once share one journal flush, not one after another; its references
 //! (one fsync, one record write, a GET; 16 record writes and 16 GETs at once) are measured
 //! between the creates.
 //!
@@ -232,7 +232,8 @@ fn main() {
 /// are the background load).
 ///
 /// The references are measured between the creates, under the same load: one fsync of a
-/// small new file, one durable record write (what a 202 waits for), and a plain GET of a
+/// small new file, one durable record write (a VM's folder as written before the journal,
+/// and still when its provisioning starts), and a plain GET of a
 /// VM; for the bursts, 16 durable record writes at once from 16 threads (what the disk
 /// makes of 16 records written side by side) and 16 GETs at once (what 2 cores make of 16
 /// requests arriving together).

@@ -698,6 +698,28 @@ pub fn help_text() -> String {
 }
 
 /// Parses the command line (without the program name) against the environment.
+/// The log format `args` and `env` ask for, read on its own: a usage error in another
+/// setting is still written the way the log shipper expects. Text when unset or invalid.
+pub fn requested_log_format(
+    args: &[String],
+    env: &HashMap<String, String>,
+) -> crate::sys::log::Format {
+    let flag = format!("--{}", LOG_FORMAT.flag);
+    let mut given = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if *arg == flag {
+            given = rest.next().cloned();
+        } else if let Some(value) = arg.strip_prefix(&flag).and_then(|v| v.strip_prefix('=')) {
+            given = Some(value.to_string());
+        }
+    }
+    given
+        .or_else(|| env.get(LOG_FORMAT.env).cloned())
+        .and_then(|v| crate::sys::log::Format::parse(v.trim()))
+        .unwrap_or_default()
+}
+
 pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, ConfigError> {
     let mut flags: HashMap<&'static str, String> = HashMap::new();
     let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
@@ -1033,6 +1055,34 @@ mod tests {
         assert_eq!(config.vmrun_path, PathBuf::from("/x/vmrun"));
         let config = serve(&[], &[("OSX_BUILDER_IP_POLL_INTERVAL", "0.05")]).unwrap();
         assert_eq!(config.ip_poll_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_log_format_is_read_even_when_another_setting_is_wrong() {
+        use crate::sys::log::Format;
+        let env = |v: &str| HashMap::from([(LOG_FORMAT.env.to_string(), v.to_string())]);
+        let none = HashMap::new();
+        assert_eq!(
+            requested_log_format(&args(&["--port", "x"]), &none),
+            Format::Text
+        );
+        assert_eq!(
+            requested_log_format(&args(&["--port", "x"]), &env("json")),
+            Format::Json
+        );
+        assert_eq!(
+            requested_log_format(&args(&["--log-format=json", "--port", "x"]), &none),
+            Format::Json
+        );
+        assert_eq!(
+            requested_log_format(&args(&["--log-format", "text"]), &env("json")),
+            Format::Text
+        );
+        assert_eq!(
+            requested_log_format(&args(&["--log-format"]), &none),
+            Format::Text
+        );
+        assert_eq!(requested_log_format(&[], &env("xml")), Format::Text);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use osx_builder::app;
 use osx_builder::config::{self, Command, Config};
 use osx_builder::hypervisor::vmrun::Vmrun;
 use osx_builder::hypervisor::Hypervisor;
+use osx_builder::sys::log::{self, Format};
 use osx_builder::sys::shutdown;
 use osx_builder::{error, info, warn};
 
@@ -42,15 +43,24 @@ fn main() -> ExitCode {
             }
         },
         Err(err) => {
-            eprintln!("osx-builder: {err}");
+            match config::requested_log_format(&args, &env) {
+                Format::Text => eprintln!("osx-builder: {err}"),
+                Format::Json => {
+                    log::set_format(Format::Json);
+                    error!("{err}");
+                }
+            }
             ExitCode::from(2)
         }
     }
 }
 
 fn serve(config: &Config) -> Result<(), String> {
-    osx_builder::sys::log::set_format(config.log_format);
-    osx_builder::sys::log::install_bridge();
+    log::set_format(config.log_format);
+    log::install_bridge();
+    if config.log_format == Format::Json {
+        log::install_panic_hook();
+    }
     match osx_builder::sys::fd_limit::raise() {
         Ok(limit) if limit < 1024 => warn!(
             "only {limit} open files allowed; raise the hard limit (ulimit -Hn) for a busy host"

@@ -570,5 +570,6 @@ fn help_version_and_bad_settings() {
     );
     let bad = run(&["--port", "eighty"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--port / PORT"));
+    let stderr = common::log_lines::stderr_text(&bad.stderr, common::log_lines::json_run());
+    assert!(stderr.contains("--port / PORT"), "{stderr}");
 }

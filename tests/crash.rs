@@ -228,11 +228,28 @@ impl Lab {
     /// Each known VM's record as the disk holds it (with the server dead: as at the kill).
     fn records(&mut self, point: &str) -> HashMap<String, Value> {
         let mut at_kill = HashMap::new();
+        // A VM whose provisioning had not reached the clone has only its create's line in
+        // the journal; the last line may be torn by the kill (its create was not answered).
+        let journal =
+            fs::read_to_string(self.data().join("vms").join(".journal")).unwrap_or_default();
+        let journaled: HashMap<String, Value> = journal
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|line| {
+                let record = line.get("create")?.clone();
+                Some((record["id"].as_str()?.to_string(), record))
+            })
+            .collect();
         for id in self.ledger.keys() {
             let path = self.data().join("vms").join(id).join("osx-builder.json");
-            if let Ok(bytes) = fs::read(&path) {
-                let record: Value = serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|e| panic!("torn record {}: {e}", path.display()));
+            let record = match fs::read(&path) {
+                Ok(bytes) => Some(
+                    serde_json::from_slice::<Value>(&bytes)
+                        .unwrap_or_else(|e| panic!("torn record {}: {e}", path.display())),
+                ),
+                Err(_) => journaled.get(id).cloned(),
+            };
+            if let Some(record) = record {
                 let phase = record["progress"]["phase"]
                     .as_str()
                     .unwrap_or("")
@@ -382,6 +399,11 @@ impl Lab {
         // exist, whole, and is then an ordinary VM).
         for entry in fs::read_dir(&vms_dir).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name == ".journal" {
+                // The store's journal of new VMs, emptied by the start once each has a folder.
+                assert_eq!(entry.metadata().unwrap().len(), 0, "{}", log());
+                continue;
+            }
             let (status, vm) = server.get_vm(&name);
             assert_eq!(
                 status,
@@ -426,9 +448,11 @@ impl Lab {
                 self.delete_now(&id);
             }
         }
+        // The store's journal stays, empty: every VM it recorded is gone.
         let entries: Vec<_> = fs::read_dir(self.data().join("vms"))
             .unwrap()
             .flatten()
+            .filter(|e| e.file_name() != ".journal" || e.metadata().is_ok_and(|m| m.len() > 0))
             .map(|e| e.file_name())
             .collect();
         assert!(entries.is_empty(), "left in vms/: {entries:?}");
@@ -1249,3 +1273,62 @@ const TOOLS_MSG: &str = "The VMware Tools are not running in the virtual machine
 
 use common::GOLD_VMX;
 const DISK: &[u8] = common::DISK_DESCRIPTOR.as_bytes();
+
+/// A create's record is first a line of `vms/.journal`; its folder is written when its
+/// provisioning reaches the clone. Killed while VMs wait in the provisioning queue (their
+/// records only lines) and after one of them was deleted: the restart gives each
+/// acknowledged VM its folder and brings back none that was deleted.
+#[test]
+fn killed_while_new_vms_are_only_journal_lines() {
+    let dir = TempDir::new("crash-journal");
+    let files = FileServer::start();
+    let archive = common::gold_tar_gz("box");
+    let image = common::image_body(
+        &files.add("/gold.tar.gz", archive.clone()),
+        &sha1_hex(&archive),
+    );
+    // One provisioning thread, held by the first VM's slow vmrun calls: the others queue.
+    let options = || {
+        common::options_env(
+            &[("VMRUN_SIM_FAULTS", "* delay 3000")],
+            &["--provision-threads", "1"],
+        )
+    };
+    let server = Server::start_with(dir.path(), options());
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let (status, vm) = server.create(&image);
+            assert_eq!(status, 202, "{vm}");
+            vm["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let vms = server.data_dir.join("vms");
+    let journal = vms.join(".journal");
+    let queued = &ids[2..];
+    for id in queued {
+        assert!(!vms.join(id).exists(), "{id} has a folder while it waits");
+    }
+    assert!(fs::metadata(&journal).unwrap().len() > 0);
+    let deleted = &ids[3];
+    assert_eq!(server.delete_vm(deleted).0, 204, "{}", server.log());
+    server.kill();
+    kill_simulators(&dir.path().join("sim"), &dir.path().join("data"));
+
+    let server = Server::start_with(dir.path(), options());
+    assert!(
+        server.wait_log("recovered"),
+        "the restart says what it recovered:\n{}",
+        server.log()
+    );
+    for id in &ids[..3] {
+        let (status, vm) = server.get_vm(id);
+        assert_eq!(status, 200, "{id} was acknowledged and is lost: {vm}");
+        assert!(vms.join(id).join("osx-builder.json").is_file(), "{id}");
+    }
+    assert_eq!(server.get_vm(deleted).0, 404, "a deleted VM came back");
+    assert!(!vms.join(deleted).exists());
+    assert_eq!(fs::metadata(&journal).unwrap().len(), 0);
+    for id in &ids[..3] {
+        assert_eq!(server.delete_vm(id).0, 204, "{}", server.log());
+    }
+}

@@ -264,7 +264,7 @@ fn a_token_setting_that_cannot_work_stops_the_server() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::log_lines::stderr_text(&out.stderr, common::log_lines::json_run());
     assert!(stderr.contains("cannot read the token file"), "{stderr}");
     let out = Command::new(common::SERVER_BIN)
         .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
@@ -273,7 +273,7 @@ fn a_token_setting_that_cannot_work_stops_the_server() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = common::log_lines::stderr_text(&out.stderr, common::log_lines::json_run());
     assert!(stderr.contains("at least 16 characters"), "{stderr}");
 }
 

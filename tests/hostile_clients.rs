@@ -441,8 +441,10 @@ fn a_flood_of_connections_gets_errors_then_the_server_answers_again() {
 struct FdLimitedServer {
     child: Child,
     addr: String,
-    /// Every line the server wrote to stderr so far.
+    /// Every line the server wrote to stderr so far, as text lines.
     log: Arc<Mutex<Vec<String>>>,
+    /// In a JSON run, what was wrong with each line that broke the format.
+    broken: Arc<Mutex<Vec<String>>>,
 }
 
 impl FdLimitedServer {
@@ -477,10 +479,18 @@ impl FdLimitedServer {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
+        let broken = Arc::new(Mutex::new(Vec::new()));
+        let (lines, problems) = (log.clone(), broken.clone());
+        let json = common::log_lines::json_run();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+                let Ok(mut line) = line else { break };
+                if json {
+                    match common::log_lines::json_to_text(&line) {
+                        Ok(text) => line = text,
+                        Err(problem) => problems.lock().unwrap().push(problem),
+                    }
+                }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
@@ -490,7 +500,12 @@ impl FdLimitedServer {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not start");
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            broken,
+        }
     }
 }
 
@@ -553,5 +568,10 @@ fn running_out_of_file_descriptors_does_not_make_the_server_deaf() {
             && line.contains("new client")
             && line.contains("os error 24")),
         "no accept error in the server's log:\n{log}"
+    );
+    let broken = server.broken.lock().unwrap();
+    assert!(
+        broken.is_empty(),
+        "lines that broke the JSON log format: {broken:?}"
     );
 }

@@ -24,8 +24,8 @@ fn every_line_of_a_json_run_parses_with_its_fields() {
     let (status, _) = http::request("POST", &w.server.url("/vms"), Some("{"), &[]);
     assert_eq!(status, 415);
     assert_eq!(w.server.delete_vm(&id).0, 204);
-    assert!(w.server.wait_log("\"msg\":\"deleted\""));
-    let log = w.server.log();
+    assert!(w.server.wait_log(&format!("vm={id} deleted")));
+    let log = w.server.raw_log();
     let lines: Vec<Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
@@ -76,4 +76,36 @@ fn every_line_of_a_json_run_parses_with_its_fields() {
     find("the delete", &|l| {
         l["vm"] == id.as_str() && l["msg"] == "deleted"
     });
+}
+
+/// The harness's reading of JSON lines, which a JSON test run relies on
+/// (`OSX_BUILDER_LOG_FORMAT=json cargo test --release --test '*'`): a good line turns into the
+/// server's text line, and each way of breaking the format is caught.
+#[test]
+fn the_harness_turns_json_lines_into_text_lines_and_catches_bad_ones() {
+    use common::log_lines::json_to_text;
+    let ts = "2026-11-24T17:00:00.123Z";
+    let line = format!(
+        r#"{{"ts":"{ts}","level":"warn","msg":"failed: x","vm":"abc","code":"c","duration_ms":3}}"#
+    );
+    assert_eq!(
+        json_to_text(&line).unwrap(),
+        format!("{ts} WARN  vm=abc failed: x")
+    );
+    let plain = format!(r#"{{"ts":"{ts}","level":"info","msg":"listening on http://x"}}"#);
+    assert_eq!(
+        json_to_text(&plain).unwrap(),
+        format!("{ts} INFO  listening on http://x")
+    );
+    for bad in [
+        format!("{ts} INFO  text"),
+        format!(r#"{{"ts":"{ts}","level":"debug","msg":"m"}}"#),
+        format!(r#"{{"ts":"{ts}","level":"info","msg":"vm=abc m"}}"#),
+        format!(r#"{{"ts":"{ts}","level":"info","msg":"m","extra":1}}"#),
+        format!(r#"{{"ts":"{ts}","level":"info","msg":"m","duration_ms":"3"}}"#),
+        format!(r#"{{"ts":"{ts}","level":"info","msg":""}}"#),
+        r#"{"ts":"yesterday","level":"info","msg":"m"}"#.to_string(),
+    ] {
+        assert!(json_to_text(&bad).is_err(), "{bad}");
+    }
 }

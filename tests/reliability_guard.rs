@@ -94,6 +94,7 @@ fn a_second_server_on_one_data_folder_refuses_to_start_naming_the_first() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    let stderr = common::log_lines::stderr_text(stderr.as_bytes(), common::log_lines::json_run());
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("pid {}", world.server.pid())),

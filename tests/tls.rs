@@ -731,7 +731,7 @@ fn bad_tls_files_stop_the_server_naming_them() {
             .arg(key)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
+        let text = common::log_lines::stderr_text(&out.stderr, common::log_lines::json_run());
         assert!(!out.status.success(), "{text}");
         assert!(text.contains(needle), "{needle}: {text}");
     }

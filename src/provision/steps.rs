@@ -191,6 +191,12 @@ impl Provisioner {
             }
             check(cancel)?;
             self.set_phase(id, Phase::Cloning);
+            // The clone goes into the VM's folder. Until the first durable change of its
+            // record (the phase above, unless that write failed) the record was only a line
+            // of the store's journal, and the folder did not exist.
+            self.store
+                .settle(id)
+                .map_err(|e| Stop::failed(e.code(), e.to_string()))?;
             let cloning = Instant::now();
             self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
             self.metrics.observe_clone(cloning.elapsed());

@@ -156,15 +156,19 @@ impl Service {
         };
         let id = vm.id;
         let pooled = vm.pool.is_some();
-        // Outside `creating`: creates at once wait on their fsyncs side by side (the file
-        // system commits them together) instead of each behind all the others'.
+        // Outside `creating`: creates at once share one journal flush instead of each
+        // waiting behind all the others'.
         let persisted = self.store.persist(&vm);
         let published = {
             // The VM leaves `recording` and enters the store in one step that admission
             // cannot see half done: it is counted once, never twice or not at all.
             let _creating = self.lock_creating();
             self.recording().remove(&id);
-            let published = persisted.inspect(|json| self.store.publish(vm, json.clone()));
+            let published = persisted.map(|recorded| {
+                let json = recorded.json.clone();
+                self.store.publish(vm, recorded);
+                json
+            });
             self.recorded.notify_all();
             published
         };

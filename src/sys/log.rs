@@ -219,6 +219,18 @@ impl ::log::Log for Bridge {
     fn flush(&self) {}
 }
 
+/// Writes a panic as one error line. For JSON logs only: Rust's own report spans several
+/// lines of text, which a shipper that expects one object a line would drop or mangle.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|panic| {
+        let thread = std::thread::current();
+        write(
+            Level::Error,
+            format_args!("thread {:?} {panic}", thread.name().unwrap_or("unnamed")),
+        );
+    }));
+}
+
 /// `info!("text {x}")`, or with fields first: `info!(vm = id, command = "clone"; "text")`.
 /// A field is a method of [`Fields`], so a misspelt one does not compile.
 #[macro_export]

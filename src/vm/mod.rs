@@ -3,6 +3,7 @@
 pub(crate) mod create;
 pub(crate) mod guestinfo;
 pub(crate) mod id;
+pub(crate) mod journal;
 pub(crate) mod labels;
 pub(crate) mod model;
 pub(crate) mod store;

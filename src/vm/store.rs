@@ -1,5 +1,7 @@
 //! The persistent VM store: `vms/<id>/osx-builder.json` on disk is the truth, the map in
-//! memory is the cache that answers polls.
+//! memory is the cache that answers polls. A new VM's record is first a line of
+//! [`vms/.journal`](super::journal), flushed together with the creates of the same moment,
+//! and gets its folder when provisioning starts.
 //!
 //! Each VM's JSON is serialised once per change and shared (`Arc<[u8]>`), so a GET copies a
 //! pointer under two short read locks and never waits on a disk write: durable writes hold
@@ -10,11 +12,13 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::vm::VmId;
 
+use super::journal::{Journal, Line, JOURNAL_FILE};
 use super::model::{Phase, Status, Vm};
 use crate::sys::fsutil;
 use crate::sys::sync::{LockUnpoisoned, RwLockUnpoisoned};
@@ -74,6 +78,9 @@ struct Slot {
     /// Held across the record's disk write, so that writes reach the disk in order; readers
     /// that only need the JSON or the creation time never take it.
     record: Mutex<Vm>,
+    /// The VM's only durable record is its journal line: it has no folder yet. Changed
+    /// under `record`.
+    journaled: AtomicBool,
     json: RwLock<Visible>,
     /// Never changes; kept outside `record` so that `GET /vms` does not wait on a write.
     created_at: String,
@@ -117,6 +124,14 @@ pub struct VmStore {
     /// `changed` instead of re-reading records in a loop.
     generation: Mutex<u64>,
     changed: Condvar,
+    journal: Journal,
+}
+
+/// A new VM's record, durable: in the journal, or (when the journal could not be written)
+/// in its folder already.
+pub struct Recorded {
+    pub json: Arc<[u8]>,
+    journaled: bool,
 }
 
 /// A folder in `vms/` that did not load as a record, for the caller to adopt or report.
@@ -140,8 +155,9 @@ impl VmStore {
                 continue;
             }
             if is_transient(&entry.file_name()) {
-                // A create or delete that a crash cut short: the create was never
-                // acknowledged, the delete was (the rename is its commit point).
+                // A folder write or delete that a crash cut short: a create's record is
+                // still in the journal (replayed below), a delete was acknowledged only
+                // after its rename, its commit point.
                 // On a read-only folder it stays for a later start rather than keeping
                 // this one from serving the VMs it can read.
                 match fs::remove_dir_all(&dir) {
@@ -161,12 +177,24 @@ impl VmStore {
                 Err(reason) => unloaded.push(Unloaded { dir, reason }),
             }
         }
+        let journal_path = root.join(JOURNAL_FILE);
+        let (journal, lines) =
+            Journal::open(&journal_path).map_err(|e| StoreError::io(&journal_path, e))?;
+        if !lines.is_empty() && replay(root, lines, &mut slots, &journal) {
+            if let Err(e) = journal.clear() {
+                crate::warn!(
+                    "cannot empty {}: {e}; its lines are replayed (and skipped) at the next start",
+                    journal_path.display()
+                );
+            }
+        }
         let store = Self {
             root: root.to_path_buf(),
             canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
             slots: RwLock::new(slots),
             generation: Mutex::new(0),
             changed: Condvar::new(),
+            journal,
         };
         Ok((store, unloaded))
     }
@@ -185,50 +213,86 @@ impl VmStore {
         self.vm_dir(id).join(format!("{id}.vmx"))
     }
 
-    /// Persists a new VM and makes it visible. The record is on disk before this returns, so
-    /// a 202 is never sent for a VM that a crash could lose.
+    /// Writes a VM's record in its folder and makes it visible: for a folder that is
+    /// already there (the original server's VM, adopted) and for the tests. The record is on
+    /// disk before this returns.
     pub fn insert(&self, vm: Vm) -> Result<Arc<[u8]>, StoreError> {
-        let json = self.persist(&vm)?;
-        self.publish(vm, json.clone());
-        Ok(json)
-    }
-
-    /// The disk half of [`insert`](Self::insert): the record is durable when this returns,
-    /// and nothing in memory knows the VM yet. Takes no lock of the store's, so that
-    /// creates at once wait on their fsyncs side by side, not one after another.
-    pub fn persist(&self, vm: &Vm) -> Result<Arc<[u8]>, StoreError> {
         let dir = self.vm_dir(vm.id);
-        let json = encode(vm)?;
+        let json = encode(&vm)?;
         if dir.is_dir() {
-            // Adopting a folder that is already there (the original server's VM).
             let path = dir.join(RECORD_FILE);
             fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+            fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
         } else {
-            // The folder appears with its record in it, in one rename: a crash cannot leave
-            // a VM folder without a record.
-            let staging = self.root.join(format!("{CREATING_PREFIX}{}", vm.id));
-            remove_if_there(&staging)?;
-            fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
-            let path = staging.join(RECORD_FILE);
-            let made = fsutil::write_atomic(&path, &json)
-                .map_err(|e| StoreError::io(&path, e))
-                .and_then(|()| fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e)));
-            if let Err(err) = made {
-                // On a full disk nothing of the refused VM is left to fill it further.
-                let _ = fs::remove_dir_all(&staging);
-                return Err(err);
-            }
+            write_folder(&self.root, vm.id, &json)?;
         }
-        fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
+        self.publish(
+            vm,
+            Recorded {
+                json: json.clone(),
+                journaled: false,
+            },
+        );
         Ok(json)
     }
 
-    /// The memory half of [`insert`](Self::insert), for a VM that [`persist`](Self::persist)
+    /// The disk half of recording a new VM: the record is durable when this returns, so a
+    /// 202 is never sent for a VM that a crash could lose, and nothing in memory knows the
+    /// VM yet. Takes no lock of the store's, so that creates at once share a journal flush.
+    pub fn persist(&self, vm: &Vm) -> Result<Recorded, StoreError> {
+        let json = encode(vm)?;
+        if self.journal.record(vm.id, &json).is_ok() {
+            return Ok(Recorded {
+                json,
+                journaled: true,
+            });
+        }
+        // The journal failed (it says why, once): the folder the slow way.
+        match write_folder(&self.root, vm.id, &json) {
+            Ok(()) => {
+                self.journal.settled(vm.id);
+                Ok(Recorded {
+                    json,
+                    journaled: false,
+                })
+            }
+            Err(err) => {
+                // Refused: a line of it that did reach the journal must not bring it back.
+                let _ = self.journal.forget(vm.id);
+                Err(err)
+            }
+        }
+    }
+
+    /// The memory half of recording a new VM, for one that [`persist`](Self::persist)
     /// recorded: from now on reads see it.
-    pub fn publish(&self, vm: Vm, json: Arc<[u8]>) {
-        self.write_slots()
-            .insert(vm.id, Arc::new(Slot::new(vm, json)));
+    pub fn publish(&self, vm: Vm, recorded: Recorded) {
+        let id = vm.id;
+        let slot = Slot::new(vm, recorded.json);
+        slot.journaled.store(recorded.journaled, Ordering::Relaxed);
+        self.write_slots().insert(id, Arc::new(slot));
         self.bump();
+    }
+
+    /// Gives a VM recorded only in the journal its folder, before anything else is written
+    /// there: provisioning's first step.
+    pub fn settle(&self, id: VmId) -> Result<(), StoreError> {
+        let Some(slot) = self.slot(id) else {
+            return Ok(());
+        };
+        let record = slot.record.lock_unpoisoned();
+        if slot.journaled.load(Ordering::Relaxed) {
+            self.write_first_folder(&slot, id, &encode(&record)?)?;
+        }
+        Ok(())
+    }
+
+    /// The folder of a VM that had only its journal line; under the VM's record lock.
+    fn write_first_folder(&self, slot: &Slot, id: VmId, json: &[u8]) -> Result<(), StoreError> {
+        write_folder(&self.root, id, json)?;
+        slot.journaled.store(false, Ordering::Relaxed);
+        self.journal.settled(id);
+        Ok(())
     }
 
     /// Applies `change` to the VM's record; returns the new record, or `None` when the VM is
@@ -251,8 +315,12 @@ impl VmStore {
         next.updated_at = crate::sys::time::rfc3339_now();
         let json = encode(&next)?;
         if durability == Durability::Disk {
-            let path = self.vm_dir(id).join(RECORD_FILE);
-            fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+            if slot.journaled.load(Ordering::Relaxed) {
+                self.write_first_folder(&slot, id, &json)?;
+            } else {
+                let path = self.vm_dir(id).join(RECORD_FILE);
+                fsutil::write_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+            }
         }
         *record = next.clone();
         *slot.json.write_unpoisoned() = Visible::of(&next, json);
@@ -264,6 +332,16 @@ impl VmStore {
     /// Forgets the VM and removes its folder (the record with it). The caller has already
     /// asked vmrun to delete VMware's files.
     pub fn remove(&self, id: VmId) -> Result<(), StoreError> {
+        if let Some(slot) = self.slot(id) {
+            // Under the record lock: a `settle` at the same moment either made the folder
+            // first or finds nothing left to make.
+            let _record = slot.record.lock_unpoisoned();
+            let path = self.journal.path();
+            self.journal
+                .forget(id)
+                .map_err(|e| StoreError::io(path, e))?;
+            slot.journaled.store(false, Ordering::Relaxed);
+        }
         let dir = self.vm_dir(id);
         // One rename takes the folder away whole, record and all; a crash in the removal
         // after it leaves only a `.deleting-` folder, which `open` removes.
@@ -425,8 +503,77 @@ impl Slot {
             json: RwLock::new(Visible::of(&vm, json)),
             created_at: vm.created_at.clone(),
             record: Mutex::new(vm),
+            journaled: AtomicBool::new(false),
         }
     }
+}
+
+/// Makes `vms/<id>` with its record in it, durably. The folder appears with its record, in
+/// one rename: a crash cannot leave a VM folder without a record.
+fn write_folder(root: &Path, id: VmId, json: &[u8]) -> Result<(), StoreError> {
+    let dir = root.join(id.to_string());
+    let staging = root.join(format!("{CREATING_PREFIX}{id}"));
+    remove_if_there(&staging)?;
+    fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+    let path = staging.join(RECORD_FILE);
+    let made = fsutil::write_atomic(&path, json)
+        .map_err(|e| StoreError::io(&path, e))
+        .and_then(|()| fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e)));
+    if let Err(err) = made {
+        // On a full disk nothing of the refused VM is left to fill it further.
+        let _ = fs::remove_dir_all(&staging);
+        return Err(err);
+    }
+    fsutil::sync_dir(root).map_err(|e| StoreError::io(root, e))
+}
+
+/// At start: the VMs whose creates were answered but whose folders a crash kept from being
+/// written get them now. A VM with a folder (its record there is newer) or a forget line
+/// (deleted) is left as it is. True when every line is settled and the journal can go; a
+/// folder that cannot be written (a read-only data folder) leaves its VM served from its
+/// line, which stays.
+fn replay(
+    root: &Path,
+    lines: Vec<Line>,
+    slots: &mut HashMap<VmId, Arc<Slot>>,
+    journal: &Journal,
+) -> bool {
+    let forgotten: std::collections::HashSet<VmId> = lines
+        .iter()
+        .filter_map(|line| match line {
+            Line::Forget(id) => Some(*id),
+            Line::Create(_) => None,
+        })
+        .collect();
+    let mut recovered = 0;
+    let mut settled = true;
+    for line in lines {
+        let Line::Create(vm) = line else { continue };
+        let id = vm.id;
+        if forgotten.contains(&id) || slots.contains_key(&id) || root.join(id.to_string()).exists()
+        {
+            continue;
+        }
+        let Ok(json) = encode(&vm) else { continue };
+        let slot = Slot::new(*vm, json.clone());
+        if let Err(err) = write_folder(root, id, &json) {
+            crate::warn!(
+                "vm={id} is served from the journal until its folder can be written: {err}"
+            );
+            slot.journaled.store(true, Ordering::Relaxed);
+            journal.still_pending(id);
+            settled = false;
+        }
+        slots.insert(id, Arc::new(slot));
+        recovered += 1;
+    }
+    if recovered > 0 {
+        crate::info!(
+            "recovered {recovered} VM record(s) from {}: created just before the server stopped",
+            root.join(JOURNAL_FILE).display()
+        );
+    }
+    settled
 }
 
 /// Names of the folders a create or delete uses on its way (never a VM id).
@@ -485,13 +632,95 @@ mod tests {
         Vm { id, ..sample() }
     }
 
+    /// The folder's entries but the journal, which is always there.
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != JOURNAL_FILE)
             .collect();
         names.sort();
         names
+    }
+
+    /// A new VM's record as a create writes it: a journal line, then its folder.
+    fn record_new(store: &VmStore, id: VmId) {
+        let vm = vm(id);
+        let recorded = store.persist(&vm).unwrap();
+        store.publish(vm, recorded);
+    }
+
+    #[test]
+    fn a_new_vm_is_a_journal_line_until_it_settles_and_a_crash_loses_neither() {
+        let root = crate::sys::scratch::dir("store-journal");
+        let (kept, settled, updated) = (VmId::new(), VmId::new(), VmId::new());
+        {
+            let (store, _) = VmStore::open(&root).unwrap();
+            for id in [kept, settled, updated] {
+                record_new(&store, id);
+            }
+            assert!(names(&root).is_empty(), "no folder before provisioning");
+            assert!(store.get(kept).is_some());
+            store.settle(settled).unwrap();
+            store
+                .update(updated, Durability::Disk, |vm| vm.cpus = 7)
+                .unwrap();
+            let mut on_disk = names(&root);
+            on_disk.sort();
+            let mut want = vec![settled.to_string(), updated.to_string()];
+            want.sort();
+            assert_eq!(on_disk, want);
+            assert!(fs::metadata(root.join(JOURNAL_FILE)).unwrap().len() > 0);
+            // The store is dropped without a word: a crash.
+        }
+        let (store, unloaded) = VmStore::open(&root).unwrap();
+        assert!(unloaded.is_empty(), "{unloaded:?}");
+        for id in [kept, settled, updated] {
+            assert!(store.get(id).is_some(), "{id} lost");
+            assert!(root.join(id.to_string()).join(RECORD_FILE).is_file());
+        }
+        assert_eq!(
+            store.get(updated).unwrap().cpus,
+            7,
+            "the folder's record is newer"
+        );
+        assert_eq!(fs::metadata(root.join(JOURNAL_FILE)).unwrap().len(), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_vm_deleted_while_its_journal_line_is_there_stays_deleted_after_a_crash() {
+        let root = crate::sys::scratch::dir("store-journal-forget");
+        let (unsettled, settled, alive) = (VmId::new(), VmId::new(), VmId::new());
+        {
+            let (store, _) = VmStore::open(&root).unwrap();
+            for id in [unsettled, settled, alive] {
+                record_new(&store, id);
+            }
+            store.settle(settled).unwrap();
+            store.remove(unsettled).unwrap();
+            store.remove(settled).unwrap();
+        }
+        let (store, _) = VmStore::open(&root).unwrap();
+        assert!(store.get(unsettled).is_none());
+        assert!(store.get(settled).is_none());
+        assert!(store.get(alive).is_some());
+        assert_eq!(names(&root), vec![alive.to_string()]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_journal_empties_once_every_new_vm_has_its_folder() {
+        let root = crate::sys::scratch::dir("store-journal-empty");
+        let (store, _) = VmStore::open(&root).unwrap();
+        let (a, b) = (VmId::new(), VmId::new());
+        record_new(&store, a);
+        record_new(&store, b);
+        store.settle(a).unwrap();
+        assert!(fs::metadata(root.join(JOURNAL_FILE)).unwrap().len() > 0);
+        store.remove(b).unwrap();
+        assert_eq!(fs::metadata(root.join(JOURNAL_FILE)).unwrap().len(), 0);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod http;
+pub mod log_lines;
 pub mod pki;
 pub mod tls_relay;
 
@@ -134,7 +135,14 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub sim_state: PathBuf,
+    /// stderr as text lines: a JSON line is checked and turned into its text form.
     pub log: Arc<Mutex<String>>,
+    /// stderr as the server wrote it.
+    raw_log: Arc<Mutex<String>>,
+    /// JSON lines that broke the format (a JSON run only); the test fails when the server goes.
+    bad_lines: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr until the pipe ends.
+    reader: thread::JoinHandle<()>,
     pub spawned_at: Instant,
     /// From spawn to the "listening on" log line.
     pub listening_after: Duration,
@@ -265,17 +273,33 @@ impl Server {
         let mut child = command.spawn().expect("start osx-builder");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        let raw_log = Arc::new(Mutex::new(String::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
+        let json = log_lines::server_logs_json(args, env);
         let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
+        let reader = {
+            let (log, raw_log, bad_lines) = (log.clone(), raw_log.clone(), bad_lines.clone());
             let echo = std::env::var_os("OSXB_TEST_LOG").is_some()
                 || std::env::var_os("OSXB_BENCH_LOG").is_some();
             thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
+                for raw in BufReader::new(stderr).lines() {
+                    let Ok(raw) = raw else { break };
                     if echo {
-                        eprintln!("[server] {line}");
+                        eprintln!("[server] {raw}");
                     }
+                    {
+                        let mut raw_log = raw_log.lock().unwrap();
+                        raw_log.push_str(&raw);
+                        raw_log.push('\n');
+                    }
+                    let line = if json {
+                        log_lines::json_to_text(&raw).unwrap_or_else(|problem| {
+                            bad_lines.lock().unwrap().push(problem);
+                            raw.clone()
+                        })
+                    } else {
+                        raw
+                    };
                     for scheme in ["http", "https"] {
                         let marker = format!("listening on {scheme}://");
                         if let Some(rest) = line.split(&marker).nth(1) {
@@ -287,8 +311,8 @@ impl Server {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
+            })
+        };
         let started = rx.recv_timeout(Duration::from_secs(60));
         let Some((scheme, addr, listening_after, parsed)) =
             started.ok().and_then(|(scheme, addr, after)| {
@@ -305,6 +329,9 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             sim_state: sim_state.to_path_buf(),
             log,
+            raw_log,
+            bad_lines,
+            reader,
             spawned_at,
             listening_after,
         }
@@ -316,6 +343,11 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// stderr byte for byte: JSON lines stay JSON.
+    pub fn raw_log(&self) -> String {
+        self.raw_log.lock().unwrap().clone()
     }
 
     /// True once the log has a line containing `needle`: the log is read from the server's
@@ -427,6 +459,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The last lines may still be in the pipe; a vmrun the server started can hold it
+        // open, so the wait is bounded.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let bad = self.bad_lines.lock().unwrap();
+        if !bad.is_empty() && !thread::panicking() {
+            panic!(
+                "the server broke the JSON log format in {} line(s):\n{}",
+                bad.len(),
+                bad.join("\n")
+            );
+        }
     }
 }
 
