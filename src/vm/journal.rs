@@ -6,9 +6,11 @@
 //! A record stays here only until its VM has a folder: the provisioning job's first step,
 //! the VM's first durable change, or the next start writes it. When no record is left only
 //! here, the journal is emptied. A VM deleted before it had a folder gets a `forget` line,
-//! so that a crash cannot bring it back.
+//! so that a crash cannot bring it back. On a host so busy that some VM always waits for its
+//! folder, the journal is instead rewritten with only the lines still needed once it has
+//! grown past [`COMPACT_AT`], so it never grows without bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -21,12 +23,22 @@ use crate::sys::sync::LockUnpoisoned;
 use crate::vm::VmId;
 
 pub const JOURNAL_FILE: &str = ".journal";
+/// The journal rewritten with the pending lines alone, renamed over it when whole.
+const COMPACTING_FILE: &str = ".journal.new";
+/// About a thousand creates' lines: rewriting then costs three fsyncs per thousand creates.
+pub const COMPACT_AT: u64 = 1 << 20;
 
 /// One line of the journal.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     Create(Box<Vm>),
+    Forget(VmId),
+}
+
+/// What an appended line changes in the journal's sets.
+enum Effect {
+    Create(VmId),
     Forget(VmId),
 }
 
@@ -52,14 +64,22 @@ struct State {
     /// VMs with a create line here and no forget line: a crash would bring back any of them
     /// that has no folder, so a delete of one of them writes its forget line first.
     held: HashSet<VmId>,
-    /// The VMs of `held` whose only durable record is their line here.
-    pending: HashSet<VmId>,
+    /// The VMs of `held` whose only durable record is their line here, with that line: what
+    /// a rewrite keeps.
+    pending: HashMap<VmId, Arc<[u8]>>,
+    compact_at: u64,
 }
 
 impl Journal {
     /// Opens (or creates) `path` and returns the lines it holds; a line that does not parse,
     /// cut short by a crash in its write, was never acknowledged and is left out.
     pub fn open(path: &Path) -> io::Result<(Self, Vec<Line>)> {
+        Self::open_compacting_at(path, COMPACT_AT)
+    }
+
+    fn open_compacting_at(path: &Path, compact_at: u64) -> io::Result<(Self, Vec<Line>)> {
+        // A rewrite that a crash cut short: the journal it was to replace is whole.
+        let _ = std::fs::remove_file(path.with_file_name(COMPACTING_FILE));
         let opened = OpenOptions::new()
             .read(true)
             .append(true)
@@ -108,7 +128,8 @@ impl Journal {
                 flushing: false,
                 broken: !writable,
                 held: HashSet::new(),
-                pending: HashSet::new(),
+                pending: HashMap::new(),
+                compact_at,
             }),
             flushed: Condvar::new(),
         };
@@ -121,11 +142,7 @@ impl Journal {
 
     /// Appends a new VM's record; durable when this returns `Ok`.
     pub fn record(&self, id: VmId, json: &[u8]) -> io::Result<()> {
-        let mut line = Vec::with_capacity(json.len() + 12);
-        line.extend_from_slice(b"{\"create\":");
-        line.extend_from_slice(json);
-        line.extend_from_slice(b"}\n");
-        self.append(&line, Some(id))
+        self.append(&create_line(json), Effect::Create(id))
     }
 
     /// Before `id` is deleted: if its create line is here, a forget line follows it, durable
@@ -136,20 +153,17 @@ impl Journal {
         }
         let mut line = serde_json::to_vec(&Line::Forget(id)).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.append(&line, None)?;
-        let mut state = self.lock();
-        state.held.remove(&id);
-        state.pending.remove(&id);
-        self.empty_if_settled(state);
+        self.append(&line, Effect::Forget(id))?;
+        self.empty_if_settled(self.lock());
         Ok(())
     }
 
-    /// At start: `id`'s line was read from the journal and its folder could not be written;
-    /// the line stays until it can.
-    pub fn still_pending(&self, id: VmId) {
+    /// At start: `id`'s line (its record `json`) was read from the journal and its folder
+    /// could not be written; the line stays until it can.
+    pub fn still_pending(&self, id: VmId, json: &[u8]) {
         let mut state = self.lock();
         state.held.insert(id);
-        state.pending.insert(id);
+        state.pending.insert(id, create_line(json));
     }
 
     /// `id` has a folder with its record now.
@@ -159,9 +173,18 @@ impl Journal {
         self.empty_if_settled(state);
     }
 
-    /// When every VM with a line here has a folder, no line is needed after a crash.
+    /// When every VM with a line here has a folder, no line is needed after a crash; when
+    /// some still wait but the journal has grown large, only theirs are.
     fn empty_if_settled(&self, mut state: MutexGuard<'_, State>) {
-        if !state.pending.is_empty() || state.len == 0 || state.flushing || state.broken {
+        if state.len == 0 || state.flushing || state.broken {
+            return;
+        }
+        if !state.pending.is_empty() {
+            // Only with every line written flushed: a forget line still waiting for its
+            // flush is in neither the old file for sure nor the new one.
+            if state.len >= state.compact_at && state.synced == state.written {
+                self.compact(&mut state);
+            }
             return;
         }
         let Some(file) = state.file.clone() else {
@@ -179,6 +202,49 @@ impl Journal {
         }
     }
 
+    /// Rewrites the journal with the lines of the pending VMs alone and renames it over the
+    /// old one: a crash leaves one or the other, whole. Under the lock, with no flush running,
+    /// so no line can be written to the old file meanwhile.
+    fn compact(&self, state: &mut State) {
+        let next = self.path.with_file_name(COMPACTING_FILE);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .truncate(false)
+                .open(&next)?;
+            file.set_len(0)?;
+            let mut len = 0;
+            for line in state.pending.values() {
+                file.write_all(line)?;
+                len += line.len() as u64;
+            }
+            file.sync_all()?;
+            std::fs::rename(&next, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                crate::sys::fsutil::sync_dir(dir)?;
+            }
+            Ok::<_, io::Error>((file, len))
+        })();
+        match written {
+            Ok((file, len)) => {
+                state.file = Some(Arc::new(file));
+                state.len = len;
+                state.held = state.pending.keys().copied().collect();
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&next);
+                crate::warn!(
+                    "cannot rewrite {} ({} bytes) with its {} pending line(s): {e}; it keeps growing until then",
+                    self.path.display(),
+                    state.len,
+                    state.pending.len()
+                );
+            }
+        }
+    }
+
     /// Empties the journal after a start has given every record in it a folder.
     pub fn clear(&self) -> io::Result<()> {
         let mut state = self.lock();
@@ -190,7 +256,7 @@ impl Journal {
         Ok(())
     }
 
-    fn append(&self, line: &[u8], pending: Option<VmId>) -> io::Result<()> {
+    fn append(&self, line: &[u8], effect: Effect) -> io::Result<()> {
         let mut state = self.lock();
         let file = match &state.file {
             Some(file) if !state.broken => file.clone(),
@@ -203,9 +269,17 @@ impl Journal {
         }
         state.len += line.len() as u64;
         state.written += 1;
-        if let Some(id) = pending {
-            state.held.insert(id);
-            state.pending.insert(id);
+        // Under the lock that wrote the line: a truncation or a rewrite sees the line and
+        // what it means together.
+        match effect {
+            Effect::Create(id) => {
+                state.held.insert(id);
+                state.pending.insert(id, Arc::from(line));
+            }
+            Effect::Forget(id) => {
+                state.held.remove(&id);
+                state.pending.remove(&id);
+            }
         }
         let mine = state.written;
         loop {
@@ -247,6 +321,14 @@ impl Journal {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock_unpoisoned()
     }
+}
+
+fn create_line(json: &[u8]) -> Arc<[u8]> {
+    let mut line = Vec::with_capacity(json.len() + 12);
+    line.extend_from_slice(b"{\"create\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Arc::from(line)
 }
 
 fn broken() -> io::Error {
@@ -306,6 +388,52 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() > 0);
         journal.settled(b);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_journal_that_never_empties_is_rewritten_with_its_pending_lines() {
+        let dir = scratch::dir("journal-compact");
+        let path = dir.join(JOURNAL_FILE);
+        std::fs::write(dir.join(COMPACTING_FILE), b"a rewrite cut short").unwrap();
+        let (journal, _) = Journal::open_compacting_at(&path, 8 << 10).unwrap();
+        assert!(!dir.join(COMPACTING_FILE).exists());
+        // One VM always waits for its folder, as on a host that never catches up.
+        let waiting = VmId::new();
+        journal.record(waiting, &vm_json(waiting)).unwrap();
+        let deleted = VmId::new();
+        journal.record(deleted, &vm_json(deleted)).unwrap();
+        journal.forget(deleted).unwrap();
+        let mut peak = 0;
+        for _ in 0..40 {
+            let id = VmId::new();
+            journal.record(id, &vm_json(id)).unwrap();
+            peak = peak.max(std::fs::metadata(&path).unwrap().len());
+            journal.settled(id);
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len < 8 << 10, "{len} bytes, at most {peak} before");
+        assert!(
+            peak >= 8 << 10,
+            "the journal never reached the limit: {peak}"
+        );
+        // Appends after a rewrite go to the new file.
+        let late = VmId::new();
+        journal.record(late, &vm_json(late)).unwrap();
+        drop(journal);
+        let (_, lines) = Journal::open(&path).unwrap();
+        let created: Vec<VmId> = lines
+            .iter()
+            .filter_map(|line| match line {
+                Line::Create(vm) => Some(vm.id),
+                Line::Forget(_) => None,
+            })
+            .collect();
+        assert!(created.contains(&waiting), "the waiting VM's line was lost");
+        assert!(
+            created.contains(&late),
+            "a line written after the rewrite was lost"
+        );
+        assert!(!created.contains(&deleted), "a deleted VM's line came back");
     }
 
     #[test]

@@ -561,7 +561,7 @@ fn replay(
                 "vm={id} is served from the journal until its folder can be written: {err}"
             );
             slot.journaled.store(true, Ordering::Relaxed);
-            journal.still_pending(id);
+            journal.still_pending(id, &json);
             settled = false;
         }
         slots.insert(id, Arc::new(slot));
