@@ -80,12 +80,15 @@ fn retries_at_once_with_one_key_make_one_vm() {
     }
     assert_eq!(count_vms(server), 1);
     let id = first["id"].as_str().unwrap();
-    assert!(server
-        .data_dir
-        .join("vms")
-        .join(id)
-        .join("osx-builder.json")
-        .is_file());
+    // Durable when answered: a line of the journal until provisioning gives it its folder.
+    let vms = server.data_dir.join("vms");
+    let record = vms.join(id).join("osx-builder.json");
+    let journal = std::fs::read_to_string(vms.join(".journal")).unwrap_or_default();
+    assert!(
+        record.is_file() || journal.contains(id),
+        "vm {id} is neither in the journal nor in its folder"
+    );
+    common::eventually("the VM's folder", || record.is_file().then_some(()));
 }
 
 #[test]
