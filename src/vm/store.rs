@@ -280,9 +280,11 @@ impl VmStore {
         let Some(slot) = self.slot(id) else {
             return Ok(());
         };
-        let record = slot.record.lock_unpoisoned();
+        // Under the record lock the visible JSON is the record's own encoding.
+        let _record = slot.record.lock_unpoisoned();
         if slot.journaled.load(Ordering::Relaxed) {
-            self.write_first_folder(&slot, id, &encode(&record)?)?;
+            let json = slot.json.read_unpoisoned().json.clone();
+            self.write_first_folder(&slot, id, &json)?;
         }
         Ok(())
     }
@@ -665,8 +667,7 @@ mod tests {
             store
                 .update(updated, Durability::Disk, |vm| vm.cpus = 7)
                 .unwrap();
-            let mut on_disk = names(&root);
-            on_disk.sort();
+            let on_disk = names(&root);
             let mut want = vec![settled.to_string(), updated.to_string()];
             want.sort();
             assert_eq!(on_disk, want);
