@@ -697,7 +697,6 @@ pub fn help_text() -> String {
     text
 }
 
-/// Parses the command line (without the program name) against the environment.
 /// The log format `args` and `env` ask for, read on its own: a usage error in another
 /// setting is still written the way the log shipper expects. Text when unset or invalid.
 pub fn requested_log_format(
@@ -720,6 +719,7 @@ pub fn requested_log_format(
         .unwrap_or_default()
 }
 
+/// Parses the command line (without the program name) against the environment.
 pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, ConfigError> {
     let mut flags: HashMap<&'static str, String> = HashMap::new();
     let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
