@@ -387,6 +387,10 @@ impl Hypervisor for FakeHypervisor {
         Ok(())
     }
 
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
     fn start_timeout(&self) -> Duration {
         Duration::from_secs(5)
     }

@@ -42,6 +42,10 @@ pub enum IpAnswer {
 /// runs the VMs. Every call that can hang takes a deadline of the implementation's own and,
 /// where it says so, a [`Cancel`] that ends it early. Calls are safe from any thread.
 pub trait Hypervisor: Send + Sync + fmt::Debug {
+    /// Which hypervisor this is (`vmware`, `tart`): what `/healthz`, the fleet's host
+    /// records and the start-up log call it. Nothing outside the drivers branches on it.
+    fn kind(&self) -> &'static str;
+
     /// Whether the tool is installed and can be run: reported once at start, and checked
     /// before each create so that a missing install fails fast with what to do.
     fn check_available(&self) -> Result<(), HypervisorError>;

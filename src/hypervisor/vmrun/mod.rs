@@ -531,6 +531,10 @@ impl super::Hypervisor for Vmrun {
         self.call("writeVariable", Some(vmx), &args, timeout, None, no_answer)
     }
 
+    fn kind(&self) -> &'static str {
+        "vmware"
+    }
+
     fn start_timeout(&self) -> Duration {
         self.settings.timeouts.start
     }
