@@ -8,7 +8,7 @@ mod output;
 mod process;
 
 pub use crate::hypervisor::{Call, HypervisorError, IpAnswer};
-pub use output::{is_invalid_parameters, is_invalid_snapshot, ToolsState};
+pub use output::{is_invalid_parameters, is_invalid_snapshot, is_snapshot_exists, ToolsState};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
