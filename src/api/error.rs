@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::service::capacity::Shortage;
+use crate::vm::capacity::Shortage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {

@@ -22,15 +22,41 @@ use crate::hypervisor::dependants::{self, Dependant};
 use crate::image::gold_locks::GoldLocks;
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
-use crate::service::capacity::{self, Limits};
-use crate::service::Error;
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::capacity::{self, Limits, Shortage};
 use crate::vm::{VmError, VmStore};
 
 /// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
 /// last cloned from it. Inside the image's folder so that it goes with it.
 pub const USAGE_FILE: &str = "osx-builder-image.json";
+
+/// What the gold cache refuses; the service turns each into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoldError {
+    ImageNotFound,
+    /// VMs depend on the image, or it is being downloaded: why.
+    ImageInUse(String),
+    /// A pre-warm below the free-disk floor.
+    CapacityExhausted(Shortage),
+    TooManyPrewarms {
+        limit: usize,
+    },
+    Internal(String),
+}
+
+impl std::fmt::Display for GoldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ImageNotFound => write!(f, "no such gold image"),
+            Self::ImageInUse(why) | Self::Internal(why) => write!(f, "{why}"),
+            Self::CapacityExhausted(shortage) => write!(f, "{shortage}"),
+            Self::TooManyPrewarms { limit } => write!(f, "{limit} pre-warm downloads run already"),
+        }
+    }
+}
+
+type Error = GoldError;
 
 /// Pre-warm downloads at once. Each is a thread and a multi-gigabyte transfer; a client
 /// asking for dozens is more likely a bug than a plan.
@@ -838,11 +864,10 @@ mod tests {
         vm.image = None;
         store.insert(vm).unwrap();
         assert!(gold.evict().is_empty());
-        let code = |err| crate::api::error::ApiError::from(err).code();
         let err = gold.remove(SUMS[0]).unwrap_err();
-        assert_eq!(code(err), "image-in-use");
+        assert!(matches!(err, GoldError::ImageInUse(_)), "{err:?}");
         assert_eq!(gold.list().len(), 1);
-        assert_eq!(code(gold.remove(SUMS[1]).unwrap_err()), "image-not-found");
+        assert_eq!(gold.remove(SUMS[1]).unwrap_err(), GoldError::ImageNotFound);
         std::fs::remove_dir_all(&data).unwrap();
     }
 

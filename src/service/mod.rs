@@ -3,7 +3,6 @@
 //! with the disk and with vmrun after a restart.
 
 mod adopt;
-pub(crate) mod capacity;
 pub(crate) mod drain;
 mod error;
 pub(crate) mod health;
@@ -35,11 +34,11 @@ use crate::image::ImageSpec;
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::capacity::{self, Limits};
 use crate::vm::labels::VmFilter;
 use crate::vm::store::Durability;
 use crate::vm::CreateVm;
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
-use capacity::Limits;
 use drain::{Drain, DrainState};
 use health::Health;
 use long_poll::Waiters;
@@ -247,7 +246,7 @@ impl Service {
         let admitted = capacity::check(
             self.fleet.limits,
             &self.store,
-            self.hypervisor.as_ref(),
+            self.hypervisor.running().snapshot().as_ref(),
             &self.fleet.data_dir,
             recording,
         );
@@ -469,18 +468,18 @@ impl Service {
     }
 
     pub fn image(&self, checksum: &str) -> Result<ImageEntry, Error> {
-        self.fleet.gold.get(checksum)
+        self.fleet.gold.get(checksum).map_err(Error::from)
     }
 
     /// Downloads an image before any VM needs it (a local one only from allowed folders).
     pub fn prewarm(&self, spec: ImageSpec) -> Result<Prewarmed, Error> {
         self.fleet.guard.check_image_url(&spec.url)?;
-        self.fleet.gold.prewarm(spec)
+        self.fleet.gold.prewarm(spec).map_err(Error::from)
     }
 
     /// Removes a gold image no VM depends on (or cancels its download).
     pub fn remove_image(&self, checksum: &str) -> Result<(), Error> {
-        self.fleet.gold.remove(checksum)
+        self.fleet.gold.remove(checksum).map_err(Error::from)
     }
 
     pub fn drain_state(&self) -> DrainState {

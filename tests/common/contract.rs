@@ -70,19 +70,25 @@ pub fn template(path: &str) -> Option<&'static str> {
         .map(String::as_str)
 }
 
-/// Panics, with what differs, when `answer` breaks the contract. Answers of other servers
-/// (the tests' file servers) are told apart by their paths and bodies and skipped.
-pub fn check(method: &str, url: &str, answer: &Answer) {
-    let Some(target) = url
+/// The request target of an http URL, and its path as the server routes it (no query, no
+/// trailing slash).
+fn target_and_path(url: &str) -> Option<(&str, &str)> {
+    let target = url
         .strip_prefix("http://")
-        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
-    else {
-        return;
-    };
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))?;
     let path = target.split(['?', '#']).next().unwrap_or("");
     let path = match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
+    };
+    Some((target, path))
+}
+
+/// Panics, with what differs, when `answer` breaks the contract. Answers of other servers
+/// (the tests' file servers) are told apart by their paths and bodies and skipped.
+pub fn check(method: &str, url: &str, answer: &Answer) {
+    let Some((target, path)) = target_and_path(url) else {
+        return;
     };
     let body: Option<Value> = serde_json::from_slice(&answer.body).ok();
     let is_error_body = body
@@ -201,16 +207,8 @@ pub fn check_request(
     answer: &Answer,
 ) {
     let Some(body) = body else { return };
-    let Some(target) = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
-    else {
+    let Some((target, path)) = target_and_path(url) else {
         return;
-    };
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let path = match path.strip_suffix('/') {
-        Some(p) if !p.is_empty() => p,
-        _ => path,
     };
     let Some(template) = template(path) else {
         return;
