@@ -19,8 +19,9 @@ pub fn canonical(path: &Path) -> PathBuf {
 pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
     match hypervisor.list_running() {
         Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
+        // A failing `vmrun list` is logged by the running set, once until it answers again.
         Err(err) => {
-            crate::warn!("cannot tell which VMs run: {err}");
+            crate::debug!("cannot tell which VMs run: {err}");
             None
         }
     }
