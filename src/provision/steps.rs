@@ -1,19 +1,15 @@
 //! The steps of provisioning one VM, each recorded in the VM's `progress.phase` before it
 //! runs, so that a failure (or a crash) says where it happened.
 
-use std::fs;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::vm::VmId;
 
-use super::{Job, Provisioner, BASE_SNAPSHOT};
-use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
-use crate::hypervisor::HypervisorError;
+use super::{Job, Provisioner};
+use crate::hypervisor::{HypervisorError, VmSettings};
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
-use crate::sys::fsutil;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::guestinfo::GuestInfo;
 use crate::vm::store::Durability;
@@ -163,30 +159,7 @@ impl Provisioner {
             let mut gold_state = lock.lock_unpoisoned();
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
-                let snapshots = self.hypervisor.list_snapshots(&gold.vmx)?;
-                if !snapshots.iter().any(|s| s == BASE_SNAPSHOT) {
-                    self.hypervisor.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
-                    // Trusting a `snapshot` that printed something odd and did nothing would
-                    // mark the gold VM ready and fail every clone of it until a restart.
-                    if !self
-                        .hypervisor
-                        .list_snapshots(&gold.vmx)?
-                        .iter()
-                        .any(|s| s == BASE_SNAPSHOT)
-                    {
-                        return Err(Stop::failed(
-                            "snapshot-missing",
-                            format!(
-                                "vmrun snapshot {} reported success, but listSnapshots does not list the snapshot {BASE_SNAPSHOT}; check the gold VM in VMware, then create the VM again",
-                                gold.vmx.display()
-                            ),
-                        ));
-                    }
-                    crate::info!(
-                        "vm={id} made base snapshot {BASE_SNAPSHOT} of gold image {}",
-                        gold.checksum
-                    );
-                }
+                self.hypervisor.prepare_gold(&gold.vmx)?;
                 gold_state.snapshot_ready = true;
             }
             check(cancel)?;
@@ -198,46 +171,59 @@ impl Provisioner {
                 .settle(id)
                 .map_err(|e| Stop::failed(e.code(), e.to_string()))?;
             let cloning = Instant::now();
-            self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
+            self.hypervisor
+                .clone_vm(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
             self.metrics.observe_clone(cloning.elapsed());
         }
         check(cancel)?;
-        if !vmx_path.is_file() {
-            return Err(Stop::failed(
-                "clone-missing",
-                format!(
-                    "vmrun clone of {} reported success, but {} does not exist; check VMware and the free space of the data folder, then create the VM again",
-                    gold.vmx.display(),
-                    vmx_path.display()
-                ),
-            ));
-        }
 
         self.set_phase(id, Phase::Configuring);
-        self.enforce_vmx(id, &vmx_path, &gold.dir)?;
-        let guest_os = configure(&vmx_path, vm, &guestinfo).map_err(|message| {
-            Stop::failed(
-                "vmx-edit-failed",
-                format!("editing {}: {message}", vmx_path.display()),
-            )
-        })?;
+        let name = id.to_string();
+        let image = serde_json::to_value(&vm.image)
+            .map_err(|e| Stop::failed("vmx-edit-failed", e.to_string()))?;
+        let settings = VmSettings {
+            name: &name,
+            cpus: vm.cpus,
+            memory_mb: vm.memory,
+            network_type: vm.network_type.as_str(),
+            headless: vm.headless,
+            image,
+        };
+        let configured = self
+            .hypervisor
+            .configure(&vmx_path, &gold.dir, &settings, &guestinfo)?;
+        if !configured.removed.is_empty() {
+            crate::warn!(
+                "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
+                configured.removed.len(),
+                configured.removed.join("; ")
+            );
+        }
         check(cancel)?;
 
         // One durable write for both: each costs two fsyncs.
         self.record(id, |vm| {
-            vm.guest_os = guest_os;
+            vm.guest_os = configured.guest_os;
+            if !configured.removed.is_empty() {
+                vm.vmx_removed = configured.removed;
+            }
             vm.progress.phase = Phase::Starting;
         });
-        crate::hypervisor::locks::remove_stale_locks(self.hypervisor.as_ref(), &vmx_path);
+        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+        if let Some(running) = &running {
+            self.hypervisor.remove_stale_locks(&vmx_path, running);
+        }
         if let Err(err) = self.hypervisor.start(&vmx_path, vm.headless, cancel) {
-            // `Cannot connect to the virtual machine` has come while the VM did start: only
-            // `list` tells, and a running VM behind a failed record would hold a place.
+            // A start has been seen to fail while the VM did start: only the listing tells,
+            // and a running VM behind a failed record would hold a place.
             let runs = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
                 .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx_path)));
             match (&err, runs) {
                 (HypervisorError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {
-                    crate::warn!("vm={id} {err}; but vmrun lists it running, so it started");
+                    crate::warn!(
+                        "vm={id} {err}; but the hypervisor lists it running, so it started"
+                    );
                 }
                 // `fail_vm` stops it (phase `starting`), unless it is to be kept.
                 _ => return Err(Stop::from(err)),
@@ -249,74 +235,6 @@ impl Provisioner {
             vm.progress.phase = Phase::WaitingForIp;
         });
         self.watch_ip(vm, cancel, Some(booted))
-    }
-
-    /// The clone's VMX is ours, not the image's: the allow-list runs before VMware starts it.
-    fn enforce_vmx(&self, id: VmId, vmx_path: &Path, gold_dir: &Path) -> Result<(), Stop> {
-        let strict = self.settings.strict_vmx;
-        match crate::guard::enforce_vmx(vmx_path, Some(gold_dir), strict) {
-            Ok(crate::guard::VmxVerdict::Cleaned(lines)) if lines.is_empty() => Ok(()),
-            Ok(crate::guard::VmxVerdict::Cleaned(lines)) => {
-                crate::warn!(
-                    "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
-                    lines.len(),
-                    lines.join("; ")
-                );
-                self.record(id, |vm| vm.vmx_removed = lines);
-                Ok(())
-            }
-            Ok(crate::guard::VmxVerdict::Refused(lines)) => Err(Stop::failed(
-                "image-vmx-unsafe",
-                crate::guard::unsafe_vmx_message(&lines),
-            )),
-            Err(message) => Err(Stop::failed(
-                "vmx-edit-failed",
-                format!("checking {}: {message}", vmx_path.display()),
-            )),
-        }
-    }
-
-    /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
-    /// VMware window holding the gold VM open, so it is retried a few times.
-    fn clone_with_retry(
-        &self,
-        gold_vmx: &Path,
-        vmx_path: &Path,
-        name: &str,
-        cancel: &Cancel,
-    ) -> Result<(), Stop> {
-        let mut attempt = 0;
-        let mut remade = false;
-        loop {
-            match self
-                .hypervisor
-                .clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, cancel)
-            {
-                Err(HypervisorError::VmLocked { .. }) if attempt < 3 => {
-                    attempt += 1;
-                    crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
-                    sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel)?;
-                }
-                // Someone deleted the snapshot in Fusion, or restored the gold VM: make it
-                // again (the caller holds the gold lock) rather than failing every clone.
-                Err(err) if crate::hypervisor::vmrun::is_invalid_snapshot(&err) && !remade => {
-                    remade = true;
-                    crate::warn!(
-                        "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
-                    );
-                    self.hypervisor.snapshot(gold_vmx, BASE_SNAPSHOT)?;
-                }
-                Err(err) if crate::hypervisor::vmrun::is_invalid_parameters(&err) => {
-                    return Err(Stop::failed(
-                        "clone-unsupported",
-                        format!(
-                            "{err}; linked clones need VMware Fusion Pro or Workstation Pro (Fusion without Pro and Player cannot make them)"
-                        ),
-                    ))
-                }
-                other => return other.map_err(Stop::from),
-            }
-        }
     }
 
     fn fire_callback(&self, id: VmId) {
@@ -354,36 +272,6 @@ fn image_phase(phase: ImagePhase) -> Phase {
         ImagePhase::Verifying => Phase::Verifying,
         ImagePhase::Publishing => Phase::Publishing,
     }
-}
-
-/// Applies the VM's settings to its freshly cloned VMX; returns its guest OS.
-fn configure(vmx_path: &Path, vm: &Vm, guestinfo: &GuestInfo) -> Result<String, String> {
-    let bytes = fs::read(vmx_path).map_err(|e| e.to_string())?;
-    let mut vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
-    let name = vm.id.to_string();
-    vmx::configure_clone(
-        &mut vmx,
-        &CloneSettings {
-            display_name: &name,
-            cpus: vm.cpus,
-            memory_mb: vm.memory,
-            network_type: vm.network_type.as_str(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    // The original Go server kept the image in the annotation; keeping it there lets either
-    // server (and a person reading the VMX) tell where the VM came from.
-    let image = serde_json::to_value(&vm.image).map_err(|e| e.to_string())?;
-    vmx::set_annotation_image(&mut vmx, &image).map_err(|e| e.to_string())?;
-    guestinfo.apply(&mut vmx).map_err(|e| e.to_string())?;
-    if guestinfo.is_empty() {
-        fsutil::write_atomic(vmx_path, &vmx.to_bytes())
-    } else {
-        // The VMX now holds secrets: readable by the user VMware runs as, no one else.
-        fsutil::write_atomic_private(vmx_path, &vmx.to_bytes())
-    }
-    .map_err(|e| e.to_string())?;
-    Ok(vmx.get("guestOS").unwrap_or_default())
 }
 
 pub(super) fn check(cancel: &Cancel) -> Result<(), Stop> {
