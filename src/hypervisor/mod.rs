@@ -18,6 +18,7 @@ pub(crate) mod guest_ip;
 pub(crate) mod locks;
 pub(crate) mod process;
 pub(crate) mod running;
+pub mod tart;
 pub mod vmrun;
 pub(crate) mod vmware_log;
 pub mod vmx;
