@@ -211,6 +211,7 @@ impl App {
     /// refresher, the reconciler, the warm pools' keeper, the lease reaper, failed-VM
     /// retention, the cache's housekeeping.
     pub fn start_background(&self, config: &Config) {
+        self.gold.remove_stale_locks();
         self.service.reconcile(Reconcile::Startup);
         let hypervisor = self.hypervisor.clone();
         running::start_refresher(

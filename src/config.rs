@@ -82,6 +82,12 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub log_format: crate::sys::log::Format,
+    /// The least level written: `info` writes a VM's life and what needs a person, `debug`
+    /// every routine vmrun call as well.
+    pub log_level: crate::sys::log::Level,
+    /// The settings given that differ from their defaults, as `--flag=value`, for the start-up
+    /// line that shows the operator their plist was read. Secrets show as `(set)`.
+    pub changed: Vec<String>,
     /// Warm pools of the settings: each name and the file of its spec.
     pub pools: Vec<(String, PathBuf)>,
 }
@@ -593,6 +599,13 @@ pub const LOG_FORMAT: Setting = Setting {
     help: "text (a line per event) or json (an object per line: ts, level, msg, vm, image, command, code, duration_ms)",
 };
 
+pub const LOG_LEVEL: Setting = Setting {
+    flag: "log-level",
+    env: "OSX_BUILDER_LOG_LEVEL",
+    default: Typed::Text("info"),
+    help: "error, warn, info (a VM's life, and what needs a person; an idle host writes nothing) or debug (every vmrun call as well)",
+};
+
 pub const POOL: Setting = Setting {
     flag: "pool",
     env: "OSX_BUILDER_POOL",
@@ -653,8 +666,12 @@ pub const SETTINGS: &[Setting] = &[
     TLS_CERT,
     TLS_KEY,
     LOG_FORMAT,
+    LOG_LEVEL,
     POOL,
 ];
+
+/// Settings whose values are never written to the log.
+const SECRETS: &[Setting] = &[TOKEN, CALLBACK_SECRET];
 
 pub fn help_text() -> String {
     let mut text = format!(
@@ -871,6 +888,31 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--log-format / OSX_BUILDER_LOG_FORMAT must be text or json, got {log_format:?}"
         ))
     })?;
+    let (log_level, _) = value(&LOG_LEVEL);
+    let log_level = crate::sys::log::Level::parse(log_level.trim()).ok_or_else(|| {
+        ConfigError(format!(
+            "--log-level / OSX_BUILDER_LOG_LEVEL must be error, warn, info or debug, got {log_level:?}"
+        ))
+    })?;
+    let changed = SETTINGS
+        .iter()
+        .filter_map(|setting| {
+            let given = if setting.default == Typed::List {
+                list(setting).join(",")
+            } else {
+                value(setting).0
+            };
+            if given.trim() == setting.default_text() {
+                return None;
+            }
+            let shown = if SECRETS.contains(setting) {
+                "(set)".to_string()
+            } else {
+                given
+            };
+            Some(format!("--{}={shown}", setting.flag))
+        })
+        .collect();
     let mut pools: Vec<(String, PathBuf)> = Vec::new();
     for given in list(&POOL) {
         let bad = |why: String| ConfigError(format!("--pool / OSX_BUILDER_POOL {given:?}: {why}"));
@@ -955,6 +997,8 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         tls_cert: optional(&TLS_CERT)?.map(PathBuf::from),
         tls_key: optional(&TLS_KEY)?.map(PathBuf::from),
         log_format,
+        log_level,
+        changed,
         pools,
     })))
 }

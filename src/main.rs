@@ -57,7 +57,18 @@ fn main() -> ExitCode {
 
 fn serve(config: &Config) -> Result<(), String> {
     log::set_format(config.log_format);
+    log::set_level(config.log_level);
     log::install_bridge();
+    // So that an operator sees their plist (or flags) was read, and what it changed.
+    log::milestone(format_args!(
+        "osx-builder {} starting; settings other than the defaults: {}",
+        env!("CARGO_PKG_VERSION"),
+        if config.changed.is_empty() {
+            "none".to_string()
+        } else {
+            config.changed.join(" ")
+        }
+    ));
     if config.log_format == Format::Json {
         log::install_panic_hook();
     }
@@ -110,15 +121,15 @@ fn serve(config: &Config) -> Result<(), String> {
     }
     shutdown::install_handlers();
     let server = HttpServer::start(listener, config.http_threads, service, app.auth.clone());
-    info!(
+    log::milestone(format_args!(
         "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()
-    );
+    ));
     while !shutdown::requested() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    info!("stopping: finishing requests in flight");
+    log::milestone(format_args!("stopping: finishing requests in flight"));
     server.shutdown();
-    info!("stopped");
+    log::milestone(format_args!("stopped"));
     Ok(())
 }

@@ -388,7 +388,7 @@ fn log_lines_name_the_vm() {
             "{line}"
         );
         assert!(
-            ["INFO", "WARN", "ERROR"].contains(&parts.next().unwrap()),
+            ["DEBUG", "INFO", "WARN", "ERROR"].contains(&parts.next().unwrap()),
             "{line}"
         );
     }

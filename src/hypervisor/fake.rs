@@ -278,7 +278,7 @@ impl Hypervisor for FakeHypervisor {
         });
         match &listed {
             Ok(paths) => self.running.listed(ticket, paths),
-            Err(err) => self.running.failed(ticket, &err.to_string()),
+            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
         }
         listed
     }

@@ -14,11 +14,28 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::hypervisor::locks::canonical;
+use crate::sys::condition::Condition;
+use crate::sys::log::Level;
 use crate::sys::sync::LockUnpoisoned;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunningVms {
     state: Mutex<State>,
+    /// A failing `vmrun list` is logged when it starts failing and when it answers again:
+    /// the refresher meets it every `--list-interval`.
+    trouble: Condition,
+}
+
+impl Default for RunningVms {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            trouble: Condition::new("vmrun list", Level::Warn).meaning(
+                "admission counts VM records alone (VMs started outside osx-builder are not \
+                 counted) until it answers",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,16 +101,15 @@ impl RunningVms {
         state.set = Some(set);
         state.applied = ticket.0;
         state.answered_at = Some(Instant::now());
-        if let Some((error, since)) = state.failure.take() {
-            crate::info!(
-                "vmrun list answers again (it failed for {} s: {error}); admission counts running VMs again",
-                since.elapsed().as_secs()
-            );
+        if state.failure.take().is_some() {
+            self.trouble
+                .ended("answers again; admission counts running VMs again");
         }
     }
 
-    /// The list begun with `ticket` failed: admission counts records alone until one answers.
-    pub fn failed(&self, ticket: ListTicket, error: &str) {
+    /// The list begun with `ticket` failed with `code` (the error's code) and `error`:
+    /// admission counts records alone until one answers.
+    pub fn failed(&self, ticket: ListTicket, code: &str, error: &str) {
         let mut state = self.lock();
         if ticket.0 < state.applied {
             return;
@@ -103,13 +119,11 @@ impl RunningVms {
         state.changes.clear();
         match &mut state.failure {
             Some((last, _)) => *last = error.to_string(),
-            None => {
-                crate::warn!(
-                    "vmrun list failed: {error}; admission counts VM records alone (VMs started outside osx-builder are not counted) until it answers"
-                );
-                state.failure = Some((error.to_string(), Instant::now()));
-            }
+            None => state.failure = Some((error.to_string(), Instant::now())),
         }
+        // The error names the call already (`vmrun list: failed: ...`).
+        let error = error.strip_prefix("vmrun list: ").unwrap_or(error);
+        self.trouble.holds(code, error);
     }
 
     /// We powered the VM at `vmx` on (`true`) or off.
@@ -220,7 +234,7 @@ mod tests {
         running.listed(new, &[p("new")]);
         running.listed(old, &[p("old")]);
         assert_eq!(running.snapshot().unwrap(), [p("new")].into());
-        running.failed(old, "too late to matter");
+        running.failed(old, "vmrun-failed", "too late to matter");
         assert_eq!(running.contains(&p("new")), Some(true));
     }
 
@@ -230,7 +244,7 @@ mod tests {
         let t = running.begin();
         running.listed(t, &[p("a")]);
         let t = running.begin();
-        running.failed(t, "Error: Unknown error");
+        running.failed(t, "vmrun-failed", "Error: Unknown error");
         assert_eq!(running.snapshot(), None);
         assert!(
             matches!(running.state(), ListState::Failing { ref error, .. } if error.contains("Unknown"))

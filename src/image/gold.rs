@@ -101,6 +101,10 @@ pub struct ImageEntry {
     pub progress: Option<ImageProgress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<VmError>,
+    /// Set while every clone of this image fails on a file that holds its gold VM (a
+    /// lock of a live process, or one whose owner is unknown): a person must act.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<crate::image::gold_locks::Blocked>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -235,6 +239,34 @@ impl GoldCache {
             .into_iter()
             .find(|entry| entry.checksum == checksum)
             .ok_or(Error::ImageNotFound)
+    }
+
+    /// Gold images that cannot be cloned until a person acts, by checksum.
+    pub fn blocked(&self) -> Vec<(String, crate::image::gold_locks::Blocked)> {
+        self.locks.blocked()
+    }
+
+    /// At start: locks beside the gold VMs that a vmrun left when it died (a crash, a kill,
+    /// a power loss) go before any clone meets them; live ones stay.
+    pub fn remove_stale_locks(&self) {
+        let Ok(checksums) = self.images.gold_checksums() else {
+            return;
+        };
+        for checksum in checksums {
+            let Some(gold) = self.images.lookup(&checksum) else {
+                continue;
+            };
+            let Some(dir) = gold.vmx.parent() else {
+                continue;
+            };
+            for held in crate::hypervisor::locks::remove_dead_locks_in(dir) {
+                crate::warn!(
+                    "gold image {checksum}: lock {} left in place: {}",
+                    held.path.display(),
+                    held.why
+                );
+            }
+        }
     }
 
     /// Bytes taken by the published gold images.
@@ -624,7 +656,14 @@ impl GoldCache {
             .into_iter()
             .find(|a| a.checksum == checksum)
             .map(|a| a.bytes);
+        let blocked = self
+            .locks
+            .blocked()
+            .into_iter()
+            .find(|(sum, _)| sum == checksum)
+            .map(|(_, blocked)| blocked);
         ImageEntry {
+            blocked,
             url: usage.url,
             checksum_type: usage.checksum_type,
             size_bytes,
@@ -683,6 +722,7 @@ fn blank(
         last_used: None,
         progress: None,
         error: None,
+        blocked: None,
     }
 }
 

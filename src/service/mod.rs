@@ -454,6 +454,7 @@ impl Service {
             &self.fleet.data_dir,
             self.fleet.limits.min_free_disk,
             self.fleet.drain.since(),
+            &self.fleet.gold.blocked(),
         )
     }
 
@@ -541,8 +542,18 @@ impl Service {
         self.fleet.metrics.render(&snapshot)
     }
 
-    /// Powers off and removes a VM whose cancel flag is set; waits for its worker first.
+    /// Powers off and removes a VM whose cancel flag is set; waits for its worker first,
+    /// unless the worker runs vmrun on the gold VM for it: that call is not killed (a clone
+    /// killed half way leaves the gold VM locked), the VM is deleted durably for every
+    /// reader now, and the worker removes its files when the call ends.
     fn destroy(&self, id: VmId, task: &Task) -> Result<(), Error> {
+        if let Some(buried) = task.hand_over(|| self.store.bury(id)) {
+            buried.map_err(|e| store_error("the delete could not be recorded", e))?;
+            crate::info!(
+                "vm={id} deleted; vmrun works on its gold image for it, and its files go when that call ends"
+            );
+            return Ok(());
+        }
         let _busy = task.lock();
         let Some(before) = self.store.get(id) else {
             // Another DELETE finished first.
@@ -550,7 +561,7 @@ impl Service {
         };
         crate::info!("vm={id} deleting");
         self.update(id, |vm| vm.progress.phase = Phase::Deleting);
-        if let Err(err) = self.destroy_files(id) {
+        if let Err(err) = self.destroy_files(id, &before) {
             // The VM is still there: show it as it was, not half-deleted, but powered on or
             // off as it now is: the stop may have gone through before deleteVM failed.
             let vmx = crate::hypervisor::locks::canonical(&self.store.vmx_path(id));
@@ -575,8 +586,13 @@ impl Service {
         Ok(())
     }
 
-    fn destroy_files(&self, id: VmId) -> Result<(), Error> {
+    fn destroy_files(&self, id: VmId, before: &Vm) -> Result<(), Error> {
         let vmx = self.store.vmx_path(id);
+        if never_cloned(before) && !vmx.exists() {
+            // Deleted while it waited (for its image, for the gold VM): vmrun never heard
+            // of it, and nothing is asked of vmrun now.
+            return Ok(());
+        }
         // vmrun knows a running VM by its path even when its VMX was removed behind our
         // back: always ask it to stop, or such a VM would run on with no record.
         self.hypervisor
@@ -651,6 +667,21 @@ fn store_error(what: &str, e: crate::vm::store::StoreError) -> Error {
         Error::Internal(format!("{what}: {e}"))
     }
 }
+/// A VM still provisioning that had not reached its clone: no vmrun call ever named it.
+fn never_cloned(vm: &Vm) -> bool {
+    vm.status == Status::Provisioning
+        && matches!(
+            vm.progress.phase,
+            Phase::Queued
+                | Phase::QueuedDownload
+                | Phase::Downloading
+                | Phase::Unpacking
+                | Phase::Verifying
+                | Phase::Publishing
+                | Phase::Snapshotting
+        )
+}
+
 /// `deleteVM` retries while VMware still holds a VM it just powered off (about a minute).
 const DELETE_RETRIES: u32 = 30;
 

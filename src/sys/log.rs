@@ -102,8 +102,12 @@ struct JsonLine<'a> {
     fields: &'a Fields,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Ordered from the most to the least talkative, so `level >= min` says a line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// What the server does routinely and an operator reads only to chase a problem: every
+    /// `vmrun list`, every IP query, each vmrun call as it begins.
+    Debug,
     Info,
     Warn,
     Error,
@@ -112,26 +116,60 @@ pub enum Level {
 impl Level {
     fn label(self) -> &'static str {
         match self {
+            Level::Debug => "DEBUG",
             Level::Info => "INFO ",
             Level::Warn => "WARN ",
             Level::Error => "ERROR",
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
+            Level::Debug => "debug",
             Level::Info => "info",
             Level::Warn => "warn",
             Level::Error => "error",
         }
     }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Level::Debug, Level::Info, Level::Warn, Level::Error]
+            .into_iter()
+            .find(|level| level.name() == name)
+    }
+}
+
+/// The least level written; set once at start. Info until then, so that a usage error
+/// before the settings are read is still written.
+static MIN_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+pub fn set_level(level: Level) {
+    MIN_LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether a line of `level` is written; the macros ask before formatting anything.
+pub fn enabled(level: Level) -> bool {
+    level as u8 >= MIN_LEVEL.load(Ordering::Relaxed)
 }
 
 pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
     write_with(level, Fields::default(), message)
 }
 
+/// An info line written whatever `--log-level` says: that the server starts (with its
+/// settings), where it listens, and that it stops. A log at `warn` still shows when each
+/// run began and ended, and what a harness or an operator reads the port from.
+pub fn milestone(message: std::fmt::Arguments<'_>) {
+    emit(Level::Info, Fields::default(), message)
+}
+
 pub fn write_with(level: Level, fields: Fields, message: std::fmt::Arguments<'_>) {
+    if enabled(level) {
+        emit(level, fields, message)
+    }
+}
+
+fn emit(level: Level, fields: Fields, message: std::fmt::Arguments<'_>) {
     let mut line = render(
         format(),
         &rfc3339_now(),
@@ -231,6 +269,26 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// `debug!("text {x}")`, or with fields first, as [`info!`]. Nothing is formatted unless
+/// `--log-level debug` asked for it.
+#[macro_export]
+macro_rules! debug {
+    ($($key:ident = $value:expr),+ ; $($arg:tt)*) => {
+        if $crate::sys::log::enabled($crate::sys::log::Level::Debug) {
+            $crate::sys::log::write_with(
+                $crate::sys::log::Level::Debug,
+                $crate::sys::log::Fields::new()$(.$key($value))+,
+                format_args!($($arg)*),
+            )
+        }
+    };
+    ($($arg:tt)*) => {
+        if $crate::sys::log::enabled($crate::sys::log::Level::Debug) {
+            $crate::sys::log::write($crate::sys::log::Level::Debug, format_args!($($arg)*))
+        }
+    };
+}
+
 /// `info!("text {x}")`, or with fields first: `info!(vm = id, command = "clone"; "text")`.
 /// A field is a method of [`Fields`], so a misspelt one does not compile.
 #[macro_export]
@@ -317,6 +375,29 @@ mod tests {
             plain,
             format!("{{\"ts\":\"{ts}\",\"level\":\"error\",\"msg\":\"stopped\"}}")
         );
+    }
+
+    #[test]
+    fn levels_parse_by_name_and_order_from_debug_to_error() {
+        for name in ["debug", "info", "warn", "error"] {
+            assert_eq!(Level::parse(name).map(Level::name), Some(name));
+        }
+        assert_eq!(Level::parse("INFO"), None);
+        assert_eq!(Level::parse("trace"), None);
+        assert!(Level::Debug < Level::Info && Level::Warn < Level::Error);
+        let ts = "2026-11-24T17:00:00.123Z";
+        assert_eq!(
+            render(
+                Format::Text,
+                ts,
+                Level::Debug,
+                Fields::new(),
+                "vmrun list: ok"
+            ),
+            "2026-11-24T17:00:00.123Z DEBUG vmrun list: ok"
+        );
+        let json = render(Format::Json, ts, Level::Debug, Fields::new(), "x");
+        assert!(json.contains(r#""level":"debug""#), "{json}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the rest of the crate needs from the operating system and nothing of the domain:
-//! logging, time, files written crash-safely, free disk, locks, signals, cancellation.
+//! logging (and conditions logged when they start and end), time, files written crash-safely, free disk, locks, signals, cancellation.
 
 pub mod cancel;
+pub mod condition;
 pub mod data_lock;
 pub(crate) mod disk;
 pub mod fd_limit;

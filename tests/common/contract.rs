@@ -12,14 +12,14 @@ use super::http::Answer;
 
 const DOCUMENT: &str = include_str!("../../src/api/openapi.json");
 
-fn document() -> &'static Value {
+pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| serde_json::from_str(DOCUMENT).expect("openapi.json is JSON"))
 }
 
 /// Validators by JSON pointer into the document, built once each: the schema is the whole
 /// document with a `$ref` to the pointer, so that every `#/components/...` resolves.
-fn validate(pointer: &str, instance: &Value) -> Result<(), String> {
+pub fn validate(pointer: &str, instance: &Value) -> Result<(), String> {
     static CACHE: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
         OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
@@ -54,7 +54,7 @@ fn escape(token: &str) -> String {
 }
 
 /// The document's path template that `path` is an instance of.
-fn template(path: &str) -> Option<&'static str> {
+pub fn template(path: &str) -> Option<&'static str> {
     let parts: Vec<&str> = path.split('/').collect();
     document()["paths"]
         .as_object()?
@@ -70,19 +70,25 @@ fn template(path: &str) -> Option<&'static str> {
         .map(String::as_str)
 }
 
-/// Panics, with what differs, when `answer` breaks the contract. Answers of other servers
-/// (the tests' file servers) are told apart by their paths and bodies and skipped.
-pub fn check(method: &str, url: &str, answer: &Answer) {
-    let Some(target) = url
+/// The request target of an http URL, and its path as the server routes it (no query, no
+/// trailing slash).
+fn target_and_path(url: &str) -> Option<(&str, &str)> {
+    let target = url
         .strip_prefix("http://")
-        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
-    else {
-        return;
-    };
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))?;
     let path = target.split(['?', '#']).next().unwrap_or("");
     let path = match path.strip_suffix('/') {
         Some(p) if !p.is_empty() => p,
         _ => path,
+    };
+    Some((target, path))
+}
+
+/// Panics, with what differs, when `answer` breaks the contract. Answers of other servers
+/// (the tests' file servers) are told apart by their paths and bodies and skipped.
+pub fn check(method: &str, url: &str, answer: &Answer) {
+    let Some((target, path)) = target_and_path(url) else {
+        return;
     };
     let body: Option<Value> = serde_json::from_slice(&answer.body).ok();
     let is_error_body = body
@@ -170,5 +176,95 @@ pub fn check(method: &str, url: &str, answer: &Answer) {
     let pointer = format!("{pointer}/content/{}/schema", escape(media));
     if let Err(e) = validate(&pointer, &body) {
         panic!("contract: {}: {e}", context());
+    }
+}
+
+/// 400 codes the document cannot decide from a body alone: they depend on the server's
+/// settings or state (`--file-image-dir`, `--callback-allow`, the server's own address, a VM
+/// without a lease), on byte counts and key case the document states in words, or on a
+/// query parameter or header that is not the body.
+const NOT_FROM_THE_BODY: &[&str] = &[
+    "invalid-image-url",
+    "invalid-callback-url",
+    "invalid-guestinfo",
+    "invalid-labels",
+    "invalid-keep",
+    "invalid-request",
+    "invalid-content-length",
+    "invalid-chunked-body",
+    "invalid-pool-name",
+];
+
+/// Panics when the server's verdict on a request's JSON body disagrees with the document:
+/// a body the operation's schema admits answered 415, or 400 for a reason the body alone
+/// decides; a body it forbids answered 2xx. Bodies of other content types (and requests
+/// to other servers or to no operation) are not judged.
+pub fn check_request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+    answer: &Answer,
+) {
+    let Some(body) = body else { return };
+    let Some((target, path)) = target_and_path(url) else {
+        return;
+    };
+    let Some(template) = template(path) else {
+        return;
+    };
+    let lower = method.to_ascii_lowercase();
+    let content = &document()["paths"][template][&lower]["requestBody"]["content"];
+    if !content["application/json"].is_object() {
+        return;
+    }
+    // Every type the server reads as JSON: the document's JSON and JSON-text types.
+    let media = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map_or("application/json".to_string(), |(_, v)| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if media != "application/json" && !content[media.as_str()].is_object() {
+        return;
+    }
+    let Ok(instance) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let pointer = format!(
+        "/paths/{}/{lower}/requestBody/content/application~1json/schema",
+        escape(template)
+    );
+    let verdict = validate(&pointer, &instance);
+    let code = serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .and_then(|b| b["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let keyed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+    // A renew without a ttl of a VM without a lease: the state decides, not the body.
+    let renew_needs_a_lease = template == "/vms/{id}/renew"
+        && code == "invalid-ttl"
+        && instance.get("ttl").is_none_or(Value::is_null);
+    let body_decides = !(NOT_FROM_THE_BODY.contains(&code.as_str())
+        || (keyed && code == "invalid-name")
+        || renew_needs_a_lease);
+    match verdict {
+        Ok(()) => assert!(
+            !(answer.status == 415 || (answer.status == 400 && body_decides)),
+            "contract: {method} {target} with a body the document admits answered {}: {}\nbody: {instance}",
+            answer.status,
+            answer.text()
+        ),
+        Err(why) => assert!(
+            !(200..300).contains(&answer.status),
+            "contract: {method} {target} with a body the document forbids ({why}) answered {}\nbody: {instance}",
+            answer.status
+        ),
     }
 }

@@ -65,8 +65,10 @@ impl Answer {
 pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Answer {
     let answer =
         try_call(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    // Every answer a test receives from the server is held to the OpenAPI document.
+    // Every answer a test receives from the server is held to the OpenAPI document, and so
+    // is the server's verdict on the body the test sent.
     super::contract::check(method, url, &answer);
+    super::contract::check_request(method, url, body, headers, &answer);
     answer
 }
 

@@ -51,10 +51,15 @@ pub fn json_to_text(line: &str) -> Result<String, String> {
         ));
     }
     let label = match text("level") {
+        Some("debug") => "DEBUG",
         Some("info") => "INFO ",
         Some("warn") => "WARN ",
         Some("error") => "ERROR",
-        _ => return Err(format!("\"level\" is not info, warn or error: {line}")),
+        _ => {
+            return Err(format!(
+                "\"level\" is not debug, info, warn or error: {line}"
+            ))
+        }
     };
     let msg = text("msg")
         .filter(|m| !m.is_empty())

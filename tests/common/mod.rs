@@ -246,7 +246,7 @@ impl Server {
 
     /// Starts the server as an operator would, with its own defaults: only
     /// `--port 0 --bind 127.0.0.1 --data-dir <data_dir>`, vmrun = the simulator with its
-    /// state in `sim_state`, then `args` (a later flag wins) and `env`. The benchmarks start
+    /// state in `sim_state`, the log at debug, then `args` (a later flag wins) and `env`. The benchmarks start
     /// it this way.
     pub fn launch(
         data_dir: &Path,
@@ -266,6 +266,11 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Tests read the routine vmrun calls in the log (which reconcile ran, which call
+        // failed): debug, unless this run or the test asks for another level.
+        if std::env::var_os("OSX_BUILDER_LOG_LEVEL").is_none() {
+            command.env("OSX_BUILDER_LOG_LEVEL", "debug");
+        }
         for (key, value) in env {
             command.env(key, value);
         }

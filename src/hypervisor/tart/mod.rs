@@ -339,7 +339,7 @@ impl Hypervisor for Tart {
         });
         match &listed {
             Ok(paths) => self.running.listed(ticket, paths),
-            Err(err) => self.running.failed(ticket, &err.to_string()),
+            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
         }
         listed
     }

@@ -8,7 +8,7 @@ mod output;
 pub(crate) mod vm_ops;
 
 pub use crate::hypervisor::{Call, HypervisorError, IpAnswer};
-pub use output::{is_invalid_parameters, is_invalid_snapshot, ToolsState};
+pub use output::{is_invalid_parameters, is_invalid_snapshot, is_snapshot_exists, ToolsState};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -22,6 +22,7 @@ use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
 use crate::hypervisor::{locks, Configured, LogTail, VmSettings};
 use crate::sys::cancel::Cancel;
+use crate::sys::log::{self, Fields, Level};
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::guestinfo::GuestInfo;
 use output::Exit;
@@ -188,7 +189,7 @@ impl Vmrun {
             .map(vm_id)
             .find(|id| !id.is_empty())
             .unwrap_or_default();
-        crate::info!(vm = &vm, command = command; "{call}: running (limit {} s)", timeout.as_secs_f64());
+        crate::debug!(vm = &vm, command = command; "{call}: running (limit {} s)", timeout.as_secs_f64());
         let started = Instant::now();
         let outcome = match process::run(&self.settings.path, &argv, timeout, cancel) {
             Ok(finished) => {
@@ -255,11 +256,17 @@ impl Vmrun {
             Err(err) => on_error(err),
         };
         let millis = started.elapsed().as_millis();
+        let routine = is_routine(call.command);
         let label = match &result {
             Ok((_, label)) => {
-                crate::info!(
-                    vm = &vm, command = call.command, duration_ms = millis;
-                    "{call}: {label} after {millis} ms"
+                let level = if routine { Level::Debug } else { Level::Info };
+                log::write_with(
+                    level,
+                    Fields::new()
+                        .vm(&vm)
+                        .command(call.command)
+                        .duration_ms(millis),
+                    format_args!("{call}: {label} after {millis} ms"),
                 );
                 *label
             }
@@ -267,10 +274,15 @@ impl Vmrun {
                 let text = err.to_string();
                 let prefix = format!("{call}: ");
                 let detail = text.strip_prefix(&prefix).unwrap_or(&text);
-                crate::warn!(
-                    vm = &vm, command = call.command, code = err.code(), duration_ms = millis;
-                    "{call}: {} after {millis} ms: {detail}",
-                    err.code()
+                let level = if routine { Level::Debug } else { Level::Warn };
+                log::write_with(
+                    level,
+                    Fields::new()
+                        .vm(&vm)
+                        .command(call.command)
+                        .code(err.code())
+                        .duration_ms(millis),
+                    format_args!("{call}: {} after {millis} ms: {detail}", err.code()),
                 );
                 err.code()
             }
@@ -294,6 +306,18 @@ struct RawResult {
     started: Instant,
     /// stdout on success.
     outcome: Result<String, HypervisorError>,
+}
+
+/// The calls the server makes over and over on its own (the background `vmrun list`, IP
+/// and Tools queries while a VM boots or idles in a pool, the gold VM's snapshot list before
+/// each clone, a guest variable read): logged at debug, success or failure. Whoever makes
+/// them logs what their outcome means once (a VM's IP, its failure, `vmrun list` failing
+/// and answering again), so an idle host writes nothing at info.
+fn is_routine(command: &str) -> bool {
+    matches!(
+        command,
+        "list" | "getGuestIPAddress" | "checkToolsState" | "listSnapshots" | "readVariable"
+    )
 }
 
 fn ip_answer(call: &Call, stdout: &str) -> Result<(IpAnswer, &'static str), HypervisorError> {
@@ -456,7 +480,7 @@ impl super::Hypervisor for Vmrun {
         });
         match &listed {
             Ok(paths) => self.running.listed(ticket, paths),
-            Err(err) => self.running.failed(ticket, &err.to_string()),
+            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
         }
         listed
     }

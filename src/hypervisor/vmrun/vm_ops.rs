@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
 use crate::hypervisor::vmx_policy::{self, VmxVerdict};
-use crate::hypervisor::{vmware_log, Call, Configured, HypervisorError, LogTail, VmSettings};
+use crate::hypervisor::{
+    locks, vmware_log, Call, Configured, HypervisorError, LogTail, VmSettings,
+};
 use crate::sys::cancel::Cancel;
 use crate::sys::fsutil;
 use crate::vm::guestinfo::GuestInfo;
@@ -67,7 +69,9 @@ pub fn prepare_gold(ops: &impl Snapshots, gold_vmx: &Path) -> Result<(), Hypervi
 }
 
 /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
-/// VMware window holding the gold VM open, so it is retried a few times.
+/// VMware window holding the gold VM open, or from a lock a dead vmrun left (removed
+/// before each try), so it is retried a few times. The clone itself is never cancelled:
+/// killed half way, it would leave its lock on the gold VM. `cancel` ends the waits.
 pub fn clone_vm(
     ops: &impl Snapshots,
     gold_vmx: &Path,
@@ -78,7 +82,10 @@ pub fn clone_vm(
     let mut attempt = 0;
     let mut remade = false;
     loop {
-        match ops.clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, cancel) {
+        if let Some(dir) = gold_vmx.parent() {
+            locks::remove_dead_locks_in(dir);
+        }
+        match ops.clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, &Cancel::new()) {
             Err(HypervisorError::VmLocked { call, .. }) if attempt < 3 => {
                 attempt += 1;
                 crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
@@ -91,7 +98,21 @@ pub fn clone_vm(
                 crate::warn!(
                     "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
                 );
-                ops.snapshot(gold_vmx, BASE_SNAPSHOT)?;
+                match ops.snapshot(gold_vmx, BASE_SNAPSHOT) {
+                    Ok(()) => {}
+                    // vmrun has answered a clone with `Invalid snapshot name` while the
+                    // snapshot was there: if it is listed, the clone is tried once more.
+                    Err(exists) if super::is_snapshot_exists(&exists) => {
+                        let listed = ops.list_snapshots(gold_vmx)?;
+                        if !listed.iter().any(|s| s == BASE_SNAPSHOT) {
+                            return Err(exists);
+                        }
+                        crate::warn!(
+                            "vm={name} vmrun clone said the snapshot {BASE_SNAPSHOT} is invalid, but it exists and is listed; retrying the clone once"
+                        );
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             Err(err) if super::is_invalid_parameters(&err) => {
                 return Err(HypervisorError::Refused {
@@ -102,12 +123,7 @@ pub fn clone_vm(
                 })
             }
             Err(err) => return Err(err),
-            Ok(()) if cancel.is_cancelled() => {
-                return Err(HypervisorError::Cancelled {
-                    call: clone_call(gold_vmx),
-                })
-            }
-            Ok(()) if !vmx_path.is_file() => {
+            Ok(()) if !vmx_path.is_file() && !cancel.is_cancelled() => {
                 return Err(HypervisorError::Refused {
                     code: "clone-missing",
                     message: format!(
@@ -119,14 +135,6 @@ pub fn clone_vm(
             }
             Ok(()) => return Ok(()),
         }
-    }
-}
-
-fn clone_call(gold_vmx: &Path) -> Call {
-    Call {
-        tool: "vmrun",
-        command: "clone",
-        vmx: Some(gold_vmx.to_path_buf()),
     }
 }
 
