@@ -209,7 +209,8 @@ impl Tart {
             Ok(_) => "ok",
             Err(err) => err.code(),
         };
-        crate::info!(
+        // Routine calls (list, ip) every few seconds: an idle host writes nothing at info.
+        crate::debug!(
             "tart {command} {} -> {outcome} in {} ms",
             vm.unwrap_or(""),
             started.elapsed().as_millis()
