@@ -17,14 +17,10 @@ fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let env: HashMap<String, String> = std::env::vars().collect();
     // No subcommand runs the server, as the original (which took no arguments) did.
-    match args.first().map(String::as_str) {
-        Some("serve") => {
-            args.remove(0);
-        }
-        Some(command) if osx_builder::cli::is_command(command) => {
-            return osx_builder::cli::run(&args, &env);
-        }
-        _ => {}
+    if args.first().map(String::as_str) == Some("serve") {
+        args.remove(0);
+    } else if let Some(client) = osx_builder::cli::client_args(&args) {
+        return osx_builder::cli::run(&client, &env);
     }
     match config::parse(&args, &env) {
         Ok(Command::Help) => {

@@ -14,15 +14,23 @@ use common::http::{self, Delivery};
 use common::{gold_tar_gz_padded, sha1_hex, ServerOptions, World, SERVER_BIN};
 use serde_json::Value;
 
-fn client(server: &str, args: &[&str]) -> Output {
+/// The binary with exactly `args`, none of the client's variables from this environment.
+fn bare(args: &[&str]) -> Output {
     Command::new(SERVER_BIN)
         .args(args)
-        .args(["--server", server])
         .env_remove("OSX_BUILDER_URL")
         .env_remove("OSX_BUILDER_TOKEN")
+        .env_remove("OSX_BUILDER_TOKEN_FILE")
         .stdin(Stdio::null())
         .output()
         .expect("run the client")
+}
+
+/// The client with `args`, then `--server server`.
+fn client(server: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--server", server]);
+    bare(&all)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -350,6 +358,205 @@ fn the_token_is_sent_from_the_flag_or_the_environment() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         Value::Array(vec![])
     );
+}
+
+/// A group alone is a usage error with the group's usage on stderr; `help` and `help GROUP`
+/// print on stdout and exit 0; the server's `--help` names every group.
+#[test]
+fn a_bare_group_prints_its_usage_and_help_names_every_command() {
+    for group in ["vm", "image", "pool"] {
+        let out = bare(&[group]);
+        assert_eq!(out.status.code(), Some(2), "{group}: {}", show(&out));
+        let usage = text(&out.stderr);
+        assert!(
+            usage.starts_with(&format!("Usage: osx-builder {group} COMMAND")),
+            "{}",
+            show(&out)
+        );
+        assert!(usage.contains(&format!("  {group} list")), "{usage}");
+        assert!(usage.contains("--token-file"), "{usage}");
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+        let help = bare(&["help", group]);
+        assert_eq!(help.status.code(), Some(0), "{}", show(&help));
+        assert_eq!(text(&help.stdout), usage);
+    }
+    let only_vm = text(&bare(&["help", "vm"]).stdout);
+    assert!(!only_vm.contains("pool put"), "{only_vm}");
+    let all = bare(&["help"]);
+    assert_eq!(all.status.code(), Some(0), "{}", show(&all));
+    let all = text(&all.stdout);
+    for command in [
+        "vm create",
+        "vm list",
+        "image prewarm",
+        "pool put",
+        "drain | undrain",
+        "health",
+        "help [COMMAND]",
+    ] {
+        assert!(all.contains(command), "{command} missing:\n{all}");
+    }
+    let out = bare(&["help", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let server_help = text(&bare(&["--help"]).stdout);
+    let usage = server_help
+        .lines()
+        .find(|l| l.contains("talk to a running server"))
+        .unwrap_or_else(|| panic!("{server_help}"));
+    for group in ["vm", "image", "pool", "drain", "undrain", "health", "help"] {
+        assert!(
+            usage.split(['|', ' ']).any(|word| word == group),
+            "{group} missing: {usage}"
+        );
+    }
+}
+
+/// `vm list`: POOL and LABELS columns, `--pool`, `--label`, repeated `--status`, `-q` for
+/// ids alone; the options every command takes before the command as after it.
+#[test]
+fn vm_list_shows_pools_and_labels_filters_and_prints_ids() {
+    let w = World::start("cli-list", ServerOptions::default());
+    let mut go = w.body();
+    go["labels"] = serde_json::json!({"team": "go", "os": "13"});
+    let go = w.create(&go);
+    let mut rust = w.body();
+    rust["labels"] = serde_json::json!({"team": "rust"});
+    let rust = w.create(&rust);
+    let mut spec = w.body();
+    spec["size"] = Value::from(1);
+    let (status, pool) = http::request(
+        "PUT",
+        &w.server.url("/pools/warm"),
+        Some(&spec.to_string()),
+        &[],
+    );
+    assert_eq!(status, 201, "{pool}");
+    w.server.wait_ready(&go);
+    w.server.wait_ready(&rust);
+    let idle = common::eventually("the pool's VM ready", || {
+        let (_, pool) = http::request("GET", &w.server.url("/pools/warm"), None, &[]);
+        (pool["ready"] == 1).then(|| pool["vms"][0].as_str().unwrap_or_default().to_string())
+    });
+    let ids = |args: &[&str]| -> Vec<String> {
+        let out = client(&w.server.base, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", show(&out));
+        let mut ids: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |list: &[&String]| {
+        let mut list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        list.sort();
+        list
+    };
+    assert_eq!(ids(&["vm", "list", "-q"]), sorted(&[&go, &rust, &idle]));
+    assert_eq!(
+        ids(&["vm", "list", "-q", "--label", "team=go"]),
+        std::slice::from_ref(&go)
+    );
+    assert_eq!(
+        ids(&["vm", "list", "--pool", "warm", "-q"]),
+        std::slice::from_ref(&idle)
+    );
+    assert_eq!(
+        ids(&["vm", "list", "-q", "--status", "failed", "--status", "running"]).len(),
+        3
+    );
+    assert!(ids(&["vm", "list", "-q", "--status", "failed"]).is_empty());
+
+    let out = client(&w.server.base, &["vm", "list"]);
+    let table = text(&out.stdout);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains(" POOL ") && header.contains(" LABELS "),
+        "{table}"
+    );
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing:\n{table}"))
+            .to_string()
+    };
+    assert!(row(&go).contains(" os=13,team=go "), "{table}");
+    assert!(row(&idle).contains(" warm "), "{table}");
+
+    // Before the command, with `=` or without.
+    let out = bare(&["--server", &w.server.base, "--json", "vm", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    let server = format!("--server={}", w.server.base);
+    let out = bare(&[&server, "vm", "list", "-q", "--pool", "warm"]);
+    assert_eq!(text(&out.stdout), format!("{idle}\n"), "{}", show(&out));
+}
+
+/// The token from a file (`--token-file`, `OSX_BUILDER_TOKEN_FILE`), never the command line;
+/// `health` without it says the checks need it.
+#[test]
+fn the_token_comes_from_a_file_and_health_says_when_it_is_missing() {
+    let token = "cli-file-token-0123456789";
+    let w = World::start("cli-token-file", common::options(&["--token", token]));
+    let file = w.dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let file = file.display().to_string();
+
+    let out = client(&w.server.base, &["health"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("keeps its checks for requests with its token"),
+        "{}",
+        show(&out)
+    );
+    assert!(!text(&out.stdout).contains("CHECK"), "{}", show(&out));
+    let out = client(&w.server.base, &["health", "--token-file", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out.stdout).contains("vmrun"), "{}", show(&out));
+    assert!(text(&out.stderr).is_empty(), "{}", show(&out));
+
+    let out = bare(&[
+        "--token-file",
+        &file,
+        "--server",
+        &w.server.base,
+        "vm",
+        "list",
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = Command::new(SERVER_BIN)
+        .args(["vm", "list", "--json"])
+        .env("OSX_BUILDER_URL", &w.server.base)
+        .env_remove("OSX_BUILDER_TOKEN")
+        .env("OSX_BUILDER_TOKEN_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    let empty = w.dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (args, needle) in [
+        (
+            vec!["vm", "list", "--token-file", &file, "--token", token],
+            "not both",
+        ),
+        (
+            vec!["vm", "list", "--token-file", "/nonexistent/token"],
+            "/nonexistent/token",
+        ),
+        (
+            vec!["vm", "list", "--token-file", empty.to_str().unwrap()],
+            "empty first line",
+        ),
+    ] {
+        let out = client(&w.server.base, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
 }
 
 /// Runs the client with its stderr on a pseudo-terminal; returns its exit status, stdout

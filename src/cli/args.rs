@@ -13,7 +13,7 @@ pub struct Spec {
 }
 
 /// Options every client command takes.
-pub const GLOBAL_VALUES: &[&str] = &["server", "token", "ca-file"];
+pub const GLOBAL_VALUES: &[&str] = &["server", "token", "token-file", "ca-file"];
 pub const GLOBAL_FLAGS: &[&str] = &["json", "help"];
 
 #[derive(Debug, Default)]
@@ -60,6 +60,11 @@ pub fn parse(args: &[String], spec: &Spec) -> Result<Parsed, Failure> {
         i += 1;
         if arg == "-h" {
             parsed.flags.push("help".into());
+            continue;
+        }
+        // `vm list -q | xargs ...`, as `docker ps -q`.
+        if arg == "-q" && spec.flags.contains(&"quiet") {
+            parsed.flags.push("quiet".into());
             continue;
         }
         // `-f create.json`, as with curl's `-d@create.json` habit of short options.

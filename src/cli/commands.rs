@@ -32,12 +32,23 @@ pub fn dispatch(all: &[String], env: &HashMap<String, String>) -> Result<(), Fai
         ("pool", Some("get")) => ("pool get", NONE, pool_get),
         ("pool", Some("put")) => ("pool put", POOL_PUT, pool_put),
         ("pool", Some("delete")) => ("pool delete", NONE, pool_delete),
+        ("help", _) => return help(rest),
+        ("vm" | "image" | "pool", Some("--help" | "-h" | "help")) => {
+            print!("{}", super::group_usage(group));
+            return Ok(());
+        }
+        // A group alone is a command line cut short: its usage, on stderr, exit 2.
+        ("vm" | "image" | "pool", None) => {
+            return Err(Failure::UsageText(super::group_usage(group)))
+        }
         (_, None | Some("--help" | "-h" | "help")) => {
             print!("{}", super::help_text());
             return Ok(());
         }
         (group, Some(other)) => {
-            return Err(Failure::Usage(format!("unknown command {group} {other:?}")))
+            return Err(Failure::Usage(format!(
+                "unknown command {group} {other:?} (osx-builder help {group} lists its commands)"
+            )))
         }
     };
     let words = name.split(' ').count();
@@ -64,8 +75,8 @@ const WAIT: Spec = Spec {
     flags: &["wait"],
 };
 const LIST: Spec = Spec {
-    values: &["label", "status"],
-    flags: &[],
+    values: &["label", "status", "pool"],
+    flags: &["quiet"],
 };
 const RENEW: Spec = Spec {
     values: &["ttl"],
@@ -107,6 +118,27 @@ const POOL_PUT: Spec = Spec {
     ],
     flags: &["headless"],
 };
+
+/// `osx-builder help [COMMAND]`: the whole help, or a group's usage. On stdout: asked for.
+fn help(words: &[String]) -> Result<(), Failure> {
+    // The options every command takes may follow (`help vm --server URL`): not a topic.
+    match words
+        .iter()
+        .map(String::as_str)
+        .find(|w| !w.starts_with('-'))
+    {
+        None => print!("{}", super::help_text()),
+        Some(group @ ("vm" | "image" | "pool")) => print!("{}", super::group_usage(group)),
+        Some("drain" | "undrain" | "health" | "help") => print!("{}", super::help_text()),
+        Some(other) => {
+            return Err(Failure::Usage(format!(
+                "no command {other:?}; the commands are {}",
+                super::COMMANDS.join(", ")
+            )))
+        }
+    }
+    Ok(())
+}
 
 /// The one positional a command like `vm get ID` takes.
 fn one(context: &Context, what: &str) -> Result<String, Failure> {
@@ -317,12 +349,13 @@ fn finish_vm(context: &Context, vm: Value) -> Result<(), Failure> {
 fn vm_list(context: &Context) -> Result<(), Failure> {
     none(context)?;
     let labels = pairs(&context.args, "label")?;
-    let status = context.args.value("status");
+    let statuses = context.args.all("status");
+    let pool = context.args.value("pool");
     let mut query: Vec<String> = labels
         .iter()
         .map(|(k, v)| format!("label={}={}", encode(k), encode(v)))
         .collect();
-    if let Some(status) = status {
+    for status in statuses {
         query.push(format!("status={}", encode(status)));
     }
     let path = match query.is_empty() {
@@ -335,11 +368,22 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
         .as_array()
         .ok_or_else(|| Failure::Protocol("GET /vms did not answer a list".into()))?
         .iter()
-        .filter(|vm| status.is_none_or(|s| output::status_word(vm) == s || vm["status"] == s))
+        .filter(|vm| {
+            statuses.is_empty()
+                || statuses
+                    .iter()
+                    .any(|s| output::status_word(vm) == s || vm["status"] == s.as_str())
+        })
         .filter(|vm| labels.iter().all(|(k, v)| vm["labels"][k] == v.as_str()))
+        // The server does not filter by pool: an idle VM names its pool, a handed-out one not.
+        .filter(|vm| pool.is_none_or(|p| vm["pool"] == p))
         .cloned()
         .collect();
-    if context.json {
+    if context.args.flag("quiet") {
+        for vm in &vms {
+            println!("{}", vm["id"].as_str().unwrap_or_default());
+        }
+    } else if context.json {
         println!("{}", Value::Array(vms));
     } else {
         print!("{}", output::vm_list_table(&vms));
@@ -509,6 +553,13 @@ fn health(context: &Context) -> Result<(), Failure> {
         println!("{health}");
     } else {
         print!("{}", output::health_table(&health));
+    }
+    // A server with a token answers a request without it with the status alone.
+    if health.get("checks").is_none() {
+        eprintln!(
+            "osx-builder: the server keeps its checks for requests with its token; give \
+             --token-file / OSX_BUILDER_TOKEN_FILE (or --token) to see them"
+        );
     }
     if health["status"] == "ok" {
         return Ok(());

@@ -103,6 +103,8 @@ pub fn vm_list_table(vms: &[Value]) -> String {
                 status_word(vm).to_string(),
                 text(&vm["progress"]["phase"]),
                 or_dash(text(&vm["ip_address"])),
+                or_dash(text(&vm["pool"])),
+                or_dash(labels(&vm["labels"])),
                 text(&vm["cpus"]),
                 text(&vm["memory"]),
                 or_dash(text(&vm["expires_at"])),
@@ -112,10 +114,22 @@ pub fn vm_list_table(vms: &[Value]) -> String {
         .collect();
     table(
         &[
-            "ID", "STATUS", "PHASE", "IP", "CPUS", "MEMORY", "EXPIRES", "CREATED",
+            "ID", "STATUS", "PHASE", "IP", "POOL", "LABELS", "CPUS", "MEMORY", "EXPIRES", "CREATED",
         ],
         &rows,
     )
+}
+
+/// `k=v,k2=v2`, in the order the server gave them.
+fn labels(labels: &Value) -> String {
+    match labels {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    }
 }
 
 pub fn image_list_table(images: &[Value]) -> String {
@@ -190,7 +204,10 @@ pub fn health_table(health: &Value) -> String {
         ));
     }
     out.push('\n');
-    out.push_str(&table(&["CHECK", "STATE", "DETAIL"], &rows));
+    // Without the token a server answers its status alone: no table of nothing.
+    if health["checks"].is_object() {
+        out.push_str(&table(&["CHECK", "STATE", "DETAIL"], &rows));
+    }
     out
 }
 
