@@ -16,6 +16,9 @@ use super::{vm_name, Tart, GUEST_DIR, RUN_LOG, SHARE_NAME};
 use crate::hypervisor::{Call, HypervisorError};
 use crate::sys::cancel::Cancel;
 
+/// How long a runner must live with its VM listed running before the start counts.
+const START_SETTLE: Duration = Duration::from_secs(1);
+
 pub fn start(
     tart: &Tart,
     vm: &Path,
@@ -93,6 +96,7 @@ pub fn start(
         Err(e) => return Err(spawn_error(e)),
     };
     let deadline = Instant::now() + tart.settings.timeouts.start;
+    let mut seen: Option<Instant> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let text = std::fs::read(&log_path).unwrap_or_default();
@@ -100,7 +104,16 @@ pub fn start(
                 String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
             return Err(super::errors::judge(call, status.code(), &new));
         }
-        if runs(tart, &name) {
+        // tart takes the VM's lock before the framework starts it, so a start that fails
+        // (the two-VM limit, a locked keychain) is listed running for a moment: the runner
+        // must outlive that moment.
+        let listed_since = if runs(tart, &name) {
+            *seen.get_or_insert_with(Instant::now)
+        } else {
+            seen = None;
+            Instant::now()
+        };
+        if seen.is_some() && listed_since.elapsed() >= START_SETTLE {
             // Reaped by a thread of its own while the server runs; after a restart the
             // runner is init's child, and the VM goes on.
             let _ = thread::Builder::new()
