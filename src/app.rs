@@ -144,7 +144,6 @@ pub fn build(
                 apple: Some(config.dhcp_leases_apple.clone()).filter(|p| !p.as_os_str().is_empty()),
             },
             callback,
-            strict_vmx: config.strict_vmx,
             boot: BootSettings {
                 timeout: config.boot_timeout,
                 headless_retry_gui: config.headless_retry_gui,
@@ -249,6 +248,7 @@ pub fn vmrun_settings(config: &Config) -> crate::hypervisor::vmrun::VmrunSetting
             snapshot: config.timeout_snapshot,
             ..crate::hypervisor::vmrun::Timeouts::DEFAULT
         },
+        strict_vmx: config.strict_vmx,
     }
 }
 

@@ -35,7 +35,8 @@ pub enum ApiError {
     /// 409: vmrun cannot open the VM (corrupt VMX).
     VmOpenError(String),
     /// 500: vmrun is not where the settings say.
-    VmrunMissing(String),
+    /// The hypervisor's tool is missing; its code (`vmrun-not-found`, `tart-not-found`).
+    VmrunMissing(&'static str, String),
     /// 500: destroying the VM failed for another reason.
     VmDeleteError(String),
     /// 500
@@ -86,7 +87,7 @@ impl ApiError {
             Self::VmNotFound | Self::RouteNotFound(_) | Self::VmLogNotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::VmLocked(_) | Self::VmOpenError(_) => 409,
-            Self::VmrunMissing(_) | Self::VmDeleteError(_) | Self::Internal(_) => 500,
+            Self::VmrunMissing(..) | Self::VmDeleteError(_) | Self::Internal(_) => 500,
             Self::Unauthorized(_) => 401,
             Self::CapacityExhausted(_) | Self::Draining { .. } => 503,
             Self::VmDeleting | Self::ImageInUse(_) => 409,
@@ -112,7 +113,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::VmLocked(_) => "vm-locked",
             Self::VmOpenError(_) => "vm-open-error",
-            Self::VmrunMissing(_) => "vmrun-not-found",
+            Self::VmrunMissing(code, _) => code,
             Self::VmDeleteError(_) => "vm-delete-error",
             Self::Internal(_) => "internal-error",
             Self::Unauthorized(_) => "unauthorized",
@@ -164,7 +165,7 @@ impl ApiError {
             Self::VmOpenError(detail) => format!(
                 "vmrun cannot open the virtual machine ({detail}); its VMX may be corrupt: manual intervention may be needed"
             ),
-            Self::VmrunMissing(detail) | Self::VmDeleteError(detail) | Self::Internal(detail) => {
+            Self::VmrunMissing(_, detail) | Self::VmDeleteError(detail) | Self::Internal(detail) => {
                 detail.clone()
             }
             Self::Unauthorized(detail) => detail.clone(),
@@ -254,7 +255,7 @@ impl From<crate::service::Error> for ApiError {
             Error::VmNotFound => Self::VmNotFound,
             Error::VmLogNotFound(id) => Self::VmLogNotFound(id),
             Error::VmLocked(detail) => Self::VmLocked(detail),
-            Error::HypervisorMissing(detail) => Self::VmrunMissing(detail),
+            Error::HypervisorMissing(code, detail) => Self::VmrunMissing(code, detail),
             Error::DeleteFailed(detail) => Self::VmDeleteError(detail),
             Error::Internal(detail) => Self::Internal(detail),
             Error::CapacityExhausted(shortage) => Self::CapacityExhausted(shortage),

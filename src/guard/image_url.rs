@@ -19,7 +19,8 @@ impl Guard {
                 "file:// image URLs are off on this server: serve the image over http://, or start the server with --file-image-dir DIR (OSX_BUILDER_FILE_IMAGE_DIR) to allow local images under DIR",
             ));
         }
-        let resolved = super::vmx_policy::resolve(Path::new("/"), &path.to_string_lossy());
+        let resolved =
+            crate::hypervisor::vmx_policy::resolve(Path::new("/"), &path.to_string_lossy());
         if self
             .file_image_dirs
             .iter()

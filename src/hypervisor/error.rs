@@ -4,9 +4,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One vmrun invocation as messages name it: `vmrun start /path/to/vm.vmx`.
+/// One invocation of the hypervisor's tool as messages name it: `vmrun start
+/// /path/to/vm.vmx`, `tart run osxb-...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// `vmrun` or `tart`.
+    pub tool: &'static str,
     pub command: &'static str,
     pub vmx: Option<PathBuf>,
 }
@@ -14,16 +17,20 @@ pub struct Call {
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.vmx {
-            Some(vmx) => write!(f, "vmrun {} {}", self.command, vmx.display()),
-            None => write!(f, "vmrun {}", self.command),
+            Some(vmx) => write!(f, "{} {} {}", self.tool, self.command, vmx.display()),
+            None => write!(f, "{} {}", self.tool, self.command),
         }
     }
 }
 
 #[derive(Debug)]
 pub enum HypervisorError {
-    /// The configured vmrun is missing or not an executable file.
-    NotFound { path: PathBuf, problem: String },
+    /// The configured tool (`vmrun`, `tart`) is missing or not an executable file.
+    NotFound {
+        tool: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
     /// vmrun exists but could not be started.
     Spawn {
         call: Call,
@@ -54,12 +61,26 @@ pub enum HypervisorError {
     /// The driver refused to run a call that would do harm (e.g. a linked clone without a
     /// snapshot name, which makes vmrun grow the parent's snapshot chain).
     InvalidArgument { call: Call, problem: String },
+    /// The driver's own verdict on a VM or an image, with its code (`snapshot-missing`,
+    /// `image-vmx-unsafe`, `clone-exists`, `host-keychain-locked`, ...) and a message
+    /// that says what to do.
+    Refused { code: &'static str, message: String },
+    /// The host runs as many VMs as its hypervisor allows (tart: Apple's two macOS VMs).
+    HostLimit { call: Call, message: String },
 }
 
 impl HypervisorError {
     pub fn code(&self) -> &'static str {
         match self {
+            HypervisorError::NotFound { tool: "tart", .. } => "tart-not-found",
             HypervisorError::NotFound { .. } => "vmrun-not-found",
+            HypervisorError::Spawn { call, .. } if call.tool == "tart" => "tart-spawn-failed",
+            HypervisorError::Timeout { call, .. } if call.tool == "tart" => "tart-timeout",
+            HypervisorError::Cancelled { call } if call.tool == "tart" => "tart-cancelled",
+            HypervisorError::Failed { call, .. } if call.tool == "tart" => "tart-failed",
+            HypervisorError::InvalidArgument { call, .. } if call.tool == "tart" => {
+                "tart-invalid-argument"
+            }
             HypervisorError::Spawn { .. } => "vmrun-spawn-failed",
             HypervisorError::Timeout { .. } => "vmrun-timeout",
             HypervisorError::Cancelled { .. } => "vmrun-cancelled",
@@ -70,13 +91,15 @@ impl HypervisorError {
             HypervisorError::Failed { .. } => "vmrun-failed",
             HypervisorError::BadOutput { .. } => "vmrun-bad-output",
             HypervisorError::InvalidArgument { .. } => "vmrun-invalid-argument",
+            HypervisorError::Refused { code, .. } => code,
+            HypervisorError::HostLimit { .. } => "host-vm-limit",
         }
     }
 
     /// The call that failed (`None` for a missing vmrun found before any call).
     pub fn call(&self) -> Option<&Call> {
         match self {
-            HypervisorError::NotFound { .. } => None,
+            HypervisorError::NotFound { .. } | HypervisorError::Refused { .. } => None,
             HypervisorError::Spawn { call, .. }
             | HypervisorError::Timeout { call, .. }
             | HypervisorError::Cancelled { call }
@@ -86,7 +109,8 @@ impl HypervisorError {
             | HypervisorError::AlreadyRunning { call, .. }
             | HypervisorError::Failed { call, .. }
             | HypervisorError::BadOutput { call, .. }
-            | HypervisorError::InvalidArgument { call, .. } => Some(call),
+            | HypervisorError::InvalidArgument { call, .. }
+            | HypervisorError::HostLimit { call, .. } => Some(call),
         }
     }
 
@@ -97,7 +121,8 @@ impl HypervisorError {
             | HypervisorError::VmOpenError { message, .. }
             | HypervisorError::NotPoweredOn { message, .. }
             | HypervisorError::AlreadyRunning { message, .. }
-            | HypervisorError::Failed { message, .. } => Some(message),
+            | HypervisorError::Failed { message, .. }
+            | HypervisorError::HostLimit { message, .. } => Some(message),
             _ => None,
         }
     }
@@ -106,7 +131,17 @@ impl HypervisorError {
 impl fmt::Display for HypervisorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HypervisorError::NotFound { path, problem } => write!(
+            HypervisorError::NotFound {
+                tool: "tart",
+                path,
+                problem,
+            } => write!(
+                f,
+                "tart not found at {}: {problem}; install it (brew install cirruslabs/cli/tart) or \
+                 set --tart-path / OSX_BUILDER_TART_PATH to the full path of the tart executable",
+                path.display()
+            ),
+            HypervisorError::NotFound { path, problem, .. } => write!(
                 f,
                 "vmrun not found at {}: {problem}; install VMware Fusion (or Workstation) or set \
                  VMWARE_VMRUN_PATH to the full path of its vmrun executable",
@@ -120,13 +155,20 @@ impl fmt::Display for HypervisorError {
             ),
             HypervisorError::Timeout { call, limit } => write!(
                 f,
-                "{call}: no answer within {}, so vmrun and its child processes were killed; \
-                 VMware may be hung: check the VM in VMware and retry",
-                seconds(*limit)
+                "{call}: no answer within {}, so {} and its child processes were killed; \
+                 {} may be hung: check the VM and retry",
+                seconds(*limit),
+                call.tool,
+                if call.tool == "tart" {
+                    "the Virtualization framework"
+                } else {
+                    "VMware"
+                }
             ),
             HypervisorError::Cancelled { call } => write!(
                 f,
-                "{call}: cancelled; vmrun, if it had started, was killed with its child processes"
+                "{call}: cancelled; {}, if it had started, was killed with its child processes",
+                call.tool
             ),
             HypervisorError::VmLocked { call, message } => write!(
                 f,
@@ -161,6 +203,13 @@ impl fmt::Display for HypervisorError {
             HypervisorError::InvalidArgument { call, problem } => {
                 write!(f, "{call}: not run: {problem}")
             }
+            HypervisorError::Refused { message, .. } => write!(f, "{message}"),
+            HypervisorError::HostLimit { call, message } => write!(
+                f,
+                "{call}: the host runs as many VMs as it allows ({}: {message:?}); wait for a VM \
+                 to be deleted, or lower --max-vms",
+                call.tool
+            ),
         }
     }
 }

@@ -7,15 +7,17 @@
 //! copied to the clone's path, a deleted VM's VMX is removed. Everything else (snapshots,
 //! which VMs run, addresses) lives only here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::running::RunningVms;
-use super::{Call, Hypervisor, HypervisorError, IpAnswer};
+use super::vmrun::vm_ops;
+use super::{Call, Configured, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings};
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::guestinfo::GuestInfo;
 
 /// What a command made to fail answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,7 @@ impl FakeHypervisor {
         cancel: Option<&Cancel>,
     ) -> Result<(), HypervisorError> {
         let call = Call {
+            tool: "vmrun",
             command,
             vmx: vmx.map(Path::to_path_buf),
         };
@@ -150,6 +153,7 @@ impl FakeHypervisor {
         });
         if state.unavailable {
             return Err(HypervisorError::NotFound {
+                tool: "vmrun",
                 path: PathBuf::from("fake-vmrun"),
                 problem: "no such file".into(),
             });
@@ -198,34 +202,7 @@ fn count(state: &mut State, command: &str, outcome: &str) {
         .or_default() += 1;
 }
 
-impl Hypervisor for FakeHypervisor {
-    fn check_available(&self) -> Result<(), HypervisorError> {
-        if self.state().unavailable {
-            return Err(HypervisorError::NotFound {
-                path: PathBuf::from("fake-vmrun"),
-                problem: "no such file".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn running(&self) -> &RunningVms {
-        &self.running
-    }
-
-    fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
-        let ticket = self.running.begin();
-        let listed = self.enter("list", None, None).map(|()| {
-            let state = self.state();
-            state.running.iter().cloned().collect::<Vec<_>>()
-        });
-        match &listed {
-            Ok(paths) => self.running.listed(ticket, paths),
-            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
-        }
-        listed
-    }
-
+impl vm_ops::Snapshots for FakeHypervisor {
     fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
         self.enter("listSnapshots", Some(vmx), None)?;
         Ok(self.state().snapshots.get(vmx).cloned().unwrap_or_default())
@@ -251,6 +228,7 @@ impl Hypervisor for FakeHypervisor {
     ) -> Result<(), HypervisorError> {
         self.enter("clone", Some(src), Some(cancel))?;
         let call = || Call {
+            tool: "vmrun",
             command: "clone",
             vmx: Some(src.to_path_buf()),
         };
@@ -274,6 +252,74 @@ impl Hypervisor for FakeHypervisor {
             message: format!("cannot write the clone: {e}"),
         })
     }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn check_available(&self) -> Result<(), HypervisorError> {
+        if self.state().unavailable {
+            return Err(HypervisorError::NotFound {
+                tool: "vmrun",
+                path: PathBuf::from("fake-vmrun"),
+                problem: "no such file".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> &RunningVms {
+        &self.running
+    }
+
+    fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
+        let ticket = self.running.begin();
+        let listed = self.enter("list", None, None).map(|()| {
+            let state = self.state();
+            state.running.iter().cloned().collect::<Vec<_>>()
+        });
+        match &listed {
+            Ok(paths) => self.running.listed(ticket, paths),
+            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
+        }
+        listed
+    }
+
+    fn prepare_gold(&self, gold_vmx: &Path) -> Result<(), HypervisorError> {
+        vm_ops::prepare_gold(self, gold_vmx)
+    }
+
+    fn clone_vm(
+        &self,
+        gold_vmx: &Path,
+        vmx: &Path,
+        name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        vm_ops::clone_vm(self, gold_vmx, vmx, name, cancel)
+    }
+
+    fn configure(
+        &self,
+        vmx: &Path,
+        gold_dir: &Path,
+        settings: &VmSettings<'_>,
+        guestinfo: &GuestInfo,
+    ) -> Result<Configured, HypervisorError> {
+        vm_ops::configure(vmx, gold_dir, false, settings, guestinfo)
+    }
+
+    fn remove_stale_locks(&self, vmx: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+        vmx.parent()
+            .map(|dir| super::locks::remove_locks_in(dir, running))
+            .unwrap_or_default()
+    }
+
+    fn open_log(&self, vmx: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        vm_ops::open_log(vmx)
+    }
+
+    fn log_tail(&self, vmx: &Path) -> Option<LogTail> {
+        vm_ops::log_tail(vmx)
+    }
 
     fn start(&self, vmx: &Path, _headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         self.enter("start", Some(vmx), Some(cancel))?;
@@ -281,6 +327,7 @@ impl Hypervisor for FakeHypervisor {
         if state.running.contains(vmx) {
             return Err(HypervisorError::AlreadyRunning {
                 call: Call {
+                    tool: "vmrun",
                     command: "start",
                     vmx: Some(vmx.to_path_buf()),
                 },
@@ -315,6 +362,7 @@ impl Hypervisor for FakeHypervisor {
     fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
         self.enter("deleteVM", Some(vmx), None)?;
         let call = || Call {
+            tool: "vmrun",
             command: "deleteVM",
             vmx: Some(vmx.to_path_buf()),
         };
@@ -346,6 +394,7 @@ impl Hypervisor for FakeHypervisor {
         if !state.running.contains(vmx) {
             return Err(HypervisorError::NotPoweredOn {
                 call: Call {
+                    tool: "vmrun",
                     command: "getGuestIPAddress",
                     vmx: Some(vmx.to_path_buf()),
                 },
@@ -367,12 +416,13 @@ impl Hypervisor for FakeHypervisor {
         self.guest_ip(vmx, cancel)
     }
 
-    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+    fn write_guest_data(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
         self.enter("writeVariable", Some(vmx), None)?;
         let mut state = self.state();
         if !state.running.contains(vmx) {
             return Err(HypervisorError::NotPoweredOn {
                 call: Call {
+                    tool: "vmrun",
                     command: "writeVariable",
                     vmx: Some(vmx.to_path_buf()),
                 },

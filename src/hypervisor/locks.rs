@@ -27,17 +27,6 @@ pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
     }
 }
 
-/// Before starting a VM: removes lock folders that no running VM can own. VMware leaves
-/// them behind when the host or its process dies, and then refuses to start the VM with
-/// "The file is already in use".
-pub fn remove_stale_locks(hypervisor: &dyn Hypervisor, vmx_path: &Path) {
-    if let Some(running) = running_set(hypervisor) {
-        if let Some(dir) = vmx_path.parent() {
-            remove_locks_in(dir, &running);
-        }
-    }
-}
-
 /// Removes `*.lck` folders directly in `dir` unless a running VM's VMX lives there.
 pub fn remove_locks_in(dir: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
     let dir = canonical(dir);

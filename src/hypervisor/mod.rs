@@ -1,11 +1,14 @@
-//! What runs VMs. [`Hypervisor`] is the one interface the service and provisioning use;
-//! [`vmrun::Vmrun`] implements it for VMware Fusion and Workstation, and
-//! [`fake::FakeHypervisor`] in memory for the service's unit tests. The rest of this folder
-//! is what VMware's files say: VMX, disk chains, locks, DHCP leases, `vmware.log`.
+//! What runs VMs. [`Hypervisor`] is the one interface the service and provisioning use; it
+//! speaks of VMs (prepare a gold, clone, configure, start, stop, delete, IP, guest data, the
+//! VM's log), never of how a hypervisor keeps them. [`vmrun::Vmrun`] implements it for
+//! VMware Fusion and Workstation (with what is VMware's: VMX, snapshots, linked-clone
+//! parents, `.lck` folders, `vmware.log`, in this folder), and [`fake::FakeHypervisor`] in
+//! memory for the service's unit tests.
 //!
-//! VMs are named by the path of their VMX, the key `vmrun` itself uses. A backend that keeps
-//! its VMs elsewhere (tart keeps them in its own folder, by name) maps that path to its name:
-//! the VM's folder under `vms/` is still where the server keeps its record.
+//! VMs are named by the path `vms/<id>/<id>.vmx` of the server's data folder, the key `vmrun`
+//! itself uses. A backend that keeps its VMs elsewhere (tart keeps them in its own folder, by
+//! name) maps that path to its name: the VM's folder under `vms/` is still where the server
+//! keeps its record.
 
 pub(crate) mod dependants;
 mod error;
@@ -13,19 +16,55 @@ mod error;
 pub(crate) mod fake;
 pub(crate) mod guest_ip;
 pub(crate) mod locks;
+pub(crate) mod process;
 pub(crate) mod running;
+pub mod tart;
 pub mod vmrun;
 pub(crate) mod vmware_log;
 pub mod vmx;
+pub(crate) mod vmx_policy;
 
+use std::collections::HashSet;
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Call, HypervisorError};
 
 use crate::sys::cancel::Cancel;
+use crate::vm::guestinfo::GuestInfo;
 use running::RunningVms;
+
+/// What a fresh clone is set to.
+#[derive(Debug, Clone)]
+pub struct VmSettings<'a> {
+    /// The VM's id, as the hypervisor shows it.
+    pub name: &'a str,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    /// `bridged`, `nat` or `hostonly`.
+    pub network_type: &'a str,
+    pub headless: bool,
+    /// Where the VM came from, kept with it where the hypervisor has room for a note.
+    pub image: serde_json::Value,
+}
+
+/// What configuring a clone found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configured {
+    /// The guest OS the VM's configuration names.
+    pub guest_os: String,
+    /// Lines of the image's configuration removed because they reach outside the VM.
+    pub removed: Vec<String>,
+}
+
+/// The last lines of a VM's own log, and where that log is.
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    pub path: PathBuf,
+    pub lines: Vec<String>,
+}
 
 /// What a query for the guest's IP address answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,21 +96,40 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// The VMX paths of the VMs that run now; refreshes [`Hypervisor::running`].
     fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError>;
 
-    /// Snapshot names of the gold VM at `vmx`.
-    fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError>;
+    /// Makes the gold VM at `gold` (as the image cache published it) ready to be cloned;
+    /// run under the gold's lock before its first clone since the server started.
+    fn prepare_gold(&self, gold: &Path) -> Result<(), HypervisorError>;
 
-    /// Takes the snapshot `name` of the (powered off) gold VM at `vmx`.
-    fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError>;
-
-    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`, named `clone_name`.
-    fn clone_linked(
+    /// Makes `vm` a clone of the gold VM `gold`, shown as `name`. Never replaces a VM.
+    fn clone_vm(
         &self,
-        src: &Path,
-        dst: &Path,
-        snapshot: &str,
-        clone_name: &str,
+        gold: &Path,
+        vm: &Path,
+        name: &str,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError>;
+
+    /// Sets a fresh clone's cpus, memory, network and display, and gives it `guestinfo`
+    /// (to be read in the guest; values are secrets: never logged). `gold_dir` is the gold
+    /// image's folder, the only place outside the VM its configuration may name.
+    fn configure(
+        &self,
+        vm: &Path,
+        gold_dir: &Path,
+        settings: &VmSettings<'_>,
+        guestinfo: &GuestInfo,
+    ) -> Result<Configured, HypervisorError>;
+
+    /// Removes what a crash of the host left saying `vm` runs, when no VM in `running`
+    /// says so; returns what was removed.
+    fn remove_stale_locks(&self, vm: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf>;
+
+    /// The VM's own log (VMware's `vmware.log`, tart's runner output), opened, with its
+    /// length; `None` when it has none.
+    fn open_log(&self, vm: &Path) -> std::io::Result<Option<(File, u64)>>;
+
+    /// The last lines of the VM's own log, for a failed VM's record.
+    fn log_tail(&self, vm: &Path) -> Option<LogTail>;
 
     /// Powers the VM on; returns when it begins to boot, not when the guest is up.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
@@ -98,10 +156,10 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError>;
 
-    /// Sets the running guest's variable `guestinfo.NAME` (`vmrun writeVariable VMX guestVar
-    /// NAME VALUE`), which the guest reads with `vmware-rpctool "info-get guestinfo.NAME"`;
-    /// it lasts until the VM powers off. `value` is a secret: implementations never log it.
-    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError>;
+    /// Gives the running guest the value `value` under `name` (VMware: `guestinfo.NAME`
+    /// through `vmrun writeVariable`, read with `vmware-rpctool "info-get guestinfo.NAME"`;
+    /// tart: a file in the VM's shared folder). `value` is a secret: never logged.
+    fn write_guest_data(&self, vm: &Path, name: &str, value: &str) -> Result<(), HypervisorError>;
 
     /// How long a start may take: a restart waits this long for a start still in flight.
     fn start_timeout(&self) -> Duration;

@@ -288,7 +288,7 @@ impl fmt::Display for ImageError {
             }
             Self::VmxUnsafe { url, lines } => {
                 write!(f, "image {url}: ")?;
-                f.write_str(&crate::guard::unsafe_vmx_message(lines))
+                f.write_str(&crate::hypervisor::vmx_policy::unsafe_vmx_message(lines))
             }
             Self::Cancelled => f.write_str(
                 "the image download was cancelled (DELETE /images/:checksum, or every VM that \

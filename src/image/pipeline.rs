@@ -403,9 +403,11 @@ fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage
 /// lines removed, and the log says so now.
 fn check_vmx(job: &Job, staging: &Path, vmx: &Path) -> Result<(), ImageError> {
     let (_, findings) =
-        crate::guard::inspect_vmx(vmx, staging, None).map_err(|detail| ImageError::VmxUnsafe {
-            url: job.spec.url.clone(),
-            lines: vec![format!("the VMX cannot be read: {detail}")],
+        crate::hypervisor::vmx_policy::inspect_vmx(vmx, staging, None).map_err(|detail| {
+            ImageError::VmxUnsafe {
+                url: job.spec.url.clone(),
+                lines: vec![format!("the VMX cannot be read: {detail}")],
+            }
         })?;
     if findings.is_empty() {
         return Ok(());

@@ -3,7 +3,6 @@
 //! the operator asked to keep it (`?keep=true`, `--keep-failed`); and a VM whose clone
 //! exists carries the tail of its `vmware.log`, which is what an operator reads first.
 
-use crate::hypervisor::vmware_log;
 use crate::sys::cancel::Cancel;
 use crate::vm::{Phase, Status, VmId};
 
@@ -43,23 +42,26 @@ impl Provisioner {
                 length.as_secs()
             ),
         }
-        // Read after the stop: VMware writes the power-off to the log too.
-        let log_tail = vmx
-            .is_file()
-            .then(|| vmware_log::tail(&self.store.vm_dir(id), vmware_log::TAIL_LINES))
-            .flatten();
-        if let Some(lines) = &log_tail {
+        // Read after the stop: the hypervisor writes the power-off to the log too.
+        let tail = self.hypervisor.log_tail(&vmx);
+        if let Some(tail) = &tail {
+            let file = tail
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             crate::warn!(
                 vm = id, code = code;
                 "{} last {} lines of {}:",
                 code,
-                lines.len(),
-                self.store.vm_dir(id).join(vmware_log::FILE_NAME).display()
+                tail.lines.len(),
+                tail.path.display()
             );
-            for line in lines {
-                crate::warn!(vm = id, code = code; "vmware.log| {line}");
+            for line in &tail.lines {
+                crate::warn!(vm = id, code = code; "{file}| {line}");
             }
         }
+        let log_tail = tail.map(|t| t.lines);
         let lease_end = match kept {
             Some(Kept::BySetting(length)) => {
                 let ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);

@@ -22,10 +22,6 @@ use crate::service::metrics::Metrics;
 use crate::vm::VmStore;
 use tasks::Tasks;
 
-/// The name of the one snapshot made on every gold VM, which every linked clone names.
-/// Cloning without `-snapshot` would add a new `Clone` snapshot to the gold VM each time.
-pub const BASE_SNAPSHOT: &str = "osx-builder-base";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     /// From the start: image, clone, configure, start, IP.
@@ -41,8 +37,6 @@ pub struct ProvisionSettings {
     /// Where to look for a VM's DHCP lease when Tools report no address.
     pub leases: crate::hypervisor::guest_ip::dhcp::LeaseFiles,
     pub callback: CallbackSettings,
-    /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses.
-    pub strict_vmx: bool,
     pub boot: BootSettings,
 }
 

@@ -1,7 +1,6 @@
 //! The steps of provisioning one VM, each recorded in the VM's `progress.phase` before it
 //! runs, so that a failure (or a crash) says where it happened.
 
-use std::fs;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread;
@@ -10,13 +9,11 @@ use std::time::{Duration, Instant};
 use crate::vm::VmId;
 
 use super::tasks::Task;
-use super::{Job, Provisioner, BASE_SNAPSHOT};
-use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
-use crate::hypervisor::HypervisorError;
+use super::{Job, Provisioner};
+use crate::hypervisor::{HypervisorError, VmSettings};
 use crate::image::gold_locks::GoldState;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
-use crate::sys::fsutil;
 use crate::vm::guestinfo::GuestInfo;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm};
@@ -172,30 +169,7 @@ impl Provisioner {
             let _gold_work = GoldWork(task);
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
-                let snapshots = self.hypervisor.list_snapshots(&gold.vmx)?;
-                if !snapshots.iter().any(|s| s == BASE_SNAPSHOT) {
-                    self.hypervisor.snapshot(&gold.vmx, BASE_SNAPSHOT)?;
-                    // Trusting a `snapshot` that printed something odd and did nothing would
-                    // mark the gold VM ready and fail every clone of it until a restart.
-                    if !self
-                        .hypervisor
-                        .list_snapshots(&gold.vmx)?
-                        .iter()
-                        .any(|s| s == BASE_SNAPSHOT)
-                    {
-                        return Err(Stop::failed(
-                            "snapshot-missing",
-                            format!(
-                                "vmrun snapshot {} reported success, but listSnapshots does not list the snapshot {BASE_SNAPSHOT}; check the gold VM in VMware, then create the VM again",
-                                gold.vmx.display()
-                            ),
-                        ));
-                    }
-                    crate::info!(
-                        "vm={id} made base snapshot {BASE_SNAPSHOT} of gold image {}",
-                        gold.checksum
-                    );
-                }
+                self.hypervisor.prepare_gold(&gold.vmx)?;
                 gold_state.snapshot_ready = true;
             }
             check(cancel)?;
@@ -207,48 +181,63 @@ impl Provisioner {
                 .settle(id)
                 .map_err(|e| Stop::failed(e.code(), e.to_string()))?;
             let cloning = Instant::now();
-            let cloned = self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel);
+            // Never cancelled: killed half way, it would leave its lock on the gold VM.
+            let cloned = self
+                .hypervisor
+                .clone_vm(&gold.vmx, &vmx_path, &id.to_string(), cancel);
             self.note_gold_blocked(&gold.checksum, &gold.vmx, &cloned);
-            cloned.map_err(clone_stop)?;
+            cloned?;
             self.metrics.observe_clone(cloning.elapsed());
         }
         check(cancel)?;
-        if !vmx_path.is_file() {
-            return Err(Stop::failed(
-                "clone-missing",
-                format!(
-                    "vmrun clone of {} reported success, but {} does not exist; check VMware and the free space of the data folder, then create the VM again",
-                    gold.vmx.display(),
-                    vmx_path.display()
-                ),
-            ));
-        }
 
         self.set_phase(id, Phase::Configuring);
-        self.enforce_vmx(id, &vmx_path, &gold.dir)?;
-        let guest_os = configure(&vmx_path, vm, &guestinfo).map_err(|message| {
-            Stop::failed(
-                "vmx-edit-failed",
-                format!("editing {}: {message}", vmx_path.display()),
-            )
-        })?;
+        let name = id.to_string();
+        let image = serde_json::to_value(&vm.image)
+            .map_err(|e| Stop::failed("vmx-edit-failed", e.to_string()))?;
+        let settings = VmSettings {
+            name: &name,
+            cpus: vm.cpus,
+            memory_mb: vm.memory,
+            network_type: vm.network_type.as_str(),
+            headless: vm.headless,
+            image,
+        };
+        let configured = self
+            .hypervisor
+            .configure(&vmx_path, &gold.dir, &settings, &guestinfo)?;
+        if !configured.removed.is_empty() {
+            crate::warn!(
+                "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
+                configured.removed.len(),
+                configured.removed.join("; ")
+            );
+        }
         check(cancel)?;
 
         // One durable write for both: each costs two fsyncs.
         self.record(id, |vm| {
-            vm.guest_os = guest_os;
+            vm.guest_os = configured.guest_os;
+            if !configured.removed.is_empty() {
+                vm.vmx_removed = configured.removed;
+            }
             vm.progress.phase = Phase::Starting;
         });
-        crate::hypervisor::locks::remove_stale_locks(self.hypervisor.as_ref(), &vmx_path);
+        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+        if let Some(running) = &running {
+            self.hypervisor.remove_stale_locks(&vmx_path, running);
+        }
         if let Err(err) = self.hypervisor.start(&vmx_path, vm.headless, cancel) {
-            // `Cannot connect to the virtual machine` has come while the VM did start: only
-            // `list` tells, and a running VM behind a failed record would hold a place.
+            // A start has been seen to fail while the VM did start: only the listing tells,
+            // and a running VM behind a failed record would hold a place.
             let runs = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
                 .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx_path)));
             match (&err, runs) {
                 (HypervisorError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {
-                    crate::warn!("vm={id} {err}; but vmrun lists it running, so it started");
+                    crate::warn!(
+                        "vm={id} {err}; but the hypervisor lists it running, so it started"
+                    );
                 }
                 // `fail_vm` stops it (phase `starting`), unless it is to be kept.
                 _ => return Err(Stop::from(err)),
@@ -260,97 +249,6 @@ impl Provisioner {
             vm.progress.phase = Phase::WaitingForIp;
         });
         self.watch_ip(vm, cancel, Some(booted))
-    }
-
-    /// The clone's VMX is ours, not the image's: the allow-list runs before VMware starts it.
-    fn enforce_vmx(&self, id: VmId, vmx_path: &Path, gold_dir: &Path) -> Result<(), Stop> {
-        let strict = self.settings.strict_vmx;
-        match crate::guard::enforce_vmx(vmx_path, Some(gold_dir), strict) {
-            Ok(crate::guard::VmxVerdict::Cleaned(lines)) if lines.is_empty() => Ok(()),
-            Ok(crate::guard::VmxVerdict::Cleaned(lines)) => {
-                crate::warn!(
-                    "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
-                    lines.len(),
-                    lines.join("; ")
-                );
-                self.record(id, |vm| vm.vmx_removed = lines);
-                Ok(())
-            }
-            Ok(crate::guard::VmxVerdict::Refused(lines)) => Err(Stop::failed(
-                "image-vmx-unsafe",
-                crate::guard::unsafe_vmx_message(&lines),
-            )),
-            Err(message) => Err(Stop::failed(
-                "vmx-edit-failed",
-                format!("checking {}: {message}", vmx_path.display()),
-            )),
-        }
-    }
-
-    /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
-    /// VMware window holding the gold VM open, or from a lock a dead vmrun left (removed
-    /// before each try), so it is retried a few times. The clone itself is never cancelled:
-    /// killed half way, it would leave its lock on the gold VM. `cancel` ends the waits.
-    fn clone_with_retry(
-        &self,
-        gold_vmx: &Path,
-        vmx_path: &Path,
-        name: &str,
-        cancel: &Cancel,
-    ) -> Result<(), HypervisorError> {
-        let mut attempt = 0;
-        let mut remade = false;
-        loop {
-            if let Some(dir) = gold_vmx.parent() {
-                crate::hypervisor::locks::remove_dead_locks_in(dir);
-            }
-            let cloned = self.hypervisor.clone_linked(
-                gold_vmx,
-                vmx_path,
-                BASE_SNAPSHOT,
-                name,
-                &Cancel::new(),
-            );
-            match cloned {
-                Err(HypervisorError::VmLocked { .. }) if attempt < 3 => {
-                    attempt += 1;
-                    crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
-                    if sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel).is_err() {
-                        let call = cloned.err().and_then(|e| e.call().cloned());
-                        return Err(HypervisorError::Cancelled {
-                            call: call.unwrap_or(crate::hypervisor::Call {
-                                command: "clone",
-                                vmx: Some(gold_vmx.to_path_buf()),
-                            }),
-                        });
-                    }
-                }
-                // Someone deleted the snapshot in Fusion, or restored the gold VM: make it
-                // again (the caller holds the gold lock) rather than failing every clone.
-                Err(err) if crate::hypervisor::vmrun::is_invalid_snapshot(&err) && !remade => {
-                    remade = true;
-                    crate::warn!(
-                        "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
-                    );
-                    match self.hypervisor.snapshot(gold_vmx, BASE_SNAPSHOT) {
-                        Ok(()) => {}
-                        // vmrun has answered a clone with `Invalid snapshot name` while the
-                        // snapshot was there: if it is listed, the clone is tried once more.
-                        Err(exists) if crate::hypervisor::vmrun::is_snapshot_exists(&exists) => {
-                            let listed = self.hypervisor.list_snapshots(gold_vmx)?;
-                            if !listed.iter().any(|s| s == BASE_SNAPSHOT) {
-                                return Err(exists);
-                            }
-                            crate::warn!(
-                                "vm={name} vmrun clone said the snapshot {BASE_SNAPSHOT} is invalid, but it exists and is listed; retrying the clone once"
-                            );
-                        }
-                        Err(other) => return Err(other),
-                    }
-                }
-                other => return other,
-            }
-        }
     }
 
     /// Says on `/images/:checksum` and `/healthz` that the image cannot be cloned while
@@ -445,49 +343,6 @@ fn image_phase(phase: ImagePhase) -> Phase {
         ImagePhase::Unpacking => Phase::Unpacking,
         ImagePhase::Verifying => Phase::Verifying,
         ImagePhase::Publishing => Phase::Publishing,
-    }
-}
-
-/// Applies the VM's settings to its freshly cloned VMX; returns its guest OS.
-fn configure(vmx_path: &Path, vm: &Vm, guestinfo: &GuestInfo) -> Result<String, String> {
-    let bytes = fs::read(vmx_path).map_err(|e| e.to_string())?;
-    let mut vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
-    let name = vm.id.to_string();
-    vmx::configure_clone(
-        &mut vmx,
-        &CloneSettings {
-            display_name: &name,
-            cpus: vm.cpus,
-            memory_mb: vm.memory,
-            network_type: vm.network_type.as_str(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    // The original Go server kept the image in the annotation; keeping it there lets either
-    // server (and a person reading the VMX) tell where the VM came from.
-    let image = serde_json::to_value(&vm.image).map_err(|e| e.to_string())?;
-    vmx::set_annotation_image(&mut vmx, &image).map_err(|e| e.to_string())?;
-    guestinfo.apply(&mut vmx).map_err(|e| e.to_string())?;
-    if guestinfo.is_empty() {
-        fsutil::write_atomic(vmx_path, &vmx.to_bytes())
-    } else {
-        // The VMX now holds secrets: readable by the user VMware runs as, no one else.
-        fsutil::write_atomic_private(vmx_path, &vmx.to_bytes())
-    }
-    .map_err(|e| e.to_string())?;
-    Ok(vmx.get("guestOS").unwrap_or_default())
-}
-
-fn clone_stop(err: HypervisorError) -> Stop {
-    if crate::hypervisor::vmrun::is_invalid_parameters(&err) {
-        Stop::failed(
-            "clone-unsupported",
-            format!(
-                "{err}; linked clones need VMware Fusion Pro or Workstation Pro (Fusion without Pro and Player cannot make them)"
-            ),
-        )
-    } else {
-        Stop::from(err)
     }
 }
 

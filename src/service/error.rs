@@ -19,7 +19,8 @@ pub enum Error {
     /// The hypervisor says the VM's files are in use.
     VmLocked(String),
     /// The hypervisor is not installed where the settings say.
-    HypervisorMissing(String),
+    /// (Its code names the tool: `vmrun-not-found`, `tart-not-found`.)
+    HypervisorMissing(&'static str, String),
     /// Destroying the VM failed for another reason.
     DeleteFailed(String),
     /// A fault of this server (a thread that cannot start, a folder it cannot change).
@@ -76,7 +77,7 @@ impl fmt::Display for Error {
             Self::VmNotFound => write!(f, "no such VM"),
             Self::VmLogNotFound(id) => write!(f, "VM {id} has no vmware.log"),
             Self::VmLocked(detail) => write!(f, "the VM's files are in use: {detail}"),
-            Self::HypervisorMissing(detail)
+            Self::HypervisorMissing(_, detail)
             | Self::DeleteFailed(detail)
             | Self::Internal(detail)
             | Self::ImageInUse(detail)

@@ -138,7 +138,7 @@ impl Service {
         }
         self.hypervisor
             .check_available()
-            .map_err(|e| Error::HypervisorMissing(e.to_string()))?;
+            .map_err(|e| Error::HypervisorMissing(e.code(), e.to_string()))?;
         let request = match self.hand_out(request, asked)? {
             pools::HandOut::Done(created) => return Ok(created),
             pools::HandOut::Cold(request) => *request,
@@ -323,16 +323,16 @@ impl Service {
             .collect()
     }
 
-    /// The VM's `vmware.log`, opened, with its length.
+    /// The VM's own log (VMware's `vmware.log`, tart's runner log), opened, with its length.
     pub fn vm_log(&self, id: VmId) -> Result<(std::fs::File, u64), Error> {
         if self.store.get(id).is_none() {
             return Err(Error::VmNotFound);
         }
-        match crate::hypervisor::vmware_log::open(&self.store.vm_dir(id)) {
+        match self.hypervisor.open_log(&self.store.vmx_path(id)) {
             Ok(Some(opened)) => Ok(opened),
             Ok(None) => Err(Error::VmLogNotFound(id)),
             Err(err) => Err(Error::Internal(format!(
-                "cannot read the vmware.log of VM {id}: {err}"
+                "cannot read the log of VM {id}: {err}"
             ))),
         }
     }
@@ -696,7 +696,7 @@ fn tolerate_unopenable(err: HypervisorError) -> Result<(), HypervisorError> {
 fn delete_error(err: HypervisorError) -> Error {
     match err {
         HypervisorError::VmLocked { .. } => Error::VmLocked(err.to_string()),
-        HypervisorError::NotFound { .. } => Error::HypervisorMissing(err.to_string()),
+        HypervisorError::NotFound { .. } => Error::HypervisorMissing(err.code(), err.to_string()),
         other => Error::DeleteFailed(other.to_string()),
     }
 }

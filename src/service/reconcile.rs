@@ -49,7 +49,8 @@ impl Service {
                 // when it died with the host make start and deleteVM answer "in use", and a
                 // VM interrupted mid-provisioning or mid-delete has them as much as any.
                 if let (Some(false), Some(running)) = (runs, &running) {
-                    crate::hypervisor::locks::remove_locks_in(&self.store.vm_dir(id), running);
+                    self.hypervisor
+                        .remove_stale_locks(&self.store.vmx_path(id), running);
                 }
                 self.recover_interrupted(&vm, runs);
                 match self.store.get(id) {
@@ -212,7 +213,8 @@ impl Service {
             thread::sleep(START_POLL);
         };
         if let Some(running) = &running {
-            crate::hypervisor::locks::remove_locks_in(&self.store.vm_dir(id), running);
+            self.hypervisor
+                .remove_stale_locks(&self.store.vmx_path(id), running);
         }
         crate::warn!("vm={id} provisioning was interrupted at step starting and it never ran");
         self.update(id, |vm| {

@@ -437,7 +437,7 @@ fn without_the_tool_a_create_is_refused_before_anything_is_recorded() {
     h.fake.set_unavailable(true);
     assert!(matches!(
         h.service().create(h.request()),
-        Err(Error::HypervisorMissing(_))
+        Err(Error::HypervisorMissing(..))
     ));
     assert!(
         h.service().list().is_empty(),

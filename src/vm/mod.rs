@@ -2,7 +2,7 @@
 
 pub(crate) mod capacity;
 pub(crate) mod create;
-pub(crate) mod guestinfo;
+pub mod guestinfo;
 pub(crate) mod id;
 pub(crate) mod journal;
 pub(crate) mod labels;

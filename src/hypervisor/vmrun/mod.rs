@@ -5,7 +5,7 @@
 //! output turned into values or typed errors by `output`.
 
 mod output;
-mod process;
+pub(crate) mod vm_ops;
 
 pub use crate::hypervisor::{Call, HypervisorError, IpAnswer};
 pub use output::{is_invalid_parameters, is_invalid_snapshot, is_snapshot_exists, ToolsState};
@@ -18,12 +18,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config;
+use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
+use crate::hypervisor::{locks, Configured, LogTail, VmSettings};
 use crate::sys::cancel::Cancel;
 use crate::sys::log::{self, Fields, Level};
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::guestinfo::GuestInfo;
 use output::Exit;
-use process::RunError;
+use std::collections::HashSet;
 
 pub const DEFAULT_VMRUN_PATH: &str = match config::VMRUN_PATH.platform() {
     Some(path) => path,
@@ -77,6 +80,9 @@ pub struct VmrunSettings {
     /// Passed as `-T <host_type>` before the command (`fusion`, `ws`, `player`).
     pub host_type: Option<String>,
     pub timeouts: Timeouts,
+    /// `--strict-vmx`: fail a VM whose clone's VMX has lines the allow-list refuses,
+    /// rather than removing them.
+    pub strict_vmx: bool,
 }
 
 impl VmrunSettings {
@@ -86,6 +92,7 @@ impl VmrunSettings {
             path: path.into(),
             host_type: DEFAULT_HOST_TYPE.map(str::to_string),
             timeouts: Timeouts::default(),
+            strict_vmx: false,
         }
     }
 }
@@ -160,6 +167,7 @@ impl Vmrun {
         cancel: Option<&Cancel>,
     ) -> RawResult {
         let call = Call {
+            tool: "vmrun",
             command,
             vmx: vmx.map(Path::to_path_buf),
         };
@@ -202,6 +210,7 @@ impl Vmrun {
             }
             Err(RunError::Spawn(source)) => Err(match source.kind() {
                 std::io::ErrorKind::NotFound => HypervisorError::NotFound {
+                    tool: "vmrun",
                     path: self.settings.path.clone(),
                     problem: "no such file".to_string(),
                 },
@@ -342,12 +351,103 @@ fn vm_id(vmx: &Path) -> String {
         .unwrap_or_default()
 }
 
+impl Vmrun {
+    pub fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
+        let timeout = self.settings.timeouts.snapshot;
+        self.call(
+            "listSnapshots",
+            Some(vmx),
+            &[],
+            timeout,
+            None,
+            |call, stdout| {
+                output::parse_snapshots(stdout)
+                    .map(|names| (names, OK))
+                    .map_err(|problem| bad_output(call, problem, stdout))
+            },
+        )
+    }
+
+    pub fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
+        let timeout = self.settings.timeouts.snapshot;
+        self.call(
+            "snapshot",
+            Some(vmx),
+            &[name.into()],
+            timeout,
+            None,
+            no_answer,
+        )
+    }
+
+    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always
+    /// named: without one vmrun adds a new `Clone` snapshot to the parent on every call.
+    pub fn clone_linked(
+        &self,
+        src: &Path,
+        dst: &Path,
+        snapshot: &str,
+        clone_name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let call = Call {
+            tool: "vmrun",
+            command: "clone",
+            vmx: Some(src.to_path_buf()),
+        };
+        if snapshot.trim().is_empty() {
+            return Err(HypervisorError::InvalidArgument {
+                call,
+                problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
+                          the parent on every clone"
+                    .to_string(),
+            });
+        }
+        if clone_name.trim().is_empty() {
+            return Err(HypervisorError::InvalidArgument {
+                call,
+                problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
+            });
+        }
+        let args: [OsString; 4] = [
+            dst.into(),
+            "linked".into(),
+            format!("-snapshot={snapshot}").into(),
+            format!("-cloneName={clone_name}").into(),
+        ];
+        let timeout = self.settings.timeouts.clone;
+        self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
+    }
+}
+
+impl vm_ops::Snapshots for Vmrun {
+    fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
+        Vmrun::list_snapshots(self, vmx)
+    }
+
+    fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
+        Vmrun::snapshot(self, vmx, name)
+    }
+
+    fn clone_linked(
+        &self,
+        src: &Path,
+        dst: &Path,
+        snapshot: &str,
+        clone_name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        Vmrun::clone_linked(self, src, dst, snapshot, clone_name, cancel)
+    }
+}
+
 impl super::Hypervisor for Vmrun {
     /// Checks that the configured vmrun is an executable file, so a missing VMware install
     /// is reported once at startup rather than on every VM.
     fn check_available(&self) -> Result<(), HypervisorError> {
         let path = &self.settings.path;
         let not_found = |problem: String| HypervisorError::NotFound {
+            tool: "vmrun",
             path: path.clone(),
             problem,
         };
@@ -385,70 +485,44 @@ impl super::Hypervisor for Vmrun {
         listed
     }
 
-    fn list_snapshots(&self, vmx: &Path) -> Result<Vec<String>, HypervisorError> {
-        let timeout = self.settings.timeouts.snapshot;
-        self.call(
-            "listSnapshots",
-            Some(vmx),
-            &[],
-            timeout,
-            None,
-            |call, stdout| {
-                output::parse_snapshots(stdout)
-                    .map(|names| (names, OK))
-                    .map_err(|problem| bad_output(call, problem, stdout))
-            },
-        )
+    fn prepare_gold(&self, gold_vmx: &Path) -> Result<(), HypervisorError> {
+        vm_ops::prepare_gold(self, gold_vmx)
     }
 
-    fn snapshot(&self, vmx: &Path, name: &str) -> Result<(), HypervisorError> {
-        let timeout = self.settings.timeouts.snapshot;
-        self.call(
-            "snapshot",
-            Some(vmx),
-            &[name.into()],
-            timeout,
-            None,
-            no_answer,
-        )
-    }
-
-    /// Makes `dst` a linked clone of `src` at its snapshot `snapshot`. The snapshot is always
-    /// named: without one vmrun adds a new `Clone` snapshot to the parent on every call.
-    fn clone_linked(
+    fn clone_vm(
         &self,
-        src: &Path,
-        dst: &Path,
-        snapshot: &str,
-        clone_name: &str,
+        gold_vmx: &Path,
+        vmx: &Path,
+        name: &str,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
-        let call = Call {
-            command: "clone",
-            vmx: Some(src.to_path_buf()),
-        };
-        if snapshot.trim().is_empty() {
-            return Err(HypervisorError::InvalidArgument {
-                call,
-                problem: "a linked clone needs a snapshot name, or vmrun adds a new snapshot to \
-                          the parent on every clone"
-                    .to_string(),
-            });
-        }
-        if clone_name.trim().is_empty() {
-            return Err(HypervisorError::InvalidArgument {
-                call,
-                problem: "the clone needs a name, or VMware calls it `Clone of ...`".to_string(),
-            });
-        }
-        let args: [OsString; 4] = [
-            dst.into(),
-            "linked".into(),
-            format!("-snapshot={snapshot}").into(),
-            format!("-cloneName={clone_name}").into(),
-        ];
-        let timeout = self.settings.timeouts.clone;
-        self.call("clone", Some(src), &args, timeout, Some(cancel), no_answer)
+        vm_ops::clone_vm(self, gold_vmx, vmx, name, cancel)
+    }
+
+    fn configure(
+        &self,
+        vmx: &Path,
+        gold_dir: &Path,
+        settings: &VmSettings<'_>,
+        guestinfo: &GuestInfo,
+    ) -> Result<Configured, HypervisorError> {
+        vm_ops::configure(vmx, gold_dir, self.settings.strict_vmx, settings, guestinfo)
+    }
+
+    /// VMware leaves lock folders behind when the host or its process dies, and then
+    /// refuses to start the VM with "The file is already in use".
+    fn remove_stale_locks(&self, vmx: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+        vmx.parent()
+            .map(|dir| locks::remove_locks_in(dir, running))
+            .unwrap_or_default()
+    }
+
+    fn open_log(&self, vmx: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        vm_ops::open_log(vmx)
+    }
+
+    fn log_tail(&self, vmx: &Path) -> Option<LogTail> {
+        vm_ops::log_tail(vmx)
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
@@ -549,7 +623,7 @@ impl super::Hypervisor for Vmrun {
 
     /// `writeVariable VMX guestVar NAME VALUE`. The value reaches vmrun's argument list only:
     /// the log line of the call names the command and the VM, never its arguments.
-    fn write_variable(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+    fn write_guest_data(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
         let timeout = self.settings.timeouts.other;
         let args: [OsString; 3] = ["guestVar".into(), name.into(), value.into()];
         self.call("writeVariable", Some(vmx), &args, timeout, None, no_answer)

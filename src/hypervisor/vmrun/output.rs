@@ -267,6 +267,7 @@ mod tests {
 
     fn call() -> Call {
         Call {
+            tool: "vmrun",
             command: "start",
             vmx: Some(PathBuf::from("/vms/a/a.vmx")),
         }

@@ -90,7 +90,7 @@ impl Service {
         let failed = request
             .guestinfo
             .iter()
-            .find_map(|(name, value)| self.hypervisor.write_variable(&vmx, name, value).err());
+            .find_map(|(name, value)| self.hypervisor.write_guest_data(&vmx, name, value).err());
         if let Some(err) = failed {
             self.give_back_broken(&before, &pool, &err);
             self.end_hand_out(id);

@@ -8,6 +8,58 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::hypervisor::vmx::Vmx;
 
+/// What the allow-list did to a VMX.
+pub enum VmxVerdict {
+    /// Lines removed (empty when the VMX was clean).
+    Cleaned(Vec<String>),
+    /// `--strict-vmx` and lines that would have been removed.
+    Refused(Vec<String>),
+}
+
+/// The lines of the VMX at `vmx_path` that the allow-list refuses: files may be under
+/// `own` or, for a linked clone, under its gold folder `parent`.
+pub fn inspect_vmx(
+    vmx_path: &Path,
+    own: &Path,
+    parent: Option<&Path>,
+) -> Result<(Vmx, Vec<Finding>), String> {
+    let bytes = std::fs::read(vmx_path).map_err(|e| e.to_string())?;
+    let vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
+    let dir = vmx_path.parent().unwrap_or(Path::new("/"));
+    let findings = check(&vmx, dir, &Allowed { own, parent });
+    Ok((vmx, findings))
+}
+
+/// Checks a clone's VMX and removes what the allow-list refuses, unless `strict` (then
+/// nothing is written).
+pub fn enforce_vmx(
+    vmx_path: &Path,
+    parent: Option<&Path>,
+    strict: bool,
+) -> Result<VmxVerdict, String> {
+    let own = vmx_path.parent().unwrap_or(Path::new("/"));
+    let (mut vmx, findings) = inspect_vmx(vmx_path, own, parent)?;
+    let lines: Vec<String> = findings.iter().map(Finding::line).collect();
+    if findings.is_empty() {
+        return Ok(VmxVerdict::Cleaned(lines));
+    }
+    if strict {
+        return Ok(VmxVerdict::Refused(lines));
+    }
+    remove(&mut vmx, &findings);
+    crate::sys::fsutil::write_atomic(vmx_path, &vmx.to_bytes()).map_err(|e| e.to_string())?;
+    Ok(VmxVerdict::Cleaned(lines))
+}
+
+/// The message of `image-vmx-unsafe`.
+pub fn unsafe_vmx_message(lines: &[String]) -> String {
+    format!(
+        "the image's VMX has {} line(s) that reach outside the VM (refused by --strict-vmx): {}; remove them from the image, or run the server without --strict-vmx to have them removed from each clone",
+        lines.len(),
+        lines.join("; ")
+    )
+}
+
 /// One line that may not reach VMware, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {

@@ -1,5 +1,5 @@
-//! Runs one child process with a deadline, in its own process group so that a hung vmrun
-//! can be killed together with everything it started.
+//! Runs one child process (vmrun, tart) with a deadline, in its own process group so that a
+//! hung call can be killed together with everything it started.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -50,11 +50,23 @@ pub(crate) fn run(
     timeout: Duration,
     cancel: Option<&Cancel>,
 ) -> Result<Finished, RunError> {
+    run_with_env(program, args, &[], timeout, cancel)
+}
+
+/// As [`run`], with these environment variables set for the child.
+pub(crate) fn run_with_env(
+    program: &Path,
+    args: &[OsString],
+    env: &[(&str, &std::ffi::OsStr)],
+    timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<Finished, RunError> {
     if cancel.is_some_and(Cancel::is_cancelled) {
         return Err(RunError::Cancelled);
     }
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,7 +173,7 @@ impl Collector {
         let mut pipe: Pipe = pipe.into();
         let thread_buffer = Arc::clone(&buffer);
         let spawned = thread::Builder::new()
-            .name("vmrun-output".into())
+            .name("hypervisor-output".into())
             .spawn(move || {
                 // Dropped when this thread ends, whichever way: that is the signal.
                 let _done = done_tx;

@@ -1,0 +1,653 @@
+//! The tart driver (Apple Silicon Macs, Virtualization.framework through Cirrus Labs'
+//! `tart`): the one place that runs tart. Every call has a deadline and its own process
+//! group (killed whole when it hangs), sees `TART_HOME` (a folder of the server's data
+//! folder, so its VMs never mix with a person's) and `TART_NO_AUTO_PRUNE`, and has tart's
+//! stderr turned into typed errors (`errors`). `tart run` stays in the foreground for a VM's
+//! whole life: it is started in its own session with its output in a log file of the VM's
+//! folder (`runner`), so that VMs outlive the server.
+//!
+//! A VM of the server is the tart VM `osxb-<id>` (its record stays at `vms/<id>/` of the
+//! data folder, whose `<id>.vmx` path names it to the rest of the server); a gold image is
+//! `osxb-gold-<checksum>`. Names without the prefix are a person's own: never touched.
+
+mod errors;
+mod runner;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::hypervisor::process::{self, RunError};
+use crate::hypervisor::running::RunningVms;
+use crate::hypervisor::{
+    Call, Configured, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings,
+};
+use crate::sys::cancel::Cancel;
+use crate::sys::sync::LockUnpoisoned;
+use crate::vm::guestinfo::GuestInfo;
+
+/// Prefix of every tart VM this server made.
+pub const PREFIX: &str = "osxb-";
+/// The folder of a VM's record that is shared read-only into its guest, one file per key.
+pub const GUEST_DIR: &str = "guestinfo";
+/// The share's name: a macOS guest sees it at `/Volumes/My Shared Files/osx-builder`.
+pub const SHARE_NAME: &str = "osx-builder";
+/// The runner's output, in the VM's record folder.
+pub const RUN_LOG: &str = "tart-run.log";
+/// How the VM is to be run, written at configure and read by start.
+const RUN_FILE: &str = "tart-run.json";
+const TAIL_LINES: usize = 40;
+
+/// Where tart is looked for when `--tart-path` is not given: the PATH, then Homebrew's.
+pub const FALLBACK_PATHS: [&str; 2] = ["/opt/homebrew/bin/tart", "/usr/local/bin/tart"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TartTimeouts {
+    pub clone: Duration,
+    pub start: Duration,
+    pub stop: Duration,
+    pub delete: Duration,
+    pub list: Duration,
+    pub ip_query: Duration,
+    pub other: Duration,
+}
+
+impl Default for TartTimeouts {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        TartTimeouts {
+            clone: s(600),
+            start: s(120),
+            stop: s(60),
+            delete: s(60),
+            list: s(10),
+            ip_query: s(15),
+            other: s(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TartSettings {
+    pub path: PathBuf,
+    /// Given to tart as `TART_HOME`.
+    pub home: PathBuf,
+    /// The server's `vms/` folder: where a running `osxb-<id>` has its record.
+    pub vms_dir: PathBuf,
+    /// The host interface of `network_type: bridged` (`--net-bridged=`).
+    pub bridged_interface: String,
+    pub timeouts: TartTimeouts,
+}
+
+/// `tart` on the PATH, then Homebrew's places; the bare name when none exists (so that the
+/// error names what was looked for).
+pub fn default_path() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("tart"))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| {
+            FALLBACK_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("tart"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Tart {
+    settings: Arc<TartSettings>,
+    counts: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+    running: Arc<RunningVms>,
+}
+
+/// The tart name of the VM whose record path is `vms/<id>/<id>.vmx`.
+pub fn vm_name(vm: &Path) -> String {
+    let stem = vm
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    format!("{PREFIX}{stem}")
+}
+
+/// The tart name of a gold image, from its published `config.json` path
+/// (`gold/<checksum>/.../config.json`).
+fn gold_name(gold: &Path) -> String {
+    let checksum = gold
+        .ancestors()
+        .find(|p| p.parent().is_some_and(|parent| parent.ends_with("gold")))
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{PREFIX}gold-{}", &checksum[..checksum.len().min(64)])
+}
+
+/// How configure asked the VM to be run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+struct RunSpec {
+    network_type: String,
+    headless: bool,
+}
+
+impl Tart {
+    pub fn new(settings: TartSettings) -> Tart {
+        Tart {
+            settings: Arc::new(settings),
+            counts: Arc::default(),
+            running: Arc::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &TartSettings {
+        &self.settings
+    }
+
+    /// `tart --version`, for the start-up log.
+    pub fn version(&self) -> Result<String, HypervisorError> {
+        self.call("--version", None, &[], self.settings.timeouts.other, None)
+            .map(|out| out.trim().to_string())
+    }
+
+    fn env(&self) -> [(&'static str, &OsStr); 2] {
+        [
+            ("TART_HOME", self.settings.home.as_os_str()),
+            // Never let tart delete a cached image behind the server's back.
+            ("TART_NO_AUTO_PRUNE", OsStr::new("1")),
+        ]
+    }
+
+    /// Runs `tart COMMAND ARGS...`; its stdout on success.
+    fn call(
+        &self,
+        command: &'static str,
+        vm: Option<&str>,
+        args: &[OsString],
+        timeout: Duration,
+        cancel: Option<&Cancel>,
+    ) -> Result<String, HypervisorError> {
+        let call = Call {
+            tool: "tart",
+            command,
+            vmx: vm.map(PathBuf::from),
+        };
+        let mut argv: Vec<OsString> = vec![command.into()];
+        argv.extend(args.iter().cloned());
+        let started = std::time::Instant::now();
+        let outcome =
+            process::run_with_env(&self.settings.path, &argv, &self.env(), timeout, cancel);
+        let result = match outcome {
+            Err(RunError::Spawn(source)) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.not_found("no such file".into()))
+            }
+            Err(RunError::Spawn(source) | RunError::Wait(source)) => Err(HypervisorError::Spawn {
+                call,
+                path: self.settings.path.clone(),
+                source,
+            }),
+            Err(RunError::TimedOut) => Err(HypervisorError::Timeout {
+                call,
+                limit: timeout,
+            }),
+            Err(RunError::Cancelled) => Err(HypervisorError::Cancelled { call }),
+            Ok(done) if done.code == Some(0) => {
+                Ok(String::from_utf8_lossy(&done.stdout).into_owned())
+            }
+            Ok(done) => Err(errors::judge(
+                call,
+                done.code,
+                &String::from_utf8_lossy(&done.stderr),
+            )),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.code(),
+        };
+        // Routine calls (list, ip) every few seconds: an idle host writes nothing at info.
+        crate::debug!(
+            "tart {command} {} -> {outcome} in {} ms",
+            vm.unwrap_or(""),
+            started.elapsed().as_millis()
+        );
+        *self
+            .counts
+            .lock_unpoisoned()
+            .entry((command.to_string(), outcome.to_string()))
+            .or_insert(0) += 1;
+        result
+    }
+
+    fn not_found(&self, problem: String) -> HypervisorError {
+        HypervisorError::NotFound {
+            tool: "tart",
+            path: self.settings.path.clone(),
+            problem,
+        }
+    }
+
+    /// The names of this server's local tart VMs and whether each runs.
+    fn list_ours(&self) -> Result<Vec<(String, bool)>, HypervisorError> {
+        let args: [OsString; 4] = [
+            "--format".into(),
+            "json".into(),
+            "--source".into(),
+            "local".into(),
+        ];
+        let out = self.call("list", None, &args, self.settings.timeouts.list, None)?;
+        let parsed: Vec<serde_json::Value> =
+            serde_json::from_str(&out).map_err(|e| HypervisorError::BadOutput {
+                call: Call {
+                    tool: "tart",
+                    command: "list",
+                    vmx: None,
+                },
+                problem: format!("not a JSON array: {e}"),
+                output: out.chars().take(300).collect(),
+            })?;
+        Ok(parsed
+            .iter()
+            .filter_map(|vm| {
+                let name = vm.get("Name")?.as_str()?;
+                let running = vm.get("Running").and_then(serde_json::Value::as_bool) == Some(true)
+                    || vm.get("State").and_then(serde_json::Value::as_str) == Some("running");
+                name.starts_with(PREFIX)
+                    .then(|| (name.to_string(), running))
+            })
+            .collect())
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        let dir = self.settings.home.join("vms").join(name);
+        dir.join("config.json").exists() || dir.exists()
+    }
+
+    fn run_spec(vm: &Path) -> RunSpec {
+        vm.parent()
+            .and_then(|dir| fs::read(dir.join(RUN_FILE)).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(RunSpec {
+                network_type: "nat".into(),
+                headless: true,
+            })
+    }
+}
+
+/// Writes `value` as the file `name` of the VM's guest folder: the folder 0700, the file
+/// 0600, replaced atomically so the guest never reads half a value.
+fn write_guest_file(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a guestinfo key cannot name a file outside the folder",
+        ));
+    }
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(value.as_bytes())?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))
+}
+
+impl Hypervisor for Tart {
+    fn kind(&self) -> &'static str {
+        "tart"
+    }
+
+    fn check_available(&self) -> Result<(), HypervisorError> {
+        let path = &self.settings.path;
+        let meta = fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => self.not_found("no such file".into()),
+            _ => self.not_found(format!("cannot inspect it: {e}")),
+        })?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(self.not_found("it is not an executable file".into()));
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> &RunningVms {
+        &self.running
+    }
+
+    /// The record paths (`vms/<id>/<id>.vmx`) of this server's VMs that tart lists running.
+    fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
+        let ticket = self.running.begin();
+        let listed = self.list_ours().map(|vms| {
+            vms.into_iter()
+                .filter(|(_, running)| *running)
+                .filter_map(|(name, _)| {
+                    let id = name.strip_prefix(PREFIX)?;
+                    (!id.starts_with("gold-"))
+                        .then(|| self.settings.vms_dir.join(id).join(format!("{id}.vmx")))
+                })
+                .collect::<Vec<_>>()
+        });
+        match &listed {
+            Ok(paths) => self.running.listed(ticket, paths),
+            Err(err) => self.running.failed(ticket, err.code(), &err.to_string()),
+        }
+        listed
+    }
+
+    /// Imports the published gold folder as the local tart VM `osxb-gold-<checksum>`: hard
+    /// links of its three files (no copy; a clone of it is copy-on-write and does not
+    /// depend on it afterwards).
+    fn prepare_gold(&self, gold: &Path) -> Result<(), HypervisorError> {
+        let name = gold_name(gold);
+        let dst = self.settings.home.join("vms").join(&name);
+        if dst.join("config.json").is_file()
+            && dst.join("disk.img").is_file()
+            && dst.join("nvram.bin").is_file()
+        {
+            return Ok(());
+        }
+        let src = gold.parent().unwrap_or(Path::new("/"));
+        let refused = |e: std::io::Error| {
+            HypervisorError::Refused {
+            code: "gold-import-failed",
+            message: format!(
+                "cannot make the gold image {} a tart VM in {}: {e}; check the free space and permissions of the data folder",
+                src.display(),
+                dst.display()
+            ),
+        }
+        };
+        let staging = self
+            .settings
+            .home
+            .join("tmp")
+            .join(format!("{name}.import"));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(refused)?;
+        for file in ["config.json", "disk.img", "nvram.bin"] {
+            fs::hard_link(src.join(file), staging.join(file))
+                .or_else(|_| fs::copy(src.join(file), staging.join(file)).map(drop))
+                .map_err(refused)?;
+        }
+        let _ = fs::remove_dir_all(&dst);
+        fs::create_dir_all(dst.parent().unwrap_or(Path::new("/"))).map_err(refused)?;
+        fs::rename(&staging, &dst).map_err(refused)
+    }
+
+    /// `tart clone` overwrites an existing name without a word: a name that exists is
+    /// refused instead.
+    fn clone_vm(
+        &self,
+        gold: &Path,
+        vm: &Path,
+        _name: &str,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let name = vm_name(vm);
+        if self.exists(&name) {
+            return Err(HypervisorError::Refused {
+                code: "clone-exists",
+                message: format!(
+                    "a tart VM named {name} exists already in {}; it was not replaced (tart clone would have overwritten it): delete it with `TART_HOME={} tart delete {name}` if it is a leftover",
+                    self.settings.home.display(),
+                    self.settings.home.display()
+                ),
+            });
+        }
+        let args: [OsString; 2] = [gold_name(gold).into(), name.clone().into()];
+        self.call(
+            "clone",
+            Some(&name),
+            &args,
+            self.settings.timeouts.clone,
+            Some(cancel),
+        )?;
+        // The record folder's marker: the rest of the server knows a VM by this path.
+        if let Some(dir) = vm.parent() {
+            fs::create_dir_all(dir)
+                .and_then(|()| fs::write(vm, format!("# tart VM {name}\n")))
+                .map_err(|e| HypervisorError::Refused {
+                    code: "clone-missing",
+                    message: format!("cannot write {}: {e}", vm.display()),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn configure(
+        &self,
+        vm: &Path,
+        _gold_dir: &Path,
+        settings: &VmSettings<'_>,
+        guestinfo: &GuestInfo,
+    ) -> Result<Configured, HypervisorError> {
+        let name = vm_name(vm);
+        let args: [OsString; 5] = [
+            name.clone().into(),
+            "--cpu".into(),
+            settings.cpus.to_string().into(),
+            "--memory".into(),
+            settings.memory_mb.to_string().into(),
+        ];
+        self.call(
+            "set",
+            Some(&name),
+            &args,
+            self.settings.timeouts.other,
+            None,
+        )?;
+        let dir = vm.parent().unwrap_or(Path::new("/"));
+        let failed = |e: std::io::Error| HypervisorError::Refused {
+            code: "vm-config-failed",
+            message: format!("cannot write the guest data folder of {name}: {e}"),
+        };
+        let guest = dir.join(GUEST_DIR);
+        fs::create_dir_all(&guest).map_err(failed)?;
+        fs::set_permissions(&guest, fs::Permissions::from_mode(0o700)).map_err(failed)?;
+        for (key, value) in guestinfo.iter() {
+            write_guest_file(&guest, key, value).map_err(failed)?;
+        }
+        let spec = RunSpec {
+            network_type: settings.network_type.to_string(),
+            headless: settings.headless,
+        };
+        fs::write(
+            dir.join(RUN_FILE),
+            serde_json::to_vec(&spec).unwrap_or_default(),
+        )
+        .map_err(failed)?;
+        let config = self
+            .settings
+            .home
+            .join("vms")
+            .join(&name)
+            .join("config.json");
+        let guest_os = fs::read(&config)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("os").and_then(|o| o.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        Ok(Configured {
+            guest_os,
+            removed: Vec::new(),
+        })
+    }
+
+    /// tart keeps no lock that outlives its runner: nothing goes stale.
+    fn remove_stale_locks(&self, _vm: &Path, _running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn open_log(&self, vm: &Path) -> std::io::Result<Option<(File, u64)>> {
+        let path = vm.parent().unwrap_or(Path::new("/")).join(RUN_LOG);
+        match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((file, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn log_tail(&self, vm: &Path) -> Option<LogTail> {
+        let path = vm.parent()?.join(RUN_LOG);
+        let text = fs::read_to_string(&path).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let lines = lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec();
+        (!lines.is_empty()).then_some(LogTail { path, lines })
+    }
+
+    fn start(&self, vm: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let spec = Self::run_spec(vm);
+        runner::start(
+            self,
+            vm,
+            headless && spec.headless,
+            &spec.network_type,
+            cancel,
+        )?;
+        self.running.changed(vm, true);
+        Ok(())
+    }
+
+    /// `tart stop` is a power-off (SIGINT to the runner, then SIGKILL): `hard` waits less.
+    fn stop(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let name = vm_name(vm);
+        let wait = if hard { 5 } else { 30 };
+        let args: [OsString; 3] = [
+            name.clone().into(),
+            "--timeout".into(),
+            wait.to_string().into(),
+        ];
+        match self.call(
+            "stop",
+            Some(&name),
+            &args,
+            self.settings.timeouts.stop,
+            Some(cancel),
+        ) {
+            Ok(_)
+            | Err(HypervisorError::NotPoweredOn { .. } | HypervisorError::VmOpenError { .. }) => {
+                self.running.changed(vm, false);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn reset(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        self.stop(vm, hard, cancel)?;
+        runner::wait_stopped(self, vm, self.settings.timeouts.stop);
+        self.start(vm, true, cancel)
+    }
+
+    fn delete_vm(&self, vm: &Path) -> Result<(), HypervisorError> {
+        let name = vm_name(vm);
+        match self.call(
+            "delete",
+            Some(&name),
+            &[name.clone().into()],
+            self.settings.timeouts.delete,
+            None,
+        ) {
+            Ok(_) | Err(HypervisorError::VmOpenError { .. }) => {
+                self.running.changed(vm, false);
+                let _ = fs::remove_file(vm);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn guest_ip(&self, vm: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+        ip(self, vm, None, cancel)
+    }
+
+    fn guest_ip_wait(
+        &self,
+        vm: &Path,
+        limit: Duration,
+        cancel: &Cancel,
+    ) -> Result<IpAnswer, HypervisorError> {
+        ip(self, vm, Some(limit), cancel)
+    }
+
+    /// A file in the VM's shared folder: the host may write it while the VM runs.
+    fn write_guest_data(&self, vm: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+        let dir = vm.parent().unwrap_or(Path::new("/")).join(GUEST_DIR);
+        write_guest_file(&dir, name, value).map_err(|e| HypervisorError::Refused {
+            code: "guestinfo-write-failed",
+            message: format!(
+                "cannot write the guest data file {name:?} of {}: {e}",
+                vm_name(vm)
+            ),
+        })
+    }
+
+    fn start_timeout(&self) -> Duration {
+        self.settings.timeouts.start
+    }
+
+    fn ip_query_timeout(&self) -> Duration {
+        self.settings.timeouts.ip_query
+    }
+
+    fn call_counts(&self) -> Vec<(String, String, u64)> {
+        self.counts
+            .lock_unpoisoned()
+            .iter()
+            .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
+            .collect()
+    }
+}
+
+/// `tart ip` with the resolver that fits the network: bridged VMs are not in the Mac's
+/// DHCP leases, only in its ARP cache. "Nothing found" is "no address yet".
+fn ip(
+    tart: &Tart,
+    vm: &Path,
+    wait: Option<Duration>,
+    cancel: &Cancel,
+) -> Result<IpAnswer, HypervisorError> {
+    let name = vm_name(vm);
+    let spec = Tart::run_spec(vm);
+    let resolver = if spec.network_type == "bridged" {
+        "arp"
+    } else {
+        "dhcp"
+    };
+    let mut args: Vec<OsString> = vec![name.clone().into(), "--resolver".into(), resolver.into()];
+    let timeout = match wait {
+        Some(limit) => {
+            let secs = limit.as_secs().max(1);
+            args.push("--wait".into());
+            args.push(secs.to_string().into());
+            Duration::from_secs(secs) + tart.settings.timeouts.ip_query
+        }
+        None => tart.settings.timeouts.ip_query,
+    };
+    match tart.call("ip", Some(&name), &args, timeout, Some(cancel)) {
+        Ok(out) => match out.trim() {
+            "" => Ok(IpAnswer::NoAddress),
+            address => Ok(IpAnswer::Address(address.to_string())),
+        },
+        Err(HypervisorError::Failed { message, .. })
+            if message.starts_with("no IP address found") =>
+        {
+            Ok(IpAnswer::NoAddress)
+        }
+        Err(err) => Err(err),
+    }
+}

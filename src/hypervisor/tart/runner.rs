@@ -1,0 +1,156 @@
+//! `tart run`: in a session of its own (a restart of the server, or launchd reaping its
+//! process group, never powers a VM off), stdin from /dev/null, stdout and stderr appended
+//! to the VM's `tart-run.log`. It prints nothing on a normal start, so a start has
+//! succeeded when `tart list` shows the VM running; a runner that exits first failed, and
+//! its log says why.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{vm_name, Tart, GUEST_DIR, RUN_LOG, SHARE_NAME};
+use crate::hypervisor::{Call, HypervisorError};
+use crate::sys::cancel::Cancel;
+
+/// How long a runner must live with its VM listed running before the start counts.
+const START_SETTLE: Duration = Duration::from_secs(1);
+
+pub fn start(
+    tart: &Tart,
+    vm: &Path,
+    headless: bool,
+    network_type: &str,
+    cancel: &Cancel,
+) -> Result<(), HypervisorError> {
+    let name = vm_name(vm);
+    let call = Call {
+        tool: "tart",
+        command: "run",
+        vmx: Some(name.clone().into()),
+    };
+    // A runner that finds its VM running exits at once, but the listing would call that
+    // a successful start.
+    if runs(tart, &name) {
+        return Err(HypervisorError::AlreadyRunning {
+            call,
+            message: format!("VM \"{name}\" is already running!"),
+        });
+    }
+    let dir = vm.parent().unwrap_or(Path::new("/"));
+    let mut args: Vec<OsString> = vec!["run".into()];
+    if headless {
+        args.push("--no-graphics".into());
+    }
+    let guest = dir.join(GUEST_DIR);
+    if guest.is_dir() {
+        let mut share = OsString::from(format!("--dir={SHARE_NAME}:"));
+        share.push(guest.as_os_str());
+        share.push(":ro");
+        args.push(share);
+    }
+    match network_type {
+        "bridged" => args.push(format!("--net-bridged={}", tart.settings.bridged_interface).into()),
+        "hostonly" => args.push("--net-host".into()),
+        _ => {}
+    }
+    args.push(name.clone().into());
+    let log_path = dir.join(RUN_LOG);
+    let spawn_error = |source: std::io::Error| HypervisorError::Spawn {
+        call: call.clone(),
+        path: tart.settings.path.clone(),
+        source,
+    };
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(spawn_error)?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let err_log = log.try_clone().map_err(spawn_error)?;
+    let mut command = Command::new(&tart.settings.path);
+    command
+        .args(&args)
+        .envs(tart.env().iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of ours; it makes the
+    // runner the leader of a new session, out of the server's process group.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(tart.not_found("no such file".into()))
+        }
+        Err(e) => return Err(spawn_error(e)),
+    };
+    let deadline = Instant::now() + tart.settings.timeouts.start;
+    let mut seen: Option<Instant> = None;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read(&log_path).unwrap_or_default();
+            let new =
+                String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
+            return Err(super::errors::judge(call, status.code(), &new));
+        }
+        // tart takes the VM's lock before the framework starts it, so a start that fails
+        // (the two-VM limit, a locked keychain) is listed running for a moment: the runner
+        // must outlive that moment.
+        let listed_since = if runs(tart, &name) {
+            *seen.get_or_insert_with(Instant::now)
+        } else {
+            seen = None;
+            Instant::now()
+        };
+        if seen.is_some() && listed_since.elapsed() >= START_SETTLE {
+            // Reaped by a thread of its own while the server runs; after a restart the
+            // runner is init's child, and the VM goes on.
+            let _ = thread::Builder::new()
+                .name("tart-runner".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+            return Ok(());
+        }
+        if cancel.is_cancelled() || Instant::now() >= deadline {
+            // SAFETY: SIGINT to the runner we started: tart powers the VM off and exits.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            let _ = child.wait();
+            return Err(if cancel.is_cancelled() {
+                HypervisorError::Cancelled { call }
+            } else {
+                HypervisorError::Timeout {
+                    call,
+                    limit: tart.settings.timeouts.start,
+                }
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn runs(tart: &Tart, name: &str) -> bool {
+    tart.list_ours()
+        .is_ok_and(|vms| vms.iter().any(|(n, running)| n == name && *running))
+}
+
+/// Waits (up to `limit`) until tart no longer lists the VM running: a stop that ended in
+/// SIGKILL returns before the lock goes.
+pub fn wait_stopped(tart: &Tart, vm: &Path, limit: Duration) {
+    let name = vm_name(vm);
+    let end = Instant::now() + limit;
+    while Instant::now() < end && runs(tart, &name) {
+        thread::sleep(Duration::from_millis(100));
+    }
+}
