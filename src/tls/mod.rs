@@ -20,6 +20,8 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 #[derive(Clone)]
 pub struct ClientTrust {
     config: TlsConfig,
+    /// Kept to build the same trust with a client certificate (etcd's `--client-cert-auth`).
+    roots: Arc<Vec<Certificate<'static>>>,
     /// Where the roots came from, for the startup log.
     summary: String,
 }
@@ -62,12 +64,57 @@ impl ClientTrust {
             .iter()
             .map(|der| Certificate::from_der(der.as_ref()).to_owned())
             .collect();
-        let config = TlsConfig::builder()
+        let roots = Arc::new(roots);
+        let config = Self::builder(&roots).build();
+        Self {
+            config,
+            roots,
+            summary,
+        }
+    }
+
+    fn builder(roots: &Arc<Vec<Certificate<'static>>>) -> ureq::tls::TlsConfigBuilder {
+        TlsConfig::builder()
             .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .root_certs(RootCerts::Specific(roots.clone()))
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    /// The same roots, presenting the certificate chain of `cert` with the key of `key`
+    /// (PEM files) to servers that ask for one.
+    pub fn with_client_identity(&self, cert: &Path, key: &Path) -> Result<Self, String> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let chain = ureq::tls::parse_pem(&cert_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} is not valid PEM: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                cert.display()
+            ));
+        }
+        let private = ureq::tls::PrivateKey::from_pem(&key_pem).map_err(|e| {
+            format!(
+                "{} holds no usable private key (PKCS#8, RSA or EC, unencrypted): {e}",
+                key.display()
+            )
+        })?;
+        let config = Self::builder(&self.roots)
+            .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, private)))
             .build();
-        Self { config, summary }
+        Ok(Self {
+            config,
+            roots: self.roots.clone(),
+            summary: format!("{}, client certificate {}", self.summary, cert.display()),
+        })
     }
 }
 
