@@ -84,6 +84,8 @@ pub struct Config {
     pub log_format: crate::sys::log::Format,
     /// Warm pools of the settings: each name and the file of its spec.
     pub pools: Vec<(String, PathBuf)>,
+    /// The fleet this host joins (`--etcd`); `None`: it runs alone.
+    pub fleet: Option<crate::fleet::settings::FleetConfig>,
 }
 
 impl Config {
@@ -674,6 +676,15 @@ pub const SETTINGS: &[Setting] = &[
     TLS_KEY,
     LOG_FORMAT,
     POOL,
+    crate::fleet::settings::ETCD,
+    crate::fleet::settings::ETCD_CA_FILE,
+    crate::fleet::settings::ETCD_CERT,
+    crate::fleet::settings::ETCD_KEY,
+    crate::fleet::settings::ETCD_PREFIX,
+    crate::fleet::settings::HOST_NAME,
+    crate::fleet::settings::ADVERTISE_URL,
+    crate::fleet::settings::FLEET_TTL,
+    crate::fleet::settings::FLEET_OPTIONAL,
 ];
 
 pub fn help_text() -> String {
@@ -906,6 +917,11 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         }
         pools.push((name.to_string(), PathBuf::from(file)));
     }
+    let fleet = crate::fleet::settings::parse(&crate::fleet::settings::Reader {
+        value: &value,
+        optional: &optional,
+        switch: &switch,
+    })?;
     let data_dir = PathBuf::from(value(&DATA_DIR).0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -976,6 +992,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         tls_key: optional(&TLS_KEY)?.map(PathBuf::from),
         log_format,
         pools,
+        fleet,
     })))
 }
 

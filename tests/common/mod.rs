@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod log_lines;
 pub mod pki;
