@@ -14,7 +14,6 @@ use crate::image::gold::{GoldCache, GoldSettings};
 use crate::image::gold_locks::GoldLocks;
 use crate::image::{ImageCache, ImageSettings};
 use crate::provision::{self, tasks::Tasks, BootSettings, ProvisionSettings, Provisioner};
-use crate::service::capacity::Limits;
 use crate::service::drain::Drain;
 use crate::service::long_poll::Waiters;
 use crate::service::metrics::Metrics;
@@ -23,6 +22,7 @@ use crate::service::pools::Pools;
 use crate::service::reconcile::{start_reconciler, Reconcile};
 use crate::service::{Fleet, Service};
 use crate::tls::ClientTrust;
+use crate::vm::capacity::Limits;
 use crate::vm::VmStore;
 
 pub struct App {
@@ -212,6 +212,7 @@ impl App {
     /// refresher, the reconciler, the warm pools' keeper, the lease reaper, failed-VM
     /// retention, the cache's housekeeping.
     pub fn start_background(&self, config: &Config) {
+        self.gold.remove_stale_locks();
         self.service.reconcile(Reconcile::Startup);
         let hypervisor = self.hypervisor.clone();
         running::start_refresher(
@@ -229,5 +230,68 @@ impl App {
         }
         self.gold.start_housekeeper(config.reconcile_interval);
         self.gold.request_eviction();
+    }
+}
+
+/// How the server runs vmrun: its path, host type and the deadline of each command. Here,
+/// in the assembly, so that the settings and the driver do not import each other.
+pub fn vmrun_settings(config: &Config) -> crate::hypervisor::vmrun::VmrunSettings {
+    crate::hypervisor::vmrun::VmrunSettings {
+        path: config.vmrun_path.clone(),
+        host_type: config.vmrun_host_type.clone(),
+        timeouts: crate::hypervisor::vmrun::Timeouts {
+            clone: config.timeout_clone,
+            start: config.timeout_start,
+            stop: config.timeout_stop,
+            delete: config.timeout_delete,
+            list: config.timeout_list,
+            ip_query: config.timeout_ip_query,
+            snapshot: config.timeout_snapshot,
+            ..crate::hypervisor::vmrun::Timeouts::DEFAULT
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hypervisor::vmrun::VmrunSettings;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    #[test]
+    fn default_timeouts_match_the_contract() {
+        // What the server runs with when no setting is given, not the constants themselves.
+        let parsed = crate::config::parse(&[], &std::collections::HashMap::new()).unwrap();
+        let crate::config::Command::Serve(config) = parsed else {
+            panic!("no arguments must serve, got {parsed:?}");
+        };
+        let settings = super::vmrun_settings(&config);
+        let t = settings.timeouts;
+        let secs = Duration::from_secs;
+        // vmrun-contract.md, "Timeouts seen in the field": clone 120 s, start 120-300 s,
+        // stop soft 15-60 s, deleteVM 30 s, list 10 s.
+        assert_eq!(t.clone, secs(120));
+        assert!((secs(120)..=secs(300)).contains(&t.start), "{t:?}");
+        assert_eq!(t.start, secs(300));
+        assert!((secs(15)..=secs(60)).contains(&t.stop), "{t:?}");
+        assert_eq!(t.delete, secs(30));
+        assert_eq!(t.list, secs(10));
+        // getGuestIPAddress -wait has no deadline of its own: ours must be finite and short
+        // beside the IP wait it is one attempt of.
+        assert!(t.ip_query > Duration::ZERO && t.ip_query < config.ip_wait_timeout);
+        assert_eq!(t.ip_query, secs(15));
+        assert_eq!(t.snapshot, secs(60));
+        // The contract's host type: none on macOS, `ws` on Linux, and its default path.
+        let (host_type, path) = if cfg!(target_os = "macos") {
+            (
+                None,
+                "/Applications/VMware Fusion.app/Contents/Library/vmrun",
+            )
+        } else {
+            (Some("ws"), "/usr/bin/vmrun")
+        };
+        assert_eq!(settings.host_type.as_deref(), host_type);
+        assert_eq!(settings.path, PathBuf::from(path));
+        assert_eq!(settings, VmrunSettings::default());
     }
 }

@@ -88,26 +88,6 @@ pub struct Config {
     pub fleet: Option<crate::fleet::settings::FleetConfig>,
 }
 
-impl Config {
-    /// How the server runs vmrun: its path, host type and the deadline of each command.
-    pub fn vmrun_settings(&self) -> crate::hypervisor::vmrun::VmrunSettings {
-        crate::hypervisor::vmrun::VmrunSettings {
-            path: self.vmrun_path.clone(),
-            host_type: self.vmrun_host_type.clone(),
-            timeouts: crate::hypervisor::vmrun::Timeouts {
-                clone: self.timeout_clone,
-                start: self.timeout_start,
-                stop: self.timeout_stop,
-                delete: self.timeout_delete,
-                list: self.timeout_list,
-                ip_query: self.timeout_ip_query,
-                snapshot: self.timeout_snapshot,
-                ..crate::hypervisor::vmrun::Timeouts::DEFAULT
-            },
-        }
-    }
-}
-
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
 /// number is a typo (milliseconds for seconds, say).
 pub const MAX_TTL_SECS: u64 = 365 * 86_400;

@@ -85,7 +85,7 @@ fn serve(config: &Config) -> Result<(), String> {
     // Held until the process exits: a second server on this folder refuses to start.
     let _data_lock =
         osx_builder::sys::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
-    let vmrun = Vmrun::new(config.vmrun_settings());
+    let vmrun = Vmrun::new(app::vmrun_settings(config));
     if let Err(err) = vmrun.check_available() {
         warn!("{err}; every create will fail until vmrun is there");
     }

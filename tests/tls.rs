@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::pki::{Leaf, Pki};
+use common::pki::{
+    expired_self_signed, openssl_self_signed, openssl_sets_validity, KeyType, Leaf, Pki,
+};
 use common::{image_body, sha1_hex, CallbackReceiver, Server, ServerOptions, TempDir};
 use serde_json::Value;
 
@@ -320,39 +322,35 @@ fn ssl_cert_file_is_trusted_like_curl_does() {
     assert!(server.log().contains("SSL_CERT_FILE"), "{}", server.log());
 }
 
-/// The failed VM's error for an image served with `leaf`, the server trusting the CA only
-/// when `trusted`.
-fn tls_failure(tag: &str, pki: &Pki, leaf: &Leaf, trusted: bool, host: &str) -> Value {
-    let (dir, ca) = folder(tag, pki);
+/// The failed VM's error for an image served with `leaf`, the server trusting the PEM
+/// certificates `trusted` (given with `--ca-file`) or, when `None`, an unrelated CA only.
+fn tls_failure(tag: &str, leaf: &Leaf, trusted: Option<&str>, host: &str) -> Value {
+    let dir = TempDir::new(tag);
+    let ca = dir.path().join("ca.pem");
     let images = HttpsServer::start(leaf);
     let archive = common::gold_tar_gz("box");
     let checksum = sha1_hex(&archive);
     let url = images
         .file("/gold.tar.gz", archive)
         .replace("127.0.0.1", host);
-    let options = if trusted {
-        with_ca_file(&ca)
-    } else {
-        // Only the empty folder's certificates: the test CA is unknown.
-        ServerOptions {
-            env: vec![
-                (
-                    "SSL_CERT_FILE".into(),
-                    ca.with_file_name("none.pem").display().to_string(),
-                ),
-                ("SSL_CERT_DIR".into(), "/nonexistent".into()),
-            ],
-            ..ServerOptions::default()
+    let options = match trusted {
+        Some(pem) => {
+            std::fs::write(&ca, pem).unwrap();
+            with_ca_file(&ca)
+        }
+        // Some root must be there for the server to start: an unrelated CA, in place of
+        // whatever the system store holds.
+        None => {
+            std::fs::write(&ca, Pki::named("another CA").ca_pem).unwrap();
+            ServerOptions {
+                env: vec![
+                    ("SSL_CERT_FILE".into(), ca.display().to_string()),
+                    ("SSL_CERT_DIR".into(), "/nonexistent".into()),
+                ],
+                ..ServerOptions::default()
+            }
         }
     };
-    if !trusted {
-        // Some root must be there for the server to start; an unrelated CA.
-        std::fs::write(
-            ca.with_file_name("none.pem"),
-            Pki::named("another CA").ca_pem,
-        )
-        .unwrap();
-    }
     let server = Server::start_with(dir.path(), options);
     let id = create(&server, &image_body(&url, &checksum));
     let vm = server.wait_failed(&id);
@@ -363,42 +361,129 @@ fn tls_failure(tag: &str, pki: &Pki, leaf: &Leaf, trusted: bool, host: &str) -> 
     vm
 }
 
+fn error_message(vm: &Value) -> &str {
+    vm["error"]["message"].as_str().unwrap_or_default()
+}
+
 #[test]
 fn untrusted_expired_and_wrong_name_certificates_each_say_why() {
     let pki = Pki::new();
-    let vm = tls_failure("tls-unknown", &pki, &pki.local(), false, "127.0.0.1");
-    assert!(
-        vm["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown issuer"),
-        "{vm}"
-    );
+    let vm = tls_failure("tls-unknown", &pki.local(), None, "127.0.0.1");
+    assert!(error_message(&vm).contains("unknown issuer"), "{vm}");
     let vm = tls_failure(
         "tls-expired",
-        &pki,
         &pki.leaf(&["127.0.0.1", "localhost"], true),
-        true,
+        Some(&pki.ca_pem),
         "127.0.0.1",
     );
-    assert!(
-        vm["error"]["message"].as_str().unwrap().contains("expired"),
-        "{vm}"
-    );
+    assert!(error_message(&vm).contains("expired"), "{vm}");
     let vm = tls_failure(
         "tls-name",
-        &pki,
         &pki.leaf(&["images.example"], false),
-        true,
+        Some(&pki.ca_pem),
         "localhost",
     );
     assert!(
-        vm["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid for this name"),
+        error_message(&vm).contains("not valid for this name"),
         "{vm}"
     );
+}
+
+/// The subjectAltName of the recipe, for a server on this machine.
+const LOCAL_SAN: &str = "IP:127.0.0.1,DNS:localhost";
+
+/// A server started in `root` with `options` makes a VM of an image served over https with
+/// `leaf`: waits for it to run.
+fn runs_from_https(root: &std::path::Path, leaf: &Leaf, options: ServerOptions) {
+    let images = HttpsServer::start(leaf);
+    let archive = common::gold_tar_gz("box");
+    let checksum = sha1_hex(&archive);
+    let url = images.file("/gold.tar.gz", archive);
+    let server = Server::start_with(root, options);
+    let id = create(&server, &image_body(&url, &checksum));
+    server.wait_ready(&id);
+}
+
+#[test]
+fn self_signed_openssl_certificates_given_as_trusted_serve_images_and_receive_callbacks() {
+    let dir = TempDir::new("tls-self-signed");
+    let Some(rsa) = openssl_self_signed(dir.path(), "rsa", KeyType::Rsa, LOCAL_SAN, &[]) else {
+        return;
+    };
+    let Some(ec) = openssl_self_signed(dir.path(), "ec", KeyType::Ec, LOCAL_SAN, &[]) else {
+        return;
+    };
+    let (rsa_pem, ec_pem) = (
+        dir.path().join("rsa-cert.pem"),
+        dir.path().join("ec-cert.pem"),
+    );
+
+    // --ca-file naming the RSA certificate: the image and the callback receiver use it.
+    let images = HttpsServer::start(&rsa);
+    let archive = common::gold_tar_gz("box");
+    let checksum = sha1_hex(&archive);
+    let url = images.file("/gold.tar.gz", archive);
+    let receiver = HttpsServer::start(&rsa);
+    let server = Server::start_with(&dir.path().join("ca-file"), with_ca_file(&rsa_pem));
+    let mut body = image_body(&url, &checksum);
+    body["callback_url"] = Value::String(format!("{}/callback", receiver.base));
+    let id = create(&server, &body);
+    server.wait_ready(&id);
+    let seen = common::eventually("the callback over https", || {
+        Some(receiver.seen("/callback")).filter(|seen| !seen.is_empty())
+    });
+    let posted: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(posted["id"], id.as_str(), "{}", server.log());
+    drop(server);
+
+    // SSL_CERT_FILE, then SSL_CERT_DIR, holding the EC certificate.
+    let env = |name: &str, value: &std::path::Path| ServerOptions {
+        env: vec![(name.into(), value.display().to_string())],
+        ..ServerOptions::default()
+    };
+    runs_from_https(&dir.path().join("file"), &ec, env("SSL_CERT_FILE", &ec_pem));
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ec_pem, certs.join("ec.pem")).unwrap();
+    runs_from_https(&dir.path().join("dir"), &ec, env("SSL_CERT_DIR", &certs));
+}
+
+#[test]
+fn self_signed_certificates_untrusted_for_another_name_or_expired_are_refused() {
+    let dir = TempDir::new("tls-self-signed-refused");
+    let Some(local) = openssl_self_signed(dir.path(), "local", KeyType::Ec, LOCAL_SAN, &[]) else {
+        return;
+    };
+    // Not given as trusted: its issuer is itself, which nothing trusts.
+    let vm = tls_failure("tls-ss-untrusted", &local, None, "127.0.0.1");
+    assert!(error_message(&vm).contains("unknown issuer"), "{vm}");
+    // Given as trusted, but for another name than the URL's.
+    let other =
+        openssl_self_signed(dir.path(), "other", KeyType::Rsa, "DNS:images.example", &[]).unwrap();
+    let vm = tls_failure("tls-ss-name", &other, Some(&other.cert), "127.0.0.1");
+    assert!(
+        error_message(&vm).contains("not valid for this name"),
+        "{vm}"
+    );
+    let vm = tls_failure("tls-ss-name-dns", &other, Some(&other.cert), "localhost");
+    assert!(
+        error_message(&vm).contains("not valid for this name"),
+        "{vm}"
+    );
+    // Given as trusted, but expired.
+    let expired = if openssl_sets_validity() {
+        let window = [
+            "-not_before",
+            "20200101000000Z",
+            "-not_after",
+            "20210101000000Z",
+        ];
+        openssl_self_signed(dir.path(), "expired", KeyType::Ec, LOCAL_SAN, &window).unwrap()
+    } else {
+        expired_self_signed(&["127.0.0.1", "localhost"])
+    };
+    let vm = tls_failure("tls-ss-expired", &expired, Some(&expired.cert), "127.0.0.1");
+    assert!(error_message(&vm).contains("expired"), "{vm}");
 }
 
 /// An image whose first answer is cut half way, served with or without Range support;
@@ -585,11 +670,11 @@ fn tls_api(tag: &str) -> (TempDir, Server, ureq::Agent, Pki) {
     );
     assert!(server.base.starts_with("https://"), "{}", server.base);
     let trust = osx_builder::tls::ClientTrust::from_ca_file_only(&ca).unwrap();
-    let agent = ureq::Agent::config_builder()
-        .tls_config(trust.tls_config())
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+    let agent = trust.agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
     (dir, server, agent, pki)
 }
 
@@ -851,4 +936,68 @@ fn the_command_line_client_speaks_to_the_api_over_tls_with_the_ca_it_is_given() 
         said.contains("issuer") || said.contains("certificate"),
         "{said}"
     );
+}
+
+#[test]
+fn the_command_line_client_trusts_a_self_signed_certificate_it_is_given_and_says_why_tls_fails() {
+    let dir = TempDir::new("tls-cli-self-signed");
+    if openssl_self_signed(dir.path(), "api", KeyType::Ec, LOCAL_SAN, &[]).is_none() {
+        return;
+    }
+    let (cert, key) = (
+        dir.path().join("api-cert.pem"),
+        dir.path().join("api-key.pem"),
+    );
+    let server = Server::start_with(
+        &dir.path().join("tls"),
+        ServerOptions {
+            args: vec![
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ],
+            env: Vec::new(),
+        },
+    );
+    // An unrelated CA in place of the system store, whatever this machine's holds.
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, Pki::named("another CA").ca_pem).unwrap();
+    let health = |server: &str, ca: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_osx-builder"));
+        command
+            .args(["health", "--server", server])
+            .env_remove("OSX_BUILDER_CA_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .env("SSL_CERT_FILE", &other);
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        let out = command.output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), said)
+    };
+    for base in [
+        server.base.clone(),
+        server.base.replace("127.0.0.1", "localhost"),
+    ] {
+        let (code, said) = health(&base, Some(&cert));
+        assert_eq!(code, Some(0), "{base}: {said}");
+    }
+
+    // Not given: an unknown issuer, said with what to do; the server was reached (not 3).
+    let (code, said) = health(&server.base, None);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("unknown issuer") && said.contains("--ca-file"),
+        "{said}"
+    );
+    assert!(!said.contains("is it running"), "{said}");
+
+    // A plain HTTP server at an https:// URL.
+    let plain = Server::start(&dir.path().join("plain"));
+    let (code, said) = health(&plain.base.replace("http://", "https://"), Some(&cert));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("does not speak TLS"), "{said}");
+    assert!(!said.contains("is it running"), "{said}");
 }

@@ -136,6 +136,17 @@ fn renew_ttl(body: &[u8]) -> Result<Option<u64>, ApiError> {
             "the renew body must be empty or a JSON object such as {\"ttl\": 3600}",
         ));
     };
+    // A create's 0 means the default lease; a renew's default is no `ttl` at all, so a 0
+    // here is a mistake to name, not a lease of no time.
+    if create_body::optional_u64(&fields, "ttl")? == Some(0) {
+        return Err(ApiError::invalid(
+            "invalid-ttl",
+            format!(
+                "ttl must be from 1 to {} seconds; leave it out (or send no body) to renew by the VM's own ttl",
+                crate::config::MAX_TTL_SECS
+            ),
+        ));
+    }
     create_body::parse_ttl(&fields)
 }
 
@@ -203,4 +214,35 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
         });
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renew_takes_no_body_or_a_ttl_of_one_second_or_more() {
+        for (body, ttl) in [
+            ("", None),
+            (" \n", None),
+            ("{}", None),
+            (r#"{"ttl": null}"#, None),
+            (r#"{"ttl": 3600}"#, Some(3600)),
+            (r#"{"ttl": 3600.0}"#, Some(3600)),
+            (r#"{"ttl": 1}"#, Some(1)),
+        ] {
+            assert_eq!(renew_ttl(body.as_bytes()), Ok(ttl), "{body}");
+        }
+        for (body, code) in [
+            (r#"{"ttl": 0}"#, "invalid-ttl"),
+            (r#"{"ttl": -0.0}"#, "invalid-ttl"),
+            (r#"{"ttl": 1.5}"#, "invalid-ttl"),
+            (r#"{"ttl": 31536001}"#, "invalid-ttl"),
+            ("[1]", "invalid-body"),
+            ("{", "invalid-json"),
+        ] {
+            let err = renew_ttl(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), code, "{body}");
+        }
+    }
 }

@@ -15,8 +15,10 @@ pub const MIN_MEMORY_MB: u32 = 512;
 /// 1 TiB: more than any Mac has; a larger value is a typo.
 pub const MAX_MEMORY_MB: u32 = 1024 * 1024;
 
-/// Longest idempotency key accepted.
+/// Longest idempotency key accepted, in characters (as JSON Schema's `maxLength` counts).
 pub const MAX_NAME_LEN: usize = 200;
+/// Longest image or callback URL accepted, in characters.
+const MAX_URL_CHARS: usize = 4096;
 
 pub fn parse(body: &[u8]) -> Result<CreateVm, ApiError> {
     parse_fields(&parse_object(body)?)
@@ -133,7 +135,8 @@ pub fn parse_ttl(fields: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
 
 /// An idempotency key: 1 to 200 printable characters.
 pub fn check_name(name: &str) -> Result<String, ApiError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid(
             "invalid-name",
             format!("name (or the Idempotency-Key header) must be 1 to {MAX_NAME_LEN} printable characters"),
@@ -238,8 +241,9 @@ fn optional_str<'a>(
     }
 }
 
-/// A non-negative whole number. Negative, fractional or non-numeric values are errors;
-/// the code is `invalid-<key>`.
+/// A non-negative whole number, also written as a float (`3600.0`, `1e3`: JSON Schema's
+/// `integer`, and what JavaScript clients send). Negative, fractional or non-numeric values
+/// are errors; the code is `invalid-<key>`.
 pub fn optional_u64(
     fields: &Map<String, Value>,
     key: &'static str,
@@ -252,9 +256,13 @@ pub fn optional_u64(
     };
     match fields.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) => Ok(Some(v)),
-            None => Err(ApiError::invalid(
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Ok(Some(v)),
+            // Below 2^64, so the cast is exact; -0.0 is 0.
+            (None, Some(f)) if f.fract() == 0.0 && f > -1.0 && f < u64::MAX as f64 => {
+                Ok(Some(f as u64))
+            }
+            _ => Err(ApiError::invalid(
                 code,
                 format!("{key} must be a positive whole number, got {n}"),
             )),
@@ -305,8 +313,8 @@ fn cut(text: &str) -> String {
 /// A deliberately small URL check: the scheme is one we allow and, for network schemes,
 /// there is a host. ureq reports anything subtler when it connects.
 fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
-    if url.len() > 4096 {
-        return Err("it is longer than 4096 characters".into());
+    if url.chars().count() > MAX_URL_CHARS {
+        return Err(format!("it is longer than {MAX_URL_CHARS} characters"));
     }
     if url.chars().any(|c| c.is_control() || c == ' ') {
         return Err(format!(
@@ -371,7 +379,14 @@ mod tests {
         assert_eq!(vm.network_type, NetworkType::Bridged);
         assert!(vm.headless);
         assert_eq!(vm.ttl, None);
-        for (given, applied) in [("0", None), ("null", None), ("600", Some(600))] {
+        for (given, applied) in [
+            ("0", None),
+            ("null", None),
+            ("600", Some(600)),
+            ("600.0", Some(600)),
+            ("6e2", Some(600)),
+            ("-0.0", None),
+        ] {
             let vm = parse(body(&format!(r#", "ttl": {given}"#)).as_bytes()).unwrap();
             assert_eq!(vm.ttl, applied, "ttl {given}");
         }
@@ -484,6 +499,14 @@ mod tests {
         let field_cases: &[(&str, &str, &str)] = &[
             (r#", "cpus": -1"#, "invalid-cpus", "positive whole number"),
             (r#", "cpus": 1.5"#, "invalid-cpus", "positive whole number"),
+            (r#", "cpus": 64.5"#, "invalid-cpus", "positive whole number"),
+            (r#", "cpus": 65.0"#, "invalid-cpus", "1 to 64"),
+            (
+                r#", "cpus": 1e300"#,
+                "invalid-cpus",
+                "positive whole number",
+            ),
+            (r#", "cpus": -1.0"#, "invalid-cpus", "positive whole number"),
             (r#", "cpus": "2""#, "invalid-cpus", "positive whole number"),
             (r#", "cpus": 1000"#, "invalid-cpus", "1 to 64"),
             (

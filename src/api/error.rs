@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::service::capacity::Shortage;
+use crate::vm::capacity::Shortage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -25,10 +25,10 @@ pub enum ApiError {
     RouteNotFound(String),
     /// 404: the VM exists but has no `vmware.log` (never started, or its files are gone).
     VmLogNotFound(crate::vm::VmId),
-    /// 405
+    /// 405, with the methods the path takes (`Allow`, RFC 9110; HEAD wherever GET).
     MethodNotAllowed {
         method: String,
-        allowed: &'static str,
+        allowed: &'static [&'static str],
     },
     /// 409: vmrun says the VM's files are in use.
     VmLocked(String),
@@ -163,7 +163,13 @@ impl ApiError {
                 "no such endpoint {path:?}; the API has /vms, /images, /pools (each with /:id, /:checksum or /:name below it), /hosts, /drain, /healthz, /metrics and /openapi.json (which describes every path)"
             ),
             Self::MethodNotAllowed { method, allowed } => {
-                format!("method {method} is not allowed here; use {allowed}")
+                let (last, first) = allowed.split_last().unwrap_or((&"GET", &[]));
+                let choices = if first.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{} or {last}", first.join(", "))
+                };
+                format!("method {method} is not allowed here; use {choices}")
             }
             Self::VmLocked(detail) => format!(
                 "the virtual machine's files are in use by another process ({detail}); close VMware Fusion's window of this VM or wait for the other operation, then retry. A stale lock after a crash may need manual intervention"
@@ -215,9 +221,10 @@ impl ApiError {
     }
 
     /// Headers the answer carries besides the JSON body: when to retry a refusal that will
-    /// pass later, and which scheme a 401 wants (RFC 6750).
+    /// pass later, which scheme a 401 wants (RFC 6750), which methods a 405's path takes.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let retry_after = match self {
+            Self::MethodNotAllowed { allowed, .. } => return vec![("Allow", allow(allowed))],
             Self::CapacityExhausted(_) | Self::FleetFull(_) => RETRY_AFTER_CAPACITY_SECS,
             Self::FleetUnavailable(_) => RETRY_AFTER_FLEET_SECS,
             Self::Draining { .. } => RETRY_AFTER_DRAINING_SECS,
@@ -246,6 +253,18 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// The `Allow` value: the methods named, with HEAD after GET (every GET path answers it).
+fn allow(methods: &[&str]) -> String {
+    let mut all = Vec::with_capacity(methods.len() + 1);
+    for method in methods {
+        all.push(*method);
+        if *method == "GET" {
+            all.push("HEAD");
+        }
+    }
+    all.join(", ")
 }
 
 impl From<crate::service::Error> for ApiError {

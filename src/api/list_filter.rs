@@ -1,9 +1,10 @@
 //! `GET /vms?label=k=v&label=k2&status=running`: the list's filters. Every `label` must
 //! hold (`k=v`: the label has that value; `k`: the label is there); the status must be one
-//! of the `status` values given. Values are percent-decoded (`+` is a space), as a form or
-//! `curl --data-urlencode -G` sends them.
+//! of the `status` values given (`provisioning` also as the VM object's `""`). Values are
+//! percent-decoded (`+` is a space), as a form or `curl --data-urlencode -G` sends them.
 
 use super::error::ApiError;
+use super::query::DecodeError;
 use crate::vm::labels::VmFilter;
 use crate::vm::Status;
 
@@ -35,7 +36,8 @@ pub fn parse(url: &str) -> Result<VmFilter, ApiError> {
             "status" => {
                 let text = decode(raw, name)?;
                 let status = match text.as_str() {
-                    "provisioning" => Status::Provisioning,
+                    // `""` is how the VM object spells it, as the seed's did.
+                    "provisioning" | "" => Status::Provisioning,
                     "running" => Status::Running,
                     "stopped" => Status::Stopped,
                     "failed" => Status::Failed,
@@ -62,34 +64,17 @@ fn shown(text: &str) -> String {
     format!("{:?}", text.chars().take(80).collect::<String>())
 }
 
-/// `%XX` to its byte and `+` to a space; the result must be UTF-8.
+/// The value decoded as a form sends it; what cannot be is named.
 fn decode(raw: &str, name: &str) -> Result<String, ApiError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "{name} has a % not followed by two hex digits: {}",
-                            shown(raw)
-                        ))
-                    })?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out)
-        .map_err(|_| invalid(format!("{name} is not UTF-8 once decoded: {}", shown(raw))))
+    super::query::decode(raw, true).map_err(|why| {
+        invalid(match why {
+            DecodeError::BadEscape => format!(
+                "{name} has a % not followed by two hex digits: {}",
+                shown(raw)
+            ),
+            DecodeError::NotUtf8 => format!("{name} is not UTF-8 once decoded: {}", shown(raw)),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -116,10 +101,13 @@ mod tests {
         // A value may hold `=`: only the first one splits.
         let filter = parse("/vms?label=k=a=b").unwrap();
         assert_eq!(filter.labels, [("k".to_string(), Some("a=b".to_string()))]);
-        assert_eq!(
-            parse("/vms?status=provisioning").unwrap().statuses,
-            [Status::Provisioning]
-        );
+        for provisioning in ["/vms?status=provisioning", "/vms?status=", "/vms?status"] {
+            assert_eq!(
+                parse(provisioning).unwrap().statuses,
+                [Status::Provisioning],
+                "{provisioning}"
+            );
+        }
     }
 
     #[test]
@@ -129,7 +117,6 @@ mod tests {
                 "/vms?status=ready",
                 "provisioning, running, stopped, failed",
             ),
-            ("/vms?status=", "provisioning, running"),
             ("/vms?label=", "key=value"),
             ("/vms?label==v", "key=value"),
             ("/vms?label=k%zz", "two hex digits"),

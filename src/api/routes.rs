@@ -52,30 +52,30 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
         "/vms" => match method {
             _ if get => Ok(Route::ListVms),
             "POST" => Ok(Route::CreateVm),
-            _ => Err(not_allowed(method, "GET or POST")),
+            _ => Err(not_allowed(method, &["GET", "POST"])),
         },
         "/images" => match method {
             _ if get => Ok(Route::ListImages),
             "POST" => Ok(Route::PrewarmImage),
-            _ => Err(not_allowed(method, "GET or POST")),
+            _ => Err(not_allowed(method, &["GET", "POST"])),
         },
         HEALTH_PATH if get => Ok(Route::Health),
         "/metrics" if get => Ok(Route::Metrics),
-        HEALTH_PATH | "/metrics" => Err(not_allowed(method, "GET")),
+        HEALTH_PATH | "/metrics" => Err(not_allowed(method, &["GET"])),
         "/drain" => match method {
             _ if get => Ok(Route::DrainState),
             "POST" => Ok(Route::Drain),
             "DELETE" => Ok(Route::Undrain),
-            _ => Err(not_allowed(method, "GET, POST or DELETE")),
+            _ => Err(not_allowed(method, &["GET", "POST", "DELETE"])),
         },
         "/hosts" if get => Ok(Route::ListHosts),
-        "/hosts" => Err(not_allowed(method, "GET")),
+        "/hosts" => Err(not_allowed(method, &["GET"])),
         "/pools" if get => Ok(Route::ListPools),
-        "/pools" => Err(not_allowed(method, "GET")),
+        "/pools" => Err(not_allowed(method, &["GET"])),
         "/undrain" if method == "POST" => Ok(Route::Undrain),
         super::openapi::PATH if get => Ok(Route::OpenApi),
-        super::openapi::PATH => Err(not_allowed(method, "GET")),
-        "/undrain" => Err(not_allowed(method, "POST")),
+        super::openapi::PATH => Err(not_allowed(method, &["GET"])),
+        "/undrain" => Err(not_allowed(method, &["POST"])),
         _ => {
             if let Some(rest) = path.strip_prefix("/vms/") {
                 return vm_route(method, rest);
@@ -100,11 +100,11 @@ fn vm_route(method: &str, rest: &str) -> Result<Route, ApiError> {
     let route = match (action, method) {
         (None, "GET" | "HEAD") => Route::GetVm,
         (None, "DELETE") => Route::DeleteVm,
-        (None, _) => return Err(not_allowed(method, "GET or DELETE")),
+        (None, _) => return Err(not_allowed(method, &["GET", "DELETE"])),
         (Some("renew"), "POST") => Route::RenewVm,
-        (Some("renew"), _) => return Err(not_allowed(method, "POST")),
+        (Some("renew"), _) => return Err(not_allowed(method, &["POST"])),
         (Some("log"), "GET" | "HEAD") => Route::VmLog,
-        (Some("log"), _) => return Err(not_allowed(method, "GET")),
+        (Some("log"), _) => return Err(not_allowed(method, &["GET"])),
         (Some(_), _) => return Err(ApiError::RouteNotFound(truncate(rest))),
     };
     parse_id(id).map(route).ok_or(ApiError::VmNotFound)
@@ -115,7 +115,7 @@ fn image_route(method: &str, checksum: &str) -> Result<Route, ApiError> {
     let route = match method {
         "GET" | "HEAD" => Route::GetImage,
         "DELETE" => Route::DeleteImage,
-        _ => return Err(not_allowed(method, "GET or DELETE")),
+        _ => return Err(not_allowed(method, &["GET", "DELETE"])),
     };
     let checksum = checksum.to_ascii_lowercase();
     if !crate::image::is_any_digest(&checksum) {
@@ -130,7 +130,7 @@ fn pool_route(method: &str, name: &str) -> Result<Route, ApiError> {
         "GET" | "HEAD" => Route::GetPool,
         "PUT" => Route::PutPool,
         "DELETE" => Route::DeletePool,
-        _ => return Err(not_allowed(method, "GET, PUT or DELETE")),
+        _ => return Err(not_allowed(method, &["GET", "PUT", "DELETE"])),
     };
     super::pool_body::name(name).map(route)
 }
@@ -140,7 +140,7 @@ fn parse_id(text: &str) -> Option<VmId> {
     VmId::parse(text)
 }
 
-fn not_allowed(method: &str, allowed: &'static str) -> ApiError {
+fn not_allowed(method: &str, allowed: &'static [&'static str]) -> ApiError {
     ApiError::MethodNotAllowed {
         method: truncate(method),
         allowed,
@@ -298,6 +298,29 @@ mod tests {
             route("DELETE", &format!("/vms/{long}")),
             Err(ApiError::VmNotFound)
         );
+    }
+
+    #[test]
+    fn a_405_names_the_methods_of_its_path() {
+        let allow = |method: &str, url: &str| {
+            let err = route(method, url).unwrap_err();
+            assert_eq!(err.status(), 405, "{method} {url}");
+            let headers = err.headers();
+            assert_eq!(headers.len(), 1, "{headers:?}");
+            assert_eq!(headers[0].0, "Allow");
+            (headers[0].1.clone(), err.message())
+        };
+        let (header, message) = allow("TRACE", "/vms");
+        assert_eq!(header, "GET, HEAD, POST");
+        assert!(message.ends_with("use GET or POST"), "{message}");
+        let (header, message) = allow("PATCH", "/drain");
+        assert_eq!(header, "GET, HEAD, POST, DELETE");
+        assert!(message.ends_with("use GET, POST or DELETE"), "{message}");
+        assert_eq!(allow("GET", "/undrain").0, "POST");
+        assert_eq!(allow("PUT", &format!("/vms/{ID}/renew")).0, "POST");
+        assert_eq!(allow("POST", "/pools/a").0, "GET, HEAD, PUT, DELETE");
+        assert_eq!(allow("OPTIONS", "/openapi.json").0, "GET, HEAD");
+        assert!(route("GET", "/nope").unwrap_err().headers().is_empty());
     }
 
     #[test]

@@ -84,15 +84,14 @@ pub fn deliver_in_background(id: VmId, url: String, body: Arc<[u8]>, settings: C
 }
 
 fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(settings.timeout))
         .http_status_as_error(false)
-        .tls_config(settings.trust.tls_config())
         // A redirect is a delivery failure: following one would let a receiver send the
         // server's POST (or, after a 303, a GET) to any host and port, its own included.
         .max_redirects(0)
-        .build()
-        .into();
+        .build();
+    let agent = settings.trust.agent(config);
     let mut backoff = Duration::from_secs(1);
     for attempt in 0..=settings.retries {
         let mut request = agent.post(url).header("Content-Type", "application/json");
@@ -140,13 +139,20 @@ fn deliver(id: VmId, url: &str, body: &[u8], settings: CallbackSettings) {
                 );
                 return;
             }
-            Err(err) => match crate::tls::failure_reason(&err) {
+            Err(err) => match crate::tls::failure(&err) {
                 // Retrying cannot help: the certificate will be the same in a second.
-                Some(reason) => {
+                Some(failure) => {
+                    let advice = match failure.kind {
+                        crate::tls::FailureKind::NotTls => "use an http:// callback_url",
+                        _ => {
+                            "give the receiver's CA, or its self-signed certificate, with \
+                             --ca-file / OSX_BUILDER_CA_FILE, or fix its certificate"
+                        }
+                    };
                     crate::warn!(
-                        "vm={id} callback to {url} failed: the TLS connection failed: {reason}; \
-                         not retried (give the receiver's CA with --ca-file / OSX_BUILDER_CA_FILE, \
-                         or fix its certificate)"
+                        "vm={id} callback to {url} failed: the TLS connection failed: {}; \
+                         not retried ({advice})",
+                        failure.reason
                     );
                     return;
                 }

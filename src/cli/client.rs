@@ -77,19 +77,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes the HTTP agent for `target`. Every client request is sent by an agent made here.
 pub fn agent(target: &Target) -> ureq::Agent {
-    let mut config = ureq::Agent::config_builder();
-    if let Some(trust) = &target.trust {
-        config = config.tls_config(trust.tls_config());
-    }
-    config
+    let config = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_resolve(Some(CONNECT_TIMEOUT))
         .timeout_recv_response(Some(RESPONSE_TIMEOUT))
         .timeout_recv_body(Some(RESPONSE_TIMEOUT))
         .http_status_as_error(false)
         .user_agent(concat!("osx-builder-cli/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+        .build();
+    match &target.trust {
+        Some(trust) => trust.agent(config),
+        None => config.new_agent(),
+    }
 }
 
 /// An answer: status, the headers the client looks at, and the body.
@@ -156,7 +155,7 @@ impl Client {
         let response = self
             .agent
             .run(request)
-            .map_err(|e| unreachable(&self.target.base, e))?;
+            .map_err(|e| no_answer(&self.target.base, e))?;
         let status = response.status().as_u16();
         let etag = response
             .headers()
@@ -168,7 +167,7 @@ impl Client {
             .with_config()
             .limit(64 << 20)
             .read_to_vec()
-            .map_err(|e| unreachable(&self.target.base, e))?;
+            .map_err(|e| no_answer(&self.target.base, e))?;
         let reply = Reply { status, etag, body };
         if (200..300).contains(&status) || status == 304 {
             return Ok(reply);
@@ -198,7 +197,28 @@ fn api_failure(reply: &Reply) -> Failure {
     }
 }
 
-fn unreachable(base: &str, err: ureq::Error) -> Failure {
+/// Why no answer came: a TLS failure says what it is and what to do (exit 1: the server
+/// was reached); anything else is an unreachable server (exit 3).
+fn no_answer(base: &str, err: ureq::Error) -> Failure {
+    if let Some(tls) = crate::tls::failure(&err) {
+        return Failure::Tls(match tls.kind {
+            crate::tls::FailureKind::Certificate => format!(
+                "the server at {base} answered, but its TLS certificate was refused: {}; give \
+                 the CA certificate that signed it, or the server's own certificate if it is \
+                 self-signed, with --ca-file / OSX_BUILDER_CA_FILE",
+                tls.reason
+            ),
+            crate::tls::FailureKind::NotTls => format!(
+                "the server at {base} does not speak TLS (it answered with something else, \
+                 such as plain HTTP); use an http:// URL in --server / OSX_BUILDER_URL, or \
+                 serve the API over TLS with --tls-cert and --tls-key"
+            ),
+            crate::tls::FailureKind::Handshake => format!(
+                "the TLS connection to the server at {base} failed: {}",
+                tls.reason
+            ),
+        });
+    }
     let why = match &err {
         ureq::Error::ConnectionFailed => "the connection was refused".to_string(),
         ureq::Error::HostNotFound => "the host name does not resolve".to_string(),

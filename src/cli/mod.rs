@@ -3,7 +3,8 @@
 //! `osx-builder vm create ... --wait`, `vm get|list|delete|renew|log`, `image
 //! list|prewarm|delete`, `pool list|get|put|delete`, `drain`, `undrain`, `health`. Tables for people, `--json` for
 //! scripts. Exit status: 0 done (a VM running with an IP), 1 the server said no or the VM
-//! failed, 2 usage error, 3 the server could not be reached.
+//! failed (or its TLS connection failed: a certificate refused, no TLS spoken), 2 usage
+//! error, 3 the server could not be reached.
 
 pub(crate) mod args;
 pub(crate) mod client;
@@ -35,6 +36,9 @@ pub enum Failure {
     Usage(String),
     /// 3: no answer from the server.
     Unreachable(String),
+    /// 1: the server answered, but the TLS connection failed (its certificate was
+    /// refused, or it does not speak TLS).
+    Tls(String),
     /// 1: the server refused (`{code, message}` and the body as it came).
     Api {
         status: u16,
@@ -53,7 +57,7 @@ impl Failure {
         match self {
             Self::Usage(_) => 2,
             Self::Unreachable(_) => 3,
-            Self::Api { .. } | Self::Failed { .. } | Self::Protocol(_) => 1,
+            Self::Api { .. } | Self::Failed { .. } | Self::Protocol(_) | Self::Tls(_) => 1,
         }
     }
 }
@@ -81,7 +85,7 @@ fn report(failure: &Failure, json: bool) {
         Failure::Usage(message) => {
             eprintln!("osx-builder: {message} (osx-builder vm --help lists the commands)")
         }
-        Failure::Unreachable(message) | Failure::Protocol(message) => {
+        Failure::Unreachable(message) | Failure::Protocol(message) | Failure::Tls(message) => {
             eprintln!("osx-builder: {message}")
         }
         Failure::Api {
@@ -150,7 +154,8 @@ Options of every command:
 and one line per phase otherwise, on stderr; the result goes to stdout.
 
 Exit status: 0 success (a VM running with an IP), 1 refused or failed (code and message
-printed), 2 usage error, 3 the server could not be reached.
+printed; also a TLS connection that failed: the server's certificate refused, or no TLS
+spoken at an https:// URL), 2 usage error, 3 the server could not be reached.
 ",
         version = env!("CARGO_PKG_VERSION")
     )

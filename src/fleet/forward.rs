@@ -28,11 +28,7 @@ const PASSED_ON: [&str; 3] = ["ETag", "Retry-After", "WWW-Authenticate"];
 
 impl Peers {
     pub fn new(trust: Option<&ClientTrust>) -> Self {
-        let mut config = ureq::Agent::config_builder();
-        if let Some(trust) = trust {
-            config = config.tls_config(trust.tls_config());
-        }
-        let agent = config
+        let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(2)))
             .timeout_resolve(Some(Duration::from_secs(2)))
             // A long poll waits up to a minute on the owner.
@@ -40,8 +36,11 @@ impl Peers {
             .timeout_recv_body(Some(Duration::from_secs(75)))
             .http_status_as_error(false)
             .max_idle_connections_per_host(16)
-            .build()
-            .new_agent();
+            .build();
+        let agent = match trust {
+            Some(trust) => trust.agent(config),
+            None => config.new_agent(),
+        };
         Self { agent }
     }
 

@@ -100,8 +100,7 @@ impl Fetcher {
         max_resumes: u32,
         trust: &crate::tls::ClientTrust,
     ) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .tls_config(trust.tls_config())
+        let config = ureq::Agent::config_builder()
             // Followed by `get`, which refuses a downgrade to http or another scheme.
             .max_redirects(0)
             .timeout_connect(Some(connect_timeout))
@@ -113,8 +112,8 @@ impl Fetcher {
             // Statuses are reported by us, with the URL.
             .http_status_as_error(false)
             .user_agent(concat!("osx-builder/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+            .build();
+        let agent = trust.agent(config);
         Self {
             agent,
             read_timeout,

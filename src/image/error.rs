@@ -182,9 +182,9 @@ impl fmt::Display for ImageError {
             Self::Tls { url, host, reason } => write!(
                 f,
                 "cannot download the image from {url}: the TLS connection to {host} failed: \
-                 {reason}; if {host} uses an internal CA, give its certificate with --ca-file / \
-                 OSX_BUILDER_CA_FILE (or install it in the system's trust store) and restart, \
-                 otherwise check the image URL's host name"
+                 {reason}; if {host} uses an internal CA or a self-signed certificate, give \
+                 that certificate with --ca-file / OSX_BUILDER_CA_FILE (or install it in the \
+                 system's trust store) and restart, otherwise check the image URL's host name"
             ),
             Self::Connection { url, detail } => write!(
                 f,

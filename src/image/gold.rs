@@ -22,15 +22,41 @@ use crate::hypervisor::dependants::{self, Dependant};
 use crate::image::gold_locks::GoldLocks;
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
-use crate::service::capacity::{self, Limits};
-use crate::service::Error;
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::capacity::{self, Limits, Shortage};
 use crate::vm::{VmError, VmStore};
 
 /// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
 /// last cloned from it. Inside the image's folder so that it goes with it.
 pub const USAGE_FILE: &str = "osx-builder-image.json";
+
+/// What the gold cache refuses; the service turns each into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoldError {
+    ImageNotFound,
+    /// VMs depend on the image, or it is being downloaded: why.
+    ImageInUse(String),
+    /// A pre-warm below the free-disk floor.
+    CapacityExhausted(Shortage),
+    TooManyPrewarms {
+        limit: usize,
+    },
+    Internal(String),
+}
+
+impl std::fmt::Display for GoldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ImageNotFound => write!(f, "no such gold image"),
+            Self::ImageInUse(why) | Self::Internal(why) => write!(f, "{why}"),
+            Self::CapacityExhausted(shortage) => write!(f, "{shortage}"),
+            Self::TooManyPrewarms { limit } => write!(f, "{limit} pre-warm downloads run already"),
+        }
+    }
+}
+
+type Error = GoldError;
 
 /// Pre-warm downloads at once. Each is a thread and a multi-gigabyte transfer; a client
 /// asking for dozens is more likely a bug than a plan.
@@ -75,6 +101,10 @@ pub struct ImageEntry {
     pub progress: Option<ImageProgress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<VmError>,
+    /// Set while every clone of this image fails on a file that holds its gold VM (a
+    /// lock of a live process, or one whose owner is unknown): a person must act.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<crate::image::gold_locks::Blocked>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -209,6 +239,34 @@ impl GoldCache {
             .into_iter()
             .find(|entry| entry.checksum == checksum)
             .ok_or(Error::ImageNotFound)
+    }
+
+    /// Gold images that cannot be cloned until a person acts, by checksum.
+    pub fn blocked(&self) -> Vec<(String, crate::image::gold_locks::Blocked)> {
+        self.locks.blocked()
+    }
+
+    /// At start: locks beside the gold VMs that a vmrun left when it died (a crash, a kill,
+    /// a power loss) go before any clone meets them; live ones stay.
+    pub fn remove_stale_locks(&self) {
+        let Ok(checksums) = self.images.gold_checksums() else {
+            return;
+        };
+        for checksum in checksums {
+            let Some(gold) = self.images.lookup(&checksum) else {
+                continue;
+            };
+            let Some(dir) = gold.vmx.parent() else {
+                continue;
+            };
+            for held in crate::hypervisor::locks::remove_dead_locks_in(dir) {
+                crate::warn!(
+                    "gold image {checksum}: lock {} left in place: {}",
+                    held.path.display(),
+                    held.why
+                );
+            }
+        }
     }
 
     /// Bytes taken by the published gold images.
@@ -598,7 +656,14 @@ impl GoldCache {
             .into_iter()
             .find(|a| a.checksum == checksum)
             .map(|a| a.bytes);
+        let blocked = self
+            .locks
+            .blocked()
+            .into_iter()
+            .find(|(sum, _)| sum == checksum)
+            .map(|(_, blocked)| blocked);
         ImageEntry {
+            blocked,
             url: usage.url,
             checksum_type: usage.checksum_type,
             size_bytes,
@@ -657,6 +722,7 @@ fn blank(
         last_used: None,
         progress: None,
         error: None,
+        blocked: None,
     }
 }
 
@@ -838,11 +904,10 @@ mod tests {
         vm.image = None;
         store.insert(vm).unwrap();
         assert!(gold.evict().is_empty());
-        let code = |err| crate::api::error::ApiError::from(err).code();
         let err = gold.remove(SUMS[0]).unwrap_err();
-        assert_eq!(code(err), "image-in-use");
+        assert!(matches!(err, GoldError::ImageInUse(_)), "{err:?}");
         assert_eq!(gold.list().len(), 1);
-        assert_eq!(code(gold.remove(SUMS[1]).unwrap_err()), "image-not-found");
+        assert_eq!(gold.remove(SUMS[1]).unwrap_err(), GoldError::ImageNotFound);
         std::fs::remove_dir_all(&data).unwrap();
     }
 

@@ -3,18 +3,20 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::vm::VmId;
 
+use super::tasks::Task;
 use super::{Job, Provisioner, BASE_SNAPSHOT};
 use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
 use crate::hypervisor::HypervisorError;
+use crate::image::gold_locks::GoldState;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
 use crate::sys::fsutil;
-use crate::sys::sync::LockUnpoisoned;
 use crate::vm::guestinfo::GuestInfo;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm};
@@ -72,10 +74,14 @@ impl Provisioner {
         let started = Instant::now();
         let result = match job {
             // Taken out of the task whatever happens next, so the values go when this ends.
-            Job::Provision(_) => self.provision(&vm, &task.cancel, task.take_guestinfo()),
+            Job::Provision(_) => self.provision(&vm, &task, task.take_guestinfo()),
             // Restarted mid-wait: when it booted is unknown, so no boot-to-IP time.
             Job::WatchIp(_) => self.watch_ip(&vm, &task.cancel, None),
         };
+        if task.is_handed() {
+            self.remove_handed(id);
+            return;
+        }
         match result {
             Ok(()) => {
                 // A VM that never reported an IP runs, but is not what was asked for.
@@ -104,12 +110,8 @@ impl Provisioner {
         self.fire_callback(id);
     }
 
-    fn provision(
-        &self,
-        vm: &Vm,
-        cancel: &Cancel,
-        guestinfo: Option<GuestInfo>,
-    ) -> Result<(), Stop> {
+    fn provision(&self, vm: &Vm, task: &Task, guestinfo: Option<GuestInfo>) -> Result<(), Stop> {
+        let cancel = &task.cancel;
         let id = vm.id;
         let guestinfo = guestinfo.unwrap_or_default();
         if guestinfo.keys() != vm.guestinfo_keys {
@@ -160,7 +162,14 @@ impl Provisioner {
         let vmx_path = self.store.vmx_path(id);
         {
             let lock = self.gold_locks.get(&gold.checksum);
-            let mut gold_state = lock.lock_unpoisoned();
+            // A VM waiting here has run nothing yet: a DELETE takes it out of the queue.
+            let mut gold_state = lock_unless_cancelled(&lock, cancel)?;
+            if !task.enter_gold() {
+                return Err(Stop::Cancelled);
+            }
+            // From here until the end of the block, vmrun works on the gold VM: a DELETE
+            // no longer kills it, but hands this VM's removal to this worker.
+            let _gold_work = GoldWork(task);
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
                 let snapshots = self.hypervisor.list_snapshots(&gold.vmx)?;
@@ -198,7 +207,9 @@ impl Provisioner {
                 .settle(id)
                 .map_err(|e| Stop::failed(e.code(), e.to_string()))?;
             let cloning = Instant::now();
-            self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel)?;
+            let cloned = self.clone_with_retry(&gold.vmx, &vmx_path, &id.to_string(), cancel);
+            self.note_gold_blocked(&gold.checksum, &gold.vmx, &cloned);
+            cloned.map_err(clone_stop)?;
             self.metrics.observe_clone(cloning.elapsed());
         }
         check(cancel)?;
@@ -277,25 +288,42 @@ impl Provisioner {
     }
 
     /// Clones of one parent are serialised by the gold lock; "in use" can still come from a
-    /// VMware window holding the gold VM open, so it is retried a few times.
+    /// VMware window holding the gold VM open, or from a lock a dead vmrun left (removed
+    /// before each try), so it is retried a few times. The clone itself is never cancelled:
+    /// killed half way, it would leave its lock on the gold VM. `cancel` ends the waits.
     fn clone_with_retry(
         &self,
         gold_vmx: &Path,
         vmx_path: &Path,
         name: &str,
         cancel: &Cancel,
-    ) -> Result<(), Stop> {
+    ) -> Result<(), HypervisorError> {
         let mut attempt = 0;
         let mut remade = false;
         loop {
-            match self
-                .hypervisor
-                .clone_linked(gold_vmx, vmx_path, BASE_SNAPSHOT, name, cancel)
-            {
+            if let Some(dir) = gold_vmx.parent() {
+                crate::hypervisor::locks::remove_dead_locks_in(dir);
+            }
+            let cloned = self.hypervisor.clone_linked(
+                gold_vmx,
+                vmx_path,
+                BASE_SNAPSHOT,
+                name,
+                &Cancel::new(),
+            );
+            match cloned {
                 Err(HypervisorError::VmLocked { .. }) if attempt < 3 => {
                     attempt += 1;
                     crate::warn!("vm={name} gold VM in use, clone retry {attempt} of 3");
-                    sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel)?;
+                    if sleep_unless_cancelled(Duration::from_secs(2 * attempt), cancel).is_err() {
+                        let call = cloned.err().and_then(|e| e.call().cloned());
+                        return Err(HypervisorError::Cancelled {
+                            call: call.unwrap_or(crate::hypervisor::Call {
+                                command: "clone",
+                                vmx: Some(gold_vmx.to_path_buf()),
+                            }),
+                        });
+                    }
                 }
                 // Someone deleted the snapshot in Fusion, or restored the gold VM: make it
                 // again (the caller holds the gold lock) rather than failing every clone.
@@ -304,19 +332,83 @@ impl Provisioner {
                     crate::warn!(
                         "vm={name} the gold VM lost its snapshot {BASE_SNAPSHOT} ({err}); making it again"
                     );
-                    self.hypervisor.snapshot(gold_vmx, BASE_SNAPSHOT)?;
+                    match self.hypervisor.snapshot(gold_vmx, BASE_SNAPSHOT) {
+                        Ok(()) => {}
+                        // vmrun has answered a clone with `Invalid snapshot name` while the
+                        // snapshot was there: if it is listed, the clone is tried once more.
+                        Err(exists) if crate::hypervisor::vmrun::is_snapshot_exists(&exists) => {
+                            let listed = self.hypervisor.list_snapshots(gold_vmx)?;
+                            if !listed.iter().any(|s| s == BASE_SNAPSHOT) {
+                                return Err(exists);
+                            }
+                            crate::warn!(
+                                "vm={name} vmrun clone said the snapshot {BASE_SNAPSHOT} is invalid, but it exists and is listed; retrying the clone once"
+                            );
+                        }
+                        Err(other) => return Err(other),
+                    }
                 }
-                Err(err) if crate::hypervisor::vmrun::is_invalid_parameters(&err) => {
-                    return Err(Stop::failed(
-                        "clone-unsupported",
-                        format!(
-                            "{err}; linked clones need VMware Fusion Pro or Workstation Pro (Fusion without Pro and Player cannot make them)"
-                        ),
-                    ))
-                }
-                other => return other.map_err(Stop::from),
+                other => return other,
             }
         }
+    }
+
+    /// Says on `/images/:checksum` and `/healthz` that the image cannot be cloned while
+    /// something holds its gold VM, naming what; a clone that went through clears it.
+    fn note_gold_blocked(
+        &self,
+        checksum: &str,
+        gold_vmx: &Path,
+        cloned: &Result<(), HypervisorError>,
+    ) {
+        match cloned {
+            Ok(()) => self.gold_locks.unblock(checksum),
+            Err(err @ HypervisorError::VmLocked { .. }) => {
+                let held = gold_vmx
+                    .parent()
+                    .map(crate::hypervisor::locks::remove_dead_locks_in)
+                    .unwrap_or_default();
+                let (file, message) = match held.first() {
+                    Some(lock) => (
+                        lock.path.clone(),
+                        format!(
+                            "every clone of this image fails ({err}); {} holds its gold VM: {}. Stop that process or close the gold VM in VMware; if no VMware or vmrun process runs, remove {} by hand. The next create tries again",
+                            lock.path.display(),
+                            lock.why,
+                            lock.path.display()
+                        ),
+                    ),
+                    None => (
+                        gold_vmx.to_path_buf(),
+                        format!(
+                            "every clone of this image fails ({err}); no lock file beside {} names its holder: close the gold VM in the VMware window that has it open (or quit VMware). The next create tries again",
+                            gold_vmx.display()
+                        ),
+                    ),
+                };
+                crate::error!("gold image {checksum} is blocked: {message}");
+                self.gold_locks.block(checksum, file, message);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A VM deleted while vmrun worked on its gold VM: its clone (never started) and its
+    /// folder go now that the call is over.
+    fn remove_handed(&self, id: VmId) {
+        let vmx = self.store.vmx_path(id);
+        if vmx.is_file() {
+            if let Err(err) = self.hypervisor.delete_vm(&vmx) {
+                crate::warn!("vm={id} {err}; its folder is removed all the same");
+            }
+        }
+        match self.store.remove(id) {
+            Ok(()) => crate::info!("vm={id} deleted: its gold call is over and its files are gone"),
+            Err(err) => crate::error!(
+                "vm={id} was deleted, but {err}; its folder is removed at the next start"
+            ),
+        }
+        self.tasks.forget(id);
     }
 
     fn fire_callback(&self, id: VmId) {
@@ -385,6 +477,48 @@ fn configure(vmx_path: &Path, vm: &Vm, guestinfo: &GuestInfo) -> Result<String, 
     .map_err(|e| e.to_string())?;
     Ok(vmx.get("guestOS").unwrap_or_default())
 }
+
+fn clone_stop(err: HypervisorError) -> Stop {
+    if crate::hypervisor::vmrun::is_invalid_parameters(&err) {
+        Stop::failed(
+            "clone-unsupported",
+            format!(
+                "{err}; linked clones need VMware Fusion Pro or Workstation Pro (Fusion without Pro and Player cannot make them)"
+            ),
+        )
+    } else {
+        Stop::from(err)
+    }
+}
+
+/// Leaves the gold call when dropped, whichever way the block ends.
+struct GoldWork<'a>(&'a Task);
+
+impl Drop for GoldWork<'_> {
+    fn drop(&mut self) {
+        self.0.leave_gold();
+    }
+}
+
+/// The gold lock, or `Stop::Cancelled` as soon as a DELETE comes while waiting for it.
+fn lock_unless_cancelled<'a>(
+    lock: &'a Mutex<GoldState>,
+    cancel: &Cancel,
+) -> Result<MutexGuard<'a, GoldState>, Stop> {
+    loop {
+        match lock.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Ok(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => {
+                check(cancel)?;
+                thread::sleep(GOLD_WAIT_POLL);
+            }
+        }
+    }
+}
+
+/// How often a VM waiting for its gold VM looks at its cancel flag and the lock.
+const GOLD_WAIT_POLL: Duration = Duration::from_millis(5);
 
 pub(super) fn check(cancel: &Cancel) -> Result<(), Stop> {
     if cancel.is_cancelled() {

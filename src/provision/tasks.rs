@@ -1,6 +1,8 @@
 //! Per-VM coordination between the provisioning worker and DELETE: a cancel flag, and a
 //! lock held while anyone runs vmrun against the VM, so that DELETE waits for the worker to
-//! let go instead of racing it.
+//! let go instead of racing it; except while the worker runs vmrun on the gold VM, which is
+//! never killed (a clone killed half way leaves the gold VM locked for every later clone):
+//! then DELETE hands the VM's removal to the worker and answers at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +21,18 @@ pub struct Task {
     /// its values are kept, never the record. A restart before the VMX edit loses them,
     /// and such a VM is failed as `interrupted` in any case.
     guestinfo: Mutex<Option<GuestInfo>>,
+    gold: Mutex<GoldWork>,
+}
+
+/// Whether the worker is in a vmrun call on the gold VM, and whether a DELETE came then.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum GoldWork {
+    #[default]
+    Outside,
+    Inside,
+    /// A DELETE came while inside: the VM is gone for clients, and the worker removes its
+    /// files once the call ends.
+    Handed,
 }
 
 impl Task {
@@ -32,6 +46,48 @@ impl Task {
 
     pub fn take_guestinfo(&self) -> Option<GuestInfo> {
         self.guestinfo.lock_unpoisoned().take()
+    }
+
+    /// The worker, holding the gold lock: from now on a DELETE hands the removal over
+    /// instead of cancelling. False when a DELETE came first (the cancel flag is checked
+    /// under the same lock a DELETE's hand-over takes, so one of them wins).
+    pub fn enter_gold(&self) -> bool {
+        let mut gold = self.gold.lock_unpoisoned();
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        *gold = GoldWork::Inside;
+        true
+    }
+
+    /// The worker, its gold call over: true when a DELETE handed it the VM's removal.
+    pub fn leave_gold(&self) -> bool {
+        let mut gold = self.gold.lock_unpoisoned();
+        if *gold == GoldWork::Inside {
+            *gold = GoldWork::Outside;
+        }
+        *gold == GoldWork::Handed
+    }
+
+    /// True once a DELETE handed the VM's removal to the worker.
+    pub fn is_handed(&self) -> bool {
+        *self.gold.lock_unpoisoned() == GoldWork::Handed
+    }
+
+    /// DELETE, after setting the cancel flag: when the worker is in a gold call, runs
+    /// `record` (the durable mark that the VM is deleted) and hands the removal of its
+    /// files to the worker; `None` when the worker is elsewhere (DELETE waits for it as
+    /// usual). The worker cannot leave the call meanwhile, so it always sees the mark.
+    pub fn hand_over<E>(&self, record: impl FnOnce() -> Result<(), E>) -> Option<Result<(), E>> {
+        let mut gold = self.gold.lock_unpoisoned();
+        if *gold != GoldWork::Inside {
+            return None;
+        }
+        let recorded = record();
+        if recorded.is_ok() {
+            *gold = GoldWork::Handed;
+        }
+        Some(recorded)
     }
 }
 

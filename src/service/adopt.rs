@@ -92,6 +92,7 @@ impl Service {
         // A create's folder appears before its map entry: under this lock such a folder's
         // VM is in `recording` until the store has it.
         let _creating = self.lock_creating();
+        self.store.sweep_buried();
         for entry in entries.flatten() {
             let dir = entry.path();
             // A delete on its way out (creates hold `creating`, as this does).
@@ -102,6 +103,10 @@ impl Service {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(VmId::parse);
+            // Deleted while vmrun worked on its gold image: never a VM again.
+            if id.is_some_and(|id| self.store.is_buried(id)) {
+                continue;
+            }
             // Checked now, not from a list taken before: a create may have just added it.
             if id.is_some_and(|id| {
                 self.store.get(id).is_some() || self.recording().contains_key(&id)

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::service::capacity::Shortage;
+use crate::vm::capacity::Shortage;
 use crate::vm::VmId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,19 @@ pub enum Error {
     /// The pool is defined by the server's settings (`--pool`), which only a restart with
     /// other settings changes.
     PoolFromSettings(String),
+}
+
+impl From<crate::image::gold::GoldError> for Error {
+    fn from(err: crate::image::gold::GoldError) -> Self {
+        use crate::image::gold::GoldError;
+        match err {
+            GoldError::ImageNotFound => Self::ImageNotFound,
+            GoldError::ImageInUse(why) => Self::ImageInUse(why),
+            GoldError::CapacityExhausted(shortage) => Self::CapacityExhausted(shortage),
+            GoldError::TooManyPrewarms { limit } => Self::TooManyPrewarms { limit },
+            GoldError::Internal(why) => Self::Internal(why),
+        }
+    }
 }
 
 impl Error {

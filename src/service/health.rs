@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::hypervisor::running::ListState;
 use crate::hypervisor::Hypervisor;
+use crate::image::gold_locks::Blocked;
 
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -74,9 +75,11 @@ pub fn check(
     data_dir: &Path,
     min_free_disk: u64,
     draining_since: Option<String>,
+    blocked: &[(String, Blocked)],
 ) -> Health {
     let mut checks = BTreeMap::new();
     checks.insert("vmrun", Check::new(check_vmrun(hypervisor)));
+    checks.insert("gold_images", Check::new(check_gold(blocked)));
     checks.insert("data_dir", Check::new(check_writable(data_dir)));
     checks.insert("disk", check_disk(data_dir, min_free_disk));
     let failing: Vec<&'static str> = checks
@@ -117,6 +120,25 @@ fn check_vmrun(hypervisor: &dyn Hypervisor) -> Result<String, String> {
         )),
         ListState::Unknown => Err("vmrun list has not answered yet".to_string()),
     }
+}
+
+/// A gold image that cannot be cloned until a person acts fails every create of it.
+fn check_gold(blocked: &[(String, Blocked)]) -> Result<String, String> {
+    if blocked.is_empty() {
+        return Ok("no gold image is blocked".to_string());
+    }
+    Err(blocked
+        .iter()
+        .map(|(checksum, b)| {
+            format!(
+                "gold image {checksum} is blocked by {} since {}: {}",
+                b.file.display(),
+                b.since,
+                b.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// Writes and removes a probe file: a folder can be there and readable, and still refuse
@@ -170,9 +192,11 @@ mod tests {
             &dir,
             u64::MAX,
             Some("2026-11-24T17:00:00.000Z".into()),
+            &[],
         );
         assert_eq!(health.status_code(), 503);
         assert_eq!(health.failing, vec!["disk", "vmrun"]);
+        assert!(health.checks["gold_images"].ok);
         assert!(health.checks["data_dir"].ok);
         let message = health.message.clone().unwrap();
         assert!(
@@ -185,8 +209,22 @@ mod tests {
         assert_eq!(json["checks"]["disk"]["min_free_bytes"], u64::MAX);
 
         let missing = dir.join("not-there");
-        let health = check(&vmrun, &missing, 0, None);
+        let lock = dir.join("gold.vmx.lck");
+        let blocked = [(
+            "abc".to_string(),
+            Blocked {
+                file: lock.clone(),
+                message: "remove it by hand".into(),
+                since: "2026-11-24T17:00:00.000Z".into(),
+            },
+        )];
+        let health = check(&vmrun, &missing, 0, None, &blocked);
         assert!(health.failing.contains(&"data_dir"), "{health:?}");
+        let gold = &health.checks["gold_images"];
+        assert!(
+            !gold.ok && gold.message.contains(&lock.display().to_string()),
+            "{gold:?}"
+        );
         assert!(!health.draining);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,7 +3,6 @@
 //! with the disk and with vmrun after a restart.
 
 mod adopt;
-pub(crate) mod capacity;
 pub(crate) mod drain;
 mod error;
 pub(crate) mod health;
@@ -36,11 +35,11 @@ use crate::image::ImageSpec;
 use crate::provision::tasks::{Task, Tasks};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
+use crate::vm::capacity::{self, Limits};
 use crate::vm::labels::VmFilter;
 use crate::vm::store::Durability;
 use crate::vm::CreateVm;
 use crate::vm::{Phase, Progress, Status, Vm, VmStore};
-use capacity::Limits;
 use drain::{Drain, DrainState};
 use health::Health;
 use long_poll::Waiters;
@@ -269,7 +268,7 @@ impl Service {
         let admitted = capacity::check(
             self.fleet.limits,
             &self.store,
-            self.hypervisor.as_ref(),
+            self.hypervisor.running().snapshot().as_ref(),
             &self.fleet.data_dir,
             recording,
         );
@@ -486,6 +485,7 @@ impl Service {
             &self.fleet.data_dir,
             self.fleet.limits.min_free_disk,
             self.fleet.drain.since(),
+            &self.fleet.gold.blocked(),
         )
     }
 
@@ -500,18 +500,18 @@ impl Service {
     }
 
     pub fn image(&self, checksum: &str) -> Result<ImageEntry, Error> {
-        self.fleet.gold.get(checksum)
+        self.fleet.gold.get(checksum).map_err(Error::from)
     }
 
     /// Downloads an image before any VM needs it (a local one only from allowed folders).
     pub fn prewarm(&self, spec: ImageSpec) -> Result<Prewarmed, Error> {
         self.fleet.guard.check_image_url(&spec.url)?;
-        self.fleet.gold.prewarm(spec)
+        self.fleet.gold.prewarm(spec).map_err(Error::from)
     }
 
     /// Removes a gold image no VM depends on (or cancels its download).
     pub fn remove_image(&self, checksum: &str) -> Result<(), Error> {
-        self.fleet.gold.remove(checksum)
+        self.fleet.gold.remove(checksum).map_err(Error::from)
     }
 
     pub fn drain_state(&self) -> DrainState {
@@ -573,8 +573,18 @@ impl Service {
         self.fleet.metrics.render(&snapshot)
     }
 
-    /// Powers off and removes a VM whose cancel flag is set; waits for its worker first.
+    /// Powers off and removes a VM whose cancel flag is set; waits for its worker first,
+    /// unless the worker runs vmrun on the gold VM for it: that call is not killed (a clone
+    /// killed half way leaves the gold VM locked), the VM is deleted durably for every
+    /// reader now, and the worker removes its files when the call ends.
     fn destroy(&self, id: VmId, task: &Task) -> Result<(), Error> {
+        if let Some(buried) = task.hand_over(|| self.store.bury(id)) {
+            buried.map_err(|e| store_error("the delete could not be recorded", e))?;
+            crate::info!(
+                "vm={id} deleted; vmrun works on its gold image for it, and its files go when that call ends"
+            );
+            return Ok(());
+        }
         let _busy = task.lock();
         let Some(before) = self.store.get(id) else {
             // Another DELETE finished first.
@@ -582,7 +592,7 @@ impl Service {
         };
         crate::info!("vm={id} deleting");
         self.update(id, |vm| vm.progress.phase = Phase::Deleting);
-        if let Err(err) = self.destroy_files(id) {
+        if let Err(err) = self.destroy_files(id, &before) {
             // The VM is still there: show it as it was, not half-deleted, but powered on or
             // off as it now is: the stop may have gone through before deleteVM failed.
             let vmx = crate::hypervisor::locks::canonical(&self.store.vmx_path(id));
@@ -607,8 +617,13 @@ impl Service {
         Ok(())
     }
 
-    fn destroy_files(&self, id: VmId) -> Result<(), Error> {
+    fn destroy_files(&self, id: VmId, before: &Vm) -> Result<(), Error> {
         let vmx = self.store.vmx_path(id);
+        if never_cloned(before) && !vmx.exists() {
+            // Deleted while it waited (for its image, for the gold VM): vmrun never heard
+            // of it, and nothing is asked of vmrun now.
+            return Ok(());
+        }
         // vmrun knows a running VM by its path even when its VMX was removed behind our
         // back: always ask it to stop, or such a VM would run on with no record.
         self.hypervisor
@@ -683,6 +698,21 @@ fn store_error(what: &str, e: crate::vm::store::StoreError) -> Error {
         Error::Internal(format!("{what}: {e}"))
     }
 }
+/// A VM still provisioning that had not reached its clone: no vmrun call ever named it.
+fn never_cloned(vm: &Vm) -> bool {
+    vm.status == Status::Provisioning
+        && matches!(
+            vm.progress.phase,
+            Phase::Queued
+                | Phase::QueuedDownload
+                | Phase::Downloading
+                | Phase::Unpacking
+                | Phase::Verifying
+                | Phase::Publishing
+                | Phase::Snapshotting
+        )
+}
+
 /// `deleteVM` retries while VMware still holds a VM it just powered off (about a minute).
 const DELETE_RETRIES: u32 = 30;
 

@@ -1,27 +1,35 @@
-//! TLS for the server's own HTTPS requests (image downloads, callbacks): which roots they
-//! trust, and a TLS failure told in plain words.
+//! TLS for the server's own HTTPS requests (image downloads, callbacks) and the command
+//! line client's: which roots they trust, how a server's certificate is checked, and a TLS
+//! failure told in plain words.
 //!
 //! Trust is the operating system's store as rustls-native-certs reads it (the macOS
 //! keychains, with their trust settings, on a Mac; the system CA bundle on Linux), or, as
 //! curl and OpenSSL do, `SSL_CERT_FILE` / `SSL_CERT_DIR` instead of it when set; plus the PEM
 //! bundle of `--ca-file`. Every connection verifies with rustls' own (webpki) verifier, so a
-//! failure has the same reasons on a Mac and on Linux.
+//! failure has the same reasons on a Mac and on Linux; a certificate given explicitly is
+//! also accepted as the server's own certificate (see [`verifier`]).
 
+mod connector;
+mod failure;
 pub mod server;
+mod verifier;
+
+pub use failure::{failure, failure_reason, io_failure, FailureKind, TlsFailure};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
-/// The roots every outgoing HTTPS connection trusts; cheap to clone.
+/// The roots every outgoing HTTPS connection trusts and the one verifier that checks
+/// them; cheap to clone.
 #[derive(Clone)]
 pub struct ClientTrust {
-    config: TlsConfig,
-    /// Kept to build the same trust with a client certificate (etcd's `--client-cert-auth`).
-    roots: Arc<Vec<Certificate<'static>>>,
+    config: Arc<rustls::ClientConfig>,
+    /// The roots and the explicit ones, kept to build the same trust with a client
+    /// certificate (etcd's `--client-cert-auth`).
+    roots: Arc<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>)>,
     /// Where the roots came from, for the startup log.
     summary: String,
 }
@@ -33,9 +41,14 @@ impl std::fmt::Debug for ClientTrust {
 }
 
 impl ClientTrust {
-    /// The ureq TLS settings: rustls with ring, these roots.
-    pub fn tls_config(&self) -> TlsConfig {
-        self.config.clone()
+    /// An HTTP agent with `config`'s settings whose HTTPS connections are checked against
+    /// these roots. Every agent that may speak HTTPS is made here.
+    pub fn agent(&self, config: ureq::config::Config) -> ureq::Agent {
+        ureq::Agent::with_parts(
+            config,
+            connector::chain(self.config.clone()),
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        )
     }
 
     /// Where the roots came from, e.g. `148 roots from the system store + 1 from ca.pem`.
@@ -48,7 +61,7 @@ impl ClientTrust {
     pub fn system() -> Self {
         client_trust(None).unwrap_or_else(|e| {
             crate::warn!("{e}");
-            Self::from_roots(Vec::new(), "no trusted roots".to_owned())
+            Self::from_roots(Vec::new(), Vec::new(), "no trusted roots".to_owned())
         })
     }
 
@@ -56,43 +69,48 @@ impl ClientTrust {
     pub fn from_ca_file_only(ca_file: &Path) -> Result<Self, String> {
         let extra = read_ca_file(ca_file)?;
         let summary = format!("{} roots from {}", extra.len(), ca_file.display());
-        Ok(Self::from_roots(extra, summary))
+        Ok(Self::from_roots(extra.clone(), extra, summary))
     }
 
-    fn from_roots(roots: Vec<CertificateDer<'static>>, summary: String) -> Self {
-        let roots: Vec<Certificate<'static>> = roots
-            .iter()
-            .map(|der| Certificate::from_der(der.as_ref()).to_owned())
-            .collect();
-        let roots = Arc::new(roots);
-        let config = Self::builder(&roots).build();
+    /// `explicit` are the roots given by name (`--ca-file`, `SSL_CERT_FILE`,
+    /// `SSL_CERT_DIR`), each also in `roots`.
+    fn from_roots(
+        roots: Vec<CertificateDer<'static>>,
+        explicit: Vec<CertificateDer<'static>>,
+        summary: String,
+    ) -> Self {
+        let roots = Arc::new((roots, explicit));
+        let config = Self::builder(&roots).with_no_client_auth();
         Self {
-            config,
+            config: Arc::new(config),
             roots,
             summary,
         }
     }
 
-    fn builder(roots: &Arc<Vec<Certificate<'static>>>) -> ureq::tls::TlsConfigBuilder {
-        TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::Specific(roots.clone()))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    fn builder(
+        roots: &(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>),
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = verifier::Verifier::new(roots.0.clone(), roots.1.clone(), provider.clone());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(rustls::ALL_VERSIONS)
+            // Only when ring lacks every version rustls knows: a broken build, not a setting.
+            .expect("ring supports TLS 1.2 and 1.3")
+            // Not dangerous here: the verifier is webpki's, with one addition (see verifier.rs).
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
     }
 
     /// The same roots, presenting the certificate chain of `cert` with the key of `key`
-    /// (PEM files) to servers that ask for one.
+    /// (PEM files) to servers that ask for one (etcd's `--client-cert-auth`).
     pub fn with_client_identity(&self, cert: &Path, key: &Path) -> Result<Self, String> {
+        use rustls_pki_types::PrivateKeyDer;
         let read = |path: &Path| {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
         let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-        let chain = ureq::tls::parse_pem(&cert_pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("{} is not valid PEM: {e}", cert.display()))?;
         if chain.is_empty() {
@@ -101,17 +119,23 @@ impl ClientTrust {
                 cert.display()
             ));
         }
-        let private = ureq::tls::PrivateKey::from_pem(&key_pem).map_err(|e| {
+        let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
             format!(
                 "{} holds no usable private key (PKCS#8, RSA or EC, unencrypted): {e}",
                 key.display()
             )
         })?;
         let config = Self::builder(&self.roots)
-            .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, private)))
-            .build();
+            .with_client_auth_cert(chain, private)
+            .map_err(|e| {
+                format!(
+                    "{} and {} do not go together: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
         Ok(Self {
-            config,
+            config: Arc::new(config),
             roots: self.roots.clone(),
             summary: format!("{}, client certificate {}", self.summary, cert.display()),
         })
@@ -139,9 +163,16 @@ pub fn client_trust(ca_file: Option<&Path>) -> Result<ClientTrust, String> {
     }
     let mut roots = native.certs;
     let mut summary = format!("{} roots from {source}", roots.len());
+    // Named by the operator, unlike the system store's: these may be a server's own.
+    let mut explicit = if from_env.is_empty() {
+        Vec::new()
+    } else {
+        roots.clone()
+    };
     if let Some(path) = ca_file {
         let extra = read_ca_file(path)?;
         summary.push_str(&format!(" + {} from {}", extra.len(), path.display()));
+        explicit.extend(extra.iter().cloned());
         roots.extend(extra);
     }
     if roots.is_empty() {
@@ -150,7 +181,7 @@ pub fn client_trust(ca_file: Option<&Path>) -> Result<ClientTrust, String> {
              set --ca-file / OSX_BUILDER_CA_FILE to a PEM bundle"
         ));
     }
-    Ok(ClientTrust::from_roots(roots, summary))
+    Ok(ClientTrust::from_roots(roots, explicit, summary))
 }
 
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -173,78 +204,9 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Why a TLS connection failed, in plain words, when `error` is a TLS failure.
-pub fn failure_reason(error: &ureq::Error) -> Option<String> {
-    match error {
-        ureq::Error::Rustls(e) => Some(rustls_reason(e)),
-        ureq::Error::Tls(detail) => Some(format!("TLS setup failed ({detail})")),
-        ureq::Error::Io(io) => io_reason(io),
-        _ => None,
-    }
-}
-
-/// The same for an io error that may wrap a rustls one (rustls reports through `io::Error`).
-pub fn io_reason(io: &std::io::Error) -> Option<String> {
-    let inner = io.get_ref()?;
-    if let Some(e) = inner.downcast_ref::<rustls::Error>() {
-        return Some(rustls_reason(e));
-    }
-    if let Some(e) = inner.downcast_ref::<ureq::Error>() {
-        return failure_reason(e);
-    }
-    None
-}
-
-fn rustls_reason(error: &rustls::Error) -> String {
-    use rustls::{AlertDescription, CertificateError, Error};
-    match error {
-        Error::InvalidCertificate(cert) => match cert {
-            CertificateError::UnknownIssuer => {
-                "its certificate has an unknown issuer (not signed by a CA this server trusts)"
-                    .to_owned()
-            }
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "its certificate has expired".to_owned()
-            }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "its certificate is not valid yet (check this Mac's clock)".to_owned()
-            }
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                "its certificate is not valid for this name".to_owned()
-            }
-            CertificateError::Revoked => "its certificate has been revoked".to_owned(),
-            CertificateError::BadSignature => "its certificate has a bad signature".to_owned(),
-            other => format!("its certificate was refused ({other:?})"),
-        },
-        Error::AlertReceived(AlertDescription::UnknownCA) => {
-            "the handshake failed: the server refused this client (unknown CA)".to_owned()
-        }
-        Error::AlertReceived(alert) => {
-            format!("the handshake failed: the server sent the alert {alert:?}")
-        }
-        other => format!("the handshake failed ({other})"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reasons_are_plain_words() {
-        use rustls::{CertificateError, Error};
-        let reason = |e: CertificateError| rustls_reason(&Error::InvalidCertificate(e));
-        assert!(reason(CertificateError::UnknownIssuer).contains("unknown issuer"));
-        assert!(reason(CertificateError::Expired).contains("expired"));
-        assert!(reason(CertificateError::NotValidForName).contains("not valid for this name"));
-        let io = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            Error::InvalidCertificate(CertificateError::UnknownIssuer),
-        );
-        assert!(io_reason(&io).unwrap().contains("unknown issuer"));
-        assert!(io_reason(&std::io::Error::other("x")).is_none());
-        assert!(rustls_reason(&Error::DecryptError).contains("handshake failed"));
-    }
 
     #[test]
     fn a_bad_ca_file_names_itself() {

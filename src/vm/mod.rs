@@ -1,5 +1,6 @@
 //! VMs as the API shows them and as they are kept on disk.
 
+pub(crate) mod capacity;
 pub(crate) mod create;
 pub(crate) mod guestinfo;
 pub(crate) mod id;

@@ -7,7 +7,7 @@
 //! pointer under two short read locks and never waits on a disk write: durable writes hold
 //! only that VM's record lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -28,6 +28,13 @@ pub const RECORD_FILE: &str = "osx-builder.json";
 const CREATING_PREFIX: &str = ".creating-";
 /// `vms/.deleting-<id>`: a deleted VM's folder while it is removed.
 const DELETING_PREFIX: &str = ".deleting-";
+/// `vms/.deleted-<id>`: a file, the durable mark of a VM deleted while vmrun still worked
+/// on its gold image for it. Its folder goes when that call ends; until then (and after a
+/// restart, where a vmrun that outlived the server may still write the folder) the folder
+/// is never loaded or adopted as a VM, and is removed wherever it is found.
+const BURIED_PREFIX: &str = ".deleted-";
+/// A mark outlives any vmrun call that may still write the folder: then it goes.
+const BURIED_KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -147,12 +154,20 @@ impl VmStore {
         fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
         let mut slots = HashMap::new();
         let mut unloaded = Vec::new();
+        let buried = buried_in(root);
         let entries = fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(root, e))?;
             let dir = entry.path();
             if !dir.is_dir() {
                 continue;
+            }
+            let name = entry.file_name();
+            if let Some(id) = name.to_str().and_then(VmId::parse) {
+                if buried.contains(&id) {
+                    remove_buried_folder(root, id);
+                    continue;
+                }
             }
             if is_transient(&entry.file_name()) {
                 // A folder write or delete that a crash cut short: a create's record is
@@ -180,7 +195,7 @@ impl VmStore {
         let journal_path = root.join(JOURNAL_FILE);
         let (journal, lines) =
             Journal::open(&journal_path).map_err(|e| StoreError::io(&journal_path, e))?;
-        if !lines.is_empty() && replay(root, lines, &mut slots, &journal) {
+        if !lines.is_empty() && replay(root, lines, &buried, &mut slots, &journal) {
             if let Err(e) = journal.clear() {
                 crate::warn!(
                     "cannot empty {}: {e}; its lines are replayed (and skipped) at the next start",
@@ -361,7 +376,66 @@ impl VmStore {
         }
         self.write_slots().remove(&id);
         self.bump();
+        let mark = buried_mark(&self.root, id);
+        match fs::remove_file(&mark) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                crate::warn!(
+                    "vm={id} is deleted but its mark {} stays: {e}",
+                    mark.display()
+                )
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Deletes the VM for every reader while vmrun still works on its gold image for it:
+    /// a durable mark first (a restart removes the folder and never brings the VM back),
+    /// then the VM leaves the map. The folder stays for [`remove`](Self::remove), once the
+    /// call is over.
+    pub fn bury(&self, id: VmId) -> Result<(), StoreError> {
+        let mark = buried_mark(&self.root, id);
+        fsutil::write_atomic(&mark, id.to_string().as_bytes())
+            .map_err(|e| StoreError::io(&mark, e))?;
+        fsutil::sync_dir(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
+        if let Some(slot) = self.slot(id) {
+            let _record = slot.record.lock_unpoisoned();
+            if let Err(err) = self.journal.forget(id) {
+                // The mark keeps a replayed line from bringing it back.
+                crate::warn!("vm={id} {}: {err}", self.journal.path().display());
+            }
+            slot.journaled.store(false, Ordering::Relaxed);
+        }
+        self.write_slots().remove(&id);
+        self.bump();
+        Ok(())
+    }
+
+    /// True while the VM is deleted but a vmrun call may still write its folder: such a
+    /// folder is removed, never adopted.
+    pub fn is_buried(&self, id: VmId) -> bool {
+        buried_mark(&self.root, id).exists()
+    }
+
+    /// Removes the folder of a buried VM that reappeared (a vmrun that outlived the server
+    /// finished its clone), and the marks whose folders are gone and that are old enough
+    /// that no vmrun call can still write them.
+    pub fn sweep_buried(&self) {
+        for id in buried_in(&self.root) {
+            if self.vm_dir(id).exists() {
+                remove_buried_folder(&self.root, id);
+                continue;
+            }
+            let mark = buried_mark(&self.root, id);
+            let old = fs::metadata(&mark)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > BURIED_KEEP);
+            if old {
+                let _ = fs::remove_file(&mark);
+            }
+        }
     }
 
     /// The number of visible changes so far. Read it before reading a record, then
@@ -537,16 +611,18 @@ fn write_folder(root: &Path, id: VmId, json: &[u8]) -> Result<(), StoreError> {
 fn replay(
     root: &Path,
     lines: Vec<Line>,
+    buried: &HashSet<VmId>,
     slots: &mut HashMap<VmId, Arc<Slot>>,
     journal: &Journal,
 ) -> bool {
-    let forgotten: std::collections::HashSet<VmId> = lines
+    let mut forgotten: HashSet<VmId> = lines
         .iter()
         .filter_map(|line| match line {
             Line::Forget(id) => Some(*id),
             Line::Create(_) => None,
         })
         .collect();
+    forgotten.extend(buried);
     let mut recovered = 0;
     let mut settled = true;
     for line in lines {
@@ -576,6 +652,40 @@ fn replay(
         );
     }
     settled
+}
+
+fn buried_mark(root: &Path, id: VmId) -> PathBuf {
+    root.join(format!("{BURIED_PREFIX}{id}"))
+}
+
+/// The VMs marked deleted while a gold call ran for them.
+fn buried_in(root: &Path) -> HashSet<VmId> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            VmId::parse(name.to_str()?.strip_prefix(BURIED_PREFIX)?)
+        })
+        .collect()
+}
+
+/// The folder of a VM deleted during a gold call, with whatever the call wrote into it.
+fn remove_buried_folder(root: &Path, id: VmId) {
+    let dir = root.join(id.to_string());
+    let trash = root.join(format!("{DELETING_PREFIX}{id}"));
+    let removed = remove_if_there(&trash)
+        .and_then(|()| fs::rename(&dir, &trash).map_err(|e| StoreError::io(&dir, e)))
+        .and_then(|()| remove_if_there(&trash));
+    match removed {
+        Ok(()) => crate::info!(
+            "vm={id} removed {}: the VM was deleted while vmrun worked on its gold image",
+            dir.display()
+        ),
+        Err(err) => crate::warn!("vm={id} was deleted, but {err}; tried again later"),
+    }
 }
 
 /// Names of the folders a create or delete uses on its way (never a VM id).

@@ -5,7 +5,7 @@
 use crate::error::SimError;
 use crate::paths::VmPath;
 use crate::snapshots::Vmsd;
-use crate::state::{env_ms, FileLock, StateDir};
+use crate::state::{env_flag, env_ms, FileLock, StateDir};
 use crate::vmx;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const CLONE_MS_ENV: &str = "VMRUN_SIM_CLONE_MS";
+/// `1`: the first clone of each SRC that names a snapshot answers `Invalid snapshot name`
+/// although SRC has (and lists) it.
+pub const MISSES_SNAPSHOT_ENV: &str = "VMRUN_SIM_CLONE_MISSES_SNAPSHOT";
 /// Beside SRC while a clone of it runs: `<SRC>.sim-clone-lock`.
 pub const CLONE_LOCK_SUFFIX: &str = ".sim-clone-lock";
 
@@ -91,7 +94,7 @@ pub fn clone(state: &StateDir, args: &[String]) -> Result<String, SimError> {
     let _clone_lock = FileLock::try_take(Path::new(&lock_name))?.ok_or(SimError::InUse)?;
 
     if let Some(name) = request.snapshot {
-        if !Vmsd::load(&src)?.contains(name) {
+        if !Vmsd::load(&src)?.contains(name) || misses_snapshot(state, &src)? {
             return Err(SimError::InvalidSnapshot(name.to_string()));
         }
     }
@@ -142,6 +145,26 @@ pub fn clone(state: &StateDir, args: &[String]) -> Result<String, SimError> {
         let _ = fs::remove_file(&dst.abs);
     }
     written.map(|()| String::new())
+}
+
+/// With [`MISSES_SNAPSHOT_ENV`] on, true for the first such clone of SRC across all
+/// processes (a marker per SRC in the state folder, made with `create_new`).
+fn misses_snapshot(state: &StateDir, src: &VmPath) -> Result<bool, SimError> {
+    if !env_flag(MISSES_SNAPSHOT_ENV) {
+        return Ok(false);
+    }
+    let dir = state.path("snapshot-missed");
+    fs::create_dir_all(&dir).map_err(|e| SimError::io("create", &dir, e))?;
+    let marker = dir.join(&src.key);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(SimError::io("create", &marker, e)),
+    }
 }
 
 /// `<stem>-cl1.vmdk` in DST's folder per disk: a delta naming its parent for a linked clone,

@@ -29,6 +29,7 @@
 //! | `VMRUN_SIM_TOOLS_DELAY_MS` | after `start`/`reset`, `getGuestIPAddress` answers `Error: The VMware Tools are not running in the virtual machine: VMX` and `checkToolsState` answers `installed` for this long | 0 |
 //! | `VMRUN_SIM_IP_DELAY_MS` | after `start`/`reset` (counted from the start, not from Tools), `getGuestIPAddress` answers `unknown` until this long has passed (once Tools run) | 0 |
 //! | `VMRUN_SIM_CLONE_MS` | how long `clone` takes while it holds SRC's clone lock | 0 |
+//! | `VMRUN_SIM_CLONE_MISSES_SNAPSHOT` | `1`: the first `clone` of each SRC that names a snapshot answers `Error: Invalid snapshot name 'NAME'` although SRC has it and `listSnapshots` lists it (then `snapshot` of that name answers `A snapshot with the name already exists`); later clones see it. Marked per SRC in `snapshot-missed/` of the state folder | off |
 //! | `VMRUN_SIM_FAULTS` | fault rules (syntax below), separated by `;` or newlines | none |
 //! | `VMRUN_SIM_IP_NEEDS_WAIT` | `1`: Fusion's quirk: after `start nogui`, `getGuestIPAddress` without `-wait` keeps answering that Tools are not running; `-wait` gets the address | off |
 //! | `VMRUN_SIM_DEAD_BOOTS` | the first N boots (`start` or `reset`) of each VM never start VMware Tools (a guest that hangs at boot) | 0 |
@@ -51,6 +52,8 @@
 //! - `faults`: fault rules, re-read by every invocation (missing file: no faults).
 //! - `faults-once/`: one marker file per `once` rule that has fired; delete it to re-arm them.
 //! - `hang.pids`: one line `<simulator pid> <child pid>` per `hang`.
+//! - `snapshot-missed/`: one marker per SRC whose first clone missed its snapshot (see
+//!   `VMRUN_SIM_CLONE_MISSES_SNAPSHOT`).
 //!
 //! # On-disk effects beside the VMs
 //!
@@ -69,9 +72,12 @@
 //!   milliseconds before the VM is listed as running (a slow boot, as after a host crash).
 //! - Snapshots live in `<vmx stem>.vmsd` in VMware's shape (`snapshot.lastUID`,
 //!   `snapshot.numSnapshots`, `snapshotN.uid`, `snapshotN.displayName`, …).
-//! - `clone` holds `<SRC>.sim-clone-lock` (created exclusively) for its whole run: a second
-//!   clone of the same SRC meanwhile answers `Error: The file is already in use`. A clone
-//!   killed mid-way leaves the lock behind, as VMware leaves its `.lck` folders. The clone's
+//! - `clone` holds `<SRC>.sim-clone-lock` (created exclusively, holding the simulator's pid
+//!   and a newline) for its whole run: a second clone of the same SRC meanwhile answers
+//!   `Error: The file is already in use`. A clone killed mid-way leaves the lock behind, as
+//!   VMware leaves its `.lck` folders, and the simulator never removes it: whoever drives
+//!   it tells a stale lock by its pid, as VMware tells its own by the process id in each
+//!   `.lck` member file. The clone's
 //!   disks are `<diskstem>-cl1.vmdk` in DST's folder: a text descriptor with
 //!   `parentFileNameHint="<absolute parent disk>"` for `linked`, a byte copy for `full`.
 //!   A `linked` clone without `-snapshot` appends a snapshot named `Clone` to SRC every time.

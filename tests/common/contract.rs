@@ -12,14 +12,14 @@ use super::http::Answer;
 
 const DOCUMENT: &str = include_str!("../../src/api/openapi.json");
 
-fn document() -> &'static Value {
+pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| serde_json::from_str(DOCUMENT).expect("openapi.json is JSON"))
 }
 
 /// Validators by JSON pointer into the document, built once each: the schema is the whole
 /// document with a `$ref` to the pointer, so that every `#/components/...` resolves.
-fn validate(pointer: &str, instance: &Value) -> Result<(), String> {
+pub fn validate(pointer: &str, instance: &Value) -> Result<(), String> {
     static CACHE: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
         OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
@@ -54,7 +54,7 @@ fn escape(token: &str) -> String {
 }
 
 /// The document's path template that `path` is an instance of.
-fn template(path: &str) -> Option<&'static str> {
+pub fn template(path: &str) -> Option<&'static str> {
     let parts: Vec<&str> = path.split('/').collect();
     document()["paths"]
         .as_object()?

@@ -69,19 +69,18 @@ impl Client {
             .map(|e| e.trim_end_matches('/').to_string())
             .collect();
         let build = |recv: Duration| {
-            let mut config = ureq::Agent::config_builder();
-            if let Some(trust) = trust {
-                config = config.tls_config(trust.tls_config());
-            }
-            config
+            let config = ureq::Agent::config_builder()
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .timeout_resolve(Some(CONNECT_TIMEOUT))
                 .timeout_recv_response(Some(REQUEST_TIMEOUT))
                 .timeout_recv_body(Some(recv))
                 .timeout_send_body(Some(REQUEST_TIMEOUT))
                 .http_status_as_error(false)
-                .build()
-                .new_agent()
+                .build();
+            match trust {
+                Some(trust) => trust.agent(config),
+                None => config.new_agent(),
+            }
         };
         Self {
             endpoints,

@@ -117,6 +117,15 @@ pub fn is_invalid_snapshot(err: &HypervisorError) -> bool {
     matches!(err, HypervisorError::Failed { message, .. } if message.contains("Invalid snapshot name"))
 }
 
+/// `snapshot` naming one the VM has (`A snapshot with the name already exists`; the
+/// wording is unconfirmed, so any line saying a snapshot already exists counts).
+pub fn is_snapshot_exists(err: &HypervisorError) -> bool {
+    matches!(err, HypervisorError::Failed { message, .. } if {
+        let message = message.to_ascii_lowercase();
+        message.contains("snapshot") && message.contains("already exists")
+    })
+}
+
 /// What products without linked clones (Fusion non-Pro, Player) answer a linked `clone`.
 pub fn is_invalid_parameters(err: &HypervisorError) -> bool {
     matches!(err, HypervisorError::Failed { message, .. }

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::hypervisor::Hypervisor;
 use crate::vm::{Phase, Status, VmStore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,12 +92,12 @@ pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
 pub fn check(
     limits: Limits,
     store: &VmStore,
-    hypervisor: &dyn Hypervisor,
+    running: Option<&HashSet<PathBuf>>,
     data_dir: &Path,
     recording: u64,
 ) -> Result<u64, Shortage> {
     check_disk(limits, data_dir)?;
-    let used = used(store, hypervisor.running().snapshot().as_ref()) + recording;
+    let used = used(store, running) + recording;
     if limits.max_vms == 0 {
         return Ok(used);
     }
