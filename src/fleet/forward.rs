@@ -62,6 +62,18 @@ impl Peers {
         let request = request
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .map_err(|e| format!("{url}: {e}"))?;
+        // A host that froze (SIGSTOP, a hung kernel) must not hold the caller for long;
+        // a long poll waits up to its own `wait` on the owner.
+        let limit = if path_and_query.contains("wait=") {
+            Duration::from_secs(70)
+        } else {
+            Duration::from_secs(10)
+        };
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_recv_response(Some(limit))
+            .build();
         let response = self.agent.run(request).map_err(|e| format!("{url}: {e}"))?;
         let status = response.status().as_u16();
         let header = |name: &str| {

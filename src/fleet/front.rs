@@ -131,7 +131,10 @@ impl Node {
                     self.unmark(marker_key.as_deref());
                     last_refusal = Some(answer);
                 }
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => {
+                    self.record_placed(&host, &outcome);
+                    return Ok(outcome);
+                }
                 Err(FleetError::Unavailable(why)) if failed_forwards == 0 => {
                     // Placed, but its host did not take it: once more elsewhere, same id.
                     crate::warn!("vm={id} forwarding to {host} failed ({why}); placing it once more elsewhere");
@@ -149,6 +152,35 @@ impl Node {
         match last_refusal {
             Some(answer) => Ok(Outcome::Relayed(answer)),
             None => Err(FleetError::Refused(Refusal::AllFull)),
+        }
+    }
+
+    /// The directory entry of a VM just placed, unless its owner wrote one already: so that
+    /// a host that dies a moment after taking a create still leaves its VM answered for.
+    fn record_placed(&self, host: &str, outcome: &Outcome) {
+        let body: &[u8] = match outcome {
+            Outcome::Local(Created::New(json) | Created::Existing(json)) => json,
+            Outcome::Relayed(answer) if answer.status == 202 => &answer.body,
+            Outcome::Relayed(_) => return,
+        };
+        let Ok(vm) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let Some(id) = vm["id"].as_str().map(str::to_string) else {
+            return;
+        };
+        let entry = DirEntry {
+            host: host.to_string(),
+            vm: serde_json::from_slice(&with_host(body, host)).unwrap_or(vm),
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        if let Err(err) = self
+            .client
+            .create_if_absent(self.keys.vm(&id).as_bytes(), &bytes, 0)
+        {
+            crate::warn!(
+                "vm={id} recording it in the fleet's directory failed: {err}; its host records it"
+            );
         }
     }
 

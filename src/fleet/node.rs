@@ -120,7 +120,8 @@ impl Node {
             metrics: FleetMetrics::default(),
         });
         match node.client.health().and_then(|()| node.register()) {
-            Ok(Registered::Yes) => {}
+            // A restart after a crash: what the fleet decided meanwhile applies here too.
+            Ok(Registered::Yes) => node.reconcile(),
             Ok(Registered::NameTaken(other)) => {
                 return Err(format!(
                     "a live host named {} ({}) is already in the fleet at {}: give this host another --host-name",
