@@ -90,6 +90,8 @@ pub struct Config {
     pub changed: Vec<String>,
     /// Warm pools of the settings: each name and the file of its spec.
     pub pools: Vec<(String, PathBuf)>,
+    /// The fleet this host joins (`--etcd`); `None`: it runs alone.
+    pub fleet: Option<crate::fleet::settings::FleetConfig>,
 }
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
@@ -668,6 +670,15 @@ pub const SETTINGS: &[Setting] = &[
     LOG_FORMAT,
     LOG_LEVEL,
     POOL,
+    crate::fleet::settings::ETCD,
+    crate::fleet::settings::ETCD_CA_FILE,
+    crate::fleet::settings::ETCD_CERT,
+    crate::fleet::settings::ETCD_KEY,
+    crate::fleet::settings::ETCD_PREFIX,
+    crate::fleet::settings::HOST_NAME,
+    crate::fleet::settings::ADVERTISE_URL,
+    crate::fleet::settings::FLEET_TTL,
+    crate::fleet::settings::FLEET_OPTIONAL,
 ];
 
 /// Settings whose values are never written to the log.
@@ -928,6 +939,11 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         }
         pools.push((name.to_string(), PathBuf::from(file)));
     }
+    let fleet = crate::fleet::settings::parse(&crate::fleet::settings::Reader {
+        value: &value,
+        optional: &optional,
+        switch: &switch,
+    })?;
     let data_dir = PathBuf::from(value(&DATA_DIR).0);
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError(
@@ -1000,6 +1016,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         log_level,
         changed,
         pools,
+        fleet,
     })))
 }
 

@@ -35,6 +35,7 @@ pub mod app;
 pub mod callback;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub(crate) mod guard;
 pub mod hypervisor;
 pub mod image;

@@ -96,6 +96,7 @@ fn serve(config: &Config) -> Result<(), String> {
     if let Err(err) = vmrun.check_available() {
         warn!("{err}; every create will fail until vmrun is there");
     }
+    let trust_for_fleet = trust.clone();
     let app = app::build(config, checked, Arc::new(vmrun), trust)?;
     let service = app.service.clone();
 
@@ -115,8 +116,41 @@ fn serve(config: &Config) -> Result<(), String> {
     } else {
         info!("no token set: any client that reaches this port may use the API; fine on a trusted build network only");
     }
+    let node = match &config.fleet {
+        Some(fleet) => {
+            let port = listener
+                .server_addr()
+                .to_ip()
+                .map_or(config.port, |a| a.port());
+            let host = if config.bind.is_unspecified() {
+                fleet.host_name.clone()
+            } else {
+                match config.bind {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                }
+            };
+            let url = fleet
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{host}:{port}"));
+            Some(osx_builder::fleet::Node::join(
+                fleet,
+                service.clone(),
+                url,
+                &trust_for_fleet,
+            )?)
+        }
+        None => None,
+    };
     shutdown::install_handlers();
-    let server = HttpServer::start(listener, config.http_threads, service, app.auth.clone());
+    let server = HttpServer::start(
+        listener,
+        config.http_threads,
+        service,
+        app.auth.clone(),
+        node,
+    );
     log::milestone(format_args!(
         "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()

@@ -21,7 +21,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Action {
     ListVms(VmFilter),
-    CreateVm(Box<CreateVm>),
+    /// With the body as it came: a fleet's front door relays it unchanged.
+    CreateVm(Box<CreateVm>, Vec<u8>),
+    ListHosts,
     /// `known`: the entity tag of `If-None-Match`; `wait` 0 answers at once.
     GetVm {
         id: VmId,
@@ -97,6 +99,7 @@ pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
         Route::OpenApi => Action::OpenApi,
         Route::DeleteVm(id) => Action::DeleteVm(id),
         Route::ListPools => Action::ListPools,
+        Route::ListHosts => Action::ListHosts,
         Route::GetPool(name) => Action::GetPool(name),
         Route::DeletePool(name) => Action::DeletePool(name),
         Route::PutPool(name) => {
@@ -115,7 +118,7 @@ pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
             if let Some(key) = header(request, "Idempotency-Key") {
                 create.name = Some(create_body::check_name(key.trim())?);
             }
-            Action::CreateVm(Box::new(create))
+            Action::CreateVm(Box::new(create), body)
         }
     })
 }

@@ -63,6 +63,12 @@ pub enum ApiError {
     PoolNotFound(String),
     /// 409: the pool comes from the settings (`--pool`).
     PoolFromSettings(String),
+    /// 503 `capacity-exhausted`: no host of the fleet can take the create (why).
+    FleetFull(String),
+    /// 503: etcd or the host a call had to reach did not answer.
+    FleetUnavailable(String),
+    /// 404: `/hosts` on a server that is not part of a fleet.
+    FleetOff,
 }
 
 /// Seconds a client should wait before retrying a refused create. VMs are freed when
@@ -70,6 +76,8 @@ pub enum ApiError {
 pub const RETRY_AFTER_CAPACITY_SECS: u64 = 60;
 pub const RETRY_AFTER_DRAINING_SECS: u64 = 300;
 pub const RETRY_AFTER_PREWARM_SECS: u64 = 60;
+/// A host or etcd that did not answer is usually back, or replaced, within seconds.
+pub const RETRY_AFTER_FLEET_SECS: u64 = 5;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -89,6 +97,8 @@ impl ApiError {
             Self::VmLocked(_) | Self::VmOpenError(_) => 409,
             Self::VmrunMissing(..) | Self::VmDeleteError(_) | Self::Internal(_) => 500,
             Self::Unauthorized(_) => 401,
+            Self::FleetFull(_) | Self::FleetUnavailable(_) => 503,
+            Self::FleetOff => 404,
             Self::CapacityExhausted(_) | Self::Draining { .. } => 503,
             Self::VmDeleting | Self::ImageInUse(_) => 409,
             Self::ImageNotFound => 404,
@@ -127,6 +137,9 @@ impl ApiError {
             Self::DiskFull(_) => "disk-full",
             Self::PoolNotFound(_) => "pool-not-found",
             Self::PoolFromSettings(_) => "pool-from-settings",
+            Self::FleetFull(_) => "capacity-exhausted",
+            Self::FleetUnavailable(_) => "fleet-unavailable",
+            Self::FleetOff => "fleet-off",
         }
     }
 
@@ -148,7 +161,7 @@ impl ApiError {
                 "VM {id} has no vmware.log: VMware writes it when the VM starts, so this VM has not started yet (or its files are gone); GET /vms/{id} says where it is"
             ),
             Self::RouteNotFound(path) => format!(
-                "no such endpoint {path:?}; the API has /vms, /images, /pools (each with /:id, /:checksum or /:name below it), /drain, /healthz, /metrics and /openapi.json (which describes every path)"
+                "no such endpoint {path:?}; the API has /vms, /images, /pools (each with /:id, /:checksum or /:name below it), /hosts, /drain, /healthz, /metrics and /openapi.json (which describes every path)"
             ),
             Self::MethodNotAllowed { method, allowed } => {
                 let (last, first) = allowed.split_last().unwrap_or((&"GET", &[]));
@@ -198,6 +211,13 @@ impl ApiError {
             Self::DiskFull(detail) => format!(
                 "{detail}; the disk of the data folder is full: free space there (GET /images lists cached gold images that DELETE /images/:checksum removes), then retry"
             ),
+            Self::FleetFull(why) => format!(
+                "{why}; retry in {RETRY_AFTER_CAPACITY_SECS} s (Retry-After), or add hosts to the fleet"
+            ),
+            Self::FleetUnavailable(why) => format!(
+                "{why}; retry in {RETRY_AFTER_FLEET_SECS} s (Retry-After)"
+            ),
+            Self::FleetOff => "this server is not part of a fleet (it runs without --etcd): it is the only host".into(),
         }
     }
 
@@ -206,7 +226,8 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let retry_after = match self {
             Self::MethodNotAllowed { allowed, .. } => return vec![("Allow", allow(allowed))],
-            Self::CapacityExhausted(_) => RETRY_AFTER_CAPACITY_SECS,
+            Self::CapacityExhausted(_) | Self::FleetFull(_) => RETRY_AFTER_CAPACITY_SECS,
+            Self::FleetUnavailable(_) => RETRY_AFTER_FLEET_SECS,
             Self::Draining { .. } => RETRY_AFTER_DRAINING_SECS,
             Self::TooManyPrewarms { .. } => RETRY_AFTER_PREWARM_SECS,
             Self::Unauthorized(_) => {
@@ -268,6 +289,17 @@ impl From<crate::service::Error> for ApiError {
             Error::DiskFull(detail) => Self::DiskFull(detail),
             Error::PoolNotFound(name) => Self::PoolNotFound(name),
             Error::PoolFromSettings(name) => Self::PoolFromSettings(name),
+        }
+    }
+}
+
+impl From<crate::fleet::front::FleetError> for ApiError {
+    fn from(err: crate::fleet::front::FleetError) -> Self {
+        use crate::fleet::front::FleetError;
+        match err {
+            FleetError::Service(err) => err.into(),
+            FleetError::Refused(why) => Self::FleetFull(why.to_string()),
+            FleetError::Unavailable(why) => Self::FleetUnavailable(why),
         }
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod auth;
 pub mod create_body;
 pub(crate) mod create_meta;
 pub mod error;
+pub(crate) mod fleet;
 pub(crate) mod images;
 pub(crate) mod list_filter;
 pub(crate) mod openapi;

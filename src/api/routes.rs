@@ -30,6 +30,8 @@ pub enum Route {
     GetPool(String),
     PutPool(String),
     DeletePool(String),
+    /// The fleet's hosts.
+    ListHosts,
 }
 
 /// The one path that answers without a token: load balancers and watchdogs probe it.
@@ -66,6 +68,8 @@ pub fn route(method: &str, url: &str) -> Result<Route, ApiError> {
             "DELETE" => Ok(Route::Undrain),
             _ => Err(not_allowed(method, &["GET", "POST", "DELETE"])),
         },
+        "/hosts" if get => Ok(Route::ListHosts),
+        "/hosts" => Err(not_allowed(method, &["GET"])),
         "/pools" if get => Ok(Route::ListPools),
         "/pools" => Err(not_allowed(method, &["GET"])),
         "/undrain" if method == "POST" => Ok(Route::Undrain),

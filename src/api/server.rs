@@ -55,6 +55,8 @@ pub fn limits() -> Limits {
 struct Front {
     service: Arc<Service>,
     auth: Auth,
+    /// This host's place in a fleet (`--etcd`); `None` for a lone host.
+    node: Option<Arc<crate::fleet::Node>>,
 }
 
 pub struct HttpServer {
@@ -82,9 +84,19 @@ impl HttpServer {
 
     /// `threads` answer the calls that wait on the disk or on vmrun; GETs are answered by
     /// one taker thread per core (at least 2).
-    pub fn start(server: Server, threads: usize, service: Arc<Service>, auth: Auth) -> Self {
+    pub fn start(
+        server: Server,
+        threads: usize,
+        service: Arc<Service>,
+        auth: Auth,
+        node: Option<Arc<crate::fleet::Node>>,
+    ) -> Self {
         let server = Arc::new(server);
-        let front = Arc::new(Front { service, auth });
+        let front = Arc::new(Front {
+            service,
+            auth,
+            node,
+        });
         let (slow, slow_queue) = crossbeam_channel::unbounded::<Request>();
         let workers = (0..threads)
             .map(|n| {
@@ -141,7 +153,7 @@ fn taker_count() -> usize {
 fn take(server: &Server, front: &Front, slow: &crossbeam_channel::Sender<Request>) {
     // recv() fails only when the listener is gone or unblocked for shutdown.
     while let Ok(request) = server.recv() {
-        if answers_from_memory(&request) {
+        if answers_from_memory(&request, front.node.is_some()) {
             handle(request, front);
         } else if let Err(unsent) = slow.send(request) {
             // Only if every worker is gone; answer here rather than drop the client.
@@ -151,14 +163,16 @@ fn take(server: &Server, front: &Front, slow: &crossbeam_channel::Sender<Request
 }
 
 /// The polls: `GET /vms` and `GET /vms/:id` without `wait`. Long polls wait by design, and
-/// `/healthz`, `/metrics` and `/images` run vmrun or walk folders: those go to the pool.
-fn answers_from_memory(request: &Request) -> bool {
+/// `/healthz`, `/metrics` and `/images` run vmrun or walk folders: those go to the pool. In
+/// a fleet, `GET /vms` asks every host: it goes to the pool too.
+fn answers_from_memory(request: &Request, fleet: bool) -> bool {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return false;
     }
     let url = request.url();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    (path == "/vms" || path.starts_with("/vms/"))
+    let list = path.trim_end_matches('/') == "/vms";
+    ((list && !fleet) || path.starts_with("/vms/"))
         && !path.trim_end_matches('/').ends_with("/log")
         && !query.split('&').any(|p| p.starts_with("wait="))
 }
@@ -201,14 +215,6 @@ fn handle(mut request: Request, front: &Front) {
             .with_chunked_threshold(usize::MAX);
             return send(request, response, &method, &url, &front.service);
         }
-        Ok(Reply::Json(status, body)) => json(status, body),
-        Ok(Reply::Empty(status)) => Response::new(
-            StatusCode(status),
-            vec![],
-            Cursor::new(Arc::from(&[][..])),
-            Some(0),
-            None,
-        ),
         Ok(Reply::Answer(answer)) => answer.into_response(),
         Err(err) => {
             // Refusals that are expected in normal operation (503 capacity-exhausted and
@@ -258,10 +264,8 @@ fn send<R: Read + Send + 'static>(
 }
 
 enum Reply {
-    Json(u16, Arc<[u8]>),
     /// 200 with a text file's first `u64` bytes.
     File(std::fs::File, u64),
-    Empty(u16),
     Answer(Answer),
 }
 
@@ -276,61 +280,117 @@ fn authorize(request: &Request, url: &str, auth: &Auth) -> Result<(), ApiError> 
 
 fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
     let (service, auth) = (front.service.as_ref(), &front.auth);
-    match action::parse(request)? {
-        Action::ListVms(filter) => Ok(Reply::Json(200, join_array(&service.list_where(&filter)))),
+    let node = front.node.as_deref();
+    // A VM this host does not hold may be another host's: asked of the fleet.
+    let elsewhere = |request: &Request, id, body: Option<&[u8]>| match node {
+        Some(node) if service.get(id).is_err() => super::fleet::elsewhere(node, request, id, body),
+        _ => Ok(None),
+    };
+    let answer = match action::parse(request)? {
+        Action::ListVms(filter) => {
+            let local = service.list_where(&filter);
+            match node {
+                Some(node) => super::fleet::list(node, request, local),
+                None => Answer::json(200, join_array(&local)),
+            }
+        }
         Action::GetVm {
             id,
             known,
             wait,
             progress,
-        } => vms::get(service, id, known.as_deref(), wait, progress).map(Reply::Answer),
-        Action::VmLog(id) => Ok(service
-            .vm_log(id)
-            .map(|(file, length)| Reply::File(file, length))?),
+        } => match elsewhere(request, id, None)? {
+            Some(answer) => answer,
+            None => super::fleet::local_vm(
+                node,
+                vms::get(service, id, known.as_deref(), wait, progress)?,
+            ),
+        },
+        Action::VmLog(id) => match elsewhere(request, id, None)? {
+            Some(answer) => answer,
+            None => {
+                let (file, length) = service.vm_log(id)?;
+                return Ok(Reply::File(file, length));
+            }
+        },
         Action::RenewVm { id, ttl } => {
-            Ok(Reply::Answer(Answer::json(200, service.renew(id, ttl)?)))
+            let body = ttl.map(|ttl| format!("{{\"ttl\":{ttl}}}").into_bytes());
+            match elsewhere(request, id, body.as_deref())? {
+                Some(answer) => answer,
+                None => super::fleet::local_vm(node, Answer::json(200, service.renew(id, ttl)?)),
+            }
         }
-        Action::ListImages => Ok(Reply::Answer(images::list(service))),
-        Action::GetImage(checksum) => images::get(service, &checksum).map(Reply::Answer),
-        Action::PrewarmImage(spec) => images::prewarm(service, spec).map(Reply::Answer),
-        Action::DeleteImage(checksum) => images::delete(service, &checksum).map(Reply::Answer),
+        Action::ListImages => images::list(service),
+        Action::GetImage(checksum) => images::get(service, &checksum)?,
+        Action::PrewarmImage(spec) => images::prewarm(service, spec)?,
+        Action::DeleteImage(checksum) => images::delete(service, &checksum)?,
         Action::Health => {
             // Without the token a client learns only whether the host is up.
             let detailed = auth.check(header(request, "Authorization")).is_ok();
-            Ok(Reply::Answer(ops::health(service, detailed)))
-        }
-        Action::Metrics => Ok(Reply::Answer(ops::metrics(service))),
-        Action::DrainState => Ok(Reply::Answer(ops::drain_state(service))),
-        Action::Drain => ops::drain(service).map(Reply::Answer),
-        Action::Undrain => ops::undrain(service).map(Reply::Answer),
-        Action::OpenApi => Ok(Reply::Answer(super::openapi::get())),
-        Action::ListPools => Ok(Reply::Answer(pools::list(service))),
-        Action::GetPool(name) => pools::get(service, &name).map(Reply::Answer),
-        Action::PutPool { name, spec } => pools::put(service, &name, spec).map(Reply::Answer),
-        Action::DeletePool(name) => pools::delete(service, &name).map(Reply::Answer),
-        Action::DeleteVm(id) => {
-            service.delete(id)?;
-            Ok(Reply::Empty(204))
-        }
-        Action::CreateVm(create) => {
-            // A replay answers as the first create did, so a retrying client needs no
-            // special case; the VM object shows the state it has reached since.
-            match service.create(*create)? {
-                Created::New(json) | Created::Existing(json) => Ok(Reply::Json(202, json)),
+            let answer = ops::health(service, detailed);
+            match node {
+                Some(node) if detailed => with_fleet_health(answer, node),
+                _ => answer,
             }
         }
-    }
+        Action::Metrics => {
+            let mut answer = ops::metrics(service);
+            if let Some(node) = node {
+                let text = [&answer.body[..], node.metrics_text().as_bytes()].concat();
+                answer.body = Arc::from(text);
+            }
+            answer
+        }
+        Action::DrainState => ops::drain_state(service),
+        Action::Drain => ops::drain(service)?,
+        Action::Undrain => ops::undrain(service)?,
+        Action::OpenApi => super::openapi::get(),
+        Action::ListPools => pools::list(service),
+        Action::GetPool(name) => pools::get(service, &name)?,
+        Action::PutPool { name, spec } => pools::put(service, &name, spec)?,
+        Action::DeletePool(name) => pools::delete(service, &name)?,
+        Action::ListHosts => super::fleet::hosts(node)?,
+        Action::DeleteVm(id) => match elsewhere(request, id, None)? {
+            Some(answer) => answer,
+            None => {
+                service.delete(id)?;
+                Answer::empty(204)
+            }
+        },
+        Action::CreateVm(create, body) => match node {
+            Some(node) => super::fleet::create(node, request, *create, &body)?,
+            // A replay answers as the first create did, so a retrying client needs no
+            // special case; the VM object shows the state it has reached since.
+            None => match service.create(*create)? {
+                Created::New(json) | Created::Existing(json) => Answer::json(202, json),
+            },
+        },
+    };
+    Ok(Reply::Answer(answer))
 }
 
-fn join_array(items: &[Arc<[u8]>]) -> Arc<[u8]> {
-    let len = items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
+/// `/healthz` of a fleet member says where it stands with the fleet. Being cut off is not
+/// a failure of this host: it still serves its VMs.
+fn with_fleet_health(answer: Answer, node: &crate::fleet::Node) -> Answer {
+    let Ok(mut health) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+        return answer;
+    };
+    let mut fleet = serde_json::to_value(node.standing()).unwrap_or_default();
+    fleet["host"] = node.name.clone().into();
+    fleet["hosts"] = node.view.hosts().len().into();
+    health["fleet"] = fleet;
+    Answer::json_value(answer.status, &health)
+}
+
+pub(crate) fn join_array<T: AsRef<[u8]>>(items: &[T]) -> Arc<[u8]> {
+    let len = items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>() + 2;
     let mut out = Vec::with_capacity(len);
     out.push(b'[');
     for (n, item) in items.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(item);
+        out.extend_from_slice(item.as_ref());
     }
     out.push(b']');
     Arc::from(out)

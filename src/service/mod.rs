@@ -6,6 +6,7 @@ mod adopt;
 pub(crate) mod drain;
 mod error;
 pub(crate) mod health;
+mod host_facts;
 pub(crate) mod leases;
 pub(crate) mod long_poll;
 pub(crate) mod metrics;
@@ -130,6 +131,13 @@ impl Service {
     /// retry without leaking a second VM. A new VM is refused while draining or over
     /// capacity, before anything is recorded or downloaded.
     pub fn create(&self, request: CreateVm) -> Result<Created, Error> {
+        self.create_as(request, None)
+    }
+
+    /// As [`Service::create`]; a VM provisioned from the start gets `id` when given (the
+    /// fleet's front door chose it and claimed its slot under it). An `id` that names a VM
+    /// already here is refused.
+    pub fn create_as(&self, request: CreateVm, id: Option<VmId>) -> Result<Created, Error> {
         let asked = std::time::Instant::now();
         let guard = &self.fleet.guard;
         guard.check_image_url(&request.image.url)?;
@@ -143,13 +151,22 @@ impl Service {
             pools::HandOut::Done(created) => return Ok(created),
             pools::HandOut::Cold(request) => *request,
         };
-        self.create_cold(request, None)
+        self.create_cold_as(request, None, id)
     }
 
     /// A create provisioned from the start: a client's that no pool served, or (`pool`) a
     /// warm pool's own VM, recorded as belonging to it.
     fn create_cold(&self, request: CreateVm, pool: Option<&str>) -> Result<Created, Error> {
-        let vm = match self.admit(request, pool)? {
+        self.create_cold_as(request, pool, None)
+    }
+
+    fn create_cold_as(
+        &self,
+        request: CreateVm,
+        pool: Option<&str>,
+        id: Option<VmId>,
+    ) -> Result<Created, Error> {
+        let vm = match self.admit(request, pool, id)? {
             Admitted::Existing(json) => return Ok(Created::Existing(json)),
             Admitted::New(vm) => *vm,
         };
@@ -225,7 +242,12 @@ impl Service {
 
     /// The decisions of a create, under `creating`: the idempotency key, the limits, drain.
     /// An admitted VM holds its place in `recording` until it is recorded or refused.
-    fn admit(&self, request: CreateVm, pool: Option<&str>) -> Result<Admitted, Error> {
+    fn admit(
+        &self,
+        request: CreateVm,
+        pool: Option<&str>,
+        id: Option<VmId>,
+    ) -> Result<Admitted, Error> {
         let (creating, existing) = self.keyed(self.lock_creating(), &request)?;
         if let Some(json) = existing {
             return Ok(Admitted::Existing(json));
@@ -258,9 +280,18 @@ impl Service {
             crate::info!("create refused: {shortage}");
             return Err(Error::CapacityExhausted(shortage));
         }
+        let id = match id {
+            Some(id) if self.store.get(id).is_some() || self.recording().contains_key(&id) => {
+                return Err(Error::invalid(
+                    "vm-id-taken",
+                    "the fleet placed this create under an id a VM here already has; retry the create",
+                ));
+            }
+            Some(id) => id,
+            None => VmId::new(),
+        };
         let ttl = request.ttl.or(self.fleet.default_ttl);
         let now = crate::sys::time::rfc3339_now();
-        let id = VmId::new();
         let guestinfo_keys = request.guestinfo.keys();
         if !request.guestinfo.is_empty() {
             // Before the record is visible: a DELETE from then on forgets it with the task.

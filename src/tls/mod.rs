@@ -27,6 +27,9 @@ use rustls_pki_types::CertificateDer;
 #[derive(Clone)]
 pub struct ClientTrust {
     config: Arc<rustls::ClientConfig>,
+    /// The roots and the explicit ones, kept to build the same trust with a client
+    /// certificate (etcd's `--client-cert-auth`).
+    roots: Arc<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>)>,
     /// Where the roots came from, for the startup log.
     summary: String,
 }
@@ -76,20 +79,66 @@ impl ClientTrust {
         explicit: Vec<CertificateDer<'static>>,
         summary: String,
     ) -> Self {
+        let roots = Arc::new((roots, explicit));
+        let config = Self::builder(&roots).with_no_client_auth();
+        Self {
+            config: Arc::new(config),
+            roots,
+            summary,
+        }
+    }
+
+    fn builder(
+        roots: &(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>),
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = verifier::Verifier::new(roots, explicit, provider.clone());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let verifier = verifier::Verifier::new(roots.0.clone(), roots.1.clone(), provider.clone());
+        rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(rustls::ALL_VERSIONS)
             // Only when ring lacks every version rustls knows: a broken build, not a setting.
             .expect("ring supports TLS 1.2 and 1.3")
             // Not dangerous here: the verifier is webpki's, with one addition (see verifier.rs).
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        Self {
-            config: Arc::new(config),
-            summary,
+    }
+
+    /// The same roots, presenting the certificate chain of `cert` with the key of `key`
+    /// (PEM files) to servers that ask for one (etcd's `--client-cert-auth`).
+    pub fn with_client_identity(&self, cert: &Path, key: &Path) -> Result<Self, String> {
+        use rustls_pki_types::PrivateKeyDer;
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{} is not valid PEM: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                cert.display()
+            ));
         }
+        let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            format!(
+                "{} holds no usable private key (PKCS#8, RSA or EC, unencrypted): {e}",
+                key.display()
+            )
+        })?;
+        let config = Self::builder(&self.roots)
+            .with_client_auth_cert(chain, private)
+            .map_err(|e| {
+                format!(
+                    "{} and {} do not go together: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        Ok(Self {
+            config: Arc::new(config),
+            roots: self.roots.clone(),
+            summary: format!("{}, client certificate {}", self.summary, cert.display()),
+        })
     }
 }
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod etcd;
+pub mod fleet;
 pub mod http;
 pub mod log_lines;
 pub mod pki;

@@ -1,0 +1,223 @@
+//! A fleet when things break: a host SIGKILLed (its VMs read host-lost from the others
+//! within TTL + 2 s; it restarts, destroys what the fleet declared lost, and its slot is
+//! used again), a host SIGSTOPped past its TTL and continued (cut off, then rejoins), one
+//! etcd member killed (nothing changes), and all of etcd stopped then back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fleet::{wait_until, Fleet, TTL};
+use common::http::request;
+use serde_json::Value;
+
+fn get(fleet: &Fleet, n: usize, path: &str) -> (u16, Value) {
+    request("GET", &fleet.host(n).url(path), None, &[])
+}
+
+/// One VM on each host (--max-vms 1): id by host.
+fn one_each(fleet: &Fleet) -> Vec<String> {
+    let mut ids = vec![String::new(); 3];
+    for _ in 0..3 {
+        let (status, vm) = request(
+            "POST",
+            &fleet.host(0).url("/vms"),
+            Some(&fleet.body().to_string()),
+            &[],
+        );
+        assert_eq!(status, 202, "{vm}");
+        let host: usize = vm["host"].as_str().unwrap()[1..].parse().unwrap();
+        ids[host] = vm["id"].as_str().unwrap().to_string();
+    }
+    assert!(ids.iter().all(|id| !id.is_empty()), "{ids:?}");
+    ids
+}
+
+fn wait_until_or(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn standing(fleet: &Fleet, n: usize) -> String {
+    let (_, health) = get(fleet, n, "/healthz");
+    health["fleet"]["state"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn hosts_die_and_come_back_and_etcd_goes_away() {
+    let Some(mut fleet) = Fleet::start(3, &["--max-vms", "1"]) else {
+        return;
+    };
+    let ids = one_each(&fleet);
+
+    // SIGKILL h2: its VM reads failed host-lost from h0 within TTL + 2 s.
+    let killed_at = Instant::now();
+    fleet.hosts[2].take().unwrap().kill();
+    let mut last = Value::Null;
+    let lost_after = wait_until_or(Duration::from_secs(TTL + 10), || {
+        last = get(&fleet, 0, &format!("/vms/{}", ids[2])).1;
+        last["status"] == "failed" && last["error"]["code"] == "host-lost"
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "h2's VM never read host-lost from h0: {last}\nhosts: {}\nh0 log:\n{}",
+            fleet.hosts_seen_by(0),
+            fleet.host(0).log()
+        )
+    });
+    let lost_after = killed_at.elapsed().max(lost_after);
+    eprintln!("SIGKILL -> host-lost visible after {lost_after:?} (fleet ttl {TTL} s)");
+    assert!(lost_after <= Duration::from_secs(TTL + 2), "{lost_after:?}");
+    // Every host is full or gone: the fleet says so.
+    let (status, refusal) = request(
+        "POST",
+        &fleet.host(1).url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[],
+    );
+    assert_eq!(status, 503, "{refusal}");
+    assert_eq!(refusal["code"], "capacity-exhausted");
+
+    // h2 restarts on its folder: it destroys the VM the fleet declared lost, and its slot
+    // takes the next create.
+    fleet.hosts[2] = Some(fleet.launch(2, &["--max-vms", "1"]));
+    fleet.wait_hosts(3);
+    wait_until("h2 to destroy its lost VM", Duration::from_secs(20), || {
+        let (_, local) = request(
+            "GET",
+            &fleet.host(2).url("/vms"),
+            None,
+            &[("X-OSX-Builder-Forwarded-By", "test")],
+        );
+        local.as_array().is_some_and(Vec::is_empty)
+    });
+    let mut placed = Value::Null;
+    wait_until(
+        "a create to land on h2 again",
+        Duration::from_secs(20),
+        || {
+            let (status, vm) = request(
+                "POST",
+                &fleet.host(0).url("/vms"),
+                Some(&fleet.body().to_string()),
+                &[],
+            );
+            placed = vm;
+            status == 202
+        },
+    );
+    assert_eq!(placed["host"], "h2", "{placed}");
+
+    // SIGSTOP h1 past its TTL: the fleet counts it lost; SIGCONT: it finds its lease gone,
+    // says so, rejoins and destroys the VM the fleet declared lost.
+    let pid = fleet.host(1).pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_until(
+        "h1 VM to read host-lost",
+        Duration::from_secs(TTL + 20),
+        || get(&fleet, 0, &format!("/vms/{}", ids[1])).1["error"]["code"] == "host-lost",
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until("h1 to rejoin", Duration::from_secs(20), || {
+        standing(&fleet, 1) == "joined" && fleet.host(1).log().contains("rejoined")
+    });
+    assert!(
+        fleet.host(1).log().contains("partitioned"),
+        "{}",
+        fleet.host(1).log()
+    );
+    wait_until("h1 to destroy its lost VM", Duration::from_secs(20), || {
+        request(
+            "GET",
+            &fleet.host(1).url("/vms"),
+            None,
+            &[("X-OSX-Builder-Forwarded-By", "test")],
+        )
+        .1
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    });
+
+    // One etcd member killed: creates and reads go on as before.
+    fleet.cluster.kill_member(0);
+    let (status, vm) = request(
+        "DELETE",
+        &fleet.host(1).url(&format!("/vms/{}", ids[0])),
+        None,
+        &[],
+    );
+    assert_eq!(status, 204, "{vm}");
+    let mut made = Value::Null;
+    wait_until(
+        "a create with one etcd member down",
+        Duration::from_secs(20),
+        || {
+            let (status, vm) = request(
+                "POST",
+                &fleet.host(2).url("/vms"),
+                Some(&fleet.body().to_string()),
+                &[],
+            );
+            made = vm;
+            status == 202
+        },
+    );
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(get(&fleet, 2, &format!("/vms/{id}")).0, 200);
+    assert_eq!(
+        (0..3).map(|n| standing(&fleet, n)).collect::<Vec<_>>(),
+        ["joined"; 3]
+    );
+
+    // All of etcd stopped: each host serves its own VMs, says the fleet is degraded, and
+    // takes creates for itself.
+    for n in 1..3 {
+        fleet.cluster.kill_member(n);
+    }
+    wait_until(
+        "every host to say the fleet is degraded",
+        Duration::from_secs(20),
+        || (0..3).all(|n| standing(&fleet, n) == "degraded"),
+    );
+    let (status, own) = get(&fleet, 0, &format!("/vms/{id}"));
+    let owner = made["host"].as_str().unwrap()[1..]
+        .parse::<usize>()
+        .unwrap();
+    assert_eq!(
+        get(&fleet, owner, &format!("/vms/{id}")).0,
+        200,
+        "{own} {status}"
+    );
+    let (_, local) = request(
+        "GET",
+        &fleet.host(1).url("/vms"),
+        None,
+        &[("X-OSX-Builder-Forwarded-By", "test")],
+    );
+    if local.as_array().is_some_and(Vec::is_empty) {
+        let (status, alone) = request(
+            "POST",
+            &fleet.host(1).url("/vms"),
+            Some(&fleet.body().to_string()),
+            &[],
+        );
+        assert_eq!(status, 202, "{alone}");
+        assert_eq!(alone["host"], "h1");
+    }
+
+    // etcd back: every host rejoins.
+    for n in 0..3 {
+        fleet.cluster.start_member(n);
+    }
+    fleet.cluster.wait_healthy();
+    wait_until("every host to rejoin", Duration::from_secs(30), || {
+        (0..3).all(|n| standing(&fleet, n) == "joined")
+    });
+    assert_eq!(get(&fleet, 0, &format!("/vms/{id}")).0, 200);
+}

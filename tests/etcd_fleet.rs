@@ -1,0 +1,278 @@
+//! A fleet of three hosts on a real 3-member etcd: membership, placement (pool first, then
+//! the cached image), --max-vms held fleet-wide under concurrent creates through two front
+//! doors, fleet-wide idempotency, and every VM call through a host that does not own it.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::fleet::{wait_until, Fleet};
+use common::http::{call_str, request};
+use serde_json::{json, Value};
+
+fn create_on(fleet: &Fleet, n: usize, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    request(
+        "POST",
+        &fleet.host(n).url("/vms"),
+        Some(&body.to_string()),
+        headers,
+    )
+}
+
+#[test]
+fn a_fleet_places_forwards_and_answers_for_every_vm() {
+    let Some(fleet) = Fleet::start(3, &["--max-vms", "2"]) else {
+        return;
+    };
+
+    // Membership: every host sees the three, with their URL and limits.
+    let seen = fleet.hosts_seen_by(0);
+    assert_eq!(seen["fleet"]["state"], "joined", "{seen}");
+    let h1 = fleet.record(0, "h1").unwrap();
+    assert_eq!(h1["url"], fleet.host(1).base, "{h1}");
+    assert_eq!(h1["max_vms"], 2);
+    assert_eq!(h1["hypervisor"], "vmware");
+
+    // A second live host named h1 refuses to start.
+    let dir = common::TempDir::new("fleet-dup");
+    let args = fleet.args(1, &[]);
+    let out = std::process::Command::new(common::SERVER_BIN)
+        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+        .arg(dir.path())
+        .args(&args)
+        .env("VMWARE_VMRUN_PATH", common::SIM_BIN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("a live host named h1"), "{said}");
+
+    // The image cached on h1: a create at h0 goes there.
+    let (status, body) = request(
+        "POST",
+        &fleet.host(1).url("/images"),
+        Some(
+            &json!({"url": fleet.url, "checksum": fleet.checksum, "checksum_type": "sha1"})
+                .to_string(),
+        ),
+        &[],
+    );
+    assert!(status == 202 || status == 200, "{status} {body}");
+    wait_until(
+        "h0 to see h1 holding the image",
+        Duration::from_secs(30),
+        || {
+            fleet
+                .record(0, "h1")
+                .is_some_and(|r| r["images"].as_array().is_some_and(|i| !i.is_empty()))
+        },
+    );
+    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    assert_eq!(status, 202, "{vm}");
+    assert_eq!(vm["host"], "h1", "placed where the image is: {vm}");
+    let cached_id = vm["id"].as_str().unwrap().to_string();
+
+    // A warm pool on h2: a matching create at h0 takes its idle VM.
+    let mut spec = fleet.body();
+    spec["size"] = json!(1);
+    let answer = call_str(
+        "PUT",
+        &fleet.host(2).url("/pools/p"),
+        Some(&spec.to_string()),
+        &[],
+    );
+    assert!(
+        answer.status == 201 || answer.status == 200,
+        "{}",
+        answer.text()
+    );
+    wait_until(
+        "h0 to see h2's idle pool VM",
+        Duration::from_secs(30),
+        || {
+            fleet
+                .record(0, "h2")
+                .is_some_and(|r| r["pools"][0]["ready"].as_u64() == Some(1))
+        },
+    );
+    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    assert_eq!(status, 202, "{vm}");
+    assert_eq!(vm["host"], "h2", "placed where the pool is: {vm}");
+    let pooled_id = vm["id"].as_str().unwrap().to_string();
+
+    // Any host answers for any VM: GET, long poll, renew, log, list, DELETE through h0
+    // for a VM on h1.
+    let get =
+        |n: usize, id: &str| request("GET", &fleet.host(n).url(&format!("/vms/{id}")), None, &[]);
+    let vm = wait_until_running(&fleet, 0, &cached_id);
+    assert_eq!(vm["host"], "h1");
+    let answer = call_str(
+        "GET",
+        &fleet.host(0).url(&format!("/vms/{cached_id}")),
+        None,
+        &[],
+    );
+    let etag = answer.header("ETag").unwrap().to_string();
+    let started = std::time::Instant::now();
+    let polled = call_str(
+        "GET",
+        &fleet.host(0).url(&format!("/vms/{cached_id}?wait=1")),
+        None,
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(polled.status, 304, "{}", polled.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the long poll waited on the owner"
+    );
+    let (status, renewed) = request(
+        "POST",
+        &fleet.host(2).url(&format!("/vms/{cached_id}/renew")),
+        Some(r#"{"ttl": 600}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["ttl"], 600);
+    let (status, list) = request("GET", &fleet.host(0).url("/vms"), None, &[]);
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&cached_id.as_str()) && ids.contains(&pooled_id.as_str()),
+        "{list}"
+    );
+    let (_, only_h1) = request("GET", &fleet.host(0).url("/vms?host=h1"), None, &[]);
+    assert!(
+        only_h1
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["host"] == "h1"),
+        "{only_h1}"
+    );
+    let (status, _) = request(
+        "DELETE",
+        &fleet.host(2).url(&format!("/vms/{cached_id}")),
+        None,
+        &[],
+    );
+    assert_eq!(status, 204);
+    assert_eq!(get(0, &cached_id).0, 404);
+    assert_eq!(get(1, &cached_id).0, 404);
+    let (status, _) = request(
+        "DELETE",
+        &fleet.host(0).url(&format!("/vms/{pooled_id}")),
+        None,
+        &[],
+    );
+    assert_eq!(status, 204);
+
+    // One idempotency key, retried through two front doors: one VM.
+    let key = [("Idempotency-Key", "build-42")];
+    let (first_status, first) = create_on(&fleet, 0, &fleet.body(), &key);
+    let (second_status, second) = create_on(&fleet, 1, &fleet.body(), &key);
+    assert_eq!(
+        (first_status, second_status),
+        (202, 202),
+        "{first} {second}"
+    );
+    assert_eq!(first["id"], second["id"], "{first} {second}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let (status, _) = request(
+        "DELETE",
+        &fleet.host(1).url(&format!("/vms/{id}")),
+        None,
+        &[],
+    );
+    assert_eq!(status, 204);
+    let placed = || -> Vec<Option<u64>> {
+        (0..3)
+            .map(|n| {
+                fleet
+                    .record(0, &format!("h{n}"))
+                    .and_then(|r| r["placed"].as_u64())
+            })
+            .collect()
+    };
+    // h2 keeps one slot: its pool refilled.
+    let freed = wait_until_or("every slot to be free", Duration::from_secs(20), || {
+        placed() == [Some(0), Some(0), Some(1)]
+    });
+    assert!(
+        freed,
+        "slots placed: {:?}; {}",
+        placed(),
+        fleet.hosts_seen_by(0)
+    );
+
+    // 2 front doors x 20 concurrent creates: --max-vms 2 holds on every host (h2 keeps
+    // its pool VM: 5 places in all).
+    let answers: Vec<(u16, Value)> = thread::scope(|scope| {
+        let asks: Vec<_> = (0..40)
+            .map(|n| {
+                let fleet = &fleet;
+                scope.spawn(move || create_on(fleet, n % 2, &fleet.body(), &[]))
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, v)| v)
+        .collect();
+    for (status, body) in &answers {
+        assert!(*status == 202 || *status == 503, "{status} {body}");
+        if *status == 503 {
+            assert_eq!(body["code"], "capacity-exhausted", "{body}");
+        }
+    }
+    for n in 0..3 {
+        let name = format!("h{n}");
+        let (_, local) = request(
+            "GET",
+            &fleet.host(n).url("/vms"),
+            None,
+            &[("X-OSX-Builder-Forwarded-By", "test")],
+        );
+        let count = local.as_array().unwrap().len();
+        assert!(count <= 2, "{name} holds {count} VMs: {local}");
+        let placed_here = created
+            .iter()
+            .filter(|v| v["host"] == name.as_str())
+            .count();
+        assert!(placed_here <= 2, "{name} got {placed_here} creates");
+    }
+    assert!(
+        created.len() >= 4,
+        "only {} creates were placed: {answers:?}",
+        created.len()
+    );
+}
+
+fn wait_until_or(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let _ = what;
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn wait_until_running(fleet: &Fleet, n: usize, id: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(&format!("{id} to run"), Duration::from_secs(30), || {
+        last = request("GET", &fleet.host(n).url(&format!("/vms/{id}")), None, &[]).1;
+        assert_ne!(last["status"], "failed", "{last}");
+        last["status"] == "running" && last["ip_address"] != ""
+    });
+    last
+}
