@@ -124,8 +124,15 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
         || get(&fleet, 0, &format!("/vms/{}", ids[1])).1["error"]["code"] == "host-lost",
     );
     unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Right after SIGCONT h1 still says `joined` (it has not yet heard that its lease is
+    // gone), and its start-up line already says "rejoined": wait for the way back from
+    // the partition itself.
     wait_until("h1 to rejoin", Duration::from_secs(20), || {
-        standing(&fleet, 1) == "joined" && fleet.host(1).log().contains("rejoined")
+        standing(&fleet, 1) == "joined"
+            && fleet
+                .host(1)
+                .log()
+                .contains("joined as h1 (was partitioned)")
     });
     assert!(
         fleet.host(1).log().contains("partitioned"),
