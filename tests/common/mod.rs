@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod http;
 pub mod log_lines;
 pub mod pki;
+pub mod scenarios;
 pub mod tls_relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
