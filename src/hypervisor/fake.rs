@@ -441,6 +441,14 @@ impl Hypervisor for FakeHypervisor {
         "fake"
     }
 
+    fn tool(&self) -> &'static str {
+        "vmrun"
+    }
+
+    fn describe(&self) -> Result<String, HypervisorError> {
+        Ok("in memory".into())
+    }
+
     fn start_timeout(&self) -> Duration {
         Duration::from_secs(5)
     }

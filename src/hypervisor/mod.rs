@@ -85,6 +85,14 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// records and the start-up log call it. Nothing outside the drivers branches on it.
     fn kind(&self) -> &'static str;
 
+    /// The command line tool that runs the VMs (`vmrun`, `tart`): how `/healthz` names
+    /// its check.
+    fn tool(&self) -> &'static str;
+
+    /// What the start-up log says of the hypervisor: the tool's path, its version where
+    /// it tells it cheaply, where it keeps VMs. Runs the tool at most once.
+    fn describe(&self) -> Result<String, HypervisorError>;
+
     /// Whether the tool is installed and can be run: reported once at start, and checked
     /// before each create so that a missing install fails fast with what to do.
     fn check_available(&self) -> Result<(), HypervisorError>;

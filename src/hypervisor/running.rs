@@ -21,20 +21,16 @@ use crate::sys::sync::LockUnpoisoned;
 #[derive(Debug)]
 pub struct RunningVms {
     state: Mutex<State>,
-    /// A failing `vmrun list` is logged when it starts failing and when it answers again:
-    /// the refresher meets it every `--list-interval`.
+    /// A failing `vmrun list` (`tart list`) is logged when it starts failing and when it
+    /// answers again: the refresher meets it every `--list-interval`.
     trouble: Condition,
+    /// How the log names the listing: `vmrun list`, `tart list`.
+    listing: &'static str,
 }
 
 impl Default for RunningVms {
     fn default() -> Self {
-        Self {
-            state: Mutex::default(),
-            trouble: Condition::new("vmrun list", Level::Warn).meaning(
-                "admission counts VM records alone (VMs started outside osx-builder are not \
-                 counted) until it answers",
-            ),
-        }
+        Self::listed_by("vmrun list")
     }
 }
 
@@ -75,6 +71,24 @@ pub struct ListTicket(u64);
 impl RunningVms {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The running set of a hypervisor whose listing the log calls `listing`
+    /// (`tart list`).
+    pub fn listed_by(listing: &'static str) -> Self {
+        Self {
+            state: Mutex::default(),
+            trouble: Condition::new(listing, Level::Warn).meaning(
+                "admission counts VM records alone (VMs started outside osx-builder are not \
+                 counted) until it answers",
+            ),
+            listing,
+        }
+    }
+
+    /// How the log and `/healthz` name the listing (`vmrun list`, `tart list`).
+    pub fn listing(&self) -> &'static str {
+        self.listing
     }
 
     /// A `vmrun list` is about to run.
@@ -122,7 +136,10 @@ impl RunningVms {
             None => state.failure = Some((error.to_string(), Instant::now())),
         }
         // The error names the call already (`vmrun list: failed: ...`).
-        let error = error.strip_prefix("vmrun list: ").unwrap_or(error);
+        let error = error
+            .strip_prefix(self.listing)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(error);
         self.trouble.holds(code, error);
     }
 

@@ -83,22 +83,32 @@ pub struct TartSettings {
     pub timeouts: TartTimeouts,
 }
 
-/// `tart` on the PATH, then Homebrew's places; the bare name when none exists (so that the
-/// error names what was looked for).
-pub fn default_path() -> PathBuf {
+/// Where `--tart-path` points: a path with a folder is taken as it is; a bare name is looked
+/// for on the PATH, then (for `tart`) in Homebrew's places, and stays bare when found
+/// nowhere, so that the error names what was looked for.
+pub fn resolve_path(given: &Path) -> PathBuf {
+    if given.components().count() != 1 || given.is_absolute() {
+        return given.to_path_buf();
+    }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("tart"))
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(given))
             .find(|p| p.is_file())
     });
+    let homebrew = || {
+        (given == Path::new("tart"))
+            .then(|| {
+                FALLBACK_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+            })
+            .flatten()
+    };
     on_path
-        .or_else(|| {
-            FALLBACK_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from("tart"))
+        .or_else(homebrew)
+        .unwrap_or_else(|| given.to_path_buf())
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +151,7 @@ impl Tart {
         Tart {
             settings: Arc::new(settings),
             counts: Arc::default(),
-            running: Arc::default(),
+            running: Arc::new(RunningVms::listed_by("tart list")),
         }
     }
 
@@ -307,6 +317,20 @@ fn write_guest_file(dir: &Path, name: &str, value: &str) -> std::io::Result<()> 
 impl Hypervisor for Tart {
     fn kind(&self) -> &'static str {
         "tart"
+    }
+
+    fn tool(&self) -> &'static str {
+        "tart"
+    }
+
+    fn describe(&self) -> Result<String, HypervisorError> {
+        self.check_available()?;
+        Ok(format!(
+            "tart {} at {}, its VMs in TART_HOME={}",
+            self.version()?,
+            self.settings.path.display(),
+            self.settings.home.display()
+        ))
     }
 
     fn check_available(&self) -> Result<(), HypervisorError> {

@@ -633,6 +633,16 @@ impl super::Hypervisor for Vmrun {
         "vmware"
     }
 
+    fn tool(&self) -> &'static str {
+        "vmrun"
+    }
+
+    /// vmrun prints its version only in its usage text: the path is what says which.
+    fn describe(&self) -> Result<String, HypervisorError> {
+        self.check_available()?;
+        Ok(format!("vmrun at {}", self.settings.path.display()))
+    }
+
     fn start_timeout(&self) -> Duration {
         self.settings.timeouts.start
     }
