@@ -109,9 +109,10 @@ impl Peers {
                 .collect();
             asks.into_iter()
                 .map(|(name, ask)| {
-                    let answer = ask
-                        .join()
-                        .unwrap_or_else(|_| Err(format!("asking {name} failed (a bug)")));
+                    let answer = match ask.join() {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("asking {name} failed (a bug)")),
+                    };
                     (name.clone(), answer)
                 })
                 .collect()

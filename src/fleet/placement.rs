@@ -47,6 +47,7 @@ impl Refusal {
             Refusal::NoHosts => "no-hosts",
             Refusal::AllDraining => "all-draining",
             Refusal::AllFull => "all-full",
+            Refusal::NoDiskRoom => "no-disk-room",
         }
     }
 }
