@@ -33,6 +33,13 @@ on_both!(
     powered_off_behind_its_back,
     restart_adopts_running_vms,
     capacity,
+    guestinfo_cold_and_pooled,
+    boot_watchdog_resets_once,
+    leases_callbacks_idempotency_drain,
+    metrics_health_and_cli,
+    killed_while_starting,
+    faults,
+    images,
 );
 
 #[test]
@@ -254,4 +261,43 @@ fn tart_an_existing_clone_name_is_never_overwritten() {
     );
     assert_eq!(server.delete_vm(&id).0, 204);
     assert_eq!(std::fs::read(theirs.join("disk.img")).unwrap(), b"theirs");
+}
+
+/// `network_type` picks tart's network (bridged: `--net-bridged=` the interface setting,
+/// its address from the ARP cache; hostonly: `--net-host`); `headless: false` opens
+/// tart's window (no `--no-graphics`).
+#[test]
+fn tart_networks_and_the_window() {
+    let w = World::start(
+        "hv-tart-net",
+        scenarios::quick(Hv::Tart, &["--tart-bridge-interface", "en7"]),
+    );
+    let run = |id: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(w.server.sim_state.join(format!("runs/osxb-{id}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut body = w.body();
+    body["network_type"] = "bridged".into();
+    body["headless"] = false.into();
+    let bridged = w.create(&body);
+    let vm = w.server.wait_ready(&bridged);
+    assert_eq!(vm["ip_source"], "arp", "{vm}");
+    assert!(vm["ip_address"].as_str().unwrap().starts_with("192.168.1."));
+    let record = run(&bridged);
+    assert_eq!(
+        (record["net"].as_str(), record["graphics"].as_bool()),
+        (Some("bridged:en7"), Some(true))
+    );
+    body["network_type"] = "hostonly".into();
+    body["headless"] = true.into();
+    let host = w.create(&body);
+    let vm = w.server.wait_ready(&host);
+    assert_eq!(vm["ip_source"], "dhcp-lease", "{vm}");
+    let record = run(&host);
+    assert_eq!(
+        (record["net"].as_str(), record["graphics"].as_bool()),
+        (Some("host"), Some(false))
+    );
 }

@@ -170,6 +170,12 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// Reboots the VM (`hard`: without the guest's help).
     fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
 
+    /// How the log names a hard [`Hypervisor::reset`].
+    fn hard_reset_words(&self) -> String;
+
+    /// How messages name a guest that gives no sign of having booted.
+    fn silent_guest_words(&self) -> &'static str;
+
     /// Deletes the hypervisor's files of a powered-off VM.
     fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError>;
 

@@ -590,6 +590,14 @@ impl Hypervisor for Tart {
         }
     }
 
+    fn hard_reset_words(&self) -> String {
+        "tart stop then tart run (a hard reset)".into()
+    }
+
+    fn silent_guest_words(&self) -> &'static str {
+        "no address for the guest from tart ip (no DHCP lease, or nothing in the ARP cache when bridged)"
+    }
+
     fn reset(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         self.stop(vm, hard, cancel)?;
         runner::wait_stopped(self, vm, self.settings.timeouts.stop);

@@ -644,6 +644,14 @@ impl super::Hypervisor for Vmrun {
         "vmrun"
     }
 
+    fn hard_reset_words(&self) -> String {
+        "vmrun reset hard".into()
+    }
+
+    fn silent_guest_words(&self) -> &'static str {
+        "no VMware Tools and no DHCP lease"
+    }
+
     /// vmrun prints its version only in its usage text: the path is what says which.
     fn describe(&self) -> Result<String, HypervisorError> {
         self.check_available()?;
