@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::harness::http::FileServer;
 use common::harness::{gold_tar_gz, sha1_hex, tart_gold_tar_gz};
-use common::{fmt_duration, percentile, print_machine, request, BenchServer, Hv, TempDir};
+use common::{arg, percentiles_line, print_machine, request, BenchServer, Hv, TempDir};
 use serde_json::{json, Value};
 
 fn call(server: &BenchServer, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -46,22 +46,13 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn line(name: &str, samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let (p50, p99) = (percentile(samples, 50.0), percentile(samples, 99.0));
-    println!(
-        "{name:<10} n={:<3} p50 {:>10}  p99 {:>10}  max {:>10}",
-        samples.len(),
-        fmt_duration(p50),
-        fmt_duration(p99),
-        fmt_duration(*samples.last().unwrap_or(&Duration::ZERO))
-    );
-    (p50, p99)
+    percentiles_line(&format!("{name:<10}"), samples)
 }
 
 fn main() {
-    let samples = common::arg("--samples", 40) as usize;
-    let size = common::arg("--size", 10);
-    let boot_ms = common::arg("--boot-ms", 5000).to_string();
+    let samples = arg("--samples", 40) as usize;
+    let size = arg("--size", 10);
+    let boot_ms = arg("--boot-ms", 5000).to_string();
     let hv = common::hypervisor_arg();
     print_machine();
     match hv {
