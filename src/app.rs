@@ -213,11 +213,13 @@ impl App {
     pub fn start_background(&self, config: &Config) {
         self.gold.remove_stale_locks();
         self.service.reconcile(Reconcile::Startup);
-        let hypervisor = self.hypervisor.clone();
+        let (hypervisor, service) = (self.hypervisor.clone(), self.service.clone());
         running::start_refresher(
             Arc::new(move || {
                 // A failure is logged once by the running set and shown in /healthz.
-                let _ = hypervisor.list_running();
+                if hypervisor.list_running().is_ok() {
+                    service.notice_stopped();
+                }
             }),
             config.list_interval,
         );

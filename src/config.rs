@@ -740,7 +740,7 @@ const SECRETS: &[Setting] = &[TOKEN, CALLBACK_SECRET];
 
 pub fn help_text() -> String {
     let mut text = format!(
-        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|pool|drain|undrain|health|help ...   talk to a running server (osx-builder help)\n\nSettings (flag, environment variable, default):\n",
+        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|pool|host|drain|undrain|health|help ...   talk to a running server (osx-builder help)\n\nSettings (flag, environment variable, default):\n",
         env!("CARGO_PKG_VERSION")
     );
     for s in SETTINGS {

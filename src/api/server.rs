@@ -320,9 +320,16 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
                 None => super::fleet::local_vm(node, Answer::json(200, service.renew(id, ttl)?)),
             }
         }
-        Action::ListImages => images::list(service),
-        Action::GetImage(checksum) => images::get(service, &checksum)?,
-        Action::PrewarmImage(spec) => images::prewarm(service, spec)?,
+        Action::ListImages => images::list(service, node),
+        Action::GetImage(checksum) => images::get(service, node, &checksum)?,
+        Action::PrewarmImage { spec, scope } => match (node, scope) {
+            // A lone host is the whole fleet; a relayed pre-warm is this host's own.
+            (Some(node), Some(scope)) if !super::fleet::is_relayed(request) => {
+                let authorization = header(request, "Authorization").map(str::to_string);
+                images::prewarm_fleet(node, spec, scope, authorization)?
+            }
+            _ => images::prewarm(service, spec)?,
+        },
         Action::DeleteImage(checksum) => images::delete(service, &checksum)?,
         Action::Health => {
             // Without the token a client learns only whether the host is up.

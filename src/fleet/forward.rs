@@ -2,6 +2,7 @@
 //! placed elsewhere, and with a call about a VM another host owns. The answer comes back
 //! as the owner gave it (status, body, the headers a client reads).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::tls::ClientTrust;
@@ -85,6 +86,37 @@ impl Peers {
             None => config.new_agent(),
         };
         Self { agent }
+    }
+
+    /// The same request to each `(name, base URL)` at once, on a thread each: every
+    /// host's answer, or why it gave none, by name (in order of names).
+    pub fn send_each(
+        &self,
+        hosts: &[(String, String)],
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> BTreeMap<String, Result<Relayed, String>> {
+        std::thread::scope(|scope| {
+            let asks: Vec<_> = hosts
+                .iter()
+                .map(|(name, base)| {
+                    let ask =
+                        scope.spawn(move || self.send(base, method, path_and_query, headers, body));
+                    (name, ask)
+                })
+                .collect();
+            asks.into_iter()
+                .map(|(name, ask)| {
+                    let answer = match ask.join() {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("asking {name} failed (a bug)")),
+                    };
+                    (name.clone(), answer)
+                })
+                .collect()
+        })
     }
 
     /// Sends the request to `base` (the owner's advertised URL); `Err` when it could not

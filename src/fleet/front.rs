@@ -363,34 +363,21 @@ impl Node {
         } else {
             format!("/vms?{query}")
         };
-        let answers: Vec<Vec<u8>> = std::thread::scope(|scope| {
-            let asks: Vec<_> = others
-                .iter()
-                .map(|(name, url)| {
-                    let path = &path;
-                    scope.spawn(move || {
-                        let headers = vec![(FORWARDED_BY, self.name.clone())];
-                        match self.peers.send(url, "GET", path, &headers, None) {
-                            Ok(answer) if answer.status == 200 => Some(answer.body),
-                            Ok(answer) => {
-                                crate::warn!(
-                                    "fleet: GET /vms on {name} answered {}",
-                                    answer.status
-                                );
-                                None
-                            }
-                            Err(why) => {
-                                crate::warn!("fleet: GET /vms on {name} failed: {why}");
-                                None
-                            }
-                        }
-                    })
-                })
-                .collect();
-            asks.into_iter()
-                .filter_map(|ask| ask.join().ok().flatten())
-                .collect()
-        });
+        let headers = [(FORWARDED_BY, self.name.clone())];
+        let answers = self.peers.send_each(&others, "GET", &path, &headers, None);
+        let answers = answers
+            .into_iter()
+            .filter_map(|(name, answer)| match answer {
+                Ok(answer) if answer.status == 200 => Some(answer.body),
+                Ok(answer) => {
+                    crate::warn!("fleet: GET /vms on {name} answered {}", answer.status);
+                    None
+                }
+                Err(why) => {
+                    crate::warn!("fleet: GET /vms on {name} failed: {why}");
+                    None
+                }
+            });
         for body in answers {
             if let Ok(Value::Array(vms)) = serde_json::from_slice::<Value>(&body) {
                 out.extend(vms.iter().filter_map(|vm| serde_json::to_vec(vm).ok()));

@@ -194,6 +194,7 @@ impl Node {
                 })
                 .collect(),
             draining: service.is_draining(),
+            disk_room: service.disk_room(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             lease: self.lease().to_string(),
         }

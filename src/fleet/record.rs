@@ -28,6 +28,10 @@ pub struct HostRecord {
     #[serde(default)]
     pub pools: Vec<PoolIdle>,
     pub draining: bool,
+    /// Bytes an image download may take on its disk before `--min-free-disk`, in whole GiB
+    /// (see [`crate::service::Service::disk_room`]); `None` when unknown (or an older host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_room: Option<u64>,
     pub version: String,
     /// The lease the record lives on: a host that finds its own name on another lease
     /// knows another process holds it.

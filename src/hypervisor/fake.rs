@@ -441,6 +441,10 @@ impl Hypervisor for FakeHypervisor {
         "fake"
     }
 
+    fn ended(&self, _vmx: &Path) -> super::Ended {
+        super::Ended::PoweredOff
+    }
+
     fn tool(&self) -> &'static str {
         "vmrun"
     }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod http;
 pub mod log_lines;
 pub mod pki;
+pub mod scenarios;
 pub mod tls_relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -634,6 +635,19 @@ impl Drop for Server {
             );
         }
     }
+}
+
+/// The binary as a client with exactly `args`, none of the client's variables from this
+/// environment.
+pub fn client_bare(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(SERVER_BIN)
+        .args(args)
+        .env_remove("OSX_BUILDER_URL")
+        .env_remove("OSX_BUILDER_TOKEN")
+        .env_remove("OSX_BUILDER_TOKEN_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the client")
 }
 
 /// A server and a gold image it can fetch over loopback.
