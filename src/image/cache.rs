@@ -390,7 +390,6 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
         cancel: &flight.cancel,
         min_rate: shared.min_rate,
     };
-    flight.progress.set_phase(ImagePhase::QueuedDownload);
     let result = if shared.slots.acquire(&flight.cancel) {
         let run = || match location {
             Location::Oci(reference) => {
