@@ -15,17 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::harness::http::FileServer;
 use common::harness::{gold_tar_gz, sha1_hex};
-use common::{fmt_duration, percentile, print_machine, request, BenchServer, TempDir};
+use common::{arg, percentiles_line, print_machine, request, BenchServer, TempDir};
 use serde_json::{json, Value};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn call(server: &BenchServer, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let bytes = body.map(|b| b.to_string().into_bytes());
@@ -52,16 +43,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn line(name: &str, samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let (p50, p99) = (percentile(samples, 50.0), percentile(samples, 99.0));
-    println!(
-        "{name:<10} n={:<3} p50 {:>10}  p99 {:>10}  max {:>10}",
-        samples.len(),
-        fmt_duration(p50),
-        fmt_duration(p99),
-        fmt_duration(*samples.last().unwrap_or(&Duration::ZERO))
-    );
-    (p50, p99)
+    percentiles_line(&format!("{name:<10}"), samples)
 }
 
 fn main() {

@@ -22,6 +22,8 @@ use osx_builder::image::{ChecksumType, ImageSpec};
 use osx_builder::vm::VmId;
 use osx_builder::vm::{NetworkType, Phase, Progress, Status, Vm};
 
+// Not every bench uses both.
+#[allow(unused_imports)]
 pub use harness::{TempDir, SERVER_BIN};
 
 /// The machine the figures were taken on, printed first by every benchmark.
@@ -577,6 +579,16 @@ fn read_one_response(stream: &mut TcpStream, buf: &mut [u8]) -> Option<u16> {
     }
 }
 
+/// `-- NAME N` on the bench's command line, else `default`.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[Duration], pct: f64) -> Duration {
     if sorted.is_empty() {
@@ -584,6 +596,21 @@ pub fn percentile(sorted: &[Duration], pct: f64) -> Duration {
     }
     let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Sorts `samples` and prints `label`, their count, p50, p99 and max on one line; returns
+/// (p50, p99).
+pub fn percentiles_line(label: &str, samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(samples, 50.0), percentile(samples, 99.0));
+    println!(
+        "{label} n={:<4} p50 {:>9}  p99 {:>9}  max {:>9}",
+        samples.len(),
+        fmt_duration(p50),
+        fmt_duration(p99),
+        fmt_duration(*samples.last().unwrap_or(&Duration::ZERO))
+    );
+    (p50, p99)
 }
 
 pub fn fmt_duration(d: Duration) -> String {

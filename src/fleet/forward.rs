@@ -20,6 +20,49 @@ pub struct Relayed {
     pub body: Vec<u8>,
 }
 
+/// A relayed request that got no answer: why, and its kind for `/metrics`.
+#[derive(Debug)]
+pub struct PeerError {
+    /// `connect` (nothing listens, or no route), `timeout`, `tls`, or `broken` (the
+    /// connection failed once established, or the answer was not HTTP).
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl PeerError {
+    fn new(url: &str, err: &ureq::Error) -> Self {
+        use std::io::ErrorKind;
+        let kind = match err {
+            ureq::Error::Timeout(_) => "timeout",
+            ureq::Error::Io(io) if io.kind() == ErrorKind::TimedOut => "timeout",
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => "connect",
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::HostUnreachable
+                        | ErrorKind::NetworkUnreachable
+                        | ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                "connect"
+            }
+            ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => "tls",
+            _ => "broken",
+        };
+        Self {
+            kind,
+            message: format!("{url}: {err}"),
+        }
+    }
+}
+
 pub struct Peers {
     agent: ureq::Agent,
 }
@@ -66,9 +109,10 @@ impl Peers {
                 .collect();
             asks.into_iter()
                 .map(|(name, ask)| {
-                    let answer = ask
-                        .join()
-                        .unwrap_or_else(|_| Err(format!("asking {name} failed (a bug)")));
+                    let answer = match ask.join() {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("asking {name} failed (a bug)")),
+                    };
                     (name.clone(), answer)
                 })
                 .collect()
@@ -84,7 +128,7 @@ impl Peers {
         path_and_query: &str,
         headers: &[(&str, String)],
         body: Option<&[u8]>,
-    ) -> Result<Relayed, String> {
+    ) -> Result<Relayed, PeerError> {
         let url = format!("{base}{path_and_query}");
         let mut request = ureq::http::Request::builder().method(method).uri(&url);
         for (name, value) in headers {
@@ -92,7 +136,10 @@ impl Peers {
         }
         let request = request
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| PeerError {
+                kind: "broken",
+                message: format!("{url}: {e}"),
+            })?;
         // A host that froze (SIGSTOP, a hung kernel) must not hold the caller for long;
         // a long poll waits up to its own `wait` on the owner.
         let limit = if path_and_query.contains("wait=") {
@@ -105,7 +152,10 @@ impl Peers {
             .configure_request(request)
             .timeout_recv_response(Some(limit))
             .build();
-        let response = self.agent.run(request).map_err(|e| format!("{url}: {e}"))?;
+        let response = self
+            .agent
+            .run(request)
+            .map_err(|e| PeerError::new(&url, &e))?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -124,7 +174,7 @@ impl Peers {
             .with_config()
             .limit(64 << 20)
             .read_to_vec()
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| PeerError::new(&url, &e))?;
         Ok(Relayed {
             status,
             content_type,

@@ -3,7 +3,7 @@
 //! to the host that owns it, or is answered from the fleet's directory when that host is
 //! gone. Idempotency keys hold fleet-wide through `idempotency/` markers.
 
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::etcd::EtcdError;
 use super::forward::{Relayed, FORWARDED_BY, PLACED_ID};
 use super::node::{lost_object, with_host, Node};
-use super::placement::{self, Candidate, Reason, Refusal};
+use super::placement::{self, Reason, Refusal};
 use super::record::DirEntry;
 use crate::service::{Created, Error as ServiceError};
 use crate::vm::labels::VmFilter;
@@ -113,19 +113,13 @@ impl Node {
         }
         let id = VmId::new();
         let tie_break = placement::fnv(id.to_string().as_bytes());
-        let ranked = self.view.with_hosts(|hosts, slots| {
-            let candidates: Vec<Candidate> = hosts
-                .values()
-                .map(|known| Candidate {
-                    record: &known.value,
-                    placed: slots
-                        .get(&known.value.name)
-                        .map_or(0, |s| s.value.vms.len() as u64),
-                })
-                .collect();
-            placement::rank(&candidates, &create, tie_break)
-        });
-        let ranked = ranked.map_err(FleetError::Refused)?;
+        let started = Instant::now();
+        let ranked = placement::decide(&self.view, &create, tie_break);
+        self.metrics.observe_decision(started.elapsed());
+        let ranked = ranked.map_err(|why| {
+            self.metrics.refused(&why);
+            FleetError::Refused(why)
+        })?;
         let mut failed_forwards = 0;
         let mut last_refusal = None;
         for (host, reason) in ranked {
@@ -149,15 +143,13 @@ impl Node {
                     return self.carry_out(&theirs.host, create, None, request);
                 }
             }
-            self.count_placement(if failed_forwards > 0 {
-                "retry"
-            } else {
-                reason.as_str()
-            });
+            self.metrics
+                .placed((failed_forwards == 0).then_some(reason));
             let placed = (reason != Reason::Pool).then_some(id);
             match self.carry_out(&host, create.clone(), placed, request) {
                 Ok(Outcome::Relayed(answer)) if answer.status == 503 => {
                     // It filled up, or was cut off, since the view was read: the next one.
+                    self.metrics.forward_failed("refused");
                     self.release(&host, id, reason);
                     self.unmark(marker_key.as_deref());
                     last_refusal = Some(answer);
@@ -192,8 +184,14 @@ impl Node {
             }
         }
         match last_refusal {
-            Some(answer) => Ok(Outcome::Relayed(answer)),
-            None => Err(FleetError::Refused(Refusal::AllFull)),
+            Some(answer) => {
+                self.metrics.hosts_refused();
+                Ok(Outcome::Relayed(answer))
+            }
+            None => {
+                self.metrics.refused(&Refusal::AllFull);
+                Err(FleetError::Refused(Refusal::AllFull))
+            }
         }
     }
 
@@ -232,7 +230,16 @@ impl Node {
                 self.name
             )));
         }
-        Ok(self.service.create_as(create, id)?)
+        self.create_claimed(create, id)
+    }
+
+    /// The create of a VM whose slot a front door claimed under `id` (this one or another).
+    fn create_claimed(&self, create: CreateVm, id: Option<VmId>) -> Result<Created, FleetError> {
+        let created = self.service.create_as(create, id)?;
+        if let Some(id) = id {
+            self.arrived(id);
+        }
+        Ok(created)
     }
 
     /// The live host an idempotency marker names; a marker of a host that left is removed.
@@ -296,7 +303,7 @@ impl Node {
         request: &Request,
     ) -> Result<Outcome, FleetError> {
         if host == self.name {
-            return Ok(Outcome::Local(self.service.create_as(create, id)?));
+            return Ok(Outcome::Local(self.create_claimed(create, id)?));
         }
         let url =
             self.view.host(host).map(|k| k.value.url).ok_or_else(|| {
@@ -312,16 +319,16 @@ impl Node {
         } else {
             format!("/vms?{}", request.query)
         };
-        self.metrics.forwards.fetch_add(1, Ordering::Relaxed);
+        self.metrics.forwarding();
+        let started = Instant::now();
         let answer = self
             .peers
             .send(&url, "POST", &path, &headers, Some(request.body))
             .map_err(|why| {
-                self.metrics
-                    .forward_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.forward_failed(why.kind);
                 FleetError::Unavailable(format!("the host {host} did not answer: {why}"))
             })?;
+        self.metrics.forwarded(started.elapsed());
         Ok(Outcome::Relayed(answer))
     }
 
@@ -356,7 +363,7 @@ impl Node {
         body: Option<&[u8]>,
     ) -> Result<Relayed, FleetError> {
         headers.push((FORWARDED_BY, self.name.clone()));
-        self.metrics.proxied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.proxied();
         self.peers
             .send(url, method, path_and_query, &headers, body)
             .map_err(|why| FleetError::Unavailable(format!("the VM's host did not answer: {why}")))

@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod forward;
 pub mod front;
 pub mod images;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod record;

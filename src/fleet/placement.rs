@@ -8,6 +8,7 @@
 use crate::vm::CreateVm;
 
 use super::record::HostRecord;
+use super::view::View;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -37,6 +38,18 @@ pub enum Refusal {
     AllFull,
     /// The hosts with a free slot lack the image and the disk room to download it.
     NoDiskRoom,
+}
+
+impl Refusal {
+    /// The `reason` label of `osx_builder_fleet_refusals_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoHosts => "no-hosts",
+            Refusal::AllDraining => "all-draining",
+            Refusal::AllFull => "all-full",
+            Refusal::NoDiskRoom => "no-disk-room",
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -135,6 +148,26 @@ pub fn rank(
         .into_iter()
         .map(|(reason, _, _, name)| (name.to_string(), reason))
         .collect())
+}
+
+/// The ranking of every host `view` holds, each with the VMs placed on it (its slots).
+pub fn decide(
+    view: &View,
+    create: &CreateVm,
+    tie_break: u64,
+) -> Result<Vec<(String, Reason)>, Refusal> {
+    view.with_hosts(|hosts, slots| {
+        let candidates: Vec<Candidate> = hosts
+            .values()
+            .map(|known| Candidate {
+                record: &known.value,
+                placed: slots
+                    .get(&known.value.name)
+                    .map_or(0, |s| s.value.vms.len() as u64),
+            })
+            .collect();
+        rank(&candidates, create, tie_break)
+    })
 }
 
 /// FNV-1a: a cheap, stable spread of names (not a security measure).
