@@ -502,6 +502,26 @@ fn the_token_comes_from_a_file_and_health_says_when_it_is_missing() {
         show(&out)
     );
     assert!(!text(&out.stdout).contains("CHECK"), "{}", show(&out));
+    // A failing server tells a client without the token its status too (503 and
+    // `{"status": "failing"}`): the same output, exit 1, no code the server never sent.
+    let failing_dir = common::TempDir::new("cli-token-failing");
+    let failing = common::Server::start_with(
+        failing_dir.path(),
+        common::options(&["--token", token, "--vmrun-path", "/nonexistent/vmrun"]),
+    );
+    let out = client(&failing.base, &["health"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stdout).starts_with("status: failing"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stderr).contains("keeps its checks for requests with its token")
+            && !text(&out.stderr).contains("http-503"),
+        "{}",
+        show(&out)
+    );
     let out = client(&w.server.base, &["health", "--token-file", &file]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(text(&out.stdout).contains("vmrun"), "{}", show(&out));

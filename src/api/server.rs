@@ -290,7 +290,7 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
         Action::ListVms(filter) => {
             let local = service.list_where(&filter);
             match node {
-                Some(node) => super::fleet::list(node, request, local),
+                Some(node) => super::fleet::list(node, request, local, &filter),
                 None => Answer::json(200, join_array(&local)),
             }
         }

@@ -370,7 +370,6 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
         cancel: &flight.cancel,
         min_rate: shared.min_rate,
     };
-    flight.progress.set_phase(ImagePhase::QueuedDownload);
     let result = if shared.slots.acquire(&flight.cancel) {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))
             .unwrap_or_else(|_| {
