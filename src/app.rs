@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::auth::Auth;
 use crate::callback::{self, CallbackSettings};
-use crate::config::Config;
+use crate::config::{Config, HypervisorKind};
 use crate::guard::Guard;
 use crate::hypervisor::guest_ip::dhcp::LeaseFiles;
 use crate::hypervisor::{running, Hypervisor};
@@ -213,11 +213,13 @@ impl App {
     pub fn start_background(&self, config: &Config) {
         self.gold.remove_stale_locks();
         self.service.reconcile(Reconcile::Startup);
-        let hypervisor = self.hypervisor.clone();
+        let (hypervisor, service) = (self.hypervisor.clone(), self.service.clone());
         running::start_refresher(
             Arc::new(move || {
                 // A failure is logged once by the running set and shown in /healthz.
-                let _ = hypervisor.list_running();
+                if hypervisor.list_running().is_ok() {
+                    service.notice_stopped();
+                }
             }),
             config.list_interval,
         );
@@ -229,6 +231,29 @@ impl App {
         }
         self.gold.start_housekeeper(config.reconcile_interval);
         self.gold.request_eviction();
+    }
+}
+
+/// The driver `--hypervisor` names. Chosen here, in the assembly: below it, nothing knows
+/// which hypervisor runs.
+pub fn hypervisor(config: &Config) -> Arc<dyn Hypervisor> {
+    match config.hypervisor {
+        HypervisorKind::Vmware => {
+            Arc::new(crate::hypervisor::vmrun::Vmrun::new(vmrun_settings(config)))
+        }
+        HypervisorKind::Tart => Arc::new(crate::hypervisor::tart::Tart::new(tart_settings(config))),
+    }
+}
+
+/// How the server runs tart: where it is, its home (this server's own), the bridged
+/// interface; the driver's own deadlines.
+pub fn tart_settings(config: &Config) -> crate::hypervisor::tart::TartSettings {
+    crate::hypervisor::tart::TartSettings {
+        path: crate::hypervisor::tart::resolve_path(&config.tart_path),
+        home: config.tart_home.clone(),
+        vms_dir: config.data_dir.join("vms"),
+        bridged_interface: config.tart_bridge_interface.clone(),
+        timeouts: crate::hypervisor::tart::TartTimeouts::default(),
     }
 }
 

@@ -13,6 +13,8 @@ pub struct Config {
     pub port: u16,
     pub bind: IpAddr,
     pub data_dir: PathBuf,
+    /// What runs the VMs.
+    pub hypervisor: HypervisorKind,
     pub vmrun_path: PathBuf,
     pub vmrun_host_type: Option<String>,
     pub http_threads: usize,
@@ -32,6 +34,13 @@ pub struct Config {
     pub timeout_list: Duration,
     pub timeout_ip_query: Duration,
     pub timeout_snapshot: Duration,
+    /// tart's path as given: a bare name is looked for on the PATH, then in Homebrew's
+    /// places, by the assembly (the settings do not know the driver).
+    pub tart_path: PathBuf,
+    /// Given to tart as `TART_HOME`: this server's tart VMs, never a person's `~/.tart`.
+    pub tart_home: PathBuf,
+    /// The host interface of `network_type: bridged` on tart.
+    pub tart_bridge_interface: String,
     pub max_unpacked_bytes: u64,
     pub download_connect_timeout: Duration,
     pub download_read_timeout: Duration,
@@ -93,6 +102,19 @@ pub struct Config {
     /// The fleet this host joins (`--etcd`); `None`: it runs alone.
     pub fleet: Option<crate::fleet::settings::FleetConfig>,
 }
+
+/// Which hypervisor runs the VMs (`--hypervisor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypervisorKind {
+    /// VMware Fusion or Workstation, through `vmrun`.
+    Vmware,
+    /// Apple's Virtualization.framework on Apple Silicon Macs, through Cirrus Labs' `tart`.
+    Tart,
+}
+
+/// tart refuses a third macOS VM (Apple's licence: two per Mac); a host that runs tart and
+/// does not say otherwise takes no more creates than that.
+pub const TART_DEFAULT_MAX_VMS: u32 = 2;
 
 /// The longest lease a VM may have: a year. Build VMs live for minutes or hours; a larger
 /// number is a typo (milliseconds for seconds, say).
@@ -267,6 +289,34 @@ pub const VMRUN_PATH: Setting = Setting {
         other: "/usr/bin/vmrun",
     },
     help: "path of VMware's vmrun",
+};
+
+pub const HYPERVISOR: Setting = Setting {
+    flag: "hypervisor",
+    env: "OSX_BUILDER_HYPERVISOR",
+    default: Typed::Text("vmware"),
+    help: "what runs the VMs: vmware (VMware Fusion or Workstation, through vmrun) or tart (Apple Silicon Macs, through Cirrus Labs' tart)",
+};
+
+pub const TART_PATH: Setting = Setting {
+    flag: "tart-path",
+    env: "OSX_BUILDER_TART_PATH",
+    default: Typed::Text("tart"),
+    help: "path of tart (--hypervisor tart); a bare name is looked for on the PATH, then as /opt/homebrew/bin/tart and /usr/local/bin/tart",
+};
+
+pub const TART_HOME: Setting = Setting {
+    flag: "tart-home",
+    env: "OSX_BUILDER_TART_HOME",
+    default: Typed::Text(""),
+    help: "folder tart keeps this server's VMs and gold images in (given to tart as TART_HOME); empty: tart/ in the data folder. Never a person's ~/.tart",
+};
+
+pub const TART_BRIDGE_INTERFACE: Setting = Setting {
+    flag: "tart-bridge-interface",
+    env: "OSX_BUILDER_TART_BRIDGE_INTERFACE",
+    default: Typed::Text("en0"),
+    help: "host interface that network_type bridged joins on tart (tart run --net-bridged=IF)",
 };
 
 pub const VMRUN_HOST_TYPE: Setting = Setting {
@@ -472,7 +522,7 @@ pub const MAX_VMS: Setting = Setting {
     flag: "max-vms",
     env: "OSX_BUILDER_MAX_VMS",
     default: Typed::Count(0),
-    help: "VMs this host runs at once, ours and others vmrun lists; 0 for no limit, as the original had (for macOS guests set 2: Apple's licence allows 2 macOS VMs per Mac)",
+    help: "VMs this host runs at once, ours and others vmrun lists; 0 for no limit, as the original had (for macOS guests set 2: Apple's licence allows 2 macOS VMs per Mac); with --hypervisor tart and none given: 2",
 };
 
 pub const MIN_FREE_DISK: Setting = Setting {
@@ -620,8 +670,12 @@ pub const SETTINGS: &[Setting] = &[
     PORT,
     BIND,
     DATA_DIR,
+    HYPERVISOR,
     VMRUN_PATH,
     VMRUN_HOST_TYPE,
+    TART_PATH,
+    TART_HOME,
+    TART_BRIDGE_INTERFACE,
     HTTP_THREADS,
     PROVISION_THREADS,
     IP_WAIT_TIMEOUT,
@@ -686,7 +740,7 @@ const SECRETS: &[Setting] = &[TOKEN, CALLBACK_SECRET];
 
 pub fn help_text() -> String {
     let mut text = format!(
-        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|pool|drain|undrain|health|help ...   talk to a running server (osx-builder help)\n\nSettings (flag, environment variable, default):\n",
+        "osx-builder {}\nHTTP API that creates, inspects and destroys VMware Fusion VMs as linked clones of cached gold images.\n\nUsage: osx-builder [serve] [--setting value]...   run the server\n       osx-builder vm|image|pool|host|drain|undrain|health|help ...   talk to a running server (osx-builder help)\n\nSettings (flag, environment variable, default):\n",
         env!("CARGO_PKG_VERSION")
     );
     for s in SETTINGS {
@@ -950,10 +1004,43 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
             "--data-dir / OSX_BUILDER_DATA_DIR must not be empty".into(),
         ));
     }
+    let hypervisor = match value(&HYPERVISOR).0.trim() {
+        "vmware" => HypervisorKind::Vmware,
+        "tart" => HypervisorKind::Tart,
+        other => {
+            return Err(ConfigError(format!(
+                "--hypervisor / OSX_BUILDER_HYPERVISOR must be vmware or tart, got {other:?}"
+            )))
+        }
+    };
+    let tart_path = value(&TART_PATH).0.trim().to_string();
+    if tart_path.is_empty() {
+        return Err(ConfigError(
+            "--tart-path / OSX_BUILDER_TART_PATH must not be empty; leave it unset to look for tart on the PATH".into(),
+        ));
+    }
+    let tart_home = tart_home(&value(&TART_HOME).0, &data_dir, env)?;
+    let tart_bridge_interface = value(&TART_BRIDGE_INTERFACE).0.trim().to_string();
+    if tart_bridge_interface.is_empty()
+        || !tart_bridge_interface
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ConfigError(format!(
+            "--tart-bridge-interface / OSX_BUILDER_TART_BRIDGE_INTERFACE must name a network interface such as en0, got {tart_bridge_interface:?}"
+        )));
+    }
+    let max_vms_given = flags.contains_key(MAX_VMS.flag) || env.contains_key(MAX_VMS.env);
+    let max_vms = if hypervisor == HypervisorKind::Tart && !max_vms_given {
+        TART_DEFAULT_MAX_VMS
+    } else {
+        number(value(&MAX_VMS), "a whole number (0 for no limit)")?
+    };
     Ok(Command::Serve(Box::new(Config {
         port: number(value(&PORT), "a port number from 0 to 65535")?,
         bind: number(value(&BIND), "an IP address such as 0.0.0.0 or 127.0.0.1")?,
         data_dir,
+        hypervisor,
         vmrun_path: PathBuf::from(value(&VMRUN_PATH).0),
         vmrun_host_type,
         http_threads: positive(&HTTP_THREADS)?,
@@ -970,6 +1057,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         timeout_list: seconds(&VMRUN_TIMEOUT_LIST)?,
         timeout_ip_query: seconds(&VMRUN_TIMEOUT_IP)?,
         timeout_snapshot: seconds(&VMRUN_TIMEOUT_SNAPSHOT)?,
+        tart_path: PathBuf::from(tart_path),
+        tart_home,
+        tart_bridge_interface,
         max_unpacked_bytes: bytes(value(&MAX_UNPACKED_BYTES))?,
         download_connect_timeout: seconds(&DOWNLOAD_CONNECT_TIMEOUT)?,
         download_read_timeout: seconds(&DOWNLOAD_READ_TIMEOUT)?,
@@ -987,7 +1077,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         dhcp_leases_apple: PathBuf::from(value(&DHCP_LEASES_APPLE).0),
         reconcile_interval: seconds(&RECONCILE_INTERVAL)?,
         list_interval: seconds(&LIST_INTERVAL)?,
-        max_vms: number(value(&MAX_VMS), "a whole number (0 for no limit)")?,
+        max_vms,
         min_free_disk: bytes(value(&MIN_FREE_DISK))?,
         default_ttl: (default_ttl > 0).then_some(default_ttl),
         cache_budget: bytes(value(&CACHE_BUDGET))?,
@@ -1018,6 +1108,30 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         pools,
         fleet,
     })))
+}
+
+/// `--tart-home`: empty is `tart/` in the data folder. A person's own `~/.tart` is refused:
+/// the server deletes VMs there by name, and its VMs must never mix with theirs.
+fn tart_home(
+    given: &str,
+    data_dir: &std::path::Path,
+    env: &HashMap<String, String>,
+) -> Result<PathBuf, ConfigError> {
+    let given = given.trim();
+    if given.is_empty() {
+        return Ok(data_dir.join("tart"));
+    }
+    let path = PathBuf::from(given);
+    let personal = env
+        .get("HOME")
+        .map(|home| PathBuf::from(home).join(".tart"));
+    let trimmed: PathBuf = path.components().collect();
+    if personal.is_some_and(|p| p.components().collect::<PathBuf>() == trimmed) {
+        return Err(ConfigError(format!(
+            "--tart-home / OSX_BUILDER_TART_HOME must not be {given}: that is where a person's own tart VMs live; leave it unset (tart/ in the data folder) or name a folder of the server's own"
+        )));
+    }
+    Ok(path)
 }
 
 /// A size: whole bytes (`10737418240`), or a number with a unit: `KiB`, `MiB`, `GiB`, `TiB`
@@ -1288,6 +1402,60 @@ mod tests {
         ] {
             let err = serve(bad, &[]).unwrap_err();
             assert!(err.0.contains("--pool"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_hypervisor_and_tart_settings() {
+        let config = serve(&[], &[("HOME", "/h")]).unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::Vmware);
+        assert_eq!(config.max_vms, 0);
+        assert_eq!(config.tart_path, PathBuf::from("tart"));
+        assert_eq!(config.tart_home, config.data_dir.join("tart"));
+        assert_eq!(config.tart_bridge_interface, "en0");
+        // tart refuses a third macOS VM: 2 unless the operator says otherwise.
+        let config = serve(&["--hypervisor", "tart"], &[("HOME", "/h")]).unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::Tart);
+        assert_eq!(config.max_vms, TART_DEFAULT_MAX_VMS);
+        assert!(config.changed.contains(&"--hypervisor=tart".to_string()));
+        let config = serve(
+            &["--max-vms", "0", "--tart-path=/opt/t/tart"],
+            &[
+                ("OSX_BUILDER_HYPERVISOR", "tart"),
+                ("OSX_BUILDER_TART_HOME", "/srv/tart"),
+                ("OSX_BUILDER_TART_BRIDGE_INTERFACE", "bridge100"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.max_vms, 0);
+        assert_eq!(config.tart_path, PathBuf::from("/opt/t/tart"));
+        assert_eq!(config.tart_home, PathBuf::from("/srv/tart"));
+        assert_eq!(config.tart_bridge_interface, "bridge100");
+        let config = serve(
+            &[],
+            &[
+                ("OSX_BUILDER_HYPERVISOR", "tart"),
+                ("OSX_BUILDER_MAX_VMS", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.max_vms, 5);
+        for (list, env, needle) in [
+            (&["--hypervisor", "parallels"][..], &[][..], "--hypervisor"),
+            (&["--tart-path", " "], &[], "--tart-path"),
+            (
+                &["--tart-bridge-interface", "en0; rm"],
+                &[],
+                "--tart-bridge-interface",
+            ),
+            (
+                &["--tart-home", "/h/.tart/"],
+                &[("HOME", "/h")],
+                "a person's own",
+            ),
+        ] {
+            let err = serve(list, env).unwrap_err();
+            assert!(err.0.contains(needle), "{list:?}: {err}");
         }
     }
 

@@ -1,14 +1,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use osx_builder::api::server::HttpServer;
 use osx_builder::app;
 use osx_builder::config::{self, Command, Config};
-use osx_builder::hypervisor::vmrun::Vmrun;
-use osx_builder::hypervisor::Hypervisor;
 use osx_builder::sys::log::{self, Format};
 use osx_builder::sys::shutdown;
 use osx_builder::{error, info, warn};
@@ -92,12 +89,17 @@ fn serve(config: &Config) -> Result<(), String> {
     // Held until the process exits: a second server on this folder refuses to start.
     let _data_lock =
         osx_builder::sys::data_lock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
-    let vmrun = Vmrun::new(app::vmrun_settings(config));
-    if let Err(err) = vmrun.check_available() {
-        warn!("{err}; every create will fail until vmrun is there");
+    let hypervisor = app::hypervisor(config);
+    match hypervisor.describe() {
+        Ok(about) => log::milestone(format_args!("hypervisor {}: {about}", hypervisor.kind())),
+        Err(err) => warn!(
+            "hypervisor {}: {err}; every create will fail until {} is there",
+            hypervisor.kind(),
+            hypervisor.tool()
+        ),
     }
     let trust_for_fleet = trust.clone();
-    let app = app::build(config, checked, Arc::new(vmrun), trust)?;
+    let app = app::build(config, checked, hypervisor, trust)?;
     let service = app.service.clone();
 
     let addr = SocketAddr::new(config.bind, config.port);

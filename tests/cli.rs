@@ -14,17 +14,7 @@ use common::http::{self, Delivery};
 use common::{gold_tar_gz_padded, sha1_hex, ServerOptions, World, SERVER_BIN};
 use serde_json::Value;
 
-/// The binary with exactly `args`, none of the client's variables from this environment.
-fn bare(args: &[&str]) -> Output {
-    Command::new(SERVER_BIN)
-        .args(args)
-        .env_remove("OSX_BUILDER_URL")
-        .env_remove("OSX_BUILDER_TOKEN")
-        .env_remove("OSX_BUILDER_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the client")
-}
+use common::client_bare as bare;
 
 /// The client with `args`, then `--server server`.
 fn client(server: &str, args: &[&str]) -> Output {
@@ -364,7 +354,7 @@ fn the_token_is_sent_from_the_flag_or_the_environment() {
 /// print on stdout and exit 0; the server's `--help` names every group.
 #[test]
 fn a_bare_group_prints_its_usage_and_help_names_every_command() {
-    for group in ["vm", "image", "pool"] {
+    for group in ["vm", "image", "pool", "host"] {
         let out = bare(&[group]);
         assert_eq!(out.status.code(), Some(2), "{group}: {}", show(&out));
         let usage = text(&out.stderr);
@@ -390,6 +380,7 @@ fn a_bare_group_prints_its_usage_and_help_names_every_command() {
         "vm list",
         "image prewarm",
         "pool put",
+        "host list",
         "drain | undrain",
         "health",
         "help [COMMAND]",
@@ -403,7 +394,9 @@ fn a_bare_group_prints_its_usage_and_help_names_every_command() {
         .lines()
         .find(|l| l.contains("talk to a running server"))
         .unwrap_or_else(|| panic!("{server_help}"));
-    for group in ["vm", "image", "pool", "drain", "undrain", "health", "help"] {
+    for group in [
+        "vm", "image", "pool", "host", "drain", "undrain", "health", "help",
+    ] {
         assert!(
             usage.split(['|', ' ']).any(|word| word == group),
             "{group} missing: {usage}"

@@ -1,6 +1,7 @@
 //! A fleet of three hosts on a real 3-member etcd: membership, placement (pool first, then
 //! the cached image), --max-vms held fleet-wide under concurrent creates through two front
-//! doors, fleet-wide idempotency, and every VM call through a host that does not own it.
+//! doors, fleet-wide idempotency, and every VM call through a host that does not own it;
+//! the fleet's `/metrics` on two hosts.
 
 mod common;
 
@@ -10,15 +11,6 @@ use std::time::Duration;
 use common::fleet::{wait_until, Fleet};
 use common::http::{call_str, request};
 use serde_json::{json, Value};
-
-fn create_on(fleet: &Fleet, n: usize, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
-    request(
-        "POST",
-        &fleet.host(n).url("/vms"),
-        Some(&body.to_string()),
-        headers,
-    )
-}
 
 #[test]
 fn a_fleet_places_forwards_and_answers_for_every_vm() {
@@ -68,7 +60,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
                 .is_some_and(|r| r["images"].as_array().is_some_and(|i| !i.is_empty()))
         },
     );
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 202, "{vm}");
     assert_eq!(vm["host"], "h1", "placed where the image is: {vm}");
     let cached_id = vm["id"].as_str().unwrap().to_string();
@@ -96,10 +88,13 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
                 .is_some_and(|r| r["pools"][0]["ready"].as_u64() == Some(1))
         },
     );
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 202, "{vm}");
     assert_eq!(vm["host"], "h2", "placed where the pool is: {vm}");
     let pooled_id = vm["id"].as_str().unwrap().to_string();
+    let placed = "osx_builder_fleet_placements_total{reason=";
+    assert_eq!(metric_on(&fleet, 0, &format!("{placed}\"image\"}}")), 1.0);
+    assert_eq!(metric_on(&fleet, 0, &format!("{placed}\"pool\"}}")), 1.0);
 
     // Any host answers for any VM: GET, long poll, renew, log, list, DELETE through h0
     // for a VM on h1.
@@ -174,8 +169,8 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
 
     // One idempotency key, retried through two front doors: one VM.
     let key = [("Idempotency-Key", "build-42")];
-    let (first_status, first) = create_on(&fleet, 0, &fleet.body(), &key);
-    let (second_status, second) = create_on(&fleet, 1, &fleet.body(), &key);
+    let (first_status, first) = fleet.create_on(0, &fleet.body(), &key);
+    let (second_status, second) = fleet.create_on(1, &fleet.body(), &key);
     assert_eq!(
         (first_status, second_status),
         (202, 202),
@@ -216,7 +211,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
         let asks: Vec<_> = (0..40)
             .map(|n| {
                 let fleet = &fleet;
-                scope.spawn(move || create_on(fleet, n % 2, &fleet.body(), &[]))
+                scope.spawn(move || fleet.create_on(n % 2, &fleet.body(), &[]))
             })
             .collect();
         asks.into_iter().map(|a| a.join().unwrap()).collect()
@@ -252,6 +247,132 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
         created.len() >= 4,
         "only {} creates were placed: {answers:?}",
         created.len()
+    );
+}
+
+/// What host `n`'s `/metrics` says on the line that starts with `line_start`.
+fn metric_on(fleet: &Fleet, n: usize, line_start: &str) -> f64 {
+    let text = call_str("GET", &fleet.host(n).url("/metrics"), None, &[]).text();
+    common::metric(&text, line_start).unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+}
+
+#[test]
+fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
+    let Some(mut fleet) = Fleet::start(2, &["--max-vms", "1"]) else {
+        return;
+    };
+    // h0 drains: as a front door it places every create on h1, forwarded.
+    assert_eq!(
+        request("POST", &fleet.host(0).url("/drain"), None, &[]).0,
+        200
+    );
+    wait_until("h0 to see itself draining", Duration::from_secs(10), || {
+        fleet.record(0, "h0").is_some_and(|r| r["draining"] == true)
+    });
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
+    assert_eq!((status, &vm["host"]), (202, &json!("h1")), "{vm}");
+    // h1 is full and h0 drains: refused.
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
+    assert_eq!(status, 503, "{refusal}");
+    let id = vm["id"].as_str().unwrap();
+    let deleted = request(
+        "DELETE",
+        &fleet.host(0).url(&format!("/vms/{id}")),
+        None,
+        &[],
+    );
+    assert_eq!(deleted.0, 204);
+    let freed = wait_until_or("h0 to see h1's slot free", Duration::from_secs(10), || {
+        fleet
+            .record(0, "h1")
+            .is_some_and(|r| r["placed"] == 0 && r["vms"] == 0)
+    });
+    assert!(
+        freed,
+        "{:?}\n{}",
+        fleet.record(0, "h1"),
+        fleet.host(1).log()
+    );
+    // h1 dies: the next forward fails (h0 still sees h1 until its lease ends), and then
+    // h0 counts the host lost.
+    fleet.hosts[1].take().unwrap().kill();
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
+    assert_eq!(status, 503, "{refusal}");
+    wait_until("h0 to count h1 lost", Duration::from_secs(15), || {
+        metric_on(&fleet, 0, "osx_builder_fleet_hosts_lost_total ") == 1.0
+    });
+    // etcd gone: keepalives and requests fail, and say how.
+    for n in 0..3 {
+        fleet.cluster.kill_member(n);
+    }
+    wait_until("h0 to say degraded", Duration::from_secs(10), || {
+        metric_on(&fleet, 0, "osx_builder_fleet_joined ") == 0.0
+    });
+
+    let text = call_str("GET", &fleet.host(0).url("/metrics"), None, &[]).text();
+    let value =
+        |line: &str| common::metric(&text, line).unwrap_or_else(|| panic!("no {line} in\n{text}"));
+    let fleet_families = text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE osx_builder_fleet_"))
+        .count();
+    assert_eq!(fleet_families, 12, "{text}");
+    let eq = |line: &str, want: f64| assert_eq!(value(line), want, "{line}\n{text}");
+    // The first create found no image on h1 (free slots); the last one may find the image
+    // its VM downloaded there.
+    let slots = value(r#"osx_builder_fleet_placements_total{reason="slots"}"#);
+    let image = value(r#"osx_builder_fleet_placements_total{reason="image"}"#);
+    assert!(slots >= 1.0 && slots + image == 2.0, "{text}");
+    eq(r#"osx_builder_fleet_placements_total{reason="pool"}"#, 0.0);
+    eq(
+        r#"osx_builder_fleet_refusals_total{reason="all-full"}"#,
+        2.0,
+    );
+    eq(
+        r#"osx_builder_fleet_refusals_total{reason="all-draining"}"#,
+        0.0,
+    );
+    eq("osx_builder_fleet_placement_decision_seconds_count ", 3.0);
+    eq(
+        r#"osx_builder_fleet_placement_decision_seconds_bucket{le="+Inf"}"#,
+        3.0,
+    );
+    eq("osx_builder_fleet_forwards_total ", 2.0);
+    eq("osx_builder_fleet_forward_seconds_count ", 1.0);
+    assert!(
+        value("osx_builder_fleet_forward_seconds_sum ") > 0.0,
+        "{text}"
+    );
+    // The dead host's port refuses (connect); a pooled connection to it breaks (broken).
+    let failures = ["connect", "timeout", "tls", "broken", "refused"].map(|kind| {
+        value(&format!(
+            "osx_builder_fleet_forward_failures_total{{kind=\"{kind}\"}}"
+        ))
+    });
+    assert_eq!(failures[0] + failures[3], 1.0, "{text}");
+    assert_eq!(failures.iter().sum::<f64>(), 1.0, "{text}");
+    eq("osx_builder_fleet_proxied_total ", 1.0);
+    assert!(value(r#"osx_builder_fleet_lease_renewals_total{outcome="ok"}"#) >= 1.0);
+    assert!(value(r#"osx_builder_fleet_lease_renewals_total{outcome="failed"}"#) >= 1.0);
+    eq(
+        r#"osx_builder_fleet_lease_renewals_total{outcome="expired"}"#,
+        0.0,
+    );
+    assert!(value(r#"osx_builder_fleet_etcd_errors_total{kind="unreachable"}"#) >= 1.0);
+    eq(
+        r#"osx_builder_fleet_etcd_errors_total{kind="malformed"}"#,
+        0.0,
+    );
+    let requests = value("osx_builder_fleet_etcd_request_seconds_count ");
+    assert!(requests >= 10.0, "{text}");
+    assert_eq!(
+        value(r#"osx_builder_fleet_etcd_request_seconds_bucket{le="+Inf"}"#),
+        requests
+    );
+    // Requests to a live loopback etcd take milliseconds: most are under 100 ms.
+    assert!(
+        value(r#"osx_builder_fleet_etcd_request_seconds_bucket{le="0.1"}"#) >= requests / 2.0,
+        "{text}"
     );
 }
 

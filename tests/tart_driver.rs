@@ -159,7 +159,7 @@ fn a_vm_is_made_run_and_destroyed_through_tart() {
     let end = Instant::now() + Duration::from_secs(20);
     let address = loop {
         match w.tart.guest_ip(&w.vm("a"), &Cancel::new()).unwrap() {
-            IpAnswer::Address(a) => break a,
+            IpAnswer::Found(a, _) => break a,
             _ => assert!(Instant::now() < end, "no address"),
         }
     };

@@ -307,6 +307,47 @@ fn run_holds_the_lock_and_signals_end_it_as_tart_says() {
     assert_eq!(wait(runner).code, Some(-libc::SIGKILL));
 }
 
+/// `TART_SIM_BOOT_JITTER_MS` (read by `run`): the lease says how much longer this boot
+/// takes, at most the spread, and `ip` finds no address before then.
+#[test]
+fn boot_jitter_delays_the_lease_by_what_it_records() {
+    let home = Home::new("jitter");
+    home.vm("a", "linux", "aa:00:00:00:00:0b");
+    let fast = [("TART_SIM_IP_POLL_MS", "10"), ("TART_SIM_BOOT_MS", "50")];
+    let lease_path = home.home().join(".sim/leases/aa-00-00-00-00-0b.json");
+    // A boot at least 100 ms longer than TART_SIM_BOOT_MS (three in four are): one that an
+    // ip ignoring the jitter would answer too early.
+    let (runner, lease) = (0..40)
+        .find_map(|_| {
+            let runner = home.run("a", &[], &[("TART_SIM_BOOT_JITTER_MS", "400")]);
+            let lease: serde_json::Value =
+                serde_json::from_slice(&fs::read(&lease_path).unwrap()).unwrap();
+            let jitter = lease["jitter_ms"].as_u64().unwrap();
+            assert!(jitter <= 400, "{lease}");
+            if jitter >= 100 {
+                return Some((runner, lease));
+            }
+            unsafe { libc::kill(runner.id() as i32, libc::SIGINT) };
+            assert_eq!(wait(runner).code, Some(0));
+            None
+        })
+        .expect("a jitter of 100 ms or more in 40 boots");
+    let out = home.tart(&["ip", "a", "--wait", "5"], &fast);
+    let answered_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let ready =
+        lease["started_at_ms"].as_u64().unwrap() + 50 + lease["jitter_ms"].as_u64().unwrap();
+    assert!(
+        answered_ms >= ready,
+        "answered at {answered_ms}, ready at {ready}: {lease}"
+    );
+    unsafe { libc::kill(runner.id() as i32, libc::SIGINT) };
+    assert_eq!(wait(runner).code, Some(0));
+}
+
 #[test]
 fn third_macos_vm_is_refused_and_linux_vms_do_not_count() {
     let home = Home::new("limit");

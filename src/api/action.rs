@@ -10,6 +10,7 @@ use tiny_http::Request;
 use super::error::ApiError;
 use super::routes::{route, Route};
 use super::{create_body, list_filter, pool_body, query};
+use crate::fleet::images::Scope;
 use crate::image::ImageSpec;
 use crate::service::pools::spec::PoolSpec;
 use crate::vm::labels::VmFilter;
@@ -40,7 +41,11 @@ pub enum Action {
     VmLog(VmId),
     ListImages,
     GetImage(String),
-    PrewarmImage(ImageSpec),
+    /// `scope`: `hosts` in the body, a pre-warm across the fleet.
+    PrewarmImage {
+        spec: ImageSpec,
+        scope: Option<Scope>,
+    },
     DeleteImage(String),
     Health,
     Metrics,
@@ -88,7 +93,10 @@ pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
             let body = read_body(request)?;
             let value: Value =
                 serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            Action::PrewarmImage(create_body::parse_image(Some(&value))?)
+            Action::PrewarmImage {
+                spec: create_body::parse_image(Some(&value))?,
+                scope: prewarm_scope(value.get("hosts"))?,
+            }
         }
         Route::DeleteImage(checksum) => Action::DeleteImage(checksum),
         Route::Health => Action::Health,
@@ -121,6 +129,28 @@ pub fn parse(request: &mut Request) -> Result<Action, ApiError> {
             Action::CreateVm(Box::new(create), body)
         }
     })
+}
+
+/// `hosts` of a pre-warm: `"all"`, or how many hosts of the fleet should hold the image.
+fn prewarm_scope(hosts: Option<&Value>) -> Result<Option<Scope>, ApiError> {
+    let invalid = |got: &Value| {
+        ApiError::invalid(
+            "invalid-hosts",
+            format!(
+                "hosts must be \"all\" or how many hosts of the fleet should hold the image (1 or more), got {}",
+                create_body::echo_value(got)
+            ),
+        )
+    };
+    match hosts {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(all)) if all.eq_ignore_ascii_case("all") => Ok(Some(Scope::All)),
+        Some(number @ Value::Number(n)) => match n.as_u64().map(u32::try_from) {
+            Some(Ok(n)) if n >= 1 => Ok(Some(Scope::Hosts(n))),
+            _ => Err(invalid(number)),
+        },
+        Some(other) => Err(invalid(other)),
+    }
 }
 
 /// The renew body is optional: empty, or `{"ttl": seconds}`.
@@ -219,6 +249,30 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prewarm_scope_is_all_or_a_number_of_hosts() {
+        let scope = |text: &str| prewarm_scope(serde_json::from_str::<Value>(text).ok().as_ref());
+        assert_eq!(scope("null"), Ok(None));
+        assert_eq!(prewarm_scope(None), Ok(None));
+        assert_eq!(scope(r#""all""#), Ok(Some(Scope::All)));
+        assert_eq!(scope(r#""ALL""#), Ok(Some(Scope::All)));
+        assert_eq!(scope("3"), Ok(Some(Scope::Hosts(3))));
+        for bad in [
+            "0",
+            "-1",
+            "1.5",
+            r#""3""#,
+            r#""some""#,
+            "true",
+            "[1]",
+            "4294967296",
+        ] {
+            let err = scope(bad).unwrap_err();
+            assert_eq!(err.code(), "invalid-hosts", "{bad}");
+            assert!(err.message().contains("hosts must be"), "{bad}");
+        }
+    }
 
     #[test]
     fn a_renew_takes_no_body_or_a_ttl_of_one_second_or_more() {

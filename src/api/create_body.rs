@@ -294,7 +294,7 @@ fn json_error(err: serde_json::Error) -> ApiError {
 const SHOWN_CHARS: usize = 100;
 
 /// A JSON value as it was sent, cut at `SHOWN_CHARS`.
-fn echo_value(value: &Value) -> String {
+pub(super) fn echo_value(value: &Value) -> String {
     cut(&value.to_string())
 }
 

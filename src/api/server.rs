@@ -290,7 +290,7 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
         Action::ListVms(filter) => {
             let local = service.list_where(&filter);
             match node {
-                Some(node) => super::fleet::list(node, request, local),
+                Some(node) => super::fleet::list(node, request, local, &filter),
                 None => Answer::json(200, join_array(&local)),
             }
         }
@@ -320,9 +320,16 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
                 None => super::fleet::local_vm(node, Answer::json(200, service.renew(id, ttl)?)),
             }
         }
-        Action::ListImages => images::list(service),
-        Action::GetImage(checksum) => images::get(service, &checksum)?,
-        Action::PrewarmImage(spec) => images::prewarm(service, spec)?,
+        Action::ListImages => images::list(service, node),
+        Action::GetImage(checksum) => images::get(service, node, &checksum)?,
+        Action::PrewarmImage { spec, scope } => match (node, scope) {
+            // A lone host is the whole fleet; a relayed pre-warm is this host's own.
+            (Some(node), Some(scope)) if !super::fleet::is_relayed(request) => {
+                let authorization = header(request, "Authorization").map(str::to_string);
+                images::prewarm_fleet(node, spec, scope, authorization)?
+            }
+            _ => images::prewarm(service, spec)?,
+        },
         Action::DeleteImage(checksum) => images::delete(service, &checksum)?,
         Action::Health => {
             // Without the token a client learns only whether the host is up.
@@ -377,7 +384,7 @@ fn with_fleet_health(answer: Answer, node: &crate::fleet::Node) -> Answer {
     };
     let mut fleet = serde_json::to_value(node.standing()).unwrap_or_default();
     fleet["host"] = node.name.clone().into();
-    fleet["hosts"] = node.view.hosts().len().into();
+    fleet["hosts"] = node.view.host_count().into();
     health["fleet"] = fleet;
     Answer::json_value(answer.status, &health)
 }

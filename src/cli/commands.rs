@@ -28,17 +28,18 @@ pub fn dispatch(all: &[String], env: &HashMap<String, String>) -> Result<(), Fai
         ("drain", _) => ("drain", NONE, drain),
         ("undrain", _) => ("undrain", NONE, undrain),
         ("health", _) => ("health", NONE, health),
+        ("host", Some("list")) => ("host list", QUIET, host_list),
         ("pool", Some("list")) => ("pool list", NONE, pool_list),
         ("pool", Some("get")) => ("pool get", NONE, pool_get),
         ("pool", Some("put")) => ("pool put", POOL_PUT, pool_put),
         ("pool", Some("delete")) => ("pool delete", NONE, pool_delete),
         ("help", _) => return help(rest),
-        ("vm" | "image" | "pool", Some("--help" | "-h" | "help")) => {
+        ("vm" | "image" | "pool" | "host", Some("--help" | "-h" | "help")) => {
             print!("{}", super::group_usage(group));
             return Ok(());
         }
         // A group alone is a command line cut short: its usage, on stderr, exit 2.
-        ("vm" | "image" | "pool", None) => {
+        ("vm" | "image" | "pool" | "host", None) => {
             return Err(Failure::UsageText(super::group_usage(group)))
         }
         (_, None | Some("--help" | "-h" | "help")) => {
@@ -78,13 +79,16 @@ const LIST: Spec = Spec {
     values: &["label", "status", "pool"],
     flags: &["quiet"],
 };
+const QUIET: Spec = Spec {
+    values: &[],
+    flags: &["quiet"],
+};
 const RENEW: Spec = Spec {
     values: &["ttl"],
     flags: &[],
 };
-const IMAGE_VALUES: &[&str] = &["image-url", "checksum", "checksum-type"];
 const PREWARM: Spec = Spec {
-    values: IMAGE_VALUES,
+    values: &["image-url", "checksum", "checksum-type", "hosts"],
     flags: &["wait"],
 };
 const CREATE: Spec = Spec {
@@ -128,7 +132,7 @@ fn help(words: &[String]) -> Result<(), Failure> {
         .find(|w| !w.starts_with('-'))
     {
         None => print!("{}", super::help_text()),
-        Some(group @ ("vm" | "image" | "pool")) => print!("{}", super::group_usage(group)),
+        Some(group @ ("vm" | "image" | "pool" | "host")) => print!("{}", super::group_usage(group)),
         Some("drain" | "undrain" | "health" | "help") => print!("{}", super::help_text()),
         Some(other) => {
             return Err(Failure::Usage(format!(
@@ -358,6 +362,9 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
     for status in statuses {
         query.push(format!("status={}", encode(status)));
     }
+    if let Some(pool) = pool {
+        query.push(format!("pool={}", encode(pool)));
+    }
     let path = match query.is_empty() {
         true => "/vms".to_string(),
         false => format!("/vms?{}", query.join("&")),
@@ -375,7 +382,8 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
                     .any(|s| output::status_word(vm) == s || vm["status"] == s.as_str())
         })
         .filter(|vm| labels.iter().all(|(k, v)| vm["labels"][k] == v.as_str()))
-        // The server does not filter by pool: an idle VM names its pool, a handed-out one not.
+        // An older server does not filter by pool: an idle VM names its pool, a handed-out
+        // one not.
         .filter(|vm| pool.is_none_or(|p| vm["pool"] == p))
         .cloned()
         .collect();
@@ -449,6 +457,9 @@ fn image_prewarm(context: &Context) -> Result<(), Failure> {
     none(context)?;
     let image = image_spec(context)?
         .ok_or_else(|| Failure::Usage("give the image: --image-url and --checksum".into()))?;
+    if let Some(hosts) = context.args.value("hosts") {
+        return fleet_prewarm(context, image, hosts);
+    }
     let entry = context
         .client
         .send("POST", "/images", Some(&image), &[])?
@@ -459,10 +470,14 @@ fn image_prewarm(context: &Context) -> Result<(), Failure> {
     } else {
         entry
     };
+    print_image(context, &entry)
+}
+
+fn print_image(context: &Context, entry: &Value) -> Result<(), Failure> {
     if context.json {
         println!("{entry}");
     } else {
-        print!("{}", output::image_list_table(std::slice::from_ref(&entry)));
+        print!("{}", output::image_list_table(std::slice::from_ref(entry)));
     }
     if entry["state"] == "failed" {
         return Err(Failure::Failed {
@@ -471,6 +486,64 @@ fn image_prewarm(context: &Context) -> Result<(), Failure> {
         });
     }
     Ok(())
+}
+
+/// `image prewarm --hosts N|all`: the fleet's front door asks each host it picks; a line
+/// per host. Exit 1 when a host refused (every host refusing is the server's 502).
+fn fleet_prewarm(context: &Context, mut image: Value, hosts: &str) -> Result<(), Failure> {
+    if context.args.flag("wait") {
+        return Err(Failure::Usage(
+            "--wait follows a download on one server; with --hosts, osx-builder image list shows which hosts hold the image".into(),
+        ));
+    }
+    image["hosts"] = if hosts.eq_ignore_ascii_case("all") {
+        json!("all")
+    } else {
+        match hosts.parse::<u32>() {
+            Ok(n) if n >= 1 => json!(n),
+            _ => {
+                return Err(Failure::Usage(format!(
+                    "--hosts takes all or a number of hosts from 1, got {hosts:?}"
+                )))
+            }
+        }
+    };
+    let report = match context.client.send("POST", "/images", Some(&image), &[]) {
+        Ok(reply) => reply.json()?,
+        Err(Failure::Api {
+            status: 502, body, ..
+        }) if body["hosts"].is_array() => body,
+        Err(other) => return Err(other),
+    };
+    // A server without --etcd pre-warms by itself and answers its own entry.
+    if !report["hosts"].is_array() {
+        eprintln!("osx-builder: this server is not part of a fleet: pre-warmed on it alone");
+        return print_image(context, &report);
+    }
+    if context.json {
+        println!("{report}");
+    } else {
+        print!("{}", output::prewarm_table(&report));
+    }
+    let refused: Vec<&Value> = report["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["error"].is_object())
+        .collect();
+    match refused.as_slice() {
+        [] => Ok(()),
+        [first, ..] => Err(Failure::Failed {
+            code: first["error"]["code"].as_str().unwrap_or("failed").into(),
+            message: format!(
+                "{} of {} hosts refused the pre-warm; {}: {}",
+                refused.len(),
+                report["hosts"].as_array().map_or(0, Vec::len),
+                first["host"].as_str().unwrap_or(""),
+                first["error"]["message"].as_str().unwrap_or("")
+            ),
+        }),
+    }
 }
 
 fn image_delete(context: &Context) -> Result<(), Failure> {
@@ -518,6 +591,48 @@ fn print_pool(context: &Context, pool: &Value) {
     } else {
         print!("{}", output::pool_table(std::slice::from_ref(pool)));
     }
+}
+
+/// `GET /hosts`: the fleet as the server sees it. A lone server has no hosts to list: said
+/// plainly, exit 1.
+fn host_list(context: &Context) -> Result<(), Failure> {
+    none(context)?;
+    let answer = match context.client.get_json("/hosts") {
+        Ok(answer) => answer,
+        Err(Failure::Api { code, .. }) if code == "fleet-off" => {
+            return Err(Failure::Failed {
+                code,
+                message: "this server is not part of a fleet (it runs without --etcd); it is the only host, see osx-builder health".into(),
+            })
+        }
+        Err(other) => return Err(other),
+    };
+    let empty = Vec::new();
+    let hosts = answer["hosts"].as_array().unwrap_or(&empty);
+    if context.args.flag("quiet") {
+        for host in hosts {
+            println!("{}", host["name"].as_str().unwrap_or_default());
+        }
+    } else if context.json {
+        println!("{answer}");
+    } else {
+        print!("{}", output::host_table(hosts));
+    }
+    // Not joined: what it shows may be old, and a person should know.
+    let fleet = &answer["fleet"];
+    if fleet["state"] != "joined" {
+        eprintln!(
+            "osx-builder: {} is {} with its fleet{}: {}",
+            answer["host"].as_str().unwrap_or("the server"),
+            fleet["state"].as_str().unwrap_or("not joined"),
+            fleet["since"]
+                .as_str()
+                .map(|since| format!(" since {since}"))
+                .unwrap_or_default(),
+            fleet["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn drain(context: &Context) -> Result<(), Failure> {

@@ -1,7 +1,7 @@
 //! The command line for people: the same binary as a client of a running server.
 //!
 //! `osx-builder vm create ... --wait`, `vm get|list|delete|renew|log`, `image
-//! list|prewarm|delete`, `pool list|get|put|delete`, `drain`, `undrain`, `health`,
+//! list|prewarm|delete`, `pool list|get|put|delete`, `host list`, `drain`, `undrain`, `health`,
 //! `help [COMMAND]`. Tables for people, `--json` for scripts. The options every command takes
 //! (`--server`, `--token`, `--token-file`, `--ca-file`, `--json`) go before or after the
 //! command. Exit status: 0 done (a VM running with an IP), 1 the server said no or the VM
@@ -25,7 +25,9 @@ use args::Parsed;
 use client::{Client, Target, DEFAULT_SERVER};
 
 /// The first words that make the binary a client.
-pub const COMMANDS: &[&str] = &["vm", "image", "pool", "drain", "undrain", "health", "help"];
+pub const COMMANDS: &[&str] = &[
+    "vm", "image", "pool", "host", "drain", "undrain", "health", "help",
+];
 
 pub fn is_command(word: &str) -> bool {
     COMMANDS.contains(&word)
@@ -188,7 +190,7 @@ fn token(args: &Parsed, env: &HashMap<String, String>) -> Result<Option<String>,
     }
 }
 
-/// The usage of one command group (`vm`, `image`, `pool`): its lines of the help, and the
+/// The usage of one command group (`vm`, `image`, `pool`, `host`): its lines of the help, and the
 /// options every command takes.
 pub fn group_usage(group: &str) -> String {
     let help = help_text();
@@ -231,7 +233,9 @@ Usage: osx-builder COMMAND [options]
   vm renew ID [--ttl SECONDS]
   vm log ID                     the VM's vmware.log
   image list
-  image prewarm --image-url URL --checksum HEX [--checksum-type T] [--wait]
+  image prewarm --image-url URL --checksum HEX [--checksum-type T] [--wait | --hosts N|all]
+                                --hosts: in a fleet, on N hosts (those that hold it count)
+                                or on all; a line per host asked
   image delete CHECKSUM
   pool list
   pool get NAME
@@ -239,6 +243,8 @@ Usage: osx-builder COMMAND [options]
            [--cpus N] [--memory MB] [--network bridged|nat|hostonly] [--headless] [--size N]
                                 declares or changes a warm pool (a new image rolls it)
   pool delete NAME              its idle VMs are destroyed; VMs handed out are kept
+  host list [-q]                the fleet's hosts (a server with --etcd): slots, images, idle
+                                pool VMs, disk room; -q prints names only
   drain | undrain               stop or resume taking new VMs (maintenance)
   health                        the server's checks; exit 1 when one fails
   help [COMMAND]                this help, or one command group's

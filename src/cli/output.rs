@@ -132,7 +132,9 @@ fn labels(labels: &Value) -> String {
     }
 }
 
+/// In a fleet each image says which hosts hold it: a HOSTS column then.
 pub fn image_list_table(images: &[Value]) -> String {
+    let fleet = images.iter().any(|image| image["hosts"].is_array());
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|image| {
@@ -142,18 +144,65 @@ pub fn image_list_table(images: &[Value]) -> String {
                     text(&p["phase"]),
                     bytes(p["bytes_done"].as_u64().unwrap_or(0))
                 ),
+                _ if image["state"] == "remote" => "-".into(),
                 _ => bytes(image["size_bytes"].as_u64().unwrap_or(0)),
             };
-            vec![
+            let mut row = vec![
                 text(&image["checksum"]),
                 text(&image["state"]),
                 progress,
                 image["vms"].as_array().map_or(0, Vec::len).to_string(),
                 or_dash(text(&image["last_used"])),
-            ]
+            ];
+            if fleet {
+                row.push(or_dash(names(&image["hosts"])));
+            }
+            row
         })
         .collect();
-    table(&["CHECKSUM", "STATE", "SIZE", "VMS", "LAST USED"], &rows)
+    let mut header = vec!["CHECKSUM", "STATE", "SIZE", "VMS", "LAST USED"];
+    if fleet {
+        header.push("HOSTS");
+    }
+    table(&header, &rows)
+}
+
+/// `a,b,c` of a list of strings.
+fn names(list: &Value) -> String {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A fleet pre-warm: each host asked, what it answered.
+pub fn prewarm_table(report: &Value) -> String {
+    let rows: Vec<Vec<String>> = report["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|host| {
+            let (state, detail) = match &host["error"] {
+                Value::Object(error) => (text(&error["code"]), text(&error["message"])),
+                _ => {
+                    let image = &host["image"];
+                    let detail = match &image["progress"] {
+                        Value::Object(p) => format!(
+                            "{} {}",
+                            text(&p["phase"]),
+                            bytes(p["bytes_done"].as_u64().unwrap_or(0))
+                        ),
+                        _ => bytes(image["size_bytes"].as_u64().unwrap_or(0)),
+                    };
+                    (text(&image["state"]), detail)
+                }
+            };
+            vec![text(&host["host"]), text(&host["status"]), state, detail]
+        })
+        .collect();
+    table(&["HOST", "STATUS", "STATE", "DETAIL"], &rows)
 }
 
 /// One row a pool: how many VMs it keeps and how many are ready now, its image, and why it
@@ -183,6 +232,54 @@ pub fn pool_table(pools: &[Value]) -> String {
             "HITS/MISSES",
             "IMAGE",
             "WAITING",
+        ],
+        &rows,
+    )
+}
+
+/// One row a host of the fleet: its slots, images, idle pool VMs and disk room.
+pub fn host_table(hosts: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|host| {
+            let max = match host["max_vms"].as_u64() {
+                Some(0) | None => "-".to_string(),
+                Some(n) => n.to_string(),
+            };
+            let idle: u64 = host["pools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["ready"].as_u64())
+                .sum();
+            vec![
+                text(&host["name"]),
+                if host["draining"] == true {
+                    "draining".into()
+                } else {
+                    "open".into()
+                },
+                format!("{}/{max}", host["placed"].as_u64().unwrap_or(0)),
+                host["images"].as_array().map_or(0, Vec::len).to_string(),
+                idle.to_string(),
+                host["disk_room"].as_u64().map_or_else(|| "-".into(), bytes),
+                text(&host["hypervisor"]),
+                text(&host["version"]),
+                text(&host["url"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "VMS",
+            "IMAGES",
+            "IDLE",
+            "DISK ROOM",
+            "HYPERVISOR",
+            "VERSION",
+            "URL",
         ],
         &rows,
     )

@@ -3,7 +3,7 @@
 //! to the host that owns it, or is answered from the fleet's directory when that host is
 //! gone. Idempotency keys hold fleet-wide through `idempotency/` markers.
 
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,9 +11,10 @@ use serde_json::Value;
 use super::etcd::EtcdError;
 use super::forward::{Relayed, FORWARDED_BY, PLACED_ID};
 use super::node::{lost_object, with_host, Node};
-use super::placement::{self, Candidate, Reason, Refusal};
+use super::placement::{self, Reason, Refusal};
 use super::record::DirEntry;
 use crate::service::{Created, Error as ServiceError};
+use crate::vm::labels::VmFilter;
 use crate::vm::{CreateVm, VmId};
 
 /// Why the fleet could not carry out a call.
@@ -47,6 +48,22 @@ pub struct Request<'a> {
     pub headers: Vec<(&'static str, String)>,
 }
 
+impl Request<'_> {
+    /// The bearer token the caller sent, `""` without one: the scope of its idempotency
+    /// keys in the fleet.
+    fn credential(&self) -> &str {
+        let value = self
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Authorization")
+            .map_or("", |(_, value)| value.trim());
+        match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => value,
+        }
+    }
+}
+
 pub enum Outcome {
     /// Created (or found by its key) here: the VM's object.
     Local(Created),
@@ -57,6 +74,15 @@ pub enum Outcome {
 #[derive(Serialize, Deserialize)]
 struct Marker {
     host: String,
+}
+
+/// A `GET /vms` at this front door: the query as it came (relayed to the other hosts), its
+/// `host=` and its filter, and the caller's `Authorization`.
+pub struct Listing<'a> {
+    pub query: &'a str,
+    pub host: Option<&'a str>,
+    pub filter: &'a VmFilter,
+    pub authorization: Option<String>,
 }
 
 /// Where a VM this host does not hold is.
@@ -75,7 +101,11 @@ impl Node {
             // etcd does not answer: this host takes what it can itself, as a lone host.
             return Ok(Outcome::Local(self.service.create(create)?));
         }
-        let marker_key = create.name.as_ref().map(|key| self.keys.idempotency(key));
+        let credential = request.credential();
+        let marker_key = create
+            .name
+            .as_ref()
+            .map(|key| self.keys.idempotency(credential, key));
         if let Some(marker_key) = &marker_key {
             if let Some(host) = self.marked_host(marker_key)? {
                 return self.carry_out(&host, create, None, request);
@@ -83,19 +113,13 @@ impl Node {
         }
         let id = VmId::new();
         let tie_break = placement::fnv(id.to_string().as_bytes());
-        let ranked = self.view.with_hosts(|hosts, slots| {
-            let candidates: Vec<Candidate> = hosts
-                .values()
-                .map(|known| Candidate {
-                    record: &known.value,
-                    placed: slots
-                        .get(&known.value.name)
-                        .map_or(0, |s| s.value.vms.len() as u64),
-                })
-                .collect();
-            placement::rank(&candidates, &create, tie_break)
-        });
-        let ranked = ranked.map_err(FleetError::Refused)?;
+        let started = Instant::now();
+        let ranked = placement::decide(&self.view, &create, tie_break);
+        self.metrics.observe_decision(started.elapsed());
+        let ranked = ranked.map_err(|why| {
+            self.metrics.refused(&why);
+            FleetError::Refused(why)
+        })?;
         let mut failed_forwards = 0;
         let mut last_refusal = None;
         for (host, reason) in ranked {
@@ -106,10 +130,11 @@ impl Node {
             }
             if let Some(marker_key) = &marker_key {
                 let marker = serde_json::to_vec(&Marker { host: host.clone() }).unwrap_or_default();
-                if let Some(existing) =
-                    self.client
-                        .create_if_absent(marker_key.as_bytes(), &marker, 0)?
-                {
+                let marked = self
+                    .client
+                    .create_if_absent(marker_key.as_bytes(), &marker, 0)
+                    .inspect_err(|_| self.release(&host, id, reason))?;
+                if let Some(existing) = marked {
                     // Another front door placed this key first: its host answers.
                     self.release(&host, id, reason);
                     let theirs: Marker = serde_json::from_slice(&existing.value).map_err(|e| {
@@ -118,21 +143,30 @@ impl Node {
                     return self.carry_out(&theirs.host, create, None, request);
                 }
             }
-            self.count_placement(if failed_forwards > 0 {
-                "retry"
-            } else {
-                reason.as_str()
-            });
+            self.metrics
+                .placed((failed_forwards == 0).then_some(reason));
             let placed = (reason != Reason::Pool).then_some(id);
             match self.carry_out(&host, create.clone(), placed, request) {
                 Ok(Outcome::Relayed(answer)) if answer.status == 503 => {
                     // It filled up, or was cut off, since the view was read: the next one.
+                    self.metrics.forward_failed("refused");
                     self.release(&host, id, reason);
                     self.unmark(marker_key.as_deref());
                     last_refusal = Some(answer);
                 }
+                Ok(Outcome::Relayed(answer)) if !(200..300).contains(&answer.status) => {
+                    // Refused for good (a bad body, a key reused...): nothing was made there.
+                    self.release(&host, id, reason);
+                    self.unmark(marker_key.as_deref());
+                    return Ok(Outcome::Relayed(answer));
+                }
                 Ok(outcome) => {
-                    self.record_placed(&host, &outcome);
+                    let made = self.record_placed(&host, &outcome);
+                    if made.is_some_and(|made| made != id) {
+                        // The host answered with a VM it had under this key: the slot
+                        // claimed for a new one is not needed.
+                        self.release(&host, id, reason);
+                    }
                     return Ok(outcome);
                 }
                 Err(FleetError::Unavailable(why)) if failed_forwards == 0 => {
@@ -150,25 +184,28 @@ impl Node {
             }
         }
         match last_refusal {
-            Some(answer) => Ok(Outcome::Relayed(answer)),
-            None => Err(FleetError::Refused(Refusal::AllFull)),
+            Some(answer) => {
+                self.metrics.hosts_refused();
+                Ok(Outcome::Relayed(answer))
+            }
+            None => {
+                self.metrics.refused(&Refusal::AllFull);
+                Err(FleetError::Refused(Refusal::AllFull))
+            }
         }
     }
 
     /// The directory entry of a VM just placed, unless its owner wrote one already: so that
     /// a host that dies a moment after taking a create still leaves its VM answered for.
-    fn record_placed(&self, host: &str, outcome: &Outcome) {
+    /// Returns the VM's id.
+    fn record_placed(&self, host: &str, outcome: &Outcome) -> Option<VmId> {
         let body: &[u8] = match outcome {
             Outcome::Local(Created::New(json) | Created::Existing(json)) => json,
             Outcome::Relayed(answer) if answer.status == 202 => &answer.body,
-            Outcome::Relayed(_) => return,
+            Outcome::Relayed(_) => return None,
         };
-        let Ok(vm) = serde_json::from_slice::<Value>(body) else {
-            return;
-        };
-        let Some(id) = vm["id"].as_str().map(str::to_string) else {
-            return;
-        };
+        let vm = serde_json::from_slice::<Value>(body).ok()?;
+        let id = vm["id"].as_str()?.to_string();
         let entry = DirEntry {
             host: host.to_string(),
             vm: serde_json::from_slice(&with_host(body, host)).unwrap_or(vm),
@@ -182,6 +219,7 @@ impl Node {
                 "vm={id} recording it in the fleet's directory failed: {err}; its host records it"
             );
         }
+        VmId::parse(&id)
     }
 
     /// A create another front door placed here (`X-OSX-Builder-Placed-Id`).
@@ -192,7 +230,16 @@ impl Node {
                 self.name
             )));
         }
-        Ok(self.service.create_as(create, id)?)
+        self.create_claimed(create, id)
+    }
+
+    /// The create of a VM whose slot a front door claimed under `id` (this one or another).
+    fn create_claimed(&self, create: CreateVm, id: Option<VmId>) -> Result<Created, FleetError> {
+        let created = self.service.create_as(create, id)?;
+        if let Some(id) = id {
+            self.arrived(id);
+        }
+        Ok(created)
     }
 
     /// The live host an idempotency marker names; a marker of a host that left is removed.
@@ -256,7 +303,7 @@ impl Node {
         request: &Request,
     ) -> Result<Outcome, FleetError> {
         if host == self.name {
-            return Ok(Outcome::Local(self.service.create_as(create, id)?));
+            return Ok(Outcome::Local(self.create_claimed(create, id)?));
         }
         let url =
             self.view.host(host).map(|k| k.value.url).ok_or_else(|| {
@@ -272,16 +319,16 @@ impl Node {
         } else {
             format!("/vms?{}", request.query)
         };
-        self.metrics.forwards.fetch_add(1, Ordering::Relaxed);
+        self.metrics.forwarding();
+        let started = Instant::now();
         let answer = self
             .peers
             .send(&url, "POST", &path, &headers, Some(request.body))
             .map_err(|why| {
-                self.metrics
-                    .forward_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.forward_failed(why.kind);
                 FleetError::Unavailable(format!("the host {host} did not answer: {why}"))
             })?;
+        self.metrics.forwarded(started.elapsed());
         Ok(Outcome::Relayed(answer))
     }
 
@@ -316,7 +363,7 @@ impl Node {
         body: Option<&[u8]>,
     ) -> Result<Relayed, FleetError> {
         headers.push((FORWARDED_BY, self.name.clone()));
-        self.metrics.proxied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.proxied();
         self.peers
             .send(url, method, path_and_query, &headers, body)
             .map_err(|why| FleetError::Unavailable(format!("the VM's host did not answer: {why}")))
@@ -329,14 +376,11 @@ impl Node {
             .delete(self.keys.vm(&id.to_string()).as_bytes())?)
     }
 
-    /// `GET /vms` across the fleet: this host's VMs, each live host's (asked at once), and
-    /// the lost ones of hosts that left. `host` narrows it to one host.
-    pub fn list(
-        &self,
-        local: Vec<std::sync::Arc<[u8]>>,
-        query: &str,
-        host: Option<&str>,
-    ) -> Vec<Vec<u8>> {
+    /// `GET /vms` across the fleet: this host's VMs, each live host's (asked at once, with
+    /// the caller's query and authorisation), and the lost ones of hosts that left, which
+    /// the filter is applied to here.
+    pub fn list(&self, local: Vec<std::sync::Arc<[u8]>>, asked: &Listing) -> Vec<Vec<u8>> {
+        let host = asked.host;
         let mut out: Vec<Vec<u8>> = Vec::new();
         if host.is_none_or(|h| h == self.name) {
             out.extend(local.iter().map(|json| with_host(json, &self.name)));
@@ -351,39 +395,27 @@ impl Node {
             .filter(|k| k.value.name != self.name && host.is_none_or(|h| h == k.value.name))
             .map(|k| (k.value.name, k.value.url))
             .collect();
-        let path = if query.is_empty() {
+        let path = if asked.query.is_empty() {
             "/vms".to_string()
         } else {
-            format!("/vms?{query}")
+            format!("/vms?{}", asked.query)
         };
-        let answers: Vec<Vec<u8>> = std::thread::scope(|scope| {
-            let asks: Vec<_> = others
-                .iter()
-                .map(|(name, url)| {
-                    let path = &path;
-                    scope.spawn(move || {
-                        let headers = vec![(FORWARDED_BY, self.name.clone())];
-                        match self.peers.send(url, "GET", path, &headers, None) {
-                            Ok(answer) if answer.status == 200 => Some(answer.body),
-                            Ok(answer) => {
-                                crate::warn!(
-                                    "fleet: GET /vms on {name} answered {}",
-                                    answer.status
-                                );
-                                None
-                            }
-                            Err(why) => {
-                                crate::warn!("fleet: GET /vms on {name} failed: {why}");
-                                None
-                            }
-                        }
-                    })
-                })
-                .collect();
-            asks.into_iter()
-                .filter_map(|ask| ask.join().ok().flatten())
-                .collect()
-        });
+        let mut headers = vec![(FORWARDED_BY, self.name.clone())];
+        headers.extend(asked.authorization.clone().map(|a| ("Authorization", a)));
+        let answers = self.peers.send_each(&others, "GET", &path, &headers, None);
+        let answers = answers
+            .into_iter()
+            .filter_map(|(name, answer)| match answer {
+                Ok(answer) if answer.status == 200 => Some(answer.body),
+                Ok(answer) => {
+                    crate::warn!("fleet: GET /vms on {name} answered {}", answer.status);
+                    None
+                }
+                Err(why) => {
+                    crate::warn!("fleet: GET /vms on {name} failed: {why}");
+                    None
+                }
+            });
         for body in answers {
             if let Ok(Value::Array(vms)) = serde_json::from_slice::<Value>(&body) {
                 out.extend(vms.iter().filter_map(|vm| serde_json::to_vec(vm).ok()));
@@ -396,8 +428,12 @@ impl Node {
                     continue;
                 };
                 let gone = entry.host != self.name && self.view.host(&entry.host).is_none();
-                if gone && host.is_none_or(|h| h == entry.host) {
-                    out.extend(serde_json::to_vec(&lost_object(&entry)).ok());
+                if !gone || host.is_some_and(|h| h != entry.host) {
+                    continue;
+                }
+                let vm = serde_json::to_vec(&lost_object(&entry)).unwrap_or_default();
+                if asked.filter.matches_json(&vm) {
+                    out.push(vm);
                 }
             }
         }

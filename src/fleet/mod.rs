@@ -4,6 +4,8 @@
 pub mod etcd;
 pub mod forward;
 pub mod front;
+pub mod images;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod record;

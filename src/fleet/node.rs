@@ -3,8 +3,8 @@
 //! directory and its slots kept true; the view of the others kept by watches; and what
 //! happens when a host is lost, when this one is cut off, and when etcd is down.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,13 +14,14 @@ use serde_json::Value;
 
 use super::etcd::{watch_prefix, Client, EtcdError, WatchEnd};
 use super::forward::Peers;
+use super::metrics::FleetMetrics;
 use super::record::{DirEntry, HostRecord, Keys, PoolIdle, Slots};
 use super::settings::FleetConfig;
 use super::view::View;
 use crate::service::Service;
 use crate::sys::sync::LockUnpoisoned;
 use crate::tls::ClientTrust;
-use crate::vm::{Status, Vm};
+use crate::vm::{Status, Vm, VmId};
 
 /// Where this host stands with the fleet, for `/healthz`, `GET /hosts` and creates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,17 +45,6 @@ impl Standing {
     }
 }
 
-#[derive(Default)]
-pub struct FleetMetrics {
-    pub placements: Mutex<BTreeMap<&'static str, u64>>,
-    pub forwards: AtomicU64,
-    pub forward_failures: AtomicU64,
-    pub proxied: AtomicU64,
-    pub lease_renewals: AtomicU64,
-    pub lease_losses: AtomicU64,
-    pub hosts_lost: AtomicU64,
-}
-
 pub struct Node {
     pub name: String,
     pub url: String,
@@ -70,6 +60,10 @@ pub struct Node {
     published: Mutex<Option<Vec<u8>>>,
     /// Each local VM's fingerprint as last written to the directory.
     directory: Mutex<HashMap<String, u64>>,
+    /// Ids of VMs created here on a front door's claim: once such a VM is gone its claim
+    /// goes too, even when it came and went between two passes of the sync loop (a claim
+    /// of a VM never seen here would otherwise hold its slot for [`CLAIM_GRACE_MS`]).
+    arrived: Mutex<HashSet<String>>,
     pub metrics: FleetMetrics,
 }
 
@@ -117,6 +111,7 @@ impl Node {
             peers: Peers::new(Some(&trust)),
             published: Mutex::new(None),
             directory: Mutex::new(HashMap::new()),
+            arrived: Mutex::new(HashSet::new()),
             metrics: FleetMetrics::default(),
         });
         match node.client.health().and_then(|()| node.register()) {
@@ -199,6 +194,7 @@ impl Node {
                 })
                 .collect(),
             draining: service.is_draining(),
+            disk_room: service.disk_room(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             lease: self.lease().to_string(),
         }
@@ -218,7 +214,6 @@ impl Node {
                 .create_if_absent(key.as_bytes(), &record, lease)?
             else {
                 *self.published.lock_unpoisoned() = Some(record);
-                self.metrics.lease_renewals.fetch_add(0, Ordering::Relaxed);
                 crate::info!(
                     "fleet: {} registered at {} (lease {lease}, ttl {} s)",
                     self.name,
@@ -273,7 +268,7 @@ impl Node {
             }
             match self.client.keepalive(lease) {
                 Ok(Some(_)) => {
-                    self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.renewal("ok");
                     if self.standing().state == "degraded" {
                         // Back before the lease ran out: nothing was decided without us,
                         // but writes may have been missed.
@@ -283,7 +278,7 @@ impl Node {
                     }
                 }
                 Ok(None) => {
-                    self.metrics.lease_losses.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.renewal("expired");
                     self.lease.store(0, Ordering::SeqCst);
                     self.set_standing(
                         "partitioned",
@@ -294,12 +289,15 @@ impl Node {
                     );
                     self.rejoin();
                 }
-                Err(err) => self.set_standing(
-                    "degraded",
-                    Some(format!(
-                        "{err}; serving this host's VMs and taking creates for this host only"
-                    )),
-                ),
+                Err(err) => {
+                    self.metrics.renewal("failed");
+                    self.set_standing(
+                        "degraded",
+                        Some(format!(
+                            "{err}; serving this host's VMs and taking creates for this host only"
+                        )),
+                    );
+                }
             }
         }
     }
@@ -393,8 +391,14 @@ impl Node {
             if self.write_directory(&vms).is_err() {
                 continue;
             }
-            let due =
-                last_ids.as_ref() != Some(&ids) || last_slots.elapsed() > Duration::from_secs(5);
+            let left = self
+                .arrived
+                .lock_unpoisoned()
+                .iter()
+                .any(|id| !ids.contains(id));
+            let due = left
+                || last_ids.as_ref() != Some(&ids)
+                || last_slots.elapsed() > Duration::from_secs(5);
             if due && self.write_slots(&ids).is_ok() {
                 last_ids = Some(ids);
                 last_slots = Instant::now();
@@ -454,19 +458,34 @@ impl Node {
     /// yet (for a while).
     fn write_slots(&self, ids: &HashSet<String>) -> Result<(), EtcdError> {
         let now = crate::sys::time::now_ms();
+        let left: HashSet<String> = self
+            .arrived
+            .lock_unpoisoned()
+            .iter()
+            .filter(|id| !ids.contains(*id))
+            .cloned()
+            .collect();
         self.change_slots(&self.name, |slots| {
             let before = slots.clone();
-            // A claim (its time) waits for its VM a while; a VM that was here (0) and is
-            // gone frees its slot at once.
-            slots
-                .vms
-                .retain(|id, at| ids.contains(id) || (*at > 0 && now - *at < CLAIM_GRACE_MS));
+            // A claim (its time) waits for its VM a while; a VM that was here (0), or
+            // arrived and left, frees its slot at once.
+            slots.vms.retain(|id, at| {
+                ids.contains(id) || (*at > 0 && now - *at < CLAIM_GRACE_MS && !left.contains(id))
+            });
             for id in ids {
                 slots.vms.insert(id.clone(), 0);
             }
             *slots != before
-        })
-        .map(drop)
+        })?;
+        self.arrived
+            .lock_unpoisoned()
+            .retain(|id| !left.contains(id));
+        Ok(())
+    }
+
+    /// A VM created here on a front door's claim (see `arrived`).
+    pub fn arrived(&self, id: VmId) {
+        self.arrived.lock_unpoisoned().insert(id.to_string());
     }
 
     /// Compare-and-swap of a host's slots: `change` edits them (true: write) until a write
@@ -546,7 +565,7 @@ impl Node {
             if host.value.name == self.name {
                 continue;
             }
-            self.metrics.hosts_lost.fetch_add(1, Ordering::Relaxed);
+            self.metrics.host_lost();
             let (client, keys, me) = (self.client.clone(), self.keys.clone(), self.name.clone());
             thread::spawn(move || {
                 if let Err(err) = mark_lost(&client, &keys, &me, &host.value, host.lease) {
@@ -579,86 +598,7 @@ impl Node {
 
     /// Prometheus lines of the fleet, appended to `/metrics`.
     pub fn metrics_text(&self) -> String {
-        let m = &self.metrics;
-        let stats = &self.client.stats;
-        let mut out = String::new();
-        out.push_str("# HELP osx_builder_fleet_placements_total Creates this front door placed, by reason.\n# TYPE osx_builder_fleet_placements_total counter\n");
-        for reason in ["pool", "image", "slots", "retry"] {
-            let n = m
-                .placements
-                .lock_unpoisoned()
-                .get(reason)
-                .copied()
-                .unwrap_or(0);
-            out.push_str(&format!(
-                "osx_builder_fleet_placements_total{{reason=\"{reason}\"}} {n}\n"
-            ));
-        }
-        let counters = [
-            (
-                "forwards_total",
-                "Creates forwarded to the host placement chose.",
-                m.forwards.load(Ordering::Relaxed),
-            ),
-            (
-                "forward_failures_total",
-                "Forwards that did not reach their host.",
-                m.forward_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "proxied_total",
-                "Calls about a VM relayed to its owner.",
-                m.proxied.load(Ordering::Relaxed),
-            ),
-            (
-                "lease_renewals_total",
-                "Keepalives of this host's lease.",
-                m.lease_renewals.load(Ordering::Relaxed),
-            ),
-            (
-                "lease_losses_total",
-                "Times this host found its lease gone.",
-                m.lease_losses.load(Ordering::Relaxed),
-            ),
-            (
-                "hosts_lost_total",
-                "Other hosts seen leaving the fleet.",
-                m.hosts_lost.load(Ordering::Relaxed),
-            ),
-            (
-                "etcd_requests_total",
-                "Requests to etcd.",
-                stats.requests.load(Ordering::Relaxed),
-            ),
-            (
-                "etcd_errors_total",
-                "Requests to etcd that failed.",
-                stats.errors.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, value) in counters {
-            out.push_str(&format!(
-                "# HELP osx_builder_fleet_{name} {help}\n# TYPE osx_builder_fleet_{name} counter\nosx_builder_fleet_{name} {value}\n"
-            ));
-        }
-        let seconds = stats.latency_us.load(Ordering::Relaxed) as f64 / 1e6;
-        out.push_str(&format!(
-            "# HELP osx_builder_fleet_etcd_request_seconds_total Time spent in requests to etcd.\n# TYPE osx_builder_fleet_etcd_request_seconds_total counter\nosx_builder_fleet_etcd_request_seconds_total {seconds:.6}\n"
-        ));
-        let joined = u8::from(self.is_joined());
-        out.push_str(&format!(
-            "# HELP osx_builder_fleet_joined 1 while this host is a joined member of the fleet.\n# TYPE osx_builder_fleet_joined gauge\nosx_builder_fleet_joined {joined}\n"
-        ));
-        out
-    }
-
-    pub fn count_placement(&self, reason: &'static str) {
-        *self
-            .metrics
-            .placements
-            .lock_unpoisoned()
-            .entry(reason)
-            .or_default() += 1;
+        self.metrics.render(&self.client.stats, self.is_joined())
     }
 }
 

@@ -1,14 +1,19 @@
 //! Where a create goes: a pure ranking of the hosts the fleet view holds. A host with an
 //! idle warm-pool VM that matches comes first (the VM is booted: the answer is seconds, not
 //! minutes), then one that holds the image (no download), then the one with most free
-//! slots; draining and full hosts never. Ties are broken by a hash of the VM's id, so front
+//! slots; draining and full hosts never, nor one that would have to download the image
+//! without disk room for it. Ties are broken by a hash of the VM's id, so front
 //! doors that decide at once spread over equal hosts instead of racing for one.
+
+use std::cmp::Reverse;
 
 use crate::vm::CreateVm;
 
 use super::record::HostRecord;
+use super::view::View;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Best first: the order of the variants is the order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     /// An idle warm-pool VM matches.
     Pool,
@@ -34,6 +39,20 @@ pub enum Refusal {
     NoHosts,
     AllDraining,
     AllFull,
+    /// The hosts with a free slot lack the image and the disk room to download it.
+    NoDiskRoom,
+}
+
+impl Refusal {
+    /// The `reason` label of `osx_builder_fleet_refusals_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NoHosts => "no-hosts",
+            Refusal::AllDraining => "all-draining",
+            Refusal::AllFull => "all-full",
+            Refusal::NoDiskRoom => "no-disk-room",
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -42,6 +61,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NoHosts => "no host of the fleet is alive",
             Refusal::AllDraining => "every host of the fleet is draining",
             Refusal::AllFull => "every host of the fleet that is not draining is full (--max-vms)",
+            Refusal::NoDiskRoom => "no host of the fleet with a free slot holds the image, and none of them has disk room to download it (under 1 GiB free above its --min-free-disk); free disk space, or pre-warm the image where there is room",
         })
     }
 }
@@ -62,6 +82,12 @@ impl Candidate<'_> {
         u64::from(self.record.max_vms).saturating_sub(used)
     }
 
+    /// Room to download an image; a host that does not say (an older one) is given the
+    /// benefit of the doubt: it refuses by itself when its disk is under its floor.
+    pub fn has_disk_room(&self) -> bool {
+        self.record.disk_room.is_none_or(|room| room > 0)
+    }
+
     fn has_idle_match(&self, create: &CreateVm) -> bool {
         self.record
             .pools
@@ -79,46 +105,68 @@ pub fn rank(
     if candidates.is_empty() {
         return Err(Refusal::NoHosts);
     }
-    let open: Vec<&Candidate> = candidates.iter().filter(|c| !c.record.draining).collect();
-    if open.is_empty() {
+    let open = candidates.iter().filter(|c| !c.record.draining);
+    if open.clone().next().is_none() {
         return Err(Refusal::AllDraining);
     }
-    let mut ranked: Vec<(Reason, u64, u64, &str)> = open
-        .iter()
-        .filter_map(|c| {
-            // A pool VM is already counted in its host's slots: a full host can hand it out.
-            let reason = if c.has_idle_match(create) {
-                Reason::Pool
-            } else if c.free() == 0 {
-                return None;
-            } else if c.record.images.contains(&create.image.checksum) {
-                Reason::Image
-            } else {
-                Reason::Slots
-            };
-            let spread = fnv(c.record.name.as_bytes()) ^ tie_break;
-            Some((reason, c.free(), spread, c.record.name.as_str()))
-        })
-        .collect();
-    if ranked.is_empty() {
-        return Err(Refusal::AllFull);
+    let mut ranked: Vec<(Reason, Reverse<u64>, u64, &str)> = Vec::new();
+    let mut without_room = 0;
+    for c in open {
+        let free = c.free();
+        // A pool VM is already counted in its host's slots: a full host can hand it out.
+        let reason = if c.has_idle_match(create) {
+            Reason::Pool
+        } else if free == 0 {
+            continue;
+        } else if c.record.images.contains(&create.image.checksum) {
+            Reason::Image
+        } else if !c.has_disk_room() {
+            without_room += 1;
+            continue;
+        } else {
+            Reason::Slots
+        };
+        let spread = fnv(c.record.name.as_bytes()) ^ tie_break;
+        ranked.push((reason, Reverse(free), spread, c.record.name.as_str()));
     }
-    let order = |r: Reason| match r {
-        Reason::Pool => 0,
-        Reason::Image => 1,
-        Reason::Slots => 2,
-    };
-    ranked.sort_by(|a, b| {
-        order(a.0)
-            .cmp(&order(b.0))
-            .then(b.1.cmp(&a.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(b.3))
+    if ranked.is_empty() {
+        return Err(if without_room > 0 {
+            Refusal::NoDiskRoom
+        } else {
+            Refusal::AllFull
+        });
+    }
+    // The name only settles a collision of the spread hashes: compared last, and only then
+    // (a thousand hosts sort in tens of microseconds this way).
+    ranked.sort_unstable_by(|a, b| {
+        (a.0, a.1, a.2)
+            .cmp(&(b.0, b.1, b.2))
+            .then_with(|| a.3.cmp(b.3))
     });
     Ok(ranked
         .into_iter()
         .map(|(reason, _, _, name)| (name.to_string(), reason))
         .collect())
+}
+
+/// The ranking of every host `view` holds, each with the VMs placed on it (its slots).
+pub fn decide(
+    view: &View,
+    create: &CreateVm,
+    tie_break: u64,
+) -> Result<Vec<(String, Reason)>, Refusal> {
+    view.with_hosts(|hosts, slots| {
+        let candidates: Vec<Candidate> = hosts
+            .values()
+            .map(|known| Candidate {
+                record: &known.value,
+                placed: slots
+                    .get(&known.value.name)
+                    .map_or(0, |s| s.value.vms.len() as u64),
+            })
+            .collect();
+        rank(&candidates, create, tie_break)
+    })
 }
 
 /// FNV-1a: a cheap, stable spread of names (not a security measure).
@@ -162,9 +210,25 @@ mod tests {
             images: Vec::new(),
             pools: Vec::new(),
             draining: false,
+            disk_room: None,
             version: "0".into(),
             lease: "1".into(),
         }
+    }
+
+    /// Each host with its own VMs as its slots.
+    fn rank_hosts(
+        hosts: &[&HostRecord],
+        create: &CreateVm,
+    ) -> Result<Vec<(String, Reason)>, Refusal> {
+        let candidates: Vec<Candidate> = hosts
+            .iter()
+            .map(|r| Candidate {
+                record: r,
+                placed: r.vms,
+            })
+            .collect();
+        rank(&candidates, create, 7)
     }
 
     fn names(ranked: &[(String, Reason)]) -> Vec<(&str, Reason)> {
@@ -184,14 +248,7 @@ mod tests {
         cached.images.push("aaaa".into());
         let roomy = host("roomy", 8, 0);
         let hosts = [&roomy, &cached, &pooled];
-        let candidates: Vec<Candidate> = hosts
-            .iter()
-            .map(|r| Candidate {
-                record: r,
-                placed: r.vms,
-            })
-            .collect();
-        let ranked = rank(&candidates, &wanted, 7).unwrap();
+        let ranked = rank_hosts(&hosts, &wanted).unwrap();
         assert_eq!(
             names(&ranked),
             [
@@ -201,7 +258,7 @@ mod tests {
             ]
         );
         // Another image: the full pooled host is out, the others by free slots.
-        let ranked = rank(&candidates, &create("bbbb"), 7).unwrap();
+        let ranked = rank_hosts(&hosts, &create("bbbb")).unwrap();
         assert_eq!(
             names(&ranked),
             [("roomy", Reason::Slots), ("cached", Reason::Slots)]
@@ -249,6 +306,38 @@ mod tests {
             },
         ];
         assert_eq!(rank(&candidates, &create("x"), 0), Err(Refusal::AllFull));
+    }
+
+    #[test]
+    fn a_host_without_the_image_needs_disk_room() {
+        let mut cached = host("cached", 2, 0);
+        cached.images.push("aaaa".into());
+        cached.disk_room = Some(0);
+        let mut full_disk = host("full-disk", 2, 0);
+        full_disk.disk_room = Some(0);
+        let mut roomy = host("roomy", 2, 0);
+        roomy.disk_room = Some(40 << 30);
+        let rank_of = |hosts: &[&HostRecord], checksum: &str| rank_hosts(hosts, &create(checksum));
+        // The image is there: no download, no room needed.
+        let ranked = rank_of(&[&cached, &full_disk, &roomy], "aaaa").unwrap();
+        assert_eq!(
+            names(&ranked),
+            [("cached", Reason::Image), ("roomy", Reason::Slots)]
+        );
+        // Another image: only the host with room.
+        let ranked = rank_of(&[&cached, &full_disk, &roomy], "bbbb").unwrap();
+        assert_eq!(names(&ranked), [("roomy", Reason::Slots)]);
+        // None has room, and none holds it: the refusal says so.
+        assert_eq!(
+            rank_of(&[&cached, &full_disk], "bbbb"),
+            Err(Refusal::NoDiskRoom)
+        );
+        // Full hosts alone: all full, whatever their disks.
+        let full = host("full", 1, 1);
+        assert_eq!(rank_of(&[&full], "bbbb"), Err(Refusal::AllFull));
+        // A host that does not say (an older version) may be tried.
+        let silent = host("silent", 2, 0);
+        assert_eq!(rank_of(&[&silent], "bbbb").unwrap().len(), 1);
     }
 
     #[test]

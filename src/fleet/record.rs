@@ -4,7 +4,8 @@
 //!   compare-and-swap, so that two front doors never both take its last place;
 //! - `vms/<id>`: the fleet's directory ([`DirEntry`]): owner and last VM object, without a
 //!   lease, so a dead host's VMs can still be answered for;
-//! - `idempotency/<sha256 of the key>`: which VM a client's idempotency key made;
+//! - `idempotency/<sha256 of the caller's credential and the key>`: which host a client's
+//!   idempotency key went to, per credential, so two tokens' keys never meet;
 //! - `lost/<name>/<lease>`: the marker one survivor creates to handle a host's death.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,10 @@ pub struct HostRecord {
     #[serde(default)]
     pub pools: Vec<PoolIdle>,
     pub draining: bool,
+    /// Bytes an image download may take on its disk before `--min-free-disk`, in whole GiB
+    /// (see [`crate::service::Service::disk_room`]); `None` when unknown (or an older host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_room: Option<u64>,
     pub version: String,
     /// The lease the record lives on: a host that finds its own name on another lease
     /// knows another process holds it.
@@ -85,9 +90,16 @@ impl Keys {
     pub fn vm(&self, id: &str) -> String {
         format!("{}vms/{id}", self.prefix)
     }
-    pub fn idempotency(&self, key: &str) -> String {
+    /// `credential`: the caller's bearer token (or `""` without one). Only a digest of it
+    /// and the key is stored.
+    pub fn idempotency(&self, credential: &str, key: &str) -> String {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut hasher = sha2::Sha256::new();
+        // Its length first: ("ab", "c") and ("a", "bc") are two scopes.
+        hasher.update((credential.len() as u64).to_be_bytes());
+        hasher.update(credential.as_bytes());
+        hasher.update(key.as_bytes());
+        let digest = hasher.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}idempotency/{hex}", self.prefix)
     }
@@ -115,7 +127,16 @@ mod tests {
         assert_eq!(keys.name_in("hosts", b"/f/hosts/mac-1"), Some("mac-1"));
         assert_eq!(keys.name_in("hosts", b"/f/slots/mac-1"), None);
         assert_eq!(keys.name_in("hosts", b"/g/hosts/mac-1"), None);
-        assert!(keys.idempotency("k").starts_with("/f/idempotency/"));
-        assert_eq!(keys.idempotency("k").len(), "/f/idempotency/".len() + 64);
+        assert!(keys.idempotency("", "k").starts_with("/f/idempotency/"));
+        assert_eq!(
+            keys.idempotency("", "k").len(),
+            "/f/idempotency/".len() + 64
+        );
+        // One key, two callers: two markers.
+        assert_ne!(
+            keys.idempotency("team-a", "k"),
+            keys.idempotency("team-b", "k")
+        );
+        assert_ne!(keys.idempotency("ab", "c"), keys.idempotency("a", "bc"));
     }
 }

@@ -441,6 +441,18 @@ impl Hypervisor for FakeHypervisor {
         "fake"
     }
 
+    fn ended(&self, _vmx: &Path) -> super::Ended {
+        super::Ended::PoweredOff
+    }
+
+    fn tool(&self) -> &'static str {
+        "vmrun"
+    }
+
+    fn describe(&self) -> Result<String, HypervisorError> {
+        Ok("in memory".into())
+    }
+
     fn start_timeout(&self) -> Duration {
         Duration::from_secs(5)
     }

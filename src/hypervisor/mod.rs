@@ -60,17 +60,34 @@ pub struct Configured {
 }
 
 /// The last lines of a VM's own log, and where that log is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogTail {
     pub path: PathBuf,
     pub lines: Vec<String>,
 }
 
+/// How a VM that its hypervisor no longer runs ended, as its own log tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Powered off: by its guest, by a person, or the log does not say otherwise.
+    PoweredOff,
+    /// It died (a crash of the VM or of what ran it, a process killed): `message` says
+    /// what the log shows, `log_tail` is its last lines.
+    Died {
+        message: String,
+        log_tail: Option<LogTail>,
+    },
+}
+
 /// What a query for the guest's IP address answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpAnswer {
-    /// One line as the hypervisor printed it: an address (usable or not) or a host name.
+    /// One line as the guest's tools reported it: an address (usable or not) or a host
+    /// name.
     Address(String),
+    /// An address the hypervisor found in the network's records of the VM (tart: the
+    /// DHCP leases, the ARP cache), and which.
+    Found(String, guest_ip::IpSource),
     /// Tools run but know no address yet (vmrun's `unknown`).
     NoAddress,
     /// The guest's tools are not running (or, on Workstation, `Unable to get the IP address`).
@@ -84,6 +101,14 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// Which hypervisor this is (`vmware`, `tart`): what `/healthz`, the fleet's host
     /// records and the start-up log call it. Nothing outside the drivers branches on it.
     fn kind(&self) -> &'static str;
+
+    /// The command line tool that runs the VMs (`vmrun`, `tart`): how `/healthz` names
+    /// its check.
+    fn tool(&self) -> &'static str;
+
+    /// What the start-up log says of the hypervisor: the tool's path, its version where
+    /// it tells it cheaply, where it keeps VMs. Runs the tool at most once.
+    fn describe(&self) -> Result<String, HypervisorError>;
 
     /// Whether the tool is installed and can be run: reported once at start, and checked
     /// before each create so that a missing install fails fast with what to do.
@@ -130,6 +155,10 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// The last lines of the VM's own log, for a failed VM's record.
     fn log_tail(&self, vm: &Path) -> Option<LogTail>;
+
+    /// How the VM, which the hypervisor no longer lists running though the server did not
+    /// stop it, ended: powered off, or died (then its record fails with the log's words).
+    fn ended(&self, vm: &Path) -> Ended;
 
     /// Powers the VM on; returns when it begins to boot, not when the guest is up.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError>;

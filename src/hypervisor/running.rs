@@ -21,20 +21,30 @@ use crate::sys::sync::LockUnpoisoned;
 #[derive(Debug)]
 pub struct RunningVms {
     state: Mutex<State>,
-    /// A failing `vmrun list` is logged when it starts failing and when it answers again:
-    /// the refresher meets it every `--list-interval`.
+    /// A failing `vmrun list` (`tart list`) is logged when it starts failing and when it
+    /// answers again: the refresher meets it every `--list-interval`.
     trouble: Condition,
+    /// How the log names the listing: `vmrun list`, `tart list`.
+    listing: &'static str,
+    /// The hypervisor refused a start for the host's own limit (tart: Apple's two macOS
+    /// VMs): its words, when, and how many VMs ran then.
+    full: Mutex<Option<HostFull>>,
 }
+
+#[derive(Debug)]
+struct HostFull {
+    message: String,
+    at: Instant,
+    running: Option<usize>,
+}
+
+/// How long a refusal for the host's limit counts without news: VMs the server does not
+/// see (a person's own, in another tart home) may have stopped meanwhile.
+const HOST_FULL_FOR: Duration = Duration::from_secs(60);
 
 impl Default for RunningVms {
     fn default() -> Self {
-        Self {
-            state: Mutex::default(),
-            trouble: Condition::new("vmrun list", Level::Warn).meaning(
-                "admission counts VM records alone (VMs started outside osx-builder are not \
-                 counted) until it answers",
-            ),
-        }
+        Self::listed_by("vmrun list")
     }
 }
 
@@ -77,6 +87,62 @@ impl RunningVms {
         Self::default()
     }
 
+    /// The running set of a hypervisor whose listing the log calls `listing`
+    /// (`tart list`).
+    pub fn listed_by(listing: &'static str) -> Self {
+        Self {
+            state: Mutex::default(),
+            trouble: Condition::new(listing, Level::Warn).meaning(
+                "admission counts VM records alone (VMs started outside osx-builder are not \
+                 counted) until it answers",
+            ),
+            listing,
+            full: Mutex::default(),
+        }
+    }
+
+    /// The hypervisor refused to start a VM because the host runs as many as it allows:
+    /// until one of the VMs that ran then stops (or [`HOST_FULL_FOR`] passes), admission
+    /// refuses creates with `message`.
+    pub fn note_host_full(&self, message: &str) {
+        let running = self.lock().set.as_ref().map(HashSet::len);
+        *self.full.lock_unpoisoned() = Some(HostFull {
+            message: message.to_string(),
+            at: Instant::now(),
+            running,
+        });
+    }
+
+    /// The hypervisor's words while the host counts as full.
+    pub fn host_full(&self) -> Option<String> {
+        let mut full = self.full.lock_unpoisoned();
+        if full
+            .as_ref()
+            .is_some_and(|f| f.at.elapsed() >= HOST_FULL_FOR)
+        {
+            *full = None;
+        }
+        full.as_ref().map(|f| f.message.clone())
+    }
+
+    /// A VM stopped, or a listing shows `now` VMs: a slot may be free again.
+    fn slot_freed(&self, now: Option<usize>) {
+        let mut full = self.full.lock_unpoisoned();
+        let freed = match (&*full, now) {
+            (Some(f), Some(now)) => f.running.is_none_or(|then| now < then),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if freed {
+            *full = None;
+        }
+    }
+
+    /// How the log and `/healthz` name the listing (`vmrun list`, `tart list`).
+    pub fn listing(&self) -> &'static str {
+        self.listing
+    }
+
     /// A `vmrun list` is about to run.
     pub fn begin(&self) -> ListTicket {
         let mut state = self.lock();
@@ -101,10 +167,13 @@ impl RunningVms {
         state.set = Some(set);
         state.applied = ticket.0;
         state.answered_at = Some(Instant::now());
+        let running = state.set.as_ref().map(HashSet::len);
         if state.failure.take().is_some() {
             self.trouble
                 .ended("answers again; admission counts running VMs again");
         }
+        drop(state);
+        self.slot_freed(running);
     }
 
     /// The list begun with `ticket` failed with `code` (the error's code) and `error`:
@@ -122,7 +191,10 @@ impl RunningVms {
             None => state.failure = Some((error.to_string(), Instant::now())),
         }
         // The error names the call already (`vmrun list: failed: ...`).
-        let error = error.strip_prefix("vmrun list: ").unwrap_or(error);
+        let error = error
+            .strip_prefix(self.listing)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(error);
         self.trouble.holds(code, error);
     }
 
@@ -136,6 +208,10 @@ impl RunningVms {
             apply(set, &vmx, runs);
         }
         state.changes.push((number, vmx, runs));
+        drop(state);
+        if !runs {
+            self.slot_freed(None);
+        }
     }
 
     /// The running VMs' canonical VMX paths; `None` when vmrun cannot tell.

@@ -1,6 +1,7 @@
 //! `vmware.log`, the file VMware writes beside a running VM's VMX: what an operator reads
 //! first when a VM fails. Only this one name in the VM's own folder is ever opened (no part
-//! of it comes from a request), never through a symbolic link.
+//! of it comes from a request), never through a symbolic link. tart's runner log is read
+//! the same way, by its own name ([`open_file`], [`tail_file`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -18,7 +19,13 @@ const MAX_LINE_CHARS: usize = 1000;
 /// The VM's `vmware.log` opened for reading with its length, or `None` when there is none
 /// (never started, deleted, or not a plain file).
 pub fn open(vm_dir: &Path) -> io::Result<Option<(File, u64)>> {
-    let path = vm_dir.join(FILE_NAME);
+    open_file(vm_dir, FILE_NAME)
+}
+
+/// The log `name` (a constant of a driver's, never a request's) of the VM's folder, as
+/// [`open`] opens `vmware.log`.
+pub fn open_file(vm_dir: &Path, name: &str) -> io::Result<Option<(File, u64)>> {
+    let path = vm_dir.join(name);
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -43,7 +50,12 @@ pub fn open(vm_dir: &Path) -> io::Result<Option<(File, u64)>> {
 /// The last `lines` lines of the VM's `vmware.log` (invalid UTF-8 replaced), or `None` when
 /// there is no log or it cannot be read.
 pub fn tail(vm_dir: &Path, lines: usize) -> Option<Vec<String>> {
-    let (mut file, len) = open(vm_dir).ok()??;
+    tail_file(vm_dir, FILE_NAME, lines)
+}
+
+/// The last `lines` lines of the log `name` of the VM's folder, as [`tail`] reads them.
+pub fn tail_file(vm_dir: &Path, name: &str, lines: usize) -> Option<Vec<String>> {
+    let (mut file, len) = open_file(vm_dir, name).ok()??;
     let start = len.saturating_sub(TAIL_MAX_BYTES);
     file.seek(SeekFrom::Start(start)).ok()?;
     let mut bytes = Vec::new();

@@ -60,14 +60,18 @@ impl Provisioner {
             } else {
                 self.hypervisor.guest_ip(&vmx_path, cancel)
             };
+            let source = match &answer {
+                Ok(IpAnswer::Found(_, source)) => *source,
+                _ => IpSource::Tools,
+            };
             match answer {
-                Ok(IpAnswer::Address(text)) => {
+                Ok(IpAnswer::Address(text) | IpAnswer::Found(text, _)) => {
                     no_tools = 0;
                     tools_seen = true;
                     last_error = None;
                     match guest_ip::usable(&text) {
                         Ok(ip) => {
-                            self.found(id, ip.to_string(), IpSource::Tools, started, booted);
+                            self.found(id, ip.to_string(), source, started, booted);
                             return Ok(());
                         }
                         Err(why) => {
@@ -215,6 +219,7 @@ impl Provisioner {
             match source {
                 IpSource::Tools => "tools",
                 IpSource::DhcpLease => "dhcp-lease",
+                IpSource::Arp => "arp",
             },
             started.elapsed().as_secs_f64()
         );

@@ -10,7 +10,7 @@ use crate::vm::VmId;
 
 use super::tasks::Task;
 use super::{Job, Provisioner};
-use crate::hypervisor::{HypervisorError, VmSettings};
+use crate::hypervisor::{Call, HypervisorError, VmSettings};
 use crate::image::gold_locks::GoldState;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
@@ -229,7 +229,8 @@ impl Provisioner {
         if let Some(running) = &running {
             self.hypervisor.remove_stale_locks(&vmx_path, running);
         }
-        if let Err(err) = self.hypervisor.start(&vmx_path, vm.headless, cancel) {
+        let started = self.start_when_a_slot_frees(vm, &vmx_path, cancel);
+        if let Err(err) = started {
             // A start has been seen to fail while the VM did start: only the listing tells,
             // and a running VM behind a failed record would hold a place.
             let runs = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
@@ -251,6 +252,63 @@ impl Provisioner {
             vm.progress.phase = Phase::WaitingForIp;
         });
         self.watch_ip(vm, cancel, Some(booted))
+    }
+
+    /// Starts the VM. A start the hypervisor refuses for the host's own limit (tart: a
+    /// third macOS VM) is not a failure of this VM: it waits in phase `waiting-for-slot`
+    /// (creates meanwhile get 503 capacity-exhausted, see admission) and starts when a VM
+    /// stops, trying again every [`SLOT_RETRY`] for VMs the server does not see; after
+    /// `--ip-wait-timeout` it fails `host-vm-limit`.
+    fn start_when_a_slot_frees(
+        &self,
+        vm: &Vm,
+        vmx: &Path,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let running = self.hypervisor.running();
+        let give_up = Instant::now() + self.settings.ip_wait_timeout;
+        let mut waiting = false;
+        loop {
+            match self.hypervisor.start(vmx, vm.headless, cancel) {
+                Err(HypervisorError::HostLimit { call, message }) => {
+                    running.note_host_full(&message);
+                    if Instant::now() >= give_up {
+                        return Err(HypervisorError::HostLimit { call, message });
+                    }
+                    if !waiting {
+                        waiting = true;
+                        crate::warn!(
+                            "vm={} {}: waiting for a slot",
+                            vm.id,
+                            HypervisorError::HostLimit {
+                                call,
+                                message: message.clone()
+                            }
+                        );
+                        self.set_phase(vm.id, Phase::WaitingForSlot);
+                    }
+                    let retry = Instant::now() + SLOT_RETRY;
+                    while Instant::now() < retry && running.host_full().is_some() {
+                        if cancel.is_cancelled() {
+                            return Err(HypervisorError::Cancelled {
+                                call: Call {
+                                    tool: self.hypervisor.tool(),
+                                    command: "start",
+                                    vmx: Some(vmx.to_path_buf()),
+                                },
+                            });
+                        }
+                        thread::sleep(GOLD_WAIT_POLL * 20);
+                    }
+                }
+                other => {
+                    if waiting && other.is_ok() {
+                        crate::info!("vm={} a slot freed: started", vm.id);
+                    }
+                    return other;
+                }
+            }
+        }
     }
 
     /// Says on `/images/:checksum` and `/healthz` that the image cannot be cloned while
@@ -373,6 +431,10 @@ fn lock_unless_cancelled<'a>(
         }
     }
 }
+
+/// How often a VM waiting for a slot tries its start again when no VM of the server's
+/// stopped (a VM the server does not see may have).
+const SLOT_RETRY: Duration = Duration::from_secs(5);
 
 /// How often a VM waiting for its gold VM looks at its cancel flag and the lock.
 const GOLD_WAIT_POLL: Duration = Duration::from_millis(5);

@@ -40,6 +40,15 @@ impl Task {
         self.busy.lock_unpoisoned()
     }
 
+    /// The VM, unless a worker or a DELETE holds it now.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.busy.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub fn hold_guestinfo(&self, guestinfo: GuestInfo) {
         *self.guestinfo.lock_unpoisoned() = Some(guestinfo);
     }

@@ -15,6 +15,8 @@ use crate::image::gold_locks::Blocked;
 pub struct Health {
     /// `ok` or `failing`.
     pub status: &'static str,
+    /// What runs the VMs: `vmware` or `tart`.
+    pub hypervisor: &'static str,
     /// `unhealthy` when failing, so the body reads like the API's other errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
@@ -68,8 +70,8 @@ impl Health {
     }
 }
 
-/// Runs every check: vmrun is there and `vmrun list` answered last time; the data folder takes a file;
-/// the disk is above the floor.
+/// Runs every check: the hypervisor's tool (`vmrun`, `tart`: the check's name) is there and
+/// its listing answered last time; the data folder takes a file; the disk is above the floor.
 pub fn check(
     hypervisor: &dyn Hypervisor,
     data_dir: &Path,
@@ -78,7 +80,7 @@ pub fn check(
     blocked: &[(String, Blocked)],
 ) -> Health {
     let mut checks = BTreeMap::new();
-    checks.insert("vmrun", Check::new(check_vmrun(hypervisor)));
+    checks.insert(hypervisor.tool(), Check::new(check_tool(hypervisor)));
     checks.insert("gold_images", Check::new(check_gold(blocked)));
     checks.insert("data_dir", Check::new(check_writable(data_dir)));
     checks.insert("disk", check_disk(data_dir, min_free_disk));
@@ -96,6 +98,7 @@ pub fn check(
     });
     Health {
         status: if failing.is_empty() { "ok" } else { "failing" },
+        hypervisor: hypervisor.kind(),
         code: (!failing.is_empty()).then_some("unhealthy"),
         message,
         failing,
@@ -105,20 +108,23 @@ pub fn check(
     }
 }
 
-/// From what the last `vmrun list` said (kept fresh in the background): a health check runs
-/// no process, so a load balancer probing it often costs nothing and never waits on vmrun.
-fn check_vmrun(hypervisor: &dyn Hypervisor) -> Result<String, String> {
+/// From what the last `vmrun list` (`tart list`) said, kept fresh in the background: a
+/// health check runs no process, so a load balancer probing it often costs nothing and never
+/// waits on the hypervisor.
+fn check_tool(hypervisor: &dyn Hypervisor) -> Result<String, String> {
     hypervisor.check_available().map_err(|e| e.to_string())?;
-    match hypervisor.running().state() {
+    let running = hypervisor.running();
+    let listing = running.listing();
+    match running.state() {
         ListState::Answered { running, age } => Ok(format!(
-            "vmrun list answered {} s ago: {running} VMs running",
+            "{listing} answered {} s ago: {running} VMs running",
             age.as_secs()
         )),
         ListState::Failing { error, since } => Err(format!(
-            "vmrun list has failed for {} s: {error}; admission counts VM records alone",
+            "{listing} has failed for {} s: {error}; admission counts VM records alone",
             since.as_secs()
         )),
-        ListState::Unknown => Err("vmrun list has not answered yet".to_string()),
+        ListState::Unknown => Err(format!("{listing} has not answered yet")),
     }
 }
 
@@ -204,6 +210,7 @@ mod tests {
             "{message}"
         );
         assert!(health.draining);
+        assert_eq!(health.hypervisor, "vmware");
         let json = serde_json::to_value(&health).unwrap();
         assert_eq!(json["code"], "unhealthy");
         assert_eq!(json["checks"]["disk"]["min_free_bytes"], u64::MAX);

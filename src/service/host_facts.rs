@@ -52,6 +52,17 @@ impl Service {
             .collect()
     }
 
+    /// Bytes a gold image download may still take on the data folder's disk before it
+    /// reaches `--min-free-disk`, rounded down to whole GiB: the fleet record is rewritten
+    /// when this changes, so not for every byte a VM writes. `None` when the disk's free
+    /// space cannot be read.
+    pub fn disk_room(&self) -> Option<u64> {
+        const GIB: u64 = 1 << 30;
+        let free = crate::sys::disk::free_bytes(&self.fleet.data_dir).ok()?;
+        let room = free.saturating_sub(self.fleet.limits.min_free_disk);
+        Some(room / GIB * GIB)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.fleet.drain.is_draining()
     }

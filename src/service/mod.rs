@@ -272,6 +272,11 @@ impl Service {
             &self.fleet.data_dir,
             recording,
         );
+        // The hypervisor's own refusal of a start, more recent than any listing.
+        let admitted = match (admitted, self.hypervisor.running().host_full()) {
+            (Ok(_), Some(message)) => Err(capacity::Shortage::Hypervisor { message }),
+            (admitted, _) => admitted,
+        };
         if let Err(shortage) = admitted {
             if matches!(shortage, capacity::Shortage::Disk { .. }) {
                 // Unused gold images may be what fills the disk.

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::Service;
+use crate::hypervisor::Ended;
 use crate::provision::Job;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm, VmId};
@@ -70,10 +71,7 @@ impl Service {
             }
             let Some(is_running) = runs else { continue };
             match (vm.status, is_running) {
-                (Status::Running, false) => {
-                    crate::warn!("vm={id} is no longer running");
-                    self.update(id, |vm| vm.status = Status::Stopped);
-                }
+                (Status::Running, false) => self.no_longer_running(&vm),
                 (Status::Stopped, true) => {
                     crate::info!("vm={id} is running again");
                     self.update(id, |vm| vm.status = Status::Running);
@@ -85,6 +83,57 @@ impl Service {
         self.adopt_orphans(running.as_ref());
         if when == Reconcile::Startup {
             crate::info!("recovered {} VMs", self.store.len());
+        }
+    }
+
+    /// After each listing of the hypervisor (every `--list-interval`): a VM whose record
+    /// says running and that the hypervisor no longer lists was powered off, or died,
+    /// behind the server's back. Its record says so within seconds, not at the next
+    /// reconcile. VMs a worker or a DELETE holds are theirs to judge.
+    pub fn notice_stopped(&self) {
+        let Some(running) = self.hypervisor.running().snapshot() else {
+            return;
+        };
+        for id in self.store.ids_with_status(Status::Running) {
+            let vmx = self.store.vmx_path(id);
+            if running.contains(&crate::hypervisor::locks::canonical(&vmx)) {
+                continue;
+            }
+            let task = self.tasks.get(id);
+            let Some(_busy) = task.try_lock() else {
+                continue;
+            };
+            // Under the task: a DELETE or a worker may have just let it go, or started it.
+            let Some(vm) = self.store.get(id) else {
+                continue;
+            };
+            let still = vm.status == Status::Running && vm.progress.phase != Phase::Deleting;
+            if still && self.hypervisor.running().contains(&vmx) == Some(false) {
+                self.no_longer_running(&vm);
+            }
+        }
+    }
+
+    /// A VM that the hypervisor no longer runs though its record says running: stopped
+    /// when it was powered off; failed (`vm-died`, with its log's last lines) when its
+    /// log says it died.
+    fn no_longer_running(&self, vm: &Vm) {
+        let id = vm.id;
+        match self.hypervisor.ended(&self.store.vmx_path(id)) {
+            Ended::PoweredOff => {
+                crate::warn!("vm={id} is no longer running");
+                self.update(id, |vm| vm.status = Status::Stopped);
+            }
+            Ended::Died { message, log_tail } => {
+                crate::warn!(vm = id, code = "vm-died"; "died: {message}");
+                let lines = log_tail.map(|tail| tail.lines);
+                self.update(id, |vm| {
+                    vm.fail("vm-died", message);
+                    if let Some(error) = vm.error.as_mut() {
+                        error.log_tail = lines;
+                    }
+                });
+            }
         }
     }
 

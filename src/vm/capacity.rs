@@ -32,6 +32,11 @@ pub enum Shortage {
         count: u64,
         limit: u64,
     },
+    /// The hypervisor refused a start for the host's own limit (tart: Apple's licence,
+    /// two macOS VMs per Mac, counting VMs the server does not see), in its words.
+    Hypervisor {
+        message: String,
+    },
 }
 
 impl fmt::Display for Shortage {
@@ -46,6 +51,10 @@ impl fmt::Display for Shortage {
                 "the data folder's disk has {free} bytes ({}) free, below the floor of {floor} bytes ({}) (--min-free-disk); unused gold images are being evicted, delete VMs or images to make room",
                 gib(*free),
                 gib(*floor)
+            ),
+            Self::Hypervisor { message } => write!(
+                f,
+                "the hypervisor refused to start another VM on this host ({message}): it runs as many as the host allows, some perhaps not this server's; the VM that was refused starts once a VM stops"
             ),
             Self::Records { count, limit } => write!(
                 f,

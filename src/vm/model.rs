@@ -137,6 +137,9 @@ pub enum Phase {
     Cloning,
     Configuring,
     Starting,
+    /// The hypervisor refused the start for the host's own limit (tart: two macOS VMs):
+    /// the VM starts when a slot frees.
+    WaitingForSlot,
     WaitingForIp,
     /// Started and the IP is known.
     Ready,
@@ -159,6 +162,7 @@ impl Phase {
             Self::Cloning => "cloning",
             Self::Configuring => "configuring",
             Self::Starting => "starting",
+            Self::WaitingForSlot => "waiting-for-slot",
             Self::WaitingForIp => "waiting-for-ip",
             Self::Ready => "ready",
             Self::IpTimeout => "ip-timeout",

@@ -531,6 +531,18 @@ impl VmStore {
         }
     }
 
+    /// The VMs whose visible status is `status` and that are not being deleted.
+    pub fn ids_with_status(&self, status: Status) -> Vec<VmId> {
+        self.read_slots()
+            .iter()
+            .filter(|(_, slot)| {
+                let visible = slot.json.read_unpoisoned();
+                visible.status == status && visible.phase != Phase::Deleting
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The VM that carries idempotency key `name` and is not being deleted.
     pub fn find_by_name(&self, name: &str) -> Option<Vm> {
         let id = self.read_slots().iter().find_map(|(id, slot)| {

@@ -24,6 +24,12 @@ pub struct Fleet {
 impl Fleet {
     /// `None` only when etcd is missing and `OSXB_SKIP_ETCD` is set.
     pub fn start(hosts: usize, args: &[&str]) -> Option<Self> {
+        Self::start_each(&vec![args; hosts])
+    }
+
+    /// Host `n` with `each[n]`'s settings.
+    pub fn start_each(each: &[&[&str]]) -> Option<Self> {
+        let hosts = each.len();
         let cluster = Cluster::start(3)?;
         let files = http::FileServer::start();
         let archive = super::gold_tar_gz("box");
@@ -39,7 +45,7 @@ impl Fleet {
             dirs: Vec::new(),
             cluster,
         };
-        for n in 0..hosts {
+        for (n, args) in each.iter().enumerate() {
             fleet.dirs.push(TempDir::new(&format!("fleet-h{n}")));
             let server = fleet.launch(n, args);
             fleet.hosts.push(Some(server));
@@ -79,6 +85,16 @@ impl Fleet {
 
     pub fn body(&self) -> Value {
         super::image_body(&self.url, &self.checksum)
+    }
+
+    /// `POST /vms` of `body` at host `n`.
+    pub fn create_on(&self, n: usize, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        http::request(
+            "POST",
+            &self.host(n).url("/vms"),
+            Some(&body.to_string()),
+            headers,
+        )
     }
 
     /// `GET /hosts` on host `n`.

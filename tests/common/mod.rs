@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod http;
 pub mod log_lines;
 pub mod pki;
+pub mod scenarios;
 pub mod tls_relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,6 +25,106 @@ use serde_json::Value;
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_osx-builder");
 pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_vmrun-sim");
+pub const TART_SIM_BIN: &str = env!("CARGO_BIN_EXE_tart-sim");
+
+/// Which hypervisor a test's server runs: VMware through `vmrun-sim`, or tart through
+/// `tart-sim` (its state in the server's `TART_HOME`, `data/tart/.sim`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hv {
+    #[default]
+    Vmware,
+    Tart,
+}
+
+impl Hv {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hv::Vmware => "vmware",
+            Hv::Tart => "tart",
+        }
+    }
+
+    /// The tool `/healthz` names its check after.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Hv::Vmware => "vmrun",
+            Hv::Tart => "tart",
+        }
+    }
+
+    /// The hypervisor a server's flags choose (the last `--hypervisor` wins).
+    pub fn of(args: &[String]) -> Hv {
+        let mut hv = Hv::Vmware;
+        for pair in args.windows(2) {
+            if pair[0] == "--hypervisor" {
+                hv = if pair[1] == "tart" {
+                    Hv::Tart
+                } else {
+                    Hv::Vmware
+                };
+            }
+        }
+        for arg in args {
+            match arg.as_str() {
+                "--hypervisor=tart" => hv = Hv::Tart,
+                "--hypervisor=vmware" => hv = Hv::Vmware,
+                _ => {}
+            }
+        }
+        hv
+    }
+
+    /// The server's flags that choose this hypervisor (VMware's simulator is set through
+    /// the environment by [`Server::launch`]).
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Hv::Vmware => Vec::new(),
+            Hv::Tart => ["--hypervisor", "tart", "--tart-path", TART_SIM_BIN]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// Where the simulator of a server whose test folder is `root` keeps its state:
+    /// `faults` and `calls.log` there are what the tests write and read.
+    pub fn sim_state(self, root: &Path) -> PathBuf {
+        match self {
+            Hv::Vmware => root.join("sim"),
+            Hv::Tart => root.join("data/tart/.sim"),
+        }
+    }
+
+    /// A small gold image of this hypervisor as a tar.gz under `top/`.
+    pub fn gold_tar_gz(self, top: &str) -> Vec<u8> {
+        match self {
+            Hv::Vmware => gold_tar_gz(top),
+            Hv::Tart => tart_gold_tar_gz(top, "darwin"),
+        }
+    }
+}
+
+/// A tart VM folder (`config.json`, a sparse-looking `disk.img`, `nvram.bin`) as a tar.gz
+/// under `top/`, of the guest `os` (`darwin` or `linux`).
+pub fn tart_gold_tar_gz(top: &str, os: &str) -> Vec<u8> {
+    let config = serde_json::json!({
+        "version": 1, "os": os, "arch": "arm64", "cpuCount": 2, "cpuCountMin": 1,
+        "memorySize": 4u64 << 30, "memorySizeMin": 1u64 << 30,
+        "macAddress": "aa:bb:cc:00:00:01", "display": {"width": 1024, "height": 768},
+        "diskFormat": "raw"
+    })
+    .to_string();
+    let disk = vec![0u8; 4096];
+    tar_gz_of(
+        top,
+        &[
+            ("config.json", config.as_bytes()),
+            ("disk.img", &disk),
+            ("nvram.bin", b"nvram"),
+            // Until the image cache knows tart's folders, the gold's one VMX names it.
+            ("tart.vmx", b"# a tart VM\n"),
+        ],
+    )
+}
 
 /// A folder under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -48,7 +149,35 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        kill_tart_runners(&self.0.join("data/tart"));
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `tart run` processes live in sessions of their own and outlive the server by design:
+/// a test's ones (named in the simulator's `runs/` of `tart_home`) are killed when it ends.
+pub fn kill_tart_runners(tart_home: &Path) {
+    let Ok(entries) = std::fs::read_dir(tart_home.join(".sim/runs")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(record) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let Some(pid) = serde_json::from_slice::<Value>(&record)
+            .ok()
+            .and_then(|r| r["pid"].as_i64())
+        else {
+            continue;
+        };
+        // The pid may have been reused since: only a tart-sim of this home is killed.
+        let home = tart_home.to_string_lossy().into_owned();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let ours = is_process(pid as i32, "tart-sim")
+            && (environ.is_empty() || String::from_utf8_lossy(&environ).contains(&home));
+        if ours {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 
@@ -156,6 +285,21 @@ pub struct ServerOptions {
     pub args: Vec<String>,
 }
 
+impl ServerOptions {
+    /// The same options on `hypervisor` (its flags first: a test's own flags win).
+    pub fn on(mut self, hypervisor: Hv) -> Self {
+        let mut args = hypervisor.args();
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
+    /// The hypervisor these options choose.
+    pub fn hypervisor(&self) -> Hv {
+        Hv::of(&self.args)
+    }
+}
+
 /// Server options of command-line flags only.
 pub fn options(args: &[&str]) -> ServerOptions {
     options_env(&[], args)
@@ -209,13 +353,18 @@ pub fn sim_call_args(call: &Value) -> Vec<&str> {
 
 /// True if `pid` is a live vmrun-sim (a pid may have been reused since it was written).
 pub fn is_simulator(pid: i32) -> bool {
+    is_process(pid, "vmrun-sim")
+}
+
+/// True if `pid` is a live process whose command line contains `name`.
+pub fn is_process(pid: i32, name: &str) -> bool {
     let out = Command::new("ps")
         .args(["-o", "command=", "-p", &pid.to_string()])
         .output();
     match out {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).contains("vmrun-sim"),
+        Ok(out) => String::from_utf8_lossy(&out.stdout).contains(name),
         Err(_) => std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("vmrun-sim"))
+            .map(|c| String::from_utf8_lossy(&c).contains(name))
             .unwrap_or(false),
     }
 }
@@ -226,24 +375,29 @@ impl Server {
     }
 
     /// Starts the server with its data under `root/data` and the simulator's state under
-    /// `root/sim`; both survive a restart with the same root.
+    /// `root/sim` (tart's: `root/data/tart/.sim`); both survive a restart with the same root.
     pub fn start_with(root: &Path, options: ServerOptions) -> Self {
-        let mut args: Vec<String> = [
-            "--ip-poll-interval",
-            "0.05",
-            "--provision-threads",
-            "8",
-            // No capacity limits unless a test sets them (a later flag wins): CI disks can
-            // have less free space than the floor.
-            "--max-vms",
-            "0",
-            "--min-free-disk",
-            "0",
-        ]
-        .map(String::from)
-        .to_vec();
+        let hypervisor = options.hypervisor();
+        let mut args: Vec<String> = Vec::new();
+        args.extend(
+            [
+                "--ip-poll-interval",
+                "0.05",
+                "--provision-threads",
+                "8",
+                // No capacity limits unless a test sets them (a later flag wins): CI disks can
+                // have less free space than the floor.
+                "--max-vms",
+                "0",
+                "--min-free-disk",
+                "0",
+            ]
+            .map(String::from),
+        );
         args.extend(options.args);
-        Self::launch(&root.join("data"), &root.join("sim"), &args, &options.env)
+        let data = root.join("data");
+        let sim = hypervisor.sim_state(root);
+        Self::launch(&data, &sim, &args, &options.env)
     }
 
     /// Starts the server as an operator would, with its own defaults: only
@@ -483,6 +637,19 @@ impl Drop for Server {
     }
 }
 
+/// The binary as a client with exactly `args`, none of the client's variables from this
+/// environment.
+pub fn client_bare(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(SERVER_BIN)
+        .args(args)
+        .env_remove("OSX_BUILDER_URL")
+        .env_remove("OSX_BUILDER_TOKEN")
+        .env_remove("OSX_BUILDER_TOKEN_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the client")
+}
+
 /// A server and a gold image it can fetch over loopback.
 pub struct World {
     pub dir: TempDir,
@@ -496,7 +663,7 @@ impl World {
     pub fn start(tag: &str, options: ServerOptions) -> Self {
         let dir = TempDir::new(tag);
         let files = http::FileServer::start();
-        let archive = gold_tar_gz("box");
+        let archive = options.hypervisor().gold_tar_gz("box");
         let checksum = sha1_hex(&archive);
         let url = files.add("/gold.tar.gz", archive);
         let server = Server::start_with(dir.path(), options);

@@ -10,11 +10,14 @@ pub use watch::{watch_prefix, WatchEnd};
 pub use wire::{Event, Kv};
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::sys::prometheus::{Counters, Histogram};
+use crate::sys::sync::LockUnpoisoned;
 use crate::tls::ClientTrust;
 
 #[derive(Debug)]
@@ -39,13 +42,37 @@ impl fmt::Display for EtcdError {
 
 impl std::error::Error for EtcdError {}
 
-/// Counters for `/metrics`.
-#[derive(Default)]
+impl EtcdError {
+    /// The `kind` label of `osx_builder_fleet_etcd_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::Refused { .. } => "refused",
+            Self::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// A request to a member on the LAN takes milliseconds; seconds mean a member that hangs
+/// or an election (each endpoint gets [`REQUEST_TIMEOUT`] before the next is tried).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What `/metrics` shows of the requests to etcd (watch streams are not requests: they
+/// last up to their lifetime by design).
 pub struct EtcdStats {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    /// Sum of request latencies, microseconds.
-    pub latency_us: AtomicU64,
+    pub latency: Mutex<Histogram>,
+    pub errors: Counters,
+}
+
+impl Default for EtcdStats {
+    fn default() -> Self {
+        Self {
+            latency: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            errors: Counters::new("kind", &["unreachable", "refused", "malformed"]),
+        }
+    }
 }
 
 pub struct Client {
@@ -99,7 +126,6 @@ impl Client {
     /// [`EtcdError::Refused`].
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let started = Instant::now();
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.each_endpoint(|base| {
             let response = self
                 .agent
@@ -125,11 +151,13 @@ impl Client {
                 EtcdError::Malformed(format!("{path} answered HTTP {status}, not JSON: {e}"))
             }))
         });
-        let micros = started.elapsed().as_micros() as u64;
-        self.stats.latency_us.fetch_add(micros, Ordering::Relaxed);
+        self.stats
+            .latency
+            .lock_unpoisoned()
+            .observe(started.elapsed().as_secs_f64());
         let result = result.and_then(|parsed| parsed).and_then(wire::checked);
-        if result.is_err() {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = &result {
+            self.stats.errors.add(err.kind());
         }
         result
     }

@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 pub enum IpSource {
     /// `vmrun getGuestIPAddress` (VMware Tools in the guest).
     Tools,
-    /// The DHCP server's lease for the VM's MAC address.
+    /// The DHCP server's lease for the VM's MAC address (the server's own lookup, or
+    /// `tart ip --resolver dhcp`).
     DhcpLease,
+    /// The host's ARP cache (`tart ip --resolver arp`: bridged VMs are in no lease file of
+    /// the host's).
+    Arp,
 }
 
 /// The address in what Tools reported, or why it is "not yet": a guest reports link-local

@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::hypervisor::guest_ip::IpSource;
 use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
+use crate::hypervisor::vmware_log;
 use crate::hypervisor::{
-    Call, Configured, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings,
+    Call, Configured, Ended, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings,
 };
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
@@ -40,7 +42,6 @@ pub const SHARE_NAME: &str = "osx-builder";
 pub const RUN_LOG: &str = "tart-run.log";
 /// How the VM is to be run, written at configure and read by start.
 const RUN_FILE: &str = "tart-run.json";
-const TAIL_LINES: usize = 40;
 
 /// Where tart is looked for when `--tart-path` is not given: the PATH, then Homebrew's.
 pub const FALLBACK_PATHS: [&str; 2] = ["/opt/homebrew/bin/tart", "/usr/local/bin/tart"];
@@ -83,22 +84,32 @@ pub struct TartSettings {
     pub timeouts: TartTimeouts,
 }
 
-/// `tart` on the PATH, then Homebrew's places; the bare name when none exists (so that the
-/// error names what was looked for).
-pub fn default_path() -> PathBuf {
+/// Where `--tart-path` points: a path with a folder is taken as it is; a bare name is looked
+/// for on the PATH, then (for `tart`) in Homebrew's places, and stays bare when found
+/// nowhere, so that the error names what was looked for.
+pub fn resolve_path(given: &Path) -> PathBuf {
+    if given.components().count() != 1 || given.is_absolute() {
+        return given.to_path_buf();
+    }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("tart"))
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(given))
             .find(|p| p.is_file())
     });
+    let homebrew = || {
+        (given == Path::new("tart"))
+            .then(|| {
+                FALLBACK_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+            })
+            .flatten()
+    };
     on_path
-        .or_else(|| {
-            FALLBACK_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from("tart"))
+        .or_else(homebrew)
+        .unwrap_or_else(|| given.to_path_buf())
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +152,7 @@ impl Tart {
         Tart {
             settings: Arc::new(settings),
             counts: Arc::default(),
-            running: Arc::default(),
+            running: Arc::new(RunningVms::listed_by("tart list")),
         }
     }
 
@@ -278,6 +289,12 @@ impl Tart {
     }
 }
 
+/// Whether the tart VM of the record `vm` is the server's: its clone was begun by the
+/// server (the marker is written just before). A VM that bore the name already is not.
+fn is_ours(vm: &Path) -> bool {
+    vm.is_file()
+}
+
 /// Writes `value` as the file `name` of the VM's guest folder: the folder 0700, the file
 /// 0600, replaced atomically so the guest never reads half a value.
 fn write_guest_file(dir: &Path, name: &str, value: &str) -> std::io::Result<()> {
@@ -307,6 +324,20 @@ fn write_guest_file(dir: &Path, name: &str, value: &str) -> std::io::Result<()> 
 impl Hypervisor for Tart {
     fn kind(&self) -> &'static str {
         "tart"
+    }
+
+    fn tool(&self) -> &'static str {
+        "tart"
+    }
+
+    fn describe(&self) -> Result<String, HypervisorError> {
+        self.check_available()?;
+        Ok(format!(
+            "tart {} at {}, its VMs in TART_HOME={}",
+            self.version()?,
+            self.settings.path.display(),
+            self.settings.home.display()
+        ))
     }
 
     fn check_available(&self) -> Result<(), HypervisorError> {
@@ -405,6 +436,17 @@ impl Hypervisor for Tart {
                 ),
             });
         }
+        // The record folder's marker, written before the clone: the rest of the server
+        // knows a VM by this path, and the driver stops and deletes a tart VM of that name
+        // only when it is there (a name it found taken is never its to touch).
+        if let Some(dir) = vm.parent() {
+            fs::create_dir_all(dir)
+                .and_then(|()| fs::write(vm, format!("# tart VM {name}\n")))
+                .map_err(|e| HypervisorError::Refused {
+                    code: "clone-failed",
+                    message: format!("cannot write {}: {e}", vm.display()),
+                })?;
+        }
         let args: [OsString; 2] = [gold_name(gold).into(), name.clone().into()];
         self.call(
             "clone",
@@ -413,15 +455,6 @@ impl Hypervisor for Tart {
             self.settings.timeouts.clone,
             Some(cancel),
         )?;
-        // The record folder's marker: the rest of the server knows a VM by this path.
-        if let Some(dir) = vm.parent() {
-            fs::create_dir_all(dir)
-                .and_then(|()| fs::write(vm, format!("# tart VM {name}\n")))
-                .map_err(|e| HypervisorError::Refused {
-                    code: "clone-missing",
-                    message: format!("cannot write {}: {e}", vm.display()),
-                })?;
-        }
         Ok(())
     }
 
@@ -490,23 +523,30 @@ impl Hypervisor for Tart {
     }
 
     fn open_log(&self, vm: &Path) -> std::io::Result<Option<(File, u64)>> {
-        let path = vm.parent().unwrap_or(Path::new("/")).join(RUN_LOG);
-        match File::open(&path) {
-            Ok(file) => {
-                let len = file.metadata()?.len();
-                Ok(Some((file, len)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        vmware_log::open_file(vm.parent().unwrap_or(Path::new("/")), RUN_LOG)
+    }
+
+    fn ended(&self, vm: &Path) -> Ended {
+        let Some(dir) = vm.parent() else {
+            return Ended::PoweredOff;
+        };
+        let lines = vmware_log::tail_file(dir, RUN_LOG, 400).unwrap_or_default();
+        match runner::ended(&lines.join("\n")) {
+            Ok(()) => Ended::PoweredOff,
+            Err(message) => Ended::Died {
+                message,
+                log_tail: self.log_tail(vm),
+            },
         }
     }
 
     fn log_tail(&self, vm: &Path) -> Option<LogTail> {
-        let path = vm.parent()?.join(RUN_LOG);
-        let text = fs::read_to_string(&path).ok()?;
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let lines = lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec();
-        (!lines.is_empty()).then_some(LogTail { path, lines })
+        let dir = vm.parent()?;
+        let lines = vmware_log::tail_file(dir, RUN_LOG, vmware_log::TAIL_LINES)?;
+        (!lines.is_empty()).then(|| LogTail {
+            path: dir.join(RUN_LOG),
+            lines,
+        })
     }
 
     fn start(&self, vm: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
@@ -525,6 +565,9 @@ impl Hypervisor for Tart {
     /// `tart stop` is a power-off (SIGINT to the runner, then SIGKILL): `hard` waits less.
     fn stop(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         let name = vm_name(vm);
+        if !is_ours(vm) {
+            return Ok(());
+        }
         let wait = if hard { 5 } else { 30 };
         let args: [OsString; 3] = [
             name.clone().into(),
@@ -555,6 +598,9 @@ impl Hypervisor for Tart {
 
     fn delete_vm(&self, vm: &Path) -> Result<(), HypervisorError> {
         let name = vm_name(vm);
+        if !is_ours(vm) {
+            return Ok(());
+        }
         match self.call(
             "delete",
             Some(&name),
@@ -614,7 +660,8 @@ impl Hypervisor for Tart {
 }
 
 /// `tart ip` with the resolver that fits the network: bridged VMs are not in the Mac's
-/// DHCP leases, only in its ARP cache. "Nothing found" is "no address yet".
+/// DHCP leases, only in its ARP cache. "Nothing found" is no sign of the guest yet (the
+/// boot watchdog stays armed); "is your VM running?" is a VM whose runner has gone.
 fn ip(
     tart: &Tart,
     vm: &Path,
@@ -623,10 +670,10 @@ fn ip(
 ) -> Result<IpAnswer, HypervisorError> {
     let name = vm_name(vm);
     let spec = Tart::run_spec(vm);
-    let resolver = if spec.network_type == "bridged" {
-        "arp"
+    let (resolver, source) = if spec.network_type == "bridged" {
+        ("arp", IpSource::Arp)
     } else {
-        "dhcp"
+        ("dhcp", IpSource::DhcpLease)
     };
     let mut args: Vec<OsString> = vec![name.clone().into(), "--resolver".into(), resolver.into()];
     let timeout = match wait {
@@ -640,13 +687,17 @@ fn ip(
     };
     match tart.call("ip", Some(&name), &args, timeout, Some(cancel)) {
         Ok(out) => match out.trim() {
-            "" => Ok(IpAnswer::NoAddress),
-            address => Ok(IpAnswer::Address(address.to_string())),
+            "" => Ok(IpAnswer::NoTools),
+            address => Ok(IpAnswer::Found(address.to_string(), source)),
         },
-        Err(HypervisorError::Failed { message, .. })
+        Err(HypervisorError::Failed { call, message })
             if message.starts_with("no IP address found") =>
         {
-            Ok(IpAnswer::NoAddress)
+            if message.contains("is your VM running") {
+                Err(HypervisorError::NotPoweredOn { call, message })
+            } else {
+                Ok(IpAnswer::NoTools)
+            }
         }
         Err(err) => Err(err),
     }

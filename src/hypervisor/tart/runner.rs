@@ -16,6 +16,9 @@ use super::{vm_name, Tart, GUEST_DIR, RUN_LOG, SHARE_NAME};
 use crate::hypervisor::{Call, HypervisorError};
 use crate::sys::cancel::Cancel;
 
+/// Starts the server's line before each run in the runner's log.
+pub const RUN_MARKER: &str = "--- osx-builder: ";
+
 /// How long a runner must live with its VM listed running before the start counts.
 const START_SETTLE: Duration = Duration::from_secs(1);
 
@@ -27,6 +30,7 @@ pub fn start(
     cancel: &Cancel,
 ) -> Result<(), HypervisorError> {
     let name = vm_name(vm);
+    let began = Instant::now();
     let call = Call {
         tool: "tart",
         command: "run",
@@ -69,6 +73,21 @@ pub fn start(
         .append(true)
         .open(&log_path)
         .map_err(spawn_error)?;
+    // Each run's lines follow a line of ours, so that how a run ended is read from its
+    // own lines, not an earlier run's.
+    {
+        use std::io::Write;
+        let mut marker = &log;
+        let _ = writeln!(
+            marker,
+            "{RUN_MARKER}tart {} at {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            crate::sys::time::rfc3339_now()
+        );
+    }
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let err_log = log.try_clone().map_err(spawn_error)?;
     let mut command = Command::new(&tart.settings.path);
@@ -121,6 +140,11 @@ pub fn start(
                 .spawn(move || {
                     let _ = child.wait();
                 });
+            // As every other tart call is (benches/provision_overhead reads it).
+            crate::debug!(
+                "tart run {name} -> ok in {} ms",
+                began.elapsed().as_millis()
+            );
             return Ok(());
         }
         if cancel.is_cancelled() || Instant::now() >= deadline {
@@ -140,6 +164,31 @@ pub fn start(
     }
 }
 
+/// How the last run in the runner's log `text` ended, tart's words deciding: a guest
+/// shutdown or a stop (SIGINT) is a power-off; an error, or no word at all (SIGKILL,
+/// SIGTERM and SIGHUP end tart and the VM with it), a death.
+pub fn ended(text: &str) -> Result<(), String> {
+    let run = text.rsplit(RUN_MARKER).next().unwrap_or(text);
+    // The marker's own line is what follows the marker.
+    let lines: Vec<&str> = run.lines().skip(1).collect();
+    let last = lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty() && !l.starts_with("Failed to perform garbage collection"));
+    match last {
+        Some("guest has stopped the virtual machine" | "Stopping VM...") => Ok(()),
+        Some(_) => Err(format!(
+            "tart run ended behind the server's back: {}",
+            super::errors::message(&lines.join("\n"))
+        )),
+        None => Err(
+            "tart run ended behind the server's back without a word: its process was killed (SIGKILL, SIGTERM or SIGHUP end tart and its VM with it), or the Mac's Virtualization framework ended it"
+                .into(),
+        ),
+    }
+}
+
 fn runs(tart: &Tart, name: &str) -> bool {
     tart.list_ours()
         .is_ok_and(|vms| vms.iter().any(|(n, running)| n == name && *running))
@@ -152,5 +201,30 @@ pub fn wait_stopped(tart: &Tart, vm: &Path, limit: Duration) {
     let end = Instant::now() + limit;
     while Instant::now() < end && runs(tart, &name) {
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_run_of_the_log_says_how_it_ended() {
+        let run = |body: &str| format!("{RUN_MARKER}tart run osxb-a at t\n{body}");
+        let earlier = run("Stopping VM...\n");
+        for (log, powered_off) in [
+            (run("guest has stopped the virtual machine\n"), true),
+            (run("Stopping VM...\nFailed to perform garbage collection: x\n"), true),
+            // A run killed after an earlier one stopped cleanly: the earlier words do
+            // not speak for it.
+            (format!("{earlier}{}", run("")), false),
+            (run("Error Domain=VZErrorDomain Code=2 \"The virtual machine stopped unexpectedly.\"\n"), false),
+        ] {
+            assert_eq!(ended(&log).is_ok(), powered_off, "{log}");
+        }
+        let died = ended(&run("")).unwrap_err();
+        assert!(died.contains("without a word"), "{died}");
+        let crashed = ended(&run("boom\n")).unwrap_err();
+        assert!(crashed.ends_with("boom"), "{crashed}");
     }
 }

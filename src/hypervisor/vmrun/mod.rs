@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config;
 use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
-use crate::hypervisor::{locks, Configured, LogTail, VmSettings};
+use crate::hypervisor::{locks, Configured, Ended, LogTail, VmSettings};
 use crate::sys::cancel::Cancel;
 use crate::sys::log::{self, Fields, Level};
 use crate::sys::sync::LockUnpoisoned;
@@ -631,6 +631,23 @@ impl super::Hypervisor for Vmrun {
 
     fn kind(&self) -> &'static str {
         "vmware"
+    }
+
+    /// A VMware VM powered off behind the server's back (Fusion's window, `vmrun stop`, a
+    /// guest shutdown) is stopped: vmware.log tells a crash from those only in words that
+    /// vary by version.
+    fn ended(&self, _vmx: &Path) -> Ended {
+        Ended::PoweredOff
+    }
+
+    fn tool(&self) -> &'static str {
+        "vmrun"
+    }
+
+    /// vmrun prints its version only in its usage text: the path is what says which.
+    fn describe(&self) -> Result<String, HypervisorError> {
+        self.check_available()?;
+        Ok(format!("vmrun at {}", self.settings.path.display()))
     }
 
     fn start_timeout(&self) -> Duration {

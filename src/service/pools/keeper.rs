@@ -234,7 +234,7 @@ impl Service {
         }
         let vmx = self.store.vmx_path(vm.id);
         let healthy = match self.hypervisor.guest_ip(&vmx, &Cancel::new()) {
-            Ok(IpAnswer::Address(ip)) => ip.trim() == vm.ip_address,
+            Ok(IpAnswer::Address(ip) | IpAnswer::Found(ip, _)) => ip.trim() == vm.ip_address,
             Ok(IpAnswer::NoAddress | IpAnswer::NoTools) => false,
             Err(crate::hypervisor::HypervisorError::NotPoweredOn { .. }) => false,
             // vmrun itself is failing: not this VM's fault; asked again next round.
