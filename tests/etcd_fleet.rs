@@ -269,10 +269,10 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
     wait_until("h0 to see itself draining", Duration::from_secs(10), || {
         fleet.record(0, "h0").is_some_and(|r| r["draining"] == true)
     });
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!((status, &vm["host"]), (202, &json!("h1")), "{vm}");
     // h1 is full and h0 drains: refused.
-    let (status, refusal) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 503, "{refusal}");
     let id = vm["id"].as_str().unwrap();
     let deleted = request(
@@ -296,7 +296,7 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
     // h1 dies: the next forward fails (h0 still sees h1 until its lease ends), and then
     // h0 counts the host lost.
     fleet.hosts[1].take().unwrap().kill();
-    let (status, refusal) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 503, "{refusal}");
     wait_until("h0 to count h1 lost", Duration::from_secs(15), || {
         metric_on(&fleet, 0, "osx_builder_fleet_hosts_lost_total ") == 1.0

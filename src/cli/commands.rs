@@ -659,9 +659,10 @@ fn health(context: &Context) -> Result<(), Failure> {
     none(context)?;
     let health = match context.client.send("GET", "/healthz", None, &[]) {
         Ok(reply) => reply.json()?,
+        // 503 is a failing check: with the checks, or (without the token) the status alone.
         Err(Failure::Api {
             status: 503, body, ..
-        }) if body.get("checks").is_some() => body,
+        }) if body.get("checks").is_some() || body.get("status").is_some() => body,
         Err(other) => return Err(other),
     };
     if context.json {
@@ -681,7 +682,10 @@ fn health(context: &Context) -> Result<(), Failure> {
     }
     Err(Failure::Failed {
         code: health["code"].as_str().unwrap_or("unhealthy").into(),
-        message: health["message"].as_str().unwrap_or("").into(),
+        message: health["message"]
+            .as_str()
+            .unwrap_or("the server says it is failing")
+            .into(),
     })
 }
 
