@@ -26,7 +26,7 @@ pub enum ImagePhase {
 }
 
 impl ImagePhase {
-    const ALL: [ImagePhase; 5] = [
+    pub(crate) const ALL: [ImagePhase; 5] = [
         Self::Downloading,
         Self::Verifying,
         Self::Unpacking,
