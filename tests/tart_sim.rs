@@ -319,9 +319,14 @@ fn boot_jitter_delays_the_lease_by_what_it_records() {
     // ip ignoring the jitter would answer too early.
     let (runner, lease) = (0..40)
         .find_map(|_| {
+            // The runner writes the lease just after it holds the VM: wait for this run's.
+            let _ = fs::remove_file(&lease_path);
             let runner = home.run("a", &[], &[("TART_SIM_BOOT_JITTER_MS", "400")]);
-            let lease: serde_json::Value =
-                serde_json::from_slice(&fs::read(&lease_path).unwrap()).unwrap();
+            let read = || -> Option<serde_json::Value> {
+                serde_json::from_slice(&fs::read(&lease_path).ok()?).ok()
+            };
+            home.until(|| read().is_some(), "the run's lease");
+            let lease = read().unwrap();
             let jitter = lease["jitter_ms"].as_u64().unwrap();
             assert!(jitter <= 400, "{lease}");
             if jitter >= 100 {
