@@ -482,6 +482,22 @@ fn vm_list_shows_pools_and_labels_filters_and_prints_ids() {
     let server = format!("--server={}", w.server.base);
     let out = bare(&[&server, "vm", "list", "-q", "--pool", "warm"]);
     assert_eq!(text(&out.stdout), format!("{idle}\n"), "{}", show(&out));
+
+    // A create the pool serves runs with its IP in the 202: `--wait` says "ready" once.
+    let out = client(&w.server.base, &create_args(&w, &["--wait"]));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        field(&text(&out.stdout), "id"),
+        Some(idle),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "one line, the result: {}",
+        show(&out)
+    );
 }
 
 /// The token from a file (`--token-file`, `OSX_BUILDER_TOKEN_FILE`), never the command line;

@@ -454,6 +454,51 @@ fn oci_pull_pinned_listing_escaped_and_pruning() {
     assert!(calls.lines().any(|l| l.contains("\"no_auto_prune\":true")));
 }
 
+/// As tart: a pull files the image under the digest of the manifest served, and a digest
+/// asked for that the served manifest does not have is only a symlink to it.
+#[test]
+fn a_manifest_of_another_digest_is_filed_under_its_own_and_deletes_clean_up() {
+    use sha2::Digest;
+    let home = Home::new("oci-mismatch");
+    let registry = home.root.join("registry");
+    let asked = format!("sha256:{}", "ee".repeat(32));
+    let served: String = sha2::Sha256::digest(b"{\"layers\": []}")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let source = registry.join("ghcr.io/org/macos/manifests").join(&asked);
+    make_vm(&source, "darwin", "aa:00:00:00:00:07");
+    fs::write(source.join("manifest.json"), b"{\"layers\": []}").unwrap();
+    let reg = [("TART_SIM_REGISTRY", registry.to_str().unwrap())];
+    let pinned = format!("ghcr.io/org/macos@{asked}");
+    assert_eq!(home.tart(&["pull", &pinned], &reg).code, Some(0));
+    let names: Vec<String> = home
+        .tart(&["list", "--format", "json", "--source", "oci"], &[])
+        .stdout
+        .parse::<serde_json::Value>()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("ghcr.io/org/macos:{asked}"),
+            format!("ghcr.io/org/macos@sha256:{served}")
+        ]
+    );
+    let by_served = format!("ghcr.io/org/macos@sha256:{served}");
+    assert_eq!(home.tart(&["delete", &by_served], &[]).code, Some(0));
+    // The name asked for pointed at it: gone with it.
+    let out = home.tart(&["list", "--format", "json", "--source", "oci"], &[]);
+    assert_eq!(out.stdout.trim(), "[]", "{out:?}");
+    let out = home.tart(&["delete", &pinned], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
+}
+
 #[test]
 fn a_hung_call_ends_only_when_its_group_is_killed() {
     let home = Home::new("hang");

@@ -630,6 +630,15 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The bare cost of one fsync on this disk: a new small file written and flushed.
+pub fn fsync_once(root: &Path, n: usize) -> Duration {
+    let started = Instant::now();
+    let mut file = std::fs::File::create(root.join(format!("fsync-{n}"))).unwrap();
+    file.write_all(&[b' '; 450]).unwrap();
+    file.sync_all().unwrap();
+    started.elapsed()
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[Duration], pct: f64) -> Duration {
     if sorted.is_empty() {
