@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::etcd::{watch_prefix, Client, EtcdError, WatchEnd};
+use super::etcd::{watch_prefix, Client, EtcdError, Kv, WatchEnd};
 use super::forward::Peers;
 use super::metrics::FleetMetrics;
 use super::record::{DirEntry, HostRecord, Keys, PoolIdle, Slots};
@@ -490,6 +490,10 @@ impl Node {
 
     /// Compare-and-swap of a host's slots: `change` edits them (true: write) until a write
     /// wins or `change` says there is nothing to do. Returns whether it wrote.
+    ///
+    /// The first try starts from the view, which can lag etcd by a watch event: a front
+    /// door that releases the slot it claimed a moment ago may not see its own claim there
+    /// yet. So "nothing to do" is only believed of etcd's own copy.
     pub fn change_slots(
         &self,
         host: &str,
@@ -501,20 +505,29 @@ impl Node {
             Some(k) => (k.value, k.mod_revision),
             None => (Slots::default(), 0),
         };
+        let mut from_view = true;
+        let read = |kv: Option<Kv>| match kv {
+            Some(kv) if kv.mod_revision != 0 => (
+                serde_json::from_slice(&kv.value).unwrap_or_default(),
+                kv.mod_revision,
+            ),
+            _ => (Slots::default(), 0),
+        };
         for _ in 0..20 {
             if !change(&mut slots) {
-                return Ok(false);
+                if !from_view {
+                    return Ok(false);
+                }
+                from_view = false;
+                (slots, revision) = read(self.client.get(key.as_bytes())?);
+                continue;
             }
             let bytes = serde_json::to_vec(&slots).unwrap_or_default();
             match self.client.put_if(key.as_bytes(), revision, &bytes, 0)? {
                 None => return Ok(true),
                 Some(current) => {
-                    revision = current.mod_revision;
-                    slots = if current.mod_revision == 0 {
-                        Slots::default()
-                    } else {
-                        serde_json::from_slice(&current.value).unwrap_or_default()
-                    };
+                    from_view = false;
+                    (slots, revision) = read(Some(current));
                 }
             }
         }
