@@ -3,7 +3,8 @@
 //! the hosts that hold each image, `osx-builder host list`, a host with no disk room (h2,
 //! whose --min-free-disk is larger than any disk) never chosen to download and named as the
 //! reason of a refusal, one idempotency key under two tokens, the slot of a create its host
-//! refused freed at once, and the list's filters applied to the VMs of a host that died.
+//! refused freed at once, the list's filters applied to the VMs of a host that died, and
+//! such a VM, deleted, destroyed by its host when it comes back.
 
 mod common;
 
@@ -381,6 +382,35 @@ fn images_and_hosts_across_the_fleet() {
     );
     assert_eq!(ids(&format!("host={b_host}")), [b_id.as_str()]);
     assert_eq!(ids("pool=p"), Vec::<String>::new());
+
+    // Deleted while its host is gone, the VM is gone for good: its host, back on the same
+    // folder, destroys it instead of running it on.
+    let a_on_h2 = fleet.host(2).url(&format!("/vms/{a_id}"));
+    let on_h2 = |method: &str| request(method, &a_on_h2, None, &[]).0;
+    assert_eq!(on_h2("DELETE"), 204);
+    assert_eq!(on_h2("GET"), 404);
+    assert_eq!(ids(""), [b_id.as_str()]);
+    fleet.hosts[dead] = Some(fleet.launch(dead, roomy));
+    fleet.wait_hosts(3);
+    wait_until(
+        "the dead host, back, to destroy the deleted VM",
+        Duration::from_secs(20),
+        || {
+            let (_, local) = request(
+                "GET",
+                &fleet.host(dead).url("/vms"),
+                None,
+                &[("X-OSX-Builder-Forwarded-By", "test")],
+            );
+            local.as_array().is_some_and(Vec::is_empty)
+        },
+    );
+    assert_eq!(on_h2("GET"), 404);
+    assert!(
+        fleet.host(dead).log().contains("destroying it"),
+        "{}",
+        fleet.host(dead).log()
+    );
 }
 
 /// A server without --etcd: `host list` says it is not part of a fleet; a pre-warm with

@@ -209,6 +209,7 @@ impl Node {
         let entry = DirEntry {
             host: host.to_string(),
             vm: serde_json::from_slice(&with_host(body, host)).unwrap_or(vm),
+            deleted: false,
         };
         let bytes = serde_json::to_vec(&entry).unwrap_or_default();
         if let Err(err) = self
@@ -344,7 +345,7 @@ impl Node {
             crate::warn!("fleet: skipped the directory entry of vm={id}: it does not parse");
             return Ok(Located::Unknown);
         };
-        if entry.host == self.name {
+        if entry.host == self.name || entry.deleted {
             return Ok(Located::Unknown);
         }
         match self.view.host(&entry.host) {
@@ -370,10 +371,22 @@ impl Node {
     }
 
     /// Forgets the directory entry of a VM whose host is gone (`DELETE` of a lost VM).
+    /// Its entry becomes a tombstone: were the host only cut off, it destroys the VM when
+    /// it comes back instead of running it on.
     pub fn forget(&self, id: VmId) -> Result<(), FleetError> {
-        Ok(self
-            .client
-            .delete(self.keys.vm(&id.to_string()).as_bytes())?)
+        let key = self.keys.vm(&id.to_string());
+        let Some(kv) = self.client.get(key.as_bytes())? else {
+            return Ok(());
+        };
+        let Ok(mut entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
+            return Ok(self.client.delete(key.as_bytes())?);
+        };
+        entry.deleted = true;
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        // Rewritten meanwhile (its host came back): the next call sees the host.
+        self.client
+            .put_if(key.as_bytes(), kv.mod_revision, &bytes, 0)?;
+        Ok(())
     }
 
     /// `GET /vms` across the fleet: this host's VMs, each live host's (asked at once, with
@@ -427,7 +440,9 @@ impl Node {
                 let Ok(entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
                     continue;
                 };
-                let gone = entry.host != self.name && self.view.host(&entry.host).is_none();
+                let gone = entry.host != self.name
+                    && !entry.deleted
+                    && self.view.host(&entry.host).is_none();
                 if !gone || host.is_some_and(|h| h != entry.host) {
                     continue;
                 }

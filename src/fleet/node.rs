@@ -305,8 +305,10 @@ impl Node {
     fn rejoin(&self) {
         match self.register() {
             Ok(Registered::Yes) => {
-                self.reconcile();
+                // Cleared first: reconcile marks the entries of the VMs it destroys as not
+                // to be rewritten, so they stay as the fleet left them.
                 self.directory.lock_unpoisoned().clear();
+                self.reconcile();
                 self.set_standing("joined", None);
             }
             Ok(Registered::NameTaken(url)) => self.set_standing(
@@ -342,7 +344,9 @@ impl Node {
                 .flatten()
                 .and_then(|kv| serde_json::from_slice::<DirEntry>(&kv.value).ok());
             let declared_lost = entry.as_ref().is_some_and(|e| {
-                e.host != self.name || e.vm["error"]["code"].as_str() == Some(HOST_LOST)
+                e.host != self.name
+                    || e.deleted
+                    || e.vm["error"]["code"].as_str() == Some(HOST_LOST)
             });
             if declared_lost {
                 lost += 1;
@@ -428,6 +432,7 @@ impl Node {
             let entry = DirEntry {
                 host: self.name.clone(),
                 vm: object,
+                deleted: false,
             };
             let bytes = serde_json::to_vec(&entry).unwrap_or_default();
             self.client.put(self.keys.vm(&id).as_bytes(), &bytes, 0)?;
@@ -442,8 +447,10 @@ impl Node {
             let key = self.keys.vm(&id);
             // Only our own entry: one the fleet rewrote after a loss stays as it is.
             if let Some(kv) = self.client.get(key.as_bytes())? {
-                let ours = serde_json::from_slice::<DirEntry>(&kv.value)
-                    .is_ok_and(|e| e.host == self.name && e.vm["error"]["code"] != HOST_LOST);
+                // A tombstone goes with the VM its client deleted.
+                let ours = serde_json::from_slice::<DirEntry>(&kv.value).is_ok_and(|e| {
+                    e.host == self.name && (e.deleted || e.vm["error"]["code"] != HOST_LOST)
+                });
                 if ours {
                     self.client.delete_if(key.as_bytes(), kv.mod_revision)?;
                 }
@@ -647,7 +654,7 @@ fn mark_lost(
         let Ok(mut entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
             continue;
         };
-        if entry.host != host.name || entry.vm["error"]["code"] == HOST_LOST {
+        if entry.host != host.name || entry.deleted || entry.vm["error"]["code"] == HOST_LOST {
             continue;
         }
         if entry.vm.is_object() {
@@ -748,6 +755,7 @@ mod tests {
         let entry = DirEntry {
             host: "mac-2".into(),
             vm: serde_json::json!({"id": "x", "status": "running", "ip_address": "10.0.0.2"}),
+            deleted: false,
         };
         let vm = lost_object(&entry);
         assert_eq!(vm["status"], "failed");

@@ -3,7 +3,8 @@
 //! - `slots/<name>`: the VM ids placed on that host ([`Slots`]), changed only by
 //!   compare-and-swap, so that two front doors never both take its last place;
 //! - `vms/<id>`: the fleet's directory ([`DirEntry`]): owner and last VM object, without a
-//!   lease, so a dead host's VMs can still be answered for;
+//!   lease, so a dead host's VMs can still be answered for (and a tombstone when a client
+//!   deletes one, until its host comes back and destroys it);
 //! - `idempotency/<sha256 of the caller's credential and the key>`: which host a client's
 //!   idempotency key went to, per credential, so two tokens' keys never meet;
 //! - `lost/<name>/<lease>`: the marker one survivor creates to handle a host's death.
@@ -63,6 +64,11 @@ pub struct DirEntry {
     /// The VM object as its owner last answered it; `null` while it is being placed.
     #[serde(default)]
     pub vm: Value,
+    /// A client deleted the VM while its host was gone: the entry stays as a tombstone, so
+    /// that the host, if it comes back, destroys the VM rather than claim it again (it
+    /// removes the entry then). Answered as unknown meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// The keys of one fleet.
