@@ -280,7 +280,7 @@ fn slow_vmrun(root: &Path, floor_idle: &[Duration]) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for n in 0..SEQUENTIAL {
         sequential.push(post_once(&body));
-        seq_fsync.push(fsync_once(&scratch, n));
+        seq_fsync.push(common::fsync_once(&scratch, n));
         seq_record.push(record_once(&scratch, n));
         seq_get.push(get_once());
     }
@@ -386,15 +386,6 @@ fn at_once(
         .into_iter()
         .map(|t| t.join().expect("bench thread"))
         .collect()
-}
-
-/// The bare cost of one fsync on this disk: a new small file written and flushed.
-fn fsync_once(root: &Path, n: usize) -> Duration {
-    let started = Instant::now();
-    let mut file = std::fs::File::create(root.join(format!("fsync-{n}"))).unwrap();
-    file.write_all(&[b' '; 450]).unwrap();
-    file.sync_all().unwrap();
-    started.elapsed()
 }
 
 fn image_json(url: &str, checksum: &str) -> Value {

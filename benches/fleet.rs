@@ -330,6 +330,8 @@ fn simulated_host(n: usize, lease: i64) -> (HostRecord, Slots) {
             "ready": n % 2,
         }],
         "draining": n.is_multiple_of(10),
+        // GiB an image download may take; a quarter have none left.
+        "disk_room": (n % 4) * 50,
         "version": env!("CARGO_PKG_VERSION"),
         "lease": lease.to_string(),
     });

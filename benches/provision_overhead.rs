@@ -1,136 +1,220 @@
-//! Overhead per VM: with the simulator's delays at zero and the gold image cached (warmed by
-//! one VM first), the time from `POST /vms` to `running` with an IP, split by step from the
-//! server's log timestamps (ms) and the simulator's own `calls.log`, to show where the time
-//! goes; the server's own share is everything but waiting on vmrun.
+//! Overhead per VM: with the gold image cached (warmed by one VM first), the time from
+//! `POST /vms` to `running` with an IP, split by step from the server's log (each call of
+//! the hypervisor's tool is a line with its duration) and the simulator's own `calls.log`,
+//! to show where the time goes. The server's own share is everything but waiting on the tool
+//! and the pauses `--ip-poll-interval` asks for between IP queries. Each VM is deleted before
+//! the next is made.
 //!
-//! `cargo bench --bench provision_overhead` (`OSXB_BENCH_VMS` VMs, one at a time; default 20).
+//! `cargo bench --bench provision_overhead`: VMware through vmrun-sim without delays,
+//! `OSXB_BENCH_VMS` VMs (20), one at a time, each polled every 0.2 ms.
+//!
+//! `cargo bench --bench provision_overhead -- --hypervisor tart`: tart through tart-sim with
+//! a real tart's delays (`common::TART_DELAYS`) and guests that have their DHCP lease
+//! `--boot-ms` (5000) plus 0 to `--boot-jitter-ms` (3000) at random after `tart run` holds
+//! them (so that IP polling meets leases at every phase of its cycle), 10 VMs, each followed
+//! with long polls as a coordinator does; then `--direct` (5) VMs made by this program with
+//! the tart commands a script would run (`clone`, `set`, `run`, `ip --wait`): the
+//! reference, compared up to the moment tart holds the VM and from the lease to the IP.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::harness::{gold_tar_gz, http::FileServer, sha1_hex};
-use common::{BenchServer, TempDir};
+use common::harness::{http, http::FileServer, sha1_hex, TART_SIM_BIN};
+use common::{BenchServer, Hv, TempDir};
 use serde_json::{json, Value};
 
 fn main() {
     common::print_machine();
+    let hv = common::hypervisor_arg();
+    let tart = hv == Hv::Tart;
     let vms: usize = std::env::var("OSXB_BENCH_VMS")
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(20);
+        .unwrap_or(if tart { 10 } else { 20 });
+    let boot_ms = common::arg("--boot-ms", if tart { 5000 } else { 0 });
+    let jitter_ms = if tart {
+        common::arg("--boot-jitter-ms", 3000)
+    } else {
+        0
+    };
+    let direct = common::arg("--direct", if tart { 5 } else { 0 }) as usize;
 
     let dir = TempDir::new("bench-overhead");
     let root = dir.path().canonicalize().unwrap();
-    let (data, sim) = (root.join("data"), root.join("sim"));
+    let sim = hv.sim_state(&root);
     let files = FileServer::start();
-    let archive = gold_tar_gz("box");
+    let archive = hv.gold_tar_gz("box");
     let checksum = sha1_hex(&archive);
     let url = files.add("/gold.tar.gz", archive);
-    let server = common::start_server(&data, &sim, &[], &[]);
+    let (boot, jitter) = (boot_ms.to_string(), jitter_ms.to_string());
+    let mut env = vec![(common::boot_env(hv), boot.as_str())];
+    if tart {
+        env.push(("TART_SIM_BOOT_JITTER_MS", &jitter));
+    }
+    let server = common::start_server_on(hv, &root, &[], &env);
     let ip_poll = setting("--ip-poll-interval");
-    println!("server settings: defaults (--ip-poll-interval {ip_poll}), simulator delays 0");
+    let pause_ms = ip_poll.parse::<f64>().unwrap_or(0.0) * 1e3;
+    let tool = hv.tool();
+    match hv {
+        Hv::Vmware => println!(
+            "server settings: defaults (--ip-poll-interval {ip_poll}), simulator delays 0, guest boot {boot_ms} ms"
+        ),
+        Hv::Tart => println!(
+            "server settings: defaults (--ip-poll-interval {ip_poll}); tart-sim delays '{}' (assumed, not measured on a Mac); guest boot (run holds the VM → DHCP lease) {boot_ms} ms + 0 to {jitter_ms} ms at random",
+            common::tart_delays()
+        ),
+    }
     let body = json!({
         "cpus": 2, "memory": 1024, "network_type": "nat", "headless": true,
         "image": {"url": url, "checksum": checksum, "checksum_type": "sha1"},
     })
     .to_string();
+    let follow = if boot_ms == 0 {
+        Follow::Spin
+    } else {
+        Follow::LongPoll
+    };
 
-    let warm = provision(&server, &body);
+    let warm = provision(hv, &server, &body, follow, boot_ms);
     println!(
-        "warm-up VM (download, unpack, base snapshot): {:.0} ms",
+        "warm-up VM (download, unpack, gold prepared): {:.0} ms",
         warm.total.as_secs_f64() * 1e3
     );
-
+    // Most of the server's own share is fsyncs: their cost on this disk, now, between VMs.
+    let scratch = root.join("fsync-reference");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut fsyncs = Vec::new();
     let mut runs = Vec::new();
-    for _ in 0..vms {
-        runs.push(provision(&server, &body));
+    for i in 0..vms {
+        runs.push(provision(hv, &server, &body, follow, boot_ms));
+        fsyncs.extend((0..3).map(|k| common::fsync_once(&scratch, i * 3 + k)));
     }
     // The log and the call log are written as things happen; give the last lines a moment.
     thread::sleep(Duration::from_millis(200));
     let log = server.log();
     let calls = sim_calls(&sim);
 
-    let mut rows: Vec<Steps> = runs
+    let rows: Vec<Steps> = runs
         .iter()
-        .map(|run| Steps::from_log(&log, &calls, run))
+        .filter_map(|run| Steps::from_log(hv, &log, &calls, run, pause_ms))
         .collect();
-    rows.retain(|r| r.complete);
     println!(
-        "{} VMs, one at a time, each from POST to GET showing running with an IP:",
-        rows.len()
+        "{} VMs, one at a time, each from POST to a GET showing running with an IP ({}):",
+        rows.len(),
+        follow.describe()
     );
     println!();
     println!(
-        "{:<40} {:>9} {:>9}   of which vmrun ran (its own clock), mean ms",
+        "{:<44} {:>9} {:>9}   of which {tool} ran (its own clock), mean ms",
         "step", "mean ms", "median"
     );
-    let print = |name: &str, values: Vec<f64>, own: Option<Vec<f64>>| {
+    for (label, values, own) in Steps::table(&rows) {
         let own = own.map(|o| format!("{:.1}", mean(&o))).unwrap_or_default();
         println!(
-            "{name:<40} {:>9.1} {:>9.1}   {own}",
+            "{label:<44} {:>9.1} {:>9.1}   {own}",
             mean(&values),
             median(values)
         );
-    };
+    }
     let col = |f: fn(&Steps) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
-    print("POST → 202 (client)", col(|r| r.post_ms), None);
-    print("queued → clone spawned", col(|r| r.queue_ms), None);
-    print("clone", col(|r| r.clone_ms), Some(col(|r| r.clone_own_ms)));
-    print(
-        "VMX edit (clone done → start spawned)",
-        col(|r| r.edit_ms),
-        None,
-    );
-    print("start", col(|r| r.start_ms), Some(col(|r| r.start_own_ms)));
-    print(
-        "start done → first IP query spawned",
-        col(|r| r.after_start_ms),
-        None,
-    );
-    print(
-        "first IP (queries until an address)",
-        col(|r| r.ip_ms),
-        Some(col(|r| r.ip_own_ms)),
-    );
-    print("IP known → GET shows it", col(|r| r.tail_ms), None);
-    print(
+    println!(
+        "{:<44} {:>9.1} {:>9.1}",
         "total (client: POST sent → ready seen)",
-        col(|r| r.total_ms),
-        None,
+        mean(&col(|r| r.total_ms)),
+        median(col(|r| r.total_ms))
     );
     println!();
-    let vmrun_seen = col(|r| r.clone_ms + r.start_ms + r.ip_ms);
-    let vmrun_own = col(|r| r.clone_own_ms + r.start_own_ms + r.ip_own_ms);
-    let total = col(|r| r.total_ms);
-    let server_share: Vec<f64> = total.iter().zip(&vmrun_seen).map(|(t, v)| t - v).collect();
-    let spawn_share: Vec<f64> = vmrun_seen
-        .iter()
-        .zip(&vmrun_own)
-        .map(|(s, o)| s - o)
-        .collect();
+    let waiting = col(|r| r.tool_ms);
+    let own_run = col(|r| r.tool_own_ms);
+    let spawn_share: Vec<f64> = waiting.iter().zip(&own_run).map(|(s, o)| s - o).collect();
+    let server_share = col(|r| r.total_ms - r.tool_ms - r.pauses_ms);
+    println!("{tool} calls per VM: {:.1}", mean(&col(|r| r.calls as f64)));
+    let rest = if tart {
+        "process start/exit/reaping, `list`s, and in `run` the driver's wait: `tart list` every 50 ms until the VM is listed running, then 1 s more with it listed, while the guest boots"
+    } else {
+        "process start/exit/reaping and `list`s"
+    };
     println!(
-        "vmrun calls per VM: {:.1} (clone, start, getGuestIPAddress until an address)",
-        rows.iter().map(|r| r.calls as f64).sum::<f64>() / rows.len() as f64
-    );
-    println!(
-        "waiting on vmrun (spawn → exit seen by the server): mean {:.1} ms, of which vmrun's own run {:.1} ms and process start/exit/reaping {:.1} ms",
-        mean(&vmrun_seen),
-        mean(&vmrun_own),
+        "waiting on {tool} (spawn → exit seen by the server): mean {:.1} ms, of which {tool}'s own run {:.1} ms and {:.1} ms {rest}",
+        mean(&waiting),
+        mean(&own_run),
         mean(&spawn_share)
     );
+    if tart {
+        println!(
+            "pauses between IP queries (--ip-poll-interval): mean {:.1} ms; the server logged the IP {:.0} ms (mean; median {:.0}) after the guest's lease appeared",
+            mean(&col(|r| r.pauses_ms)),
+            mean(&col(|r| r.ip_late_ms)),
+            median(col(|r| r.ip_late_ms))
+        );
+    }
+    let target = if tart { 20.0 } else { 10.0 };
+    let share = mean(&server_share);
     println!(
-        "server's own share (total − waiting on vmrun): mean {:.1} ms, median {:.1} ms (target < 10 ms)",
-        mean(&server_share),
-        median(server_share.clone())
+        "server's own share (total − waiting on {tool} − pauses): mean {share:.1} ms, median {:.1} ms; target < {target:.0} ms: {}",
+        median(server_share.clone()),
+        if share < target { "PASS" } else { "MISS" }
     );
+    let fsync_ms: Vec<f64> = fsyncs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    println!(
+        "reference: one fsync of a new 450-byte file on the same disk, {} between the VMs: median {:.2} ms, mean {:.2} ms; the share is {:.0} of them",
+        fsync_ms.len(),
+        median(fsync_ms.clone()),
+        mean(&fsync_ms),
+        share / median(fsync_ms.clone()).max(1e-3)
+    );
+    if direct > 0 {
+        let script = by_hand(&root, &body_of(&body), direct, (boot_ms, jitter_ms));
+        let served: Vec<(f64, f64)> = runs
+            .iter()
+            .filter_map(|run| {
+                let (held, ready) = run.lease?;
+                let seen = run.posted_at_ms + run.total.as_secs_f64() * 1e3;
+                Some((held - run.posted_at_ms, seen - ready))
+            })
+            .collect();
+        println!();
+        println!(
+            "reference: {} VMs made by this program running tart itself (`clone`, `set`, `run` in the background, `ip --wait 120`), one at a time, same delays:",
+            script.len()
+        );
+        println!(
+            "{:<36} {:>22} {:>26} {:>11}",
+            "mean ms", "server (from POST sent)", "tart alone (from `clone`)", "difference"
+        );
+        for (label, pick) in [
+            ("until `tart run` holds the VM", 0),
+            ("from the guest's lease to its IP", 1),
+        ] {
+            let of = |v: &[(f64, f64)]| {
+                mean(
+                    &v.iter()
+                        .map(|p| if pick == 0 { p.0 } else { p.1 })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let (ours, theirs) = (of(&served), of(&script));
+            println!(
+                "{label:<36} {ours:>22.1} {theirs:>26.1} {:>+11.1}",
+                ours - theirs
+            );
+        }
+    }
+}
+
+fn body_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
 /// A setting's default, from `--help` (`--flag  ENV  default`).
 fn setting(flag: &str) -> String {
-    let out = std::process::Command::new(common::SERVER_BIN)
+    let out = Command::new(common::SERVER_BIN)
         .arg("--help")
         .output()
         .expect("osx-builder --help");
@@ -142,14 +226,38 @@ fn setting(flag: &str) -> String {
         .to_string()
 }
 
-struct Run {
-    id: String,
-    post: Duration,
-    total: Duration,
+/// How the client waits for a VM to be ready.
+#[derive(Clone, Copy)]
+enum Follow {
+    /// A plain GET every 0.2 ms: a VM ready in milliseconds is seen at once.
+    Spin,
+    /// `?wait=60` with the last ETag, as a coordinator follows a VM that boots for seconds.
+    LongPoll,
 }
 
-/// POSTs one VM and polls it (every 0.2 ms) until it runs with an IP.
-fn provision(server: &BenchServer, body: &str) -> Run {
+impl Follow {
+    fn describe(self) -> &'static str {
+        match self {
+            Follow::Spin => "a GET every 0.2 ms",
+            Follow::LongPoll => "long polls with If-None-Match",
+        }
+    }
+}
+
+struct Run {
+    id: String,
+    /// When the POST was sent (the system clock, ms, as the simulator's).
+    posted_at_ms: f64,
+    post: Duration,
+    total: Duration,
+    /// tart: when `tart run` held the VM and when its guest's lease appeared (the
+    /// simulator's clock, ms).
+    lease: Option<(f64, f64)>,
+}
+
+/// POSTs one VM, follows it until it runs with an IP, then deletes it.
+fn provision(hv: Hv, server: &BenchServer, body: &str, follow: Follow, boot_ms: u64) -> Run {
+    let posted_at_ms = epoch_ms();
     let started = Instant::now();
     let (status, reply) =
         common::request(server.addr, "POST", "/vms", Some(body.as_bytes())).expect("POST /vms");
@@ -158,135 +266,367 @@ fn provision(server: &BenchServer, body: &str) -> Run {
     let vm: Value = serde_json::from_slice(&reply).unwrap();
     let id = vm["id"].as_str().unwrap().to_string();
     let path = format!("/vms/{id}");
-    let deadline = started + Duration::from_secs(60);
+    let deadline = started + Duration::from_secs(120);
+    let mut etag = String::new();
     loop {
-        let (status, reply) = common::get(server.addr, &path).expect("GET /vms/:id");
-        assert_eq!(status, 200);
-        let vm: Value = serde_json::from_slice(&reply).unwrap();
+        let (status, vm) = match follow {
+            Follow::Spin => {
+                let (status, reply) = common::get(server.addr, &path).expect("GET /vms/:id");
+                (
+                    status,
+                    serde_json::from_slice(&reply).unwrap_or(Value::Null),
+                )
+            }
+            Follow::LongPoll => {
+                let url = format!("http://{}{path}?wait=60", server.addr);
+                let headers: Vec<(&str, &str)> = if etag.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![("If-None-Match", etag.as_str())]
+                };
+                let answer = http::try_call("GET", &url, None, &headers).expect("GET ?wait");
+                if let Some(tag) = answer.header("etag") {
+                    etag = tag.to_string();
+                }
+                if answer.status == 304 {
+                    continue;
+                }
+                (answer.status, answer.json())
+            }
+        };
+        assert_eq!(status, 200, "{vm}");
         assert_ne!(vm["status"], "failed", "{vm}\n{}", server.log());
         if vm["status"] == "running" && vm["ip_address"] != "" {
-            return Run {
-                id,
-                post,
-                total: started.elapsed(),
-            };
+            break;
         }
         assert!(Instant::now() < deadline, "{vm}\n{}", server.log());
-        thread::sleep(Duration::from_micros(200));
+        if let Follow::Spin = follow {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let total = started.elapsed();
+    let lease = (hv == Hv::Tart)
+        .then(|| lease_of(&server.sim_state, &format!("osxb-{id}"), boot_ms))
+        .flatten();
+    let (status, reply) = common::request(server.addr, "DELETE", &path, None).expect("DELETE");
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&reply));
+    Run {
+        id,
+        posted_at_ms,
+        post,
+        total,
+        lease,
     }
 }
 
-/// One VM's steps, in milliseconds.
-#[derive(Default)]
+/// A running tart-sim VM's (held, lease appeared) times in ms: its runner's record says
+/// when it took the VM and its MAC, the MAC's lease how much its boot was drawn longer.
+fn lease_of(sim: &Path, name: &str, boot_ms: u64) -> Option<(f64, f64)> {
+    let read = |path: PathBuf| -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    };
+    let run = read(sim.join("runs").join(format!("{name}.json")))?;
+    let mac = run["mac"].as_str()?.replace(':', "-");
+    let lease = read(sim.join("leases").join(format!("{mac}.json")))?;
+    let held = run["started_at_ms"].as_f64()?;
+    Some((held, held + boot_ms as f64 + lease["jitter_ms"].as_f64()?))
+}
+
+/// One call of the tool on the VM's critical path, as the server logged it (ms).
+struct ToolCall {
+    command: String,
+    start: f64,
+    end: f64,
+}
+
+/// The calls of `vm`'s tool between `created` and `has IP`, from their log lines:
+/// `[vm=<id> ]vmrun COMMAND ...: OUTCOME after N ms[: detail]` or `tart COMMAND osxb-<id> ->
+/// OUTCOME in N ms`. A `list` names no VM: one that runs wholly between two calls of the VM
+/// before its IP queries (the provisioner lists the running VMs before each start) is on the
+/// VM's path; the background listing's others are not.
+fn tool_calls(hv: Hv, segment: &[(f64, &str)], id: &str) -> Vec<ToolCall> {
+    let vm_prefix = format!("vm={id} ");
+    let tart_name = format!("osxb-{id}");
+    let mut calls = Vec::new();
+    let mut lists = Vec::new();
+    for (t, m) in segment {
+        let m = m.strip_prefix(&vm_prefix).unwrap_or(m);
+        let parsed = match hv {
+            Hv::Vmware => m.strip_prefix("vmrun ").and_then(|rest| {
+                let after = rest.split(": ").nth(1)?.split_once(" after ")?.1;
+                let command = rest.split([' ', ':']).next()?;
+                // VMs are made one at a time: every vmrun call in the segment is this VM's.
+                Some((command, after.split(' ').next()?, true))
+            }),
+            Hv::Tart => m.strip_prefix("tart ").and_then(|rest| {
+                let mut words = rest.split_whitespace();
+                let command = words.next()?;
+                let ours = words.next() == Some(tart_name.as_str());
+                Some((command, rest.rsplit(' ').nth(1)?, ours))
+            }),
+        };
+        let Some((command, millis, ours)) = parsed else {
+            continue;
+        };
+        let Ok(millis) = millis.parse::<f64>() else {
+            continue;
+        };
+        let call = ToolCall {
+            command: command.to_string(),
+            start: t - millis,
+            end: *t,
+        };
+        if command == "list" {
+            lists.push(call);
+        } else if ours {
+            calls.push(call);
+        }
+    }
+    let mut on_path = Vec::new();
+    for pair in calls.windows(2) {
+        if is_ip_query(&pair[0].command) {
+            break;
+        }
+        if let Some(i) = lists
+            .iter()
+            .position(|l| l.start >= pair[0].end && l.end <= pair[1].start)
+        {
+            on_path.push(lists.swap_remove(i));
+        }
+    }
+    calls.extend(on_path);
+    calls.sort_by(|a, b| a.start.total_cmp(&b.start));
+    calls
+}
+
+fn is_ip_query(command: &str) -> bool {
+    matches!(command, "getGuestIPAddress" | "ip")
+}
+
+/// One VM's steps, in milliseconds, in the order they happened.
 struct Steps {
-    complete: bool,
+    rows: Vec<(String, f64, Option<f64>)>,
     calls: usize,
-    post_ms: f64,
-    queue_ms: f64,
-    clone_ms: f64,
-    clone_own_ms: f64,
-    edit_ms: f64,
-    start_ms: f64,
-    start_own_ms: f64,
-    after_start_ms: f64,
-    ip_ms: f64,
-    ip_own_ms: f64,
-    tail_ms: f64,
+    tool_ms: f64,
+    tool_own_ms: f64,
+    pauses_ms: f64,
+    ip_late_ms: f64,
     total_ms: f64,
 }
 
 impl Steps {
     /// The VM's log lines run from `vm=<id> created` to `vm=<id> has IP`; VMs were made one
-    /// at a time, so the clone line between them (it names the gold VM, not the clone) is
-    /// this VM's.
-    fn from_log(log: &str, calls: &[Value], run: &Run) -> Steps {
+    /// at a time, so every call of the tool between them is this VM's.
+    /// `pause_ms`: `--ip-poll-interval`.
+    fn from_log(hv: Hv, log: &str, sim: &[Value], run: &Run, pause_ms: f64) -> Option<Steps> {
         let id = &run.id;
         let lines: Vec<(f64, &str)> = log.lines().filter_map(parse_line).collect();
-        let Some(first) = lines
+        let first = lines
             .iter()
-            .position(|(_, m)| *m == format!("vm={id} created"))
-        else {
-            return Steps::default();
-        };
-        let Some(last) = lines[first..]
-            .iter()
-            .position(|(_, m)| m.starts_with(&format!("vm={id} has IP")))
-            .map(|n| first + n)
-        else {
-            return Steps::default();
-        };
-        // vmrun calls on the clone are logged as `vm=<id> vmrun ...`; the clone itself names
-        // the gold VM and has no prefix.
-        let vm_prefix = format!("vm={id} ");
-        let strip = |m: &str| -> String { m.strip_prefix(&vm_prefix).unwrap_or(m).to_string() };
-        let lines: Vec<(f64, String)> = lines[first..=last]
-            .iter()
-            .map(|(t, m)| (*t, strip(m)))
-            .collect();
-        let segment = &lines[..];
-        let at = |pred: &dyn Fn(&str) -> bool| segment.iter().find(|(_, m)| pred(m)).map(|l| l.0);
-        let after = |msg: &str| -> f64 {
-            msg.rsplit_once(" after ")
-                .and_then(|(_, rest)| rest.trim_end_matches(" ms").parse().ok())
-                .unwrap_or(0.0)
-        };
-        let created = segment[0].0;
-        let has_ip = segment[segment.len() - 1].0;
-        let clone_run = at(&|m| m.starts_with("vmrun clone") && m.contains(": running"));
-        let clone_ok = segment
-            .iter()
-            .find(|(_, m)| m.starts_with("vmrun clone") && m.contains(": ok after"));
-        let start_run = at(&|m| m.starts_with("vmrun start") && m.contains(": running"));
-        let start_ok = segment
-            .iter()
-            .find(|(_, m)| m.starts_with("vmrun start") && m.contains(": ok after"));
-        let ip_run = at(&|m| m.starts_with("vmrun getGuestIPAddress") && m.contains(": running"));
-        let ip_calls: Vec<&(f64, String)> = segment
-            .iter()
-            .filter(|(_, m)| m.starts_with("vmrun getGuestIPAddress") && m.contains(" after "))
-            .collect();
-        let (Some(clone_run), Some(clone_ok), Some(start_run), Some(start_ok), Some(ip_run), false) = (
-            clone_run,
-            clone_ok,
-            start_run,
-            start_ok,
-            ip_run,
-            ip_calls.is_empty(),
-        ) else {
-            return Steps::default();
-        };
-        let own = |command: &str| -> f64 {
-            calls
+            .position(|(_, m)| *m == format!("vm={id} created"))?;
+        let last = first
+            + lines[first..]
                 .iter()
-                .filter(|c| {
-                    let args = common::harness::sim_call_args(c);
-                    args.contains(&command) && args.iter().any(|a| a.contains(id.as_str()))
-                })
-                .map(|c| {
-                    c["t_end_ms"].as_f64().unwrap_or(0.0) - c["t_start_ms"].as_f64().unwrap_or(0.0)
-                })
-                .sum()
+                .position(|(_, m)| m.starts_with(&format!("vm={id} has IP")))?;
+        let (created, has_ip) = (lines[first].0, lines[last].0);
+        let calls = tool_calls(hv, &lines[first..=last], id);
+        calls.iter().find(|c| is_ip_query(&c.command))?;
+        let own = |command: &str| -> Option<f64> {
+            if command == "list" {
+                // calls.log cannot tell which list was this VM's.
+                return None;
+            }
+            if hv == Hv::Tart && command == "run" {
+                // Its line in calls.log spans the VM's life: until it held the VM.
+                let spawned = sim_own(sim, id, "run");
+                return match (spawned.first(), run.lease) {
+                    (Some((s, _)), Some((held, _))) => Some(held - s),
+                    _ => None,
+                };
+            }
+            Some(sim_own(sim, id, command).iter().map(|(s, e)| e - s).sum())
         };
         let total_ms = run.total.as_secs_f64() * 1e3;
         let post_ms = run.post.as_secs_f64() * 1e3;
-        Steps {
-            complete: true,
-            calls: 2 + ip_calls.len(),
-            post_ms,
-            queue_ms: clone_run - created,
-            clone_ms: after(&clone_ok.1),
-            clone_own_ms: own("clone"),
-            edit_ms: start_run - clone_ok.0,
-            start_ms: after(&start_ok.1),
-            start_own_ms: own("start"),
-            after_start_ms: ip_run - start_ok.0,
-            ip_ms: ip_calls.iter().map(|(_, m)| after(m)).sum(),
-            ip_own_ms: own("getGuestIPAddress"),
-            // POST → "created" is inside post_ms; the rest is after the IP is logged.
-            tail_ms: total_ms - post_ms - (has_ip - created),
-            total_ms,
+        let mut rows = vec![("POST → 202 (client)".to_string(), post_ms, None)];
+        rows.push((
+            format!("queued → {} spawned", calls[0].command),
+            calls[0].start - created,
+            None,
+        ));
+        let (mut ip_ms, mut between_ms, mut pauses_ms) = (0.0, 0.0, 0.0);
+        for (i, call) in calls.iter().enumerate() {
+            let next = calls.get(i + 1);
+            if is_ip_query(&call.command) {
+                ip_ms += call.end - call.start;
+                if let Some(next) = next {
+                    between_ms += next.start - call.end;
+                    pauses_ms += pause_ms;
+                }
+                continue;
+            }
+            rows.push((
+                call.command.clone(),
+                call.end - call.start,
+                own(&call.command),
+            ));
+            if let Some(next) = next {
+                rows.push((
+                    format!("{} done → {} spawned", call.command, next.command),
+                    next.start - call.end,
+                    None,
+                ));
+            }
         }
+        let ip_command = &calls.iter().find(|c| is_ip_query(&c.command))?.command;
+        rows.push((
+            format!("{ip_command} (all queries until an address)"),
+            ip_ms,
+            own(ip_command),
+        ));
+        rows.push((
+            "between IP queries (incl. the pauses)".to_string(),
+            between_ms,
+            None,
+        ));
+        let last_call = calls.last()?.end;
+        rows.push((
+            "last query done → IP logged".to_string(),
+            has_ip - last_call,
+            None,
+        ));
+        // POST → "created" is inside post_ms; the rest is after the IP is logged.
+        rows.push((
+            "IP logged → GET shows it".to_string(),
+            total_ms - post_ms - (has_ip - created),
+            None,
+        ));
+        let tool_ms = calls.iter().map(|c| c.end - c.start).sum();
+        let mut commands: Vec<&str> = calls.iter().map(|c| c.command.as_str()).collect();
+        commands.dedup();
+        let tool_own_ms = commands.iter().filter_map(|c| own(c)).sum();
+        Some(Steps {
+            rows,
+            calls: calls.len(),
+            tool_ms,
+            tool_own_ms,
+            pauses_ms,
+            ip_late_ms: run.lease.map(|(_, at)| has_ip - at).unwrap_or(0.0),
+            total_ms,
+        })
     }
+
+    /// Each step's values over the VMs (and the tool's own times where there are), in the
+    /// order of the first VM.
+    #[allow(clippy::type_complexity)]
+    fn table(rows: &[Steps]) -> Vec<(String, Vec<f64>, Option<Vec<f64>>)> {
+        let mut order: Vec<String> = Vec::new();
+        let mut values: BTreeMap<String, (Vec<f64>, Option<Vec<f64>>)> = BTreeMap::new();
+        for steps in rows {
+            for (label, ms, own) in &steps.rows {
+                if !order.contains(label) {
+                    order.push(label.clone());
+                }
+                let entry = values.entry(label.clone()).or_default();
+                entry.0.push(*ms);
+                if let Some(own) = own {
+                    entry.1.get_or_insert_with(Vec::new).push(*own);
+                }
+            }
+        }
+        order
+            .into_iter()
+            .filter_map(|label| {
+                let (v, own) = values.remove(&label)?;
+                Some((label, v, own))
+            })
+            .collect()
+    }
+}
+
+/// (start, end) in ms of each call of `command` on the VM `id` in the simulator's calls.log.
+fn sim_own(calls: &[Value], id: &str, command: &str) -> Vec<(f64, f64)> {
+    calls
+        .iter()
+        .filter(|c| {
+            let args = common::harness::sim_call_args(c);
+            args.contains(&command) && args.iter().any(|a| a.contains(id))
+        })
+        .map(|c| {
+            (
+                c["t_start_ms"].as_f64().unwrap_or(0.0),
+                c["t_end_ms"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
+/// The reference on tart: `n` VMs made from the server's gold VM by running tart-sim as a
+/// script would, one at a time, each deleted after. For each (ms): from `clone` until `run`
+/// held the VM, and from the guest's lease until `ip --wait` answered.
+fn by_hand(root: &Path, body: &Value, n: usize, boot: (u64, u64)) -> Vec<(f64, f64)> {
+    let home = root.join("data/tart");
+    let gold = std::fs::read_dir(home.join("vms"))
+        .expect("the server's tart home")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("osxb-gold-"))
+        .expect("the server's gold VM");
+    let tart = |args: &[&str]| -> String {
+        let out = tart_command(&home, boot)
+            .args(args)
+            .output()
+            .expect("run tart-sim");
+        assert!(
+            out.status.success(),
+            "tart {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (cpus, memory) = (body["cpus"].to_string(), body["memory"].to_string());
+    (0..n)
+        .map(|k| {
+            let name = format!("bench-direct-{k}");
+            let started = epoch_ms();
+            tart(&["clone", &gold, &name]);
+            tart(&["set", &name, "--cpu", &cpus, "--memory", &memory]);
+            let mut runner = tart_command(&home, boot)
+                .args(["run", "--no-graphics", &name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tart run");
+            let ip = tart(&["ip", &name, "--wait", "120"]);
+            let answered = epoch_ms();
+            assert!(!ip.is_empty());
+            let (held, ready) = lease_of(&home.join(".sim"), &name, boot.0).expect("its lease");
+            tart(&["stop", &name]);
+            let _ = runner.wait();
+            tart(&["delete", &name]);
+            (held - started, answered - ready)
+        })
+        .collect()
+}
+
+/// tart-sim as the server runs it, with the benchmark's delays and boot.
+fn tart_command(home: &Path, (boot_ms, jitter_ms): (u64, u64)) -> Command {
+    let mut command = Command::new(PathBuf::from(TART_SIM_BIN));
+    command
+        .env("TART_HOME", home)
+        .env("TART_NO_AUTO_PRUNE", "1")
+        .env("TART_SIM_FAULTS", common::tart_delays())
+        .env("TART_SIM_BOOT_MS", boot_ms.to_string())
+        .env("TART_SIM_BOOT_JITTER_MS", jitter_ms.to_string());
+    command
 }
 
 /// `2026-11-24T17:00:00.123Z INFO  message` → (milliseconds, message).
@@ -320,7 +660,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn sim_calls(sim: &std::path::Path) -> Vec<Value> {
+fn sim_calls(sim: &Path) -> Vec<Value> {
     std::fs::read_to_string(sim.join("calls.log"))
         .unwrap_or_default()
         .lines()

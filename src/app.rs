@@ -87,8 +87,11 @@ pub fn build(
             window: config.download_min_rate_window,
         },
         max_downloads: config.max_downloads,
+        vm_format: crate::image::VmFormat::for_hypervisor(hypervisor.kind()),
     })
     .map_err(|e| format!("cannot open the image cache: {e}"))?;
+    images.set_gold_host(Arc::new(crate::image::HypervisorGolds(hypervisor.clone())));
+    guard.set_vm_format(crate::image::VmFormat::for_hypervisor(hypervisor.kind()));
     let (store, unloaded) = VmStore::open(&config.data_dir.join("vms"))
         .map_err(|e| format!("cannot open the VM records: {e}"))?;
     // Folders that did not load are adopted or reported by the first reconcile.

@@ -482,6 +482,22 @@ fn vm_list_shows_pools_and_labels_filters_and_prints_ids() {
     let server = format!("--server={}", w.server.base);
     let out = bare(&[&server, "vm", "list", "-q", "--pool", "warm"]);
     assert_eq!(text(&out.stdout), format!("{idle}\n"), "{}", show(&out));
+
+    // A create the pool serves runs with its IP in the 202: `--wait` says "ready" once.
+    let out = client(&w.server.base, &create_args(&w, &["--wait"]));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        field(&text(&out.stdout), "id"),
+        Some(idle),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "one line, the result: {}",
+        show(&out)
+    );
 }
 
 /// The token from a file (`--token-file`, `OSX_BUILDER_TOKEN_FILE`), never the command line;
@@ -502,6 +518,26 @@ fn the_token_comes_from_a_file_and_health_says_when_it_is_missing() {
         show(&out)
     );
     assert!(!text(&out.stdout).contains("CHECK"), "{}", show(&out));
+    // A failing server tells a client without the token its status too (503 and
+    // `{"status": "failing"}`): the same output, exit 1, no code the server never sent.
+    let failing_dir = common::TempDir::new("cli-token-failing");
+    let failing = common::Server::start_with(
+        failing_dir.path(),
+        common::options(&["--token", token, "--vmrun-path", "/nonexistent/vmrun"]),
+    );
+    let out = client(&failing.base, &["health"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stdout).starts_with("status: failing"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stderr).contains("keeps its checks for requests with its token")
+            && !text(&out.stderr).contains("http-503"),
+        "{}",
+        show(&out)
+    );
     let out = client(&w.server.base, &["health", "--token-file", &file]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(text(&out.stdout).contains("vmrun"), "{}", show(&out));

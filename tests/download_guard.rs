@@ -560,8 +560,16 @@ fn downloads_past_max_downloads_wait_their_turn() {
         phase(&server, &a) == "downloading"
     });
     let b = create(&server, &d2.url, &c2);
+    // Until its download holds a slot, a VM is queued, never "downloading": a coordinator
+    // (and this test's wait for `a` above) must be able to trust that word.
     until("b queued", &server, Duration::from_secs(20), || {
-        phase(&server, &b) == "queued-download"
+        let now = phase(&server, &b);
+        assert!(
+            now != "downloading" || d2.open.load(Ordering::SeqCst) > 0,
+            "b reads downloading while a holds the only slot\n{}",
+            server.log()
+        );
+        now == "queued-download"
     });
     assert_eq!(
         d2.open.load(Ordering::SeqCst),

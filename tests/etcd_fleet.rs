@@ -12,15 +12,6 @@ use common::fleet::{wait_until, Fleet};
 use common::http::{call_str, request};
 use serde_json::{json, Value};
 
-fn create_on(fleet: &Fleet, n: usize, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
-    request(
-        "POST",
-        &fleet.host(n).url("/vms"),
-        Some(&body.to_string()),
-        headers,
-    )
-}
-
 #[test]
 fn a_fleet_places_forwards_and_answers_for_every_vm() {
     let Some(fleet) = Fleet::start(3, &["--max-vms", "2"]) else {
@@ -69,7 +60,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
                 .is_some_and(|r| r["images"].as_array().is_some_and(|i| !i.is_empty()))
         },
     );
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 202, "{vm}");
     assert_eq!(vm["host"], "h1", "placed where the image is: {vm}");
     let cached_id = vm["id"].as_str().unwrap().to_string();
@@ -97,7 +88,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
                 .is_some_and(|r| r["pools"][0]["ready"].as_u64() == Some(1))
         },
     );
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 202, "{vm}");
     assert_eq!(vm["host"], "h2", "placed where the pool is: {vm}");
     let pooled_id = vm["id"].as_str().unwrap().to_string();
@@ -178,8 +169,8 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
 
     // One idempotency key, retried through two front doors: one VM.
     let key = [("Idempotency-Key", "build-42")];
-    let (first_status, first) = create_on(&fleet, 0, &fleet.body(), &key);
-    let (second_status, second) = create_on(&fleet, 1, &fleet.body(), &key);
+    let (first_status, first) = fleet.create_on(0, &fleet.body(), &key);
+    let (second_status, second) = fleet.create_on(1, &fleet.body(), &key);
     assert_eq!(
         (first_status, second_status),
         (202, 202),
@@ -220,7 +211,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
         let asks: Vec<_> = (0..40)
             .map(|n| {
                 let fleet = &fleet;
-                scope.spawn(move || create_on(fleet, n % 2, &fleet.body(), &[]))
+                scope.spawn(move || fleet.create_on(n % 2, &fleet.body(), &[]))
             })
             .collect();
         asks.into_iter().map(|a| a.join().unwrap()).collect()
@@ -278,10 +269,10 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
     wait_until("h0 to see itself draining", Duration::from_secs(10), || {
         fleet.record(0, "h0").is_some_and(|r| r["draining"] == true)
     });
-    let (status, vm) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!((status, &vm["host"]), (202, &json!("h1")), "{vm}");
     // h1 is full and h0 drains: refused.
-    let (status, refusal) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 503, "{refusal}");
     let id = vm["id"].as_str().unwrap();
     let deleted = request(
@@ -305,7 +296,7 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
     // h1 dies: the next forward fails (h0 still sees h1 until its lease ends), and then
     // h0 counts the host lost.
     fleet.hosts[1].take().unwrap().kill();
-    let (status, refusal) = create_on(&fleet, 0, &fleet.body(), &[]);
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 503, "{refusal}");
     wait_until("h0 to count h1 lost", Duration::from_secs(15), || {
         metric_on(&fleet, 0, "osx_builder_fleet_hosts_lost_total ") == 1.0

@@ -1,7 +1,10 @@
 //! Images and hosts across a fleet of three on a real 3-member etcd: pre-warm on N hosts and
 //! on all (through the API and `osx-builder image prewarm --hosts`), `GET /images` naming
-//! the hosts that hold each image, `osx-builder host list`, and a host with no disk room
-//! (h2, whose --min-free-disk is larger than any disk) never chosen to download.
+//! the hosts that hold each image, `osx-builder host list`, a host with no disk room (h2,
+//! whose --min-free-disk is larger than any disk) never chosen to download and named as the
+//! reason of a refusal, one idempotency key under two tokens, the slot of a create its host
+//! refused freed at once, the list's filters applied to the VMs of a host that died, and
+//! such a VM, deleted, destroyed by its host when it comes back.
 
 mod common;
 
@@ -56,7 +59,7 @@ fn holders(image: &Value) -> Vec<&str> {
 fn images_and_hosts_across_the_fleet() {
     let roomy: &[&str] = &["--max-vms", "1"];
     let no_room: &[&str] = &["--max-vms", "1", "--min-free-disk", "1000TiB"];
-    let Some(fleet) = Fleet::start_each(&[roomy, roomy, no_room]) else {
+    let Some(mut fleet) = Fleet::start_each(&[roomy, roomy, no_room]) else {
         return;
     };
     wait_until(
@@ -247,6 +250,166 @@ fn images_and_hosts_across_the_fleet() {
         (status, &bad["code"]),
         (400, &json!("invalid-hosts")),
         "{bad}"
+    );
+    wait_until(
+        "h2 to see h0 and h1 open again",
+        Duration::from_secs(20),
+        || {
+            (0..2).all(|n| {
+                fleet
+                    .record(2, &format!("h{n}"))
+                    .is_some_and(|r| r["draining"] == false)
+            })
+        },
+    );
+
+    // A create its host refuses (file:// images are off there): its slot is free at once,
+    // not a minute later.
+    let mut local_image = fleet.body();
+    local_image["image"]["url"] = json!("file:///var/tmp/nowhere.tar.gz");
+    local_image["image"]["checksum"] = json!("0123456789abcdef0123456789abcdef01234567");
+    let (status, refused) = fleet.create_on(2, &local_image, &[]);
+    assert_eq!(
+        (status, &refused["code"]),
+        (400, &json!("invalid-image-url")),
+        "{refused}"
+    );
+    let placed = |n: usize| -> Vec<Option<u64>> {
+        (0..3)
+            .map(|h| {
+                fleet
+                    .record(n, &format!("h{h}"))
+                    .and_then(|r| r["placed"].as_u64())
+            })
+            .collect()
+    };
+    wait_until(
+        "the refused create's slot to be free",
+        Duration::from_secs(5),
+        || placed(2) == [Some(0); 3],
+    );
+
+    // One idempotency key under two tokens: two VMs; retried under the first token through
+    // another front door: the first VM.
+    let key = "build-7";
+    let mut team_a = fleet.body();
+    team_a["labels"] = json!({"team": "a"});
+    let mut team_b = fleet.body();
+    team_b["labels"] = json!({"team": "b"});
+    let as_a = [("Idempotency-Key", key), ("Authorization", "Bearer team-a")];
+    let as_b = [("Idempotency-Key", key), ("Authorization", "Bearer team-b")];
+    let (status, a) = fleet.create_on(0, &team_a, &as_a);
+    assert_eq!(status, 202, "{a}");
+    let (status, b) = fleet.create_on(1, &team_b, &as_b);
+    assert_eq!(status, 202, "{b}");
+    assert_ne!(a["id"], b["id"], "two tokens, one key: two VMs: {a} {b}");
+    assert_eq!(b["labels"]["team"], "b", "{b}");
+    let (status, again) = fleet.create_on(2, &team_a, &as_a);
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["id"], a["id"], "{again}");
+    let a_host = a["host"].as_str().unwrap().to_string();
+    let b_host = b["host"].as_str().unwrap().to_string();
+    assert_ne!(a_host, b_host, "--max-vms 1: {a} {b}");
+    assert!(a_host != "h2" && b_host != "h2", "h2 has no room: {a} {b}");
+    // One slot each, none left behind by the retry.
+    wait_until(
+        "one slot taken on h0 and h1",
+        Duration::from_secs(5),
+        || placed(2) == [Some(1), Some(1), Some(0)],
+    );
+
+    // h0 and h1 are full, h2 has a slot but neither the image nor room for it: the refusal
+    // says so.
+    let (status, refusal) = fleet.create_on(2, &fleet.body(), &[]);
+    assert_eq!(status, 503, "{refusal}");
+    assert_eq!(refusal["code"], "capacity-exhausted", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("none of them has disk room"),
+        "{refusal}"
+    );
+
+    // The host of team a's VM dies: that VM reads host-lost, and the list's filters apply
+    // to it as to the living.
+    let dead: usize = a_host[1..].parse().unwrap();
+    fleet.hosts[dead].take().unwrap().kill();
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let b_id = b["id"].as_str().unwrap().to_string();
+    wait_until(
+        "team a's VM to read host-lost",
+        Duration::from_secs(20),
+        || {
+            let vm = request(
+                "GET",
+                &fleet.host(2).url(&format!("/vms/{a_id}")),
+                None,
+                &[],
+            )
+            .1;
+            vm["error"]["code"] == "host-lost"
+        },
+    );
+    let ids = |query: &str| -> Vec<String> {
+        let (status, list) = request(
+            "GET",
+            &fleet.host(2).url(&format!("/vms?{query}")),
+            None,
+            &[],
+        );
+        assert_eq!(status, 200, "{query}: {list}");
+        let mut ids: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|vm| vm["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![a_id.clone(), b_id.clone()];
+    both.sort();
+    assert_eq!(ids(""), both);
+    assert_eq!(ids("status=failed"), [a_id.as_str()]);
+    assert!(!ids("status=running&status=provisioning").contains(&a_id));
+    assert_eq!(ids("label=team=a"), [a_id.as_str()]);
+    assert_eq!(ids("label=team%3Db"), [b_id.as_str()]);
+    assert_eq!(ids(&format!("host={a_host}")), [a_id.as_str()]);
+    assert_eq!(
+        ids(&format!("host={a_host}&status=running")),
+        Vec::<String>::new()
+    );
+    assert_eq!(ids(&format!("host={b_host}")), [b_id.as_str()]);
+    assert_eq!(ids("pool=p"), Vec::<String>::new());
+
+    // Deleted while its host is gone, the VM is gone for good: its host, back on the same
+    // folder, destroys it instead of running it on.
+    let a_on_h2 = fleet.host(2).url(&format!("/vms/{a_id}"));
+    let on_h2 = |method: &str| request(method, &a_on_h2, None, &[]).0;
+    assert_eq!(on_h2("DELETE"), 204);
+    assert_eq!(on_h2("GET"), 404);
+    assert_eq!(ids(""), [b_id.as_str()]);
+    fleet.hosts[dead] = Some(fleet.launch(dead, roomy));
+    fleet.wait_hosts(3);
+    wait_until(
+        "the dead host, back, to destroy the deleted VM",
+        Duration::from_secs(20),
+        || {
+            let (_, local) = request(
+                "GET",
+                &fleet.host(dead).url("/vms"),
+                None,
+                &[("X-OSX-Builder-Forwarded-By", "test")],
+            );
+            local.as_array().is_some_and(Vec::is_empty)
+        },
+    );
+    assert_eq!(on_h2("GET"), 404);
+    assert!(
+        fleet.host(dead).log().contains("destroying it"),
+        "{}",
+        fleet.host(dead).log()
     );
 }
 

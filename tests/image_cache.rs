@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Cursor, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::archives::{archive, Format, FORMATS};
 use common::TempDir;
 use osx_builder::image::{
     ChecksumType, GoldImage, ImageCache, ImageError, ImagePhase, ImageProgress, ImageSettings,
@@ -88,59 +89,12 @@ fn vm_files(top: Option<&str>) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Tar,
-    TarGz,
-    TarBz2,
-    Zip,
-}
-
-const FORMATS: [Format; 4] = [Format::Tar, Format::TarGz, Format::TarBz2, Format::Zip];
 const CHECKSUM_TYPES: [ChecksumType; 4] = [
     ChecksumType::Md5,
     ChecksumType::Sha1,
     ChecksumType::Sha256,
     ChecksumType::Sha512,
 ];
-
-fn tar_bytes(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1_700_000_000);
-        builder.append_data(&mut header, name, &data[..]).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-fn archive(format: Format, files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    match format {
-        Format::Tar => tar_bytes(files),
-        Format::TarGz => {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&tar_bytes(files)).unwrap();
-            enc.finish().unwrap()
-        }
-        Format::TarBz2 => {
-            let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
-            enc.write_all(&tar_bytes(files)).unwrap();
-            enc.finish().unwrap()
-        }
-        Format::Zip => {
-            let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-            let options = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated);
-            for (name, data) in files {
-                zip.start_file(name.as_str(), options).unwrap();
-                zip.write_all(data).unwrap();
-            }
-            zip.finish().unwrap().into_inner()
-        }
-    }
-}
 
 fn digest(kind: ChecksumType, data: &[u8]) -> String {
     let bytes: Vec<u8> = match kind {

@@ -14,11 +14,13 @@ mod common;
 use common::TempDir;
 use osx_builder::image::archive::{detect, ArchiveFormat, DETECT_LEN};
 use osx_builder::image::extract::{unpack_tar, unpack_zip, ExtractError, Limits, Unpacked};
+use osx_builder::image::VmFormat;
 use tar::{EntryType, Header};
 
 const GENEROUS: Limits = Limits {
     max_unpacked_bytes: 1 << 40,
     cancel: None,
+    vm: VmFormat::Vmware,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1006,6 +1008,7 @@ fn a_gzip_bomb_is_stopped_at_the_limit() {
     let limits = Limits {
         max_unpacked_bytes: 10 << 20,
         cancel: None,
+        vm: VmFormat::Vmware,
     };
     // 100 MB of zeros in one entry, compressed as many identical gzip members so that the
     // test does not spend its time compressing.
@@ -1066,6 +1069,7 @@ fn a_zip_bomb_is_stopped_at_the_limit() {
     let limits = Limits {
         max_unpacked_bytes: 10 << 20,
         cancel: None,
+        vm: VmFormat::Vmware,
     };
     let err = unpack_zip(&scratch.path("bomb.zip"), &scratch.dest, &limits).unwrap_err();
     assert_eq!(err.code(), "unpack-limit", "{err}");
@@ -1106,6 +1110,7 @@ fn a_zip_member_larger_than_its_header_says_is_still_counted() {
     let limits = Limits {
         max_unpacked_bytes: 1 << 20,
         cancel: None,
+        vm: VmFormat::Vmware,
     };
     let err = unpack_zip(&scratch.path("liar.zip"), &scratch.dest, &limits).unwrap_err();
     eprintln!("{}: {err}", err.code());

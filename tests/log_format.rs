@@ -211,11 +211,12 @@ fn the_log_level_chooses_which_lines_are_written() {
     assert_eq!(quiet.server.delete_vm(&id).0, 204);
     let log = quiet.server.log();
     assert!(!log.contains(" DEBUG "), "{log}");
-    // Only the lines that say where the server listens and what it was given.
+    // Only the start-up lines: what it was given, which hypervisor, where it listens.
     let info: Vec<&str> = log.lines().filter(|l| l.contains(" INFO ")).collect();
-    assert_eq!(info.len(), 2, "{log}");
+    assert_eq!(info.len(), 3, "{log}");
     assert!(info[0].contains("starting; settings other than the defaults: "));
-    assert!(info[1].contains("listening on "));
+    assert!(info[1].contains("hypervisor vmware: vmrun at "));
+    assert!(info[2].contains("listening on "));
 
     let chatty = World::start("log-debug", options(&["--log-level", "debug"]));
     let id = chatty.create(&chatty.body());

@@ -7,12 +7,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use osx_builder::hypervisor::tart::{Tart, TartSettings, TartTimeouts};
 use osx_builder::hypervisor::{Hypervisor, IpAnswer, VmSettings};
 use osx_builder::sys::cancel::Cancel;
 use osx_builder::vm::guestinfo::GuestInfo;
-
-const SIM: &str = env!("CARGO_BIN_EXE_tart-sim");
 
 struct World {
     root: PathBuf,
@@ -49,20 +49,7 @@ impl World {
         let root = std::env::temp_dir().join(format!("tart-driver-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("data/vms")).unwrap();
-        // The switches reach the simulator through a wrapper script: the driver passes
-        // the server's environment on, and tests share one process.
-        let wrapper = root.join("tart");
-        let mut script = String::from("#!/bin/sh\n");
-        for (k, v) in env {
-            script.push_str(&format!("export {k}='{v}'\n"));
-        }
-        script.push_str(&format!("exec '{SIM}' \"$@\"\n"));
-        fs::write(&wrapper, script).unwrap();
-        fs::set_permissions(
-            &wrapper,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let wrapper = common::tart_wrapper(&root, env);
         let tart = Tart::new(TartSettings {
             path: wrapper,
             home: root.join("data/tart"),

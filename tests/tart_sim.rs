@@ -307,6 +307,52 @@ fn run_holds_the_lock_and_signals_end_it_as_tart_says() {
     assert_eq!(wait(runner).code, Some(-libc::SIGKILL));
 }
 
+/// `TART_SIM_BOOT_JITTER_MS` (read by `run`): the lease says how much longer this boot
+/// takes, at most the spread, and `ip` finds no address before then.
+#[test]
+fn boot_jitter_delays_the_lease_by_what_it_records() {
+    let home = Home::new("jitter");
+    home.vm("a", "linux", "aa:00:00:00:00:0b");
+    let fast = [("TART_SIM_IP_POLL_MS", "10"), ("TART_SIM_BOOT_MS", "50")];
+    let lease_path = home.home().join(".sim/leases/aa-00-00-00-00-0b.json");
+    // A boot at least 100 ms longer than TART_SIM_BOOT_MS (three in four are): one that an
+    // ip ignoring the jitter would answer too early.
+    let (runner, lease) = (0..40)
+        .find_map(|_| {
+            // The runner writes the lease just after it holds the VM: wait for this run's.
+            let _ = fs::remove_file(&lease_path);
+            let runner = home.run("a", &[], &[("TART_SIM_BOOT_JITTER_MS", "400")]);
+            let read = || -> Option<serde_json::Value> {
+                serde_json::from_slice(&fs::read(&lease_path).ok()?).ok()
+            };
+            home.until(|| read().is_some(), "the run's lease");
+            let lease = read().unwrap();
+            let jitter = lease["jitter_ms"].as_u64().unwrap();
+            assert!(jitter <= 400, "{lease}");
+            if jitter >= 100 {
+                return Some((runner, lease));
+            }
+            unsafe { libc::kill(runner.id() as i32, libc::SIGINT) };
+            assert_eq!(wait(runner).code, Some(0));
+            None
+        })
+        .expect("a jitter of 100 ms or more in 40 boots");
+    let out = home.tart(&["ip", "a", "--wait", "5"], &fast);
+    let answered_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let ready =
+        lease["started_at_ms"].as_u64().unwrap() + 50 + lease["jitter_ms"].as_u64().unwrap();
+    assert!(
+        answered_ms >= ready,
+        "answered at {answered_ms}, ready at {ready}: {lease}"
+    );
+    unsafe { libc::kill(runner.id() as i32, libc::SIGINT) };
+    assert_eq!(wait(runner).code, Some(0));
+}
+
 #[test]
 fn third_macos_vm_is_refused_and_linux_vms_do_not_count() {
     let home = Home::new("limit");
@@ -411,6 +457,51 @@ fn oci_pull_pinned_listing_escaped_and_pruning() {
         .exists());
     let calls = fs::read_to_string(home.home().join(".sim/calls.log")).unwrap();
     assert!(calls.lines().any(|l| l.contains("\"no_auto_prune\":true")));
+}
+
+/// As tart: a pull files the image under the digest of the manifest served, and a digest
+/// asked for that the served manifest does not have is only a symlink to it.
+#[test]
+fn a_manifest_of_another_digest_is_filed_under_its_own_and_deletes_clean_up() {
+    use sha2::Digest;
+    let home = Home::new("oci-mismatch");
+    let registry = home.root.join("registry");
+    let asked = format!("sha256:{}", "ee".repeat(32));
+    let served: String = sha2::Sha256::digest(b"{\"layers\": []}")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let source = registry.join("ghcr.io/org/macos/manifests").join(&asked);
+    make_vm(&source, "darwin", "aa:00:00:00:00:07");
+    fs::write(source.join("manifest.json"), b"{\"layers\": []}").unwrap();
+    let reg = [("TART_SIM_REGISTRY", registry.to_str().unwrap())];
+    let pinned = format!("ghcr.io/org/macos@{asked}");
+    assert_eq!(home.tart(&["pull", &pinned], &reg).code, Some(0));
+    let names: Vec<String> = home
+        .tart(&["list", "--format", "json", "--source", "oci"], &[])
+        .stdout
+        .parse::<serde_json::Value>()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("ghcr.io/org/macos:{asked}"),
+            format!("ghcr.io/org/macos@sha256:{served}")
+        ]
+    );
+    let by_served = format!("ghcr.io/org/macos@sha256:{served}");
+    assert_eq!(home.tart(&["delete", &by_served], &[]).code, Some(0));
+    // The name asked for pointed at it: gone with it.
+    let out = home.tart(&["list", "--format", "json", "--source", "oci"], &[]);
+    assert_eq!(out.stdout.trim(), "[]", "{out:?}");
+    let out = home.tart(&["delete", &pinned], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
 }
 
 #[test]

@@ -22,9 +22,9 @@ use osx_builder::image::{ChecksumType, ImageSpec};
 use osx_builder::vm::VmId;
 use osx_builder::vm::{NetworkType, Phase, Progress, Status, Vm};
 
-// Not every bench uses both.
+// Not every bench uses each.
 #[allow(unused_imports)]
-pub use harness::{TempDir, SERVER_BIN};
+pub use harness::{Hv, TempDir, SERVER_BIN};
 
 /// The machine the figures were taken on, printed first by every benchmark.
 pub fn print_machine() {
@@ -104,6 +104,47 @@ impl Bench for harness::Server {
             thread::sleep(Duration::from_micros(200));
         }
     }
+}
+
+/// `--hypervisor vmware|tart` among the benchmark's own arguments (`cargo bench --bench NAME
+/// -- --hypervisor tart`); VMware when not given.
+pub fn hypervisor_arg() -> Hv {
+    Hv::of(&std::env::args().collect::<Vec<_>>())
+}
+
+/// The costs of a real tart on an Apple Silicon Mac, as the simulator's fault rules: about
+/// 30 ms to start any tart process (a Swift binary), an APFS clone of the disk 200 ms more,
+/// `list` 40 ms more (it reads every VM's folder), `run` 150 ms more before it holds the
+/// VM's lock, `stop` 500 ms more (the power-off). Assumed from tart's design, not measured
+/// on a Mac; `OSXB_BENCH_TART_FAULTS` replaces them (empty for none).
+pub const TART_DELAYS: &str =
+    "* delay 30; clone delay 200; list delay 40; run delay 150; stop delay 500";
+
+/// The variable of `hv`'s simulator that makes a started guest take `ms` to have an IP.
+pub fn boot_env(hv: Hv) -> &'static str {
+    match hv {
+        Hv::Vmware => "VMRUN_SIM_TOOLS_DELAY_MS",
+        Hv::Tart => "TART_SIM_BOOT_MS",
+    }
+}
+
+/// The tart simulator's delays for this run: [`TART_DELAYS`] or `OSXB_BENCH_TART_FAULTS`.
+pub fn tart_delays() -> String {
+    std::env::var("OSXB_BENCH_TART_FAULTS").unwrap_or_else(|_| TART_DELAYS.to_string())
+}
+
+/// [`start_server`] on `hv`, its data in `root/data` and its simulator's state where the
+/// tests keep it; tart's simulator runs with [`tart_delays`].
+pub fn start_server_on(hv: Hv, root: &Path, args: &[&str], env: &[(&str, &str)]) -> BenchServer {
+    let hv_args = hv.args();
+    let mut all: Vec<&str> = hv_args.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    let delays = tart_delays();
+    let mut env = env.to_vec();
+    if hv == Hv::Tart {
+        env.push(("TART_SIM_FAULTS", &delays));
+    }
+    start_server(&root.join("data"), &hv.sim_state(root), &all, &env)
 }
 
 /// `OSXB_BENCH_SERVER_ARGS="--http-threads 4"`: settings to try without editing a bench.
@@ -587,6 +628,15 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The bare cost of one fsync on this disk: a new small file written and flushed.
+pub fn fsync_once(root: &Path, n: usize) -> Duration {
+    let started = Instant::now();
+    let mut file = std::fs::File::create(root.join(format!("fsync-{n}"))).unwrap();
+    file.write_all(&[b' '; 450]).unwrap();
+    file.sync_all().unwrap();
+    started.elapsed()
 }
 
 /// Nearest-rank percentile of sorted values.

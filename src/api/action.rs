@@ -145,10 +145,18 @@ fn prewarm_scope(hosts: Option<&Value>) -> Result<Option<Scope>, ApiError> {
     match hosts {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(all)) if all.eq_ignore_ascii_case("all") => Ok(Some(Scope::All)),
-        Some(number @ Value::Number(n)) => match n.as_u64().map(u32::try_from) {
-            Some(Ok(n)) if n >= 1 => Ok(Some(Scope::Hosts(n))),
-            _ => Err(invalid(number)),
-        },
+        Some(number @ Value::Number(n)) => {
+            // A whole number written as 2.0 is still 2, as JSON Schema counts integers.
+            let whole = n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= f64::from(u32::MAX))
+                    .map(|f| f as u64)
+            });
+            match whole.map(u32::try_from) {
+                Some(Ok(n)) if n >= 1 => Ok(Some(Scope::Hosts(n))),
+                _ => Err(invalid(number)),
+            }
+        }
         Some(other) => Err(invalid(other)),
     }
 }
@@ -258,6 +266,7 @@ mod tests {
         assert_eq!(scope(r#""all""#), Ok(Some(Scope::All)));
         assert_eq!(scope(r#""ALL""#), Ok(Some(Scope::All)));
         assert_eq!(scope("3"), Ok(Some(Scope::Hosts(3))));
+        assert_eq!(scope("2.0"), Ok(Some(Scope::Hosts(2))));
         for bad in [
             "0",
             "-1",
@@ -267,6 +276,9 @@ mod tests {
             "true",
             "[1]",
             "4294967296",
+            "4294967296.0",
+            "0.0",
+            "-2.0",
         ] {
             let err = scope(bad).unwrap_err();
             assert_eq!(err.code(), "invalid-hosts", "{bad}");

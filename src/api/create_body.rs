@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::create_meta;
 use super::error::ApiError;
+use crate::image::oci::OciReference;
 use crate::image::{ChecksumType, ImageSpec};
 use crate::vm::{CreateVm, NetworkType};
 
@@ -165,12 +166,23 @@ pub fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
         }
     };
     let url = required_str(fields, "image.url", "url", "invalid-image-url")?;
-    check_url(url, &["http", "https", "file"]).map_err(|why| {
+    check_url(url, &["http", "https", "file", "oci"]).map_err(|why| {
         ApiError::invalid(
             "invalid-image-url",
-            format!("image.url must be an http://, https:// or file:// URL: {why}"),
+            format!(
+                "image.url must be an http://, https:// or file:// URL (or oci:// on a tart host): {why}"
+            ),
         )
     })?;
+    let oci = match url.get(..6).filter(|s| s.eq_ignore_ascii_case("oci://")) {
+        Some(_) => Some(OciReference::parse(url).map_err(|why| {
+            ApiError::invalid(
+                "invalid-image-url",
+                format!("image.url is not a valid OCI image reference: {why}"),
+            )
+        })?),
+        None => None,
+    };
     let type_name = required_str(
         fields,
         "image.checksum_type",
@@ -199,11 +211,38 @@ pub fn parse_image(value: Option<&Value>) -> Result<ImageSpec, ApiError> {
             ),
         ));
     }
+    let checksum = checksum.to_ascii_lowercase();
+    if let Some(oci) = oci {
+        check_oci_digest(&oci, checksum_type, &checksum)?;
+    }
     Ok(ImageSpec {
         url: url.to_string(),
-        checksum: checksum.to_ascii_lowercase(),
+        checksum,
         checksum_type,
     })
+}
+
+/// An OCI image is pinned by its manifest's sha256 digest, given once: in image.checksum.
+fn check_oci_digest(
+    oci: &OciReference,
+    checksum_type: ChecksumType,
+    checksum: &str,
+) -> Result<(), ApiError> {
+    if checksum_type != ChecksumType::Sha256 {
+        return Err(ApiError::invalid(
+            "invalid-checksum-type",
+            "an oci:// image is pinned by its manifest's sha256 digest: give that digest as image.checksum with checksum_type sha256",
+        ));
+    }
+    match &oci.digest {
+        Some(digest) if digest != checksum => Err(ApiError::invalid(
+            "invalid-image-url",
+            format!(
+                "image.url pins sha256:{digest} but image.checksum is {checksum}: give one digest (image.checksum alone is enough)"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn required_str<'a>(
@@ -397,6 +436,42 @@ mod tests {
         for (given, applied) in [(0, 1024), (1, 512), (511, 512), (513, 516), (4096, 4096)] {
             let vm = parse(body(&format!(r#", "memory": {given}"#)).as_bytes()).unwrap();
             assert_eq!(vm.memory, applied, "memory {given}");
+        }
+    }
+
+    #[test]
+    fn oci_images_are_pinned_by_one_sha256_digest() {
+        let hex = "ab".repeat(32);
+        let image = |url: &str, sum: &str, kind: &str| serde_json::json!({"url": url, "checksum": sum, "checksum_type": kind});
+        let spec = parse_image(Some(&image("oci://ghcr.io/org/macos:15", &hex, "sha256"))).unwrap();
+        assert_eq!(spec.checksum, hex);
+        let pinned = format!("oci://ghcr.io/org/macos@sha256:{hex}");
+        assert!(parse_image(Some(&image(&pinned, &hex.to_uppercase(), "SHA256"))).is_ok());
+        for (value, code, words) in [
+            (
+                image("oci://ghcr.io/org/macos:15", SHA1, "sha1"),
+                "invalid-checksum-type",
+                "sha256",
+            ),
+            (
+                image(&pinned, &"cd".repeat(32), "sha256"),
+                "invalid-image-url",
+                "one digest",
+            ),
+            (
+                image("oci://u:p@ghcr.io/org/macos:15", &hex, "sha256"),
+                "invalid-image-url",
+                "credentials",
+            ),
+            (
+                image("oci://ghcr.io/../macos", &hex, "sha256"),
+                "invalid-image-url",
+                "path component",
+            ),
+        ] {
+            let err = parse_image(Some(&value)).unwrap_err();
+            assert_eq!(err.code(), code, "{value}");
+            assert!(err.message().contains(words), "{}", err.message());
         }
     }
 

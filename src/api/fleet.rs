@@ -10,10 +10,11 @@ use super::action::header;
 use super::answer::Answer;
 use super::error::ApiError;
 use crate::fleet::forward::{Relayed, FORWARDED_BY, PLACED_ID};
-use crate::fleet::front::{Located, Outcome, Request as FleetRequest};
+use crate::fleet::front::{Listing, Located, Outcome, Request as FleetRequest};
 use crate::fleet::node::with_host;
 use crate::fleet::Node;
 use crate::service::Created;
+use crate::vm::labels::VmFilter;
 use crate::vm::{CreateVm, VmId};
 
 /// A request another host relayed: answered from this host only, never relayed on.
@@ -111,8 +112,9 @@ pub fn elsewhere(
     }
 }
 
-/// `GET /vms` across the fleet (`host=` narrows it to one host).
-pub fn list(node: &Node, request: &Request, local: Vec<Arc<[u8]>>) -> Answer {
+/// `GET /vms` across the fleet (`host=` narrows it to one host): the other hosts filter
+/// their own, the filter is applied here to the VMs of hosts that left.
+pub fn list(node: &Node, request: &Request, local: Vec<Arc<[u8]>>, filter: &VmFilter) -> Answer {
     if is_relayed(request) {
         let items: Vec<Vec<u8>> = local.iter().map(|j| with_host(j, &node.name)).collect();
         return Answer::json(200, super::server::join_array(&items));
@@ -123,10 +125,13 @@ pub fn list(node: &Node, request: &Request, local: Vec<Arc<[u8]>>) -> Answer {
         .split('&')
         .find_map(|pair| pair.strip_prefix("host="))
         .filter(|h| !h.is_empty());
-    Answer::json(
-        200,
-        super::server::join_array(&node.list(local, query, host)),
-    )
+    let asked = Listing {
+        query,
+        host,
+        filter,
+        authorization: header(request, "Authorization").map(str::to_string),
+    };
+    Answer::json(200, super::server::join_array(&node.list(local, &asked)))
 }
 
 /// A local VM object with its host.

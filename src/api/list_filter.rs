@@ -1,6 +1,7 @@
-//! `GET /vms?label=k=v&label=k2&status=running`: the list's filters. Every `label` must
-//! hold (`k=v`: the label has that value; `k`: the label is there); the status must be one
-//! of the `status` values given (`provisioning` also as the VM object's `""`). Values are
+//! `GET /vms?label=k=v&label=k2&status=running&pool=p`: the list's filters. Every `label`
+//! must hold (`k=v`: the label has that value; `k`: the label is there); the status must be
+//! one of the `status` values given (`provisioning` also as the VM object's `""`); `pool`
+//! keeps the idle VMs of that warm pool (`host`, in a fleet, is read there). Values are
 //! percent-decoded (`+` is a space), as a form or `curl --data-urlencode -G` sends them.
 
 use super::error::ApiError;
@@ -50,6 +51,13 @@ pub fn parse(url: &str) -> Result<VmFilter, ApiError> {
                 };
                 filter.statuses.push(status);
             }
+            "pool" => {
+                let text = decode(raw, name)?;
+                if text.is_empty() {
+                    return Err(invalid("pool must name a warm pool, got nothing".into()));
+                }
+                filter.pool = Some(text);
+            }
             _ => {}
         }
     }
@@ -98,6 +106,10 @@ mod tests {
             ]
         );
         assert_eq!(filter.statuses, [Status::Running, Status::Failed]);
+        assert_eq!(
+            parse("/vms?pool=darwin%2D13").unwrap().pool.as_deref(),
+            Some("darwin-13")
+        );
         // A value may hold `=`: only the first one splits.
         let filter = parse("/vms?label=k=a=b").unwrap();
         assert_eq!(filter.labels, [("k".to_string(), Some("a=b".to_string()))]);
@@ -121,6 +133,7 @@ mod tests {
             ("/vms?label==v", "key=value"),
             ("/vms?label=k%zz", "two hex digits"),
             ("/vms?label=k%ff", "UTF-8"),
+            ("/vms?pool=", "warm pool"),
         ] {
             let err = parse(url).unwrap_err();
             assert_eq!(err.code(), "invalid-query", "{url}");

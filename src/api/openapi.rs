@@ -40,4 +40,21 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
     }
+
+    #[test]
+    fn every_image_phase_the_server_reports_is_in_the_schema() {
+        let doc: Value = serde_json::from_str(DOCUMENT).unwrap();
+        let listed = &doc["components"]["schemas"]["ImageProgress"]["properties"]["phase"]["enum"];
+        for phase in crate::image::ImagePhase::ALL {
+            assert!(
+                listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p == phase.as_str()),
+                "{} missing from ImageProgress.phase",
+                phase.as_str()
+            );
+        }
+    }
 }

@@ -290,7 +290,7 @@ fn answer(request: &mut Request, front: &Front) -> Result<Reply, ApiError> {
         Action::ListVms(filter) => {
             let local = service.list_where(&filter);
             match node {
-                Some(node) => super::fleet::list(node, request, local),
+                Some(node) => super::fleet::list(node, request, local, &filter),
                 None => Answer::json(200, join_array(&local)),
             }
         }
@@ -384,7 +384,7 @@ fn with_fleet_health(answer: Answer, node: &crate::fleet::Node) -> Answer {
     };
     let mut fleet = serde_json::to_value(node.standing()).unwrap_or_default();
     fleet["host"] = node.name.clone().into();
-    fleet["hosts"] = node.view.hosts().len().into();
+    fleet["hosts"] = node.view.host_count().into();
     health["fleet"] = fleet;
     Answer::json_value(answer.status, &health)
 }

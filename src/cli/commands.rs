@@ -362,6 +362,9 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
     for status in statuses {
         query.push(format!("status={}", encode(status)));
     }
+    if let Some(pool) = pool {
+        query.push(format!("pool={}", encode(pool)));
+    }
     let path = match query.is_empty() {
         true => "/vms".to_string(),
         false => format!("/vms?{}", query.join("&")),
@@ -379,7 +382,8 @@ fn vm_list(context: &Context) -> Result<(), Failure> {
                     .any(|s| output::status_word(vm) == s || vm["status"] == s.as_str())
         })
         .filter(|vm| labels.iter().all(|(k, v)| vm["labels"][k] == v.as_str()))
-        // The server does not filter by pool: an idle VM names its pool, a handed-out one not.
+        // An older server does not filter by pool: an idle VM names its pool, a handed-out
+        // one not.
         .filter(|vm| pool.is_none_or(|p| vm["pool"] == p))
         .cloned()
         .collect();
@@ -655,9 +659,10 @@ fn health(context: &Context) -> Result<(), Failure> {
     none(context)?;
     let health = match context.client.send("GET", "/healthz", None, &[]) {
         Ok(reply) => reply.json()?,
+        // 503 is a failing check: with the checks, or (without the token) the status alone.
         Err(Failure::Api {
             status: 503, body, ..
-        }) if body.get("checks").is_some() => body,
+        }) if body.get("checks").is_some() || body.get("status").is_some() => body,
         Err(other) => return Err(other),
     };
     if context.json {
@@ -677,7 +682,10 @@ fn health(context: &Context) -> Result<(), Failure> {
     }
     Err(Failure::Failed {
         code: health["code"].as_str().unwrap_or("unhealthy").into(),
-        message: health["message"].as_str().unwrap_or("").into(),
+        message: health["message"]
+            .as_str()
+            .unwrap_or("the server says it is failing")
+            .into(),
     })
 }
 

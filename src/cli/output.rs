@@ -70,6 +70,10 @@ pub fn vm_table(vm: &Value) -> String {
         ("guest_os", text(&vm["guest_os"])),
         ("created_at", text(&vm["created_at"])),
     ];
+    // In a fleet: where it runs.
+    if vm.get("host").is_some() {
+        rows.insert(1, ("host", text(&vm["host"])));
+    }
     for key in ["expires_at", "name"] {
         if vm.get(key).is_some() {
             rows.push((key, text(&vm[key])));
@@ -94,11 +98,13 @@ pub fn vm_table(vm: &Value) -> String {
         .collect()
 }
 
+/// In a fleet each VM names its host: a HOST column then.
 pub fn vm_list_table(vms: &[Value]) -> String {
+    let fleet = vms.iter().any(|vm| vm.get("host").is_some());
     let rows: Vec<Vec<String>> = vms
         .iter()
         .map(|vm| {
-            vec![
+            let mut row = vec![
                 text(&vm["id"]),
                 status_word(vm).to_string(),
                 text(&vm["progress"]["phase"]),
@@ -109,15 +115,20 @@ pub fn vm_list_table(vms: &[Value]) -> String {
                 text(&vm["memory"]),
                 or_dash(text(&vm["expires_at"])),
                 text(&vm["created_at"]),
-            ]
+            ];
+            if fleet {
+                row.insert(1, text(&vm["host"]));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "ID", "STATUS", "PHASE", "IP", "POOL", "LABELS", "CPUS", "MEMORY", "EXPIRES", "CREATED",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "ID", "STATUS", "PHASE", "IP", "POOL", "LABELS", "CPUS", "MEMORY", "EXPIRES", "CREATED",
+    ];
+    if fleet {
+        header.insert(1, "HOST");
+    }
+    table(&header, &rows)
 }
 
 /// `k=v,k2=v2`, in the order the server gave them.
@@ -337,6 +348,12 @@ mod tests {
         let text = vm_table(&vm);
         assert!(text.contains("status        provisioning\n"), "{text}");
         assert!(text.contains("ip_address    -\n"), "{text}");
+        assert!(!text.contains("host"), "{text}");
+        let placed = json!({"id": "i", "host": "mac-2", "status": "running"});
+        assert!(vm_table(&placed).contains("\nhost          mac-2\n"));
+        let list = vm_list_table(&[placed]);
+        assert!(list.starts_with("ID  HOST   STATUS"), "{list}");
+        assert!(!vm_list_table(&[vm]).contains("HOST"));
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 29), "1.5 GiB");
     }

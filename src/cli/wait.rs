@@ -38,7 +38,10 @@ fn show(display: &mut Display, vm: &Value) {
 
 pub fn follow(client: &Client, id: &str, first: Value) -> Result<Value, Failure> {
     let mut display = Display::new(&format!("vm {id}"));
-    show(&mut display, &first);
+    // A VM handed out by a warm pool is settled in its 202: `finish` alone says so.
+    if !is_settled(&first) {
+        show(&mut display, &first);
+    }
     // The object from the create may be older than the current one; a long poll without a
     // tag would wait for the one after the current.
     let result = (|| {

@@ -14,6 +14,7 @@ use super::node::{lost_object, with_host, Node};
 use super::placement::{self, Reason, Refusal};
 use super::record::DirEntry;
 use crate::service::{Created, Error as ServiceError};
+use crate::vm::labels::VmFilter;
 use crate::vm::{CreateVm, VmId};
 
 /// Why the fleet could not carry out a call.
@@ -47,6 +48,22 @@ pub struct Request<'a> {
     pub headers: Vec<(&'static str, String)>,
 }
 
+impl Request<'_> {
+    /// The bearer token the caller sent, `""` without one: the scope of its idempotency
+    /// keys in the fleet.
+    fn credential(&self) -> &str {
+        let value = self
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Authorization")
+            .map_or("", |(_, value)| value.trim());
+        match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => value,
+        }
+    }
+}
+
 pub enum Outcome {
     /// Created (or found by its key) here: the VM's object.
     Local(Created),
@@ -57,6 +74,15 @@ pub enum Outcome {
 #[derive(Serialize, Deserialize)]
 struct Marker {
     host: String,
+}
+
+/// A `GET /vms` at this front door: the query as it came (relayed to the other hosts), its
+/// `host=` and its filter, and the caller's `Authorization`.
+pub struct Listing<'a> {
+    pub query: &'a str,
+    pub host: Option<&'a str>,
+    pub filter: &'a VmFilter,
+    pub authorization: Option<String>,
 }
 
 /// Where a VM this host does not hold is.
@@ -75,7 +101,11 @@ impl Node {
             // etcd does not answer: this host takes what it can itself, as a lone host.
             return Ok(Outcome::Local(self.service.create(create)?));
         }
-        let marker_key = create.name.as_ref().map(|key| self.keys.idempotency(key));
+        let credential = request.credential();
+        let marker_key = create
+            .name
+            .as_ref()
+            .map(|key| self.keys.idempotency(credential, key));
         if let Some(marker_key) = &marker_key {
             if let Some(host) = self.marked_host(marker_key)? {
                 return self.carry_out(&host, create, None, request);
@@ -100,10 +130,11 @@ impl Node {
             }
             if let Some(marker_key) = &marker_key {
                 let marker = serde_json::to_vec(&Marker { host: host.clone() }).unwrap_or_default();
-                if let Some(existing) =
-                    self.client
-                        .create_if_absent(marker_key.as_bytes(), &marker, 0)?
-                {
+                let marked = self
+                    .client
+                    .create_if_absent(marker_key.as_bytes(), &marker, 0)
+                    .inspect_err(|_| self.release(&host, id, reason))?;
+                if let Some(existing) = marked {
                     // Another front door placed this key first: its host answers.
                     self.release(&host, id, reason);
                     let theirs: Marker = serde_json::from_slice(&existing.value).map_err(|e| {
@@ -123,8 +154,19 @@ impl Node {
                     self.unmark(marker_key.as_deref());
                     last_refusal = Some(answer);
                 }
+                Ok(Outcome::Relayed(answer)) if !(200..300).contains(&answer.status) => {
+                    // Refused for good (a bad body, a key reused...): nothing was made there.
+                    self.release(&host, id, reason);
+                    self.unmark(marker_key.as_deref());
+                    return Ok(Outcome::Relayed(answer));
+                }
                 Ok(outcome) => {
-                    self.record_placed(&host, &outcome);
+                    let made = self.record_placed(&host, &outcome);
+                    if made.is_some_and(|made| made != id) {
+                        // The host answered with a VM it had under this key: the slot
+                        // claimed for a new one is not needed.
+                        self.release(&host, id, reason);
+                    }
                     return Ok(outcome);
                 }
                 Err(FleetError::Unavailable(why)) if failed_forwards == 0 => {
@@ -155,21 +197,19 @@ impl Node {
 
     /// The directory entry of a VM just placed, unless its owner wrote one already: so that
     /// a host that dies a moment after taking a create still leaves its VM answered for.
-    fn record_placed(&self, host: &str, outcome: &Outcome) {
+    /// Returns the VM's id.
+    fn record_placed(&self, host: &str, outcome: &Outcome) -> Option<VmId> {
         let body: &[u8] = match outcome {
             Outcome::Local(Created::New(json) | Created::Existing(json)) => json,
             Outcome::Relayed(answer) if answer.status == 202 => &answer.body,
-            Outcome::Relayed(_) => return,
+            Outcome::Relayed(_) => return None,
         };
-        let Ok(vm) = serde_json::from_slice::<Value>(body) else {
-            return;
-        };
-        let Some(id) = vm["id"].as_str().map(str::to_string) else {
-            return;
-        };
+        let vm = serde_json::from_slice::<Value>(body).ok()?;
+        let id = vm["id"].as_str()?.to_string();
         let entry = DirEntry {
             host: host.to_string(),
             vm: serde_json::from_slice(&with_host(body, host)).unwrap_or(vm),
+            deleted: false,
         };
         let bytes = serde_json::to_vec(&entry).unwrap_or_default();
         if let Err(err) = self
@@ -180,6 +220,7 @@ impl Node {
                 "vm={id} recording it in the fleet's directory failed: {err}; its host records it"
             );
         }
+        VmId::parse(&id)
     }
 
     /// A create another front door placed here (`X-OSX-Builder-Placed-Id`).
@@ -304,7 +345,7 @@ impl Node {
             crate::warn!("fleet: skipped the directory entry of vm={id}: it does not parse");
             return Ok(Located::Unknown);
         };
-        if entry.host == self.name {
+        if entry.host == self.name || entry.deleted {
             return Ok(Located::Unknown);
         }
         match self.view.host(&entry.host) {
@@ -330,20 +371,29 @@ impl Node {
     }
 
     /// Forgets the directory entry of a VM whose host is gone (`DELETE` of a lost VM).
+    /// Its entry becomes a tombstone: were the host only cut off, it destroys the VM when
+    /// it comes back instead of running it on.
     pub fn forget(&self, id: VmId) -> Result<(), FleetError> {
-        Ok(self
-            .client
-            .delete(self.keys.vm(&id.to_string()).as_bytes())?)
+        let key = self.keys.vm(&id.to_string());
+        let Some(kv) = self.client.get(key.as_bytes())? else {
+            return Ok(());
+        };
+        let Ok(mut entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
+            return Ok(self.client.delete(key.as_bytes())?);
+        };
+        entry.deleted = true;
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        // Rewritten meanwhile (its host came back): the next call sees the host.
+        self.client
+            .put_if(key.as_bytes(), kv.mod_revision, &bytes, 0)?;
+        Ok(())
     }
 
-    /// `GET /vms` across the fleet: this host's VMs, each live host's (asked at once), and
-    /// the lost ones of hosts that left. `host` narrows it to one host.
-    pub fn list(
-        &self,
-        local: Vec<std::sync::Arc<[u8]>>,
-        query: &str,
-        host: Option<&str>,
-    ) -> Vec<Vec<u8>> {
+    /// `GET /vms` across the fleet: this host's VMs, each live host's (asked at once, with
+    /// the caller's query and authorisation), and the lost ones of hosts that left, which
+    /// the filter is applied to here.
+    pub fn list(&self, local: Vec<std::sync::Arc<[u8]>>, asked: &Listing) -> Vec<Vec<u8>> {
+        let host = asked.host;
         let mut out: Vec<Vec<u8>> = Vec::new();
         if host.is_none_or(|h| h == self.name) {
             out.extend(local.iter().map(|json| with_host(json, &self.name)));
@@ -358,12 +408,13 @@ impl Node {
             .filter(|k| k.value.name != self.name && host.is_none_or(|h| h == k.value.name))
             .map(|k| (k.value.name, k.value.url))
             .collect();
-        let path = if query.is_empty() {
+        let path = if asked.query.is_empty() {
             "/vms".to_string()
         } else {
-            format!("/vms?{query}")
+            format!("/vms?{}", asked.query)
         };
-        let headers = [(FORWARDED_BY, self.name.clone())];
+        let mut headers = vec![(FORWARDED_BY, self.name.clone())];
+        headers.extend(asked.authorization.clone().map(|a| ("Authorization", a)));
         let answers = self.peers.send_each(&others, "GET", &path, &headers, None);
         let answers = answers
             .into_iter()
@@ -389,9 +440,15 @@ impl Node {
                 let Ok(entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
                     continue;
                 };
-                let gone = entry.host != self.name && self.view.host(&entry.host).is_none();
-                if gone && host.is_none_or(|h| h == entry.host) {
-                    out.extend(serde_json::to_vec(&lost_object(&entry)).ok());
+                let gone = entry.host != self.name
+                    && !entry.deleted
+                    && self.view.host(&entry.host).is_none();
+                if !gone || host.is_some_and(|h| h != entry.host) {
+                    continue;
+                }
+                let vm = serde_json::to_vec(&lost_object(&entry)).unwrap_or_default();
+                if asked.filter.matches_json(&vm) {
+                    out.push(vm);
                 }
             }
         }

@@ -20,9 +20,15 @@ const DECISION_BUCKETS: &[f64] = &[
 /// Placements counted by why the host was chosen; `retry` is a second placement after a
 /// forward failed.
 const PLACED: &[&str] = &["pool", "image", "slots", "retry"];
-/// `hosts-refused`: every host tried answered 503 itself (it filled up or was cut off
-/// after the view was read).
-const REFUSED: &[&str] = &["no-hosts", "all-draining", "all-full", "hosts-refused"];
+/// `Refusal::label`s, and `hosts-refused`: every host tried answered 503 itself (it filled
+/// up or was cut off after the view was read).
+const REFUSED: &[&str] = &[
+    "no-hosts",
+    "all-draining",
+    "all-full",
+    "no-disk-room",
+    "hosts-refused",
+];
 /// `refused`: the host answered 503; the others got no answer (see `forward::PeerError`).
 const FORWARD_FAILED: &[&str] = &["connect", "timeout", "tls", "broken", "refused"];
 /// `failed`: etcd did not answer (this host serves alone); `expired`: etcd no longer knew
@@ -199,6 +205,26 @@ impl FleetMetrics {
 mod tests {
     use super::*;
     use crate::sys::prometheus::check::{parse, value_of};
+
+    #[test]
+    fn every_refusal_has_its_series() {
+        let all = [
+            Refusal::NoHosts,
+            Refusal::AllDraining,
+            Refusal::AllFull,
+            Refusal::NoDiskRoom,
+        ];
+        for refusal in &all {
+            // A new refusal stops compiling here until it is in `all` (and so in REFUSED).
+            match refusal {
+                Refusal::NoHosts
+                | Refusal::AllDraining
+                | Refusal::AllFull
+                | Refusal::NoDiskRoom => {}
+            }
+            assert!(REFUSED.contains(&refusal.label()), "{}", refusal.label());
+        }
+    }
 
     #[test]
     fn every_family_is_well_formed_and_counts_what_happened() {

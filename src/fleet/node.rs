@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::etcd::{watch_prefix, Client, EtcdError, WatchEnd};
+use super::etcd::{watch_prefix, Client, EtcdError, Kv, WatchEnd};
 use super::forward::Peers;
 use super::metrics::FleetMetrics;
 use super::record::{DirEntry, HostRecord, Keys, PoolIdle, Slots};
@@ -305,8 +305,10 @@ impl Node {
     fn rejoin(&self) {
         match self.register() {
             Ok(Registered::Yes) => {
-                self.reconcile();
+                // Cleared first: reconcile marks the entries of the VMs it destroys as not
+                // to be rewritten, so they stay as the fleet left them.
                 self.directory.lock_unpoisoned().clear();
+                self.reconcile();
                 self.set_standing("joined", None);
             }
             Ok(Registered::NameTaken(url)) => self.set_standing(
@@ -342,7 +344,9 @@ impl Node {
                 .flatten()
                 .and_then(|kv| serde_json::from_slice::<DirEntry>(&kv.value).ok());
             let declared_lost = entry.as_ref().is_some_and(|e| {
-                e.host != self.name || e.vm["error"]["code"].as_str() == Some(HOST_LOST)
+                e.host != self.name
+                    || e.deleted
+                    || e.vm["error"]["code"].as_str() == Some(HOST_LOST)
             });
             if declared_lost {
                 lost += 1;
@@ -428,6 +432,7 @@ impl Node {
             let entry = DirEntry {
                 host: self.name.clone(),
                 vm: object,
+                deleted: false,
             };
             let bytes = serde_json::to_vec(&entry).unwrap_or_default();
             self.client.put(self.keys.vm(&id).as_bytes(), &bytes, 0)?;
@@ -442,8 +447,10 @@ impl Node {
             let key = self.keys.vm(&id);
             // Only our own entry: one the fleet rewrote after a loss stays as it is.
             if let Some(kv) = self.client.get(key.as_bytes())? {
-                let ours = serde_json::from_slice::<DirEntry>(&kv.value)
-                    .is_ok_and(|e| e.host == self.name && e.vm["error"]["code"] != HOST_LOST);
+                // A tombstone goes with the VM its client deleted.
+                let ours = serde_json::from_slice::<DirEntry>(&kv.value).is_ok_and(|e| {
+                    e.host == self.name && (e.deleted || e.vm["error"]["code"] != HOST_LOST)
+                });
                 if ours {
                     self.client.delete_if(key.as_bytes(), kv.mod_revision)?;
                 }
@@ -490,6 +497,10 @@ impl Node {
 
     /// Compare-and-swap of a host's slots: `change` edits them (true: write) until a write
     /// wins or `change` says there is nothing to do. Returns whether it wrote.
+    ///
+    /// The first try starts from the view, which can lag etcd by a watch event: a front
+    /// door that releases the slot it claimed a moment ago may not see its own claim there
+    /// yet. So "nothing to do" is only believed of etcd's own copy.
     pub fn change_slots(
         &self,
         host: &str,
@@ -501,20 +512,29 @@ impl Node {
             Some(k) => (k.value, k.mod_revision),
             None => (Slots::default(), 0),
         };
+        let mut from_view = true;
+        let read = |kv: Option<Kv>| match kv {
+            Some(kv) if kv.mod_revision != 0 => (
+                serde_json::from_slice(&kv.value).unwrap_or_default(),
+                kv.mod_revision,
+            ),
+            _ => (Slots::default(), 0),
+        };
         for _ in 0..20 {
             if !change(&mut slots) {
-                return Ok(false);
+                if !from_view {
+                    return Ok(false);
+                }
+                from_view = false;
+                (slots, revision) = read(self.client.get(key.as_bytes())?);
+                continue;
             }
             let bytes = serde_json::to_vec(&slots).unwrap_or_default();
             match self.client.put_if(key.as_bytes(), revision, &bytes, 0)? {
                 None => return Ok(true),
                 Some(current) => {
-                    revision = current.mod_revision;
-                    slots = if current.mod_revision == 0 {
-                        Slots::default()
-                    } else {
-                        serde_json::from_slice(&current.value).unwrap_or_default()
-                    };
+                    from_view = false;
+                    (slots, revision) = read(Some(current));
                 }
             }
         }
@@ -634,7 +654,7 @@ fn mark_lost(
         let Ok(mut entry) = serde_json::from_slice::<DirEntry>(&kv.value) else {
             continue;
         };
-        if entry.host != host.name || entry.vm["error"]["code"] == HOST_LOST {
+        if entry.host != host.name || entry.deleted || entry.vm["error"]["code"] == HOST_LOST {
             continue;
         }
         if entry.vm.is_object() {
@@ -735,6 +755,7 @@ mod tests {
         let entry = DirEntry {
             host: "mac-2".into(),
             vm: serde_json::json!({"id": "x", "status": "running", "ip_address": "10.0.0.2"}),
+            deleted: false,
         };
         let vm = lost_object(&entry);
         assert_eq!(vm["status"], "failed");

@@ -5,12 +5,15 @@
 //! without disk room for it. Ties are broken by a hash of the VM's id, so front
 //! doors that decide at once spread over equal hosts instead of racing for one.
 
+use std::cmp::Reverse;
+
 use crate::vm::CreateVm;
 
 use super::record::HostRecord;
 use super::view::View;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Best first: the order of the variants is the order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     /// An idle warm-pool VM matches.
     Pool,
@@ -102,17 +105,18 @@ pub fn rank(
     if candidates.is_empty() {
         return Err(Refusal::NoHosts);
     }
-    let open: Vec<&Candidate> = candidates.iter().filter(|c| !c.record.draining).collect();
-    if open.is_empty() {
+    let open = candidates.iter().filter(|c| !c.record.draining);
+    if open.clone().next().is_none() {
         return Err(Refusal::AllDraining);
     }
-    let mut ranked: Vec<(Reason, u64, u64, &str)> = Vec::new();
+    let mut ranked: Vec<(Reason, Reverse<u64>, u64, &str)> = Vec::new();
     let mut without_room = 0;
     for c in open {
+        let free = c.free();
         // A pool VM is already counted in its host's slots: a full host can hand it out.
         let reason = if c.has_idle_match(create) {
             Reason::Pool
-        } else if c.free() == 0 {
+        } else if free == 0 {
             continue;
         } else if c.record.images.contains(&create.image.checksum) {
             Reason::Image
@@ -123,7 +127,7 @@ pub fn rank(
             Reason::Slots
         };
         let spread = fnv(c.record.name.as_bytes()) ^ tie_break;
-        ranked.push((reason, c.free(), spread, c.record.name.as_str()));
+        ranked.push((reason, Reverse(free), spread, c.record.name.as_str()));
     }
     if ranked.is_empty() {
         return Err(if without_room > 0 {
@@ -132,17 +136,12 @@ pub fn rank(
             Refusal::AllFull
         });
     }
-    let order = |r: Reason| match r {
-        Reason::Pool => 0,
-        Reason::Image => 1,
-        Reason::Slots => 2,
-    };
-    ranked.sort_by(|a, b| {
-        order(a.0)
-            .cmp(&order(b.0))
-            .then(b.1.cmp(&a.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(b.3))
+    // The name only settles a collision of the spread hashes: compared last, and only then
+    // (a thousand hosts sort in tens of microseconds this way).
+    ranked.sort_unstable_by(|a, b| {
+        (a.0, a.1, a.2)
+            .cmp(&(b.0, b.1, b.2))
+            .then_with(|| a.3.cmp(b.3))
     });
     Ok(ranked
         .into_iter()

@@ -3,8 +3,10 @@
 //! - `slots/<name>`: the VM ids placed on that host ([`Slots`]), changed only by
 //!   compare-and-swap, so that two front doors never both take its last place;
 //! - `vms/<id>`: the fleet's directory ([`DirEntry`]): owner and last VM object, without a
-//!   lease, so a dead host's VMs can still be answered for;
-//! - `idempotency/<sha256 of the key>`: which VM a client's idempotency key made;
+//!   lease, so a dead host's VMs can still be answered for (and a tombstone when a client
+//!   deletes one, until its host comes back and destroys it);
+//! - `idempotency/<sha256 of the caller's credential and the key>`: which host a client's
+//!   idempotency key went to, per credential, so two tokens' keys never meet;
 //! - `lost/<name>/<lease>`: the marker one survivor creates to handle a host's death.
 
 use std::collections::BTreeMap;
@@ -62,6 +64,11 @@ pub struct DirEntry {
     /// The VM object as its owner last answered it; `null` while it is being placed.
     #[serde(default)]
     pub vm: Value,
+    /// A client deleted the VM while its host was gone: the entry stays as a tombstone, so
+    /// that the host, if it comes back, destroys the VM rather than claim it again (it
+    /// removes the entry then). Answered as unknown meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// The keys of one fleet.
@@ -89,9 +96,16 @@ impl Keys {
     pub fn vm(&self, id: &str) -> String {
         format!("{}vms/{id}", self.prefix)
     }
-    pub fn idempotency(&self, key: &str) -> String {
+    /// `credential`: the caller's bearer token (or `""` without one). Only a digest of it
+    /// and the key is stored.
+    pub fn idempotency(&self, credential: &str, key: &str) -> String {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut hasher = sha2::Sha256::new();
+        // Its length first: ("ab", "c") and ("a", "bc") are two scopes.
+        hasher.update((credential.len() as u64).to_be_bytes());
+        hasher.update(credential.as_bytes());
+        hasher.update(key.as_bytes());
+        let digest = hasher.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}idempotency/{hex}", self.prefix)
     }
@@ -119,7 +133,16 @@ mod tests {
         assert_eq!(keys.name_in("hosts", b"/f/hosts/mac-1"), Some("mac-1"));
         assert_eq!(keys.name_in("hosts", b"/f/slots/mac-1"), None);
         assert_eq!(keys.name_in("hosts", b"/g/hosts/mac-1"), None);
-        assert!(keys.idempotency("k").starts_with("/f/idempotency/"));
-        assert_eq!(keys.idempotency("k").len(), "/f/idempotency/".len() + 64);
+        assert!(keys.idempotency("", "k").starts_with("/f/idempotency/"));
+        assert_eq!(
+            keys.idempotency("", "k").len(),
+            "/f/idempotency/".len() + 64
+        );
+        // One key, two callers: two markers.
+        assert_ne!(
+            keys.idempotency("team-a", "k"),
+            keys.idempotency("team-b", "k")
+        );
+        assert_ne!(keys.idempotency("ab", "c"), keys.idempotency("a", "bc"));
     }
 }

@@ -37,6 +37,11 @@ impl View {
         hosts
     }
 
+    /// How many hosts are in the view, without copying their records (`/healthz`).
+    pub fn host_count(&self) -> usize {
+        self.hosts.read_unpoisoned().len()
+    }
+
     pub fn host(&self, name: &str) -> Option<Known<HostRecord>> {
         self.hosts.read_unpoisoned().get(name).cloned()
     }

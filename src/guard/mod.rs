@@ -24,6 +24,8 @@ pub struct Guard {
     pub strict_vmx: bool,
     /// Where this server listens, known once it is bound.
     listening: OnceLock<SocketAddr>,
+    /// The host's kind of VM, known once the hypervisor is: `oci://` images are tart's.
+    vm_format: OnceLock<crate::image::VmFormat>,
 }
 
 impl Guard {
@@ -48,6 +50,7 @@ impl Guard {
             callback_allow,
             strict_vmx,
             listening: OnceLock::new(),
+            vm_format: OnceLock::new(),
         })
     }
 
@@ -57,5 +60,14 @@ impl Guard {
 
     pub fn listening(&self) -> Option<SocketAddr> {
         self.listening.get().copied()
+    }
+
+    /// Tells the guard what VMs the host runs; a second call is ignored.
+    pub fn set_vm_format(&self, vm: crate::image::VmFormat) {
+        let _ = self.vm_format.set(vm);
+    }
+
+    pub fn vm_format(&self) -> crate::image::VmFormat {
+        self.vm_format.get().copied().unwrap_or_default()
     }
 }

@@ -125,6 +125,41 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// run under the gold's lock before its first clone since the server started.
     fn prepare_gold(&self, gold: &Path) -> Result<(), HypervisorError>;
 
+    /// Fetches the OCI image `repository` (`host/path`) pinned to its sha256 `digest` (hex)
+    /// and makes it the gold VM of that digest, its files linked into `into` (an empty
+    /// folder) for the image cache to publish. A pull that is not of that digest fails
+    /// `image-digest-mismatch`. Only tart pulls images.
+    fn pull_gold(
+        &self,
+        repository: &str,
+        digest: &str,
+        into: &Path,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let _ = (digest, into, cancel);
+        Err(HypervisorError::Refused {
+            code: "image-url-unsupported",
+            message: format!(
+                "cannot pull the OCI image {repository}: oci:// images are pulled by tart (Apple Silicon Macs), and this host runs {}; give an http://, https:// or file:// archive",
+                self.kind()
+            ),
+        })
+    }
+
+    /// Removes what the hypervisor keeps of the gold image `checksum` besides its folder of
+    /// the image cache (tart: its VM `osxb-gold-<checksum>`), when the image is evicted or
+    /// deleted. VMware keeps nothing else.
+    fn remove_gold(&self, checksum: &str) -> Result<(), HypervisorError> {
+        let _ = checksum;
+        Ok(())
+    }
+
+    /// Whether a clone reads its gold image for as long as it lives (VMware's linked
+    /// clones): such an image stays while a VM of it exists. A tart clone is a copy.
+    fn clones_need_gold(&self) -> bool {
+        true
+    }
+
     /// Makes `vm` a clone of the gold VM `gold`, shown as `name`. Never replaces a VM.
     fn clone_vm(
         &self,

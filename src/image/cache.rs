@@ -16,11 +16,13 @@ use crate::image::checksum;
 use crate::image::download::{Fetcher, Location};
 use crate::image::error::ImageError;
 use crate::image::extract::Limits;
+use crate::image::gold_host::GoldHost;
 use crate::image::guard::MinRate;
 use crate::image::layout::{GoldImage, Layout};
 use crate::image::pipeline::{self, Job};
 use crate::image::progress::{ImagePhase, ImageProgress, ProgressCell};
 use crate::image::spec::ImageSpec;
+use crate::image::vm_format::VmFormat;
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
 
@@ -48,6 +50,8 @@ pub struct ImageSettings {
     pub min_rate: MinRate,
     /// Downloads that run at once; the others wait their turn (0: no limit).
     pub max_downloads: usize,
+    /// What a gold image must hold: the host's hypervisor's kind of VM.
+    pub vm_format: VmFormat,
 }
 
 impl ImageSettings {
@@ -70,6 +74,7 @@ impl ImageSettings {
             trust: crate::tls::ClientTrust::system(),
             min_rate: MinRate::OFF,
             max_downloads: Self::DEFAULT_MAX_DOWNLOADS,
+            vm_format: VmFormat::Vmware,
         }
     }
 }
@@ -92,6 +97,9 @@ struct Shared {
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// Told about every finished download (metrics, cache eviction); set once at startup.
     on_download: OnceLock<DownloadHook>,
+    /// The hypervisor's part in gold images (OCI pulls, its own copies); set once at
+    /// startup.
+    host: OnceLock<Arc<dyn GoldHost>>,
 }
 
 /// Called on the download thread when a download ends: the checksum, how long it took
@@ -145,7 +153,7 @@ impl ImageCache {
     /// Creates `gold/` and `images/` under the data folder and removes what a process that
     /// died mid-download left there.
     pub fn new(settings: ImageSettings) -> Result<Self, ImageError> {
-        let layout = Layout::new(&settings.data_dir);
+        let layout = Layout::new(&settings.data_dir, settings.vm_format);
         layout.create()?;
         for path in layout.remove_leftovers()? {
             crate::info!("removed {} left by an interrupted download", path.display());
@@ -162,6 +170,7 @@ impl ImageCache {
                 limits: Limits {
                     max_unpacked_bytes: settings.max_unpacked_bytes,
                     cancel: None,
+                    vm: settings.vm_format,
                 },
                 min_rate: settings.min_rate,
                 slots: Slots {
@@ -172,6 +181,7 @@ impl ImageCache {
                 strict_vmx: settings.strict_vmx,
                 flights: Mutex::new(HashMap::new()),
                 on_download: OnceLock::new(),
+                host: OnceLock::new(),
             }),
         })
     }
@@ -179,6 +189,16 @@ impl ImageCache {
     /// Sets the hook told about every finished download; a second call is ignored.
     pub fn set_download_hook(&self, hook: DownloadHook) {
         let _ = self.shared.on_download.set(hook);
+    }
+
+    /// Sets the hypervisor's part in gold images; a second call is ignored.
+    pub fn set_gold_host(&self, host: Arc<dyn GoldHost>) {
+        let _ = self.shared.host.set(host);
+    }
+
+    /// The hypervisor's part in gold images, once set.
+    pub fn gold_host(&self) -> Option<&Arc<dyn GoldHost>> {
+        self.shared.host.get()
     }
 
     /// `gold/`: where published gold images live, one folder per checksum.
@@ -370,10 +390,15 @@ fn fly(shared: &Shared, spec: &ImageSpec, location: &Location, flight: &Flight) 
         cancel: &flight.cancel,
         min_rate: shared.min_rate,
     };
-    flight.progress.set_phase(ImagePhase::QueuedDownload);
     let result = if shared.slots.acquire(&flight.cancel) {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline::run(&job)))
-            .unwrap_or_else(|_| {
+        let run = || match location {
+            Location::Oci(reference) => {
+                crate::image::oci::run(&job, reference, shared.host.get().map(|h| h.as_ref()))
+            }
+            _ => pipeline::run(&job),
+        };
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
                 Err(ImageError::Internal {
                     detail: format!("the download thread for {} panicked", spec.url),
                 })

@@ -19,6 +19,8 @@ use crate::image::error::ImageError;
 pub enum Location {
     Http(String),
     File(PathBuf),
+    /// An OCI image, pulled by the hypervisor (tart), never by this server.
+    Oci(crate::image::oci::OciReference),
 }
 
 impl Location {
@@ -48,6 +50,11 @@ impl Location {
         }
         if url.starts_with('/') {
             return Ok(Self::File(PathBuf::from(url)));
+        }
+        if starts_with_ignore_case(url, "oci://") {
+            return crate::image::oci::OciReference::parse(url)
+                .map(Self::Oci)
+                .map_err(|why| unsupported(&format!("the OCI reference is not valid: {why}")));
         }
         Err(unsupported(
             "only http://, https://, file:// and absolute paths are supported",
@@ -124,6 +131,10 @@ impl Fetcher {
     /// Starts reading the archive from its first byte.
     pub fn open(&self, location: &Location, url: &str) -> Result<Body, ImageError> {
         match location {
+            Location::Oci(_) => Err(ImageError::UnsupportedUrl {
+                url: url.to_owned(),
+                reason: "an OCI image is pulled by the hypervisor, not downloaded".to_owned(),
+            }),
             Location::File(path) => {
                 let unreadable = |source: io::Error| {
                     crate::warn!("local image {}: {source}", path.display());

@@ -92,10 +92,23 @@ pub enum ImageError {
         needed: Option<u64>,
         available: u64,
     },
-    /// A gold folder exists but does not hold exactly one .vmx, so it cannot be trusted.
-    GoldInvalid { dir: PathBuf, found: Vec<PathBuf> },
+    /// A gold folder exists but does not hold exactly one VM, so it cannot be trusted.
+    GoldInvalid {
+        dir: PathBuf,
+        found: Vec<PathBuf>,
+        /// What it should hold (`VmFormat::wanted`).
+        wanted: &'static str,
+    },
     /// `--strict-vmx`: the image's VMX has lines the allow-list refuses.
     VmxUnsafe { url: String, lines: Vec<String> },
+    /// The hypervisor could not pull an OCI image, with its code (`image-pull-failed`,
+    /// `image-digest-mismatch` for content other than the digest names, `tart-timeout`...)
+    /// and its words.
+    Pull {
+        reference: String,
+        code: &'static str,
+        message: String,
+    },
     /// The waiter gave up (its VM was deleted or the server is stopping); the download
     /// itself goes on for the cache.
     Cancelled,
@@ -125,6 +138,7 @@ impl ImageError {
             Self::DiskFull { .. } => "disk-full",
             Self::GoldInvalid { .. } => "gold-invalid",
             Self::VmxUnsafe { .. } => "image-vmx-unsafe",
+            Self::Pull { code, .. } => code,
             Self::Cancelled => "image-cancelled",
             Self::Io { .. } => "image-io",
             Self::Internal { .. } => "internal-error",
@@ -168,7 +182,7 @@ impl fmt::Display for ImageError {
             Self::UnsupportedUrl { url, reason } => write!(
                 f,
                 "cannot fetch the image from {url}: {reason}; use an http://, https:// or \
-                 file:// URL in the create request"
+                 file:// URL (or, on a tart host, oci://) in the create request"
             ),
             Self::HttpStatus { url, status } => write!(
                 f,
@@ -269,10 +283,10 @@ impl fmt::Display for ImageError {
                 }
                 f.write_str("; free disk space or move --data-dir to a larger volume")
             }
-            Self::GoldInvalid { dir, found } => {
+            Self::GoldInvalid { dir, found, wanted } => {
                 write!(
                     f,
-                    "the gold folder {} does not hold exactly one .vmx (found {}",
+                    "the gold folder {} does not hold {wanted} (found {}",
                     dir.display(),
                     found.len()
                 )?;
@@ -290,6 +304,9 @@ impl fmt::Display for ImageError {
                 write!(f, "image {url}: ")?;
                 f.write_str(&crate::hypervisor::vmx_policy::unsafe_vmx_message(lines))
             }
+            Self::Pull {
+                reference, message, ..
+            } => write!(f, "cannot pull the OCI image {reference}: {message}"),
             Self::Cancelled => f.write_str(
                 "the image download was cancelled (DELETE /images/:checksum, or every VM that \
                  waited for it was deleted)",

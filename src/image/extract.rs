@@ -17,6 +17,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::image::archive::ArchiveFormat;
+use crate::image::vm_format::{tart_file_names, VmFormat, TART_COMPLETE, TART_FILES};
 
 /// Bounds on what an archive may expand to.
 #[derive(Clone, Debug, Default)]
@@ -27,12 +28,15 @@ pub struct Limits {
     /// Stops decompression and unpacking when set: a bomb whose VMs are gone must not burn
     /// a core for half an hour (its few compressed bytes are read too rarely to notice).
     pub cancel: Option<crate::sys::cancel::Cancel>,
+    /// What the archive must hold: one VMware VM or one tart VM folder.
+    pub vm: VmFormat,
 }
 
 /// What an archive unpacked to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unpacked {
-    /// The gold VM's .vmx, relative to the staging folder.
+    /// The gold VM's configuration, relative to the staging folder: its .vmx (VMware) or
+    /// its folder's `config.json` (tart).
     pub vmx: PathBuf,
     /// Regular files created (hard links included).
     pub files: u64,
@@ -92,9 +96,24 @@ pub enum ExtractError {
     /// The archive expands to more than `Limits::max_unpacked_bytes`.
     UnpackLimit { limit: u64, entry: String },
     /// No .vmx anywhere: the first `LISTED_ENTRIES` entry names and the total count.
-    NoVmx { listed: Vec<String>, entries: u64 },
+    NoVmx {
+        listed: Vec<String>,
+        entries: u64,
+        /// A whole tart VM folder was seen: the archive is a tart VM.
+        tart_vm_seen: bool,
+    },
     /// More than one .vmx: the archive holds several VMs, or stray copies.
     ManyVmx { vmx: Vec<String> },
+    /// No folder holds all of tart's `config.json`, `disk.img` and `nvram.bin`: `found`
+    /// has a bit per file (`vm_format::tart_file_bit`) for the folder that holds most.
+    TartVmIncomplete {
+        found: u8,
+        entries: u64,
+        /// A .vmx was seen: the archive is a VMware VM.
+        vmx_seen: bool,
+    },
+    /// Two folders (or more) hold a whole tart VM: which to clone is ambiguous.
+    ManyTartVms { folders: Vec<String> },
     /// The staging folder's file system is full.
     DiskFull { dir: PathBuf, entry: String },
     /// Any other failure to create or write something in the staging folder.
@@ -117,6 +136,8 @@ impl ExtractError {
             Self::UnpackLimit { .. } => "unpack-limit",
             Self::NoVmx { .. } => "no-vmx",
             Self::ManyVmx { .. } => "many-vmx",
+            Self::TartVmIncomplete { .. } => "image-tart-vm-incomplete",
+            Self::ManyTartVms { .. } => "image-many-tart-vms",
             Self::DiskFull { .. } => "disk-full",
             Self::WriteFailed { .. } => "write-failed",
             Self::StagingNotEmpty { .. } => "staging-not-empty",
@@ -213,12 +234,22 @@ impl fmt::Display for ExtractError {
                  --max-unpacked-bytes (OSX_BUILDER_MAX_UNPACKED_BYTES)",
                 human_bytes(*limit)
             ),
-            Self::NoVmx { listed, entries } => {
+            Self::NoVmx {
+                listed,
+                entries,
+                tart_vm_seen,
+            } => {
                 write!(
                     f,
                     "the archive holds no .vmx file, so it is not a VMware VM; it has {entries} \
                      entries"
                 )?;
+                if *tart_vm_seen {
+                    f.write_str(
+                        " (it holds a tart VM folder: config.json, disk.img and nvram.bin, and \
+                         this server runs VMware)",
+                    )?;
+                }
                 // The names are not listed: the archive may be any local file, and what
                 // it holds is not the client's to read.
                 let _ = listed;
@@ -229,6 +260,46 @@ impl fmt::Display for ExtractError {
                 "the archive holds more than one .vmx file ({}), so which VM to clone is \
                  ambiguous; rebuild the archive with exactly one VM",
                 vmx.join(", ")
+            ),
+            Self::TartVmIncomplete {
+                found,
+                entries,
+                vmx_seen,
+            } => {
+                let missing = tart_file_names(!found & TART_COMPLETE);
+                if *found == 0 {
+                    write!(
+                        f,
+                        "the archive holds none of {}, so it is not a tart VM; it has \
+                         {entries} entries",
+                        tart_file_names(TART_COMPLETE)
+                    )?;
+                } else {
+                    let beside = if found.count_ones() > 1 { "them" } else { "it" };
+                    write!(
+                        f,
+                        "the archive holds {} but no {missing} beside {beside}",
+                        tart_file_names(*found)
+                    )?;
+                }
+                if *vmx_seen {
+                    f.write_str(
+                        " (it holds a .vmx: it is a VMware VM, and this server runs tart)",
+                    )?;
+                }
+                write!(
+                    f,
+                    ": a tart VM folder needs all three of {}, in one folder at any depth; \
+                     archive the VM's whole folder (~/.tart/vms/NAME) and point the image URL \
+                     at it",
+                    TART_FILES.join(", ")
+                )
+            }
+            Self::ManyTartVms { folders } => write!(
+                f,
+                "the archive holds more than one tart VM folder ({}), so which VM to clone \
+                 is ambiguous; rebuild the archive with exactly one VM folder",
+                folders.join(", ")
             ),
             Self::DiskFull { dir, entry } => write!(
                 f,
@@ -321,6 +392,31 @@ mod tests {
         assert!(text.contains("--max-unpacked-bytes"), "{text}");
         assert!(text.contains("10485760 bytes (10.0 MiB)"), "{text}");
         assert!(text.contains("vm/disk.vmdk"), "{text}");
+    }
+
+    #[test]
+    fn each_hypervisor_says_when_an_archive_is_the_others_vm() {
+        let tart = ExtractError::TartVmIncomplete {
+            found: 0b010,
+            entries: 4,
+            vmx_seen: false,
+        };
+        let text = tart.to_string();
+        assert!(
+            text.starts_with(
+                "the archive holds disk.img but no config.json and nvram.bin beside it"
+            ),
+            "{text}"
+        );
+        let vmware = ExtractError::NoVmx {
+            listed: vec![],
+            entries: 3,
+            tart_vm_seen: true,
+        };
+        assert!(
+            vmware.to_string().contains("it holds a tart VM folder"),
+            "{vmware}"
+        );
     }
 
     #[test]

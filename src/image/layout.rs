@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::image::error::ImageError;
+use crate::image::vm_format::{tart_file_bit, VmFormat, TART_COMPLETE};
 
 const STAGING_PREFIX: &str = ".staging-";
 const PART_SUFFIX: &str = ".part";
@@ -27,7 +28,8 @@ pub struct GoldImage {
     pub checksum: String,
     /// `gold/<checksum>`.
     pub dir: PathBuf,
-    /// The gold VM's .vmx, absolute.
+    /// The gold VM's configuration, absolute: its .vmx (VMware), or its folder's
+    /// `config.json` (tart).
     pub vmx: PathBuf,
 }
 
@@ -35,14 +37,20 @@ pub struct GoldImage {
 pub struct Layout {
     gold: PathBuf,
     images: PathBuf,
+    vm: VmFormat,
 }
 
 impl Layout {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path, vm: VmFormat) -> Self {
         Self {
             gold: data_dir.join("gold"),
             images: data_dir.join("images"),
+            vm,
         }
+    }
+
+    pub fn vm_format(&self) -> VmFormat {
+        self.vm
     }
 
     pub fn gold_root(&self) -> &Path {
@@ -111,21 +119,26 @@ impl Layout {
         Ok(removed)
     }
 
-    /// The gold image for `checksum` if its folder exists. A folder without exactly one .vmx
-    /// is an error rather than "absent": downloading again could not replace it.
+    /// The gold image for `checksum` if its folder exists. A folder without exactly one VM
+    /// (one .vmx, or one tart VM folder) is an error rather than "absent": downloading again
+    /// could not replace it.
     pub fn find_gold(&self, checksum: &str) -> Result<Option<GoldImage>, ImageError> {
         let dir = self.gold_dir(checksum);
         if !dir.is_dir() {
             return Ok(None);
         }
-        let found = find_vmx(&dir).map_err(|e| ImageError::io(&dir, e))?;
+        let found = find_vm(&dir, self.vm).map_err(|e| ImageError::io(&dir, e))?;
         match found.as_slice() {
             [vmx] => Ok(Some(GoldImage {
                 checksum: checksum.to_owned(),
                 vmx: vmx.clone(),
                 dir,
             })),
-            _ => Err(ImageError::GoldInvalid { dir, found }),
+            _ => Err(ImageError::GoldInvalid {
+                dir,
+                found,
+                wanted: self.vm.wanted(),
+            }),
         }
     }
 }
@@ -142,20 +155,30 @@ pub fn remove_path(path: &Path, is_dir: bool) -> io::Result<()> {
     }
 }
 
-/// Every .vmx under `root`, absolute, without following symlinks.
-fn find_vmx(root: &Path) -> io::Result<Vec<PathBuf>> {
+/// Every VM under `root`, absolute, without following symlinks: each .vmx (VMware), or
+/// the `config.json` of each folder that holds all of tart's three files.
+fn find_vm(root: &Path, vm: VmFormat) -> io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut folders = vec![(root.to_path_buf(), 0)];
     while let Some((folder, depth)) = folders.pop() {
+        let mut tart_files = 0;
         for entry in fs::read_dir(&folder)? {
             let entry = entry?;
             let kind = entry.file_type()?;
             let path = entry.path();
             if kind.is_dir() && depth < MAX_VMX_DEPTH {
                 folders.push((path, depth + 1));
-            } else if kind.is_file() && is_vmx(&path, root) {
+            } else if !kind.is_file() {
+                continue;
+            } else if vm == VmFormat::Vmware && is_vmx(&path, root) {
                 found.push(path);
+            } else if vm == VmFormat::Tart {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                tart_files |= tart_file_bit(rel).unwrap_or(0);
             }
+        }
+        if tart_files == TART_COMPLETE {
+            found.push(folder.join("config.json"));
         }
     }
     found.sort();
@@ -182,7 +205,7 @@ mod tests {
     #[test]
     fn finds_the_one_vmx_anywhere_and_ignores_companions() {
         let data = crate::sys::scratch::dir("layout-find");
-        let layout = Layout::new(&data);
+        let layout = Layout::new(&data, VmFormat::Vmware);
         layout.create().unwrap();
         let sum = "9e107d9d372bb6826bd81d3542a419d6";
         let bundle = layout.gold_dir(sum).join("top/macOS.vmwarevm");
@@ -215,9 +238,37 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_one_tart_vm_folder_anywhere() {
+        let data = crate::sys::scratch::dir("layout-find-tart");
+        let layout = Layout::new(&data, VmFormat::Tart);
+        layout.create().unwrap();
+        let sum = "9e107d9d372bb6826bd81d3542a419d6";
+        let vm = layout.gold_dir(sum).join("export/macos.tartvm");
+        fs::create_dir_all(&vm).unwrap();
+        for file in crate::image::vm_format::TART_FILES {
+            fs::write(vm.join(file), "x").unwrap();
+        }
+        // Parts of a VM, and a VMware VM, are not a second tart VM.
+        fs::write(layout.gold_dir(sum).join("config.json"), "x").unwrap();
+        fs::write(layout.gold_dir(sum).join("macOS.vmx"), "x").unwrap();
+        let gold = layout.find_gold(sum).unwrap().unwrap();
+        assert_eq!(gold.vmx, vm.join("config.json"));
+
+        let other = layout.gold_dir(sum).join("other");
+        fs::create_dir_all(&other).unwrap();
+        for file in crate::image::vm_format::TART_FILES {
+            fs::write(other.join(file), "x").unwrap();
+        }
+        let e = layout.find_gold(sum).unwrap_err();
+        assert_eq!(e.code(), "gold-invalid");
+        assert!(e.to_string().contains("one tart VM folder"), "{e}");
+        fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
     fn leftovers_are_ours_only() {
         let data = crate::sys::scratch::dir("layout-leftovers");
-        let layout = Layout::new(&data);
+        let layout = Layout::new(&data, VmFormat::Vmware);
         layout.create().unwrap();
         let staging = layout.new_staging_dir("abc");
         fs::create_dir_all(staging.join("vm")).unwrap();

@@ -20,6 +20,7 @@ use crate::image::guard::{Guarded, MinRate};
 use crate::image::layout::{remove_path, GoldImage, Layout};
 use crate::image::progress::{ImagePhase, ProgressCell};
 use crate::image::spec::ImageSpec;
+use crate::image::vm_format::VmFormat;
 
 /// Bytes moved per read when draining the body or copying a zip to its part file.
 const COPY_BUF_LEN: usize = 256 * 1024;
@@ -43,13 +44,25 @@ pub struct Job<'a> {
 }
 
 /// How an attempt ended short of a gold image.
-enum Stop {
+pub(crate) enum Stop {
     Failed(ImageError),
     /// The server ignored a Range request after a drop: start again from the first byte.
     Restart {
         at: u64,
         status: u16,
     },
+}
+
+impl Stop {
+    /// The error of a step that never restarts (publishing).
+    pub(crate) fn into_error(self) -> ImageError {
+        match self {
+            Self::Failed(e) => e,
+            Self::Restart { at, status } => ImageError::Internal {
+                detail: format!("a restart (at byte {at}, HTTP {status}) outside a download"),
+            },
+        }
+    }
 }
 
 impl From<ImageError> for Stop {
@@ -368,9 +381,11 @@ fn check_free_space(
 }
 
 /// Renames the verified staging folder to `gold/<checksum>`.
-fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage, Stop> {
+pub(crate) fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Result<GoldImage, Stop> {
     let gold_dir = job.layout.gold_dir(&job.spec.checksum);
-    check_vmx(job, &staging.path, &staging.path.join(&unpacked.vmx))?;
+    if job.layout.vm_format() == VmFormat::Vmware {
+        check_vmx(job, &staging.path, &staging.path.join(&unpacked.vmx))?;
+    }
     crate::sys::fsutil::sync_tree(&staging.path).map_err(|e| ImageError::io(&staging.path, e))?;
     if let Err(e) = fs::rename(&staging.path, &gold_dir) {
         // Another process sharing the data folder may have published the same image.
@@ -429,13 +444,13 @@ fn check_vmx(job: &Job, staging: &Path, vmx: &Path) -> Result<(), ImageError> {
 }
 
 /// A staging folder, removed unless it was published.
-struct Staging {
-    path: PathBuf,
+pub(crate) struct Staging {
+    pub(crate) path: PathBuf,
     keep: bool,
 }
 
 impl Staging {
-    fn create(path: PathBuf) -> Result<Self, ImageError> {
+    pub(crate) fn create(path: PathBuf) -> Result<Self, ImageError> {
         fs::create_dir(&path).map_err(|e| ImageError::io(&path, e))?;
         Ok(Self { path, keep: false })
     }

@@ -26,7 +26,7 @@ pub enum ImagePhase {
 }
 
 impl ImagePhase {
-    const ALL: [ImagePhase; 5] = [
+    pub(crate) const ALL: [ImagePhase; 5] = [
         Self::Downloading,
         Self::Verifying,
         Self::Unpacking,
@@ -65,12 +65,16 @@ pub(crate) struct ProgressCell {
 }
 
 impl ProgressCell {
+    /// A new download is queued: it reads `downloading` only once its thread holds one of
+    /// the `--max-downloads` slots, so that no waiter is told it downloads while it waits.
     pub(crate) fn new() -> Self {
-        Self {
+        let cell = Self {
             phase: AtomicU8::new(0),
             bytes_done: AtomicU64::new(0),
             bytes_total: AtomicU64::new(UNKNOWN_TOTAL),
-        }
+        };
+        cell.set_phase(ImagePhase::QueuedDownload);
+        cell
     }
 
     pub(crate) fn set_phase(&self, phase: ImagePhase) {
@@ -110,7 +114,7 @@ mod tests {
         assert_eq!(
             cell.snapshot(),
             ImageProgress {
-                phase: ImagePhase::Downloading,
+                phase: ImagePhase::QueuedDownload,
                 bytes_done: 0,
                 bytes_total: None
             }

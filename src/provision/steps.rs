@@ -125,11 +125,13 @@ impl Provisioner {
         };
         self.hypervisor.check_available()?;
         // A cached image is not downloaded: recording that phase would cost a durable
-        // write (two fsyncs) for a step that takes microseconds.
+        // write (two fsyncs) for a step that takes microseconds. A download that is not
+        // cached waits for a `--max-downloads` slot first (the image's own progress says when
+        // it has one): until then the VM is queued, not downloading.
         if self.images.lookup(&image.checksum).is_none() {
-            self.set_phase(id, Phase::Downloading);
+            self.set_phase(id, Phase::QueuedDownload);
         }
-        let mut last_phase = Phase::Downloading;
+        let mut last_phase = Phase::QueuedDownload;
         let gold = self
             .images
             .ensure(image, cancel, &mut |progress: &ImageProgress| {

@@ -16,18 +16,20 @@ pub fn new(entries: Vec<(String, String)>) -> Result<Labels, EntryError> {
     Ok(entries.into_iter().collect())
 }
 
-/// What `GET /vms` keeps: every label condition holds, and the status is one of those
-/// asked for (any, when none is).
+/// What `GET /vms` keeps: every label condition holds, the status is one of those asked
+/// for (any, when none is), and the VM waits in the warm pool named (when one is).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmFilter {
     /// Key, and the value it must have; `None`: the key must be there, with any value.
     pub labels: Vec<(String, Option<String>)>,
     pub statuses: Vec<Status>,
+    /// Only the idle VMs of this warm pool.
+    pub pool: Option<String>,
 }
 
 impl VmFilter {
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.statuses.is_empty()
+        self.labels.is_empty() && self.statuses.is_empty() && self.pool.is_none()
     }
 
     /// [`matches`](Self::matches) on a VM object's JSON; one that does not parse (never)
@@ -39,8 +41,16 @@ impl VmFilter {
             status: Status,
             #[serde(default)]
             labels: Labels,
+            #[serde(default)]
+            pool: Option<String>,
         }
-        serde_json::from_slice::<Seen>(json).map_or(true, |vm| self.matches(&vm.labels, vm.status))
+        serde_json::from_slice::<Seen>(json).map_or(true, |vm| {
+            self.matches(&vm.labels, vm.status)
+                && self
+                    .pool
+                    .as_ref()
+                    .is_none_or(|want| vm.pool.as_ref() == Some(want))
+        })
     }
 
     pub fn matches(&self, labels: &Labels, status: Status) -> bool {
@@ -73,6 +83,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
                 .collect(),
             statuses: statuses.to_vec(),
+            pool: None,
         };
         assert!(filter(&[], &[]).matches(&labels, Status::Failed));
         assert!(filter(&[("project", Some("go"))], &[]).matches(&labels, Status::Running));
@@ -88,5 +99,18 @@ mod tests {
         assert!(!filter(&[("owner", None)], &[]).matches(&labels, Status::Running));
         assert!(!filter(&[], &[Status::Running, Status::Stopped]).matches(&labels, Status::Failed));
         assert!(filter(&[], &[Status::Running, Status::Failed]).matches(&labels, Status::Failed));
+    }
+
+    #[test]
+    fn a_pool_keeps_its_idle_vms_only() {
+        let pool = VmFilter {
+            pool: Some("p".into()),
+            ..VmFilter::default()
+        };
+        assert!(!pool.is_empty());
+        assert!(pool.matches_json(br#"{"status": "running", "pool": "p"}"#));
+        assert!(!pool.matches_json(br#"{"status": "running", "pool": "q"}"#));
+        assert!(!pool.matches_json(br#"{"status": "running"}"#));
+        assert!(VmFilter::default().matches_json(br#"{"status": "running"}"#));
     }
 }

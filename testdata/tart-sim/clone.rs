@@ -1,6 +1,12 @@
 //! `tart clone` (a copy of the VM's files, sparse as APFS copy-on-write keeps them; an
-//! existing target is overwritten without a word) and `tart pull` from the pretend registry
-//! (`TART_SIM_REGISTRY`) into `cache/OCIs/`.
+//! existing target is overwritten without a word), `tart pull` from the pretend registry
+//! (`TART_SIM_REGISTRY`) into `cache/OCIs/`, and `tart delete` of a cached OCI image.
+//!
+//! As tart does, a pull files the image under the digest of the manifest the registry
+//! served, and a name that differs (a tag, or a digest the served manifest does not have)
+//! becomes a symlink to it: tart itself never refuses a manifest whose digest is not the
+//! one asked for. In the pretend registry a manifest is `manifests/<digest>/manifest.json`
+//! when there is one (its sha256 is what was served), else the folder's name.
 
 use crate::error::TartError;
 use crate::home::{self, env_flag, Home, VM_FILES};
@@ -86,6 +92,7 @@ fn pull(home: &Home, text: &str) -> Result<PathBuf, TartError> {
     }
     println!("pulling {}...", reference.name());
     println!("pulling manifest...");
+    let digest = served_digest(&source).unwrap_or(digest);
     let by_digest = home
         .root
         .join("cache/OCIs")
@@ -106,6 +113,44 @@ fn pull(home: &Home, text: &str) -> Result<PathBuf, TartError> {
     }
     prune(home, &by_digest);
     Ok(target)
+}
+
+/// `sha256:<hex>` of the manifest the pretend registry serves from `source`, when it has one.
+fn served_digest(source: &Path) -> Option<String> {
+    use sha2::Digest;
+    let manifest = fs::read(source.join("manifest.json")).ok()?;
+    let hex: String = sha2::Sha256::digest(&manifest)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("sha256:{hex}"))
+}
+
+/// `tart delete` of a cached OCI image (a name with a `/`): its folder or symlink, then, as
+/// tart's garbage collection does, symlinks left pointing nowhere.
+pub fn delete_oci(home: &Home, text: &str) -> Result<(), TartError> {
+    let reference = Reference::parse(text)?;
+    let path = cache_dir(home, &reference);
+    let removed = if path.is_symlink() {
+        fs::remove_file(&path)
+    } else if home::is_vm_dir(&path) {
+        fs::remove_dir_all(&path)
+    } else {
+        return Err(TartError::missing(text));
+    };
+    removed.map_err(|e| TartError::io("delete", &path, e))?;
+    let mut stack = vec![home.root.join("cache/OCIs")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_symlink() && !path.exists() {
+                let _ = fs::remove_file(&path);
+            } else if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A Mac short of disk: tart deletes least-recently used cached images after a pull.

@@ -255,6 +255,10 @@ pub fn delete(home: &Home, args: &[String]) -> Result<(), TartError> {
         return Err(TartError::usage("Missing expected argument '<name> ...'"));
     }
     for name in args {
+        if name.contains('/') {
+            crate::clone::delete_oci(home, name)?;
+            continue;
+        }
         home.require(name)?;
         if home.runner(name).is_some() {
             return Err(TartError::one(format!("VM \"{name}\" is running")));

@@ -16,7 +16,12 @@ fn lease_path(home: &Home, mac: &str) -> std::path::PathBuf {
 pub fn grant_lease(home: &Home, mac: &str, name: &str, net: &str, started_at_ms: u64) {
     let path = lease_path(home, mac);
     let _ = fs::create_dir_all(home.sim("leases"));
-    let lease = json!({"mac": mac, "name": name, "net": net, "started_at_ms": started_at_ms});
+    // Guests do not all boot in the same time: a client's polling meets a lease at any
+    // moment of its cycle, not at one lucky phase.
+    let spread = env_ms("TART_SIM_BOOT_JITTER_MS", 0);
+    let jitter_ms = uuid::Uuid::new_v4().as_u64_pair().0 % spread.saturating_add(1);
+    let lease = json!({"mac": mac, "name": name, "net": net, "started_at_ms": started_at_ms,
+        "jitter_ms": jitter_ms});
     let _ = fs::write(path, lease.to_string());
 }
 
@@ -49,8 +54,9 @@ fn lookup(home: &Home, name: &str, resolver: &str) -> Option<String> {
     let lease: Value =
         serde_json::from_str(&fs::read_to_string(lease_path(home, &mac)).ok()?).ok()?;
     let started = lease["started_at_ms"].as_u64()?;
+    let jitter = lease["jitter_ms"].as_u64().unwrap_or(0);
     let now = now_ms();
-    if now < started + env_ms("TART_SIM_BOOT_MS", 0)
+    if now < started + env_ms("TART_SIM_BOOT_MS", 0) + jitter
         || now >= started + env_ms("TART_SIM_LEASE_MS", 86_400_000)
     {
         return None;

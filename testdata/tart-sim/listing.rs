@@ -44,9 +44,11 @@ fn oci_entries(home: &Home) -> Vec<Value> {
                     .unwrap_or(&path)
                     .to_string_lossy()
                     .into_owned();
+                // As tart names them: a folder is an image by digest, a symlink a name
+                // (tag, or a digest asked for) that points at one.
+                let separator = if path.is_symlink() { ':' } else { '@' };
                 let name = match rel.rsplit_once('/') {
-                    Some((repo, last)) if last.starts_with("sha256:") => format!("{repo}@{last}"),
-                    Some((repo, last)) => format!("{repo}:{last}"),
+                    Some((repo, last)) => format!("{repo}{separator}{last}"),
                     None => rel.clone(),
                 };
                 found.push((name, path));

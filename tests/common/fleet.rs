@@ -87,6 +87,16 @@ impl Fleet {
         super::image_body(&self.url, &self.checksum)
     }
 
+    /// `POST /vms` of `body` at host `n`.
+    pub fn create_on(&self, n: usize, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        http::request(
+            "POST",
+            &self.host(n).url("/vms"),
+            Some(&body.to_string()),
+            headers,
+        )
+    }
+
     /// `GET /hosts` on host `n`.
     pub fn hosts_seen_by(&self, n: usize) -> Value {
         let (status, body) = http::request("GET", &self.host(n).url("/hosts"), None, &[]);

@@ -3,6 +3,7 @@
 //! receiver. Everything listens on 127.0.0.1 only.
 #![allow(dead_code)]
 
+pub mod archives;
 pub mod contract;
 pub mod etcd;
 pub mod fleet;
@@ -26,6 +27,25 @@ use serde_json::Value;
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_osx-builder");
 pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_vmrun-sim");
 pub const TART_SIM_BIN: &str = env!("CARGO_BIN_EXE_tart-sim");
+
+/// `dir/tart`: a script that runs the tart simulator with the switches `env`. The switches
+/// reach the simulator through it because the driver passes the server's environment on,
+/// and tests share one process.
+pub fn tart_wrapper(dir: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let wrapper = dir.join("tart");
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str(&format!("exec '{TART_SIM_BIN}' \"$@\"\n"));
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
 
 /// Which hypervisor a test's server runs: VMware through `vmrun-sim`, or tart through
 /// `tart-sim` (its state in the server's `TART_HOME`, `data/tart/.sim`).
@@ -120,8 +140,6 @@ pub fn tart_gold_tar_gz(top: &str, os: &str) -> Vec<u8> {
             ("config.json", config.as_bytes()),
             ("disk.img", &disk),
             ("nvram.bin", b"nvram"),
-            // Until the image cache knows tart's folders, the gold's one VMX names it.
-            ("tart.vmx", b"# a tart VM\n"),
         ],
     )
 }

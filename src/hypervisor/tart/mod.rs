@@ -11,7 +11,10 @@
 //! `osxb-gold-<checksum>`. Names without the prefix are a person's own: never touched.
 
 mod errors;
+mod gold;
 mod runner;
+
+pub use gold::gold_vm_name;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -49,6 +52,8 @@ pub const FALLBACK_PATHS: [&str; 2] = ["/opt/homebrew/bin/tart", "/usr/local/bin
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TartTimeouts {
     pub clone: Duration,
+    /// A pull of an OCI image: tens of gigabytes.
+    pub pull: Duration,
     pub start: Duration,
     pub stop: Duration,
     pub delete: Duration,
@@ -62,6 +67,7 @@ impl Default for TartTimeouts {
         let s = Duration::from_secs;
         TartTimeouts {
             clone: s(600),
+            pull: s(3 * 3600),
             start: s(120),
             stop: s(60),
             delete: s(60),
@@ -137,7 +143,7 @@ fn gold_name(gold: &Path) -> String {
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "unknown".into());
-    format!("{PREFIX}gold-{}", &checksum[..checksum.len().min(64)])
+    gold_vm_name(&checksum)
 }
 
 /// How configure asked the VM to be run.
@@ -244,23 +250,7 @@ impl Tart {
 
     /// The names of this server's local tart VMs and whether each runs.
     fn list_ours(&self) -> Result<Vec<(String, bool)>, HypervisorError> {
-        let args: [OsString; 4] = [
-            "--format".into(),
-            "json".into(),
-            "--source".into(),
-            "local".into(),
-        ];
-        let out = self.call("list", None, &args, self.settings.timeouts.list, None)?;
-        let parsed: Vec<serde_json::Value> =
-            serde_json::from_str(&out).map_err(|e| HypervisorError::BadOutput {
-                call: Call {
-                    tool: "tart",
-                    command: "list",
-                    vmx: None,
-                },
-                problem: format!("not a JSON array: {e}"),
-                output: out.chars().take(300).collect(),
-            })?;
+        let parsed = self.list_json(&["--source", "local"])?;
         Ok(parsed
             .iter()
             .filter_map(|vm| {
@@ -405,15 +395,29 @@ impl Hypervisor for Tart {
             .join("tmp")
             .join(format!("{name}.import"));
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(refused)?;
-        for file in ["config.json", "disk.img", "nvram.bin"] {
-            fs::hard_link(src.join(file), staging.join(file))
-                .or_else(|_| fs::copy(src.join(file), staging.join(file)).map(drop))
-                .map_err(refused)?;
-        }
+        gold::link_vm_files(src, &staging).map_err(refused)?;
         let _ = fs::remove_dir_all(&dst);
         fs::create_dir_all(dst.parent().unwrap_or(Path::new("/"))).map_err(refused)?;
         fs::rename(&staging, &dst).map_err(refused)
+    }
+
+    fn pull_gold(
+        &self,
+        repository: &str,
+        digest: &str,
+        into: &Path,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        self.pull_gold_vm(repository, digest, into, cancel)
+    }
+
+    fn remove_gold(&self, checksum: &str) -> Result<(), HypervisorError> {
+        self.remove_gold_vm(checksum)
+    }
+
+    /// A tart clone is a copy-on-write copy: deleting its source breaks nothing.
+    fn clones_need_gold(&self) -> bool {
+        false
     }
 
     /// `tart clone` overwrites an existing name without a word: a name that exists is

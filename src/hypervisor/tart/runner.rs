@@ -30,6 +30,7 @@ pub fn start(
     cancel: &Cancel,
 ) -> Result<(), HypervisorError> {
     let name = vm_name(vm);
+    let began = Instant::now();
     let call = Call {
         tool: "tart",
         command: "run",
@@ -139,6 +140,11 @@ pub fn start(
                 .spawn(move || {
                     let _ = child.wait();
                 });
+            // As every other tart call is (benches/provision_overhead reads it).
+            crate::debug!(
+                "tart run {name} -> ok in {} ms",
+                began.elapsed().as_millis()
+            );
             return Ok(());
         }
         if cancel.is_cancelled() || Instant::now() >= deadline {

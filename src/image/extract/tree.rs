@@ -10,7 +10,7 @@
 //! disk until the end, the folder itself says truthfully which files exist, so an
 //! exclusive create and a `lstat` answer what the set did.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read};
@@ -21,6 +21,11 @@ use std::path::{Path, PathBuf};
 use super::copy::{self, Budget, Copied, CopyError, COPY_BUF_LEN};
 use super::names::{self, BadTarget};
 use super::{ExtractError, Limits, Unpacked, LISTED_ENTRIES};
+use crate::image::vm_format::{tart_file_bit, VmFormat, TART_COMPLETE};
+
+/// Folders whose tart files are remembered: an archive of a million `config.json` must not
+/// hold a million paths. Past this many the archive is refused as ambiguous.
+const MAX_TART_FOLDERS: usize = 256;
 
 /// Permission bits kept from the archive: setuid, setgid and sticky never survive.
 const PERMISSION_BITS: u32 = 0o777;
@@ -35,8 +40,12 @@ pub(super) struct Tree {
     symlinks: HashSet<PathBuf>,
     pending_symlinks: Vec<PendingSymlink>,
     dir_modes: Vec<(PathBuf, u32)>,
+    /// What the archive must hold.
+    vm: VmFormat,
     /// The .vmx found so far, as a path and as the entry name the archive gave it.
     vmx: Option<(PathBuf, String)>,
+    /// Folders holding tart's files, with a bit per file found there.
+    tart_folders: BTreeMap<PathBuf, u8>,
     listed: Vec<String>,
     entries: u64,
     files_created: u64,
@@ -95,7 +104,9 @@ impl Tree {
             symlinks: HashSet::new(),
             pending_symlinks: Vec::new(),
             dir_modes: Vec::new(),
+            vm: limits.vm,
             vmx: None,
+            tart_folders: BTreeMap::new(),
             listed: Vec::new(),
             entries: 0,
             files_created: 0,
@@ -343,11 +354,33 @@ impl Tree {
                 ExtractError::from_write(e, &path, &self.dest, &rel.to_string_lossy())
             })?;
         }
-        let Some((vmx, _)) = self.vmx else {
-            return Err(ExtractError::NoVmx {
-                listed: self.listed,
-                entries: self.entries,
-            });
+        let complete = |mask: &u8| *mask == TART_COMPLETE;
+        let tart_vm = self
+            .tart_folders
+            .iter()
+            .find(|(_, mask)| complete(mask))
+            .map(|(folder, _)| folder.join("config.json"));
+        let vmx = match (self.vm, self.vmx, tart_vm) {
+            (VmFormat::Vmware, Some((vmx, _)), _) | (VmFormat::Tart, _, Some(vmx)) => vmx,
+            (VmFormat::Vmware, None, tart_vm) => {
+                return Err(ExtractError::NoVmx {
+                    listed: self.listed,
+                    entries: self.entries,
+                    tart_vm_seen: tart_vm.is_some(),
+                })
+            }
+            (VmFormat::Tart, vmx, None) => {
+                let most = self
+                    .tart_folders
+                    .values()
+                    .copied()
+                    .max_by_key(|m| m.count_ones());
+                return Err(ExtractError::TartVmIncomplete {
+                    found: most.unwrap_or(0),
+                    entries: self.entries,
+                    vmx_seen: vmx.is_some(),
+                });
+            }
         };
         Ok(Unpacked {
             vmx,
@@ -472,16 +505,63 @@ impl Tree {
     /// is no point reading on once the archive is known to be ambiguous.
     fn note_file(&mut self, rel: &Path, entry: &str) -> Result<(), ExtractError> {
         self.files_created += 1;
+        if let Some(bit) = tart_file_bit(rel) {
+            return self.note_tart_file(rel, bit);
+        }
         if !is_vmx(rel) {
             return Ok(());
         }
         if let Some((_, first)) = &self.vmx {
-            return Err(ExtractError::ManyVmx {
-                vmx: vec![first.clone(), entry.to_owned()],
-            });
+            if self.vm == VmFormat::Vmware {
+                return Err(ExtractError::ManyVmx {
+                    vmx: vec![first.clone(), entry.to_owned()],
+                });
+            }
+            return Ok(());
         }
         self.vmx = Some((rel.to_path_buf(), entry.to_owned()));
         Ok(())
+    }
+
+    /// One of tart's three files; fails fast at a second whole VM folder, as at a second
+    /// .vmx.
+    fn note_tart_file(&mut self, rel: &Path, bit: u8) -> Result<(), ExtractError> {
+        let folder = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let too_many =
+            self.tart_folders.len() >= MAX_TART_FOLDERS && !self.tart_folders.contains_key(&folder);
+        if too_many {
+            if self.vm == VmFormat::Vmware {
+                return Ok(());
+            }
+            let mut folders: Vec<String> =
+                self.tart_folders.keys().take(2).map(|f| shown(f)).collect();
+            folders.push(format!("and {} more", MAX_TART_FOLDERS - 1));
+            return Err(ExtractError::ManyTartVms { folders });
+        }
+        let mask = self.tart_folders.entry(folder.clone()).or_insert(0);
+        *mask |= bit;
+        if *mask != TART_COMPLETE || self.vm != VmFormat::Tart {
+            return Ok(());
+        }
+        let whole: Vec<String> = self
+            .tart_folders
+            .iter()
+            .filter(|(_, mask)| **mask == TART_COMPLETE)
+            .map(|(folder, _)| shown(folder))
+            .collect();
+        if whole.len() > 1 {
+            return Err(ExtractError::ManyTartVms { folders: whole });
+        }
+        Ok(())
+    }
+}
+
+/// A folder of the archive as messages name it (`.` for its top).
+fn shown(folder: &Path) -> String {
+    if folder.as_os_str().is_empty() {
+        "./".to_owned()
+    } else {
+        format!("{}/", folder.display())
     }
 }
 

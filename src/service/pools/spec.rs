@@ -39,29 +39,50 @@ impl PoolSpec {
     }
 
     /// Whether a VM of this pool is what `request` asks for. The image is the same bytes
-    /// when its digest is the same, wherever it was downloaded from.
+    /// when its digest is the same, wherever it was downloaded from. Compared in place:
+    /// a fleet's front door asks this of every host's pools for each create.
     pub fn matches(&self, request: &CreateVm) -> bool {
-        self.same_vms(&Self::from_create(request, 0))
+        self.makes(
+            &request.image,
+            request.cpus,
+            request.memory,
+            request.network_type,
+            request.headless,
+        )
     }
 
     /// Whether `vm` is a VM this spec makes (a pool's VM of an older spec is not).
     pub fn made(&self, vm: &Vm) -> bool {
         vm.image.as_ref().is_some_and(|image| {
-            image.checksum == self.image.checksum && image.checksum_type == self.image.checksum_type
-        }) && vm.cpus == self.cpus
-            && vm.memory == self.memory
-            && vm.network_type == self.network_type
-            && vm.headless == self.headless
+            self.makes(image, vm.cpus, vm.memory, vm.network_type, vm.headless)
+        })
     }
 
     /// Whether two specs make the same VMs (their sizes aside).
     pub fn same_vms(&self, other: &PoolSpec) -> bool {
-        self.image.checksum == other.image.checksum
-            && self.image.checksum_type == other.image.checksum_type
-            && self.cpus == other.cpus
-            && self.memory == other.memory
-            && self.network_type == other.network_type
-            && self.headless == other.headless
+        self.makes(
+            &other.image,
+            other.cpus,
+            other.memory,
+            other.network_type,
+            other.headless,
+        )
+    }
+
+    fn makes(
+        &self,
+        image: &ImageSpec,
+        cpus: u32,
+        memory: u32,
+        network_type: NetworkType,
+        headless: bool,
+    ) -> bool {
+        self.image.checksum == image.checksum
+            && self.image.checksum_type == image.checksum_type
+            && self.cpus == cpus
+            && self.memory == memory
+            && self.network_type == network_type
+            && self.headless == headless
     }
 
     /// The create the keeper provisions a pool VM with: nothing of a client's (no callback,

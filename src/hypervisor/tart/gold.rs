@@ -1,0 +1,161 @@
+//! Gold images as tart keeps them: the local VM `osxb-gold-<checksum>` of the server's
+//! `TART_HOME`. An archive's gold is imported from its verified folder (`prepare_gold`); an
+//! OCI image is pulled by tart pinned to its digest, checked to be what was asked for, and
+//! cloned into that VM (`pull_gold`). A clone is a copy-on-write copy that does not read its
+//! gold afterwards, so removing a gold never breaks a VM.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+
+use super::{Tart, PREFIX};
+use crate::hypervisor::HypervisorError;
+use crate::sys::cancel::Cancel;
+
+/// A tart VM's files; a folder without one of them is no VM to tart.
+pub const VM_FILES: [&str; 3] = ["config.json", "disk.img", "nvram.bin"];
+
+/// The tart name of the gold image of `checksum`.
+pub fn gold_vm_name(checksum: &str) -> String {
+    format!("{PREFIX}gold-{}", &checksum[..checksum.len().min(64)])
+}
+
+/// Gives `dst` (created) the VM files of `src` as hard links, or copies where the two are on
+/// different volumes (a `TART_HOME` elsewhere): the gold's bytes are on the disk once.
+pub fn link_vm_files(src: &Path, dst: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for file in VM_FILES {
+        let (from, to) = (src.join(file), dst.join(file));
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+impl Tart {
+    /// `tart pull <repository>@sha256:<digest>` (never a tag), the pull checked against the
+    /// digest, `tart clone` of it as `osxb-gold-<digest>`, its files linked into `into`,
+    /// and tart's cached copy dropped (the gold VM is the server's one copy).
+    pub(super) fn pull_gold_vm(
+        &self,
+        repository: &str,
+        digest: &str,
+        into: &Path,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let pinned = format!("{repository}@sha256:{digest}");
+        let name = gold_vm_name(digest);
+        let timeouts = &self.settings.timeouts;
+        self.call(
+            "pull",
+            Some(&pinned),
+            &[pinned.clone().into()],
+            timeouts.pull,
+            Some(cancel),
+        )?;
+        self.check_pulled(repository, digest)?;
+        // Left by a pull that did not finish publishing: nothing clones from a gold before
+        // its image is published.
+        if self.exists(&name) {
+            self.delete_named(&name)?;
+        }
+        let args: [OsString; 2] = [pinned.clone().into(), name.clone().into()];
+        self.call("clone", Some(&name), &args, timeouts.clone, Some(cancel))?;
+        if let Err(err) = self.delete_named(&pinned) {
+            crate::warn!("tart's cached copy of {pinned} stays in its OCI cache: {err}");
+        }
+        let vm_dir = self.settings.home.join("vms").join(&name);
+        link_vm_files(&vm_dir, into).map_err(|e| HypervisorError::Refused {
+            code: "image-io",
+            message: format!(
+                "cannot link the gold VM {} into {}: {e}; check the free space and permissions of the data folder",
+                vm_dir.display(),
+                into.display()
+            ),
+        })
+    }
+
+    /// tart files an image under the digest of the manifest the registry served and only
+    /// links the name asked for to it: the cache must hold the digest itself, not a link.
+    fn check_pulled(&self, repository: &str, digest: &str) -> Result<(), HypervisorError> {
+        let pinned = format!("{repository}@sha256:{digest}");
+        let listed = self.list_json(&["--source", "oci"])?;
+        let pulled = listed.iter().any(|image| {
+            image.get("Name").and_then(serde_json::Value::as_str) == Some(pinned.as_str())
+        });
+        if pulled {
+            return Ok(());
+        }
+        let link = self
+            .settings
+            .home
+            .join("cache/OCIs")
+            .join(repository)
+            .join(format!("sha256:{digest}"));
+        let served = fs::read_link(&link)
+            .ok()
+            .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned()))
+            .filter(|name| name.starts_with("sha256:"));
+        for stale in [
+            Some(pinned.clone()),
+            served.as_ref().map(|s| format!("{repository}@{s}")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = self.delete_named(&stale);
+        }
+        Err(HypervisorError::Refused {
+            code: "image-digest-mismatch",
+            message: format!(
+                "tart pulled {pinned}, but the manifest the registry served has digest {}, not \
+                 the image checksum sha256:{digest}: the registry (or a proxy in front of it) \
+                 serves other content under that digest; nothing was kept: check image.checksum \
+                 against `crane digest` or the registry's page of the image",
+                served.as_deref().unwrap_or("another one")
+            ),
+        })
+    }
+
+    /// `tart delete NAME`; a VM or image that is not there counts as deleted.
+    pub(super) fn delete_named(&self, name: &str) -> Result<(), HypervisorError> {
+        match self.call(
+            "delete",
+            Some(name),
+            &[name.into()],
+            self.settings.timeouts.delete,
+            None,
+        ) {
+            Ok(_) | Err(HypervisorError::VmOpenError { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `tart list --format json ARGS...`, parsed.
+    pub(super) fn list_json(
+        &self,
+        args: &[&str],
+    ) -> Result<Vec<serde_json::Value>, HypervisorError> {
+        let mut argv: Vec<OsString> = vec!["--format".into(), "json".into()];
+        argv.extend(args.iter().map(OsString::from));
+        let out = self.call("list", None, &argv, self.settings.timeouts.list, None)?;
+        serde_json::from_str(&out).map_err(|e| HypervisorError::BadOutput {
+            call: crate::hypervisor::Call {
+                tool: "tart",
+                command: "list",
+                vmx: None,
+            },
+            problem: format!("not a JSON array: {e}"),
+            output: out.chars().take(300).collect(),
+        })
+    }
+
+    /// Deletes the gold VM of `checksum`; its clones are copies and go on.
+    pub(super) fn remove_gold_vm(&self, checksum: &str) -> Result<(), HypervisorError> {
+        if checksum.is_empty() || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        self.delete_named(&gold_vm_name(checksum))
+    }
+}
