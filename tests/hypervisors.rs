@@ -301,3 +301,30 @@ fn tart_networks_and_the_window() {
         (Some("host"), Some(false))
     );
 }
+
+/// A create on tart spawns no `tart list`: the clean-up of VMware's stale `.lck` folders
+/// before a start is the vmrun driver's (its start still lists), and tart's start sees the
+/// VM run by the lock on its `config.json`, as `tart list` itself does.
+#[test]
+fn tart_a_create_lists_nothing_vmware_still_clears_locks() {
+    for hv in [Hv::Tart, Hv::Vmware] {
+        let w = World::start(
+            "hv-no-list",
+            scenarios::quick(
+                hv,
+                &["--list-interval", "3600", "--reconcile-interval", "3600"],
+            ),
+        );
+        // The first VM brings the image and follows the start-up's listings.
+        let first = w.create(&w.body());
+        w.server.wait_ready(&first);
+        let before = w.server.sim_calls_of("list");
+        let id = w.create(&w.body());
+        w.server.wait_ready(&id);
+        let lists = w.server.sim_calls_of("list") - before;
+        match hv {
+            Hv::Tart => assert_eq!(lists, 0, "{:#?}", w.server.sim_calls()),
+            Hv::Vmware => assert!(lists >= 1, "{:#?}", w.server.sim_calls()),
+        }
+    }
+}

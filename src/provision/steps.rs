@@ -225,10 +225,6 @@ impl Provisioner {
             }
             vm.progress.phase = Phase::Starting;
         });
-        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
-        if let Some(running) = &running {
-            self.hypervisor.remove_stale_locks(&vmx_path, running);
-        }
         let started = self.start_when_a_slot_frees(vm, &vmx_path, cancel);
         if let Err(err) = started {
             // A start has been seen to fail while the VM did start: only the listing tells,

@@ -526,7 +526,13 @@ impl super::Hypervisor for Vmrun {
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
+    /// Clears the VM's stale `.lck` folders first (VMware's alone: it refuses a start with
+    /// "The file is already in use" while one is left from a crash), unless `list` shows the
+    /// VM running or cannot tell.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        if let Some(running) = locks::running_set(self) {
+            self.remove_stale_locks(vmx, &running);
+        }
         let mode = if headless { "nogui" } else { "gui" };
         let timeout = self.settings.timeouts.start;
         self.call(
