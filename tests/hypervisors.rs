@@ -328,3 +328,30 @@ fn tart_a_create_lists_nothing_vmware_still_clears_locks() {
         }
     }
 }
+
+/// A create asking for less memory than the gold's `memorySizeMin` (tart's `config.json`;
+/// the test image's is 1 GiB) fails `invalid-memory` naming the minimum, and nothing is
+/// cloned; one that asks enough runs.
+#[test]
+fn tart_below_the_golds_minimum_fails_before_the_clone() {
+    let w = World::start("hv-tart-min", scenarios::quick(Hv::Tart, &[]));
+    let mut body = w.body();
+    body["memory"] = 512.into();
+    let id = w.create(&body);
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "invalid-memory", "{vm}");
+    let message = vm["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("memory 512 is below the gold image's minimum of 1024 MB"),
+        "{message}"
+    );
+    assert_eq!(w.server.sim_calls_of("clone"), 0, "{message}");
+    assert!(!w
+        .server
+        .data_dir
+        .join(format!("tart/vms/osxb-{id}"))
+        .exists());
+    body["memory"] = 1024.into();
+    let fits = w.create(&body);
+    w.server.wait_ready(&fits);
+}

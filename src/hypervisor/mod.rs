@@ -160,6 +160,13 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Refuses `cpus` and `memory_mb` when the gold VM `gold` cannot run with so little
+    /// (tart: its `config.json`'s minimums), before anything is cloned.
+    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+        let _ = (gold, cpus, memory_mb);
+        Ok(())
+    }
+
     /// Makes `vm` a clone of the gold VM `gold`, shown as `name`. Never replaces a VM.
     fn clone_vm(
         &self,

@@ -157,6 +157,8 @@ impl Provisioner {
             })?;
         self.gold.touch(&gold, image);
         check(cancel)?;
+        // The create was admitted before the image was here to say what it needs.
+        self.hypervisor.check_fits(&gold.vmx, vm.cpus, vm.memory)?;
 
         let vmx_path = self.store.vmx_path(id);
         {

@@ -420,6 +420,12 @@ impl Hypervisor for Tart {
         false
     }
 
+    /// `tart set` refuses less than the VM's `cpuCountMin` and `memorySizeMin` (bytes), but
+    /// only after the clone: the gold's `config.json` (`gold`) says so before.
+    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+        gold::check_fits(gold, cpus, memory_mb)
+    }
+
     /// `tart clone` overwrites an existing name without a word: a name that exists is
     /// refused instead.
     fn clone_vm(
