@@ -355,3 +355,39 @@ fn tart_below_the_golds_minimum_fails_before_the_clone() {
     let fits = w.create(&body);
     w.server.wait_ready(&fits);
 }
+
+/// `tart ip` with no address yet ("no IP address found", exit 1) is an answer, logged and
+/// counted as `no-address`, not a failure of tart.
+#[test]
+fn tart_no_address_yet_is_logged_and_counted_as_such() {
+    let w = World::start(
+        "hv-tart-noip",
+        common::options_env(
+            &[("TART_SIM_IP_POLL_MS", "20"), ("TART_SIM_BOOT_MS", "2500")],
+            &["--ip-poll-interval", "0.2"],
+        )
+        .on(Hv::Tart),
+    );
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let log = w.server.log();
+    assert!(
+        log.contains(&format!("tart ip osxb-{id} -> no-address in")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("tart ip osxb-{id} -> tart-failed")),
+        "{log}"
+    );
+    let (_, metrics) = http::request_raw("GET", &w.server.url("/metrics"), None, &[]);
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let ip = "osx_builder_vmrun_calls_total{command=\"ip\",outcome=";
+    assert!(
+        common::metric(&metrics, &format!("{ip}\"no-address\"}}")).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!("{ip}\"tart-failed\"")),
+        "{metrics}"
+    );
+}
