@@ -123,6 +123,41 @@ impl Fleet {
         }
     }
 
+    /// The VMs host `n` holds itself (a relayed `GET /vms`: not asked of the others).
+    pub fn local_vms(&self, n: usize) -> Vec<Value> {
+        let (status, list) = http::request(
+            "GET",
+            &self.host(n).url("/vms"),
+            None,
+            &[("X-OSX-Builder-Forwarded-By", "test")],
+        );
+        assert_eq!(status, 200, "{list}");
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Pre-warms the fleet's image on host `n` alone, and waits until host 0 sees that `n`
+    /// holds it.
+    pub fn prewarm_on(&self, n: usize) {
+        let image = serde_json::json!({
+            "url": self.url, "checksum": self.checksum, "checksum_type": "sha1"
+        });
+        let (status, body) = http::request(
+            "POST",
+            &self.host(n).url("/images"),
+            Some(&image.to_string()),
+            &[],
+        );
+        assert!(status == 202 || status == 200, "{status} {body}");
+        wait_until(
+            &format!("h0 to see h{n} holding the image"),
+            Duration::from_secs(30),
+            || {
+                self.record(0, &format!("h{n}"))
+                    .is_some_and(|r| r["images"] == serde_json::json!([self.checksum]))
+            },
+        );
+    }
+
     /// The record of host `name` as host `n` sees it.
     pub fn record(&self, n: usize, name: &str) -> Option<Value> {
         self.hosts_seen_by(n)["hosts"]
