@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{wait_until, Fleet, TTL};
+use common::fleet::{refused_start, wait_until, Fleet, TTL};
 use common::http::{call_str, request};
 use serde_json::Value;
 
@@ -270,7 +270,6 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
     for n in 0..3 {
         cluster.kill_member(n);
     }
-    let dir = common::TempDir::new("fleet-silent-etcd");
     let fleet_args = [
         "--etcd",
         &endpoints,
@@ -281,15 +280,7 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
         "--etcd-prefix",
         "/silent/",
     ];
-    let out = std::process::Command::new(common::SERVER_BIN)
-        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-        .arg(dir.path())
-        .args(fleet_args)
-        .env("VMWARE_VMRUN_PATH", common::SIM_BIN)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
+    let said = refused_start(&fleet_args);
     assert!(
         said.contains(&format!("cannot join the fleet at {endpoints}"))
             && said.contains("set --fleet-optional"),
@@ -298,6 +289,7 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
 
     let mut args = fleet_args.to_vec();
     args.push("--fleet-optional");
+    let dir = common::TempDir::new("fleet-silent-etcd");
     let server = common::Server::start_with(dir.path(), common::options(&args));
     let health = request("GET", &server.url("/healthz"), None, &[]).1;
     assert_eq!(health["fleet"]["state"], "degraded", "{health}");

@@ -8,7 +8,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::fleet::{wait_until, Fleet};
+use common::fleet::{refused_start, wait_until, Fleet};
 use common::http::{call_str, request};
 use osx_builder::fleet::etcd::Client;
 use serde_json::{json, Value};
@@ -28,17 +28,8 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
     assert_eq!(h1["hypervisor"], "vmware");
 
     // A second live host named h1 refuses to start.
-    let dir = common::TempDir::new("fleet-dup");
     let args = fleet.args(1, &[]);
-    let out = std::process::Command::new(common::SERVER_BIN)
-        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-        .arg(dir.path())
-        .args(&args)
-        .env("VMWARE_VMRUN_PATH", common::SIM_BIN)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = refused_start(&args);
     assert!(said.contains("a live host named h1"), "{said}");
     // Under another --etcd-prefix the name is free: another fleet on the same etcd, which
     // sees none of this one's hosts (nor they it).
@@ -49,6 +40,7 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
         .unwrap();
     other_fleet[at + 1] = format!("{}other/", fleet.prefix);
     let other_fleet: Vec<&str> = other_fleet.iter().map(String::as_str).collect();
+    let dir = common::TempDir::new("fleet-other-prefix");
     let other = common::Server::start_with(dir.path(), common::options(&other_fleet));
     let mut alone = Value::Null;
     wait_until(
@@ -544,4 +536,79 @@ fn wait_until_running(fleet: &Fleet, n: usize, id: &str) -> Value {
         last["status"] == "running" && last["ip_address"] != ""
     });
     last
+}
+
+/// etcd's usual production set-up: TLS with client certificates. With --etcd-ca-file,
+/// --etcd-cert and --etcd-key a host joins; without its certificate, or without the CA
+/// that signed etcd's, it cannot, and stops saying so.
+#[test]
+fn a_host_reaches_etcd_over_tls_with_its_client_certificate() {
+    let pki = common::pki::Pki::new();
+    let pem = common::TempDir::new("etcd-tls");
+    let write = |name: &str, text: &str| {
+        let path = pem.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (member, client) = (pki.local(), pki.leaf(&["h0"], false));
+    let ca = write("ca.pem", &pki.ca_pem);
+    let tls = common::etcd::Tls {
+        cert: write("etcd.pem", &member.cert),
+        key: write("etcd-key.pem", &member.key),
+        ca: ca.clone(),
+    };
+    let Some(cluster) = common::etcd::Cluster::start_with(1, Some(&tls)) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let (cert, key) = (
+        write("h0.pem", &client.cert),
+        write("h0-key.pem", &client.key),
+    );
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&ca), path(&cert), path(&key));
+    let fleet = [
+        "--etcd",
+        &endpoints,
+        "--host-name",
+        "h0",
+        "--fleet-ttl",
+        "3",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        fleet.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+
+    let root = common::TempDir::new("etcd-tls-h0");
+    let args = with(&[
+        "--etcd-ca-file",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+        "--fleet-optional",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = common::Server::start_with(root.path(), common::options(&args));
+    let mut seen = Value::Null;
+    wait_until("h0 to join over TLS", Duration::from_secs(20), || {
+        seen = request("GET", &server.url("/hosts"), None, &[]).1;
+        seen["fleet"]["state"] == "joined" && seen["hosts"][0]["name"] == "h0"
+    });
+
+    for (missing, extra) in [
+        ("its client certificate", with(&["--etcd-ca-file", &ca])),
+        (
+            "the CA of etcd's certificate",
+            with(&["--etcd-cert", &cert, "--etcd-key", &key]),
+        ),
+    ] {
+        let said = refused_start(&extra);
+        assert!(
+            said.contains(&format!("cannot join the fleet at {endpoints}")),
+            "without {missing}: {said}"
+        );
+    }
 }

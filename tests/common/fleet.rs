@@ -168,6 +168,22 @@ impl Fleet {
     }
 }
 
+/// Starts a server (the simulator's vmrun, a data folder of its own) with `args` that must
+/// stop it before it listens: what it said on stderr.
+pub fn refused_start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let dir = TempDir::new("fleet-refused");
+    let out = std::process::Command::new(super::SERVER_BIN)
+        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env("VMWARE_VMRUN_PATH", super::SIM_BIN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {said}");
+    said
+}
+
 /// Polls `done` until true, or panics naming `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
