@@ -225,9 +225,28 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
         "{own} {status}"
     );
     // h2 holds a VM and `made` is on h0 or h1: the other one of these has its slot free
-    // and takes a create for itself.
+    // and takes a create for itself; but none that a front door placed on it (it cannot
+    // know whether the fleet still counts it).
     let empty = 1 - owner;
     assert!(owner < 2, "{made}");
+    let (status, refused) = request(
+        "POST",
+        &fleet.host(empty).url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[
+            ("X-OSX-Builder-Forwarded-By", "h2"),
+            (
+                "X-OSX-Builder-Placed-Id",
+                "5b1c0f1e-6a0e-4b7e-9c3a-2f4d8e6a1b2c",
+            ),
+        ],
+    );
+    assert_eq!(
+        (status, &refused["code"]),
+        (503, &Value::from("fleet-unavailable")),
+        "{refused}"
+    );
+    assert!(fleet.local_vms(empty).is_empty());
     let (status, alone) = request(
         "POST",
         &fleet.host(empty).url("/vms"),
@@ -287,8 +306,21 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
         "{said}"
     );
 
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let advertised = format!("http://localhost:{port}");
     let mut args = fleet_args.to_vec();
-    args.push("--fleet-optional");
+    args.extend([
+        "--fleet-optional",
+        "--port",
+        &port,
+        "--advertise-url",
+        &advertised,
+    ]);
     let dir = common::TempDir::new("fleet-silent-etcd");
     let server = common::Server::start_with(dir.path(), common::options(&args));
     let health = request("GET", &server.url("/healthz"), None, &[]).1;
@@ -326,6 +358,7 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
         },
     );
     assert_eq!(hosts["hosts"][0]["vms"], 1, "{hosts}");
+    assert_eq!(hosts["hosts"][0]["url"], advertised.as_str(), "{hosts}");
     let log = server.log();
     assert!(log.contains("fleet: joined as h0 (was degraded)"), "{log}");
     assert!(
