@@ -350,11 +350,11 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
     });
     let mut hosts = Value::Null;
     wait_until(
-        "h0 to see itself in the fleet",
+        "h0 to see itself in the fleet, its VM claimed in its slots",
         Duration::from_secs(10),
         || {
             hosts = request("GET", &server.url("/hosts"), None, &[]).1;
-            hosts["hosts"][0]["name"] == "h0"
+            hosts["hosts"][0]["name"] == "h0" && hosts["hosts"][0]["placed"] == 1
         },
     );
     assert_eq!(hosts["hosts"][0]["vms"], 1, "{hosts}");
