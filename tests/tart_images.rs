@@ -2,7 +2,9 @@
 //! `disk.img`, `nvram.bin` at any depth) in every format, with the disk kept sparse; what
 //! a missing file or two VMs in one archive answer; OCI images pulled by tart (the
 //! simulator's pretend registry) pinned to their digest, a registry that serves other
-//! content refused; a gold removed while a clone of it runs.
+//! content refused; a gold removed while a clone of it runs. Through the server: OCI
+//! creates; a gold needed only until its VMs are cloned (a tart clone is a copy), by
+//! `DELETE /images` and by eviction.
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -647,8 +649,10 @@ fn a_tart_gold_is_needed_until_its_vms_are_cloned_and_no_longer() {
     // The first `tart clone` (a VM's: the gold is imported by hard links) takes 3 s.
     w.server.set_faults("clone once delay 3000\n");
     let first = w.create(&w.body());
-    w.server
-        .wait_for(&first, "cloning", |vm| vm["progress"]["phase"] == "cloning");
+    let seen = w.server.wait_for(&first, "cloning", |vm| {
+        vm["progress"]["phase"] == "cloning" || vm["status"] != ""
+    });
+    assert_eq!(seen["progress"]["phase"], "cloning", "{seen}");
     let second = w.create(&w.body());
     let image_url = w.server.url(&format!("/images/{}", w.checksum));
     let (status, refused) = http::request("DELETE", &image_url, None, &[]);
