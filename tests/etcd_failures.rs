@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{wait_until, Fleet, TTL};
-use common::http::request;
+use common::fleet::{refused_start, wait_until, Fleet, TTL};
+use common::http::{call_str, request};
 use serde_json::Value;
 
 fn get(fleet: &Fleet, n: usize, path: &str) -> (u16, Value) {
@@ -55,6 +55,18 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
         return;
     };
     let ids = one_each(&fleet);
+    // A first start is a join, never a rejoin: nothing was there to reconcile.
+    for n in 0..3 {
+        let log = fleet.host(n).log();
+        assert!(
+            log.contains(&format!("fleet: h{n} registered at ")),
+            "{log}"
+        );
+        assert!(
+            !log.contains("rejoined") && !log.contains("joined with"),
+            "{log}"
+        );
+    }
 
     // SIGKILL h2: its VM reads failed host-lost from h0 within TTL + 2 s.
     let killed_at = Instant::now();
@@ -74,28 +86,37 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
     let lost_after = killed_at.elapsed().max(lost_after);
     eprintln!("SIGKILL -> host-lost visible after {lost_after:?} (fleet ttl {TTL} s)");
     assert!(lost_after <= Duration::from_secs(TTL + 2), "{lost_after:?}");
-    // Every host is full or gone: the fleet says so.
-    let (status, refusal) = request(
+    // Every host is full or gone: the fleet says so, and when to try again.
+    let refused = call_str(
         "POST",
         &fleet.host(1).url("/vms"),
         Some(&fleet.body().to_string()),
         &[],
     );
-    assert_eq!(status, 503, "{refusal}");
+    let refusal = refused.json();
+    assert_eq!(refused.status, 503, "{refusal}");
     assert_eq!(refusal["code"], "capacity-exhausted");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is full (--max-vms)")),
+        "{refusal}"
+    );
+    assert!(
+        refused
+            .header("Retry-After")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|secs| secs > 0),
+        "{:?}",
+        refused.headers
+    );
 
     // h2 restarts on its folder: it destroys the VM the fleet declared lost, and its slot
     // takes the next create.
     fleet.hosts[2] = Some(fleet.launch(2, &["--max-vms", "1"]));
     fleet.wait_hosts(3);
     wait_until("h2 to destroy its lost VM", Duration::from_secs(20), || {
-        let (_, local) = request(
-            "GET",
-            &fleet.host(2).url("/vms"),
-            None,
-            &[("X-OSX-Builder-Forwarded-By", "test")],
-        );
-        local.as_array().is_some_and(Vec::is_empty)
+        fleet.local_vms(2).is_empty()
     });
     let mut placed = Value::Null;
     wait_until(
@@ -113,6 +134,13 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
         },
     );
     assert_eq!(placed["host"], "h2", "{placed}");
+    // Back after a crash is a join with what was on disk, not a rejoin.
+    let log = fleet.host(2).log();
+    assert!(
+        log.contains("fleet: h2 joined with 1 VM(s) of its own; 1 of them the fleet had declared lost are being destroyed"),
+        "{log}"
+    );
+    assert!(!log.contains("rejoined"), "{log}");
 
     // SIGSTOP h1 past its TTL: the fleet counts it lost; SIGCONT: it finds its lease gone,
     // says so, rejoins and destroys the VM the fleet declared lost.
@@ -125,8 +153,7 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
     );
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // Right after SIGCONT h1 still says `joined` (it has not yet heard that its lease is
-    // gone), and its start-up line already says "rejoined": wait for the way back from
-    // the partition itself.
+    // gone): wait for the way back from the partition itself.
     wait_until("h1 to rejoin", Duration::from_secs(20), || {
         standing(&fleet, 1) == "joined"
             && fleet
@@ -134,21 +161,17 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
                 .log()
                 .contains("joined as h1 (was partitioned)")
     });
+    let log = fleet.host(1).log();
     assert!(
-        fleet.host(1).log().contains("partitioned"),
-        "{}",
-        fleet.host(1).log()
+        log.contains("fleet: partitioned: the lease of h1 ended while it was cut off from etcd"),
+        "{log}"
+    );
+    assert!(
+        log.contains("fleet: h1 rejoined; 1 VM(s) the fleet had declared lost are being destroyed"),
+        "{log}"
     );
     wait_until("h1 to destroy its lost VM", Duration::from_secs(20), || {
-        request(
-            "GET",
-            &fleet.host(1).url("/vms"),
-            None,
-            &[("X-OSX-Builder-Forwarded-By", "test")],
-        )
-        .1
-        .as_array()
-        .is_some_and(Vec::is_empty)
+        fleet.local_vms(1).is_empty()
     });
 
     // One etcd member killed: creates and reads go on as before.
@@ -201,24 +224,41 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
         200,
         "{own} {status}"
     );
-    let (_, local) = request(
-        "GET",
-        &fleet.host(1).url("/vms"),
-        None,
-        &[("X-OSX-Builder-Forwarded-By", "test")],
+    // h2 holds a VM and `made` is on h0 or h1: the other one of these has its slot free
+    // and takes a create for itself; but none that a front door placed on it (it cannot
+    // know whether the fleet still counts it).
+    let empty = 1 - owner;
+    assert!(owner < 2, "{made}");
+    let (status, refused) = request(
+        "POST",
+        &fleet.host(empty).url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[
+            ("X-OSX-Builder-Forwarded-By", "h2"),
+            (
+                "X-OSX-Builder-Placed-Id",
+                "5b1c0f1e-6a0e-4b7e-9c3a-2f4d8e6a1b2c",
+            ),
+        ],
     );
-    if local.as_array().is_some_and(Vec::is_empty) {
-        let (status, alone) = request(
-            "POST",
-            &fleet.host(1).url("/vms"),
-            Some(&fleet.body().to_string()),
-            &[],
-        );
-        assert_eq!(status, 202, "{alone}");
-        assert_eq!(alone["host"], "h1");
-    }
+    assert_eq!(
+        (status, &refused["code"]),
+        (503, &Value::from("fleet-unavailable")),
+        "{refused}"
+    );
+    assert!(fleet.local_vms(empty).is_empty());
+    let (status, alone) = request(
+        "POST",
+        &fleet.host(empty).url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[],
+    );
+    assert_eq!(status, 202, "{alone}");
+    assert_eq!(alone["host"], format!("h{empty}"), "{alone}");
+    let alone_id = alone["id"].as_str().unwrap().to_string();
 
-    // etcd back: every host rejoins.
+    // etcd back: every host rejoins, and nothing is lost: the VM made alone is answered
+    // for by the others too.
     for n in 0..3 {
         fleet.cluster.start_member(n);
     }
@@ -226,5 +266,104 @@ fn hosts_die_and_come_back_and_etcd_goes_away() {
     wait_until("every host to rejoin", Duration::from_secs(30), || {
         (0..3).all(|n| standing(&fleet, n) == "joined")
     });
-    assert_eq!(get(&fleet, 0, &format!("/vms/{id}")).0, 200);
+    assert_eq!(get(&fleet, 2, &format!("/vms/{id}")).0, 200);
+    wait_until(
+        "the VM made while etcd was down to be known fleet-wide",
+        Duration::from_secs(10),
+        || {
+            let (status, vm) = get(&fleet, 2, &format!("/vms/{alone_id}"));
+            status == 200 && vm["host"] == format!("h{empty}")
+        },
+    );
+}
+
+/// An etcd that does not answer at start: the server stops and says what to do; with
+/// --fleet-optional it serves alone (`degraded`), takes creates for itself, and joins once
+/// etcd answers, with the VM it made meanwhile (a first join: not logged as a rejoin).
+#[test]
+fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
+    let Some(mut cluster) = common::etcd::Cluster::start(3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    for n in 0..3 {
+        cluster.kill_member(n);
+    }
+    let fleet_args = [
+        "--etcd",
+        &endpoints,
+        "--host-name",
+        "h0",
+        "--fleet-ttl",
+        "3",
+        "--etcd-prefix",
+        "/silent/",
+    ];
+    let said = refused_start(&fleet_args);
+    assert!(
+        said.contains(&format!("cannot join the fleet at {endpoints}"))
+            && said.contains("set --fleet-optional"),
+        "{said}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let advertised = format!("http://localhost:{port}");
+    let mut args = fleet_args.to_vec();
+    args.extend([
+        "--fleet-optional",
+        "--port",
+        &port,
+        "--advertise-url",
+        &advertised,
+    ]);
+    let dir = common::TempDir::new("fleet-silent-etcd");
+    let server = common::Server::start_with(dir.path(), common::options(&args));
+    let health = request("GET", &server.url("/healthz"), None, &[]).1;
+    assert_eq!(health["fleet"]["state"], "degraded", "{health}");
+    assert!(
+        server.log().contains("serving alone (--fleet-optional)"),
+        "{}",
+        server.log()
+    );
+    let files = common::http::FileServer::start();
+    let archive = common::gold_tar_gz("box");
+    let url = files.add("/gold.tar.gz", archive.clone());
+    let body = common::image_body(&url, &common::sha1_hex(&archive));
+    let (status, vm) = request("POST", &server.url("/vms"), Some(&body.to_string()), &[]);
+    assert_eq!(
+        (status, &vm["host"]),
+        (202, &serde_json::json!("h0")),
+        "{vm}"
+    );
+
+    for n in 0..3 {
+        cluster.start_member(n);
+    }
+    cluster.wait_healthy();
+    wait_until("h0 to join", Duration::from_secs(20), || {
+        request("GET", &server.url("/healthz"), None, &[]).1["fleet"]["state"] == "joined"
+    });
+    let mut hosts = Value::Null;
+    wait_until(
+        "h0 to see itself in the fleet, its VM claimed in its slots",
+        Duration::from_secs(10),
+        || {
+            hosts = request("GET", &server.url("/hosts"), None, &[]).1;
+            hosts["hosts"][0]["name"] == "h0" && hosts["hosts"][0]["placed"] == 1
+        },
+    );
+    assert_eq!(hosts["hosts"][0]["vms"], 1, "{hosts}");
+    assert_eq!(hosts["hosts"][0]["url"], advertised.as_str(), "{hosts}");
+    let log = server.log();
+    assert!(log.contains("fleet: joined as h0 (was degraded)"), "{log}");
+    assert!(
+        log.contains("fleet: h0 joined with 1 VM(s) of its own; 0 of them"),
+        "{log}"
+    );
+    assert!(!log.contains("rejoined"), "{log}");
 }

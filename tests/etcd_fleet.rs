@@ -8,8 +8,9 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::fleet::{wait_until, Fleet};
+use common::fleet::{refused_start, wait_until, Fleet};
 use common::http::{call_str, request};
+use osx_builder::fleet::etcd::Client;
 use serde_json::{json, Value};
 
 #[test]
@@ -27,39 +28,107 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
     assert_eq!(h1["hypervisor"], "vmware");
 
     // A second live host named h1 refuses to start.
-    let dir = common::TempDir::new("fleet-dup");
     let args = fleet.args(1, &[]);
-    let out = std::process::Command::new(common::SERVER_BIN)
-        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-        .arg(dir.path())
-        .args(&args)
-        .env("VMWARE_VMRUN_PATH", common::SIM_BIN)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = refused_start(&args);
     assert!(said.contains("a live host named h1"), "{said}");
-
-    // The image cached on h1: a create at h0 goes there.
-    let (status, body) = request(
-        "POST",
-        &fleet.host(1).url("/images"),
-        Some(
-            &json!({"url": fleet.url, "checksum": fleet.checksum, "checksum_type": "sha1"})
-                .to_string(),
-        ),
-        &[],
-    );
-    assert!(status == 202 || status == 200, "{status} {body}");
+    // Under another --etcd-prefix the name is free: another fleet on the same etcd, which
+    // sees none of this one's hosts (nor they it).
+    let mut other_fleet = args.clone();
+    let at = other_fleet
+        .iter()
+        .position(|a| a == "--etcd-prefix")
+        .unwrap();
+    other_fleet[at + 1] = format!("{}other/", fleet.prefix);
+    let other_fleet: Vec<&str> = other_fleet.iter().map(String::as_str).collect();
+    let dir = common::TempDir::new("fleet-other-prefix");
+    let other = common::Server::start_with(dir.path(), common::options(&other_fleet));
+    let mut alone = Value::Null;
     wait_until(
-        "h0 to see h1 holding the image",
-        Duration::from_secs(30),
+        "the other fleet to see its host",
+        Duration::from_secs(10),
         || {
-            fleet
-                .record(0, "h1")
-                .is_some_and(|r| r["images"].as_array().is_some_and(|i| !i.is_empty()))
+            alone = request("GET", &other.url("/hosts"), None, &[]).1;
+            alone["hosts"].as_array().is_some_and(|h| !h.is_empty())
         },
     );
+    let names: Vec<&str> = alone["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert_eq!(names, ["h1"], "{alone}");
+    assert_eq!(alone["hosts"][0]["url"], other.base, "{alone}");
+    drop(other);
+    fleet.wait_hosts(3);
+    assert_eq!(fleet.record(0, "h1").unwrap()["url"], fleet.host(1).base);
+
+    // Records that do not parse, or claim another host's name, are logged with their key
+    // and skipped; no host minds them.
+    let etcd = Client::new(
+        fleet
+            .cluster
+            .endpoints()
+            .split(',')
+            .map(String::from)
+            .collect(),
+        None,
+    );
+    let key = |rest: &str| format!("{}{rest}", fleet.prefix);
+    etcd.put(key("hosts/broken").as_bytes(), b"{not json", 0)
+        .unwrap();
+    let mut intruder = fleet.record(0, "h2").unwrap();
+    intruder["name"] = json!("h1");
+    intruder["url"] = json!("http://127.0.0.1:9");
+    etcd.put(
+        key("hosts/intruder").as_bytes(),
+        intruder.to_string().as_bytes(),
+        0,
+    )
+    .unwrap();
+    let stray = "7d1e3b0c-55a4-4c38-9f0e-0d2b1c3a4e5f";
+    etcd.put(key(&format!("vms/{stray}")).as_bytes(), b"[1,", 0)
+        .unwrap();
+    wait_until(
+        "h0 to skip the bad records",
+        Duration::from_secs(10),
+        || {
+            let log = fleet.host(0).log();
+            log.contains(&format!(
+                "fleet: skipped the host record {}: ",
+                key("hosts/broken")
+            )) && log.contains(&format!(
+                "fleet: skipped the host record {}: it claims the name \"h1\"",
+                key("hosts/intruder")
+            ))
+        },
+    );
+    assert_eq!(
+        request(
+            "GET",
+            &fleet.host(0).url(&format!("/vms/{stray}")),
+            None,
+            &[]
+        )
+        .0,
+        404
+    );
+    assert!(
+        fleet
+            .host(0)
+            .log()
+            .contains(&format!("fleet: skipped the directory entry of vm={stray}")),
+        "{}",
+        fleet.host(0).log()
+    );
+    for n in 0..3 {
+        let seen = fleet.hosts_seen_by(n);
+        assert_eq!(seen["hosts"].as_array().map(Vec::len), Some(3), "{seen}");
+    }
+    assert_eq!(fleet.record(2, "h1").unwrap()["url"], fleet.host(1).base);
+
+    // The image cached on h1: a create at h0 goes there.
+    fleet.prewarm_on(1);
     let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 202, "{vm}");
     assert_eq!(vm["host"], "h1", "placed where the image is: {vm}");
@@ -120,6 +189,33 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "the long poll waited on the owner"
+    );
+    let log = call_str(
+        "GET",
+        &fleet.host(2).url(&format!("/vms/{cached_id}/log")),
+        None,
+        &[],
+    );
+    let own_log = call_str(
+        "GET",
+        &fleet.host(1).url(&format!("/vms/{cached_id}/log")),
+        None,
+        &[],
+    );
+    assert_eq!((log.status, own_log.status), (200, 200), "{}", log.text());
+    assert!(
+        log.header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        log.headers
+    );
+    assert!(
+        !own_log.body.is_empty()
+            && log
+                .body
+                .starts_with(&own_log.body[..own_log.body.len().min(64)]),
+        "{}",
+        log.text()
     );
     let (status, renewed) = request(
         "POST",
@@ -229,14 +325,9 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
     }
     for n in 0..3 {
         let name = format!("h{n}");
-        let (_, local) = request(
-            "GET",
-            &fleet.host(n).url("/vms"),
-            None,
-            &[("X-OSX-Builder-Forwarded-By", "test")],
-        );
-        let count = local.as_array().unwrap().len();
-        assert!(count <= 2, "{name} holds {count} VMs: {local}");
+        let local = fleet.local_vms(n);
+        let count = local.len();
+        assert!(count <= 2, "{name} holds {count} VMs: {local:?}");
         let placed_here = created
             .iter()
             .filter(|v| v["host"] == name.as_str())
@@ -274,6 +365,36 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
     // h1 is full and h0 drains: refused.
     let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
     assert_eq!(status, 503, "{refusal}");
+    // Both drain: refused, saying so.
+    let drain = |n: usize, path: &str| {
+        assert_eq!(request("POST", &fleet.host(n).url(path), None, &[]).0, 200);
+    };
+    let seen_draining = |n: usize, draining: bool| {
+        wait_until(
+            &format!("h0 to see h{n} draining: {draining}"),
+            Duration::from_secs(10),
+            || {
+                fleet
+                    .record(0, &format!("h{n}"))
+                    .is_some_and(|r| r["draining"] == draining)
+            },
+        );
+    };
+    drain(1, "/drain");
+    seen_draining(1, true);
+    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
+    assert_eq!(
+        (status, &refusal["code"]),
+        (503, &json!("capacity-exhausted"))
+    );
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("every host of the fleet is draining"),
+        "{refusal}"
+    );
+    drain(1, "/undrain");
     let id = vm["id"].as_str().unwrap();
     let deleted = request(
         "DELETE",
@@ -293,11 +414,30 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
         fleet.record(0, "h1"),
         fleet.host(1).log()
     );
-    // h1 dies: the next forward fails (h0 still sees h1 until its lease ends), and then
-    // h0 counts the host lost.
+    // h1 holds the image and h0 takes creates again: h1 comes first.
+    fleet.prewarm_on(1);
+    drain(0, "/undrain");
+    seen_draining(0, false);
+    seen_draining(1, false);
+    // h1 dies: the create placed there is not forwarded (h0 still sees h1 until its lease
+    // ends), so it is placed once more, on h0, under the same id: the client sees one VM.
+    // Then h0 counts the host lost.
     fleet.hosts[1].take().unwrap().kill();
-    let (status, refusal) = fleet.create_on(0, &fleet.body(), &[]);
-    assert_eq!(status, 503, "{refusal}");
+    let (status, vm) = fleet.create_on(0, &fleet.body(), &[]);
+    assert_eq!((status, &vm["host"]), (202, &json!("h0")), "{vm}");
+    let id = vm["id"].as_str().unwrap();
+    let log = fleet.host(0).log();
+    assert!(
+        log.contains(&format!("vm={id} forwarding to h1 failed"))
+            && log.contains("placing it once more elsewhere"),
+        "{log}"
+    );
+    let local = fleet.local_vms(0);
+    assert_eq!(
+        local.iter().map(|v| &v["id"]).collect::<Vec<_>>(),
+        [id],
+        "{local:?}"
+    );
     wait_until("h0 to count h1 lost", Duration::from_secs(15), || {
         metric_on(&fleet, 0, "osx_builder_fleet_hosts_lost_total ") == 1.0
     });
@@ -318,24 +458,24 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
         .count();
     assert_eq!(fleet_families, 12, "{text}");
     let eq = |line: &str, want: f64| assert_eq!(value(line), want, "{line}\n{text}");
-    // The first create found no image on h1 (free slots); the last one may find the image
-    // its VM downloaded there.
-    let slots = value(r#"osx_builder_fleet_placements_total{reason="slots"}"#);
-    let image = value(r#"osx_builder_fleet_placements_total{reason="image"}"#);
-    assert!(slots >= 1.0 && slots + image == 2.0, "{text}");
+    // The first create found no image on h1 (free slots); the last one found it there,
+    // and was placed again on h0 when h1 did not answer.
+    eq(r#"osx_builder_fleet_placements_total{reason="slots"}"#, 1.0);
+    eq(r#"osx_builder_fleet_placements_total{reason="image"}"#, 1.0);
+    eq(r#"osx_builder_fleet_placements_total{reason="retry"}"#, 1.0);
     eq(r#"osx_builder_fleet_placements_total{reason="pool"}"#, 0.0);
     eq(
         r#"osx_builder_fleet_refusals_total{reason="all-full"}"#,
-        2.0,
+        1.0,
     );
     eq(
         r#"osx_builder_fleet_refusals_total{reason="all-draining"}"#,
-        0.0,
+        1.0,
     );
-    eq("osx_builder_fleet_placement_decision_seconds_count ", 3.0);
+    eq("osx_builder_fleet_placement_decision_seconds_count ", 4.0);
     eq(
         r#"osx_builder_fleet_placement_decision_seconds_bucket{le="+Inf"}"#,
-        3.0,
+        4.0,
     );
     eq("osx_builder_fleet_forwards_total ", 2.0);
     eq("osx_builder_fleet_forward_seconds_count ", 1.0);
@@ -396,4 +536,79 @@ fn wait_until_running(fleet: &Fleet, n: usize, id: &str) -> Value {
         last["status"] == "running" && last["ip_address"] != ""
     });
     last
+}
+
+/// etcd's usual production set-up: TLS with client certificates. With --etcd-ca-file,
+/// --etcd-cert and --etcd-key a host joins; without its certificate, or without the CA
+/// that signed etcd's, it cannot, and stops saying so.
+#[test]
+fn a_host_reaches_etcd_over_tls_with_its_client_certificate() {
+    let pki = common::pki::Pki::new();
+    let pem = common::TempDir::new("etcd-tls");
+    let write = |name: &str, text: &str| {
+        let path = pem.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (member, client) = (pki.local(), pki.leaf(&["h0"], false));
+    let ca = write("ca.pem", &pki.ca_pem);
+    let tls = common::etcd::Tls {
+        cert: write("etcd.pem", &member.cert),
+        key: write("etcd-key.pem", &member.key),
+        ca: ca.clone(),
+    };
+    let Some(cluster) = common::etcd::Cluster::start_with(1, Some(&tls)) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let (cert, key) = (
+        write("h0.pem", &client.cert),
+        write("h0-key.pem", &client.key),
+    );
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&ca), path(&cert), path(&key));
+    let fleet = [
+        "--etcd",
+        &endpoints,
+        "--host-name",
+        "h0",
+        "--fleet-ttl",
+        "3",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        fleet.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+
+    let root = common::TempDir::new("etcd-tls-h0");
+    let args = with(&[
+        "--etcd-ca-file",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+        "--fleet-optional",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = common::Server::start_with(root.path(), common::options(&args));
+    let mut seen = Value::Null;
+    wait_until("h0 to join over TLS", Duration::from_secs(20), || {
+        seen = request("GET", &server.url("/hosts"), None, &[]).1;
+        seen["fleet"]["state"] == "joined" && seen["hosts"][0]["name"] == "h0"
+    });
+
+    for (missing, extra) in [
+        ("its client certificate", with(&["--etcd-ca-file", &ca])),
+        (
+            "the CA of etcd's certificate",
+            with(&["--etcd-cert", &cert, "--etcd-key", &key]),
+        ),
+    ] {
+        let said = refused_start(&extra);
+        assert!(
+            said.contains(&format!("cannot join the fleet at {endpoints}")),
+            "without {missing}: {said}"
+        );
+    }
 }

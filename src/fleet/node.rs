@@ -4,7 +4,7 @@
 //! happens when a host is lost, when this one is cut off, and when etcd is down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -64,6 +64,9 @@ pub struct Node {
     /// goes too, even when it came and went between two passes of the sync loop (a claim
     /// of a VM never seen here would otherwise hold its slot for [`CLAIM_GRACE_MS`]).
     arrived: Mutex<HashSet<String>>,
+    /// Registered once already: a later registration is a way back into the fleet (after
+    /// a partition, or etcd down at start with `--fleet-optional`), and is logged so.
+    registered_once: AtomicBool,
     pub metrics: FleetMetrics,
 }
 
@@ -112,6 +115,7 @@ impl Node {
             published: Mutex::new(None),
             directory: Mutex::new(HashMap::new()),
             arrived: Mutex::new(HashSet::new()),
+            registered_once: AtomicBool::new(false),
             metrics: FleetMetrics::default(),
         });
         match node.client.health().and_then(|()| node.register()) {
@@ -331,11 +335,16 @@ impl Node {
         }
     }
 
-    /// After a rejoin: a VM of this host the fleet declared lost is destroyed (its clients
-    /// were told it failed); one still recorded here is claimed again.
+    /// After each registration: a VM of this host the fleet declared lost is destroyed
+    /// (its clients were told it failed); one still recorded here is claimed again. On the
+    /// first one these are the VMs from before a restart (a crash may have left some lost)
+    /// or made while etcd did not answer.
     fn reconcile(&self) {
+        let back = self.registered_once.swap(true, Ordering::SeqCst);
+        let vms = self.service.vm_records();
+        let held = vms.len();
         let mut lost = 0;
-        for vm in self.service.vm_records() {
+        for vm in vms {
             let id = vm.id.to_string();
             let entry = self
                 .client
@@ -363,10 +372,17 @@ impl Node {
                 self.directory.lock_unpoisoned().insert(id, u64::MAX);
             }
         }
-        crate::info!(
-            "fleet: {} rejoined; {lost} VM(s) the fleet had declared lost are being destroyed, the others are claimed again",
-            self.name
-        );
+        if back {
+            crate::info!(
+                "fleet: {} rejoined; {lost} VM(s) the fleet had declared lost are being destroyed, the others are claimed again",
+                self.name
+            );
+        } else if held > 0 {
+            crate::info!(
+                "fleet: {} joined with {held} VM(s) of its own; {lost} of them the fleet had declared lost are being destroyed, the others are claimed for it",
+                self.name
+            );
+        }
     }
 
     /// Writes this host's record when it changed, its VMs' directory entries when theirs

@@ -48,9 +48,23 @@ fn etcd_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// PEM files of a cluster that serves its clients over TLS and wants their certificates.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs the clients' certificates.
+    pub ca: PathBuf,
+}
+
 impl Cluster {
     /// `None` (after a loud note) only when etcd is missing and `OSXB_SKIP_ETCD=1` is set.
     pub fn start(size: usize) -> Option<Self> {
+        Self::start_with(size, None)
+    }
+
+    /// With `tls`: `https://` client URLs, `--client-cert-auth`. Its members are then only
+    /// waited for until they accept connections (`/health` wants a client certificate).
+    pub fn start_with(size: usize, tls: Option<&Tls>) -> Option<Self> {
         let Some(bin) = etcd_binary() else {
             if std::env::var_os("OSXB_SKIP_ETCD").is_some() {
                 eprintln!("\n*** SKIPPED: etcd is not installed and OSXB_SKIP_ETCD is set: the fleet is NOT tested ***\n");
@@ -76,9 +90,10 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(n, (client, peer))| {
-                let client_url = format!("http://127.0.0.1:{client}");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let client_url = format!("{scheme}://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
-                let args = [
+                let mut args = [
                     "--name",
                     &format!("m{n}"),
                     "--data-dir",
@@ -108,6 +123,16 @@ impl Cluster {
                 ]
                 .map(String::from)
                 .to_vec();
+                if let Some(tls) = tls {
+                    for (flag, path) in [
+                        ("--cert-file", &tls.cert),
+                        ("--key-file", &tls.key),
+                        ("--trusted-ca-file", &tls.ca),
+                    ] {
+                        args.extend([flag.to_string(), path.display().to_string()]);
+                    }
+                    args.push("--client-cert-auth".into());
+                }
                 Member {
                     name: format!("m{n}"),
                     client_url,
@@ -124,7 +149,17 @@ impl Cluster {
         for n in 0..size {
             cluster.start_member(n);
         }
-        cluster.wait_healthy();
+        if tls.is_some() {
+            for (client, _) in &ports {
+                super::fleet::wait_until(
+                    "etcd to accept connections",
+                    Duration::from_secs(30),
+                    || std::net::TcpStream::connect(("127.0.0.1", *client)).is_ok(),
+                );
+            }
+        } else {
+            cluster.wait_healthy();
+        }
         Some(cluster)
     }
 

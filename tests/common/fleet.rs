@@ -123,6 +123,41 @@ impl Fleet {
         }
     }
 
+    /// The VMs host `n` holds itself (a relayed `GET /vms`: not asked of the others).
+    pub fn local_vms(&self, n: usize) -> Vec<Value> {
+        let (status, list) = http::request(
+            "GET",
+            &self.host(n).url("/vms"),
+            None,
+            &[("X-OSX-Builder-Forwarded-By", "test")],
+        );
+        assert_eq!(status, 200, "{list}");
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Pre-warms the fleet's image on host `n` alone, and waits until host 0 sees that `n`
+    /// holds it.
+    pub fn prewarm_on(&self, n: usize) {
+        let image = serde_json::json!({
+            "url": self.url, "checksum": self.checksum, "checksum_type": "sha1"
+        });
+        let (status, body) = http::request(
+            "POST",
+            &self.host(n).url("/images"),
+            Some(&image.to_string()),
+            &[],
+        );
+        assert!(status == 202 || status == 200, "{status} {body}");
+        wait_until(
+            &format!("h0 to see h{n} holding the image"),
+            Duration::from_secs(30),
+            || {
+                self.record(0, &format!("h{n}"))
+                    .is_some_and(|r| r["images"] == serde_json::json!([self.checksum]))
+            },
+        );
+    }
+
     /// The record of host `name` as host `n` sees it.
     pub fn record(&self, n: usize, name: &str) -> Option<Value> {
         self.hosts_seen_by(n)["hosts"]
@@ -131,6 +166,22 @@ impl Fleet {
             .find(|h| h["name"] == name)
             .cloned()
     }
+}
+
+/// Starts a server (the simulator's vmrun, a data folder of its own) with `args` that must
+/// stop it before it listens: what it said on stderr.
+pub fn refused_start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let dir = TempDir::new("fleet-refused");
+    let out = std::process::Command::new(super::SERVER_BIN)
+        .args(["--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env("VMWARE_VMRUN_PATH", super::SIM_BIN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {said}");
+    said
 }
 
 /// Polls `done` until true, or panics naming `what` after `limit`.
