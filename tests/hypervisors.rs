@@ -333,7 +333,7 @@ fn tart_a_create_lists_nothing_vmware_still_clears_locks() {
 /// the test image's is 1 GiB) fails `invalid-memory` naming the minimum, and nothing is
 /// cloned; one that asks enough runs.
 #[test]
-fn tart_below_the_golds_minimum_fails_before_the_clone() {
+fn tart_below_the_golds_minimum_fails_before_the_clone_or_at_once_when_cached() {
     let w = World::start("hv-tart-min", scenarios::quick(Hv::Tart, &[]));
     let mut body = w.body();
     body["memory"] = 512.into();
@@ -354,6 +354,18 @@ fn tart_below_the_golds_minimum_fails_before_the_clone() {
     body["memory"] = 1024.into();
     let fits = w.create(&body);
     w.server.wait_ready(&fits);
+    // Now that the image is cached, the same mistake is refused at once: no VM is made.
+    let vms = w.vm_count();
+    body["memory"] = 512.into();
+    let (status, answer) = w.server.create(&body);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "invalid-memory", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("memory 512 is below the gold image's minimum of 1024 MB"),
+        "{message}"
+    );
+    assert_eq!(w.vm_count(), vms);
 }
 
 /// `tart ip` with no address yet ("no IP address found", exit 1) is an answer, logged and

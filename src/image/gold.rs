@@ -280,6 +280,11 @@ impl GoldCache {
     }
 
     /// Bytes taken by the published gold images.
+    /// The image published under `checksum`, if it is cached.
+    pub fn cached(&self, checksum: &str) -> Option<GoldImage> {
+        self.images.lookup(checksum)
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.published()
             .iter()

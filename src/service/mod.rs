@@ -147,11 +147,34 @@ impl Service {
         self.hypervisor
             .check_available()
             .map_err(|e| Error::HypervisorMissing(e.code(), e.to_string()))?;
+        self.check_fits_cached_gold(&request)?;
         let request = match self.hand_out(request, asked)? {
             pools::HandOut::Done(created) => return Ok(created),
             pools::HandOut::Cold(request) => *request,
         };
         self.create_cold_as(request, None, id)
+    }
+
+    /// A create below its gold image's minimum CPUs or memory (tart's config.json) is
+    /// refused here when the image is cached; otherwise provisioning checks it once the
+    /// image is here, before the clone.
+    fn check_fits_cached_gold(&self, request: &CreateVm) -> Result<(), Error> {
+        let Some(gold) = self.fleet.gold.cached(&request.image.checksum) else {
+            return Ok(());
+        };
+        match self
+            .hypervisor
+            .check_fits(&gold.vmx, request.cpus, request.memory)
+        {
+            Err(err @ crate::hypervisor::HypervisorError::BelowMinimum { .. }) => {
+                Err(Error::Invalid {
+                    code: err.code(),
+                    message: err.to_string(),
+                })
+            }
+            // Anything else (an unreadable config.json) is the provisioning's to report.
+            _ => Ok(()),
+        }
     }
 
     /// A create provisioned from the start: a client's that no pool served, or (`pool`) a
