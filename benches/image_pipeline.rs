@@ -21,6 +21,11 @@
 //! image of N files (1000000 for issue 17's target) through the real server, its time and the
 //! server's peak RSS against `tar -xzf`, then the time of `GET /images` and `GET /metrics`.
 //!
+//! `--tart` runs only the tart case instead (see `tart_image.rs`): a tart VM folder with a
+//! sparse 8 GiB `disk.img` (`--tart-data-mib N` of data, default 512) archived by `tar
+//! --sparse`, served over loopback and pre-warmed through the real server on a tart host:
+//! time, peak RSS and the disk's blocks on disk against curl piped into GNU tar.
+//!
 //! Re-executed as `image_pipeline --child <url> <sha256> <data dir> [<CA file>]` it runs our
 //! pipeline once and prints `<seconds> <peak RSS KiB>`.
 
@@ -37,6 +42,8 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "image_pipeline/many_files.rs"]
 mod many_files;
+#[path = "image_pipeline/tart_image.rs"]
+mod tart_image;
 
 use osx_builder::image::{ChecksumType, ImageCache, ImageSettings, ImageSpec};
 use osx_builder::sys::cancel::Cancel;
@@ -68,6 +75,7 @@ struct Options {
     keep: bool,
     https: bool,
     many_files: Option<u64>,
+    tart_data_mib: Option<u64>,
 }
 
 impl Options {
@@ -80,6 +88,7 @@ impl Options {
             keep: false,
             https: true,
             many_files: None,
+            tart_data_mib: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -96,6 +105,8 @@ impl Options {
                 "--keep" => options.keep = true,
                 "--no-https" => options.https = false,
                 "--many-files" => options.many_files = Some(number("--many-files")),
+                "--tart" => options.tart_data_mib = options.tart_data_mib.or(Some(512)),
+                "--tart-data-mib" => options.tart_data_mib = Some(number("--tart-data-mib")),
                 // cargo bench passes --bench; libtest-style filters are ignored.
                 _ => {}
             }
@@ -121,6 +132,9 @@ fn run(options: &Options) -> io::Result<()> {
     fs::create_dir_all(&dir)?;
     if let Some(files) = options.many_files {
         return many_files::run(&dir, &serve(&dir)?, files, options.keep);
+    }
+    if let Some(data_mib) = options.tart_data_mib {
+        return tart_image::run(&dir, &serve(&dir)?, data_mib, options.keep);
     }
     let mut cases = Vec::new();
     if options.only.as_deref() != Some("bz2") {
@@ -278,6 +292,50 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
+/// Runs `script` with bash in `cwd` after a [`settle`]; its seconds.
+fn timed_bash(script: &str, cwd: &Path) -> io::Result<f64> {
+    settle();
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(cwd)
+        .status()?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(io::Error::other(format!("`{script}` failed: {status}")));
+    }
+    Ok(seconds)
+}
+
+/// Pre-warms the image of `body` (a `POST /images` body) through the server at `addr` and
+/// polls `GET /images/<checksum>` every `poll` until it is ready; the seconds from the POST.
+fn prewarm(
+    addr: std::net::SocketAddr,
+    body: &str,
+    checksum: &str,
+    poll: Duration,
+) -> io::Result<f64> {
+    settle();
+    let started = Instant::now();
+    let (status, answer) = common::request(addr, "POST", "/images", Some(body.as_bytes()))?;
+    if status != 202 {
+        return Err(io::Error::other(format!(
+            "POST /images answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        )));
+    }
+    let path = format!("/images/{checksum}");
+    loop {
+        let (_, entry) = common::get(addr, &path)?;
+        let entry: serde_json::Value = serde_json::from_slice(&entry).unwrap_or_default();
+        match entry["state"].as_str() {
+            Some("ready") => return Ok(started.elapsed().as_secs_f64()),
+            Some("failed") => return Err(io::Error::other(format!("pre-warm failed: {entry}"))),
+            _ => thread::sleep(poll),
+        }
+    }
+}
+
 fn run_ours(
     dir: &Path,
     url: &str,
@@ -323,19 +381,11 @@ fn run_shell(
     let out = dir.join("shell");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    settle();
     let cacert = ca.map_or_else(String::new, |ca| format!("--cacert '{}' ", ca.display()));
-    let script =
-        format!("curl -s {cacert}'{url}' | tee >(sha256sum >/dev/null) | tar {tar_flag} -");
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .args(["-c", &script])
-        .current_dir(&out)
-        .status()?;
-    let seconds = started.elapsed().as_secs_f64();
-    if !status.success() {
-        return Err(io::Error::other(format!("`{script}` failed: {status}")));
-    }
+    let seconds = timed_bash(
+        &format!("curl -s {cacert}'{url}' | tee >(sha256sum >/dev/null) | tar {tar_flag} -"),
+        &out,
+    )?;
     if !keep {
         fs::remove_dir_all(&out)?;
     }

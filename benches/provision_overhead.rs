@@ -136,7 +136,7 @@ fn main() {
     let server_share = col(|r| r.total_ms - r.tool_ms - r.pauses_ms);
     println!("{tool} calls per VM: {:.1}", mean(&col(|r| r.calls as f64)));
     let rest = if tart {
-        "process start/exit/reaping, `list`s, and in `run` the driver's wait: `tart list` every 50 ms until the VM is listed running, then 1 s more with it listed, while the guest boots"
+        "process start/exit/reaping, `list`s, and in `run` the driver's wait: the lock on the VM's config.json looked at every 20 ms until `tart run` holds it, then 1 s more with it held, while the guest boots"
     } else {
         "process start/exit/reaping and `list`s"
     };
@@ -342,7 +342,7 @@ struct ToolCall {
 /// The calls of `vm`'s tool between `created` and `has IP`, from their log lines:
 /// `[vm=<id> ]vmrun COMMAND ...: OUTCOME after N ms[: detail]` or `tart COMMAND osxb-<id> ->
 /// OUTCOME in N ms`. A `list` names no VM: one that runs wholly between two calls of the VM
-/// before its IP queries (the provisioner lists the running VMs before each start) is on the
+/// before its IP queries (vmrun's start lists the running VMs first, for stale locks) is on the
 /// VM's path; the background listing's others are not.
 fn tool_calls(hv: Hv, segment: &[(f64, &str)], id: &str) -> Vec<ToolCall> {
     let vm_prefix = format!("vm={id} ");

@@ -33,6 +33,13 @@ on_both!(
     powered_off_behind_its_back,
     restart_adopts_running_vms,
     capacity,
+    guestinfo_cold_and_pooled,
+    boot_watchdog_resets_once,
+    leases_callbacks_idempotency_drain,
+    metrics_health_and_cli,
+    killed_while_starting,
+    faults,
+    images,
 );
 
 #[test]
@@ -254,4 +261,133 @@ fn tart_an_existing_clone_name_is_never_overwritten() {
     );
     assert_eq!(server.delete_vm(&id).0, 204);
     assert_eq!(std::fs::read(theirs.join("disk.img")).unwrap(), b"theirs");
+}
+
+/// `network_type` picks tart's network (bridged: `--net-bridged=` the interface setting,
+/// its address from the ARP cache; hostonly: `--net-host`); `headless: false` opens
+/// tart's window (no `--no-graphics`).
+#[test]
+fn tart_networks_and_the_window() {
+    let w = World::start(
+        "hv-tart-net",
+        scenarios::quick(Hv::Tart, &["--tart-bridge-interface", "en7"]),
+    );
+    let run = |id: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(w.server.sim_state.join(format!("runs/osxb-{id}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut body = w.body();
+    body["network_type"] = "bridged".into();
+    body["headless"] = false.into();
+    let bridged = w.create(&body);
+    let vm = w.server.wait_ready(&bridged);
+    assert_eq!(vm["ip_source"], "arp", "{vm}");
+    assert!(vm["ip_address"].as_str().unwrap().starts_with("192.168.1."));
+    let record = run(&bridged);
+    assert_eq!(
+        (record["net"].as_str(), record["graphics"].as_bool()),
+        (Some("bridged:en7"), Some(true))
+    );
+    body["network_type"] = "hostonly".into();
+    body["headless"] = true.into();
+    let host = w.create(&body);
+    let vm = w.server.wait_ready(&host);
+    assert_eq!(vm["ip_source"], "dhcp-lease", "{vm}");
+    let record = run(&host);
+    assert_eq!(
+        (record["net"].as_str(), record["graphics"].as_bool()),
+        (Some("host"), Some(false))
+    );
+}
+
+/// A create on tart spawns no `tart list`: the clean-up of VMware's stale `.lck` folders
+/// before a start is the vmrun driver's (its start still lists), and tart's start sees the
+/// VM run by the lock on its `config.json`, as `tart list` itself does.
+#[test]
+fn tart_a_create_lists_nothing_vmware_still_clears_locks() {
+    for hv in [Hv::Tart, Hv::Vmware] {
+        let w = World::start(
+            "hv-no-list",
+            scenarios::quick(
+                hv,
+                &["--list-interval", "3600", "--reconcile-interval", "3600"],
+            ),
+        );
+        // The first VM brings the image and follows the start-up's listings.
+        let first = w.create(&w.body());
+        w.server.wait_ready(&first);
+        let before = w.server.sim_calls_of("list");
+        let id = w.create(&w.body());
+        w.server.wait_ready(&id);
+        let lists = w.server.sim_calls_of("list") - before;
+        match hv {
+            Hv::Tart => assert_eq!(lists, 0, "{:#?}", w.server.sim_calls()),
+            Hv::Vmware => assert!(lists >= 1, "{:#?}", w.server.sim_calls()),
+        }
+    }
+}
+
+/// A create asking for less memory than the gold's `memorySizeMin` (tart's `config.json`;
+/// the test image's is 1 GiB) fails `invalid-memory` naming the minimum, and nothing is
+/// cloned; one that asks enough runs.
+#[test]
+fn tart_below_the_golds_minimum_fails_before_the_clone() {
+    let w = World::start("hv-tart-min", scenarios::quick(Hv::Tart, &[]));
+    let mut body = w.body();
+    body["memory"] = 512.into();
+    let id = w.create(&body);
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], "invalid-memory", "{vm}");
+    let message = vm["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("memory 512 is below the gold image's minimum of 1024 MB"),
+        "{message}"
+    );
+    assert_eq!(w.server.sim_calls_of("clone"), 0, "{message}");
+    assert!(!w
+        .server
+        .data_dir
+        .join(format!("tart/vms/osxb-{id}"))
+        .exists());
+    body["memory"] = 1024.into();
+    let fits = w.create(&body);
+    w.server.wait_ready(&fits);
+}
+
+/// `tart ip` with no address yet ("no IP address found", exit 1) is an answer, logged and
+/// counted as `no-address`, not a failure of tart.
+#[test]
+fn tart_no_address_yet_is_logged_and_counted_as_such() {
+    let w = World::start(
+        "hv-tart-noip",
+        common::options_env(
+            &[("TART_SIM_IP_POLL_MS", "20"), ("TART_SIM_BOOT_MS", "2500")],
+            &["--ip-poll-interval", "0.2"],
+        )
+        .on(Hv::Tart),
+    );
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let log = w.server.log();
+    assert!(
+        log.contains(&format!("tart ip osxb-{id} -> no-address in")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("tart ip osxb-{id} -> tart-failed")),
+        "{log}"
+    );
+    let (_, metrics) = http::request_raw("GET", &w.server.url("/metrics"), None, &[]);
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let ip = "osx_builder_vmrun_calls_total{command=\"ip\",outcome=";
+    assert!(
+        common::metric(&metrics, &format!("{ip}\"no-address\"}}")).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!("{ip}\"tart-failed\"")),
+        "{metrics}"
+    );
 }

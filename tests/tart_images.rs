@@ -2,7 +2,9 @@
 //! `disk.img`, `nvram.bin` at any depth) in every format, with the disk kept sparse; what
 //! a missing file or two VMs in one archive answer; OCI images pulled by tart (the
 //! simulator's pretend registry) pinned to their digest, a registry that serves other
-//! content refused; a gold removed while a clone of it runs.
+//! content refused; a gold removed while a clone of it runs. Through the server: OCI
+//! creates; a gold needed only until its VMs are cloned (a tart clone is a copy), by
+//! `DELETE /images` and by eviction.
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -12,7 +14,7 @@ use std::process::Command;
 mod common;
 
 use common::archives::{archive, Format};
-use common::TempDir;
+use common::{Server, TempDir};
 use osx_builder::hypervisor::tart::{Tart, TartSettings, TartTimeouts};
 use osx_builder::hypervisor::{Hypervisor, VmSettings};
 use osx_builder::image::{
@@ -500,4 +502,240 @@ fn removing_a_gold_deletes_its_tart_vm_and_a_running_clone_survives() {
     host_part.remove_gold(&spec.checksum).unwrap();
     tart.stop(&vm, true, &Cancel::new()).unwrap();
     tart.delete_vm(&vm).unwrap();
+}
+
+/// Through the server on a tart host: a create from an OCI image and one from an archive
+/// run; the OCI image is deleted while its clone runs, which goes on; a registry serving
+/// other content fails the VM with `image-digest-mismatch`; bad references are 400s, and a
+/// VMware server refuses `oci://`.
+#[test]
+fn through_the_api_oci_images_run_and_go_while_their_clones_run_on() {
+    use common::{http, Hv};
+    let dir = TempDir::new("tart-images-api");
+    let registry = dir.path().join("registry");
+    let oci = Host {
+        root: TempDir::new("tart-images-api-reg"),
+    };
+    let digest = oci.publish_oci(
+        "ghcr.io/org/macos",
+        b"{\"v\": 1}",
+        None,
+        "aa:00:00:00:00:01",
+    );
+    let bad = "ee".repeat(32);
+    oci.publish_oci(
+        "ghcr.io/org/macos",
+        b"{\"v\": 2}",
+        Some(&bad),
+        "aa:00:00:00:00:02",
+    );
+    fs::rename(oci.registry(), &registry).unwrap();
+    let options = common::options_env(
+        &[
+            ("TART_SIM_IP_POLL_MS", "20"),
+            ("TART_SIM_BOOT_MS", "100"),
+            ("TART_SIM_REGISTRY", registry.to_str().unwrap()),
+        ],
+        &[],
+    )
+    .on(Hv::Tart);
+    let w = common::World::start("tart-images-api", options);
+    // The registry's VMs ask for 2 GiB at least (`memorySizeMin`).
+    let image = |checksum: &str, kind: &str, url: &str| {
+        serde_json::json!({"image": {"url": url, "checksum": checksum, "checksum_type": kind},
+            "memory": 2048, "headless": true})
+    };
+    let pulled = w.create(&image(&digest, "sha256", "oci://ghcr.io/org/macos:15"));
+    let unpacked = w.create(&w.body());
+    let mismatch = w.create(&image(&bad, "sha256", "oci://ghcr.io/org/macos"));
+    for id in [&pulled, &unpacked] {
+        assert_eq!(w.server.wait_ready(id)["status"], "running");
+    }
+    let failed = w.server.wait_failed(&mismatch);
+    assert_eq!(failed["error"]["code"], "image-digest-mismatch", "{failed}");
+
+    let (status, images) = http::request("GET", &w.server.url("/images"), None, &[]);
+    assert_eq!(status, 200);
+    let listed = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["checksum"] == digest.as_str())
+        .unwrap_or_else(|| panic!("{images}"));
+    assert_eq!(listed["state"], "ready");
+    assert_eq!(listed["url"], "oci://ghcr.io/org/macos:15");
+
+    let gold_vm = w
+        .dir
+        .path()
+        .join(format!("data/tart/vms/osxb-gold-{digest}"));
+    assert!(gold_vm.join("config.json").is_file());
+    let (status, _) = http::request(
+        "DELETE",
+        &w.server.url(&format!("/images/{digest}")),
+        None,
+        &[],
+    );
+    assert_eq!(status, 204, "{}", w.server.log());
+    assert!(!gold_vm.exists());
+    assert!(!w.dir.path().join("data/gold").join(&digest).exists());
+    assert_eq!(w.server.get_vm(&pulled).1["status"], "running");
+    assert!(Hv::Tart.running(&w.server).contains(&pulled));
+
+    for (body, code) in [
+        (
+            image(&digest, "sha256", "oci://me:pw@ghcr.io/org/macos:15"),
+            "invalid-image-url",
+        ),
+        (
+            image(&"a".repeat(40), "sha1", "oci://ghcr.io/org/macos:15"),
+            "invalid-checksum-type",
+        ),
+        (
+            image(&digest, "sha256", "oci://ghcr.io/Org/macos"),
+            "invalid-image-url",
+        ),
+    ] {
+        let (status, answer) = w.server.create(&body);
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some(code)),
+            "{answer}"
+        );
+    }
+    for id in [&pulled, &unpacked, &mismatch] {
+        assert_eq!(w.server.delete_vm(id).0, 204);
+    }
+
+    let vmware = Server::start(&dir.path().join("vmware"));
+    let (status, answer) = vmware.create(&image(&digest, "sha256", "oci://ghcr.io/org/macos:15"));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid-image-url")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("runs VMware"),
+        "{answer}"
+    );
+}
+
+/// A tart server whose simulated VMs boot at once; `args` are its own flags.
+fn tart_world(tag: &str, args: &[&str]) -> common::World {
+    let options = common::options_env(
+        &[("TART_SIM_IP_POLL_MS", "20"), ("TART_SIM_BOOT_MS", "100")],
+        args,
+    )
+    .on(common::Hv::Tart);
+    common::World::start(tag, options)
+}
+
+/// Where a tart server keeps its gold VM of `checksum` (the hypervisor's own copy).
+fn gold_tart_vm(w: &common::World, checksum: &str) -> PathBuf {
+    w.server
+        .data_dir
+        .join(format!("tart/vms/osxb-gold-{checksum}"))
+}
+
+/// On tart a clone is a copy: a gold image is needed by the VMs still to be cloned from it,
+/// and by no VM once cloned. While one VM is in its (slowed) clone and another waits behind
+/// it, `DELETE /images` answers 409 naming both, and not as linked clones; once they run it
+/// goes with tart's `osxb-gold-<checksum>`, they run on, and the next create downloads and
+/// imports the image again.
+#[test]
+fn a_tart_gold_is_needed_until_its_vms_are_cloned_and_no_longer() {
+    use common::{http, Hv};
+    let w = tart_world("tart-gold-needed", &[]);
+    // The first `tart clone` (a VM's: the gold is imported by hard links) takes 3 s.
+    w.server.set_faults("clone once delay 3000\n");
+    let first = w.create(&w.body());
+    let seen = w.server.wait_for(&first, "cloning", |vm| {
+        vm["progress"]["phase"] == "cloning" || vm["status"] != ""
+    });
+    assert_eq!(seen["progress"]["phase"], "cloning", "{seen}");
+    let second = w.create(&w.body());
+    let image_url = w.server.url(&format!("/images/{}", w.checksum));
+    let (status, refused) = http::request("DELETE", &image_url, None, &[]);
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("image-in-use"))
+    );
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains(&first)
+            && message.contains(&second)
+            && message.contains("still to be cloned")
+            && !message.contains("linked"),
+        "{refused}"
+    );
+    assert!(gold_tart_vm(&w, &w.checksum).join("config.json").is_file());
+
+    for id in [&first, &second] {
+        w.server.wait_ready(id);
+    }
+    let (_, entry) = http::request("GET", &image_url, None, &[]);
+    let mut listed: Vec<&str> = entry["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    listed.sort_unstable();
+    let mut ours = [first.as_str(), second.as_str()];
+    ours.sort_unstable();
+    assert_eq!(listed, ours, "{entry}");
+    let (status, answer) = http::request("DELETE", &image_url, None, &[]);
+    assert_eq!(status, 204, "{answer}\n{}", w.server.log());
+    assert!(!w.server.data_dir.join("gold").join(&w.checksum).exists());
+    assert!(!gold_tart_vm(&w, &w.checksum).exists());
+    let running = Hv::Tart.running(&w.server);
+    for id in [&first, &second] {
+        assert!(running.contains(id), "{id} not in {running:?}");
+        assert_eq!(w.server.get_vm(id).1["status"], "running");
+    }
+
+    for id in [&first, &second] {
+        assert_eq!(w.server.delete_vm(id).0, 204);
+    }
+    // Downloaded and imported afresh (in the two-VM slot the others left).
+    let third = w.create(&w.body());
+    w.server.wait_ready(&third);
+    assert!(gold_tart_vm(&w, &w.checksum).join("disk.img").is_file());
+    assert_eq!(w.server.delete_vm(&third).0, 204);
+}
+
+/// Eviction on tart under a one-byte budget: the image is kept while its VM is still to be
+/// cloned (and the log says so, not as linked clones), then evicted with tart's gold VM
+/// while that VM runs on.
+#[test]
+fn a_tart_gold_is_evicted_once_its_vm_is_cloned_and_the_vm_runs_on() {
+    let w = tart_world(
+        "tart-gold-evict",
+        &["--cache-budget", "1", "--reconcile-interval", "1"],
+    );
+    w.server.set_faults("clone once delay 2000\n");
+    let vm = w.create(&w.body());
+    let kept = format!(
+        "gold image {} is not evicted: VMs are still to be cloned from it ({vm})",
+        w.checksum
+    );
+    assert!(w.server.wait_log(&kept), "{}", w.server.log());
+    w.server.wait_ready(&vm);
+    let evicted = common::eventually("the eviction", || {
+        let log = w.server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("evicting gold image {}", w.checksum)))?;
+        Some(line.to_string())
+    });
+    assert!(
+        evicted.contains("needed by no VM") && evicted.contains("--cache-budget"),
+        "{evicted}"
+    );
+    assert!(!w.server.data_dir.join("gold").join(&w.checksum).exists());
+    assert!(!gold_tart_vm(&w, &w.checksum).exists());
+    assert!(!w.server.log().contains("linked clones read it"));
+    assert!(common::Hv::Tart.running(&w.server).contains(&vm));
+    assert_eq!(w.server.get_vm(&vm).1["status"], "running");
+    assert_eq!(w.server.delete_vm(&vm).0, 204);
 }

@@ -521,3 +521,21 @@ fn a_hung_call_ends_only_when_its_group_is_killed() {
     let out = home.tart(&["get", "x"], &[("TART_SIM_FAULTS", "get@x fail 1 boom")]);
     assert_eq!((out.code, out.stderr.as_str()), (Some(1), "boom\n"));
 }
+
+#[test]
+fn dead_boots_get_no_lease_until_they_are_used_up() {
+    let home = Home::new("dead");
+    home.vm("a", "darwin", "aa:00:00:00:00:0b");
+    let env = [("TART_SIM_DEAD_BOOTS", "1"), ("TART_SIM_IP_POLL_MS", "20")];
+    for (boot, answers) in [(1, false), (2, true)] {
+        let runner = home.run("a", &[], &env);
+        home.until(|| home.running("a"), "the VM runs");
+        let out = home.tart(&["ip", "a", "--wait", "1"], &env);
+        assert_eq!(out.code == Some(0), answers, "boot {boot}: {out:?}");
+        if !answers {
+            assert_eq!(out.stderr, "no IP address found\n", "{out:?}");
+        }
+        assert_eq!(home.tart(&["stop", "a"], &[]).code, Some(0));
+        wait(runner);
+    }
+}

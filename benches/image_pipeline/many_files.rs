@@ -12,7 +12,6 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -47,26 +46,8 @@ pub fn run(dir: &Path, base: &str, files: u64, keep: bool) -> io::Result<()> {
         archive.file_name().and_then(|n| n.to_str()).unwrap_or("")
     );
     let body = format!(r#"{{"url":"{url}","checksum":"{checksum}","checksum_type":"sha256"}}"#);
-    unsafe { libc::sync() };
-    let started = Instant::now();
-    let (status, answer) = common::request(server.addr, "POST", "/images", Some(body.as_bytes()))?;
-    if status != 202 {
-        return Err(io::Error::other(format!(
-            "POST /images answered {status}: {}",
-            String::from_utf8_lossy(&answer)
-        )));
-    }
+    let ours = crate::prewarm(server.addr, &body, &checksum, Duration::from_millis(250))?;
     let path = format!("/images/{checksum}");
-    loop {
-        let (_, entry) = common::get(server.addr, &path)?;
-        let entry: serde_json::Value = serde_json::from_slice(&entry).unwrap_or_default();
-        match entry["state"].as_str() {
-            Some("ready") => break,
-            Some("failed") => return Err(io::Error::other(format!("pre-warm failed: {entry}"))),
-            _ => thread::sleep(Duration::from_millis(250)),
-        }
-    }
-    let ours = started.elapsed().as_secs_f64();
     let (_, hwm) = server.rss_kib();
     println!(
         "  ours:  {ours:.1} s from POST /images to ready (download, sha256, unpack, fsync, \

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::create_meta;
 use super::error::ApiError;
-use crate::image::oci::OciReference;
+use crate::image::oci_reference::OciReference;
 use crate::image::{ChecksumType, ImageSpec};
 use crate::vm::{CreateVm, NetworkType};
 

@@ -1,10 +1,10 @@
-//! The fleet's settings: rows of the one settings table (`crate::config::SETTINGS`), read
+//! The fleet's settings: rows of the one settings table (`config::SETTINGS`), read
 //! here into [`FleetConfig`]. Without `--etcd` there is no fleet and none of the others is
 //! looked at beyond its syntax.
 
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, Setting, Typed};
+use crate::config::setting::{ConfigError, Reader, Setting, Typed};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetConfig {
@@ -99,15 +99,6 @@ pub const SETTINGS: [Setting; 9] = [
     FLEET_TTL,
     FLEET_OPTIONAL,
 ];
-
-/// What the config parser lends: a setting's value (given, or its default) with its name,
-/// a secret-like setting's value (`None` when unset, an error when set but empty), and a
-/// switch.
-pub struct Reader<'a> {
-    pub value: &'a dyn Fn(&Setting) -> (String, String),
-    pub optional: &'a dyn Fn(&Setting) -> Result<Option<String>, ConfigError>,
-    pub switch: &'a dyn Fn(&Setting) -> Result<bool, ConfigError>,
-}
 
 pub fn parse(read: &Reader) -> Result<Option<FleetConfig>, ConfigError> {
     let endpoints: Vec<String> = (read.optional)(&ETCD)?

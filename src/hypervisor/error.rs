@@ -67,6 +67,14 @@ pub enum HypervisorError {
     Refused { code: &'static str, message: String },
     /// The host runs as many VMs as its hypervisor allows (tart: Apple's two macOS VMs).
     HostLimit { call: Call, message: String },
+    /// The request asks for less than the gold image allows (tart: its `config.json`'s
+    /// `cpuCountMin`, `memorySizeMin`); refused before the clone. `field` is the request's
+    /// (`cpus`, `memory` in MB).
+    BelowMinimum {
+        field: &'static str,
+        minimum: u64,
+        requested: u64,
+    },
 }
 
 impl HypervisorError {
@@ -93,13 +101,18 @@ impl HypervisorError {
             HypervisorError::InvalidArgument { .. } => "vmrun-invalid-argument",
             HypervisorError::Refused { code, .. } => code,
             HypervisorError::HostLimit { .. } => "host-vm-limit",
+            // The request's field is what is wrong, as the API's own checks of it say.
+            HypervisorError::BelowMinimum { field: "cpus", .. } => "invalid-cpus",
+            HypervisorError::BelowMinimum { .. } => "invalid-memory",
         }
     }
 
     /// The call that failed (`None` for a missing vmrun found before any call).
     pub fn call(&self) -> Option<&Call> {
         match self {
-            HypervisorError::NotFound { .. } | HypervisorError::Refused { .. } => None,
+            HypervisorError::NotFound { .. }
+            | HypervisorError::Refused { .. }
+            | HypervisorError::BelowMinimum { .. } => None,
             HypervisorError::Spawn { call, .. }
             | HypervisorError::Timeout { call, .. }
             | HypervisorError::Cancelled { call }
@@ -210,6 +223,24 @@ impl fmt::Display for HypervisorError {
                  to be deleted, or lower --max-vms",
                 call.tool
             ),
+            HypervisorError::BelowMinimum {
+                field,
+                minimum,
+                requested,
+            } => {
+                let (what, key) = match *field {
+                    "cpus" => ("CPUs", "cpuCountMin"),
+                    _ => ("MB of memory", "memorySizeMin"),
+                };
+                write!(
+                    f,
+                    "{field} {requested} is below the gold image's minimum of {minimum} {what} \
+                     (its config.json's {key}): ask for {field} {minimum} or more, or use an \
+                     image made with a lower minimum (tart set --{} on the VM before it is \
+                     packed)",
+                    if *field == "cpus" { "cpu" } else { "memory" }
+                )
+            }
         }
     }
 }

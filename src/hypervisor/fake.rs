@@ -449,6 +449,14 @@ impl Hypervisor for FakeHypervisor {
         "vmrun"
     }
 
+    fn hard_reset_words(&self) -> String {
+        "vmrun reset hard".into()
+    }
+
+    fn silent_guest_words(&self) -> &'static str {
+        "no VMware Tools and no DHCP lease"
+    }
+
     fn describe(&self) -> Result<String, HypervisorError> {
         Ok("in memory".into())
     }

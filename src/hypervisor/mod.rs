@@ -160,6 +160,13 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Refuses `cpus` and `memory_mb` when the gold VM `gold` cannot run with so little
+    /// (tart: its `config.json`'s minimums), before anything is cloned.
+    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+        let _ = (gold, cpus, memory_mb);
+        Ok(())
+    }
+
     /// Makes `vm` a clone of the gold VM `gold`, shown as `name`. Never replaces a VM.
     fn clone_vm(
         &self,
@@ -204,6 +211,12 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// Reboots the VM (`hard`: without the guest's help).
     fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
+
+    /// How the log names a hard [`Hypervisor::reset`].
+    fn hard_reset_words(&self) -> String;
+
+    /// How messages name a guest that gives no sign of having booted.
+    fn silent_guest_words(&self) -> &'static str;
 
     /// Deletes the hypervisor's files of a powered-off VM.
     fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError>;

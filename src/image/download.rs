@@ -20,7 +20,7 @@ pub enum Location {
     Http(String),
     File(PathBuf),
     /// An OCI image, pulled by the hypervisor (tart), never by this server.
-    Oci(crate::image::oci::OciReference),
+    Oci(crate::image::oci_reference::OciReference),
 }
 
 impl Location {
@@ -52,7 +52,7 @@ impl Location {
             return Ok(Self::File(PathBuf::from(url)));
         }
         if starts_with_ignore_case(url, "oci://") {
-            return crate::image::oci::OciReference::parse(url)
+            return crate::image::oci_reference::OciReference::parse(url)
                 .map(Self::Oci)
                 .map_err(|why| unsupported(&format!("the OCI reference is not valid: {why}")));
         }

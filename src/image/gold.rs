@@ -6,7 +6,9 @@
 //! Linked clones read their parent's disk for as long as they live: an image is never
 //! removed while a VM record names it. The check and the removal happen under the
 //! admission lock that creates take, so a create either comes first (its record then
-//! protects the image) or after (it finds no image and downloads it again).
+//! protects the image) or after (it finds no image and downloads it again). Where clones
+//! are copies (tart), only a VM not cloned yet needs its image, and the hypervisor's own
+//! copy of the gold (tart's `osxb-gold-<checksum>`) goes with the image.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,8 @@ use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpe
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::capacity::{self, Limits, Shortage};
-use crate::vm::{VmError, VmStore};
+use crate::vm::model::{Phase, Status};
+use crate::vm::{Vm, VmError, VmStore};
 
 /// `gold/<checksum>/osx-builder-image.json`: where the image came from and when a VM was
 /// last cloned from it. Inside the image's folder so that it goes with it.
@@ -85,7 +88,8 @@ pub struct ImageEntry {
     /// Regular files in it, when measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_count: Option<u64>,
-    /// VMs whose records name this image: linked clones that depend on it.
+    /// VMs whose records name this image: on VMware linked clones that depend on it; on
+    /// tart copies of it, which need it only until they are cloned.
     pub vms: Vec<VmId>,
     /// Folders under `vms/` whose disks read this image, found from their `.vmdk`
     /// descriptors (VM ids, or the folder for one no id names): what keeps it on disk.
@@ -132,7 +136,13 @@ enum Prewarm {
 
 /// VMs by the image they were cloned from.
 struct Users {
+    /// Every record naming each image (`GET /images`' `vms`).
     by_checksum: HashMap<String, Vec<VmId>>,
+    /// The records that need each image: all of them when clones read their gold for life,
+    /// else the VMs not cloned yet.
+    depending: HashMap<String, Vec<VmId>>,
+    /// Clones read their gold for as long as they live (VMware's linked clones).
+    clones_need_gold: bool,
     /// Records without an image whose disks name no gold image either: their parent is
     /// unknown, so every image may be theirs.
     unknown: Vec<VmId>,
@@ -144,7 +154,7 @@ impl Users {
     /// Everything that keeps `checksum` on disk, by name.
     fn dependants(&self, checksum: &str) -> Vec<String> {
         let mut names: Vec<String> = self
-            .by_checksum
+            .depending
             .get(checksum)
             .into_iter()
             .flatten()
@@ -171,7 +181,7 @@ pub struct GoldCache {
     prewarms: Mutex<HashMap<String, Prewarm>>,
     wake: Sender<()>,
     woken: Receiver<()>,
-    /// Images eviction kept for their linked clones, reported once each.
+    /// Images eviction kept for the VMs that need them, reported once each.
     kept: Mutex<HashSet<String>>,
 }
 
@@ -396,7 +406,11 @@ impl GoldCache {
             let users = self.users();
             let dependent = users.dependants(checksum);
             if !dependent.is_empty() {
-                return Err(Error::ImageInUse(in_use_message(checksum, &dependent)));
+                return Err(Error::ImageInUse(in_use_message(
+                    checksum,
+                    &dependent,
+                    users.clones_need_gold,
+                )));
             }
             self.prewarms.lock_unpoisoned().remove(checksum);
             match self.unpublish(checksum)? {
@@ -459,7 +473,7 @@ impl GoldCache {
                 };
                 match self.unpublish(&checksum) {
                     Ok(Some(path)) => {
-                        crate::info!("evicting gold image {checksum} ({size} bytes), used by no VM: {reason}");
+                        crate::info!("evicting gold image {checksum} ({size} bytes), needed by no VM: {reason}");
                         retired.push(path);
                         evicted.push(checksum);
                         total = total.saturating_sub(size);
@@ -533,8 +547,8 @@ impl GoldCache {
         freed
     }
 
-    /// True when VMs depend on `checksum` (by their records or their disks); says so in the
-    /// log the first time.
+    /// True when VMs need `checksum` (by their records or their disks); says so in the log
+    /// the first time.
     fn kept_for_dependants(&self, checksum: &str, users: &Users) -> bool {
         let dependants = users.dependants(checksum);
         if dependants.is_empty() {
@@ -542,8 +556,13 @@ impl GoldCache {
             return false;
         }
         if self.kept.lock_unpoisoned().insert(checksum.to_string()) {
+            let why = if users.clones_need_gold {
+                "linked clones read it"
+            } else {
+                "VMs are still to be cloned from it"
+            };
             crate::info!(
-                "gold image {checksum} is not evicted: linked clones read it ({})",
+                "gold image {checksum} is not evicted: {why} ({})",
                 names(&dependants)
             );
         }
@@ -596,10 +615,20 @@ impl GoldCache {
     }
 
     /// Takes the image out under its gold lock (no clone of it is running then, and the
-    /// next one makes the base snapshot afresh on a new download).
+    /// next one makes the base snapshot afresh on a new download). The hypervisor's own
+    /// copy goes first: should its removal fail, the image stays whole.
     fn unpublish(&self, checksum: &str) -> Result<Option<PathBuf>, Error> {
         let gold_lock = self.locks.get(checksum);
         let mut state = gold_lock.lock_unpoisoned();
+        let published = self.images.gold_root().join(checksum).is_dir();
+        if let Some(host) = self.images.gold_host().filter(|_| published) {
+            state.snapshot_ready = false;
+            host.remove_gold(checksum).map_err(|e| {
+                Error::Internal(format!(
+                    "cannot remove the hypervisor's copy of gold image {checksum}: {e}"
+                ))
+            })?;
+        }
         let retired = self
             .images
             .unpublish(checksum)
@@ -617,22 +646,44 @@ impl GoldCache {
 
     fn users(&self) -> Users {
         let on_disk = dependants::scan(self.store.root(), self.images.gold_root());
+        let clones_need_gold = self
+            .images
+            .gold_host()
+            .is_none_or(|host| host.clones_need_gold());
         let mut users = Users {
             by_checksum: HashMap::new(),
+            depending: HashMap::new(),
+            clones_need_gold,
             unknown: Vec::new(),
             on_disk,
         };
         for vm in self.store.records() {
-            match vm.image {
-                Some(image) => users
-                    .by_checksum
-                    .entry(image.checksum)
-                    .or_default()
-                    .push(vm.id),
-                None => users.unknown.push(vm.id),
+            let needs = clones_need_gold || not_cloned_yet(&vm);
+            match &vm.image {
+                Some(image) => {
+                    users
+                        .by_checksum
+                        .entry(image.checksum.clone())
+                        .or_default()
+                        .push(vm.id);
+                    if needs {
+                        users
+                            .depending
+                            .entry(image.checksum.clone())
+                            .or_default()
+                            .push(vm.id);
+                    }
+                }
+                // A copy of unknown origin needs no image.
+                None if clones_need_gold => users.unknown.push(vm.id),
+                None => {}
             }
         }
-        for list in users.by_checksum.values_mut() {
+        for list in users
+            .by_checksum
+            .values_mut()
+            .chain(users.depending.values_mut())
+        {
             list.sort();
         }
         // A record without an image whose disks name their gold image is known after all.
@@ -732,12 +783,28 @@ fn downloading(checksum: &str) -> Error {
     ))
 }
 
-fn in_use_message(checksum: &str, dependent: &[String]) -> String {
-    format!(
-        "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
-        dependent.len(),
-        names(dependent)
-    )
+fn in_use_message(checksum: &str, dependent: &[String], linked: bool) -> String {
+    if linked {
+        format!(
+            "gold image {checksum} is the parent of {} VM(s) ({}): they are linked clones and would break without it; delete them first",
+            dependent.len(),
+            names(dependent)
+        )
+    } else {
+        format!(
+            "gold image {checksum} is still to be cloned for {} VM(s) ({}); try again once they are past cloning (their copies do not need it), or delete them",
+            dependent.len(),
+            names(dependent)
+        )
+    }
+}
+
+/// A VM that has not been cloned from its image yet, or whose clone runs: where clones are
+/// copies, the only kind that needs it (a VM past cloning has its own copy, and one whose
+/// clone runs holds the image's gold lock, which removal waits for).
+fn not_cloned_yet(vm: &Vm) -> bool {
+    vm.status == Status::Provisioning
+        && (vm.progress.phase.precedes_clone() || vm.progress.phase == Phase::Cloning)
 }
 
 fn ids(list: &[VmId]) -> String {
@@ -908,6 +975,83 @@ mod tests {
         assert!(matches!(err, GoldError::ImageInUse(_)), "{err:?}");
         assert_eq!(gold.list().len(), 1);
         assert_eq!(gold.remove(SUMS[1]).unwrap_err(), GoldError::ImageNotFound);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    /// A hypervisor whose clones are copies, as tart's: it records the golds it removed.
+    #[derive(Default)]
+    struct CopyClones {
+        removed: Mutex<Vec<String>>,
+    }
+
+    impl crate::image::GoldHost for CopyClones {
+        fn pull_oci(
+            &self,
+            _: &str,
+            _: &str,
+            _: &Path,
+            _: &Cancel,
+        ) -> Result<(), crate::image::ImageError> {
+            unreachable!("no pulls here")
+        }
+
+        fn clones_need_gold(&self) -> bool {
+            false
+        }
+
+        fn remove_gold(&self, checksum: &str) -> Result<(), String> {
+            self.removed.lock_unpoisoned().push(checksum.to_string());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn where_clones_are_copies_only_a_vm_not_cloned_yet_keeps_its_image() {
+        let (gold, store, data) = cache("copies", 1);
+        let host = Arc::new(CopyClones::default());
+        gold.images.set_gold_host(host.clone());
+        publish(&data, SUMS[0], "2026-01-01T00:00:00.000Z");
+        publish(&data, SUMS[1], "2026-02-01T00:00:00.000Z");
+        let vm_of = |checksum: &str, status: Status, phase: Phase| {
+            let mut vm = sample();
+            vm.id = VmId::new();
+            vm.status = status;
+            vm.progress.phase = phase;
+            if let Some(image) = vm.image.as_mut() {
+                image.checksum = checksum.into();
+            }
+            store.insert(vm.clone()).unwrap();
+            vm.id
+        };
+        // A running clone of the first, one past its clone, and a VM of unknown image: none
+        // keeps anything.
+        vm_of(SUMS[0], Status::Running, Phase::Ready);
+        vm_of(SUMS[0], Status::Provisioning, Phase::Configuring);
+        let mut unknown = sample();
+        unknown.id = VmId::new();
+        unknown.image = None;
+        store.insert(unknown).unwrap();
+        // A VM queued for the second is still to be cloned from it.
+        let queued = vm_of(SUMS[1], Status::Provisioning, Phase::Queued);
+
+        assert_eq!(gold.evict(), vec![SUMS[0].to_string()]);
+        assert_eq!(*host.removed.lock_unpoisoned(), vec![SUMS[0].to_string()]);
+        let err = gold.remove(SUMS[1]).unwrap_err();
+        let GoldError::ImageInUse(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            why.contains(&queued.to_string())
+                && why.contains("still to be cloned")
+                && !why.contains("linked"),
+            "{why}"
+        );
+        let entry = gold.get(SUMS[1]).unwrap();
+        assert_eq!(entry.vms, vec![queued]);
+        store.remove(queued).unwrap();
+        gold.remove(SUMS[1]).unwrap();
+        assert_eq!(host.removed.lock_unpoisoned().len(), 2);
+        assert!(gold.list().is_empty());
         std::fs::remove_dir_all(&data).unwrap();
     }
 

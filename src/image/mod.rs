@@ -14,6 +14,7 @@ pub(crate) mod gold_locks;
 pub(crate) mod guard;
 mod layout;
 pub mod oci;
+pub mod oci_reference;
 pub(crate) mod originals;
 mod pipeline;
 pub(crate) mod progress;

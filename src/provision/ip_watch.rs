@@ -161,13 +161,15 @@ impl Provisioner {
         let id = vm.id;
         let waited = self.settings.boot.timeout.as_secs_f64();
         let gui = vm.headless && self.settings.boot.headless_retry_gui;
+        let tool = self.hypervisor.tool();
         let how = if gui {
-            "vmrun stop hard then start gui (--headless-retry-gui)"
+            format!("{tool} stop hard then start gui (--headless-retry-gui)")
         } else {
-            "vmrun reset hard"
+            self.hypervisor.hard_reset_words()
         };
+        let silent = self.hypervisor.silent_guest_words();
         crate::warn!(
-            "vm={id} no VMware Tools and no DHCP lease {waited} s after its start: the guest did not boot; retrying once with {how}"
+            "vm={id} {silent} {waited} s after its start: the guest did not boot; retrying once with {how}"
         );
         let result = if gui {
             self.hypervisor
@@ -182,7 +184,7 @@ impl Provisioner {
             Err(err) => Err(Stop::failed(
                 "boot-timeout",
                 format!(
-                    "the guest did not boot: no VMware Tools and no DHCP lease within {waited} s of its start (--boot-timeout), and the retry ({how}) failed: {err}"
+                    "the guest did not boot: {silent} within {waited} s of its start (--boot-timeout), and the retry ({how}) failed: {err}",
                 ),
             )),
         }
@@ -201,7 +203,8 @@ impl Provisioner {
             ""
         };
         format!(
-            "the guest did not boot: no VMware Tools and no DHCP lease within {waited} s of its start, nor within {waited} s after {retry} (--boot-timeout); its vmware.log is in error.log_tail and at GET /vms/{}/log{hint}",
+            "the guest did not boot: {} within {waited} s of its start, nor within {waited} s after {retry} (--boot-timeout); its log is in error.log_tail and at GET /vms/{}/log{hint}",
+            self.hypervisor.silent_guest_words(),
             vm.id
         )
     }

@@ -157,6 +157,8 @@ impl Provisioner {
             })?;
         self.gold.touch(&gold, image);
         check(cancel)?;
+        // The create was admitted before the image was here to say what it needs.
+        self.hypervisor.check_fits(&gold.vmx, vm.cpus, vm.memory)?;
 
         let vmx_path = self.store.vmx_path(id);
         {
@@ -225,10 +227,6 @@ impl Provisioner {
             }
             vm.progress.phase = Phase::Starting;
         });
-        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
-        if let Some(running) = &running {
-            self.hypervisor.remove_stale_locks(&vmx_path, running);
-        }
         let started = self.start_when_a_slot_frees(vm, &vmx_path, cancel);
         if let Err(err) = started {
             // A start has been seen to fail while the VM did start: only the listing tells,

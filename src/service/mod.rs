@@ -705,17 +705,7 @@ fn store_error(what: &str, e: crate::vm::store::StoreError) -> Error {
 }
 /// A VM still provisioning that had not reached its clone: no vmrun call ever named it.
 fn never_cloned(vm: &Vm) -> bool {
-    vm.status == Status::Provisioning
-        && matches!(
-            vm.progress.phase,
-            Phase::Queued
-                | Phase::QueuedDownload
-                | Phase::Downloading
-                | Phase::Unpacking
-                | Phase::Verifying
-                | Phase::Publishing
-                | Phase::Snapshotting
-        )
+    vm.status == Status::Provisioning && vm.progress.phase.precedes_clone()
 }
 
 /// `deleteVM` retries while VMware still holds a VM it just powered off (about a minute).

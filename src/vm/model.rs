@@ -170,6 +170,21 @@ impl Phase {
             Self::Deleting => "deleting",
         }
     }
+
+    /// A phase of provisioning before the clone was started: the image is still to come
+    /// or to be prepared, and no hypervisor call has named the VM yet.
+    pub fn precedes_clone(self) -> bool {
+        matches!(
+            self,
+            Self::Queued
+                | Self::QueuedDownload
+                | Self::Downloading
+                | Self::Unpacking
+                | Self::Verifying
+                | Self::Publishing
+                | Self::Snapshotting
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,6 +72,21 @@ impl Home {
         self.root.join(".sim").join(name)
     }
 
+    /// Counts one more boot of the VM `name` (kept in `.sim/boots/<name>`); returns the
+    /// count with it. Runs are serialised by the start lock while this is called.
+    pub fn count_boot(&self, name: &str) -> u64 {
+        let dir = self.sim("boots");
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join(name);
+        let count = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let _ = fs::write(&path, count.to_string());
+        count
+    }
+
     pub fn vm_dir(&self, name: &str) -> PathBuf {
         self.root.join("vms").join(name)
     }

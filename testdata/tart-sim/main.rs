@@ -25,6 +25,7 @@
 //! | `TART_HOME` | where VMs (`vms/<name>/`), OCI images (`cache/OCIs/`) and scratch (`tmp/`) live; the simulator's own bookkeeping is in `.sim/` there | `~/.tart` |
 //! | `TART_SIM_REGISTRY` | the pretend OCI registry: `<host>/<path>/manifests/sha256:<hex>/` (a VM folder, with the `manifest.json` it serves: a registry that serves one whose sha256 is not `<hex>` misbehaves) and `<host>/<path>/tags/<tag>` (a file holding `sha256:<hex>`) | none: every pull fails |
 //! | `TART_SIM_BOOT_MS` | how long after `run` the guest's DHCP lease appears (`ip` answers) | 0 |
+//! | `TART_SIM_DEAD_BOOTS` | the first N runs of each VM never get a DHCP lease (a guest that hangs at boot: `ip` finds nothing) | 0 |
 //! | `TART_SIM_BOOT_JITTER_MS` | read by `run`: each start's boot takes a random 0 to this many ms more, kept as `jitter_ms` in its lease | 0 |
 //! | `TART_SIM_LEASE_MS` | how long a lease lasts, counted from the VM's start | 86400000 (a day, as macOS) |
 //! | `TART_SIM_IP_POLL_MS` | `ip`'s polling interval (tart polls once a second) | 1000 |
@@ -47,6 +48,7 @@
 //! - `leases/<mac>.json`: the pretend DHCP server's lease of a MAC: `{"mac", "name", "net",
 //!   "started_at_ms", "jitter_ms"}` (`ip` finds it from `TART_SIM_BOOT_MS` + `jitter_ms`
 //!   after `started_at_ms`).
+//! - `boots/<name>`: how many times the VM was run (see `TART_SIM_DEAD_BOOTS`).
 //! - `control/<name>`: a test writes `shutdown` or `crash` here and the VM's runner acts on it
 //!   within 20 ms (a guest that powers off, a VM that dies, behind the server's back).
 //! - `faults`: fault rules, re-read by every invocation; `faults-once/` their `once` markers;

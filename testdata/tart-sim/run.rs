@@ -183,7 +183,10 @@ pub fn run(home: &Home, args: &[String]) -> Result<(), TartError> {
     let runs = home.sim("runs");
     let _ = fs::create_dir_all(&runs);
     let _ = fs::write(runs.join(format!("{name}.json")), record.to_string());
-    ip::grant_lease(home, &mac, name, &args.net, started_at_ms);
+    // A guest that hangs at boot never asks for a lease.
+    if home.count_boot(name) > env_ms("TART_SIM_DEAD_BOOTS", 0) {
+        ip::grant_lease(home, &mac, name, &args.net, started_at_ms);
+    }
     drop(serial);
 
     let exit_after = std::env::var("TART_SIM_RUN_EXIT_AFTER_MS")

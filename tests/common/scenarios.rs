@@ -244,3 +244,315 @@ pub fn capacity(hv: Hv) {
     let id = w.create(&w.body());
     w.server.wait_ready(&id);
 }
+
+impl Hv {
+    /// The value the guest of VM `id` reads under guestinfo `key`: VMware's guest
+    /// variable (`vmware-rpctool "info-get guestinfo.KEY"` in the guest), or the file
+    /// `KEY` of the folder tart shares into it.
+    pub fn guest_value(self, server: &Server, id: &str, key: &str) -> Option<String> {
+        match self {
+            Hv::Vmware => {
+                let vmx = vm_record(server, id).join(format!("{id}.vmx"));
+                let out = server.sim(&["readVariable", vmx.to_str().unwrap(), "guestVar", key]);
+                (!out.is_empty()).then(|| out.trim_end_matches('\n').to_string())
+            }
+            Hv::Tart => {
+                let run = server.sim_state.join(format!("runs/osxb-{id}.json"));
+                let run: Value = serde_json::from_slice(&std::fs::read(run).ok()?).ok()?;
+                let share = run["dirs"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["name"] == "osx-builder")?;
+                assert_eq!(share["read_only"], true, "{run}");
+                std::fs::read_to_string(Path::new(share["path"].as_str()?).join(key)).ok()
+            }
+        }
+    }
+
+    /// Simulator switches: the first `n` boots of each VM hang (no address ever).
+    pub fn dead_boots(self, n: &str) -> (&'static str, String) {
+        match self {
+            Hv::Vmware => ("VMRUN_SIM_DEAD_BOOTS", n.to_string()),
+            Hv::Tart => ("TART_SIM_DEAD_BOOTS", n.to_string()),
+        }
+    }
+}
+
+const SECRET: &str = "s3cret-guestinfo-value";
+
+/// guestinfo reaches the guest of a cold create (before its start) and of a VM handed
+/// out by a warm pool (at hand-out), and is nowhere else: not in answers, the list or the
+/// log, and in no file outside the VM's own folder.
+pub fn guestinfo_cold_and_pooled(hv: Hv) {
+    let w = World::start("sc-guestinfo", quick(hv, &["--list-interval", "0.5"]));
+    let mut body = w.body();
+    body["guestinfo"] = json!({"name": format!("{SECRET}-cold")});
+    let cold = w.create(&body);
+    let answer = w.server.wait_ready(&cold);
+    assert_eq!(answer["guestinfo_keys"], json!(["name"]));
+    assert_eq!(
+        hv.guest_value(&w.server, &cold, "name").as_deref(),
+        Some(format!("{SECRET}-cold").as_str())
+    );
+
+    let mut spec = w.body();
+    spec["size"] = json!(1);
+    let put = http::call_str(
+        "PUT",
+        &w.server.url("/pools/p"),
+        Some(&spec.to_string()),
+        &[],
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+    eventually("the pool's VM", || {
+        let view = http::call_str("GET", &w.server.url("/pools/p"), None, &[]).json();
+        (view["ready"] == 1).then_some(())
+    });
+    body["guestinfo"] = json!({"name": format!("{SECRET}-pool")});
+    let (status, handed) = w.server.create(&body);
+    assert_eq!(status, 202, "{handed}");
+    assert_eq!(handed["status"], "running", "a warm VM: {handed}");
+    let pooled = handed["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        hv.guest_value(&w.server, &pooled, "name").as_deref(),
+        Some(format!("{SECRET}-pool").as_str())
+    );
+
+    let list = http::call_str("GET", &w.server.url("/vms"), None, &[]).text();
+    for text in [list, answer.to_string(), handed.to_string()] {
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    assert!(!w.server.log().contains(SECRET));
+    for file in super::files_containing(&w.server.data_dir, SECRET) {
+        let inside = [&cold, &pooled]
+            .iter()
+            .any(|id| Path::new(&file).starts_with(vm_record(&w.server, id)));
+        assert!(inside, "{file} holds a guestinfo value");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{file}: {mode:o}");
+    }
+    for id in [&cold, &pooled] {
+        assert_eq!(w.server.delete_vm(id).0, 204);
+    }
+}
+
+/// A guest whose first boot hangs: no address within `--boot-timeout`, one hard reset,
+/// and the second boot comes up with its address.
+pub fn boot_watchdog_resets_once(hv: Hv) {
+    let (key, value) = hv.dead_boots("1");
+    let mut opts = quick(hv, &["--boot-timeout", "1"]);
+    opts.env.push((key.to_string(), value));
+    let w = World::start("sc-boot", opts);
+    let id = w.create(&w.body());
+    let vm = w.server.wait_ready(&id);
+    assert_eq!(vm["status"], "running");
+    assert!(w
+        .server
+        .wait_log("the guest did not boot; retrying once with"));
+    assert_eq!(hv.running(&w.server), vec![id]);
+}
+
+/// A lease ends the VM (destroyed as a DELETE does) unless renewed; the callback carries
+/// the running VM with its id; a create repeated with its idempotency key answers the
+/// same VM; labels filter the list; drain refuses creates until undrained.
+pub fn leases_callbacks_idempotency_drain(hv: Hv) {
+    let callbacks = super::CallbackReceiver::start();
+    let w = World::start("sc-lease", quick(hv, &[]));
+    let mut body = w.body();
+    body["ttl"] = json!(2);
+    body["callback_url"] = json!(callbacks.url);
+    body["labels"] = json!({"lease": "short"});
+    body["name"] = json!("build-1234");
+    let id = w.create(&body);
+    let (status, again) = w.server.create(&body);
+    assert!(status == 200 || status == 202, "{status} {again}");
+    assert_eq!(
+        again["id"],
+        id.as_str(),
+        "the idempotency key names the same VM"
+    );
+    w.server.wait_ready(&id);
+    let posted = callbacks.wait_for(1);
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0]["id"], id.as_str());
+    assert_eq!(posted[0]["status"], "running");
+    let renew = http::call_str(
+        "POST",
+        &w.server.url(&format!("/vms/{id}/renew")),
+        Some(r#"{"ttl": 3}"#),
+        &[],
+    );
+    assert_eq!(renew.status, 200, "{}", renew.text());
+    let (status, list) = http::request("GET", &w.server.url("/vms?label=lease=short"), None, &[]);
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+    // Drain: a create is refused, the VM lives on.
+    assert_eq!(
+        http::call_str("POST", &w.server.url("/drain"), None, &[]).status,
+        200
+    );
+    let (status, error) = w.server.create(&w.body());
+    assert_eq!((status, error["code"].as_str()), (503, Some("draining")));
+    assert_eq!(
+        http::call_str("POST", &w.server.url("/undrain"), None, &[]).status,
+        200
+    );
+    // The renewed lease ends: the VM is destroyed, its clone with it.
+    eventually("the lease to end the VM", || {
+        (w.server.get_vm(&id).0 == 404).then_some(())
+    });
+    assert!(hv.running(&w.server).is_empty());
+    assert!(!vm_record(&w.server, &id).exists());
+}
+
+/// What `/metrics`, `/healthz` and the command line say of a host with one VM.
+pub fn metrics_health_and_cli(hv: Hv) {
+    let w = World::start("sc-ops", quick(hv, &[]));
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let metrics = http::call_str("GET", &w.server.url("/metrics"), None, &[]).text();
+    assert_eq!(
+        super::metric(&metrics, "osx_builder_vms{status=\"running\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let health = eventually("a healthy host", || {
+        let (status, health) = http::request("GET", &w.server.url("/healthz"), None, &[]);
+        (status == 200).then_some(health)
+    });
+    assert_eq!(health["hypervisor"], hv.name());
+    assert_eq!(health["checks"][hv.tool()]["ok"], true, "{health}");
+    let out = Command::new(super::SERVER_BIN)
+        .args(["vm", "list", "-q", "--server", &w.server.base])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    let out = Command::new(super::SERVER_BIN)
+        .args(["vm", "delete", &id, "--server", &w.server.base])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(hv.running(&w.server).is_empty());
+}
+
+impl Hv {
+    /// A fault rule that makes the start take `ms` longer.
+    pub fn start_delay(self, ms: u64) -> String {
+        match self {
+            Hv::Vmware => format!("start delay {ms}"),
+            Hv::Tart => format!("run delay {ms}"),
+        }
+    }
+
+    /// A fault rule that makes the next IP query fail with `words`, once.
+    pub fn ip_glitch(self, words: &str) -> String {
+        match self {
+            Hv::Vmware => format!("getGuestIPAddress once fail {words}"),
+            Hv::Tart => format!("ip once fail 1 {words}"),
+        }
+    }
+
+    /// A fault rule that makes the next destruction of a VM fail with `words`, once.
+    pub fn delete_fails_once(self, words: &str) -> String {
+        match self {
+            Hv::Vmware => format!("deleteVM once fail {words}"),
+            Hv::Tart => format!("delete once fail 1 {words}"),
+        }
+    }
+}
+
+/// The server is killed while a VM starts (the start outlives it); started again, it finds
+/// the VM running and watches it to its IP.
+pub fn killed_while_starting(hv: Hv) {
+    let w = World::start("sc-kill-start", quick(hv, &["--list-interval", "0.3"]));
+    w.server.set_faults(&hv.start_delay(1500));
+    let id = w.create(&w.body());
+    w.server
+        .wait_for(&id, "starting", |vm| vm["progress"]["phase"] == "starting");
+    // The record says starting just before the call: the call itself must be under way.
+    let command = match hv {
+        Hv::Vmware => " start ",
+        Hv::Tart => " run ",
+    };
+    wait_until("the start call", || {
+        let out = Command::new("ps").args(["-eo", "args="]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|line| line.contains("-sim") && line.contains(&id) && line.contains(command))
+    });
+    let World {
+        dir, files, server, ..
+    } = w;
+    server.kill();
+    std::fs::write(hv.sim_state(dir.path()).join("faults"), "").unwrap();
+    let server = Server::start_with(dir.path(), quick(hv, &["--list-interval", "0.3"]));
+    let vm = server.wait_ready(&id);
+    assert_eq!(vm["status"], "running");
+    assert_eq!(hv.running(&server), vec![id.clone()]);
+    assert_eq!(server.delete_vm(&id).0, 204);
+    drop((server, files));
+}
+
+/// Each hypervisor's failures, as its simulator fakes them: a start it refuses fails the
+/// VM with the tool's code and words; an IP query that fails once is retried; a destroy
+/// that fails answers 500 `vm-delete-error` with the tool's words and the next DELETE
+/// goes through.
+pub fn faults(hv: Hv) {
+    let w = World::start("sc-faults", quick(hv, &[]));
+    let tool = hv.tool();
+    w.server.set_faults(&hv.start_fails("the host said no"));
+    let id = w.create(&w.body());
+    let vm = w.server.wait_failed(&id);
+    assert_eq!(vm["error"]["code"], format!("{tool}-failed"), "{vm}");
+    assert!(
+        vm["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the host said no"),
+        "{vm}"
+    );
+    assert!(
+        hv.running(&w.server).is_empty(),
+        "a failed start holds no place"
+    );
+    assert_eq!(w.server.delete_vm(&id).0, 204);
+
+    w.server.set_faults(&hv.ip_glitch("a passing glitch"));
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    assert!(w.server.wait_log("a passing glitch"));
+
+    w.server.set_faults(&hv.delete_fails_once("disk is busy"));
+    let (status, error) = w.server.delete_vm(&id);
+    assert_eq!(status, 500, "{error}");
+    assert_eq!(error["code"], "vm-delete-error");
+    assert!(
+        error["message"].as_str().unwrap().contains("disk is busy"),
+        "{error}"
+    );
+    assert_eq!(w.server.delete_vm(&id).0, 204);
+    assert_eq!(w.server.get_vm(&id).0, 404);
+}
+
+/// The gold image is listed once cached, taken out by DELETE /images once no VM needs it,
+/// and fetched again by the next create.
+pub fn images(hv: Hv) {
+    let w = World::start("sc-images", quick(hv, &[]));
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    let (status, list) = http::request("GET", &w.server.url("/images"), None, &[]);
+    assert_eq!(status, 200);
+    let images = list.as_array().unwrap();
+    assert_eq!(images.len(), 1, "{list}");
+    assert_eq!(images[0]["checksum"], w.checksum.as_str());
+    assert_eq!(images[0]["state"], "ready", "{list}");
+    assert_eq!(w.server.delete_vm(&id).0, 204);
+    let url = w.server.url(&format!("/images/{}", w.checksum));
+    assert_eq!(http::call_str("DELETE", &url, None, &[]).status, 204);
+    let (_, list) = http::request("GET", &w.server.url("/images"), None, &[]);
+    assert_eq!(list, json!([]));
+    let id = w.create(&w.body());
+    w.server.wait_ready(&id);
+    assert_eq!(w.files.hits("/gold.tar.gz"), 2);
+}

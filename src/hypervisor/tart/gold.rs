@@ -33,6 +33,35 @@ pub fn link_vm_files(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Refuses `cpus` and `memory_mb` below the minimums of the gold VM whose `config.json` is
+/// `config` (`cpuCountMin`; `memorySizeMin` in bytes, as tart compares it). A config that
+/// cannot be read says nothing: `tart set` judges the clone then.
+pub fn check_fits(config: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+    let Some(config) = fs::read(config)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return Ok(());
+    };
+    let min = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+    if let Some(minimum) = min("cpuCountMin").filter(|&m| u64::from(cpus) < m) {
+        return Err(HypervisorError::BelowMinimum {
+            field: "cpus",
+            minimum,
+            requested: cpus.into(),
+        });
+    }
+    const MIB: u64 = 1024 * 1024;
+    if let Some(bytes) = min("memorySizeMin").filter(|&m| u64::from(memory_mb) * MIB < m) {
+        return Err(HypervisorError::BelowMinimum {
+            field: "memory",
+            minimum: bytes.div_ceil(MIB),
+            requested: memory_mb.into(),
+        });
+    }
+    Ok(())
+}
+
 impl Tart {
     /// `tart pull <repository>@sha256:<digest>` (never a tag), the pull checked against the
     /// digest, `tart clone` of it as `osxb-gold-<digest>`, its files linked into `into`,
@@ -157,5 +186,34 @@ impl Tart {
             return Ok(());
         }
         self.delete_named(&gold_vm_name(checksum))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_below_the_golds_minimums_is_refused_naming_them() {
+        let dir = std::env::temp_dir().join(format!("tart-fits-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        fs::write(
+            &config,
+            r#"{"cpuCountMin": 4, "memorySizeMin": 8589934592, "cpuCount": 4}"#,
+        )
+        .unwrap();
+        assert!(check_fits(&config, 4, 8192).is_ok());
+        let err = check_fits(&config, 2, 8192).unwrap_err();
+        assert_eq!(err.code(), "invalid-cpus");
+        assert!(err.to_string().contains("minimum of 4 CPUs"), "{err}");
+        let err = check_fits(&config, 4, 8188).unwrap_err();
+        assert_eq!(err.code(), "invalid-memory");
+        assert!(err.to_string().contains("minimum of 8192 MB"), "{err}");
+        // No minimums, or no readable config: nothing to refuse here.
+        fs::write(&config, r#"{"cpuCount": 4}"#).unwrap();
+        assert!(check_fits(&config, 1, 512).is_ok());
+        assert!(check_fits(&dir.join("none.json"), 1, 512).is_ok());
+        let _ = fs::remove_dir_all(&dir);
     }
 }

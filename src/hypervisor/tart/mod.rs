@@ -189,6 +189,25 @@ impl Tart {
         timeout: Duration,
         cancel: Option<&Cancel>,
     ) -> Result<String, HypervisorError> {
+        self.call_as(command, vm, args, timeout, cancel, |done| {
+            done.map(|out| (out, "ok"))
+        })
+    }
+
+    /// Runs `tart COMMAND ARGS...` and lets `judge` read its stdout or its error as the
+    /// command means it, with the outcome the call is logged and counted as: an answer
+    /// such as `tart ip`'s "no IP address found" is no failure of tart.
+    fn call_as<T>(
+        &self,
+        command: &'static str,
+        vm: Option<&str>,
+        args: &[OsString],
+        timeout: Duration,
+        cancel: Option<&Cancel>,
+        judge: impl FnOnce(
+            Result<String, HypervisorError>,
+        ) -> Result<(T, &'static str), HypervisorError>,
+    ) -> Result<T, HypervisorError> {
         let call = Call {
             tool: "tart",
             command,
@@ -222,8 +241,9 @@ impl Tart {
                 &String::from_utf8_lossy(&done.stderr),
             )),
         };
+        let result = judge(result);
         let outcome = match &result {
-            Ok(_) => "ok",
+            Ok((_, outcome)) => *outcome,
             Err(err) => err.code(),
         };
         // Routine calls (list, ip) every few seconds: an idle host writes nothing at info.
@@ -237,7 +257,7 @@ impl Tart {
             .lock_unpoisoned()
             .entry((command.to_string(), outcome.to_string()))
             .or_insert(0) += 1;
-        result
+        result.map(|(value, _)| value)
     }
 
     fn not_found(&self, problem: String) -> HypervisorError {
@@ -420,6 +440,12 @@ impl Hypervisor for Tart {
         false
     }
 
+    /// `tart set` refuses less than the VM's `cpuCountMin` and `memorySizeMin` (bytes), but
+    /// only after the clone: the gold's `config.json` (`gold`) says so before.
+    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+        gold::check_fits(gold, cpus, memory_mb)
+    }
+
     /// `tart clone` overwrites an existing name without a word: a name that exists is
     /// refused instead.
     fn clone_vm(
@@ -594,6 +620,14 @@ impl Hypervisor for Tart {
         }
     }
 
+    fn hard_reset_words(&self) -> String {
+        "tart stop then tart run (a hard reset)".into()
+    }
+
+    fn silent_guest_words(&self) -> &'static str {
+        "no address for the guest from tart ip (no DHCP lease, or nothing in the ARP cache when bridged)"
+    }
+
     fn reset(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         self.stop(vm, hard, cancel)?;
         runner::wait_stopped(self, vm, self.settings.timeouts.stop);
@@ -689,20 +723,31 @@ fn ip(
         }
         None => tart.settings.timeouts.ip_query,
     };
-    match tart.call("ip", Some(&name), &args, timeout, Some(cancel)) {
-        Ok(out) => match out.trim() {
-            "" => Ok(IpAnswer::NoTools),
-            address => Ok(IpAnswer::Found(address.to_string(), source)),
-        },
-        Err(HypervisorError::Failed { call, message })
-            if message.starts_with("no IP address found") =>
-        {
-            if message.contains("is your VM running") {
-                Err(HypervisorError::NotPoweredOn { call, message })
-            } else {
-                Ok(IpAnswer::NoTools)
+    tart.call_as(
+        "ip",
+        Some(&name),
+        &args,
+        timeout,
+        Some(cancel),
+        |done| match done {
+            Ok(out) => Ok(match out.trim() {
+                "" => (IpAnswer::NoTools, NO_ADDRESS),
+                address => (IpAnswer::Found(address.to_string(), source), "ok"),
+            }),
+            Err(HypervisorError::Failed { call, message })
+                if message.starts_with("no IP address found") =>
+            {
+                if message.contains("is your VM running") {
+                    Err(HypervisorError::NotPoweredOn { call, message })
+                } else {
+                    Ok((IpAnswer::NoTools, NO_ADDRESS))
+                }
             }
-        }
-        Err(err) => Err(err),
-    }
+            Err(err) => Err(err),
+        },
+    )
 }
+
+/// The outcome of a `tart ip` that found no address yet (logged and counted as such): the
+/// guest has not booted or has no lease, an answer rather than a failure of tart.
+const NO_ADDRESS: &str = "no-address";

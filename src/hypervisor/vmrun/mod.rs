@@ -526,7 +526,13 @@ impl super::Hypervisor for Vmrun {
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
+    /// Clears the VM's stale `.lck` folders first (VMware's alone: it refuses a start with
+    /// "The file is already in use" while one is left from a crash), unless `list` shows the
+    /// VM running or cannot tell.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        if let Some(running) = locks::running_set(self) {
+            self.remove_stale_locks(vmx, &running);
+        }
         let mode = if headless { "nogui" } else { "gui" };
         let timeout = self.settings.timeouts.start;
         self.call(
@@ -642,6 +648,14 @@ impl super::Hypervisor for Vmrun {
 
     fn tool(&self) -> &'static str {
         "vmrun"
+    }
+
+    fn hard_reset_words(&self) -> String {
+        "vmrun reset hard".into()
+    }
+
+    fn silent_guest_words(&self) -> &'static str {
+        "no VMware Tools and no DHCP lease"
     }
 
     /// vmrun prints its version only in its usage text: the path is what says which.
