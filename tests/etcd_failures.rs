@@ -348,16 +348,29 @@ fn an_etcd_silent_at_start_stops_the_server_unless_the_fleet_is_optional() {
     wait_until("h0 to join", Duration::from_secs(20), || {
         request("GET", &server.url("/healthz"), None, &[]).1["fleet"]["state"] == "joined"
     });
+    // Joined means the fleet is in its view already: it lists itself, and a create is
+    // placed (on it), right away.
+    let hosts = request("GET", &server.url("/hosts"), None, &[]).1;
+    let names: Vec<&Value> = hosts["hosts"]
+        .as_array()
+        .map(|h| h.iter().map(|h| &h["name"]).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["h0"], "{hosts}");
+    let (status, second) = request("POST", &server.url("/vms"), Some(&body.to_string()), &[]);
+    assert_eq!(
+        (status, &second["host"]),
+        (202, &serde_json::json!("h0")),
+        "{second}"
+    );
     let mut hosts = Value::Null;
     wait_until(
-        "h0 to see itself in the fleet, its VM claimed in its slots",
+        "h0's slots to hold its two VMs",
         Duration::from_secs(10),
         || {
             hosts = request("GET", &server.url("/hosts"), None, &[]).1;
-            hosts["hosts"][0]["name"] == "h0" && hosts["hosts"][0]["placed"] == 1
+            hosts["hosts"][0]["placed"] == 2 && hosts["hosts"][0]["vms"] == 2
         },
     );
-    assert_eq!(hosts["hosts"][0]["vms"], 1, "{hosts}");
     assert_eq!(hosts["hosts"][0]["url"], advertised.as_str(), "{hosts}");
     let log = server.log();
     assert!(log.contains("fleet: joined as h0 (was degraded)"), "{log}");

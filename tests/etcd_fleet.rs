@@ -42,15 +42,16 @@ fn a_fleet_places_forwards_and_answers_for_every_vm() {
     let other_fleet: Vec<&str> = other_fleet.iter().map(String::as_str).collect();
     let dir = common::TempDir::new("fleet-other-prefix");
     let other = common::Server::start_with(dir.path(), common::options(&other_fleet));
-    let mut alone = Value::Null;
-    wait_until(
-        "the other fleet to see its host",
-        Duration::from_secs(10),
-        || {
-            alone = request("GET", &other.url("/hosts"), None, &[]).1;
-            alone["hosts"].as_array().is_some_and(|h| !h.is_empty())
-        },
+    // Its start line comes once it holds the fleet in view: it lists itself and places a
+    // create at once, not a moment later.
+    let alone = request("GET", &other.url("/hosts"), None, &[]).1;
+    let (status, vm) = request(
+        "POST",
+        &other.url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[],
     );
+    assert_eq!((status, &vm["host"]), (202, &json!("h1")), "{vm}");
     let names: Vec<&str> = alone["hosts"]
         .as_array()
         .unwrap()
@@ -438,6 +439,33 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
         [id],
         "{local:?}"
     );
+    // h0 is full now and h1, dead, is still in the fleet until its lease ends: the one
+    // host that could take the next create does not answer, and the refusal says so.
+    let refused = call_str(
+        "POST",
+        &fleet.host(0).url("/vms"),
+        Some(&fleet.body().to_string()),
+        &[],
+    );
+    let refusal = refused.json();
+    assert_eq!(
+        (refused.status, &refusal["code"]),
+        (503, &json!("fleet-unavailable")),
+        "{refusal}"
+    );
+    let message = refusal["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("h1, the only host that could take this create, did not answer")
+            && message.contains("retry in 5 s (Retry-After)"),
+        "{refusal}"
+    );
+    assert_eq!(
+        refused.header("Retry-After"),
+        Some("5"),
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(fleet.local_vms(0).len(), 1);
     wait_until("h0 to count h1 lost", Duration::from_secs(15), || {
         metric_on(&fleet, 0, "osx_builder_fleet_hosts_lost_total ") == 1.0
     });
@@ -458,10 +486,11 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
         .count();
     assert_eq!(fleet_families, 12, "{text}");
     let eq = |line: &str, want: f64| assert_eq!(value(line), want, "{line}\n{text}");
-    // The first create found no image on h1 (free slots); the last one found it there,
-    // and was placed again on h0 when h1 did not answer.
+    // The first create found no image on h1 (free slots); the last two found it there:
+    // one was placed again on h0 when h1 did not answer, the other had nowhere else to
+    // go (fleet-unavailable, not a refusal for capacity: all-full is the one of before).
     eq(r#"osx_builder_fleet_placements_total{reason="slots"}"#, 1.0);
-    eq(r#"osx_builder_fleet_placements_total{reason="image"}"#, 1.0);
+    eq(r#"osx_builder_fleet_placements_total{reason="image"}"#, 2.0);
     eq(r#"osx_builder_fleet_placements_total{reason="retry"}"#, 1.0);
     eq(r#"osx_builder_fleet_placements_total{reason="pool"}"#, 0.0);
     eq(
@@ -472,12 +501,12 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
         r#"osx_builder_fleet_refusals_total{reason="all-draining"}"#,
         1.0,
     );
-    eq("osx_builder_fleet_placement_decision_seconds_count ", 4.0);
+    eq("osx_builder_fleet_placement_decision_seconds_count ", 5.0);
     eq(
         r#"osx_builder_fleet_placement_decision_seconds_bucket{le="+Inf"}"#,
-        4.0,
+        5.0,
     );
-    eq("osx_builder_fleet_forwards_total ", 2.0);
+    eq("osx_builder_fleet_forwards_total ", 3.0);
     eq("osx_builder_fleet_forward_seconds_count ", 1.0);
     assert!(
         value("osx_builder_fleet_forward_seconds_sum ") > 0.0,
@@ -489,8 +518,8 @@ fn fleet_metrics_count_placements_forwards_the_lease_and_etcd() {
             "osx_builder_fleet_forward_failures_total{{kind=\"{kind}\"}}"
         ))
     });
-    assert_eq!(failures[0] + failures[3], 1.0, "{text}");
-    assert_eq!(failures.iter().sum::<f64>(), 1.0, "{text}");
+    assert_eq!(failures[0] + failures[3], 2.0, "{text}");
+    assert_eq!(failures.iter().sum::<f64>(), 2.0, "{text}");
     eq("osx_builder_fleet_proxied_total ", 1.0);
     assert!(value(r#"osx_builder_fleet_lease_renewals_total{outcome="ok"}"#) >= 1.0);
     assert!(value(r#"osx_builder_fleet_lease_renewals_total{outcome="failed"}"#) >= 1.0);

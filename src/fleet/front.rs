@@ -122,6 +122,9 @@ impl Node {
         })?;
         let mut failed_forwards = 0;
         let mut last_refusal = None;
+        // The host that was chosen and did not answer, and how: when no other could take
+        // the create, this is what the client is told (not that every host is full).
+        let mut unanswered = None;
         for (host, reason) in ranked {
             // A pool VM is counted in its host's slots already.
             let claimed = reason != Reason::Pool && !self.claim(&host, id)?;
@@ -175,6 +178,7 @@ impl Node {
                     failed_forwards += 1;
                     self.release(&host, id, reason);
                     self.unmark(marker_key.as_deref());
+                    unanswered = Some((host, why));
                 }
                 Err(err) => {
                     self.release(&host, id, reason);
@@ -183,12 +187,16 @@ impl Node {
                 }
             }
         }
-        match last_refusal {
-            Some(answer) => {
+        match (last_refusal, unanswered) {
+            (Some(answer), _) => {
                 self.metrics.hosts_refused();
                 Ok(Outcome::Relayed(answer))
             }
-            None => {
+            // Counted in the forward failures, as a second forward that fails is.
+            (None, Some((host, why))) => Err(FleetError::Unavailable(format!(
+                "{host}, the only host that could take this create, did not answer ({why}); nothing is placed"
+            ))),
+            (None, None) => {
                 self.metrics.refused(&Refusal::AllFull);
                 Err(FleetError::Refused(Refusal::AllFull))
             }

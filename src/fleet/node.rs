@@ -218,6 +218,12 @@ impl Node {
                 .create_if_absent(key.as_bytes(), &record, lease)?
             else {
                 *self.published.lock_unpoisoned() = Some(record);
+                if let Err(err) = self.fill_view() {
+                    // Not joined without the fleet in view: the next try registers afresh.
+                    let _ = self.client.revoke(lease);
+                    self.lease.store(0, Ordering::SeqCst);
+                    return Err(err);
+                }
                 crate::info!(
                     "fleet: {} registered at {} (lease {lease}, ttl {} s)",
                     self.name,
@@ -275,7 +281,10 @@ impl Node {
                     self.metrics.renewal("ok");
                     if self.standing().state == "degraded" {
                         // Back before the lease ran out: nothing was decided without us,
-                        // but writes may have been missed.
+                        // but writes may have been missed, and events of the others.
+                        if self.fill_view().is_err() {
+                            continue;
+                        }
                         self.published.lock_unpoisoned().take();
                         self.directory.lock_unpoisoned().clear();
                         self.set_standing("joined", None);
@@ -560,20 +569,40 @@ impl Node {
         })
     }
 
-    /// Keeps the view of `hosts/` or `slots/` in step with etcd.
+    /// Reads every key of `hosts/` or `slots/` into the view: the revision read at.
+    fn read_into_view(&self, kind: &str) -> Result<i64, EtcdError> {
+        let prefix = format!("{}{kind}/", self.keys.prefix);
+        let (kvs, revision) = self.client.range_prefix(prefix.as_bytes())?;
+        let changes = self.view.reset(&self.keys, kind, &kvs, revision);
+        self.hosts_gone(changes.gone);
+        Ok(revision)
+    }
+
+    /// The fleet as etcd has it, read before this host says it joined: were it left to the
+    /// watches, `GET /hosts` would be empty and creates refused for a moment after a join.
+    fn fill_view(&self) -> Result<(), EtcdError> {
+        self.read_into_view("hosts")?;
+        self.read_into_view("slots")?;
+        Ok(())
+    }
+
+    /// Keeps the view of `hosts/` or `slots/` in step with etcd, watching from the revision
+    /// after the join's read (no event between them is missed).
     fn follow(&self, kind: &str) {
         let prefix = format!("{}{kind}/", self.keys.prefix);
+        let mut read_at = self.view.read_at(kind);
         loop {
-            let (kvs, revision) = match self.client.range_prefix(prefix.as_bytes()) {
-                Ok(read) => read,
-                Err(_) => {
-                    thread::sleep(Duration::from_secs(1));
-                    continue;
+            if read_at == 0 {
+                match self.read_into_view(kind) {
+                    Ok(revision) => read_at = revision,
+                    Err(_) => {
+                        thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
                 }
-            };
-            let changes = self.view.reset(&self.keys, kind, &kvs);
-            self.hosts_gone(changes.gone);
-            let mut next = revision + 1;
+            }
+            let mut next = read_at + 1;
+            read_at = 0;
             loop {
                 let mut gone = Vec::new();
                 let end = watch_prefix(&self.client, prefix.as_bytes(), &mut next, &mut |events| {

@@ -2,13 +2,15 @@
 //! by one thread that reads them once and then follows etcd's watch. Placement reads this
 //! map instead of asking etcd (a decision takes microseconds); the slot claim that follows
 //! is checked by etcd itself, so a view a moment old costs a retry, never a wrong answer.
+//! A join reads both again while the watches run: each kind remembers the revision it holds,
+//! so a read older than the view, or an event the read already holds, changes nothing.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use super::etcd::{Event, Kv};
 use super::record::{HostRecord, Keys, Slots};
-use crate::sys::sync::RwLockUnpoisoned;
+use crate::sys::sync::{LockUnpoisoned, RwLockUnpoisoned};
 
 #[derive(Clone, Debug)]
 pub struct Known<T> {
@@ -21,6 +23,16 @@ pub struct Known<T> {
 pub struct View {
     hosts: RwLock<HashMap<String, Known<HostRecord>>>,
     slots: RwLock<HashMap<String, Known<Slots>>>,
+    /// Held while a read or a batch of events of the kind is applied.
+    hosts_at: Mutex<Revisions>,
+    slots_at: Mutex<Revisions>,
+}
+
+/// Of one kind: the revision of the last full read, and the newest the view holds.
+#[derive(Default, Clone, Copy)]
+struct Revisions {
+    read: i64,
+    held: i64,
 }
 
 /// What a batch of events changed that someone must act on.
@@ -60,8 +72,30 @@ impl View {
         self.slots.read_unpoisoned().get(name).cloned()
     }
 
-    /// Replaces the hosts (`kind` `hosts`) or the slots with what a full read found.
-    pub fn reset(&self, keys: &Keys, kind: &str, kvs: &[Kv]) -> Changes {
+    fn revisions(&self, kind: &str) -> &Mutex<Revisions> {
+        if kind == "hosts" {
+            &self.hosts_at
+        } else {
+            &self.slots_at
+        }
+    }
+
+    /// The revision of the last full read of `kind`; 0 before the first.
+    pub fn read_at(&self, kind: &str) -> i64 {
+        self.revisions(kind).lock_unpoisoned().read
+    }
+
+    /// Replaces the hosts (`kind` `hosts`) or the slots with what a full read at `revision`
+    /// found, unless the view holds a newer state already.
+    pub fn reset(&self, keys: &Keys, kind: &str, kvs: &[Kv], revision: i64) -> Changes {
+        let mut at = self.revisions(kind).lock_unpoisoned();
+        if revision < at.held {
+            return Changes::default();
+        }
+        *at = Revisions {
+            read: revision,
+            held: revision,
+        };
         let before: Vec<Known<HostRecord>> = if kind == "hosts" {
             let mut hosts = self.hosts.write_unpoisoned();
             hosts.drain().map(|(_, known)| known).collect()
@@ -84,6 +118,20 @@ impl View {
     pub fn apply(&self, keys: &Keys, events: &[Event]) -> Changes {
         let mut changes = Changes::default();
         for event in events {
+            let (key, revision) = match event {
+                Event::Put(kv) => (&kv.key, kv.mod_revision),
+                Event::Delete { key, mod_revision } => (key, *mod_revision),
+            };
+            let kind = if keys.name_in("hosts", key).is_some() {
+                "hosts"
+            } else {
+                "slots"
+            };
+            let mut at = self.revisions(kind).lock_unpoisoned();
+            if revision <= at.read {
+                continue;
+            }
+            at.held = at.held.max(revision);
             match event {
                 Event::Put(kv) => self.put(keys, kv),
                 Event::Delete { key, .. } => {
@@ -138,5 +186,73 @@ impl View {
                 Err(err) => crate::warn!("fleet: skipped the slots record {}: {err}", shown()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_kv(keys: &Keys, name: &str, revision: i64) -> Kv {
+        let record = serde_json::json!({
+            "name": name, "url": "http://x", "hypervisor": "vmware", "max_vms": 2,
+            "vms": 0, "images": [], "draining": false, "version": "0"
+        });
+        Kv {
+            key: keys.host(name).into_bytes(),
+            value: record.to_string().into_bytes(),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 1,
+        }
+    }
+
+    fn names(view: &View) -> Vec<String> {
+        view.hosts().into_iter().map(|k| k.value.name).collect()
+    }
+
+    #[test]
+    fn a_join_read_and_the_watch_that_crosses_it_agree() {
+        let keys = Keys {
+            prefix: "/f/".into(),
+        };
+        let view = View::default();
+        // The join reads at 10: a and b. The watch, still behind, delivers a's creation (5)
+        // and c's put and delete (6, 7), all held by that read already: nothing changes.
+        view.reset(
+            &keys,
+            "hosts",
+            &[host_kv(&keys, "a", 5), host_kv(&keys, "b", 9)],
+            10,
+        );
+        let c = host_kv(&keys, "c", 6);
+        let stale = [
+            Event::Put(host_kv(&keys, "a", 5)),
+            Event::Put(c.clone()),
+            Event::Delete {
+                key: c.key.clone(),
+                mod_revision: 7,
+            },
+        ];
+        assert!(view.apply(&keys, &stale).gone.is_empty());
+        assert_eq!(names(&view), ["a", "b"]);
+        // After the read: applied.
+        let gone = view.apply(
+            &keys,
+            &[
+                Event::Put(host_kv(&keys, "d", 11)),
+                Event::Delete {
+                    key: keys.host("a").into_bytes(),
+                    mod_revision: 12,
+                },
+            ],
+        );
+        assert_eq!(gone.gone.len(), 1);
+        assert_eq!(names(&view), ["b", "d"]);
+        // A read older than what the view holds (crossed by the watch) is dropped.
+        view.reset(&keys, "hosts", &[host_kv(&keys, "a", 5)], 11);
+        assert_eq!(names(&view), ["b", "d"]);
+        assert_eq!(view.read_at("hosts"), 10);
+        assert_eq!(view.read_at("slots"), 0);
     }
 }

@@ -49,6 +49,14 @@ impl Fleet {
             fleet.dirs.push(TempDir::new(&format!("fleet-h{n}")));
             let server = fleet.launch(n, args);
             fleet.hosts.push(Some(server));
+            // A host says it joined (its start line) only with the fleet in view: no
+            // waiting here for its first read of etcd.
+            let seen: Vec<String> = fleet.hosts_seen_by(n)["hosts"]
+                .as_array()
+                .map(|hosts| hosts.iter().map(|h| h["name"].to_string()).collect())
+                .unwrap_or_default();
+            let up: Vec<String> = (0..=n).map(|m| format!("\"h{m}\"")).collect();
+            assert_eq!(seen, up, "h{n} right after its start line");
         }
         fleet.wait_hosts(hosts);
         Some(fleet)
