@@ -268,9 +268,11 @@ fn arguments_follow_the_contract() {
 #[test]
 fn a_hung_vmrun_times_out_and_its_whole_process_group_is_killed() {
     let s = Scratch::new();
+    // `list` answers (a start lists first, to clear stale locks); `start` hangs.
     let vmrun = s.vmrun(
         "vmrun",
-        "echo $$ > \"$D/vmrun.pid\"\n\
+        "if [ \"$1\" = list ]; then echo 'Total running VMs: 0'; exit 0; fi\n\
+         echo $$ > \"$D/vmrun.pid\"\n\
          sleep 1000 &\n\
          echo $! > \"$D/child.pid\"\n\
          exec sleep 1000",
@@ -306,7 +308,10 @@ fn a_hung_vmrun_times_out_and_its_whole_process_group_is_killed() {
     );
     assert_eq!(
         vmrun.call_counts(),
-        [("start".into(), "vmrun-timeout".into(), 1)]
+        [
+            ("list".into(), "ok".into(), 1),
+            ("start".into(), "vmrun-timeout".into(), 1)
+        ]
     );
 }
 
@@ -609,7 +614,8 @@ fn calls_are_counted_by_command_and_outcome_across_clones() {
         vmrun.call_counts(),
         [
             ("deleteVM".into(), "ok".into(), 1),
-            ("list".into(), "ok".into(), 2),
+            // The two above and the start's own, which clears stale locks first.
+            ("list".into(), "ok".into(), 3),
             ("start".into(), "vm-locked".into(), 1),
         ]
     );

@@ -530,8 +530,11 @@ impl super::Hypervisor for Vmrun {
     /// "The file is already in use" while one is left from a crash), unless `list` shows the
     /// VM running or cannot tell.
     fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        if let Some(running) = locks::running_set(self) {
-            self.remove_stale_locks(vmx, &running);
+        // A start cancelled beforehand runs no vmrun at all, not even the listing.
+        if !cancel.is_cancelled() {
+            if let Some(running) = locks::running_set(self) {
+                self.remove_stale_locks(vmx, &running);
+            }
         }
         let mode = if headless { "nogui" } else { "gui" };
         let timeout = self.settings.timeouts.start;
