@@ -5,7 +5,9 @@ and give the generator what the document says in words where JSON Schema has no 
    values. One the server would accept (the `ImageUrl` pattern of src/api/openapi.json) is
    pointed at this machine before it is sent: http(s) at 127.0.0.1:9 (discard: nothing
    listens, so a download or a callback fails at once) and file:// at the small demo image
-   in testdata/ (the only folder `--file-image-dir` allows). The scheme and the path stay
+   in testdata/ (the only folder `--file-image-dir` allows). An oci:// URL, which only a tart
+   host pulls (this server runs VMware and answers 400 invalid-image-url to any), becomes
+   https://127.0.0.1:9/ with its path. Otherwise the scheme and the path stay
    as generated, so a valid request stays valid and an invalid one (which the server
    refuses before it connects anywhere) is sent unchanged.
 2. A body sent as application/x-www-form-urlencoded or text/plain is JSON text
@@ -39,6 +41,8 @@ _NETWORK = re.compile(
     rf"(?P<rest>(?:[/?#][^{_BAD}]*)?)\Z"
 )
 _FILE = re.compile(rf"^[fF][iI][lL][eE]:///[^{_BAD}]*\Z")
+# What the document admits as oci://: this VMware server refuses every one (tart pulls them).
+_OCI = re.compile(rf"^[oO][cC][iI]://[^/?#@{_BAD}]+/(?P<rest>[^?#{_BAD}]+)\Z")
 _MAX_URL_CHARS = 4096
 
 # Valid JSON bodies seen per operation, for the JSON text of form and text/plain bodies.
@@ -56,6 +60,9 @@ def _local(url):
         return f"{match['scheme']}://127.0.0.1:9{match['rest']}"[:_MAX_URL_CHARS]
     if _FILE.match(url):
         return "file://" + DEMO_IMAGE
+    match = _OCI.match(url)
+    if match:
+        return f"https://127.0.0.1:9/{match['rest']}"[:_MAX_URL_CHARS]
     return url
 
 
