@@ -160,6 +160,12 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         true
     }
 
+    /// Whether [`Hypervisor::check_fits`] can refuse anything: when not, a create need not
+    /// look for its gold image (a walk of its folder) to ask.
+    fn golds_have_minimums(&self) -> bool {
+        false
+    }
+
     /// Refuses `cpus` and `memory_mb` when the gold VM `gold` cannot run with so little
     /// (tart: its `config.json`'s minimums), before anything is cloned.
     fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {

@@ -440,6 +440,10 @@ impl Hypervisor for Tart {
         false
     }
 
+    fn golds_have_minimums(&self) -> bool {
+        true
+    }
+
     /// `tart set` refuses less than the VM's `cpuCountMin` and `memorySizeMin` (bytes), but
     /// only after the clone: the gold's `config.json` (`gold`) says so before.
     fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
