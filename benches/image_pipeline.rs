@@ -422,11 +422,11 @@ fn child(args: &[String]) {
         cache.ensure(&spec, &Cancel::new(), &mut |_| {})
     });
     match result {
-        Ok(gold) if gold.vmx.is_file() => {
+        Ok(gold) if gold.config.is_file() => {
             println!("{} {}", started.elapsed().as_secs_f64(), peak_rss_kib());
         }
         Ok(gold) => {
-            eprintln!("{} is missing", gold.vmx.display());
+            eprintln!("{} is missing", gold.config.display());
             std::process::exit(1);
         }
         Err(e) => {

@@ -122,13 +122,13 @@ fn have(tool: &str) -> bool {
 /// Checks that `gold` is the published, complete image of `files`.
 fn assert_published(scratch: &Scratch, gold: &GoldImage, files: &[(String, Vec<u8>)]) {
     assert_eq!(gold.dir, scratch.data().join("gold").join(&gold.checksum));
-    assert!(gold.vmx.is_absolute(), "{}", gold.vmx.display());
-    assert!(gold.vmx.starts_with(&gold.dir));
+    assert!(gold.config.is_absolute(), "{}", gold.config.display());
+    assert!(gold.config.starts_with(&gold.dir));
     assert_eq!(
-        gold.vmx.extension().and_then(|e| e.to_str()),
+        gold.config.extension().and_then(|e| e.to_str()),
         Some("vmx"),
         "{}",
-        gold.vmx.display()
+        gold.config.display()
     );
     for (name, data) in files {
         let on_disk = fs::read(gold.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -441,7 +441,11 @@ fn every_format_and_checksum_type_publishes_the_gold_image() {
                 })
                 .unwrap_or_else(|e| panic!("{format:?} {kind:?}: {e}"));
             assert_eq!(gold.checksum, spec.checksum);
-            assert_eq!(gold.vmx, gold.dir.join(&files[0].0), "{format:?} {kind:?}");
+            assert_eq!(
+                gold.config,
+                gold.dir.join(&files[0].0),
+                "{format:?} {kind:?}"
+            );
             assert_published(&scratch, &gold, &files);
             assert!(phases.iter().all(|p| *p != ImagePhase::Unpacking) || format == Format::Zip);
             assert_eq!(cache.lookup(&spec.checksum), Some(gold));
@@ -507,7 +511,7 @@ fn archives_made_by_the_system_tools_publish() {
         let gold = ensure(&cache, &spec(url, ChecksumType::Sha256, &data))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
-            gold.vmx,
+            gold.config,
             gold.dir.join("Big Sur.vmwarevm/macOS.vmx"),
             "{name}"
         );
@@ -538,7 +542,7 @@ fn local_files_go_through_the_same_pipeline() {
         fs::write(&path, &data).unwrap();
         let url = format!("file://{}", path.display().to_string().replace(' ', "%20"));
         let gold = ensure(&cache, &spec(url, ChecksumType::Md5, &data)).unwrap();
-        assert_eq!(gold.vmx, gold.dir.join("vm/macOS.vmx"));
+        assert_eq!(gold.config, gold.dir.join("vm/macOS.vmx"));
         fs::remove_dir_all(&gold.dir).unwrap();
         // A plain absolute path too.
         let gold = ensure(
@@ -546,7 +550,7 @@ fn local_files_go_through_the_same_pipeline() {
             &spec(path.display().to_string(), ChecksumType::Md5, &data),
         )
         .unwrap();
-        assert_eq!(gold.vmx, gold.dir.join("vm/macOS.vmx"));
+        assert_eq!(gold.config, gold.dir.join("vm/macOS.vmx"));
     }
     let e = ensure(
         &cache,
@@ -976,10 +980,10 @@ fn different_images_download_in_parallel() {
         !server.requests("/slow").is_empty()
     });
     let fast_gold = ensure(&cache, &fast).unwrap();
-    assert_eq!(fast_gold.vmx, fast_gold.dir.join("fast/macOS.vmx"));
+    assert_eq!(fast_gold.config, fast_gold.dir.join("fast/macOS.vmx"));
     gate.open();
     let slow_gold = slow_thread.join().unwrap().unwrap();
-    assert_eq!(slow_gold.vmx, slow_gold.dir.join("slow/macOS.vmx"));
+    assert_eq!(slow_gold.config, slow_gold.dir.join("slow/macOS.vmx"));
 }
 
 #[test]
@@ -1063,7 +1067,7 @@ fn an_existing_gold_folder_is_used_without_downloading() {
     fs::write(gold_dir.join("Catalina.vmwarevm/disk.vmdk"), "x").unwrap();
 
     let gold = ensure(&cache, &image).unwrap();
-    assert_eq!(gold.vmx, gold_dir.join("Catalina.vmwarevm/Catalina.vmx"));
+    assert_eq!(gold.config, gold_dir.join("Catalina.vmwarevm/Catalina.vmx"));
     assert_eq!(cache.lookup(&image.checksum), Some(gold));
     assert!(server.requests("/never").is_empty());
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use osx_builder::hypervisor::tart::{Tart, TartSettings, TartTimeouts};
-use osx_builder::hypervisor::{Hypervisor, IpAnswer, VmSettings};
+use osx_builder::hypervisor::{GoldVm, Hypervisor, IpAnswer, VmRef, VmSettings};
 use osx_builder::sys::cancel::Cancel;
 use osx_builder::vm::guestinfo::GuestInfo;
 
@@ -29,7 +29,24 @@ impl Drop for World {
     }
 }
 
-fn gold(root: &Path, sum: &str, os: &str) -> PathBuf {
+/// A gold image as the image cache publishes it.
+struct Gold {
+    checksum: String,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Gold {
+    fn vm(&self) -> GoldVm<'_> {
+        GoldVm {
+            checksum: &self.checksum,
+            dir: &self.dir,
+            config: &self.config,
+        }
+    }
+}
+
+fn gold(root: &Path, sum: &str, os: &str) -> Gold {
     let dir = root.join("data/gold").join(sum).join("bundle");
     fs::create_dir_all(&dir).unwrap();
     let config = serde_json::json!({"version": 1, "os": os, "arch": "arm64", "cpuCount": 4,
@@ -41,7 +58,11 @@ fn gold(root: &Path, sum: &str, os: &str) -> PathBuf {
         .set_len(1 << 30)
         .unwrap();
     fs::write(dir.join("nvram.bin"), b"nv").unwrap();
-    dir.join("config.json")
+    Gold {
+        checksum: sum.to_string(),
+        dir: root.join("data/gold").join(sum),
+        config: dir.join("config.json"),
+    }
 }
 
 impl World {
@@ -65,19 +86,20 @@ impl World {
         World { root, tart }
     }
 
-    fn vm(&self, id: &str) -> PathBuf {
-        self.root
-            .join("data/vms")
-            .join(id)
-            .join(format!("{id}.vmx"))
+    fn vm(&self, id: &str) -> VmRef {
+        VmRef {
+            id: id.to_string(),
+            dir: self.root.join("data/vms").join(id),
+        }
     }
 
-    fn make(&self, id: &str, gold: &Path, guestinfo: &GuestInfo, network: &str) {
+    fn make(&self, id: &str, gold: &Gold, guestinfo: &GuestInfo, network: &str) {
         let cancel = Cancel::new();
-        self.tart.prepare_gold(gold).unwrap();
-        self.tart.clone_vm(gold, &self.vm(id), id, &cancel).unwrap();
+        self.tart.prepare_gold(gold.vm()).unwrap();
+        self.tart
+            .clone_vm(gold.vm(), &self.vm(id), &cancel)
+            .unwrap();
         let settings = VmSettings {
-            name: id,
             cpus: 3,
             memory_mb: 3072,
             network_type: network,
@@ -86,7 +108,7 @@ impl World {
         };
         let configured = self
             .tart
-            .configure(&self.vm(id), gold.parent().unwrap(), &settings, guestinfo)
+            .configure(&self.vm(id), gold.vm(), &settings, guestinfo)
             .unwrap();
         assert_eq!(configured.guest_os, "darwin");
     }
@@ -118,7 +140,7 @@ fn a_vm_is_made_run_and_destroyed_through_tart() {
     // An existing name is never overwritten.
     let err = w
         .tart
-        .clone_vm(&gold, &w.vm("a"), "a", &Cancel::new())
+        .clone_vm(gold.vm(), &w.vm("a"), &Cancel::new())
         .unwrap_err();
     assert_eq!(err.code(), "clone-exists", "{err}");
 
@@ -136,7 +158,7 @@ fn a_vm_is_made_run_and_destroyed_through_tart() {
     // The runner is in a session of its own.
     let pid = record["pid"].as_i64().unwrap() as libc::pid_t;
     assert_eq!(unsafe { libc::getsid(pid) }, pid);
-    assert_eq!(w.tart.list_running().unwrap(), vec![w.vm("a")]);
+    assert_eq!(w.tart.list_running().unwrap(), vec![w.vm("a").dir]);
     // Guest data written while the VM runs reaches the folder.
     w.tart
         .write_guest_data(&w.vm("a"), "handout", "v2")

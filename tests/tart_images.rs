@@ -16,7 +16,7 @@ mod common;
 use common::archives::{archive, Format};
 use common::{Server, TempDir};
 use osx_builder::hypervisor::tart::{Tart, TartSettings, TartTimeouts};
-use osx_builder::hypervisor::{Hypervisor, VmSettings};
+use osx_builder::hypervisor::{Hypervisor, VmRef, VmSettings};
 use osx_builder::image::{
     ChecksumType, GoldImage, HypervisorGolds, ImageCache, ImageError, ImageSettings, ImageSpec,
     VmFormat,
@@ -202,7 +202,7 @@ fn ensure(cache: &ImageCache, spec: &ImageSpec) -> Result<GoldImage, ImageError>
 /// The published disk reads back as written and takes about its data on disk, not its
 /// apparent size.
 fn assert_sparse_disk(gold: &GoldImage) {
-    let disk = gold.vmx.with_file_name("disk.img");
+    let disk = gold.config.with_file_name("disk.img");
     let meta = fs::metadata(&disk).unwrap();
     assert_eq!(meta.len(), DISK_LEN);
     let on_disk = meta.blocks() * 512;
@@ -233,11 +233,11 @@ fn a_tart_vm_in_a_sub_folder_publishes_from_every_format_with_its_disk_sparse() 
         let gold = ensure(&cache, &spec).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert_eq!(gold.dir, host.data().join("gold").join(&spec.checksum));
         assert_eq!(
-            gold.vmx,
+            gold.config,
             gold.dir.join("export/macos-15-base/config.json"),
             "{format:?}"
         );
-        assert_eq!(fs::read(&gold.vmx).unwrap(), config_json());
+        assert_eq!(fs::read(&gold.config).unwrap(), config_json());
         assert_sparse_disk(&gold);
         // Published once: the next ask finds it without reading the archive.
         fs::remove_file(spec.url.trim_start_matches("file://")).unwrap();
@@ -332,7 +332,7 @@ fn gnu_tar_sparse_and_zip_of_a_sparse_disk_unpack_sparse() {
     for path in archives {
         let spec = host.spec_of(&path);
         let gold = ensure(&cache, &spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(gold.vmx, gold.dir.join("macos.tartvm/config.json"));
+        assert_eq!(gold.config, gold.dir.join("macos.tartvm/config.json"));
         assert_sparse_disk(&gold);
     }
 }
@@ -377,9 +377,9 @@ fn an_oci_image_is_pulled_by_tart_pinned_to_its_digest_never_its_tag() {
     let spec = oci_spec("oci://ghcr.io/org/macos:15", &pinned);
     let gold = ensure(&cache, &spec).unwrap();
     assert_eq!(gold.dir, host.data().join("gold").join(&pinned));
-    assert_eq!(gold.vmx, gold.dir.join("config.json"));
+    assert_eq!(gold.config, gold.dir.join("config.json"));
     assert_eq!(
-        mac_of(&gold.vmx),
+        mac_of(&gold.config),
         "aa:00:00:00:00:01",
         "the pinned image, not the tag's"
     );
@@ -472,22 +472,24 @@ fn removing_a_gold_deletes_its_tart_vm_and_a_running_clone_survives() {
     let cache = host.cache_with(&tart);
     let spec = host.image("vm.tar", &archive(Format::Tar, &vm_members("vm/")));
     let gold = ensure(&cache, &spec).unwrap();
-    tart.prepare_gold(&gold.vmx).unwrap();
+    tart.prepare_gold(gold.vm()).unwrap();
     let gold_vm = host
         .tart_home()
         .join(format!("vms/osxb-gold-{}", spec.checksum));
     assert!(gold_vm.join("disk.img").is_file());
-    let vm = host.data().join("vms/a/a.vmx");
-    tart.clone_vm(&gold.vmx, &vm, "a", &Cancel::new()).unwrap();
+    let vm = VmRef {
+        id: "a".into(),
+        dir: host.data().join("vms/a"),
+    };
+    tart.clone_vm(gold.vm(), &vm, &Cancel::new()).unwrap();
     let settings = VmSettings {
-        name: "a",
         cpus: 2,
         memory_mb: 2048,
         network_type: "nat",
         headless: true,
         image: serde_json::Value::Null,
     };
-    tart.configure(&vm, &gold.dir, &settings, &GuestInfo::default())
+    tart.configure(&vm, gold.vm(), &settings, &GuestInfo::default())
         .unwrap();
     tart.start(&vm, true, &Cancel::new()).unwrap();
 
@@ -497,7 +499,7 @@ fn removing_a_gold_deletes_its_tart_vm_and_a_running_clone_survives() {
     cache.unpublish(&spec.checksum).unwrap().unwrap();
     assert!(!gold_vm.exists());
     assert!(cache.lookup(&spec.checksum).is_none());
-    assert_eq!(tart.list_running().unwrap(), vec![vm.clone()]);
+    assert_eq!(tart.list_running().unwrap(), vec![vm.dir.clone()]);
     // Removing it again is no error.
     host_part.remove_gold(&spec.checksum).unwrap();
     tart.stop(&vm, true, &Cancel::new()).unwrap();

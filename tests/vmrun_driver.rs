@@ -10,7 +10,15 @@ use std::time::{Duration, Instant};
 use osx_builder::hypervisor::vmrun::{
     HypervisorError, IpAnswer, Timeouts, ToolsState, Vmrun, VmrunSettings,
 };
-use osx_builder::hypervisor::Hypervisor;
+use osx_builder::hypervisor::{Hypervisor, VmRef};
+
+/// How the driver's calls name the VM whose VMX is `vmx` (`<dir>/<id>/<id>.vmx`).
+fn vm_of(vmx: &Path) -> VmRef {
+    VmRef {
+        id: vmx.file_stem().unwrap().to_string_lossy().into_owned(),
+        dir: vmx.parent().unwrap().to_path_buf(),
+    }
+}
 use osx_builder::sys::cancel::Cancel;
 
 /// A directory under the system temp dir, removed on drop together with any process whose
@@ -130,7 +138,9 @@ fn an_error_line_with_exit_255_is_a_typed_error_naming_call_and_vmrun_text() {
         "vmrun",
         "echo 'Error: The file is already in use'; exit 255",
     );
-    let err = vmrun.start(&s.vmx(), true, &Cancel::new()).unwrap_err();
+    let err = vmrun
+        .start(&vm_of(&s.vmx()), true, &Cancel::new())
+        .unwrap_err();
     assert_eq!(err.code(), "vm-locked");
     let message = err.to_string();
     assert!(message.contains("vmrun start"), "{message}");
@@ -145,7 +155,7 @@ fn an_error_line_with_exit_255_is_a_typed_error_naming_call_and_vmrun_text() {
 fn an_error_line_with_exit_zero_is_still_a_failure() {
     let s = Scratch::new();
     let vmrun = s.vmrun("vmrun", "echo 'Error: Unknown error'; exit 0");
-    let err = vmrun.delete_vm(&s.vmx()).unwrap_err();
+    let err = vmrun.delete_vm(&vm_of(&s.vmx())).unwrap_err();
     assert_eq!(err.code(), "vmrun-failed");
     assert_eq!(err.vmrun_message(), Some("Unknown error"));
 }
@@ -160,7 +170,9 @@ fn noise_before_the_error_and_on_stderr_follows_the_message() {
          echo 'Error: Cannot open VM: /x.vmx, The virtual machine cannot be found'\n\
          exit 255",
     );
-    let err = vmrun.start(&s.vmx(), false, &Cancel::new()).unwrap_err();
+    let err = vmrun
+        .start(&vm_of(&s.vmx()), false, &Cancel::new())
+        .unwrap_err();
     assert_eq!(err.code(), "vm-open-error");
     // The Error line leads; the other lines follow in vmrun's words (issue 12).
     assert_eq!(
@@ -217,15 +229,15 @@ fn arguments_follow_the_contract() {
             "-cloneName=id 1"
         ]
     );
-    vmrun.start(dst, true, &cancel).unwrap();
+    vmrun.start(&vm_of(dst), true, &cancel).unwrap();
     assert_eq!(args(), ["-T", "ws", "start", "/vms/id 1/id 1.vmx", "nogui"]);
-    vmrun.start(dst, false, &cancel).unwrap();
+    vmrun.start(&vm_of(dst), false, &cancel).unwrap();
     assert_eq!(args(), ["-T", "ws", "start", "/vms/id 1/id 1.vmx", "gui"]);
-    vmrun.stop(dst, true, &cancel).unwrap();
+    vmrun.stop(&vm_of(dst), true, &cancel).unwrap();
     assert_eq!(args(), ["-T", "ws", "stop", "/vms/id 1/id 1.vmx", "hard"]);
-    vmrun.stop(dst, false, &cancel).unwrap();
+    vmrun.stop(&vm_of(dst), false, &cancel).unwrap();
     assert_eq!(args(), ["-T", "ws", "stop", "/vms/id 1/id 1.vmx", "soft"]);
-    vmrun.delete_vm(dst).unwrap();
+    vmrun.delete_vm(&vm_of(dst)).unwrap();
     assert_eq!(args(), ["-T", "ws", "deleteVM", "/vms/id 1/id 1.vmx"]);
     vmrun.snapshot(src, "osx builder base").unwrap();
     assert_eq!(
@@ -243,13 +255,13 @@ fn arguments_follow_the_contract() {
     let mut settings = VmrunSettings::new(&script);
     settings.host_type = None;
     let bare = Vmrun::new(settings);
-    bare.delete_vm(dst).unwrap();
+    bare.delete_vm(&vm_of(dst)).unwrap();
     assert_eq!(args(), ["deleteVM", "/vms/id 1/id 1.vmx"]);
     // The script prints nothing, which is no valid answer to these.
     assert_eq!(bare.list_running().unwrap_err().code(), "vmrun-bad-output");
     assert_eq!(args(), ["list"]);
     assert_eq!(
-        bare.guest_ip(dst, &cancel).unwrap_err().code(),
+        bare.guest_ip(&vm_of(dst), &cancel).unwrap_err().code(),
         "vmrun-bad-output"
     );
     assert_eq!(args(), ["getGuestIPAddress", "/vms/id 1/id 1.vmx"]);
@@ -282,7 +294,9 @@ fn a_hung_vmrun_times_out_and_its_whole_process_group_is_killed() {
     let vmrun = with_timeouts(&vmrun, |t| t.start = limit);
 
     let started = Instant::now();
-    let err = vmrun.start(&s.vmx(), true, &Cancel::new()).unwrap_err();
+    let err = vmrun
+        .start(&vm_of(&s.vmx()), true, &Cancel::new())
+        .unwrap_err();
     let elapsed = started.elapsed();
 
     assert_eq!(err.code(), "vmrun-timeout");
@@ -339,7 +353,7 @@ fn cancelling_kills_the_call_long_before_its_deadline() {
         })
     };
     let started = Instant::now();
-    let err = vmrun.stop(&s.vmx(), true, &cancel).unwrap_err();
+    let err = vmrun.stop(&vm_of(&s.vmx()), true, &cancel).unwrap_err();
     canceller.join().unwrap();
     assert_eq!(err.code(), "vmrun-cancelled");
     // The stop deadline is 60 s; the call must end well before it.
@@ -358,11 +372,11 @@ fn a_call_cancelled_beforehand_never_runs_vmrun() {
     let vmrun = s.vmrun("vmrun", "touch \"$D/ran\"");
     let cancel = Cancel::new();
     cancel.cancel();
-    let err = vmrun.start(&s.vmx(), true, &cancel).unwrap_err();
+    let err = vmrun.start(&vm_of(&s.vmx()), true, &cancel).unwrap_err();
     assert_eq!(err.code(), "vmrun-cancelled");
     assert!(!s.dir.join("ran").exists());
     // The same script does run when not cancelled, so the check above can fail.
-    vmrun.start(&s.vmx(), true, &Cancel::new()).unwrap();
+    vmrun.start(&vm_of(&s.vmx()), true, &Cancel::new()).unwrap();
     assert!(s.dir.join("ran").exists());
 }
 
@@ -402,7 +416,7 @@ fn lots_of_output_on_both_pipes_does_not_block_vmrun() {
          exit 255",
     );
     let vmrun = with_timeouts(&vmrun, |t| t.delete = Duration::from_secs(120));
-    let err = vmrun.delete_vm(&s.vmx()).unwrap_err();
+    let err = vmrun.delete_vm(&vm_of(&s.vmx())).unwrap_err();
     assert_eq!(err.code(), "vm-already-running");
 }
 
@@ -442,13 +456,13 @@ fn stop_of_a_vm_that_is_off_succeeds() {
         "vmrun",
         "echo \"Error: The virtual machine is not powered on: $2\"; exit 255",
     );
-    vmrun.stop(&vmx, true, &Cancel::new()).unwrap();
+    vmrun.stop(&vm_of(&vmx), true, &Cancel::new()).unwrap();
     assert_eq!(
         vmrun.call_counts(),
         [("stop".into(), "not-powered-on".into(), 1)]
     );
     // Other commands still see it as an error.
-    let err = vmrun.guest_ip(&vmx, &Cancel::new()).unwrap_err();
+    let err = vmrun.guest_ip(&vm_of(&vmx), &Cancel::new()).unwrap_err();
     assert_eq!(err.code(), "vm-not-powered-on");
 }
 
@@ -457,7 +471,7 @@ fn guest_ip_answers() {
     let s = Scratch::new();
     let vmx = s.vmx();
     let cancel = Cancel::new();
-    let ip = |name: &str, body: &str| s.vmrun(name, body).guest_ip(&vmx, &cancel);
+    let ip = |name: &str, body: &str| s.vmrun(name, body).guest_ip(&vm_of(&vmx), &cancel);
 
     let addr = |text: &str| IpAnswer::Address(text.to_string());
     assert_eq!(
@@ -492,7 +506,7 @@ fn guest_ip_answers() {
     let started = std::time::Instant::now();
     assert_eq!(
         waiting
-            .guest_ip_wait(&vmx, std::time::Duration::from_millis(300), &cancel)
+            .guest_ip_wait(&vm_of(&vmx), std::time::Duration::from_millis(300), &cancel)
             .unwrap(),
         IpAnswer::NoTools
     );
@@ -606,8 +620,8 @@ fn calls_are_counted_by_command_and_outcome_across_clones() {
     let shared = vmrun.clone();
     vmrun.list_running().unwrap();
     shared.list_running().unwrap();
-    assert!(vmrun.start(&vmx, true, &Cancel::new()).is_err());
-    thread::spawn(move || shared.delete_vm(&vmx).unwrap())
+    assert!(vmrun.start(&vm_of(&vmx), true, &Cancel::new()).is_err());
+    thread::spawn(move || shared.delete_vm(&vm_of(&vmx)).unwrap())
         .join()
         .unwrap();
     assert_eq!(

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use super::running::RunningVms;
 use super::vmrun::vm_ops;
-use super::{Call, Configured, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings};
+use super::{
+    Call, Configured, FoundVm, GoldVm, Hypervisor, HypervisorError, IpAnswer, LogTail, VmRef,
+    VmSettings,
+};
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::guestinfo::GuestInfo;
@@ -274,7 +277,11 @@ impl Hypervisor for FakeHypervisor {
         let ticket = self.running.begin();
         let listed = self.enter("list", None, None).map(|()| {
             let state = self.state();
-            state.running.iter().cloned().collect::<Vec<_>>()
+            state
+                .running
+                .iter()
+                .map(|vmx| vm_ops::running_key(vmx))
+                .collect::<Vec<_>>()
         });
         match &listed {
             Ok(paths) => self.running.listed(ticket, paths),
@@ -283,45 +290,55 @@ impl Hypervisor for FakeHypervisor {
         listed
     }
 
-    fn prepare_gold(&self, gold_vmx: &Path) -> Result<(), HypervisorError> {
-        vm_ops::prepare_gold(self, gold_vmx)
+    fn prepare_gold(&self, gold: GoldVm<'_>) -> Result<(), HypervisorError> {
+        vm_ops::prepare_gold(self, gold.config)
     }
 
     fn clone_vm(
         &self,
-        gold_vmx: &Path,
-        vmx: &Path,
-        name: &str,
+        gold: GoldVm<'_>,
+        vm: &VmRef,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
-        vm_ops::clone_vm(self, gold_vmx, vmx, name, cancel)
+        vm_ops::clone_vm(self, gold.config, &vm_ops::vmx_of(vm), &vm.id, cancel)
+    }
+
+    fn gold_holder(&self, gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String) {
+        vm_ops::gold_holder(gold, err)
+    }
+
+    fn vm_file(&self, vm: &VmRef) -> PathBuf {
+        vm_ops::vmx_of(vm)
+    }
+
+    fn find_vm(&self, vm: &VmRef) -> Result<FoundVm, String> {
+        vm_ops::find_vm(vm)
     }
 
     fn configure(
         &self,
-        vmx: &Path,
-        gold_dir: &Path,
+        vm: &VmRef,
+        gold: GoldVm<'_>,
         settings: &VmSettings<'_>,
         guestinfo: &GuestInfo,
     ) -> Result<Configured, HypervisorError> {
-        vm_ops::configure(vmx, gold_dir, false, settings, guestinfo)
+        vm_ops::configure(vm, gold.dir, false, settings, guestinfo)
     }
 
-    fn remove_stale_locks(&self, vmx: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
-        vmx.parent()
-            .map(|dir| super::locks::remove_locks_in(dir, running))
-            .unwrap_or_default()
+    fn remove_stale_locks(&self, vm: &VmRef, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+        super::locks::remove_locks_in(&vm.dir, running)
     }
 
-    fn open_log(&self, vmx: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
-        vm_ops::open_log(vmx)
+    fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        vm_ops::open_log(&vm_ops::vmx_of(vm))
     }
 
-    fn log_tail(&self, vmx: &Path) -> Option<LogTail> {
-        vm_ops::log_tail(vmx)
+    fn log_tail(&self, vm: &VmRef) -> Option<LogTail> {
+        vm_ops::log_tail(&vm_ops::vmx_of(vm))
     }
 
-    fn start(&self, vmx: &Path, _headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn start(&self, vm: &VmRef, _headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         self.enter("start", Some(vmx), Some(cancel))?;
         let mut state = self.state();
         if state.running.contains(vmx) {
@@ -341,25 +358,27 @@ impl Hypervisor for FakeHypervisor {
             .addresses
             .insert(vmx.to_path_buf(), format!("192.168.64.{n}"));
         drop(state);
-        self.running.changed(vmx, true);
+        self.running.changed(&vm.dir, true);
         Ok(())
     }
 
-    fn stop(&self, vmx: &Path, _hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn stop(&self, vm: &VmRef, _hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         self.enter("stop", Some(vmx), Some(cancel))?;
         let mut state = self.state();
         state.running.remove(vmx);
         state.guest_vars.remove(vmx);
         drop(state);
-        self.running.changed(vmx, false);
+        self.running.changed(&vm.dir, false);
         Ok(())
     }
 
-    fn reset(&self, vmx: &Path, _hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
-        self.enter("reset", Some(vmx), Some(cancel))
+    fn reset(&self, vm: &VmRef, _hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        self.enter("reset", Some(&vm_ops::vmx_of(vm)), Some(cancel))
     }
 
-    fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
+    fn delete_vm(&self, vm: &VmRef) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         self.enter("deleteVM", Some(vmx), None)?;
         let call = || Call {
             tool: "vmrun",
@@ -388,7 +407,8 @@ impl Hypervisor for FakeHypervisor {
         }
     }
 
-    fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+    fn guest_ip(&self, vm: &VmRef, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         self.enter("getGuestIPAddress", Some(vmx), Some(cancel))?;
         let state = self.state();
         if !state.running.contains(vmx) {
@@ -409,14 +429,15 @@ impl Hypervisor for FakeHypervisor {
 
     fn guest_ip_wait(
         &self,
-        vmx: &Path,
+        vm: &VmRef,
         _limit: Duration,
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError> {
-        self.guest_ip(vmx, cancel)
+        self.guest_ip(vm, cancel)
     }
 
-    fn write_guest_data(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+    fn write_guest_data(&self, vm: &VmRef, name: &str, value: &str) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         self.enter("writeVariable", Some(vmx), None)?;
         let mut state = self.state();
         if !state.running.contains(vmx) {
@@ -441,7 +462,7 @@ impl Hypervisor for FakeHypervisor {
         "fake"
     }
 
-    fn ended(&self, _vmx: &Path) -> super::Ended {
+    fn ended(&self, _vm: &VmRef) -> super::Ended {
         super::Ended::PoweredOff
     }
 

@@ -7,32 +7,15 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::Hypervisor;
+use super::running::canonical;
 
-/// Absolute, symlink-free form, so that `/var/...` and `/private/var/...` (macOS) compare
-/// equal whichever vmrun prints.
-pub fn canonical(path: &Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The VMX paths vmrun says are running, canonical; `None` when vmrun cannot tell.
-pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
-    match hypervisor.list_running() {
-        Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
-        // A failing `vmrun list` is logged by the running set, once until it answers again.
-        Err(err) => {
-            crate::debug!("cannot tell which VMs run: {err}");
-            None
-        }
-    }
-}
-
-/// Removes `*.lck` folders directly in `dir` unless a running VM's VMX lives there.
+/// Removes `*.lck` folders directly in `dir` unless a running VM lives there: `running`
+/// holds the folders of the server's VMs and the VMX paths of others.
 pub fn remove_locks_in(dir: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
     let dir = canonical(dir);
     if running
         .iter()
-        .any(|vmx| vmx.parent() == Some(dir.as_path()))
+        .any(|vm| vm == &dir || vm.parent() == Some(dir.as_path()))
     {
         return Vec::new();
     }

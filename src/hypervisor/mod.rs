@@ -5,10 +5,10 @@
 //! parents, `.lck` folders, `vmware.log`, in this folder), and [`fake::FakeHypervisor`] in
 //! memory for the service's unit tests.
 //!
-//! VMs are named by the path `vms/<id>/<id>.vmx` of the server's data folder, the key `vmrun`
-//! itself uses. A backend that keeps its VMs elsewhere (tart keeps them in its own folder, by
-//! name) maps that path to its name: the VM's folder under `vms/` is still where the server
-//! keeps its record.
+//! Every call names one of the server's VMs by a [`VmRef`] (its id and its folder `vms/<id>/`
+//! of the data folder, where the server keeps its record) and a gold image by a [`GoldVm`];
+//! how the hypervisor itself knows them (VMware: the VMX file in that folder; tart: a VM of
+//! its own home, by name) is the driver's business alone.
 
 pub(crate) mod dependants;
 mod error;
@@ -36,11 +36,32 @@ use crate::sys::cancel::Cancel;
 use crate::vm::guestinfo::GuestInfo;
 use running::RunningVms;
 
+/// One of the server's VMs, as every call names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRef {
+    /// The VM's id: the name the hypervisor shows it by.
+    pub id: String,
+    /// `vms/<id>/` of the data folder: where the server keeps the VM's record, and where a
+    /// hypervisor may keep the VM's files. The running set knows the VM by this folder.
+    pub dir: PathBuf,
+}
+
+/// A gold image as the image cache published it.
+#[derive(Debug, Clone, Copy)]
+pub struct GoldVm<'a> {
+    /// The image's checksum: its name in the cache.
+    pub checksum: &'a str,
+    /// `gold/<checksum>/`: the only place outside a clone that the clone's configuration may
+    /// name (VMware's linked clones read their parent's disks there).
+    pub dir: &'a Path,
+    /// The file that describes the gold VM, somewhere in `dir`: its .vmx (VMware), its
+    /// `config.json` (tart).
+    pub config: &'a Path,
+}
+
 /// What a fresh clone is set to.
 #[derive(Debug, Clone)]
 pub struct VmSettings<'a> {
-    /// The VM's id, as the hypervisor shows it.
-    pub name: &'a str,
     pub cpus: u32,
     pub memory_mb: u32,
     /// `bridged`, `nat` or `hostonly`.
@@ -57,6 +78,20 @@ pub struct Configured {
     pub guest_os: String,
     /// Lines of the image's configuration removed because they reach outside the VM.
     pub removed: Vec<String>,
+}
+
+/// What a VM's own files tell of it, for a folder of `vms/` that has no record: one of the
+/// original Go server's VMs, or one whose record was lost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FoundVm {
+    pub cpus: Option<u32>,
+    pub memory_mb: Option<u32>,
+    /// `bridged`, `nat` or `hostonly`, as the VM is set.
+    pub network_type: Option<String>,
+    pub guest_os: String,
+    /// Where the VM came from, as kept with it ([`VmSettings::image`]; the original kept
+    /// the same JSON).
+    pub image: Option<serde_json::Value>,
 }
 
 /// The last lines of a VM's own log, and where that log is.
@@ -118,12 +153,15 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// stops and deletes since say: read by requests, which never wait for a listing.
     fn running(&self) -> &RunningVms;
 
-    /// The VMX paths of the VMs that run now; refreshes [`Hypervisor::running`].
+    /// The VMs that run now, each by a path: the folder ([`VmRef::dir`]) of each of the
+    /// server's VMs, and a path of the hypervisor's own for any other VM (admission counts
+    /// those too). Refreshes [`Hypervisor::running`].
     fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError>;
 
-    /// Makes the gold VM at `gold` (as the image cache published it) ready to be cloned;
-    /// run under the gold's lock before its first clone since the server started.
-    fn prepare_gold(&self, gold: &Path) -> Result<(), HypervisorError>;
+    /// Makes the gold VM ready to be cloned (VMware: its base snapshot; tart: its import as
+    /// a local VM); run under the gold's lock before its first clone since the server
+    /// started.
+    fn prepare_gold(&self, gold: GoldVm<'_>) -> Result<(), HypervisorError>;
 
     /// Fetches the OCI image `repository` (`host/path`) pinned to its sha256 `digest` (hex)
     /// and makes it the gold VM of that digest, its files linked into `into` (an empty
@@ -166,57 +204,84 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         false
     }
 
-    /// Refuses `cpus` and `memory_mb` when the gold VM `gold` cannot run with so little
-    /// (tart: its `config.json`'s minimums), before anything is cloned.
-    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
+    /// Refuses `cpus` and `memory_mb` when the gold VM cannot run with so little (tart:
+    /// its `config.json`'s minimums), before anything is cloned.
+    fn check_fits(
+        &self,
+        gold: GoldVm<'_>,
+        cpus: u32,
+        memory_mb: u32,
+    ) -> Result<(), HypervisorError> {
         let _ = (gold, cpus, memory_mb);
         Ok(())
     }
 
-    /// Makes `vm` a clone of the gold VM `gold`, shown as `name`. Never replaces a VM.
+    /// Makes `vm` a clone of the gold VM. Never replaces a VM.
     fn clone_vm(
         &self,
-        gold: &Path,
-        vm: &Path,
-        name: &str,
+        gold: GoldVm<'_>,
+        vm: &VmRef,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError>;
 
+    /// What holds the gold VM when a clone of it failed `vm-locked`, for `/images` and
+    /// `/healthz` to name until a clone goes through: the file to look at and what to do.
+    /// Removes what is left of processes that died holding it.
+    fn gold_holder(&self, gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String) {
+        (
+            gold.config.to_path_buf(),
+            format!("every clone of this image fails ({err}); the next create tries again"),
+        )
+    }
+
+    /// The file whose presence says that the VM exists (VMware: its VMX; tart: the mark
+    /// of a clone the server began): what a message names when it is gone.
+    fn vm_file(&self, vm: &VmRef) -> PathBuf;
+
+    /// Whether the VM's files exist: it was cloned and not deleted since.
+    fn vm_exists(&self, vm: &VmRef) -> bool {
+        self.vm_file(vm).is_file()
+    }
+
+    /// What the VM's own files tell of it, for a folder of `vms/` without a record; an
+    /// error says why the folder is not a VM this hypervisor can take.
+    fn find_vm(&self, vm: &VmRef) -> Result<FoundVm, String>;
+
     /// Sets a fresh clone's cpus, memory, network and display, and gives it `guestinfo`
-    /// (to be read in the guest; values are secrets: never logged). `gold_dir` is the gold
-    /// image's folder, the only place outside the VM its configuration may name.
+    /// (to be read in the guest; values are secrets: never logged).
     fn configure(
         &self,
-        vm: &Path,
-        gold_dir: &Path,
+        vm: &VmRef,
+        gold: GoldVm<'_>,
         settings: &VmSettings<'_>,
         guestinfo: &GuestInfo,
     ) -> Result<Configured, HypervisorError>;
 
-    /// Removes what a crash of the host left saying `vm` runs, when no VM in `running`
-    /// says so; returns what was removed.
-    fn remove_stale_locks(&self, vm: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf>;
+    /// Removes what a crash of the host left saying `vm` runs (VMware's lock folders), when
+    /// `running` (as [`Hypervisor::list_running`] gives it) does not list it; returns what
+    /// was removed.
+    fn remove_stale_locks(&self, vm: &VmRef, running: &HashSet<PathBuf>) -> Vec<PathBuf>;
 
     /// The VM's own log (VMware's `vmware.log`, tart's runner output), opened, with its
     /// length; `None` when it has none.
-    fn open_log(&self, vm: &Path) -> std::io::Result<Option<(File, u64)>>;
+    fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(File, u64)>>;
 
     /// The last lines of the VM's own log, for a failed VM's record.
-    fn log_tail(&self, vm: &Path) -> Option<LogTail>;
+    fn log_tail(&self, vm: &VmRef) -> Option<LogTail>;
 
     /// How the VM, which the hypervisor no longer lists running though the server did not
     /// stop it, ended: powered off, or died (then its record fails with the log's words).
-    fn ended(&self, vm: &Path) -> Ended;
+    fn ended(&self, vm: &VmRef) -> Ended;
 
     /// Powers the VM on; returns when it begins to boot, not when the guest is up.
-    fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
+    fn start(&self, vm: &VmRef, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
 
     /// Powers the VM off (`hard`: without the guest's help). A VM that is off counts as
     /// stopped.
-    fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
+    fn stop(&self, vm: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
 
     /// Reboots the VM (`hard`: without the guest's help).
-    fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
+    fn reset(&self, vm: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError>;
 
     /// How the log names a hard [`Hypervisor::reset`].
     fn hard_reset_words(&self) -> String;
@@ -225,16 +290,24 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     fn silent_guest_words(&self) -> &'static str;
 
     /// Deletes the hypervisor's files of a powered-off VM.
-    fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError>;
+    fn delete_vm(&self, vm: &VmRef) -> Result<(), HypervisorError>;
 
     /// What the guest's tools report as its IP address, answering at once.
-    fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError>;
+    fn guest_ip(&self, vm: &VmRef, cancel: &Cancel) -> Result<IpAnswer, HypervisorError>;
+
+    /// The MAC address of the VM's first network card once it has one, for the host's
+    /// DHCP leases when the guest's tools say nothing; `None` where [`Hypervisor::guest_ip`]
+    /// consults the leases itself (tart).
+    fn mac_address(&self, vm: &VmRef) -> Option<String> {
+        let _ = vm;
+        None
+    }
 
     /// As [`Hypervisor::guest_ip`], but waiting up to `limit` for an address; running out
     /// of time is `NoTools`, not an error.
     fn guest_ip_wait(
         &self,
-        vmx: &Path,
+        vm: &VmRef,
         limit: Duration,
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError>;
@@ -242,7 +315,7 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// Gives the running guest the value `value` under `name` (VMware: `guestinfo.NAME`
     /// through `vmrun writeVariable`, read with `vmware-rpctool "info-get guestinfo.NAME"`;
     /// tart: a file in the VM's shared folder). `value` is a secret: never logged.
-    fn write_guest_data(&self, vm: &Path, name: &str, value: &str) -> Result<(), HypervisorError>;
+    fn write_guest_data(&self, vm: &VmRef, name: &str, value: &str) -> Result<(), HypervisorError>;
 
     /// How long a start may take: a restart waits this long for a start still in flight.
     fn start_timeout(&self) -> Duration;

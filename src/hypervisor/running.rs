@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::hypervisor::locks::canonical;
+use crate::hypervisor::{Hypervisor, VmRef};
 use crate::sys::condition::Condition;
 use crate::sys::log::Level;
 use crate::sys::sync::LockUnpoisoned;
@@ -219,9 +219,10 @@ impl RunningVms {
         self.lock().set.clone()
     }
 
-    pub fn contains(&self, vmx: &Path) -> Option<bool> {
-        let vmx = canonical(vmx);
-        self.lock().set.as_ref().map(|set| set.contains(&vmx))
+    /// Whether the set holds `path` ([`VmRef::dir`] for the server's VMs).
+    pub fn contains(&self, path: &Path) -> Option<bool> {
+        let path = canonical(path);
+        self.lock().set.as_ref().map(|set| set.contains(&path))
     }
 
     pub fn state(&self) -> ListState {
@@ -244,6 +245,29 @@ impl RunningVms {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock_unpoisoned()
     }
+}
+
+/// Absolute, symlink-free form, so that `/var/...` and `/private/var/...` (macOS) compare
+/// equal whichever the hypervisor prints.
+pub fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What a listing made now says runs, canonical; `None` when the hypervisor cannot tell.
+pub fn running_set(hypervisor: &dyn Hypervisor) -> Option<HashSet<PathBuf>> {
+    match hypervisor.list_running() {
+        Ok(paths) => Some(paths.iter().map(|p| canonical(p)).collect()),
+        // A failing listing is logged by the running set, once until it answers again.
+        Err(err) => {
+            crate::debug!("cannot tell which VMs run: {err}");
+            None
+        }
+    }
+}
+
+/// Whether `vm` runs, as a listing made now says; `None` when the hypervisor cannot tell.
+pub fn runs_now(hypervisor: &dyn Hypervisor, vm: &VmRef) -> Option<bool> {
+    running_set(hypervisor).map(|set| set.contains(&canonical(&vm.dir)))
 }
 
 fn apply(set: &mut HashSet<PathBuf>, vmx: &Path, runs: bool) {

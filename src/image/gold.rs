@@ -266,7 +266,7 @@ impl GoldCache {
             let Some(gold) = self.images.lookup(&checksum) else {
                 continue;
             };
-            let Some(dir) = gold.vmx.parent() else {
+            let Some(dir) = gold.config.parent() else {
                 continue;
             };
             for held in crate::hypervisor::locks::remove_dead_locks_in(dir) {

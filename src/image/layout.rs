@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hypervisor::GoldVm;
 use crate::image::error::ImageError;
 use crate::image::vm_format::{tart_file_bit, VmFormat, TART_COMPLETE};
 
@@ -30,7 +31,18 @@ pub struct GoldImage {
     pub dir: PathBuf,
     /// The gold VM's configuration, absolute: its .vmx (VMware), or its folder's
     /// `config.json` (tart).
-    pub vmx: PathBuf,
+    pub config: PathBuf,
+}
+
+impl GoldImage {
+    /// How hypervisor calls name it.
+    pub fn vm(&self) -> GoldVm<'_> {
+        GoldVm {
+            checksum: &self.checksum,
+            dir: &self.dir,
+            config: &self.config,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -131,7 +143,7 @@ impl Layout {
         match found.as_slice() {
             [vmx] => Ok(Some(GoldImage {
                 checksum: checksum.to_owned(),
-                vmx: vmx.clone(),
+                config: vmx.clone(),
                 dir,
             })),
             _ => Err(ImageError::GoldInvalid {
@@ -216,7 +228,7 @@ mod tests {
         fs::write(bundle.join("macOS.vmxf"), "x").unwrap();
         fs::write(layout.gold_dir(sum).join("__MACOSX/top/a.vmx"), "x").unwrap();
         let gold = layout.find_gold(sum).unwrap().unwrap();
-        assert_eq!(gold.vmx, bundle.join("macOS.VMX"));
+        assert_eq!(gold.config, bundle.join("macOS.VMX"));
         assert_eq!(gold.dir, layout.gold_dir(sum));
 
         fs::write(layout.gold_dir(sum).join("second.vmx"), "x").unwrap();
@@ -252,7 +264,7 @@ mod tests {
         fs::write(layout.gold_dir(sum).join("config.json"), "x").unwrap();
         fs::write(layout.gold_dir(sum).join("macOS.vmx"), "x").unwrap();
         let gold = layout.find_gold(sum).unwrap().unwrap();
-        assert_eq!(gold.vmx, vm.join("config.json"));
+        assert_eq!(gold.config, vm.join("config.json"));
 
         let other = layout.gold_dir(sum).join("other");
         fs::create_dir_all(&other).unwrap();

@@ -408,7 +408,7 @@ pub(crate) fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Resul
         .map_err(|e| ImageError::io(job.layout.gold_root(), e))?;
     Ok(GoldImage {
         checksum: job.spec.checksum.clone(),
-        vmx: gold_dir.join(&unpacked.vmx),
+        config: gold_dir.join(&unpacked.vmx),
         dir: gold_dir,
     })
 }

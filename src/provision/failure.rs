@@ -22,7 +22,7 @@ impl Provisioner {
         let Some(vm) = self.store.get(id) else {
             return;
         };
-        let vmx = self.store.vmx_path(id);
+        let vm_ref = self.store.vm_ref(id);
         let was_started = vm.status == Status::Running
             || matches!(vm.progress.phase, Phase::Starting | Phase::WaitingForIp);
         let kept = match (was_started, vm.keep, self.settings.boot.keep_failed) {
@@ -32,7 +32,7 @@ impl Provisioner {
             (true, false, None) => None,
         };
         match kept {
-            None if was_started => self.stop_failed(id, &vmx),
+            None if was_started => self.stop_failed(id, &vm_ref),
             None => {}
             Some(Kept::Asked) => crate::warn!(
                 "vm={id} failed but is left running for inspection (keep=true); DELETE it when done"
@@ -43,7 +43,7 @@ impl Provisioner {
             ),
         }
         // Read after the stop: the hypervisor writes the power-off to the log too.
-        let tail = self.hypervisor.log_tail(&vmx);
+        let tail = self.hypervisor.log_tail(&vm_ref);
         if let Some(tail) = &tail {
             let file = tail
                 .path
@@ -99,8 +99,8 @@ impl Provisioner {
 
     /// Hard, since a guest that failed may have no Tools; a fresh cancel flag, since a
     /// failed VM must stop whatever else is going on.
-    fn stop_failed(&self, id: VmId, vmx: &std::path::Path) {
-        match self.hypervisor.stop(vmx, true, &Cancel::new()) {
+    fn stop_failed(&self, id: VmId, vm: &crate::hypervisor::VmRef) {
+        match self.hypervisor.stop(vm, true, &Cancel::new()) {
             Ok(()) => crate::info!("vm={id} stopped hard: a failed VM holds no place"),
             Err(err) => crate::warn!(
                 "vm={id} failed, and stopping it hard failed too: {err}; the reconcile tries again"

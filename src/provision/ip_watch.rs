@@ -3,13 +3,12 @@
 //! vmrun says is powered off (and `list` agrees) fails at once. Answers that are no usable
 //! address (link-local, loopback, the vmnet's `.1`, a host name) mean "not yet".
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::steps::{check, sleep_unless_cancelled, Stop};
 use super::Provisioner;
 use crate::hypervisor::guest_ip::{self, IpSource};
-use crate::hypervisor::{HypervisorError, IpAnswer};
+use crate::hypervisor::{HypervisorError, IpAnswer, VmRef};
 use crate::sys::cancel::Cancel;
 use crate::vm::{Phase, Vm};
 
@@ -29,7 +28,7 @@ impl Provisioner {
         booted: Option<Instant>,
     ) -> Result<(), Stop> {
         let id = vm.id;
-        let vmx_path = self.store.vmx_path(id);
+        let vm_ref = self.store.vm_ref(id);
         let started = Instant::now();
         let mut deadline = started + self.settings.ip_wait_timeout;
         let boot_timeout = self.settings.boot.timeout;
@@ -56,9 +55,9 @@ impl Provisioner {
                     .ip_query_timeout()
                     .min(left)
                     .max(Duration::from_millis(100));
-                self.hypervisor.guest_ip_wait(&vmx_path, limit, cancel)
+                self.hypervisor.guest_ip_wait(&vm_ref, limit, cancel)
             } else {
-                self.hypervisor.guest_ip(&vmx_path, cancel)
+                self.hypervisor.guest_ip(&vm_ref, cancel)
             };
             let source = match &answer {
                 Ok(IpAnswer::Found(_, source)) => *source,
@@ -92,12 +91,10 @@ impl Provisioner {
                     last_error = None;
                 }
                 Err(HypervisorError::Cancelled { .. }) => return Err(Stop::Cancelled),
-                Err(err @ HypervisorError::NotPoweredOn { .. })
-                    if self.confirmed_off(&vmx_path) =>
-                {
+                Err(err @ HypervisorError::NotPoweredOn { .. }) if self.confirmed_off(&vm_ref) => {
                     return Err(Stop::from(err));
                 }
-                // An unreadable or vanished VMX does not heal by waiting.
+                // An unreadable or vanished VM does not heal by waiting.
                 Err(err @ HypervisorError::VmOpenError { .. }) => return Err(Stop::from(err)),
                 Err(err) => {
                     crate::warn!("vm={id} IP query failed, retrying until the deadline: {err}");
@@ -106,7 +103,7 @@ impl Provisioner {
             }
             // Tools say nothing usable: the DHCP server may know the VM's MAC address.
             if mac.is_none() {
-                mac = generated_mac(&vmx_path);
+                mac = self.hypervisor.mac_address(&vm_ref);
             }
             if let Some(ip) = mac
                 .as_deref()
@@ -121,7 +118,7 @@ impl Provisioner {
                     return Err(Stop::failed("boot-timeout", self.boot_timeout_message(vm)));
                 }
                 rebooted = true;
-                self.reboot(vm, &vmx_path, cancel)?;
+                self.reboot(vm, &vm_ref, cancel)?;
                 // The second boot gets a whole window, even past the IP deadline.
                 boot_deadline = Instant::now() + boot_timeout;
                 deadline = deadline.max(boot_deadline);
@@ -157,7 +154,7 @@ impl Provisioner {
     /// The boot watchdog's one retry: `reset hard`, or for a headless VM with
     /// `--headless-retry-gui` a `stop hard` and a `start gui` (Fusion's headless VMs that
     /// never boot may boot with a window).
-    fn reboot(&self, vm: &Vm, vmx: &Path, cancel: &Cancel) -> Result<(), Stop> {
+    fn reboot(&self, vm: &Vm, vm_ref: &VmRef, cancel: &Cancel) -> Result<(), Stop> {
         let id = vm.id;
         let waited = self.settings.boot.timeout.as_secs_f64();
         let gui = vm.headless && self.settings.boot.headless_retry_gui;
@@ -173,10 +170,10 @@ impl Provisioner {
         );
         let result = if gui {
             self.hypervisor
-                .stop(vmx, true, cancel)
-                .and_then(|()| self.hypervisor.start(vmx, false, cancel))
+                .stop(vm_ref, true, cancel)
+                .and_then(|()| self.hypervisor.start(vm_ref, false, cancel))
         } else {
-            self.hypervisor.reset(vmx, true, cancel)
+            self.hypervisor.reset(vm_ref, true, cancel)
         };
         match result {
             Ok(()) => Ok(()),
@@ -238,21 +235,9 @@ impl Provisioner {
 
     /// "Not powered on" is believed only when `list` agrees; a `list` that fails proves
     /// nothing, so the watch goes on.
-    fn confirmed_off(&self, vmx: &Path) -> bool {
-        crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
-            .is_some_and(|set| !set.contains(&crate::hypervisor::locks::canonical(vmx)))
+    fn confirmed_off(&self, vm: &VmRef) -> bool {
+        crate::hypervisor::running::runs_now(self.hypervisor.as_ref(), vm) == Some(false)
     }
-}
-
-/// The MAC VMware wrote into the VMX at power-on (`ethernet0.generatedAddress`), or the
-/// static one; `None` until there is one.
-fn generated_mac(vmx: &Path) -> Option<String> {
-    let bytes = std::fs::read(vmx).ok()?;
-    let parsed = crate::hypervisor::vmx::Vmx::parse(&bytes).ok()?;
-    parsed
-        .get("ethernet0.generatedAddress")
-        .or_else(|| parsed.get("ethernet0.address"))
-        .filter(|mac| !mac.is_empty())
 }
 
 fn unix_now() -> i64 {

@@ -1,7 +1,6 @@
 //! The steps of provisioning one VM, each recorded in the VM's `progress.phase` before it
 //! runs, so that a failure (or a crash) says where it happened.
 
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use crate::vm::VmId;
 
 use super::tasks::Task;
 use super::{Job, Provisioner};
-use crate::hypervisor::{Call, HypervisorError, VmSettings};
+use crate::hypervisor::{Call, GoldVm, HypervisorError, VmRef, VmSettings};
 use crate::image::gold_locks::GoldState;
 use crate::image::{ImageError, ImagePhase, ImageProgress};
 use crate::sys::cancel::Cancel;
@@ -158,9 +157,9 @@ impl Provisioner {
         self.gold.touch(&gold, image);
         check(cancel)?;
         // The create was admitted before the image was here to say what it needs.
-        self.hypervisor.check_fits(&gold.vmx, vm.cpus, vm.memory)?;
+        self.hypervisor.check_fits(gold.vm(), vm.cpus, vm.memory)?;
 
-        let vmx_path = self.store.vmx_path(id);
+        let vm_ref = self.store.vm_ref(id);
         {
             let lock = self.gold_locks.get(&gold.checksum);
             // A VM waiting here has run nothing yet: a DELETE takes it out of the queue.
@@ -173,7 +172,7 @@ impl Provisioner {
             let _gold_work = GoldWork(task);
             if !gold_state.snapshot_ready {
                 self.set_phase(id, Phase::Snapshotting);
-                self.hypervisor.prepare_gold(&gold.vmx)?;
+                self.hypervisor.prepare_gold(gold.vm())?;
                 gold_state.snapshot_ready = true;
             }
             check(cancel)?;
@@ -186,21 +185,17 @@ impl Provisioner {
                 .map_err(|e| Stop::failed(e.code(), e.to_string()))?;
             let cloning = Instant::now();
             // Never cancelled: killed half way, it would leave its lock on the gold VM.
-            let cloned = self
-                .hypervisor
-                .clone_vm(&gold.vmx, &vmx_path, &id.to_string(), cancel);
-            self.note_gold_blocked(&gold.checksum, &gold.vmx, &cloned);
+            let cloned = self.hypervisor.clone_vm(gold.vm(), &vm_ref, cancel);
+            self.note_gold_blocked(gold.vm(), &cloned);
             cloned?;
             self.metrics.observe_clone(cloning.elapsed());
         }
         check(cancel)?;
 
         self.set_phase(id, Phase::Configuring);
-        let name = id.to_string();
         let image = serde_json::to_value(&vm.image)
             .map_err(|e| Stop::failed("vmx-edit-failed", e.to_string()))?;
         let settings = VmSettings {
-            name: &name,
             cpus: vm.cpus,
             memory_mb: vm.memory,
             network_type: vm.network_type.as_str(),
@@ -209,7 +204,7 @@ impl Provisioner {
         };
         let configured = self
             .hypervisor
-            .configure(&vmx_path, &gold.dir, &settings, &guestinfo)?;
+            .configure(&vm_ref, gold.vm(), &settings, &guestinfo)?;
         if !configured.removed.is_empty() {
             crate::warn!(
                 "vm={id} removed {} VMX line(s) that reach outside the VM: {}",
@@ -227,12 +222,12 @@ impl Provisioner {
             }
             vm.progress.phase = Phase::Starting;
         });
-        let started = self.start_when_a_slot_frees(vm, &vmx_path, cancel);
+        let started = self.start_when_a_slot_frees(vm, &vm_ref, cancel);
         if let Err(err) = started {
             // A start has been seen to fail while the VM did start: only the listing tells,
             // and a running VM behind a failed record would hold a place.
-            let runs = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
-                .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx_path)));
+            let runs = crate::hypervisor::running::running_set(self.hypervisor.as_ref())
+                .map(|set| set.contains(&crate::hypervisor::running::canonical(&vm_ref.dir)));
             match (&err, runs) {
                 (HypervisorError::Cancelled { .. }, _) => return Err(Stop::Cancelled),
                 (_, Some(true)) => {
@@ -260,14 +255,14 @@ impl Provisioner {
     fn start_when_a_slot_frees(
         &self,
         vm: &Vm,
-        vmx: &Path,
+        vm_ref: &VmRef,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
         let running = self.hypervisor.running();
         let give_up = Instant::now() + self.settings.ip_wait_timeout;
         let mut waiting = false;
         loop {
-            match self.hypervisor.start(vmx, vm.headless, cancel) {
+            match self.hypervisor.start(vm_ref, vm.headless, cancel) {
                 Err(HypervisorError::HostLimit { call, message }) => {
                     running.note_host_full(&message);
                     if Instant::now() >= give_up {
@@ -292,7 +287,7 @@ impl Provisioner {
                                 call: Call {
                                     tool: self.hypervisor.tool(),
                                     command: "start",
-                                    vmx: Some(vmx.to_path_buf()),
+                                    vmx: Some(vm_ref.dir.clone()),
                                 },
                             });
                         }
@@ -311,39 +306,13 @@ impl Provisioner {
 
     /// Says on `/images/:checksum` and `/healthz` that the image cannot be cloned while
     /// something holds its gold VM, naming what; a clone that went through clears it.
-    fn note_gold_blocked(
-        &self,
-        checksum: &str,
-        gold_vmx: &Path,
-        cloned: &Result<(), HypervisorError>,
-    ) {
+    fn note_gold_blocked(&self, gold: GoldVm<'_>, cloned: &Result<(), HypervisorError>) {
         match cloned {
-            Ok(()) => self.gold_locks.unblock(checksum),
+            Ok(()) => self.gold_locks.unblock(gold.checksum),
             Err(err @ HypervisorError::VmLocked { .. }) => {
-                let held = gold_vmx
-                    .parent()
-                    .map(crate::hypervisor::locks::remove_dead_locks_in)
-                    .unwrap_or_default();
-                let (file, message) = match held.first() {
-                    Some(lock) => (
-                        lock.path.clone(),
-                        format!(
-                            "every clone of this image fails ({err}); {} holds its gold VM: {}. Stop that process or close the gold VM in VMware; if no VMware or vmrun process runs, remove {} by hand. The next create tries again",
-                            lock.path.display(),
-                            lock.why,
-                            lock.path.display()
-                        ),
-                    ),
-                    None => (
-                        gold_vmx.to_path_buf(),
-                        format!(
-                            "every clone of this image fails ({err}); no lock file beside {} names its holder: close the gold VM in the VMware window that has it open (or quit VMware). The next create tries again",
-                            gold_vmx.display()
-                        ),
-                    ),
-                };
-                crate::error!("gold image {checksum} is blocked: {message}");
-                self.gold_locks.block(checksum, file, message);
+                let (file, message) = self.hypervisor.gold_holder(gold, err);
+                crate::error!("gold image {} is blocked: {message}", gold.checksum);
+                self.gold_locks.block(gold.checksum, file, message);
             }
             Err(_) => {}
         }
@@ -352,9 +321,9 @@ impl Provisioner {
     /// A VM deleted while vmrun worked on its gold VM: its clone (never started) and its
     /// folder go now that the call is over.
     fn remove_handed(&self, id: VmId) {
-        let vmx = self.store.vmx_path(id);
-        if vmx.is_file() {
-            if let Err(err) = self.hypervisor.delete_vm(&vmx) {
+        let vm_ref = self.store.vm_ref(id);
+        if self.hypervisor.vm_exists(&vm_ref) {
+            if let Err(err) = self.hypervisor.delete_vm(&vm_ref) {
                 crate::warn!("vm={id} {err}; its folder is removed all the same");
             }
         }

@@ -1,44 +1,47 @@
-//! Adoption: a folder under `vms/` with a VMX and no record of ours (a VM of the original Go
-//! server, whose image is base64 JSON in the VMX `annotation`, or one whose record was lost)
-//! becomes a record, so it is listed, counted and deletable like any other.
+//! Adoption: a folder under `vms/` with a VM and no record of ours (a VM of the original Go
+//! server, whose image the VM keeps as JSON, or one whose record was lost) becomes a record,
+//! so it is listed, counted and deletable like any other.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::Service;
-use crate::hypervisor::locks::canonical;
-use crate::hypervisor::vmx::{self, Vmx};
+use crate::hypervisor::running::canonical;
+use crate::hypervisor::{Hypervisor, VmRef};
 use crate::image::{ChecksumType, ImageSpec};
 use crate::provision::Job;
 use crate::sys::sync::LockUnpoisoned;
 use crate::vm::store::RECORD_FILE;
 use crate::vm::{NetworkType, Phase, Progress, Status, Vm, VmId};
 
-/// Builds a record for a VM folder that has a VMX but no record of ours: a VM of the
-/// original Go server (its image is base64 JSON in the VMX `annotation`), or one whose
-/// record was lost.
-pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, String> {
+/// Builds a record for a VM folder that has a VM but no record of ours, from what the VM's
+/// own files tell.
+pub fn adopt(
+    hypervisor: &dyn Hypervisor,
+    dir: &Path,
+    running: Option<&HashSet<PathBuf>>,
+) -> Result<Vm, String> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("the folder name is not UTF-8")?;
     let id = VmId::parse(name).ok_or_else(|| "the folder name is not a VM id".to_string())?;
-    let vmx_path = dir.join(format!("{id}.vmx"));
-    let bytes = fs::read(&vmx_path).map_err(|e| format!("no readable {id}.vmx: {e}"))?;
-    let vmx = Vmx::parse(&bytes).map_err(|e| format!("{}: {e}", vmx_path.display()))?;
-    let number = |key: &str| vmx.get(key).and_then(|v| v.trim().parse::<u32>().ok());
-    let is_running = running.map(|set| set.contains(&canonical(&vmx_path)));
+    let found = hypervisor.find_vm(&VmRef {
+        id: id.to_string(),
+        dir: dir.to_path_buf(),
+    })?;
+    let is_running = running.map(|set| set.contains(&canonical(dir)));
     let now = crate::sys::time::rfc3339_now();
     Ok(Vm {
         id,
-        image: vmx::decode_annotation_image(&vmx).and_then(image_from_annotation),
+        image: found.image.and_then(image_from_annotation),
         name: None,
-        cpus: number("numvcpus").unwrap_or(1),
-        memory: number("memsize").unwrap_or(0),
-        network_type: vmx
-            .get("ethernet0.connectionType")
-            .and_then(|t| NetworkType::parse(&t))
+        cpus: found.cpus.unwrap_or(1),
+        memory: found.memory_mb.unwrap_or(0),
+        network_type: found
+            .network_type
+            .as_deref()
+            .and_then(NetworkType::parse)
             .unwrap_or_default(),
         headless: false,
         callback_url: None,
@@ -47,7 +50,7 @@ pub fn adopt(dir: &Path, running: Option<&HashSet<PathBuf>>) -> Result<Vm, Strin
             Some(true) => Status::Running,
             _ => Status::Stopped,
         },
-        guest_os: vmx.get("guestOS").unwrap_or_default(),
+        guest_os: found.guest_os,
         error: None,
         progress: Progress {
             phase: if is_running == Some(true) {
@@ -83,7 +86,7 @@ fn image_from_annotation(value: serde_json::Value) -> Option<ImageSpec> {
 }
 
 impl Service {
-    /// Folders in `vms/` without a record: adopted when they hold `<id>.vmx`, otherwise
+    /// Folders in `vms/` without a record: adopted when they hold a VM, otherwise
     /// reported once. Never deleted: they may be someone's work.
     pub(super) fn adopt_orphans(&self, running: Option<&HashSet<PathBuf>>) {
         let Ok(entries) = std::fs::read_dir(self.store.root()) else {
@@ -122,7 +125,7 @@ impl Service {
                 }
                 continue;
             }
-            match adopt(&dir, running) {
+            match adopt(self.hypervisor.as_ref(), &dir, running) {
                 Ok(vm) => {
                     let id = vm.id;
                     let watch = vm.progress.phase == Phase::WaitingForIp;
@@ -158,6 +161,9 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::hypervisor::vmx;
+    use std::fs;
 
     #[test]
     fn adopts_a_go_server_vm_with_its_annotation() {
@@ -171,7 +177,7 @@ mod tests {
             vmx::base64_encode(image.as_bytes())
         );
         fs::write(dir.join(format!("{id}.vmx")), vmx).unwrap();
-        let vm = adopt(&dir, Some(&HashSet::new())).unwrap();
+        let vm = adopt(&FakeHypervisor::new(), &dir, Some(&HashSet::new())).unwrap();
         assert_eq!(vm.id.to_string(), id);
         assert_eq!((vm.cpus, vm.memory), (4, 2048));
         assert_eq!(vm.network_type, NetworkType::Bridged);
@@ -179,8 +185,8 @@ mod tests {
         let image = vm.image.unwrap();
         assert_eq!(image.checksum, "5cf00d380e28d02f30efaceafef7c7c8bdedae33");
 
-        let running: HashSet<PathBuf> = [canonical(&dir.join(format!("{id}.vmx")))].into();
-        let vm = adopt(&dir, Some(&running)).unwrap();
+        let running: HashSet<PathBuf> = [canonical(&dir)].into();
+        let vm = adopt(&FakeHypervisor::new(), &dir, Some(&running)).unwrap();
         assert_eq!(vm.status, Status::Running);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -190,10 +196,14 @@ mod tests {
         let root = crate::sys::scratch::dir("adopt-refuse");
         let dir = root.join("not-an-id");
         fs::create_dir_all(&dir).unwrap();
-        assert!(adopt(&dir, None).unwrap_err().contains("not a VM id"));
+        assert!(adopt(&FakeHypervisor::new(), &dir, None)
+            .unwrap_err()
+            .contains("not a VM id"));
         let dir = root.join("282ee68a-2e4d-4bd7-9c0e-7f37e12fc489");
         fs::create_dir_all(&dir).unwrap();
-        assert!(adopt(&dir, None).unwrap_err().contains("no readable"));
+        assert!(adopt(&FakeHypervisor::new(), &dir, None)
+            .unwrap_err()
+            .contains("no readable"));
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -167,7 +167,7 @@ impl Service {
         };
         match self
             .hypervisor
-            .check_fits(&gold.vmx, request.cpus, request.memory)
+            .check_fits(gold.vm(), request.cpus, request.memory)
         {
             Err(err @ crate::hypervisor::HypervisorError::BelowMinimum { .. }) => {
                 Err(Error::Invalid {
@@ -390,7 +390,7 @@ impl Service {
         if self.store.get(id).is_none() {
             return Err(Error::VmNotFound);
         }
-        match self.hypervisor.open_log(&self.store.vmx_path(id)) {
+        match self.hypervisor.open_log(&self.store.vm_ref(id)) {
             Ok(Some(opened)) => Ok(opened),
             Ok(None) => Err(Error::VmLogNotFound(id)),
             Err(err) => Err(Error::Internal(format!(
@@ -626,9 +626,10 @@ impl Service {
         if let Err(err) = self.destroy_files(id, &before) {
             // The VM is still there: show it as it was, not half-deleted, but powered on or
             // off as it now is: the stop may have gone through before deleteVM failed.
-            let vmx = crate::hypervisor::locks::canonical(&self.store.vmx_path(id));
-            let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
-                .map(|set| set.contains(&vmx));
+            let running = crate::hypervisor::running::runs_now(
+                self.hypervisor.as_ref(),
+                &self.store.vm_ref(id),
+            );
             self.update_or_remember(id, |vm| {
                 vm.progress.phase = before.progress.phase;
                 match (vm.status, running) {
@@ -649,34 +650,32 @@ impl Service {
     }
 
     fn destroy_files(&self, id: VmId, before: &Vm) -> Result<(), Error> {
-        let vmx = self.store.vmx_path(id);
-        if never_cloned(before) && !vmx.exists() {
-            // Deleted while it waited (for its image, for the gold VM): vmrun never heard
-            // of it, and nothing is asked of vmrun now.
+        let vm = self.store.vm_ref(id);
+        if never_cloned(before) && !self.hypervisor.vm_exists(&vm) {
+            // Deleted while it waited (for its image, for the gold VM): the hypervisor
+            // never heard of it, and nothing is asked of it now.
             return Ok(());
         }
         // vmrun knows a running VM by its path even when its VMX was removed behind our
-        // back: always ask it to stop, or such a VM would run on with no record.
+        // back: always ask for a stop, or such a VM would run on with no record.
         self.hypervisor
-            .stop(&vmx, true, &crate::sys::cancel::Cancel::new())
+            .stop(&vm, true, &crate::sys::cancel::Cancel::new())
             .or_else(tolerate_unopenable)
             .map_err(delete_error)?;
-        if !vmx.exists() {
-            // Failed before the clone, or removed: nothing of VMware's is left to delete.
+        if !self.hypervisor.vm_exists(&vm) {
+            // Failed before the clone, or removed: nothing of the hypervisor's is left.
             return Ok(());
         }
         // VMware can release its locks (and its "powered on" state) a moment after
         // power-off: Packer waits up to 120 s; this waits up to about a minute.
         let mut attempt = 0;
         loop {
-            match self.hypervisor.delete_vm(&vmx) {
+            match self.hypervisor.delete_vm(&vm) {
                 Ok(()) => return Ok(()),
                 // Still listed as running: the stop did not take, and waiting will not help.
                 Err(err @ HypervisorError::AlreadyRunning { .. })
-                    if crate::hypervisor::locks::running_set(self.hypervisor.as_ref())
-                        .is_none_or(|set| {
-                            set.contains(&crate::hypervisor::locks::canonical(&vmx))
-                        }) =>
+                    if crate::hypervisor::running::runs_now(self.hypervisor.as_ref(), &vm)
+                        != Some(false) =>
                 {
                     return Err(delete_error(err));
                 }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::Service;
-use crate::hypervisor::Ended;
+use crate::hypervisor::{Ended, VmRef};
 use crate::provision::Job;
 use crate::vm::store::Durability;
 use crate::vm::{Phase, Status, Vm, VmId};
@@ -28,7 +28,7 @@ impl Service {
     /// running/stopped, a record whose folder vanished is failed, a VM folder no record
     /// knows is adopted or reported.
     pub fn reconcile(self: &Arc<Self>, when: Reconcile) {
-        let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+        let running = crate::hypervisor::running::running_set(self.hypervisor.as_ref());
         for id in self.store.ids() {
             if self.tasks.is_busy(id) {
                 continue;
@@ -36,10 +36,10 @@ impl Service {
             let Some(mut vm) = self.store.get(id) else {
                 continue;
             };
-            let vmx = self.store.vmx_path(id);
+            let vm_ref = self.store.vm_ref(id);
             let runs = running
                 .as_ref()
-                .map(|set| set.contains(&crate::hypervisor::locks::canonical(&vmx)));
+                .map(|set| set.contains(&crate::hypervisor::running::canonical(&vm_ref.dir)));
             if when == Reconcile::Startup {
                 if let Some(deadline) = self.start_in_flight_until(&vm, runs) {
                     // Its locks are the start's own, and whether it runs is not known yet.
@@ -50,8 +50,7 @@ impl Service {
                 // when it died with the host make start and deleteVM answer "in use", and a
                 // VM interrupted mid-provisioning or mid-delete has them as much as any.
                 if let (Some(false), Some(running)) = (runs, &running) {
-                    self.hypervisor
-                        .remove_stale_locks(&self.store.vmx_path(id), running);
+                    self.hypervisor.remove_stale_locks(&vm_ref, running);
                 }
                 self.recover_interrupted(&vm, runs);
                 match self.store.get(id) {
@@ -63,9 +62,9 @@ impl Service {
                 continue;
             }
             let has_vm = matches!(vm.status, Status::Running | Status::Stopped);
-            if has_vm && !vmx.exists() {
+            if has_vm && !self.hypervisor.vm_exists(&vm_ref) {
                 if vm.error.is_none() {
-                    self.files_missing(id, &vmx);
+                    self.files_missing(id, &self.hypervisor.vm_file(&vm_ref));
                 }
                 continue;
             }
@@ -76,7 +75,7 @@ impl Service {
                     crate::info!("vm={id} is running again");
                     self.update(id, |vm| vm.status = Status::Running);
                 }
-                (Status::Failed, true) => self.failed_but_running(&vm, &vmx),
+                (Status::Failed, true) => self.failed_but_running(&vm, &vm_ref),
                 _ => {}
             }
         }
@@ -95,8 +94,8 @@ impl Service {
             return;
         };
         for id in self.store.ids_with_status(Status::Running) {
-            let vmx = self.store.vmx_path(id);
-            if running.contains(&crate::hypervisor::locks::canonical(&vmx)) {
+            let dir = self.store.vm_dir(id);
+            if running.contains(&crate::hypervisor::running::canonical(&dir)) {
                 continue;
             }
             let task = self.tasks.get(id);
@@ -108,7 +107,7 @@ impl Service {
                 continue;
             };
             let still = vm.status == Status::Running && vm.progress.phase != Phase::Deleting;
-            if still && self.hypervisor.running().contains(&vmx) == Some(false) {
+            if still && self.hypervisor.running().contains(&dir) == Some(false) {
                 self.no_longer_running(&vm);
             }
         }
@@ -119,7 +118,7 @@ impl Service {
     /// log says it died.
     fn no_longer_running(&self, vm: &Vm) {
         let id = vm.id;
-        match self.hypervisor.ended(&self.store.vmx_path(id)) {
+        match self.hypervisor.ended(&self.store.vm_ref(id)) {
             Ended::PoweredOff => {
                 crate::warn!("vm={id} is no longer running");
                 self.update(id, |vm| vm.status = Status::Stopped);
@@ -140,8 +139,8 @@ impl Service {
     /// Someone removed the VM's files (Fusion's "Move to Trash", a clean-up script). The
     /// record says so until the VM is deleted; if the whole folder went, the record went
     /// with it and the change lives in memory only.
-    fn files_missing(&self, id: VmId, vmx: &Path) {
-        crate::warn!("vm={id} its VMX {} is gone", vmx.display());
+    fn files_missing(&self, id: VmId, file: &Path) {
+        crate::warn!("vm={id} its file {} is gone", file.display());
         let durability = if self.store.vm_dir(id).exists() {
             Durability::Disk
         } else {
@@ -149,7 +148,7 @@ impl Service {
         };
         let message = format!(
             "the VM's files are gone ({} is missing): someone removed them outside osx-builder; delete this VM",
-            vmx.display()
+            file.display()
         );
         if let Err(err) = self
             .store
@@ -236,14 +235,14 @@ impl Service {
         crate::warn!(
             "vm={id} was at step starting when the server stopped and vmrun does not list it yet: waiting up to {secs} s for its start to end"
         );
-        let vmx = self.store.vmx_path(id);
+        let vm_ref = self.store.vm_ref(id);
         let running = loop {
             if task.cancel.is_cancelled() || self.store.get(id).is_none() {
                 return;
             }
-            let running = crate::hypervisor::locks::running_set(self.hypervisor.as_ref());
+            let running = crate::hypervisor::running::running_set(self.hypervisor.as_ref());
             if let Some(set) = &running {
-                if set.contains(&crate::hypervisor::locks::canonical(&vmx)) {
+                if set.contains(&crate::hypervisor::running::canonical(&vm_ref.dir)) {
                     crate::warn!(
                         "vm={id} its interrupted start went through: running, watching for its IP"
                     );
@@ -262,8 +261,7 @@ impl Service {
             thread::sleep(START_POLL);
         };
         if let Some(running) = &running {
-            self.hypervisor
-                .remove_stale_locks(&self.store.vmx_path(id), running);
+            self.hypervisor.remove_stale_locks(&vm_ref, running);
         }
         crate::warn!("vm={id} provisioning was interrupted at step starting and it never ran");
         self.update(id, |vm| {
@@ -274,7 +272,7 @@ impl Service {
     /// vmrun runs a VM whose record says it failed. A start that a stop of the server cut
     /// short and that went through after all is ours: the VM is running again. Anything
     /// else is stopped: a failed VM must not run on unseen, holding a slot and memory.
-    fn failed_but_running(&self, vm: &Vm, vmx: &Path) {
+    fn failed_but_running(&self, vm: &Vm, vm_ref: &VmRef) {
         let id = vm.id;
         let interrupted_start = vm.error.as_ref().is_some_and(|e| {
             e.code == INTERRUPTED && e.message == interrupted_message(Phase::Starting)
@@ -299,7 +297,7 @@ impl Service {
         crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
         match self
             .hypervisor
-            .stop(vmx, true, &crate::sys::cancel::Cancel::new())
+            .stop(vm_ref, true, &crate::sys::cancel::Cancel::new())
         {
             Ok(()) => crate::info!("vm={id} stopped"),
             Err(err) => crate::warn!("vm={id} failed and still runs: stop hard failed: {err}"),

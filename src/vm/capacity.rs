@@ -167,8 +167,8 @@ mod tests {
         // The running VM of ours is not counted twice; the failed one that still runs and
         // a stranger's VM are.
         let running: HashSet<PathBuf> = [
-            crate::hypervisor::locks::canonical(&store.vmx_path(ids[1])),
-            crate::hypervisor::locks::canonical(&store.vmx_path(ids[3])),
+            crate::hypervisor::running::canonical(&store.vm_dir(ids[1])),
+            crate::hypervisor::running::canonical(&store.vm_dir(ids[3])),
             PathBuf::from("/Users/someone/Virtual Machines/other.vmx"),
         ]
         .into();

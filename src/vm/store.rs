@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use crate::hypervisor::VmRef;
 use crate::vm::VmId;
 
 use super::journal::{Journal, Line, JOURNAL_FILE};
@@ -223,9 +224,12 @@ impl VmStore {
         self.root.join(id.to_string())
     }
 
-    /// `vms/<id>/<id>.vmx`, the original's layout.
-    pub fn vmx_path(&self, id: VmId) -> PathBuf {
-        self.vm_dir(id).join(format!("{id}.vmx"))
+    /// How hypervisor calls name the VM: its id and its folder.
+    pub fn vm_ref(&self, id: VmId) -> VmRef {
+        VmRef {
+            id: id.to_string(),
+            dir: self.vm_dir(id),
+        }
     }
 
     /// Writes a VM's record in its folder and makes it visible: for a folder that is
@@ -519,15 +523,16 @@ impl VmStore {
         rows.into_iter().map(|(_, json)| json).collect()
     }
 
-    /// Each VM's canonical VMX path, status and phase as reads see them: what admission
-    /// counts, without waiting on a record's disk write or copying a record.
+    /// Each VM's canonical folder (how the running set knows it), status and phase as reads
+    /// see them: what admission counts, without waiting on a record's disk write or copying
+    /// a record.
     pub fn for_each_state(&self, mut visit: impl FnMut(&Path, Status, Phase)) {
         for (id, slot) in self.read_slots().iter() {
             let (status, phase) = {
                 let visible = slot.json.read_unpoisoned();
                 (visible.status, visible.phase)
             };
-            visit(&self.canonical_vmx(*id), status, phase);
+            visit(&self.canonical_root.join(id.to_string()), status, phase);
         }
     }
 
@@ -562,14 +567,6 @@ impl VmStore {
                 visit(*id, pool, visible.status, visible.phase);
             }
         }
-    }
-
-    /// [`vmx_path`](Self::vmx_path) with the data folder's symlinks resolved, as
-    /// [`crate::hypervisor::locks::canonical`] gives it for the VMX of a VM folder that is no link.
-    fn canonical_vmx(&self, id: VmId) -> PathBuf {
-        self.canonical_root
-            .join(id.to_string())
-            .join(format!("{id}.vmx"))
     }
 
     fn slot(&self, id: VmId) -> Option<Arc<Slot>> {

@@ -6,9 +6,10 @@
 //! whole life: it is started in its own session with its output in a log file of the VM's
 //! folder (`runner`), so that VMs outlive the server.
 //!
-//! A VM of the server is the tart VM `osxb-<id>` (its record stays at `vms/<id>/` of the
-//! data folder, whose `<id>.vmx` path names it to the rest of the server); a gold image is
-//! `osxb-gold-<checksum>`. Names without the prefix are a person's own: never touched.
+//! A VM of the server is the tart VM `osxb-<id>` (its record, runner log and guest folder
+//! stay in its folder `vms/<id>/` of the data folder, with a mark of the clone, see
+//! [`marker`]); a gold image is `osxb-gold-<checksum>`. Names without the prefix are a
+//! person's own: never touched.
 
 mod errors;
 mod gold;
@@ -29,7 +30,8 @@ use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
 use crate::hypervisor::vmware_log;
 use crate::hypervisor::{
-    Call, Configured, Ended, Hypervisor, HypervisorError, IpAnswer, LogTail, VmSettings,
+    Call, Configured, Ended, FoundVm, GoldVm, Hypervisor, HypervisorError, IpAnswer, LogTail,
+    VmRef, VmSettings,
 };
 use crate::sys::cancel::Cancel;
 use crate::sys::sync::LockUnpoisoned;
@@ -125,7 +127,15 @@ pub struct Tart {
     running: Arc<RunningVms>,
 }
 
-/// The tart name of the VM whose record path is `vms/<id>/<id>.vmx`.
+/// The mark of a clone the server began, in the VM's folder: the driver stops and deletes
+/// the tart VM of that name only when it is there (a name found taken is never its to
+/// touch). It is `<id>.vmx`, the file name the original's layout gives a VM's folder, so that
+/// folders made by earlier versions of this driver keep being known.
+pub fn marker(vm: &VmRef) -> PathBuf {
+    vm.dir.join(format!("{}.vmx", vm.id))
+}
+
+/// The tart name of the VM whose mark is `vm` ([`marker`]).
 pub fn vm_name(vm: &Path) -> String {
     let stem = vm
         .file_stem()
@@ -134,23 +144,13 @@ pub fn vm_name(vm: &Path) -> String {
     format!("{PREFIX}{stem}")
 }
 
-/// The tart name of a gold image, from its published `config.json` path
-/// (`gold/<checksum>/.../config.json`).
-fn gold_name(gold: &Path) -> String {
-    let checksum = gold
-        .ancestors()
-        .find(|p| p.parent().is_some_and(|parent| parent.ends_with("gold")))
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "unknown".into());
-    gold_vm_name(&checksum)
-}
-
-/// How configure asked the VM to be run.
+/// How configure asked the VM to be run, and where it came from (for a record lost).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
 struct RunSpec {
     network_type: String,
     headless: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<serde_json::Value>,
 }
 
 impl Tart {
@@ -283,19 +283,32 @@ impl Tart {
             .collect())
     }
 
+    /// The `config.json` of the local tart VM `name`.
+    fn config_of(&self, name: &str) -> PathBuf {
+        self.settings
+            .home
+            .join("vms")
+            .join(name)
+            .join("config.json")
+    }
+
     fn exists(&self, name: &str) -> bool {
         let dir = self.settings.home.join("vms").join(name);
         dir.join("config.json").exists() || dir.exists()
     }
 
-    fn run_spec(vm: &Path) -> RunSpec {
+    fn read_run_spec(vm: &Path) -> Option<RunSpec> {
         vm.parent()
             .and_then(|dir| fs::read(dir.join(RUN_FILE)).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or(RunSpec {
-                network_type: "nat".into(),
-                headless: true,
-            })
+    }
+
+    fn run_spec(vm: &Path) -> RunSpec {
+        Self::read_run_spec(vm).unwrap_or(RunSpec {
+            network_type: "nat".into(),
+            headless: true,
+            image: None,
+        })
     }
 }
 
@@ -366,7 +379,7 @@ impl Hypervisor for Tart {
         &self.running
     }
 
-    /// The record paths (`vms/<id>/<id>.vmx`) of this server's VMs that tart lists running.
+    /// The folders (`vms/<id>`) of this server's VMs that tart lists running.
     fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
         let ticket = self.running.begin();
         let listed = self.list_ours().map(|vms| {
@@ -374,8 +387,7 @@ impl Hypervisor for Tart {
                 .filter(|(_, running)| *running)
                 .filter_map(|(name, _)| {
                     let id = name.strip_prefix(PREFIX)?;
-                    (!id.starts_with("gold-"))
-                        .then(|| self.settings.vms_dir.join(id).join(format!("{id}.vmx")))
+                    (!id.starts_with("gold-")).then(|| self.settings.vms_dir.join(id))
                 })
                 .collect::<Vec<_>>()
         });
@@ -389,8 +401,8 @@ impl Hypervisor for Tart {
     /// Imports the published gold folder as the local tart VM `osxb-gold-<checksum>`: hard
     /// links of its three files (no copy; a clone of it is copy-on-write and does not
     /// depend on it afterwards).
-    fn prepare_gold(&self, gold: &Path) -> Result<(), HypervisorError> {
-        let name = gold_name(gold);
+    fn prepare_gold(&self, gold: GoldVm<'_>) -> Result<(), HypervisorError> {
+        let name = gold_vm_name(gold.checksum);
         let dst = self.settings.home.join("vms").join(&name);
         if dst.join("config.json").is_file()
             && dst.join("disk.img").is_file()
@@ -398,7 +410,7 @@ impl Hypervisor for Tart {
         {
             return Ok(());
         }
-        let src = gold.parent().unwrap_or(Path::new("/"));
+        let src = gold.config.parent().unwrap_or(Path::new("/"));
         let refused = |e: std::io::Error| {
             HypervisorError::Refused {
             code: "gold-import-failed",
@@ -446,19 +458,24 @@ impl Hypervisor for Tart {
 
     /// `tart set` refuses less than the VM's `cpuCountMin` and `memorySizeMin` (bytes), but
     /// only after the clone: the gold's `config.json` (`gold`) says so before.
-    fn check_fits(&self, gold: &Path, cpus: u32, memory_mb: u32) -> Result<(), HypervisorError> {
-        gold::check_fits(gold, cpus, memory_mb)
+    fn check_fits(
+        &self,
+        gold: GoldVm<'_>,
+        cpus: u32,
+        memory_mb: u32,
+    ) -> Result<(), HypervisorError> {
+        gold::check_fits(gold.config, cpus, memory_mb)
     }
 
     /// `tart clone` overwrites an existing name without a word: a name that exists is
     /// refused instead.
     fn clone_vm(
         &self,
-        gold: &Path,
-        vm: &Path,
-        _name: &str,
+        gold: GoldVm<'_>,
+        vm: &VmRef,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
+        let vm = &marker(vm);
         let name = vm_name(vm);
         if self.exists(&name) {
             return Err(HypervisorError::Refused {
@@ -470,9 +487,7 @@ impl Hypervisor for Tart {
                 ),
             });
         }
-        // The record folder's marker, written before the clone: the rest of the server
-        // knows a VM by this path, and the driver stops and deletes a tart VM of that name
-        // only when it is there (a name it found taken is never its to touch).
+        // The mark, written before the clone: from here the name is the server's.
         if let Some(dir) = vm.parent() {
             fs::create_dir_all(dir)
                 .and_then(|()| fs::write(vm, format!("# tart VM {name}\n")))
@@ -481,7 +496,7 @@ impl Hypervisor for Tart {
                     message: format!("cannot write {}: {e}", vm.display()),
                 })?;
         }
-        let args: [OsString; 2] = [gold_name(gold).into(), name.clone().into()];
+        let args: [OsString; 2] = [gold_vm_name(gold.checksum).into(), name.clone().into()];
         self.call(
             "clone",
             Some(&name),
@@ -492,13 +507,55 @@ impl Hypervisor for Tart {
         Ok(())
     }
 
+    fn vm_file(&self, vm: &VmRef) -> PathBuf {
+        marker(vm)
+    }
+
+    /// A folder with the mark and no record: its tart VM's `config.json` and the run spec
+    /// written at configure say what it was made as.
+    fn find_vm(&self, vm: &VmRef) -> Result<FoundVm, String> {
+        let mark = marker(vm);
+        if !mark.is_file() {
+            return Err(format!(
+                "no {} (the mark of a clone this server began)",
+                mark.display()
+            ));
+        }
+        let name = vm_name(&mark);
+        let config = self.config_of(&name);
+        let config: serde_json::Value = fs::read(&config)
+            .map_err(|e| {
+                format!(
+                    "its tart VM {name} has no readable {}: {e}",
+                    config.display()
+                )
+            })
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", config.display()))
+            })?;
+        let number = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+        let spec = Self::read_run_spec(&mark);
+        Ok(FoundVm {
+            cpus: number("cpuCount").and_then(|n| u32::try_from(n).ok()),
+            memory_mb: number("memorySize").and_then(|n| u32::try_from(n >> 20).ok()),
+            network_type: spec.as_ref().map(|s| s.network_type.clone()),
+            guest_os: config
+                .get("os")
+                .and_then(|o| o.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            image: spec.and_then(|s| s.image),
+        })
+    }
+
     fn configure(
         &self,
-        vm: &Path,
-        _gold_dir: &Path,
+        vm: &VmRef,
+        _gold: GoldVm<'_>,
         settings: &VmSettings<'_>,
         guestinfo: &GuestInfo,
     ) -> Result<Configured, HypervisorError> {
+        let vm = &marker(vm);
         let name = vm_name(vm);
         let args: [OsString; 5] = [
             name.clone().into(),
@@ -528,19 +585,14 @@ impl Hypervisor for Tart {
         let spec = RunSpec {
             network_type: settings.network_type.to_string(),
             headless: settings.headless,
+            image: Some(settings.image.clone()),
         };
         fs::write(
             dir.join(RUN_FILE),
             serde_json::to_vec(&spec).unwrap_or_default(),
         )
         .map_err(failed)?;
-        let config = self
-            .settings
-            .home
-            .join("vms")
-            .join(&name)
-            .join("config.json");
-        let guest_os = fs::read(&config)
+        let guest_os = fs::read(self.config_of(&name))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|c| c.get("os").and_then(|o| o.as_str()).map(str::to_string))
@@ -552,19 +604,16 @@ impl Hypervisor for Tart {
     }
 
     /// tart keeps no lock that outlives its runner: nothing goes stale.
-    fn remove_stale_locks(&self, _vm: &Path, _running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+    fn remove_stale_locks(&self, _vm: &VmRef, _running: &HashSet<PathBuf>) -> Vec<PathBuf> {
         Vec::new()
     }
 
-    fn open_log(&self, vm: &Path) -> std::io::Result<Option<(File, u64)>> {
-        vmware_log::open_file(vm.parent().unwrap_or(Path::new("/")), RUN_LOG)
+    fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(File, u64)>> {
+        vmware_log::open_file(&vm.dir, RUN_LOG)
     }
 
-    fn ended(&self, vm: &Path) -> Ended {
-        let Some(dir) = vm.parent() else {
-            return Ended::PoweredOff;
-        };
-        let lines = vmware_log::tail_file(dir, RUN_LOG, 400).unwrap_or_default();
+    fn ended(&self, vm: &VmRef) -> Ended {
+        let lines = vmware_log::tail_file(&vm.dir, RUN_LOG, 400).unwrap_or_default();
         match runner::ended(&lines.join("\n")) {
             Ok(()) => Ended::PoweredOff,
             Err(message) => Ended::Died {
@@ -574,8 +623,8 @@ impl Hypervisor for Tart {
         }
     }
 
-    fn log_tail(&self, vm: &Path) -> Option<LogTail> {
-        let dir = vm.parent()?;
+    fn log_tail(&self, vm: &VmRef) -> Option<LogTail> {
+        let dir = &vm.dir;
         let lines = vmware_log::tail_file(dir, RUN_LOG, vmware_log::TAIL_LINES)?;
         (!lines.is_empty()).then(|| LogTail {
             path: dir.join(RUN_LOG),
@@ -583,7 +632,13 @@ impl Hypervisor for Tart {
         })
     }
 
-    fn start(&self, vm: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn start(
+        &self,
+        vm_ref: &VmRef,
+        headless: bool,
+        cancel: &Cancel,
+    ) -> Result<(), HypervisorError> {
+        let vm = &marker(vm_ref);
         let spec = Self::run_spec(vm);
         runner::start(
             self,
@@ -592,12 +647,13 @@ impl Hypervisor for Tart {
             &spec.network_type,
             cancel,
         )?;
-        self.running.changed(vm, true);
+        self.running.changed(&vm_ref.dir, true);
         Ok(())
     }
 
     /// `tart stop` is a power-off (SIGINT to the runner, then SIGKILL): `hard` waits less.
-    fn stop(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn stop(&self, vm_ref: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let vm = &marker(vm_ref);
         let name = vm_name(vm);
         if !is_ours(vm) {
             return Ok(());
@@ -617,7 +673,7 @@ impl Hypervisor for Tart {
         ) {
             Ok(_)
             | Err(HypervisorError::NotPoweredOn { .. } | HypervisorError::VmOpenError { .. }) => {
-                self.running.changed(vm, false);
+                self.running.changed(&vm_ref.dir, false);
                 Ok(())
             }
             Err(err) => Err(err),
@@ -632,13 +688,14 @@ impl Hypervisor for Tart {
         "no address for the guest from tart ip (no DHCP lease, or nothing in the ARP cache when bridged)"
     }
 
-    fn reset(&self, vm: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn reset(&self, vm: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         self.stop(vm, hard, cancel)?;
-        runner::wait_stopped(self, vm, self.settings.timeouts.stop);
+        runner::wait_stopped(self, &marker(vm), self.settings.timeouts.stop);
         self.start(vm, true, cancel)
     }
 
-    fn delete_vm(&self, vm: &Path) -> Result<(), HypervisorError> {
+    fn delete_vm(&self, vm_ref: &VmRef) -> Result<(), HypervisorError> {
+        let vm = &marker(vm_ref);
         let name = vm_name(vm);
         if !is_ours(vm) {
             return Ok(());
@@ -651,7 +708,7 @@ impl Hypervisor for Tart {
             None,
         ) {
             Ok(_) | Err(HypervisorError::VmOpenError { .. }) => {
-                self.running.changed(vm, false);
+                self.running.changed(&vm_ref.dir, false);
                 let _ = fs::remove_file(vm);
                 Ok(())
             }
@@ -659,22 +716,28 @@ impl Hypervisor for Tart {
         }
     }
 
-    fn guest_ip(&self, vm: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
-        ip(self, vm, None, cancel)
+    fn guest_ip(&self, vm: &VmRef, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+        ip(self, &marker(vm), None, cancel)
     }
 
     fn guest_ip_wait(
         &self,
-        vm: &Path,
+        vm: &VmRef,
         limit: Duration,
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError> {
-        ip(self, vm, Some(limit), cancel)
+        ip(self, &marker(vm), Some(limit), cancel)
     }
 
     /// A file in the VM's shared folder: the host may write it while the VM runs.
-    fn write_guest_data(&self, vm: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
-        let dir = vm.parent().unwrap_or(Path::new("/")).join(GUEST_DIR);
+    fn write_guest_data(
+        &self,
+        vm_ref: &VmRef,
+        name: &str,
+        value: &str,
+    ) -> Result<(), HypervisorError> {
+        let vm = &marker(vm_ref);
+        let dir = vm_ref.dir.join(GUEST_DIR);
         write_guest_file(&dir, name, value).map_err(|e| HypervisorError::Refused {
             code: "guestinfo-write-failed",
             message: format!(

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::config;
 use crate::hypervisor::process::{self, RunError};
-use crate::hypervisor::running::RunningVms;
-use crate::hypervisor::{locks, Configured, Ended, LogTail, VmSettings};
+use crate::hypervisor::running::{running_set, RunningVms};
+use crate::hypervisor::{locks, Configured, Ended, FoundVm, GoldVm, LogTail, VmRef, VmSettings};
 use crate::sys::cancel::Cancel;
 use crate::sys::log::{self, Fields, Level};
 use crate::sys::sync::LockUnpoisoned;
@@ -469,13 +469,21 @@ impl super::Hypervisor for Vmrun {
         &self.running
     }
 
-    /// VMX paths of the running VMs.
+    /// The running VMs: the server's by their folders, others by their VMX paths.
     fn list_running(&self) -> Result<Vec<PathBuf>, HypervisorError> {
         let timeout = self.settings.timeouts.list;
         let ticket = self.running.begin();
         let listed = self.call("list", None, &[], timeout, None, |call, stdout| {
             output::parse_list(stdout)
-                .map(|paths| (paths, OK))
+                .map(|paths| {
+                    (
+                        paths
+                            .iter()
+                            .map(|p| vm_ops::running_key(p))
+                            .collect::<Vec<_>>(),
+                        OK,
+                    )
+                })
                 .map_err(|problem| bad_output(call, problem, stdout))
         });
         match &listed {
@@ -485,57 +493,71 @@ impl super::Hypervisor for Vmrun {
         listed
     }
 
-    fn prepare_gold(&self, gold_vmx: &Path) -> Result<(), HypervisorError> {
-        vm_ops::prepare_gold(self, gold_vmx)
+    fn prepare_gold(&self, gold: GoldVm<'_>) -> Result<(), HypervisorError> {
+        vm_ops::prepare_gold(self, gold.config)
     }
 
     fn clone_vm(
         &self,
-        gold_vmx: &Path,
-        vmx: &Path,
-        name: &str,
+        gold: GoldVm<'_>,
+        vm: &VmRef,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError> {
-        vm_ops::clone_vm(self, gold_vmx, vmx, name, cancel)
+        vm_ops::clone_vm(self, gold.config, &vm_ops::vmx_of(vm), &vm.id, cancel)
+    }
+
+    fn gold_holder(&self, gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String) {
+        vm_ops::gold_holder(gold, err)
+    }
+
+    fn vm_file(&self, vm: &VmRef) -> PathBuf {
+        vm_ops::vmx_of(vm)
+    }
+
+    fn find_vm(&self, vm: &VmRef) -> Result<FoundVm, String> {
+        vm_ops::find_vm(vm)
+    }
+
+    fn mac_address(&self, vm: &VmRef) -> Option<String> {
+        vm_ops::mac_address(vm)
     }
 
     fn configure(
         &self,
-        vmx: &Path,
-        gold_dir: &Path,
+        vm: &VmRef,
+        gold: GoldVm<'_>,
         settings: &VmSettings<'_>,
         guestinfo: &GuestInfo,
     ) -> Result<Configured, HypervisorError> {
-        vm_ops::configure(vmx, gold_dir, self.settings.strict_vmx, settings, guestinfo)
+        vm_ops::configure(vm, gold.dir, self.settings.strict_vmx, settings, guestinfo)
     }
 
     /// VMware leaves lock folders behind when the host or its process dies, and then
     /// refuses to start the VM with "The file is already in use".
-    fn remove_stale_locks(&self, vmx: &Path, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
-        vmx.parent()
-            .map(|dir| locks::remove_locks_in(dir, running))
-            .unwrap_or_default()
+    fn remove_stale_locks(&self, vm: &VmRef, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
+        locks::remove_locks_in(&vm.dir, running)
     }
 
-    fn open_log(&self, vmx: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
-        vm_ops::open_log(vmx)
+    fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(std::fs::File, u64)>> {
+        vm_ops::open_log(&vm_ops::vmx_of(vm))
     }
 
-    fn log_tail(&self, vmx: &Path) -> Option<LogTail> {
-        vm_ops::log_tail(vmx)
+    fn log_tail(&self, vm: &VmRef) -> Option<LogTail> {
+        vm_ops::log_tail(&vm_ops::vmx_of(vm))
     }
 
     /// Powers the VM on. Returns when it begins to boot, not when the guest is up.
     /// Clears the VM's stale `.lck` folders first (VMware's alone: it refuses a start with
     /// "The file is already in use" while one is left from a crash), unless `list` shows the
     /// VM running or cannot tell.
-    fn start(&self, vmx: &Path, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn start(&self, vm: &VmRef, headless: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
         // A start cancelled beforehand runs no vmrun at all, not even the listing.
         if !cancel.is_cancelled() {
-            if let Some(running) = locks::running_set(self) {
-                self.remove_stale_locks(vmx, &running);
+            if let Some(running) = running_set(self) {
+                self.remove_stale_locks(vm, &running);
             }
         }
+        let vmx = &vm_ops::vmx_of(vm);
         let mode = if headless { "nogui" } else { "gui" };
         let timeout = self.settings.timeouts.start;
         self.call(
@@ -546,13 +568,14 @@ impl super::Hypervisor for Vmrun {
             Some(cancel),
             no_answer,
         )?;
-        self.running.changed(vmx, true);
+        self.running.changed(&vm.dir, true);
         Ok(())
     }
 
     /// Powers the VM off; `hard` does not need VMware Tools (a `soft` stop can hang without
     /// them). A VM that is already off counts as stopped.
-    fn stop(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn stop(&self, vm: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         let mode = if hard { "hard" } else { "soft" };
         let timeout = self.settings.timeouts.stop;
         let result = self.call_raw("stop", Some(vmx), &[mode.into()], timeout, Some(cancel));
@@ -564,12 +587,13 @@ impl super::Hypervisor for Vmrun {
                 other => Err(other),
             },
         )?;
-        self.running.changed(vmx, false);
+        self.running.changed(&vm.dir, false);
         Ok(())
     }
 
     /// Reboots the VM; `hard` does not need VMware Tools (a guest hung at boot has none).
-    fn reset(&self, vmx: &Path, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+    fn reset(&self, vm: &VmRef, hard: bool, cancel: &Cancel) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         let mode = if hard { "hard" } else { "soft" };
         let timeout = self.settings.timeouts.start;
         self.call(
@@ -583,17 +607,19 @@ impl super::Hypervisor for Vmrun {
     }
 
     /// Deletes VMware's files of the VM (not other files in its folder).
-    fn delete_vm(&self, vmx: &Path) -> Result<(), HypervisorError> {
+    fn delete_vm(&self, vm: &VmRef) -> Result<(), HypervisorError> {
         let timeout = self.settings.timeouts.delete;
+        let vmx = &vm_ops::vmx_of(vm);
         self.call("deleteVM", Some(vmx), &[], timeout, None, no_answer)?;
-        self.running.changed(vmx, false);
+        self.running.changed(&vm.dir, false);
         Ok(())
     }
 
     /// What VMware Tools report as the guest's IP address, as vmrun printed it (the caller
     /// judges whether it is usable). Never passes `-wait`, which blocks with no limit of its
     /// own: see [`Vmrun::guest_ip_wait`].
-    fn guest_ip(&self, vmx: &Path, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+    fn guest_ip(&self, vm: &VmRef, cancel: &Cancel) -> Result<IpAnswer, HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         let timeout = self.settings.timeouts.ip_query;
         let result = self.call_raw("getGuestIPAddress", Some(vmx), &[], timeout, Some(cancel));
         self.finish(result, ip_answer, |err| {
@@ -610,10 +636,11 @@ impl super::Hypervisor for Vmrun {
     /// gets the address. Running out of time is "no address yet", not a failure.
     fn guest_ip_wait(
         &self,
-        vmx: &Path,
+        vm: &VmRef,
         limit: Duration,
         cancel: &Cancel,
     ) -> Result<IpAnswer, HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         let result = self.call_raw(
             "getGuestIPAddress",
             Some(vmx),
@@ -632,7 +659,8 @@ impl super::Hypervisor for Vmrun {
 
     /// `writeVariable VMX guestVar NAME VALUE`. The value reaches vmrun's argument list only:
     /// the log line of the call names the command and the VM, never its arguments.
-    fn write_guest_data(&self, vmx: &Path, name: &str, value: &str) -> Result<(), HypervisorError> {
+    fn write_guest_data(&self, vm: &VmRef, name: &str, value: &str) -> Result<(), HypervisorError> {
+        let vmx = &vm_ops::vmx_of(vm);
         let timeout = self.settings.timeouts.other;
         let args: [OsString; 3] = ["guestVar".into(), name.into(), value.into()];
         self.call("writeVariable", Some(vmx), &args, timeout, None, no_answer)
@@ -645,7 +673,7 @@ impl super::Hypervisor for Vmrun {
     /// A VMware VM powered off behind the server's back (Fusion's window, `vmrun stop`, a
     /// guest shutdown) is stopped: vmware.log tells a crash from those only in words that
     /// vary by version.
-    fn ended(&self, _vmx: &Path) -> Ended {
+    fn ended(&self, _vm: &VmRef) -> Ended {
         Ended::PoweredOff
     }
 

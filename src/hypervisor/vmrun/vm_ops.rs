@@ -1,18 +1,20 @@
 //! How VMware makes a VM of a gold image: one named snapshot on the gold VM, a linked clone
 //! of it (retried while the gold is in use, the snapshot made again if someone deleted it),
-//! and the clone's VMX edited (allow-list, cpus, memory, NIC, annotation, guestinfo).
-//! Written once for [`super::Vmrun`] and the in-memory fake of the service's tests, through
-//! [`Snapshots`].
+//! and the clone's VMX edited (allow-list, cpus, memory, NIC, annotation, guestinfo); and
+//! what VMware's files tell of a VM: its VMX at `vms/<id>/<id>.vmx` (the original's
+//! layout), its MAC address, who holds a gold VM. Written once for [`super::Vmrun`] and the
+//! in-memory fake of the service's tests, through [`Snapshots`].
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
 use crate::hypervisor::vmx_policy::{self, VmxVerdict};
 use crate::hypervisor::{
-    locks, vmware_log, Call, Configured, HypervisorError, LogTail, VmSettings,
+    locks, vmware_log, Call, Configured, FoundVm, GoldVm, HypervisorError, LogTail, VmRef,
+    VmSettings,
 };
 use crate::sys::cancel::Cancel;
 use crate::sys::fsutil;
@@ -34,6 +36,76 @@ pub trait Snapshots {
         clone_name: &str,
         cancel: &Cancel,
     ) -> Result<(), HypervisorError>;
+}
+
+/// The VMX of one of the server's VMs: `vms/<id>/<id>.vmx`, the original's layout.
+pub fn vmx_of(vm: &VmRef) -> PathBuf {
+    vm.dir.join(format!("{}.vmx", vm.id))
+}
+
+/// How the running set knows the VM whose VMX vmrun lists: one of the server's
+/// (`<id>/<id>.vmx`) by its folder, as [`VmRef::dir`] names it; any other by its VMX.
+pub fn running_key(vmx: &Path) -> PathBuf {
+    match (vmx.file_stem(), vmx.parent()) {
+        (Some(stem), Some(dir)) if dir.file_name() == Some(stem) => dir.to_path_buf(),
+        _ => vmx.to_path_buf(),
+    }
+}
+
+/// What the VMX tells of a VM whose record is lost, or of one of the original Go server's
+/// VMs (its image is base64 JSON in the `annotation`, as this server keeps it too).
+pub fn find_vm(vm: &VmRef) -> Result<FoundVm, String> {
+    let path = vmx_of(vm);
+    let bytes = fs::read(&path).map_err(|e| format!("no readable {}.vmx: {e}", vm.id))?;
+    let parsed = Vmx::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let number = |key: &str| parsed.get(key).and_then(|v| v.trim().parse::<u32>().ok());
+    Ok(FoundVm {
+        cpus: number("numvcpus"),
+        memory_mb: number("memsize"),
+        network_type: parsed.get("ethernet0.connectionType"),
+        guest_os: parsed.get("guestOS").unwrap_or_default(),
+        image: vmx::decode_annotation_image(&parsed),
+    })
+}
+
+/// The MAC VMware wrote into the VMX at power-on (`ethernet0.generatedAddress`), or the
+/// static one; `None` until there is one.
+pub fn mac_address(vm: &VmRef) -> Option<String> {
+    let bytes = fs::read(vmx_of(vm)).ok()?;
+    let parsed = Vmx::parse(&bytes).ok()?;
+    parsed
+        .get("ethernet0.generatedAddress")
+        .or_else(|| parsed.get("ethernet0.address"))
+        .filter(|mac| !mac.is_empty())
+}
+
+/// Names what holds the gold VM after a clone failed "in use": the lock folder VMware left
+/// beside it and the process that made it (locks of dead processes are removed), or the
+/// VMware window that has it open.
+pub fn gold_holder(gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String) {
+    let held = gold
+        .config
+        .parent()
+        .map(locks::remove_dead_locks_in)
+        .unwrap_or_default();
+    match held.first() {
+        Some(lock) => (
+            lock.path.clone(),
+            format!(
+                "every clone of this image fails ({err}); {} holds its gold VM: {}. Stop that process or close the gold VM in VMware; if no VMware or vmrun process runs, remove {} by hand. The next create tries again",
+                lock.path.display(),
+                lock.why,
+                lock.path.display()
+            ),
+        ),
+        None => (
+            gold.config.to_path_buf(),
+            format!(
+                "every clone of this image fails ({err}); no lock file beside {} names its holder: close the gold VM in the VMware window that has it open (or quit VMware). The next create tries again",
+                gold.config.display()
+            ),
+        ),
+    }
 }
 
 /// Makes the base snapshot of the gold VM unless it has one.
@@ -159,12 +231,13 @@ fn sleep_unless_cancelled(
 /// The clone's VMX is ours, not the image's: the allow-list runs before VMware starts it;
 /// then the VM's settings go in.
 pub fn configure(
-    vmx_path: &Path,
+    vm: &VmRef,
     gold_dir: &Path,
     strict: bool,
     settings: &VmSettings<'_>,
     guestinfo: &GuestInfo,
 ) -> Result<Configured, HypervisorError> {
+    let vmx_path = &vmx_of(vm);
     let edit_failed = |what: &str, message: String| HypervisorError::Refused {
         code: "vmx-edit-failed",
         message: format!("{what} {}: {message}", vmx_path.display()),
@@ -179,19 +252,24 @@ pub fn configure(
         }
         Err(message) => return Err(edit_failed("checking", message)),
     };
-    let guest_os =
-        edit(vmx_path, settings, guestinfo).map_err(|message| edit_failed("editing", message))?;
+    let guest_os = edit(vmx_path, &vm.id, settings, guestinfo)
+        .map_err(|message| edit_failed("editing", message))?;
     Ok(Configured { guest_os, removed })
 }
 
 /// Applies the VM's settings to its freshly cloned VMX; returns its guest OS.
-fn edit(vmx_path: &Path, s: &VmSettings<'_>, guestinfo: &GuestInfo) -> Result<String, String> {
+fn edit(
+    vmx_path: &Path,
+    name: &str,
+    s: &VmSettings<'_>,
+    guestinfo: &GuestInfo,
+) -> Result<String, String> {
     let bytes = fs::read(vmx_path).map_err(|e| e.to_string())?;
     let mut vmx = Vmx::parse(&bytes).map_err(|e| e.to_string())?;
     vmx::configure_clone(
         &mut vmx,
         &CloneSettings {
-            display_name: s.name,
+            display_name: name,
             cpus: s.cpus,
             memory_mb: s.memory_mb,
             network_type: s.network_type,

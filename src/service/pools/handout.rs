@@ -86,11 +86,11 @@ impl Service {
             return self.hand_out(request, asked);
         };
         let recorded = Instant::now();
-        let vmx = self.store.vmx_path(id);
+        let vm_ref = self.store.vm_ref(id);
         let failed = request
             .guestinfo
             .iter()
-            .find_map(|(name, value)| self.hypervisor.write_guest_data(&vmx, name, value).err());
+            .find_map(|(name, value)| self.hypervisor.write_guest_data(&vm_ref, name, value).err());
         if let Some(err) = failed {
             self.give_back_broken(&before, &pool, &err);
             self.end_hand_out(id);
@@ -141,7 +141,7 @@ impl Service {
             };
             let fits = !vm.ip_address.is_empty() && wanted.made(&vm);
             // Stopped behind our back since the last listing: the keeper replaces it.
-            if !fits || running.contains(&self.store.vmx_path(id)) == Some(false) {
+            if !fits || running.contains(&self.store.vm_dir(id)) == Some(false) {
                 continue;
             }
             if self.fleet.pools.claim(id) {

@@ -201,7 +201,7 @@ impl Service {
                 if self
                     .hypervisor
                     .running()
-                    .contains(&self.store.vmx_path(vm.id))
+                    .contains(&self.store.vm_dir(vm.id))
                     == Some(false)
                 {
                     Standing::Broken("it stopped while idle".into(), None)
@@ -232,8 +232,8 @@ impl Service {
         {
             return true;
         }
-        let vmx = self.store.vmx_path(vm.id);
-        let healthy = match self.hypervisor.guest_ip(&vmx, &Cancel::new()) {
+        let vm_ref = self.store.vm_ref(vm.id);
+        let healthy = match self.hypervisor.guest_ip(&vm_ref, &Cancel::new()) {
             Ok(IpAnswer::Address(ip) | IpAnswer::Found(ip, _)) => ip.trim() == vm.ip_address,
             Ok(IpAnswer::NoAddress | IpAnswer::NoTools) => false,
             Err(crate::hypervisor::HypervisorError::NotPoweredOn { .. }) => false,
