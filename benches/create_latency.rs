@@ -455,7 +455,7 @@ fn padded_gold_tar_gz(seed: u64, padding: usize) -> Vec<u8> {
     tar_gz_of(
         "box",
         &[
-            ("gold.config", GOLD_VMX.as_bytes()),
+            ("gold.vmx", GOLD_VMX.as_bytes()),
             ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
             ("disk-s001.vmdk", &noise[..]),
         ],

@@ -141,7 +141,7 @@ fn six_concurrent_creates_share_one_download_and_one_snapshot() {
         .data_dir
         .join("gold")
         .join(&w.checksum)
-        .join("box/gold.config");
+        .join("box/gold.vmx");
     let snapshots = w.server.sim(&["listSnapshots", gold_vmx.to_str().unwrap()]);
     assert_eq!(
         snapshots.trim(),

@@ -90,7 +90,7 @@ impl Lab {
         let dir = TempDir::new(&format!("crash-{tag}"));
         let files = FileServer::start();
         let archive = tar_gz(&[
-            ("box/gold.config", GOLD_VMX.as_bytes()),
+            ("box/gold.vmx", GOLD_VMX.as_bytes()),
             ("box/disk.vmdk", DISK),
         ]);
         let image = Image {
@@ -744,7 +744,7 @@ fn killed_while_downloading_and_unpacking() {
     // A tar streams into gold/.staging-* as it downloads: a kill while the image server
     // stalls mid-file lands mid-unpack, with pad.bin partly written.
     let tar = tar_gz(&[
-        ("vm/gold.config", GOLD_VMX.as_bytes()),
+        ("vm/gold.vmx", GOLD_VMX.as_bytes()),
         ("vm/disk.vmdk", DISK),
         ("vm/pad.bin", &pad),
     ]);
@@ -767,7 +767,7 @@ fn killed_while_downloading_and_unpacking() {
 
     // A zip is downloaded to images/*.part first.
     let zip = zip(&[
-        ("z/gold.config", GOLD_VMX.as_bytes()),
+        ("z/gold.vmx", GOLD_VMX.as_bytes()),
         ("z/disk.vmdk", DISK),
         ("z/pad.bin", &pad),
     ]);
@@ -915,7 +915,7 @@ fn killed_while_snapshotting_and_cloning() {
         .data()
         .join("gold")
         .join(&lab.image.checksum)
-        .join("box/gold.config");
+        .join("box/gold.vmx");
     for vmrun in [Vmrun::Dies, Vmrun::Finishes] {
         crash_at_vmrun_step(&mut lab, "snapshot", "snapshotting", vmrun);
     }
@@ -1102,7 +1102,7 @@ fn killed_while_editing_the_vmx() {
     let mut lab = Lab::new("vmx");
     let image = lab.add_image(
         "bigvmx.tar.gz",
-        tar_gz(&[("b/gold.config", vmx.as_bytes()), ("b/disk.vmdk", DISK)]),
+        tar_gz(&[("b/gold.vmx", vmx.as_bytes()), ("b/disk.vmdk", DISK)]),
         false,
     );
     let mut hit = false;
@@ -1244,7 +1244,7 @@ fn killed_at_random_moments() {
         lab.server().set_faults(&faults);
         let pad = noise(32 * 1024 + rng.below(128 * 1024) as usize, rng.next());
         let files: [(&str, &[u8]); 3] = [
-            ("r/gold.config", GOLD_VMX.as_bytes()),
+            ("r/gold.vmx", GOLD_VMX.as_bytes()),
             ("r/disk.vmdk", DISK),
             ("r/pad.bin", &pad),
         ];

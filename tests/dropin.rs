@@ -134,7 +134,7 @@ fn original_host(tag: &str, vms: &[OriginalVm]) -> Swap {
     // Unpacked where the original unpacked it, and the archive where it downloaded it.
     let gold = swap.gold_dir();
     std::fs::create_dir_all(&gold).unwrap();
-    std::fs::write(gold.join("gold.config"), common::GOLD_VMX).unwrap();
+    std::fs::write(gold.join("gold.vmx"), common::GOLD_VMX).unwrap();
     std::fs::write(gold.join("disk.vmdk"), DISK_DESCRIPTOR).unwrap();
     let images = swap.data().join("images").join(&swap.checksum);
     std::fs::create_dir_all(&images).unwrap();
@@ -142,7 +142,7 @@ fn original_host(tag: &str, vms: &[OriginalVm]) -> Swap {
     for vm in vms {
         let vmx = swap.vmx(vm.id);
         std::fs::create_dir_all(vmx.parent().unwrap()).unwrap();
-        let gold_vmx = gold.join("gold.config");
+        let gold_vmx = gold.join("gold.vmx");
         swap.sim(&[
             "clone",
             gold_vmx.to_str().unwrap(),
@@ -344,7 +344,7 @@ fn eviction_under_a_tiny_budget_or_the_disk_floor_leaves_a_gold_that_clones_read
     let archive = swap.data().join("images").join(&swap.checksum);
     let server = swap.start(&["--cache-budget", "1"]);
     assert!(server.wait_log(&format!("gold image {} is not evicted", swap.checksum)));
-    assert!(swap.gold_dir().join("gold.config").exists());
+    assert!(swap.gold_dir().join("gold.vmx").exists());
     // The original's archive of it goes: nothing reads it again.
     assert!(server.wait_log("removed the original server's archive"));
     assert!(!archive.exists());
@@ -352,7 +352,7 @@ fn eviction_under_a_tiny_budget_or_the_disk_floor_leaves_a_gold_that_clones_read
 
     let server = swap.start(&["--min-free-disk", "1048576TiB"]);
     assert!(server.wait_log(&format!("gold image {} is not evicted", swap.checksum)));
-    assert!(swap.gold_dir().join("gold.config").exists());
+    assert!(swap.gold_dir().join("gold.vmx").exists());
     server.wait_ready(ORIGINALS[0].id);
     // Logged once, not at every pass.
     server.terminate();
@@ -364,7 +364,7 @@ fn a_clone_folder_no_record_knows_protects_the_gold_it_reads() {
     // Made by hand: no id for a name, no annotation, but its disk reads the gold.
     let stranger = swap.data().join("vms").join("copied by hand");
     std::fs::create_dir_all(&stranger).unwrap();
-    let gold_vmx = swap.gold_dir().join("gold.config");
+    let gold_vmx = swap.gold_dir().join("gold.vmx");
     swap.sim(&[
         "clone",
         gold_vmx.to_str().unwrap(),
@@ -397,7 +397,7 @@ fn creates_health_and_metrics_run_no_vmrun_and_a_failing_list_is_said() {
     // A VM someone runs by hand outside the data folder: no record counts it, only vmrun.
     let by_hand = swap.dir.path().join("elsewhere").join("hand.vmx");
     std::fs::create_dir_all(by_hand.parent().unwrap()).unwrap();
-    let gold_vmx = swap.gold_dir().join("gold.config");
+    let gold_vmx = swap.gold_dir().join("gold.vmx");
     let by_hand = by_hand.to_str().unwrap();
     swap.sim(&["clone", gold_vmx.to_str().unwrap(), by_hand, "linked"]);
     swap.sim(&["start", by_hand, "nogui"]);

@@ -525,7 +525,7 @@ fn gold_vmx(server: &Server, image: &Image) -> PathBuf {
         .data_dir
         .join("gold")
         .join(&image.checksum)
-        .join("box/gold.config")
+        .join("box/gold.vmx")
 }
 
 fn corrupt(vmx: &Path) {
@@ -598,9 +598,9 @@ fn provision_row(
             // A gold folder someone else left (the original server did) is used as it is.
             let gold = root.join("data/gold").join(&image.checksum).join("box");
             fs::create_dir_all(&gold).unwrap();
-            fs::write(gold.join("gold.config"), format!("{GOLD_VMX}{BAD_LINE}")).unwrap();
+            fs::write(gold.join("gold.vmx"), format!("{GOLD_VMX}{BAD_LINE}")).unwrap();
             fs::write(gold.join("disk.vmdk"), DISK).unwrap();
-            repair_path = Some(gold.join("gold.config"));
+            repair_path = Some(gold.join("gold.vmx"));
             Server::start_with(root, options)
         }
         _ => Server::start_with(root, options),

@@ -22,7 +22,7 @@ fn gold_vmx(world: &World) -> PathBuf {
         .data_dir
         .join("gold")
         .join(&world.checksum)
-        .join("box/gold.config")
+        .join("box/gold.vmx")
 }
 
 /// The simulator's lock beside a gold VMX while a clone of it runs.

@@ -32,6 +32,7 @@ on_both!(
     create_run_delete,
     powered_off_behind_its_back,
     restart_adopts_running_vms,
+    a_lost_record_is_adopted,
     capacity,
     guestinfo_cold_and_pooled,
     boot_watchdog_resets_once,

@@ -79,7 +79,7 @@ fn a_hostile_vmx_never_reaches_vmware_verbatim() {
     let archive = tar_gz_of(
         "evil",
         &[
-            ("gold.config", vmx.as_bytes()),
+            ("gold.vmx", vmx.as_bytes()),
             ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
         ],
     );
@@ -138,7 +138,7 @@ fn with_strict_vmx_a_hostile_image_fails_fast_naming_each_line() {
     let archive = tar_gz_of(
         "evil",
         &[
-            ("gold.config", vmx.as_bytes()),
+            ("gold.vmx", vmx.as_bytes()),
             ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
         ],
     );

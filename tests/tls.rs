@@ -253,7 +253,7 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 fn gold_files() -> Vec<(&'static str, &'static [u8])> {
     vec![
-        ("box/gold.config", common::GOLD_VMX.as_bytes()),
+        ("box/gold.vmx", common::GOLD_VMX.as_bytes()),
         ("box/disk.vmdk", common::DISK_DESCRIPTOR.as_bytes()),
     ]
 }

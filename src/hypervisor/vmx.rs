@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::vm::guestinfo::GuestInfo;
+
 /// The ways a VMX file can be unusable. Every message names the line and says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmxError {
@@ -481,6 +483,18 @@ pub fn decode_annotation_image(vmx: &Vmx) -> Option<serde_json::Value> {
     }
 }
 
+/// The VMX (and `vmrun writeVariable guestVar`) namespace the guest reads.
+pub const GUESTINFO_PREFIX: &str = "guestinfo.";
+
+/// Writes `guestinfo.<key> = "<value>"` for each: VMware hands these to the guest from
+/// the VMX at power-on, so this must happen before `vmrun start`.
+pub fn set_guestinfo(vmx: &mut Vmx, guestinfo: &GuestInfo) -> Result<(), VmxError> {
+    for (key, value) in guestinfo.iter() {
+        vmx.set(&format!("{GUESTINFO_PREFIX}{key}"), value)?;
+    }
+    Ok(())
+}
+
 /// Records `image` in the `annotation` the way the original Go server did, so a VM stays
 /// readable by either server.
 pub fn set_annotation_image(vmx: &mut Vmx, image: &serde_json::Value) -> Result<(), VmxError> {
@@ -542,6 +556,39 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guestinfo_pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn guestinfo_is_written_quoted() {
+        let pem = "-----BEGIN KEY-----\nab\"c|d\n-----END KEY-----\n";
+        let info = GuestInfo::new(guestinfo_pairs(&[
+            ("name", "host-darwin-amd64-13"),
+            ("key-host-darwin-amd64-13", pem),
+        ]))
+        .unwrap();
+        assert_eq!(info.keys(), ["key-host-darwin-amd64-13", "name"]);
+        let mut vmx = Vmx::parse(b".encoding = \"UTF-8\"\nguestinfo.NAME = \"old\"\n").unwrap();
+        set_guestinfo(&mut vmx, &info).unwrap();
+        let text = String::from_utf8(vmx.to_bytes()).unwrap();
+        assert!(
+            text.contains("guestinfo.NAME = \"host-darwin-amd64-13\"\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "guestinfo.key-host-darwin-amd64-13 = \"-----BEGIN KEY-----|0Aab|22c|7Cd|0A-----END KEY-----|0A\"\n"
+        ), "{text}");
+        assert_eq!(
+            vmx.get("guestinfo.key-host-darwin-amd64-13").as_deref(),
+            Some(pem)
+        );
+        // The parsed file is still one VMware opens.
+        Vmx::parse(&vmx.to_bytes()).unwrap();
+    }
 
     fn parse(text: &str) -> Vmx {
         Vmx::parse(text.as_bytes()).unwrap()

@@ -113,7 +113,7 @@ impl Provisioner {
         if guestinfo.keys() != vm.guestinfo_keys {
             return Err(Stop::failed(
                 "guestinfo-lost",
-                "this VM's guestinfo is no longer held (the server restarted before its VMX was written); delete it and create another",
+                "this VM's guestinfo is no longer held (the server restarted before the VM was configured); delete it and create another",
             ));
         }
         let Some(image) = &vm.image else {

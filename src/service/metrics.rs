@@ -70,8 +70,8 @@ pub struct Snapshot {
     pub draining: bool,
     /// Long polls (`GET /vms/:id?wait=`) waiting now, each holding an HTTP thread.
     pub long_polls_waiting: u64,
-    /// `Vmrun::call_counts()`: (command, outcome, count).
-    pub vmrun_calls: Vec<(String, String, u64)>,
+    /// `Hypervisor::call_counts()` of the tool that runs the VMs: (command, outcome, count).
+    pub hypervisor_calls: Vec<(String, String, u64)>,
     /// Each warm pool's size, idle VMs and creates served or not.
     pub pools: Vec<crate::service::pools::PoolCounts>,
     /// Creates that matched no pool while pools were declared.
@@ -215,10 +215,10 @@ impl Metrics {
             &mut out,
             name,
             "counter",
-            "vmrun invocations, by command and outcome.",
+            "Calls of the hypervisor's tool (vmrun, or tart on tart), by command and outcome; the name is kept from the VMware-only versions.",
         );
         // Sorted here too: the format does not require it, but stable output diffs well.
-        let mut calls: Vec<_> = snapshot.vmrun_calls.iter().collect();
+        let mut calls: Vec<_> = snapshot.hypervisor_calls.iter().collect();
         calls.sort();
         for (command, outcome, count) in calls {
             sample(
@@ -356,7 +356,7 @@ mod tests {
             image_cache_bytes: 40_000_000_000,
             draining: true,
             long_polls_waiting: 2,
-            vmrun_calls: vec![
+            hypervisor_calls: vec![
                 ("start".into(), "ok".into(), 4),
                 ("list".into(), "ok".into(), 10),
                 ("stop".into(), "not-powered-on".into(), 1),
@@ -570,7 +570,7 @@ mod tests {
         let weird = "quote\" backslash\\ newline\n end";
         metrics.record_provision(weird);
         let snapshot = Snapshot {
-            vmrun_calls: vec![("a\\b".into(), "c\"d\ne".into(), 7)],
+            hypervisor_calls: vec![("a\\b".into(), "c\"d\ne".into(), 7)],
             ..Snapshot::default()
         };
         let text = metrics.render(&snapshot);
@@ -674,7 +674,7 @@ mod tests {
         let (metrics, mut snapshot) = busy_metrics();
         metrics.record_provision("odd \"outcome\"\\\nwith escapes");
         snapshot
-            .vmrun_calls
+            .hypervisor_calls
             .push(("clone".into(), "vm-locked".into(), 2));
         for text in [
             metrics.render(&snapshot),

@@ -597,7 +597,7 @@ impl Service {
             image_cache_bytes: self.fleet.gold.total_bytes(),
             draining: self.fleet.drain.is_draining(),
             long_polls_waiting: self.fleet.waiters.active() as u64,
-            vmrun_calls: self.hypervisor.call_counts(),
+            hypervisor_calls: self.hypervisor.call_counts(),
             pools: self.pool_counts(),
             pool_unmatched: self.fleet.pools.unmatched(),
         };
@@ -612,7 +612,8 @@ impl Service {
         if let Some(buried) = task.hand_over(|| self.store.bury(id)) {
             buried.map_err(|e| store_error("the delete could not be recorded", e))?;
             crate::info!(
-                "vm={id} deleted; vmrun works on its gold image for it, and its files go when that call ends"
+                "vm={id} deleted; {} works on its gold image for it, and its files go when that call ends",
+                self.hypervisor.tool()
             );
             return Ok(());
         }

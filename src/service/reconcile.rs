@@ -233,7 +233,8 @@ impl Service {
         let busy = task.lock();
         let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
         crate::warn!(
-            "vm={id} was at step starting when the server stopped and vmrun does not list it yet: waiting up to {secs} s for its start to end"
+            "vm={id} was at step starting when the server stopped and {} does not list it yet: waiting up to {secs} s for its start to end",
+            self.hypervisor.running().listing()
         );
         let vm_ref = self.store.vm_ref(id);
         let running = loop {
@@ -294,7 +295,10 @@ impl Service {
         let task = self.tasks.get(id);
         let _busy = task.lock();
         let code = vm.error.as_ref().map_or("", |e| e.code.as_str());
-        crate::warn!("vm={id} is failed ({code}) but vmrun lists it running: stopping it hard");
+        crate::warn!(
+            "vm={id} is failed ({code}) but {} lists it running: stopping it hard",
+            self.hypervisor.running().listing()
+        );
         match self
             .hypervisor
             .stop(vm_ref, true, &crate::sys::cancel::Cancel::new())

@@ -82,10 +82,10 @@ fn holds_a_place(status: Status, phase: Phase) -> bool {
 /// (vmrun cannot tell), the records that hold a place.
 pub fn used(store: &VmStore, running: Option<&HashSet<PathBuf>>) -> u64 {
     let mut used = running.map_or(0, |set| set.len() as u64);
-    store.for_each_state(|vmx, status, phase| {
+    store.for_each_state(|dir, status, phase| {
         let counts = match running {
             Some(set) => {
-                status == Status::Provisioning && phase != Phase::Deleting && !set.contains(vmx)
+                status == Status::Provisioning && phase != Phase::Deleting && !set.contains(dir)
             }
             None => holds_a_place(status, phase),
         };

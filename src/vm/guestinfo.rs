@@ -1,14 +1,13 @@
-//! `guestinfo`: what a VM is told about itself (its name, its certificate and key) through
-//! VMX variables that the guest reads with `vmware-rpctool "info-get guestinfo.<key>"`.
+//! `guestinfo`: what a VM is told about itself (its name, its certificate and key), handed
+//! to the guest by the hypervisor (VMware: VMX variables the guest reads with
+//! `vmware-rpctool "info-get guestinfo.<key>"`; tart: files of a shared folder).
 //!
 //! The values are secrets. They exist in this process only as a [`GuestInfo`], whose `Debug`
-//! shows keys and never values, from the create request until the clone's VMX is written;
+//! shows keys and never values, from the create request until the hypervisor has them;
 //! the VM's record keeps only the keys. Key rules are shared with labels ([`check`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
-
-use crate::hypervisor::vmx::{Vmx, VmxError};
 
 /// At most this many keys.
 pub const MAX_KEYS: usize = 64;
@@ -18,9 +17,6 @@ pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 pub const MAX_TOTAL_BYTES: usize = 64 * 1024;
 /// Longer keys are typos or attacks; VMware has no documented limit.
 pub const MAX_KEY_BYTES: usize = 128;
-
-/// The VMX (and `vmrun writeVariable guestVar`) namespace the guest reads.
-pub const VMX_PREFIX: &str = "guestinfo.";
 
 /// What is wrong with one entry of `guestinfo` or `labels`; each names the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,18 +161,9 @@ impl GuestInfo {
         self.0.keys().cloned().collect()
     }
 
-    /// Key (without `guestinfo.`) and value, for `vmrun writeVariable VMX guestVar KEY VALUE`.
+    /// Each key and its value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// Writes `guestinfo.<key> = "<value>"` for each: VMware hands these to the guest from
-    /// the VMX at power-on, so this must happen before `vmrun start`.
-    pub fn apply(&self, vmx: &mut Vmx) -> Result<(), VmxError> {
-        for (key, value) in self.iter() {
-            vmx.set(&format!("{VMX_PREFIX}{key}"), value)?;
-        }
-        Ok(())
     }
 }
 
@@ -207,33 +194,6 @@ mod tests {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn good_guestinfo_is_kept_and_written_quoted() {
-        let pem = "-----BEGIN KEY-----\nab\"c|d\n-----END KEY-----\n";
-        let info = GuestInfo::new(pairs(&[
-            ("name", "host-darwin-amd64-13"),
-            ("key-host-darwin-amd64-13", pem),
-        ]))
-        .unwrap();
-        assert_eq!(info.keys(), ["key-host-darwin-amd64-13", "name"]);
-        let mut vmx = Vmx::parse(b".encoding = \"UTF-8\"\nguestinfo.NAME = \"old\"\n").unwrap();
-        info.apply(&mut vmx).unwrap();
-        let text = String::from_utf8(vmx.to_bytes()).unwrap();
-        assert!(
-            text.contains("guestinfo.NAME = \"host-darwin-amd64-13\"\n"),
-            "{text}"
-        );
-        assert!(text.contains(
-            "guestinfo.key-host-darwin-amd64-13 = \"-----BEGIN KEY-----|0Aab|22c|7Cd|0A-----END KEY-----|0A\"\n"
-        ), "{text}");
-        assert_eq!(
-            vmx.get("guestinfo.key-host-darwin-amd64-13").as_deref(),
-            Some(pem)
-        );
-        // The parsed file is still one VMware opens.
-        Vmx::parse(&vmx.to_bytes()).unwrap();
     }
 
     #[test]

@@ -690,7 +690,7 @@ fn remove_buried_folder(root: &Path, id: VmId) {
         .and_then(|()| remove_if_there(&trash));
     match removed {
         Ok(()) => crate::info!(
-            "vm={id} removed {}: the VM was deleted while vmrun worked on its gold image",
+            "vm={id} removed {}: the VM was deleted while the hypervisor worked on its gold image",
             dir.display()
         ),
         Err(err) => crate::warn!("vm={id} was deleted, but {err}; tried again later"),

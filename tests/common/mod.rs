@@ -224,7 +224,7 @@ pub const GOLD_VMX: &str = concat!(gold_vmx_head!(), "ethernet0.connectionType =
 /// The text of the gold VM's disk (the simulator only reads its name).
 pub const DISK_DESCRIPTOR: &str = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\n";
 
-/// A small gold VM as a tar.gz: `<top>/gold.config` and its disk.
+/// A small gold VM as a tar.gz: `<top>/gold.vmx` and its disk.
 pub fn gold_tar_gz(top: &str) -> Vec<u8> {
     gold_tar_gz_padded(top, 0)
 }
@@ -244,7 +244,7 @@ ethernet1.connectionType = \"hostonly\"
     );
     let padding = noise(pad, 1);
     let mut files = vec![
-        ("gold.config", vmx.as_bytes()),
+        ("gold.vmx", vmx.as_bytes()),
         ("disk.vmdk", DISK_DESCRIPTOR.as_bytes()),
     ];
     if pad > 0 {

@@ -228,6 +228,46 @@ pub fn restart_adopts_running_vms(hv: Hv) {
     drop(tmp);
 }
 
+/// A VM whose record was lost (its `osx-builder.json` removed while the server was down) is
+/// adopted at the next start from what the hypervisor's own files say of it: running, its
+/// size, its image; it is then deleted like any other, and the hypervisor runs it no longer.
+pub fn a_lost_record_is_adopted(hv: Hv) {
+    let w = World::start("sc-lost", quick(hv, &["--list-interval", "0.3"]));
+    let mut body = w.body();
+    body["cpus"] = json!(3);
+    body["memory"] = json!(3072);
+    let id = w.create(&body);
+    w.server.wait_ready(&id);
+    let record = vm_record(&w.server, &id).join("osx-builder.json");
+    let dir = w.dir.path().to_path_buf();
+    let World {
+        dir: tmp,
+        server,
+        checksum,
+        ..
+    } = w;
+    server.kill();
+    std::fs::remove_file(&record).unwrap();
+    let server = Server::start_with(&dir, quick(hv, &["--list-interval", "0.3"]));
+    assert!(
+        server.log().contains(&format!("vm={id} adopted from")),
+        "{}",
+        server.log()
+    );
+    let vm = server.wait_for(&id, "its IP again", |vm| vm["ip_address"] != "");
+    assert_eq!(vm["status"], "running", "{vm}");
+    assert_eq!(
+        (vm["cpus"].as_u64(), vm["memory"].as_u64()),
+        (Some(3), Some(3072)),
+        "{vm}"
+    );
+    assert_eq!(vm["image"]["checksum"], checksum.as_str(), "{vm}");
+    assert_eq!(server.delete_vm(&id).0, 204);
+    assert!(hv.running_in(&dir).is_empty());
+    drop(server);
+    drop(tmp);
+}
+
 /// `--max-vms 2`: two VMs run, a third create is `503 capacity-exhausted` (nothing
 /// recorded), and once one is deleted a create goes through.
 pub fn capacity(hv: Hv) {

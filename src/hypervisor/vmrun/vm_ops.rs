@@ -279,7 +279,7 @@ fn edit(
     // The original Go server kept the image in the annotation; keeping it there lets either
     // server (and a person reading the VMX) tell where the VM came from.
     vmx::set_annotation_image(&mut vmx, &s.image).map_err(|e| e.to_string())?;
-    guestinfo.apply(&mut vmx).map_err(|e| e.to_string())?;
+    vmx::set_guestinfo(&mut vmx, guestinfo).map_err(|e| e.to_string())?;
     if guestinfo.is_empty() {
         fsutil::write_atomic(vmx_path, &vmx.to_bytes())
     } else {
