@@ -172,7 +172,7 @@ impl Provisioner {
             // no longer kills it, but hands this VM's removal to this worker.
             let _gold_work = GoldWork(task);
             if !gold_state.snapshot_ready {
-                self.set_phase(id, Phase::Snapshotting);
+                self.set_phase(id, Phase::PreparingGold);
                 self.hypervisor.prepare_gold(&gold.vmx)?;
                 gold_state.snapshot_ready = true;
             }
