@@ -81,6 +81,7 @@ impl GoldHost for HypervisorGolds {
     fn remove_gold(&self, checksum: &str) -> Result<(), String> {
         self.0.remove_gold(checksum).map_err(|e| e.to_string())
     }
+
     fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
         self.0.remove_stray_golds(published)
     }

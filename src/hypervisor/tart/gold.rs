@@ -207,7 +207,7 @@ impl Tart {
                     match self.delete_named(&name) {
                         Ok(()) => {
                             crate::warn!(
-                                "removed the tart VM {name} of TART_HOME={home}: a gold image whose image is not in the cache (left by a server stopped amid the image's removal or its pull)"
+                                "removed the tart VM {name} of TART_HOME={home}: the gold of an image no longer in the cache (left by a server stopped amid the image's removal or its pull)"
                             );
                             removed.push(name);
                         }
