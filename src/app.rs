@@ -215,6 +215,7 @@ impl App {
     /// retention, the cache's housekeeping.
     pub fn start_background(&self, config: &Config) {
         self.gold.remove_stale_locks();
+        self.gold.remove_stray_golds();
         self.service.reconcile(Reconcile::Startup);
         let (hypervisor, service) = (self.hypervisor.clone(), self.service.clone());
         running::start_refresher(

@@ -895,7 +895,7 @@ fn phase_rank(phase: &str) -> usize {
         "verifying",
         "unpacking",
         "publishing",
-        "snapshotting",
+        "preparing-gold",
         "cloning",
         "configuring",
         "starting",
@@ -917,7 +917,7 @@ fn killed_while_snapshotting_and_cloning() {
         .join(&lab.image.checksum)
         .join("box/gold.vmx");
     for vmrun in [Vmrun::Dies, Vmrun::Finishes] {
-        crash_at_vmrun_step(&mut lab, "snapshot", "snapshotting", vmrun);
+        crash_at_vmrun_step(&mut lab, "snapshot", "preparing-gold", vmrun);
     }
     let image = lab.image.clone();
     lab.create_works(&image);

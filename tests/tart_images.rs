@@ -624,12 +624,15 @@ fn through_the_api_oci_images_run_and_go_while_their_clones_run_on() {
 
 /// A tart server whose simulated VMs boot at once; `args` are its own flags.
 fn tart_world(tag: &str, args: &[&str]) -> common::World {
-    let options = common::options_env(
+    common::World::start(tag, tart_options(args))
+}
+
+fn tart_options(args: &[&str]) -> common::ServerOptions {
+    common::options_env(
         &[("TART_SIM_IP_POLL_MS", "20"), ("TART_SIM_BOOT_MS", "100")],
         args,
     )
-    .on(common::Hv::Tart);
-    common::World::start(tag, options)
+    .on(common::Hv::Tart)
 }
 
 /// Where a tart server keeps its gold VM of `checksum` (the hypervisor's own copy).
@@ -740,4 +743,70 @@ fn a_tart_gold_is_evicted_once_its_vm_is_cloned_and_the_vm_runs_on() {
     assert!(common::Hv::Tart.running(&w.server).contains(&vm));
     assert_eq!(w.server.get_vm(&vm).1["status"], "running");
     assert_eq!(w.server.delete_vm(&vm).0, 204);
+}
+
+/// A server stopped between an image's removal and its tart VM's, or amid a pull or an
+/// import, leaves an `osxb-gold-*` VM or an import folder in `TART_HOME` (tens of GiB on a
+/// Mac): the next start removes them, the VM with `tart delete`, and nothing else: not the
+/// gold of a published image, not the server's clone (which runs on), not a person's VMs.
+#[test]
+fn a_start_removes_stray_tart_golds_and_nothing_else() {
+    let w = tart_world("tart-stray-golds", &[]);
+    let vm = w.create(&w.body());
+    w.server.wait_ready(&vm);
+    let common::World {
+        dir,
+        files: _files,
+        server,
+        checksum,
+        ..
+    } = w;
+    server.kill();
+    let tart_home = dir.path().join("data/tart");
+    let stray_sum = common::sha256_hex(b"an image removed as its server died");
+    let stray_name = format!("osxb-gold-{stray_sum}");
+    let stray = tart_home.join("vms").join(&stray_name);
+    let staging = tart_home.join(format!("tmp/osxb-gold-{checksum}.import"));
+    let kept = [
+        tart_home.join(format!("vms/osxb-gold-{checksum}")),
+        tart_home.join(format!("vms/osxb-{vm}")),
+        tart_home.join("vms/mine"),
+        tart_home.join(format!("vms/gold-{stray_sum}")),
+        tart_home.join("vms/osxb-gold-notes"),
+    ];
+    for dir in [&stray, &staging, &kept[2], &kept[3], &kept[4]] {
+        write_vm(dir);
+    }
+
+    let server = Server::start_with(dir.path(), tart_options(&[]));
+    assert!(!stray.exists(), "{}", server.log());
+    assert!(!staging.exists(), "{}", server.log());
+    for dir in &kept {
+        assert!(dir.join("disk.img").is_file(), "{} went", dir.display());
+    }
+    let log = server.log();
+    for removed in [
+        format!("removed the tart VM {stray_name}"),
+        format!("removed {}: the staging folder", staging.display()),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&removed) && l.contains("WARN")),
+            "{removed} not in\n{log}"
+        );
+    }
+    let deleted: Vec<Vec<String>> = server
+        .sim_calls()
+        .iter()
+        .map(|call| {
+            common::sim_call_args(call)
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        })
+        .filter(|args: &Vec<String>| args.first().is_some_and(|a| a == "delete"))
+        .collect();
+    assert_eq!(deleted, vec![vec!["delete".to_string(), stray_name]]);
+    assert_eq!(server.get_vm(&vm).1["status"], "running");
+    assert_eq!(server.delete_vm(&vm).0, 204);
 }

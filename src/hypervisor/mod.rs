@@ -325,4 +325,15 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
 
     /// Calls so far by command and outcome, for `/metrics`.
     fn call_counts(&self) -> Vec<(String, String, u64)>;
+
+    /// At start, before any gold is prepared or pulled: removes what the hypervisor keeps of
+    /// gold images whose checksum is not in `published` (the image cache's published
+    /// golds), left by a crash amid an image's removal or its pull (tart: `osxb-gold-*` VMs
+    /// and import staging folders), logging each with why; returns what it removed. Given
+    /// checksums rather than names: only the driver knows how it names a gold. VMware keeps
+    /// nothing outside the cache's folders.
+    fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
+        let _ = published;
+        Vec::new()
+    }
 }

@@ -279,6 +279,23 @@ impl GoldCache {
         }
     }
 
+    /// At start, before any gold is prepared or pulled: the hypervisor's own copies of gold
+    /// images that are not published (tart's `osxb-gold-*` VMs left by a crash) go. When the
+    /// published golds cannot be listed nothing goes: every copy could be one of them.
+    pub fn remove_stray_golds(&self) {
+        let Some(host) = self.images.gold_host() else {
+            return;
+        };
+        match self.images.gold_checksums() {
+            Ok(published) => {
+                host.remove_stray_golds(&published);
+            }
+            Err(err) => crate::warn!(
+                "cannot list the gold images, so the hypervisor's copies of removed ones stay until a later start: {err}"
+            ),
+        }
+    }
+
     /// Bytes taken by the published gold images.
     /// The image published under `checksum`, if it is cached.
     pub fn cached(&self, checksum: &str) -> Option<GoldImage> {
@@ -627,7 +644,7 @@ impl GoldCache {
         let mut state = gold_lock.lock_unpoisoned();
         let published = self.images.gold_root().join(checksum).is_dir();
         if let Some(host) = self.images.gold_host().filter(|_| published) {
-            state.snapshot_ready = false;
+            state.prepared = false;
             host.remove_gold(checksum).map_err(|e| {
                 Error::Internal(format!(
                     "cannot remove the hypervisor's copy of gold image {checksum}: {e}"
@@ -638,7 +655,7 @@ impl GoldCache {
             .images
             .unpublish(checksum)
             .map_err(|e| Error::Internal(format!("cannot remove gold image {checksum}: {e}")))?;
-        state.snapshot_ready = false;
+        state.prepared = false;
         Ok(retired)
     }
 

@@ -27,6 +27,13 @@ pub trait GoldHost: Send + Sync {
     /// Removes the hypervisor's own copy of the gold image `checksum` (tart's
     /// `osxb-gold-<checksum>`), before its folder goes.
     fn remove_gold(&self, checksum: &str) -> Result<(), String>;
+
+    /// Removes the hypervisor's own copies of gold images not in `published`, left by a
+    /// crash; returns what it removed. Run at start only, before any gold is made.
+    fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
+        let _ = published;
+        Vec::new()
+    }
 }
 
 /// The gold-image part of a [`Hypervisor`].
@@ -73,5 +80,9 @@ impl GoldHost for HypervisorGolds {
 
     fn remove_gold(&self, checksum: &str) -> Result<(), String> {
         self.0.remove_gold(checksum).map_err(|e| e.to_string())
+    }
+
+    fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
+        self.0.remove_stray_golds(published)
     }
 }

@@ -14,8 +14,9 @@ use crate::sys::sync::LockUnpoisoned;
 /// What is known about one gold VM while holding its lock.
 #[derive(Default)]
 pub struct GoldState {
-    /// Set once the base snapshot was seen or made in this process's lifetime.
-    pub snapshot_ready: bool,
+    /// Set once the hypervisor made the gold ready to clone (VMware: its base snapshot seen
+    /// or made) in this process's lifetime.
+    pub prepared: bool,
 }
 
 /// Why every clone of a gold image fails, and what a person is to do.

@@ -170,10 +170,10 @@ impl Provisioner {
             // From here until the end of the block, vmrun works on the gold VM: a DELETE
             // no longer kills it, but hands this VM's removal to this worker.
             let _gold_work = GoldWork(task);
-            if !gold_state.snapshot_ready {
-                self.set_phase(id, Phase::Snapshotting);
+            if !gold_state.prepared {
+                self.set_phase(id, Phase::PreparingGold);
                 self.hypervisor.prepare_gold(gold.vm())?;
-                gold_state.snapshot_ready = true;
+                gold_state.prepared = true;
             }
             check(cancel)?;
             self.set_phase(id, Phase::Cloning);

@@ -133,7 +133,10 @@ pub enum Phase {
     Unpacking,
     Verifying,
     Publishing,
-    Snapshotting,
+    /// The gold image is made ready to clone (VMware: its base snapshot; tart: its import as a
+    /// local tart VM). Servers before 2026-12 wrote `snapshotting`: their records still load.
+    #[serde(alias = "snapshotting")]
+    PreparingGold,
     Cloning,
     Configuring,
     Starting,
@@ -158,7 +161,7 @@ impl Phase {
             Self::Unpacking => "unpacking",
             Self::Verifying => "verifying",
             Self::Publishing => "publishing",
-            Self::Snapshotting => "snapshotting",
+            Self::PreparingGold => "preparing-gold",
             Self::Cloning => "cloning",
             Self::Configuring => "configuring",
             Self::Starting => "starting",
@@ -182,7 +185,7 @@ impl Phase {
                 | Self::Unpacking
                 | Self::Verifying
                 | Self::Publishing
-                | Self::Snapshotting
+                | Self::PreparingGold
         )
     }
 }
@@ -289,12 +292,23 @@ pub(crate) mod tests {
     fn phase_names_match_the_wire() {
         for phase in [
             Phase::Queued,
+            Phase::PreparingGold,
             Phase::WaitingForIp,
             Phase::IpTimeout,
             Phase::Deleting,
         ] {
             assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
         }
+    }
+
+    #[test]
+    fn a_record_of_an_older_server_saying_snapshotting_loads_as_preparing_gold() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["progress"]["phase"] = "snapshotting".into();
+        let vm: Vm = serde_json::from_value(json).unwrap();
+        assert_eq!(vm.progress.phase, Phase::PreparingGold);
+        let again = serde_json::to_value(&vm).unwrap();
+        assert_eq!(again["progress"]["phase"], "preparing-gold");
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub fn gold_vm_name(checksum: &str) -> String {
     format!("{PREFIX}gold-{}", &checksum[..checksum.len().min(64)])
 }
 
+/// The checksum in the name of a gold VM as the server makes them (`osxb-gold-<hex>`, lower
+/// case); `None` for any other name, which the server never removes as a gold.
+fn gold_checksum_of(name: &str) -> Option<&str> {
+    let hex = name.strip_prefix(PREFIX)?.strip_prefix("gold-")?;
+    let made_here = !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    made_here.then_some(hex)
+}
+
 /// Gives `dst` (created) the VM files of `src` as hard links, or copies where the two are on
 /// different volumes (a `TART_HOME` elsewhere): the gold's bytes are on the disk once.
 pub fn link_vm_files(src: &Path, dst: &Path) -> std::io::Result<()> {
@@ -180,6 +188,67 @@ impl Tart {
         })
     }
 
+    /// Deletes the gold VMs of images that are not `published` (a crash between an image's
+    /// removal and its VM's, a pull cut short after its clone), with `tart delete`, and the
+    /// import staging folders in `TART_HOME/tmp` (only a prepare in flight uses one, and none
+    /// runs at start), as `prepare_gold` removes them. A person's VMs, the server's clones
+    /// and published golds are not golds to remove. Returns what was removed.
+    pub(super) fn remove_stray_gold_vms(&self, published: &[String]) -> Vec<String> {
+        let keep: std::collections::HashSet<String> =
+            published.iter().map(|c| gold_vm_name(c)).collect();
+        let home = self.settings.home.display();
+        let mut removed = Vec::new();
+        match self.list_ours() {
+            Ok(vms) => {
+                let strays = vms.into_iter().filter(|(name, _)| {
+                    gold_checksum_of(name).is_some() && !keep.contains(name.as_str())
+                });
+                for (name, _) in strays {
+                    match self.delete_named(&name) {
+                        Ok(()) => {
+                            crate::warn!(
+                                "removed the tart VM {name} of TART_HOME={home}: the gold of an image no longer in the cache (left by a server stopped amid the image's removal or its pull)"
+                            );
+                            removed.push(name);
+                        }
+                        Err(err) => crate::warn!(
+                            "the stray gold VM {name} of TART_HOME={home} stays until a later start: {err}"
+                        ),
+                    }
+                }
+            }
+            Err(err) => crate::warn!(
+                "cannot list tart's VMs to find stray gold images; they stay until a later start: {err}"
+            ),
+        }
+        let tmp = self.settings.home.join("tmp");
+        for entry in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `prepare_gold` assembles `<gold name>.import` here, then renames it into `vms/`.
+            let ours = name
+                .strip_suffix(".import")
+                .is_some_and(|vm| gold_checksum_of(vm).is_some());
+            if !ours {
+                continue;
+            }
+            let path = entry.path();
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    crate::warn!(
+                        "removed {}: the staging folder of a gold image's import cut short by a stopped server",
+                        path.display()
+                    );
+                    removed.push(path.display().to_string());
+                }
+                Err(err) => crate::warn!(
+                    "the stray import folder {} stays until a later start: {err}",
+                    path.display()
+                ),
+            }
+        }
+        removed
+    }
+
     /// Deletes the gold VM of `checksum`; its clones are copies and go on.
     pub(super) fn remove_gold_vm(&self, checksum: &str) -> Result<(), HypervisorError> {
         if checksum.is_empty() || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -192,6 +261,22 @@ impl Tart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_names_the_server_gives_golds_are_golds() {
+        let sum = "5cf00d380e28d02f30efaceafef7c7c8bdedae33";
+        assert_eq!(gold_checksum_of(&gold_vm_name(sum)), Some(sum));
+        for name in [
+            "osxb-5cf00d38",
+            "osxb-gold-",
+            "osxb-gold-5CF00D38",
+            "osxb-gold-notes",
+            "gold-5cf00d38",
+            "mine",
+        ] {
+            assert_eq!(gold_checksum_of(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn a_request_below_the_golds_minimums_is_refused_naming_them() {

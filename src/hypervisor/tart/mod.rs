@@ -762,6 +762,10 @@ impl Hypervisor for Tart {
             .map(|((command, outcome), n)| (command.clone(), outcome.clone(), *n))
             .collect()
     }
+
+    fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
+        self.remove_stray_gold_vms(published)
+    }
 }
 
 /// `tart ip` with the resolver that fits the network: bridged VMs are not in the Mac's
