@@ -395,7 +395,8 @@ fn a_process_left_holding_the_output_open_does_not_hang_the_call() {
     let vmrun = with_timeouts(&vmrun, |t| t.list = Duration::from_secs(120));
     let started = Instant::now();
     let running = vmrun.list_running().unwrap();
-    assert_eq!(running, [PathBuf::from("/vms/a/a.vmx")]);
+    // A VM laid out as the server's (`<id>/<id>.vmx`) is known by its folder.
+    assert_eq!(running, [PathBuf::from("/vms/a")]);
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "{:?}",
@@ -423,15 +424,17 @@ fn lots_of_output_on_both_pipes_does_not_block_vmrun() {
 #[test]
 fn list_output() {
     let s = Scratch::new();
-    let two = s.vmrun(
-        "two",
-        "printf 'Total running VMs: 2\\n/vms/a/a.vmx\\n/Users/ci/Virtual Machines/b.vmx\\n'",
+    let three = s.vmrun(
+        "three",
+        "printf 'Total running VMs: 3\\n/vms/a/a.vmx\\n/Users/ci/Virtual Machines/b.vmx\\n/Users/ci/Virtual Machines/c.vmwarevm/c.vmx\\n'",
     );
+    // The server's VMs by their folders, as `VmRef::dir` names them; any other by its VMX.
     assert_eq!(
-        two.list_running().unwrap(),
+        three.list_running().unwrap(),
         [
-            PathBuf::from("/vms/a/a.vmx"),
-            PathBuf::from("/Users/ci/Virtual Machines/b.vmx")
+            PathBuf::from("/vms/a"),
+            PathBuf::from("/Users/ci/Virtual Machines/b.vmx"),
+            PathBuf::from("/Users/ci/Virtual Machines/c.vmwarevm/c.vmx")
         ]
     );
     let none = s.vmrun("none", "echo 'Total running VMs: 0'");

@@ -1,4 +1,5 @@
-//! What can go wrong when running vmrun, one variant per thing a caller handles differently.
+//! What can go wrong when running the hypervisor's tool, one variant per thing a caller
+//! handles differently.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,13 +12,14 @@ pub struct Call {
     /// `vmrun` or `tart`.
     pub tool: &'static str,
     pub command: &'static str,
-    pub vmx: Option<PathBuf>,
+    /// The VM the call names as the tool knows it: its VMX (VMware), its name (tart).
+    pub vm: Option<PathBuf>,
 }
 
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.vmx {
-            Some(vmx) => write!(f, "{} {} {}", self.tool, self.command, vmx.display()),
+        match &self.vm {
+            Some(vm) => write!(f, "{} {} {}", self.tool, self.command, vm.display()),
             None => write!(f, "{} {}", self.tool, self.command),
         }
     }

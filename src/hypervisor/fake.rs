@@ -147,7 +147,7 @@ impl FakeHypervisor {
         let call = Call {
             tool: "vmrun",
             command,
-            vmx: vmx.map(Path::to_path_buf),
+            vm: vmx.map(Path::to_path_buf),
         };
         let mut state = self.state();
         state.calls.push(match vmx {
@@ -233,7 +233,7 @@ impl vm_ops::Snapshots for FakeHypervisor {
         let call = || Call {
             tool: "vmrun",
             command: "clone",
-            vmx: Some(src.to_path_buf()),
+            vm: Some(src.to_path_buf()),
         };
         let has_snapshot = self
             .state()
@@ -346,7 +346,7 @@ impl Hypervisor for FakeHypervisor {
                 call: Call {
                     tool: "vmrun",
                     command: "start",
-                    vmx: Some(vmx.to_path_buf()),
+                    vm: Some(vmx.to_path_buf()),
                 },
                 message: "The virtual machine should not be powered on. It is already running."
                     .into(),
@@ -383,7 +383,7 @@ impl Hypervisor for FakeHypervisor {
         let call = || Call {
             tool: "vmrun",
             command: "deleteVM",
-            vmx: Some(vmx.to_path_buf()),
+            vm: Some(vmx.to_path_buf()),
         };
         if self.state().running.contains(vmx) {
             return Err(HypervisorError::AlreadyRunning {
@@ -416,7 +416,7 @@ impl Hypervisor for FakeHypervisor {
                 call: Call {
                     tool: "vmrun",
                     command: "getGuestIPAddress",
-                    vmx: Some(vmx.to_path_buf()),
+                    vm: Some(vmx.to_path_buf()),
                 },
                 message: "The virtual machine is not powered on".into(),
             });
@@ -445,7 +445,7 @@ impl Hypervisor for FakeHypervisor {
                 call: Call {
                     tool: "vmrun",
                     command: "writeVariable",
-                    vmx: Some(vmx.to_path_buf()),
+                    vm: Some(vmx.to_path_buf()),
                 },
                 message: "The virtual machine is not powered on".into(),
             });

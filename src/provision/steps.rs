@@ -287,7 +287,7 @@ impl Provisioner {
                                 call: Call {
                                     tool: self.hypervisor.tool(),
                                     command: "start",
-                                    vmx: Some(vm_ref.dir.clone()),
+                                    vm: Some(vm_ref.dir.clone()),
                                 },
                             });
                         }

@@ -63,7 +63,7 @@ mod tests {
         Call {
             tool: "tart",
             command: "run",
-            vmx: Some("osxb-x".into()),
+            vm: Some("osxb-x".into()),
         }
     }
 

@@ -181,7 +181,7 @@ impl Tart {
             call: crate::hypervisor::Call {
                 tool: "tart",
                 command: "list",
-                vmx: None,
+                vm: None,
             },
             problem: format!("not a JSON array: {e}"),
             output: out.chars().take(300).collect(),

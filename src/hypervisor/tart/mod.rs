@@ -211,7 +211,7 @@ impl Tart {
         let call = Call {
             tool: "tart",
             command,
-            vmx: vm.map(PathBuf::from),
+            vm: vm.map(PathBuf::from),
         };
         let mut argv: Vec<OsString> = vec![command.into()];
         argv.extend(args.iter().cloned());

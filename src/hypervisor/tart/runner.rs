@@ -38,7 +38,7 @@ pub fn start(
     let call = Call {
         tool: "tart",
         command: "run",
-        vmx: Some(name.clone().into()),
+        vm: Some(name.clone().into()),
     };
     // A runner that finds its VM running exits at once, but the lock would call that a
     // successful start.

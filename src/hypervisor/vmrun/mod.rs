@@ -169,7 +169,7 @@ impl Vmrun {
         let call = Call {
             tool: "vmrun",
             command,
-            vmx: vmx.map(Path::to_path_buf),
+            vm: vmx.map(Path::to_path_buf),
         };
         let mut argv: Vec<OsString> = Vec::with_capacity(args.len() + 4);
         if let Some(host) = &self.settings.host_type {
@@ -393,7 +393,7 @@ impl Vmrun {
         let call = Call {
             tool: "vmrun",
             command: "clone",
-            vmx: Some(src.to_path_buf()),
+            vm: Some(src.to_path_buf()),
         };
         if snapshot.trim().is_empty() {
             return Err(HypervisorError::InvalidArgument {

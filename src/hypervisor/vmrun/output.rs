@@ -269,7 +269,7 @@ mod tests {
         Call {
             tool: "vmrun",
             command: "start",
-            vmx: Some(PathBuf::from("/vms/a/a.vmx")),
+            vm: Some(PathBuf::from("/vms/a/a.vmx")),
         }
     }
 
