@@ -45,7 +45,8 @@ fn a_rotated_log_file_is_reopened_on_sighup() {
     );
     wait_file(&path, "listening on");
     // The milestones go to stderr too (launchd's StandardErrorPath); the rest does not.
-    assert!(server.log().contains("listening on"), "{}", server.log());
+    // (The harness learns the port before it keeps the line: wait for it.)
+    assert!(server.wait_log("listening on"), "{}", server.log());
     post(&server, "/drain");
     wait_file(&path, "draining since");
     assert!(!server.log().contains("draining since"), "{}", server.log());
