@@ -97,6 +97,8 @@ pub struct Config {
     /// The least level written: `info` writes a VM's life and what needs a person, `debug`
     /// every routine vmrun call as well.
     pub log_level: crate::sys::log::Level,
+    /// The file the log is appended to, reopened on SIGHUP; `None`: stderr.
+    pub log_file: Option<PathBuf>,
     /// The settings given that differ from their defaults, as `--flag=value`, for the start-up
     /// line that shows the operator their plist was read. Secrets show as `(set)`.
     pub changed: Vec<String>,
@@ -529,6 +531,13 @@ pub const LOG_LEVEL: Setting = Setting {
     help: "error, warn, info (a VM's life, and what needs a person; an idle host writes nothing) or debug (every vmrun call as well)",
 };
 
+pub const LOG_FILE: Setting = Setting {
+    flag: "log-file",
+    env: "OSX_BUILDER_LOG_FILE",
+    default: Typed::Unset,
+    help: "file the log is appended to (created 0644) instead of stderr, reopened on SIGHUP so that newsyslog can rotate it; the start, where the server listens and its stop are written to stderr as well",
+};
+
 pub const POOL: Setting = Setting {
     flag: "pool",
     env: "OSX_BUILDER_POOL",
@@ -594,6 +603,7 @@ pub const SETTINGS: &[Setting] = &[
     TLS_KEY,
     LOG_FORMAT,
     LOG_LEVEL,
+    LOG_FILE,
     POOL,
     crate::fleet::settings::ETCD,
     crate::fleet::settings::ETCD_CA_FILE,
@@ -975,6 +985,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Command, 
         tls_key: optional(&TLS_KEY)?.map(PathBuf::from),
         log_format,
         log_level,
+        log_file: optional(&LOG_FILE)?.map(PathBuf::from),
         changed,
         pools,
         fleet,

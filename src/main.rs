@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Ok(Command::Serve(config)) => match serve(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
-                error!("{message}");
+                log::fatal(format_args!("{message}"));
                 ExitCode::FAILURE
             }
         },
@@ -49,8 +49,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config) -> Result<(), String> {
+    shutdown::install_hangup_handler();
     log::set_format(config.log_format);
     log::set_level(config.log_level);
+    if let Some(path) = &config.log_file {
+        log::open_file(path)?;
+    }
     log::install_bridge();
     // So that an operator sees their plist (or flags) was read, and what it changed.
     log::milestone(format_args!(
@@ -157,7 +161,14 @@ fn serve(config: &Config) -> Result<(), String> {
         "listening on {scheme}://{bound} (data in {})",
         config.data_dir.display()
     ));
+    // SIGHUP is acted on here rather than by the next line written: an idle host writes
+    // nothing for hours, and the renamed file (which newsyslog may compress and delete)
+    // would stay open until then, as would the reply to the signal. This thread wakes every
+    // 100 ms for SIGTERM anyway.
     while !shutdown::requested() {
+        if shutdown::take_hangup() {
+            log::reopen_file();
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     log::milestone(format_args!("stopping: finishing requests in flight"));

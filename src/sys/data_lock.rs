@@ -9,14 +9,15 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// The lock file's name in the data folder. It holds the pid of the server that holds it,
-/// for the message of the next one.
+/// The lock file's name in the data folder. It holds the pid of the server that holds it and
+/// a newline, nothing else: the message of the next server reads it, and so does newsyslog,
+/// as the pid_file it signals (SIGHUP) after it rotates the `--log-file`.
 pub const LOCK_FILE: &str = "osx-builder.lock";
 
 /// Held for as long as the server runs: dropping it releases the lock.
 #[derive(Debug)]
 pub struct DataLock {
-    _file: File,
+    file: File,
     pub path: PathBuf,
     /// False when the folder is read-only: the lock holds, but the pid could not be written.
     pub pid_written: bool,
@@ -91,10 +92,21 @@ pub fn acquire(data_dir: &Path) -> Result<DataLock, LockError> {
     }
     let pid_written = writable && write_pid(&mut file).is_ok();
     Ok(DataLock {
-        _file: file,
+        file,
         path,
         pid_written,
     })
+}
+
+/// A graceful stop empties the file: newsyslog (run as root) would otherwise signal the pid
+/// of a stopped server, which the system may since have given to another process. After a
+/// crash the pid stays until launchd's restart writes the new one.
+impl Drop for DataLock {
+    fn drop(&mut self) {
+        if self.pid_written {
+            let _ = self.file.set_len(0);
+        }
+    }
 }
 
 fn is_read_only(err: &io::Error) -> bool {
@@ -129,6 +141,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let first = acquire(&dir).unwrap();
         assert!(first.pid_written);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
         // flock locks belong to the open file, so a second open in this process conflicts
         // just as another process's would.
         match acquire(&dir) {
@@ -136,6 +152,7 @@ mod tests {
             other => panic!("second lock: {other:?}"),
         }
         drop(first);
+        assert_eq!(std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap(), "");
         let again = acquire(&dir).unwrap();
         drop(again);
         std::fs::remove_dir_all(&dir).unwrap();

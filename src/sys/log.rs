@@ -3,13 +3,17 @@
 //! `image`, `command`, `code`, `duration_ms` where the event has them), which Loki, Elastic
 //! or Vector parse without rules.
 //!
-//! launchd and journald capture stderr; a line per event keeps it greppable by VM id.
+//! launchd and journald capture stderr; a line per event keeps it greppable by VM id. With
+//! `--log-file` the lines go to that file instead (see [`crate::sys::log_file`]), and only
+//! the milestones (start, listening, stop) and a failed start are written to stderr as well.
 
 use std::fmt::Display;
 use std::io::Write;
 
+use crate::sys::log_file::{LogFile, Reopened};
 use crate::sys::time::rfc3339_now;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -139,6 +143,41 @@ impl Level {
     }
 }
 
+/// The `--log-file`, once it is open; stderr until then and without it.
+static FILE: OnceLock<LogFile> = OnceLock::new();
+
+/// Sends every line from now on to the file at `path` (appended, created 0644). At start,
+/// before the first thread; the error names the path and what the OS said.
+pub fn open_file(path: &std::path::Path) -> Result<(), String> {
+    let file = LogFile::open(path)?;
+    FILE.set(file)
+        .map_err(|_| "the log file is already open".to_string())
+}
+
+/// On SIGHUP: opens the log file again by its path, so that lines go to the file a
+/// rotation left there. A failure keeps the old file and is said on it and on stderr.
+pub fn reopen_file() {
+    let Some(file) = FILE.get() else {
+        write(
+            Level::Info,
+            format_args!("SIGHUP: no --log-file to reopen; the log goes to stderr"),
+        );
+        return;
+    };
+    let said = |message: &str| line(Level::Warn, Fields::default(), message);
+    match file.reopen(said) {
+        Reopened::Yes => write(
+            Level::Info,
+            format_args!("SIGHUP: reopened the log file {}", file.path().display()),
+        ),
+        Reopened::Failed(message) => {
+            let _ = std::io::stderr()
+                .lock()
+                .write_all(said(&message).as_bytes());
+        }
+    }
+}
+
 /// The least level written; set once at start. Info until then, so that a usage error
 /// before the settings are read is still written.
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
@@ -159,27 +198,41 @@ pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
 /// An info line written whatever `--log-level` says: that the server starts (with its
 /// settings), where it listens, and that it stops. A log at `warn` still shows when each
 /// run began and ended, and what a harness or an operator reads the port from.
+/// With `--log-file` it goes to stderr as well: what launchd's StandardErrorPath keeps then
+/// is when each run started and stopped and where it listens (a few lines a run, never in
+/// need of rotation), and a harness still reads the port there.
 pub fn milestone(message: std::fmt::Arguments<'_>) {
-    emit(Level::Info, Fields::default(), message)
+    emit(Level::Info, Fields::default(), message, true)
+}
+
+/// Why the server could not start, on stderr as well as in the `--log-file`: launchd's
+/// StandardErrorPath is where an operator looks when the job keeps restarting.
+pub fn fatal(message: std::fmt::Arguments<'_>) {
+    emit(Level::Error, Fields::default(), message, true)
 }
 
 pub fn write_with(level: Level, fields: Fields, message: std::fmt::Arguments<'_>) {
     if enabled(level) {
-        emit(level, fields, message)
+        emit(level, fields, message, false)
     }
 }
 
-fn emit(level: Level, fields: Fields, message: std::fmt::Arguments<'_>) {
-    let mut line = render(
-        format(),
-        &rfc3339_now(),
-        level,
-        fields,
-        &message.to_string(),
-    );
+fn line(level: Level, fields: Fields, message: &str) -> String {
+    let mut line = render(format(), &rfc3339_now(), level, fields, message);
     line.push('\n');
-    // A closed stderr must not take the server down with it.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    line
+}
+
+fn emit(level: Level, fields: Fields, message: std::fmt::Arguments<'_>, also_stderr: bool) {
+    let line = line(level, fields, &message.to_string());
+    let file = FILE.get();
+    if let Some(file) = file {
+        file.write_line(line.as_bytes());
+    }
+    if file.is_none() || also_stderr {
+        // A closed stderr must not take the server down with it.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 fn render(format: Format, ts: &str, level: Level, mut fields: Fields, message: &str) -> String {

@@ -9,6 +9,7 @@ pub mod fd_limit;
 pub(crate) mod fsutil;
 pub(crate) mod hex;
 pub mod log;
+pub mod log_file;
 pub(crate) mod prometheus;
 #[cfg(test)]
 pub(crate) mod scratch;
