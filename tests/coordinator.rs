@@ -369,7 +369,7 @@ fn go_server_vm(data: &Path) -> String {
     let image = r#"{"url":"http://127.0.0.1:1/old.tar.gz","checksum":"5cf00d380e28d02f30efaceafef7c7c8bdedae33","checksum_type":"sha1"}"#;
     let vmx = format!(
         ".encoding = \"UTF-8\"\ndisplayName = \"{id}\"\nnumvcpus = \"2\"\nmemsize = \"1024\"\nguestOS = \"darwin14-64\"\nethernet0.present = \"TRUE\"\nethernet0.connectionType = \"nat\"\nannotation = \"{}\"\n",
-        osx_builder::hypervisor::vmx::base64_encode(image.as_bytes())
+        osx_builder::hypervisor::vmrun::vmx::base64_encode(image.as_bytes())
     );
     std::fs::write(dir.join(format!("{id}.vmx")), vmx).unwrap();
     id.to_string()

@@ -393,7 +393,7 @@ impl Lab {
                 other => panic!("VM {id} still shows status {other:?} after the restart: {vm}"),
             }
             if let Ok(bytes) = fs::read(&vmx) {
-                if let Err(e) = osx_builder::hypervisor::vmx::Vmx::parse(&bytes) {
+                if let Err(e) = osx_builder::hypervisor::vmrun::vmx::Vmx::parse(&bytes) {
                     panic!("VM {id}'s VMX is torn: {e}");
                 }
             }
@@ -536,7 +536,7 @@ fn check_images(data: &Path) {
             "gold folder {name} has no disk beside its VMX"
         );
         let bytes = fs::read(&vmx[0]).unwrap();
-        osx_builder::hypervisor::vmx::Vmx::parse(&bytes).expect("gold VMX whole");
+        osx_builder::hypervisor::vmrun::vmx::Vmx::parse(&bytes).expect("gold VMX whole");
     }
 }
 

@@ -5,7 +5,7 @@
 
 use osx_builder::api::create_body::{self, MAX_CPUS, MAX_MEMORY_MB, MIN_MEMORY_MB};
 use osx_builder::api::error::ApiError;
-use osx_builder::hypervisor::vmx::{Vmx, VmxError};
+use osx_builder::hypervisor::vmrun::vmx::{Vmx, VmxError};
 use osx_builder::vm::CreateVm;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;

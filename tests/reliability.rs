@@ -100,7 +100,7 @@ fn vms_of_the_original_go_server_are_adopted_and_strangers_left_alone() {
     let image = r#"{"url":"http://127.0.0.1:1/old.tar.gz","checksum":"5cf00d380e28d02f30efaceafef7c7c8bdedae33","checksum_type":"sha1"}"#;
     let vmx = format!(
         ".encoding = \"UTF-8\"\ndisplayName = \"{id}\"\nnumvcpus = \"2\"\nmemsize = \"1024\"\nguestOS = \"darwin14-64\"\nethernet0.present = \"TRUE\"\nethernet0.connectionType = \"hostonly\"\nannotation = \"{}\"\n",
-        osx_builder::hypervisor::vmx::base64_encode(image.as_bytes())
+        osx_builder::hypervisor::vmrun::vmx::base64_encode(image.as_bytes())
     );
     let vmx_path = vms.join(id).join(format!("{id}.vmx"));
     std::fs::write(&vmx_path, vmx).unwrap();

@@ -59,7 +59,7 @@ pub fn parse_fields(fields: &Map<String, Value>) -> Result<CreateVm, ApiError> {
             ))
         }
         // VMware wants a multiple of 4 MB, and macOS will not boot in less than 512.
-        Some(n) => crate::hypervisor::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
+        Some(n) => crate::hypervisor::vmrun::vmx::round_memory_mb((n as u32).max(MIN_MEMORY_MB)),
     };
     let network_type = match optional_str(fields, "network_type", "invalid-network-type")? {
         None | Some("") => NetworkType::default(),

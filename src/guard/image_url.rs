@@ -31,7 +31,7 @@ impl Guard {
             ));
         }
         let resolved =
-            crate::hypervisor::vmx_policy::resolve(Path::new("/"), &path.to_string_lossy());
+            crate::hypervisor::vmrun::vmx_policy::resolve(Path::new("/"), &path.to_string_lossy());
         if self
             .file_image_dirs
             .iter()

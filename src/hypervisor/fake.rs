@@ -326,7 +326,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn remove_stale_locks(&self, vm: &VmRef, running: &HashSet<PathBuf>) -> Vec<PathBuf> {
-        super::locks::remove_locks_in(&vm.dir, running)
+        super::vmrun::locks::remove_locks_in(&vm.dir, running)
     }
 
     fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(std::fs::File, u64)>> {

@@ -10,19 +10,15 @@
 //! how the hypervisor itself knows them (VMware: the VMX file in that folder; tart: a VM of
 //! its own home, by name) is the driver's business alone.
 
-pub(crate) mod dependants;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod guest_ip;
-pub(crate) mod locks;
 pub(crate) mod process;
 pub(crate) mod running;
 pub mod tart;
+pub(crate) mod vm_log;
 pub mod vmrun;
-pub(crate) mod vmware_log;
-pub mod vmx;
-pub(crate) mod vmx_policy;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -237,6 +233,14 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// The file whose presence says that the VM exists (VMware: its VMX; tart: the mark
     /// of a clone the server began): what a message names when it is gone.
     fn vm_file(&self, vm: &VmRef) -> PathBuf;
+
+    /// Removes what processes that died left holding the gold VM (VMware's lock folders
+    /// beside it, made by a vmrun killed with the host); returns each lock left in place, a
+    /// live one, with why. Run at start, before any clone.
+    fn remove_dead_gold_locks(&self, gold: GoldVm<'_>) -> Vec<(PathBuf, String)> {
+        let _ = gold;
+        Vec::new()
+    }
 
     /// Whether the VM's files exist: it was cloned and not deleted since.
     fn vm_exists(&self, vm: &VmRef) -> bool {

@@ -302,7 +302,9 @@ impl fmt::Display for ImageError {
             }
             Self::VmxUnsafe { url, lines } => {
                 write!(f, "image {url}: ")?;
-                f.write_str(&crate::hypervisor::vmx_policy::unsafe_vmx_message(lines))
+                f.write_str(&crate::hypervisor::vmrun::vmx_policy::unsafe_vmx_message(
+                    lines,
+                ))
             }
             Self::Pull {
                 reference, message, ..

@@ -20,7 +20,7 @@ use crate::vm::VmId;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
-use crate::hypervisor::dependants::{self, Dependant};
+use crate::hypervisor::vmrun::dependants::{self, Dependant};
 use crate::image::gold_locks::GoldLocks;
 use crate::image::originals::{self, OriginalArchive};
 use crate::image::{is_any_digest, GoldImage, ImageCache, ImageProgress, ImageSpec};
@@ -256,24 +256,21 @@ impl GoldCache {
         self.locks.blocked()
     }
 
-    /// At start: locks beside the gold VMs that a vmrun left when it died (a crash, a kill,
-    /// a power loss) go before any clone meets them; live ones stay.
+    /// At start: what processes that died (a crash, a kill, a power loss) left holding the
+    /// gold VMs (VMware's lock folders) goes before any clone meets it; live locks stay.
     pub fn remove_stale_locks(&self) {
-        let Ok(checksums) = self.images.gold_checksums() else {
+        let (Some(host), Ok(checksums)) = (self.images.gold_host(), self.images.gold_checksums())
+        else {
             return;
         };
         for checksum in checksums {
             let Some(gold) = self.images.lookup(&checksum) else {
                 continue;
             };
-            let Some(dir) = gold.config.parent() else {
-                continue;
-            };
-            for held in crate::hypervisor::locks::remove_dead_locks_in(dir) {
+            for (lock, why) in host.remove_dead_locks(&gold) {
                 crate::warn!(
-                    "gold image {checksum}: lock {} left in place: {}",
-                    held.path.display(),
-                    held.why
+                    "gold image {checksum}: lock {} left in place: {why}",
+                    lock.display()
                 );
             }
         }

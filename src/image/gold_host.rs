@@ -1,13 +1,15 @@
 //! What the host's hypervisor does for gold images beyond the cache's own folders: pull OCI
 //! images (tart does it itself, with its own credentials), remove its own copy of a gold
-//! when the image goes, and say whether clones read their gold for life. The cache and the
+//! when the image goes, clear what dead processes left holding a gold, and say whether
+//! clones read their gold for life. The cache and the
 //! eviction speak to this narrow port; [`HypervisorGolds`] is it for any [`Hypervisor`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::hypervisor::{Hypervisor, HypervisorError};
 use crate::image::error::ImageError;
+use crate::image::GoldImage;
 use crate::sys::cancel::Cancel;
 
 pub trait GoldHost: Send + Sync {
@@ -27,6 +29,13 @@ pub trait GoldHost: Send + Sync {
     /// Removes the hypervisor's own copy of the gold image `checksum` (tart's
     /// `osxb-gold-<checksum>`), before its folder goes.
     fn remove_gold(&self, checksum: &str) -> Result<(), String>;
+
+    /// Removes what dead processes left holding the gold VM (VMware's lock folders); each
+    /// lock left in place, a live one, with why.
+    fn remove_dead_locks(&self, gold: &GoldImage) -> Vec<(PathBuf, String)> {
+        let _ = gold;
+        Vec::new()
+    }
 
     /// Removes the hypervisor's own copies of gold images not in `published`, left by a
     /// crash; returns what it removed. Run at start only, before any gold is made.
@@ -84,5 +93,9 @@ impl GoldHost for HypervisorGolds {
 
     fn remove_stray_golds(&self, published: &[String]) -> Vec<String> {
         self.0.remove_stray_golds(published)
+    }
+
+    fn remove_dead_locks(&self, gold: &GoldImage) -> Vec<(PathBuf, String)> {
+        self.0.remove_dead_gold_locks(gold.vm())
     }
 }

@@ -417,12 +417,10 @@ pub(crate) fn publish(job: &Job, staging: Staging, unpacked: &Unpacked) -> Resul
 /// `--strict-vmx` a bad image fails here naming every line; without, each clone has the
 /// lines removed, and the log says so now.
 fn check_vmx(job: &Job, staging: &Path, vmx: &Path) -> Result<(), ImageError> {
-    let (_, findings) =
-        crate::hypervisor::vmx_policy::inspect_vmx(vmx, staging, None).map_err(|detail| {
-            ImageError::VmxUnsafe {
-                url: job.spec.url.clone(),
-                lines: vec![format!("the VMX cannot be read: {detail}")],
-            }
+    let (_, findings) = crate::hypervisor::vmrun::vmx_policy::inspect_vmx(vmx, staging, None)
+        .map_err(|detail| ImageError::VmxUnsafe {
+            url: job.spec.url.clone(),
+            lines: vec![format!("the VMX cannot be read: {detail}")],
         })?;
     if findings.is_empty() {
         return Ok(());

@@ -162,7 +162,7 @@ impl Service {
 mod tests {
     use super::*;
     use crate::hypervisor::fake::FakeHypervisor;
-    use crate::hypervisor::vmx;
+    use crate::hypervisor::vmrun::vmx;
     use std::fs;
 
     #[test]

@@ -48,7 +48,7 @@ pub struct Vm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     /// Lines of the image's VMX that the allow-list took out of this clone (see
-    /// `crate::hypervisor::vmx_policy`), each with the reason.
+    /// `crate::hypervisor::vmrun::vmx_policy`), each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vmx_removed: Vec<String>,
     /// The client's labels, shown and filtered on (`GET /vms?label=k=v`).

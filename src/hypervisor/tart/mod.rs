@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::hypervisor::guest_ip::IpSource;
 use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::RunningVms;
-use crate::hypervisor::vmware_log;
+use crate::hypervisor::vm_log;
 use crate::hypervisor::{
     Call, Configured, Ended, FoundVm, GoldVm, Hypervisor, HypervisorError, IpAnswer, LogTail,
     VmRef, VmSettings,
@@ -609,11 +609,11 @@ impl Hypervisor for Tart {
     }
 
     fn open_log(&self, vm: &VmRef) -> std::io::Result<Option<(File, u64)>> {
-        vmware_log::open_file(&vm.dir, RUN_LOG)
+        vm_log::open_file(&vm.dir, RUN_LOG)
     }
 
     fn ended(&self, vm: &VmRef) -> Ended {
-        let lines = vmware_log::tail_file(&vm.dir, RUN_LOG, 400).unwrap_or_default();
+        let lines = vm_log::tail_file(&vm.dir, RUN_LOG, 400).unwrap_or_default();
         match runner::ended(&lines.join("\n")) {
             Ok(()) => Ended::PoweredOff,
             Err(message) => Ended::Died {
@@ -625,7 +625,7 @@ impl Hypervisor for Tart {
 
     fn log_tail(&self, vm: &VmRef) -> Option<LogTail> {
         let dir = &vm.dir;
-        let lines = vmware_log::tail_file(dir, RUN_LOG, vmware_log::TAIL_LINES)?;
+        let lines = vm_log::tail_file(dir, RUN_LOG, vm_log::TAIL_LINES)?;
         (!lines.is_empty()).then(|| LogTail {
             path: dir.join(RUN_LOG),
             lines,

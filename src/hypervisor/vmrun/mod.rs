@@ -4,8 +4,12 @@
 //! cancellation), is logged when it starts and ends, is counted by outcome, and has its
 //! output turned into values or typed errors by `output`.
 
+pub(crate) mod dependants;
+pub(crate) mod locks;
 mod output;
 pub(crate) mod vm_ops;
+pub mod vmx;
+pub(crate) mod vmx_policy;
 
 pub use crate::hypervisor::{Call, HypervisorError, IpAnswer};
 pub use output::{is_invalid_parameters, is_invalid_snapshot, is_snapshot_exists, ToolsState};
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config;
 use crate::hypervisor::process::{self, RunError};
 use crate::hypervisor::running::{running_set, RunningVms};
-use crate::hypervisor::{locks, Configured, Ended, FoundVm, GoldVm, LogTail, VmRef, VmSettings};
+use crate::hypervisor::{Configured, Ended, FoundVm, GoldVm, LogTail, VmRef, VmSettings};
 use crate::sys::cancel::Cancel;
 use crate::sys::log::{self, Fields, Level};
 use crate::sys::sync::LockUnpoisoned;
@@ -508,6 +512,10 @@ impl super::Hypervisor for Vmrun {
 
     fn gold_holder(&self, gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String) {
         vm_ops::gold_holder(gold, err)
+    }
+
+    fn remove_dead_gold_locks(&self, gold: GoldVm<'_>) -> Vec<(PathBuf, String)> {
+        vm_ops::remove_dead_gold_locks(gold)
     }
 
     fn vm_file(&self, vm: &VmRef) -> PathBuf {

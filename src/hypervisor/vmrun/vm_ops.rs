@@ -10,15 +10,18 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::hypervisor::vmx::{self, CloneSettings, Vmx};
-use crate::hypervisor::vmx_policy::{self, VmxVerdict};
+use crate::hypervisor::vmrun::locks;
+use crate::hypervisor::vmrun::vmx::{self, CloneSettings, Vmx};
+use crate::hypervisor::vmrun::vmx_policy::{self, VmxVerdict};
 use crate::hypervisor::{
-    locks, vmware_log, Call, Configured, FoundVm, GoldVm, HypervisorError, LogTail, VmRef,
-    VmSettings,
+    vm_log, Call, Configured, FoundVm, GoldVm, HypervisorError, LogTail, VmRef, VmSettings,
 };
 use crate::sys::cancel::Cancel;
 use crate::sys::fsutil;
 use crate::vm::guestinfo::GuestInfo;
+
+/// The log VMware writes beside a running VM's VMX.
+pub const VMWARE_LOG: &str = "vmware.log";
 
 /// The name of the one snapshot made on every gold VM, which every linked clone names.
 /// Cloning without `-snapshot` would add a new `Clone` snapshot to the gold VM each time.
@@ -106,6 +109,18 @@ pub fn gold_holder(gold: GoldVm<'_>, err: &HypervisorError) -> (PathBuf, String)
             ),
         ),
     }
+}
+
+/// Removes the gold VM's lock folders that dead processes left; the live ones, with who
+/// holds each.
+pub fn remove_dead_gold_locks(gold: GoldVm<'_>) -> Vec<(PathBuf, String)> {
+    gold.config
+        .parent()
+        .map(locks::remove_dead_locks_in)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|held| (held.path, held.why))
+        .collect()
 }
 
 /// Makes the base snapshot of the gold VM unless it has one.
@@ -292,7 +307,8 @@ fn edit(
 
 /// `vmware.log` beside the VMX, opened, with its length.
 pub fn open_log(vmx: &Path) -> std::io::Result<Option<(fs::File, u64)>> {
-    vmx.parent().map_or(Ok(None), vmware_log::open)
+    vmx.parent()
+        .map_or(Ok(None), |dir| vm_log::open_file(dir, VMWARE_LOG))
 }
 
 /// The last lines of `vmware.log`, once the clone exists.
@@ -300,10 +316,10 @@ pub fn log_tail(vmx: &Path) -> Option<LogTail> {
     let dir = vmx.parent()?;
     let lines = vmx
         .is_file()
-        .then(|| vmware_log::tail(dir, vmware_log::TAIL_LINES))
+        .then(|| vm_log::tail_file(dir, VMWARE_LOG, vm_log::TAIL_LINES))
         .flatten()?;
     Some(LogTail {
-        path: dir.join(vmware_log::FILE_NAME),
+        path: dir.join(VMWARE_LOG),
         lines,
     })
 }

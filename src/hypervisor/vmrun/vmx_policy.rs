@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::hypervisor::vmx::Vmx;
+use crate::hypervisor::vmrun::vmx::Vmx;
 
 /// What the allow-list did to a VMX.
 pub enum VmxVerdict {

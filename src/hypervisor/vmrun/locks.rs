@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::running::canonical;
+use crate::hypervisor::running::canonical;
 
 /// Removes `*.lck` folders directly in `dir` unless a running VM lives there: `running`
 /// holds the folders of the server's VMs and the VMX paths of others.

@@ -1,14 +1,13 @@
-//! `vmware.log`, the file VMware writes beside a running VM's VMX: what an operator reads
-//! first when a VM fails. Only this one name in the VM's own folder is ever opened (no part
-//! of it comes from a request), never through a symbolic link. tart's runner log is read
-//! the same way, by its own name ([`open_file`], [`tail_file`]).
+//! A VM's own log in its folder (VMware's `vmware.log`, tart's runner log): what an
+//! operator reads first when a VM fails. Only a driver's constant name in the VM's own
+//! folder is ever opened (no part of it comes from a request), never through a symbolic
+//! link.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-pub const FILE_NAME: &str = "vmware.log";
 /// Lines of the log a failed VM carries in `error.log_tail`.
 pub const TAIL_LINES: usize = 40;
 /// The tail is read from at most this many bytes at the file's end, and each line is cut
@@ -16,14 +15,9 @@ pub const TAIL_LINES: usize = 40;
 const TAIL_MAX_BYTES: u64 = 64 * 1024;
 const MAX_LINE_CHARS: usize = 1000;
 
-/// The VM's `vmware.log` opened for reading with its length, or `None` when there is none
-/// (never started, deleted, or not a plain file).
-pub fn open(vm_dir: &Path) -> io::Result<Option<(File, u64)>> {
-    open_file(vm_dir, FILE_NAME)
-}
-
-/// The log `name` (a constant of a driver's, never a request's) of the VM's folder, as
-/// [`open`] opens `vmware.log`.
+/// The log `name` (a constant of a driver's, never a request's) of the VM's folder, opened
+/// for reading with its length, or `None` when there is none (never started, deleted, or
+/// not a plain file).
 pub fn open_file(vm_dir: &Path, name: &str) -> io::Result<Option<(File, u64)>> {
     let path = vm_dir.join(name);
     let opened = OpenOptions::new()
@@ -32,7 +26,7 @@ pub fn open_file(vm_dir: &Path, name: &str) -> io::Result<Option<(File, u64)>> {
         .open(&path);
     let file = match opened {
         Ok(file) => file,
-        // ELOOP: a symbolic link, which is not VMware's log.
+        // ELOOP: a symbolic link, which is not the hypervisor's log.
         Err(err)
             if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ELOOP) =>
         {
@@ -47,13 +41,8 @@ pub fn open_file(vm_dir: &Path, name: &str) -> io::Result<Option<(File, u64)>> {
     Ok(Some((file, meta.len())))
 }
 
-/// The last `lines` lines of the VM's `vmware.log` (invalid UTF-8 replaced), or `None` when
-/// there is no log or it cannot be read.
-pub fn tail(vm_dir: &Path, lines: usize) -> Option<Vec<String>> {
-    tail_file(vm_dir, FILE_NAME, lines)
-}
-
-/// The last `lines` lines of the log `name` of the VM's folder, as [`tail`] reads them.
+/// The last `lines` lines of the log `name` of the VM's folder (invalid UTF-8 replaced), or
+/// `None` when there is no log or it cannot be read.
 pub fn tail_file(vm_dir: &Path, name: &str, lines: usize) -> Option<Vec<String>> {
     let (mut file, len) = open_file(vm_dir, name).ok()??;
     let start = len.saturating_sub(TAIL_MAX_BYTES);
@@ -92,8 +81,8 @@ mod tests {
     fn tail_is_the_last_lines() {
         let dir = crate::sys::scratch::dir("vmware-log-tail");
         let text: String = (1..=100).map(|n| format!("line {n}\n")).collect();
-        std::fs::write(dir.join(FILE_NAME), text).unwrap();
-        let tail = tail(&dir, 40).unwrap();
+        std::fs::write(dir.join("vmware.log"), text).unwrap();
+        let tail = tail_file(&dir, "vmware.log", 40).unwrap();
         assert_eq!(tail.len(), 40);
         assert_eq!(tail[0], "line 61");
         assert_eq!(tail[39], "line 100");
@@ -121,8 +110,8 @@ mod tests {
         for n in 1..=50 {
             text.push_str(&format!("end {n}\n"));
         }
-        std::fs::write(dir.join(FILE_NAME), text).unwrap();
-        let tail = tail(&dir, 40).unwrap();
+        std::fs::write(dir.join("vmware.log"), text).unwrap();
+        let tail = tail_file(&dir, "vmware.log", 40).unwrap();
         assert_eq!(tail.first().map(String::as_str), Some("end 11"));
         assert_eq!(tail.last().map(String::as_str), Some("end 50"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -131,11 +120,11 @@ mod tests {
     #[test]
     fn no_log_and_links_are_none() {
         let dir = crate::sys::scratch::dir("vmware-log-none");
-        assert!(tail(&dir, 40).is_none());
+        assert!(tail_file(&dir, "vmware.log", 40).is_none());
         std::fs::write(dir.join("elsewhere"), "secret\n").unwrap();
-        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join(FILE_NAME)).unwrap();
-        assert!(open(&dir).unwrap().is_none());
-        assert!(tail(&dir, 40).is_none());
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("vmware.log")).unwrap();
+        assert!(open_file(&dir, "vmware.log").unwrap().is_none());
+        assert!(tail_file(&dir, "vmware.log", 40).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
