@@ -214,8 +214,7 @@ impl App {
     /// refresher, the reconciler, the warm pools' keeper, the lease reaper, failed-VM
     /// retention, the cache's housekeeping.
     pub fn start_background(&self, config: &Config) {
-        self.gold.remove_stale_locks();
-        self.gold.remove_stray_golds();
+        self.gold.recover_after_crash();
         self.service.reconcile(Reconcile::Startup);
         let (hypervisor, service) = (self.hypervisor.clone(), self.service.clone());
         running::start_refresher(

@@ -256,15 +256,26 @@ impl GoldCache {
         self.locks.blocked()
     }
 
-    /// At start: what processes that died (a crash, a kill, a power loss) left holding the
-    /// gold VMs (VMware's lock folders) goes before any clone meets it; live locks stay.
-    pub fn remove_stale_locks(&self) {
-        let (Some(host), Ok(checksums)) = (self.images.gold_host(), self.images.gold_checksums())
-        else {
+    /// At start, before any gold is cloned, prepared or pulled, what a crash (a kill, a
+    /// power loss) left of the gold images goes: what dead processes left holding a gold VM
+    /// (VMware's lock folders; live locks stay), and the hypervisor's own copies of images no
+    /// longer published (tart's `osxb-gold-*` VMs). When the published golds cannot be listed
+    /// nothing goes: every copy could be one of them.
+    pub fn recover_after_crash(&self) {
+        let Some(host) = self.images.gold_host() else {
             return;
         };
-        for checksum in checksums {
-            let Some(gold) = self.images.lookup(&checksum) else {
+        let published = match self.images.gold_checksums() {
+            Ok(published) => published,
+            Err(err) => {
+                crate::warn!(
+                    "cannot list the gold images, so what a crash left of them (dead locks, the hypervisor's copies of removed ones) stays until a later start: {err}"
+                );
+                return;
+            }
+        };
+        for checksum in &published {
+            let Some(gold) = self.images.lookup(checksum) else {
                 continue;
             };
             for (lock, why) in host.remove_dead_locks(&gold) {
@@ -274,31 +285,15 @@ impl GoldCache {
                 );
             }
         }
+        host.remove_stray_golds(&published);
     }
 
-    /// At start, before any gold is prepared or pulled: the hypervisor's own copies of gold
-    /// images that are not published (tart's `osxb-gold-*` VMs left by a crash) go. When the
-    /// published golds cannot be listed nothing goes: every copy could be one of them.
-    pub fn remove_stray_golds(&self) {
-        let Some(host) = self.images.gold_host() else {
-            return;
-        };
-        match self.images.gold_checksums() {
-            Ok(published) => {
-                host.remove_stray_golds(&published);
-            }
-            Err(err) => crate::warn!(
-                "cannot list the gold images, so the hypervisor's copies of removed ones stay until a later start: {err}"
-            ),
-        }
-    }
-
-    /// Bytes taken by the published gold images.
     /// The image published under `checksum`, if it is cached.
     pub fn cached(&self, checksum: &str) -> Option<GoldImage> {
         self.images.lookup(checksum)
     }
 
+    /// Bytes taken by the published gold images.
     pub fn total_bytes(&self) -> u64 {
         self.published()
             .iter()

@@ -1,8 +1,8 @@
 //! What the host's hypervisor does for gold images beyond the cache's own folders: pull OCI
 //! images (tart does it itself, with its own credentials), remove its own copy of a gold
 //! when the image goes, clear what dead processes left holding a gold, and say whether
-//! clones read their gold for life. The cache and the
-//! eviction speak to this narrow port; [`HypervisorGolds`] is it for any [`Hypervisor`].
+//! clones read their gold for life. The cache and the eviction speak to this narrow port;
+//! [`HypervisorGolds`] is it for any [`Hypervisor`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
